@@ -1,0 +1,109 @@
+"""The `routecal` command: a thin parser over importable functions.
+
+    routecal train   --config configs/attnres_digits.py[:quick] --workdir W [--config.key=value ...]
+    routecal predict --workdir W
+    routecal diagnose --predictions file.npz [--out DIR]
+    routecal study   --config configs/study.py[:quick] --workdir W [--config.key=value ...]
+    routecal report  --workdir W
+
+Everything here can be done from Python with one import (see each subcommand's target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _split_overrides(extra: Sequence[str]) -> list[str]:
+    """Turns `--config.a.b=v` / `--config.a.b v` leftovers into `a.b=v` overrides."""
+    out: list[str] = []
+    items = list(extra)
+    i = 0
+    while i < len(items):
+        tok = items[i]
+        if not tok.startswith("--config."):
+            raise SystemExit(f"routecal: unrecognised argument {tok!r}")
+        body = tok[len("--config.") :]
+        if "=" not in body:
+            if i + 1 >= len(items):
+                raise SystemExit(f"routecal: override {tok!r} needs a value")
+            body = f"{body}={items[i + 1]}"
+            i += 1
+        out.append(body)
+        i += 1
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="routecal", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a config file")
+    t.add_argument("--config", required=True, help="configs/x.py or configs/x.py:variant")
+    t.add_argument("--workdir", required=True)
+
+    pr = sub.add_parser("predict", help="write W/predictions/{calib,test}.npz with traces")
+    pr.add_argument("--workdir", required=True)
+
+    d = sub.add_parser("diagnose", help="diagnostics and probes on any model's predictions (.npz)")
+    d.add_argument("--predictions", required=True, help="npz with probs, labels, routing summaries")
+    d.add_argument("--test-predictions", default=None, help="optional held-out npz for the probes")
+    d.add_argument("--out", default=None, help="output directory (default: next to the npz)")
+    d.add_argument("--n-permutations", type=int, default=2000)
+    d.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("study", help="train, predict, diagnose, probe and report: the main job")
+    s.add_argument("--config", default="configs/study.py")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+
+    r = sub.add_parser("report", help="write report.md and report.html from W/results.json")
+    r.add_argument("--workdir", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    if args.command in ("train", "study"):
+        from routecal.config import load_config
+
+        try:
+            cfg = load_config(args.config, _split_overrides(extra))
+        except ValueError as e:
+            raise SystemExit(f"routecal {args.command}: {e}") from e
+    elif extra:
+        raise SystemExit(f"routecal {args.command}: unrecognised arguments {list(extra)}")
+
+    if args.command == "train":
+        from routecal import train
+
+        train.train_and_evaluate(cfg, args.workdir)
+    elif args.command == "predict":
+        from routecal import predict
+
+        predict.predict_workdir(args.workdir)
+    elif args.command == "diagnose":
+        from routecal import study
+
+        study.diagnose_predictions(
+            args.predictions,
+            test_path=args.test_predictions,
+            out_dir=args.out,
+            n_permutations=args.n_permutations,
+            seed=args.seed,
+        )
+    elif args.command == "study":
+        from routecal import study
+
+        study.run(cfg, args.workdir, write_report=not args.no_report)
+    elif args.command == "report":
+        from routecal import report
+
+        report.write_report(args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
