@@ -67,7 +67,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 
 def _fmt_band(b: Mapping[str, float] | None, digits: int = 4) -> str:
-    if not b or not np.isfinite(b.get("mean", math.nan)):
+    if not b or b.get("mean") is None or not np.isfinite(b["mean"]):
         return "-"
     if b.get("n", 1) <= 1:
         return _fmt(b["mean"], digits)
@@ -153,6 +153,8 @@ def probes_verdict(probes: Mapping[str, Any]) -> str:
         if ar is None or conf is None:
             continue
         a, c = ar["ece"], conf["ece"]
+        if any(x.get(k) is None for x in (a, c) for k in ("mean", "min", "max")):
+            continue
         outside = a["mean"] < c["min"] or a["mean"] > c["max"]
         n_seeds = c.get("n", 1)
         if n_seeds <= 1:
