@@ -1,0 +1,122 @@
+"""Tests for routecal.data: digits (local TFDS build), synthetic task, TFDS loader, shifts."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits as sk_load_digits
+
+from routecal.data import Dataset, Split, embedded, load_dataset
+
+# ------------------------------------------------------------------------------------------------
+# fixtures
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """A TFDS data_dir with routecal_digits built into it once for this module."""
+    d = tmp_path_factory.mktemp("tfds_digits")
+    embedded.build_digits(d)
+    return d
+
+
+def digits_cfg(data_dir, **kw):
+    cfg = dict(name="digits", seed=0, patch_size=2, data_dir=str(data_dir))
+    cfg.update(kw)
+    return ml_collections.ConfigDict(cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# digits
+# ------------------------------------------------------------------------------------------------
+
+
+def test_digits_tfds_build_matches_sklearn(digits_dir):
+    # The array_record files exist, and reading them back gives exactly sklearn's arrays.
+    files = list((digits_dir / "routecal_digits" / "1.0.0").glob("*.array_record*"))
+    assert files, "no array_record file written"
+    images, labels = embedded.read_digits(digits_dir)
+    d = sk_load_digits()
+    np.testing.assert_array_equal(images, d.images.astype(np.uint8))
+    np.testing.assert_array_equal(labels, d.target)
+    assert images.dtype == np.uint8 and images.shape == (1797, 8, 8)
+
+
+def test_digits_splits_sizes_stratified_and_deterministic(digits_dir):
+    ds = load_dataset(digits_cfg(digits_dir))
+    assert isinstance(ds, Dataset) and ds.name == "digits" and ds.num_classes == 10
+    n = [len(ds.train), len(ds.calib), len(ds.test)]
+    assert sum(n) == 1797
+    # 60 / 20 / 20 within rounding
+    np.testing.assert_allclose(np.array(n) / 1797, [0.6, 0.2, 0.2], atol=2 / 1797)
+    assert ds.seq_len == 16 and ds.token_dim == 4
+    assert ds.train.tokens.dtype == np.float32 and ds.train.labels.dtype == np.int32
+    assert ds.train.tokens.min() >= 0 and ds.train.tokens.max() <= 1
+    # Stratified: each split's class proportions match the full data's within one example.
+    full = np.bincount(sk_load_digits().target, minlength=10) / 1797
+    for s in (ds.train, ds.calib, ds.test):
+        counts = np.bincount(s.labels, minlength=10)
+        assert np.all(np.abs(counts - full * len(s)) <= 1.0 + 1e-9), counts
+    # Splits are disjoint and cover the data: compare the reconstructed images as a multiset.
+    all_tokens = np.concatenate([ds.train.tokens, ds.calib.tokens, ds.test.tokens])
+    all_images = embedded.patches_to_images(all_tokens, (8, 8), 2) * 16
+    ref = sk_load_digits().images
+    key = lambda a: sorted(map(tuple, a.reshape(len(a), -1).round().astype(np.int64).tolist()))
+    assert key(all_images) == key(ref)
+    # Same seed, same arrays; other seed, other splits.
+    again = load_dataset(digits_cfg(digits_dir))
+    np.testing.assert_array_equal(again.train.tokens, ds.train.tokens)
+    np.testing.assert_array_equal(again.test.labels, ds.test.labels)
+    other = load_dataset(digits_cfg(digits_dir, seed=1))
+    assert len(other.test) == len(ds.test)
+    assert not np.array_equal(other.test.tokens, ds.test.tokens)
+
+
+def test_digits_patch_size_and_defaults(digits_dir):
+    ds4 = load_dataset(digits_cfg(digits_dir, patch_size=4))
+    assert ds4.seq_len == 4 and ds4.token_dim == 16
+    ds2 = load_dataset(digits_cfg(digits_dir))
+    # Same split indices whatever the patch size: the images are the same.
+    np.testing.assert_array_equal(
+        embedded.patches_to_images(ds4.test.tokens, (8, 8), 4),
+        embedded.patches_to_images(ds2.test.tokens, (8, 8), 2),
+    )
+    # Missing keys fall back to documented defaults (seed 0, patch 2).
+    minimal = load_dataset(ml_collections.ConfigDict(dict(name="digits", data_dir=str(digits_dir))))
+    np.testing.assert_array_equal(minimal.train.tokens, ds2.train.tokens)
+
+
+def test_patches_round_trip_and_layout():
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 8, 8))
+    tokens = embedded.images_to_patches(images, 2)
+    assert tokens.shape == (3, 16, 4)
+    # Token t = (row block i, col block j) in row-major order; features row-major inside the patch.
+    i, j = 1, 2
+    np.testing.assert_array_equal(
+        tokens[:, i * 4 + j], images[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(3, 4)
+    )
+    np.testing.assert_array_equal(embedded.patches_to_images(tokens, (8, 8), 2), images)
+    colour = rng.random((2, 32, 32, 3))
+    ctokens = embedded.images_to_patches(colour, 4)
+    assert ctokens.shape == (2, 64, 48)
+    np.testing.assert_array_equal(ctokens[:, 9], colour[:, 4:8, 4:8, :].reshape(2, 48))
+    np.testing.assert_array_equal(embedded.patches_to_images(ctokens, (32, 32, 3), 4), colour)
+
+
+@pytest.mark.parametrize("patch", [3, 0, -2, 2.0])
+def test_bad_patch_size(digits_dir, patch):
+    with pytest.raises(ValueError, match="patch_size"):
+        load_dataset(digits_cfg(digits_dir, patch_size=patch))
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        load_dataset(ml_collections.ConfigDict(dict(name="mnist")))
+
+
+def test_split_validation():
+    with pytest.raises(ValueError, match="labels"):
+        Split(np.zeros((3, 2, 2), np.float32), np.zeros(4, np.int32))
