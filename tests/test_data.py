@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from routecal.data import Dataset, Split, embedded, load_dataset
+from routecal.data import Dataset, Split, embedded, load_dataset, synthetic
 
 # ------------------------------------------------------------------------------------------------
 # fixtures
@@ -120,3 +120,106 @@ def test_unknown_dataset_name():
 def test_split_validation():
     with pytest.raises(ValueError, match="labels"):
         Split(np.zeros((3, 2, 2), np.float32), np.zeros(4, np.int32))
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic
+# ------------------------------------------------------------------------------------------------
+
+
+def synth_cfg(**kw):
+    cfg = dict(
+        name="synthetic",
+        seed=0,
+        n_train=300,
+        n_calib=100,
+        n_test=200,
+        seq_len=4,
+        token_dim=3,
+        num_classes=5,
+        difficulty=0.5,
+    )
+    cfg.update(kw)
+    return ml_collections.ConfigDict(cfg)
+
+
+def ncm_accuracy(ds: Dataset) -> float:
+    """Nearest-class-mean classifier fitted on train, scored on test."""
+    xtr = ds.train.tokens.reshape(len(ds.train), -1)
+    xte = ds.test.tokens.reshape(len(ds.test), -1)
+    means = np.stack([xtr[ds.train.labels == c].mean(0) for c in range(ds.num_classes)])
+    d2 = ((xte[:, None, :] - means[None]) ** 2).sum(-1)
+    return float(np.mean(d2.argmin(1) == ds.test.labels))
+
+
+def test_synthetic_shapes_balance_and_determinism():
+    ds = load_dataset(synth_cfg())
+    assert ds.name == "synthetic" and ds.num_classes == 5
+    assert ds.train.tokens.shape == (300, 4, 3) and ds.train.tokens.dtype == np.float32
+    assert (len(ds.calib), len(ds.test)) == (100, 200)
+    for s in (ds.train, ds.calib, ds.test):
+        counts = np.bincount(s.labels, minlength=5)
+        assert counts.max() - counts.min() <= 1 and s.labels.dtype == np.int32
+    again = load_dataset(synth_cfg())
+    for name in ("train", "calib", "test"):
+        np.testing.assert_array_equal(again.split(name).tokens, ds.split(name).tokens)
+        np.testing.assert_array_equal(again.split(name).labels, ds.split(name).labels)
+    other = load_dataset(synth_cfg(seed=1))
+    assert not np.allclose(other.train.tokens, ds.train.tokens)
+    # Independent streams: a different n_test leaves the train split unchanged.
+    np.testing.assert_array_equal(load_dataset(synth_cfg(n_test=7)).train.tokens, ds.train.tokens)
+    # Noise-free: every example equals its class mean.
+    clean = load_dataset(synth_cfg(difficulty=0.0))
+    means = synthetic.class_means(0, 5, 4, 3)
+    np.testing.assert_allclose(clean.test.tokens, means[clean.test.labels], rtol=1e-6)
+
+
+def test_synthetic_difficulty_knob_matches_closed_form():
+    # Two classes, true means: Bayes accuracy 1 - Phi(-d / (2 sigma)), d = ||mu_0 - mu_1||.
+    from scipy.stats import norm
+
+    n = 4000
+    for difficulty in (0.5, 1.0, 2.0):
+        ds = load_dataset(
+            synth_cfg(num_classes=2, n_test=n, seq_len=8, token_dim=4, difficulty=difficulty)
+        )
+        mu = synthetic.class_means(0, 2, 8, 4).reshape(2, -1)
+        x = ds.test.tokens.reshape(n, -1)
+        pred = ((x[:, None] - mu[None]) ** 2).sum(-1).argmin(1)
+        acc = np.mean(pred == ds.test.labels)
+        expected = norm.cdf(np.linalg.norm(mu[0] - mu[1]) / (2 * difficulty))
+        assert abs(acc - expected) < 4 * np.sqrt(expected * (1 - expected) / n) + 1e-3, (
+            difficulty,
+            acc,
+            expected,
+        )
+
+
+def test_synthetic_difficulty_lowers_separability():
+    accs = [ncm_accuracy(load_dataset(synth_cfg(difficulty=d))) for d in (0.1, 0.5, 1.0, 3.0)]
+    assert accs[0] > 0.99
+    assert all(a > b for a, b in zip(accs, accs[1:], strict=False)), accs
+    assert accs[-1] < 0.5
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(difficulty=-0.1),
+        dict(difficulty=float("nan")),
+        dict(n_train=0),
+        dict(num_classes=1),
+        dict(seq_len=2.5),
+    ],
+)
+def test_synthetic_bad_input(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        load_dataset(synth_cfg(**bad))
+
+
+def test_synthetic_defaults():
+    ds = load_dataset(ml_collections.ConfigDict(dict(name="synthetic")))
+    d = synthetic.SYNTHETIC_DEFAULTS
+    assert ds.train.tokens.shape == (d["n_train"], d["seq_len"], d["token_dim"])
+    assert ds.num_classes == d["num_classes"] and len(ds.test) == d["n_test"]
