@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from routecal.data import Dataset, Split, embedded, load_dataset, synthetic
+from routecal.data import Dataset, Split, embedded, load_dataset, shift, synthetic
 
 # ------------------------------------------------------------------------------------------------
 # fixtures
@@ -223,3 +223,78 @@ def test_synthetic_defaults():
     d = synthetic.SYNTHETIC_DEFAULTS
     assert ds.train.tokens.shape == (d["n_train"], d["seq_len"], d["token_dim"])
     assert ds.num_classes == d["num_classes"] and len(ds.test) == d["n_test"]
+
+
+# ------------------------------------------------------------------------------------------------
+# shifts
+# ------------------------------------------------------------------------------------------------
+
+
+def test_pixel_noise(digits_dir):
+    test = load_dataset(digits_cfg(digits_dir)).test
+    raw = shift.pixel_noise(test, 0.3, seed=1, clip=False)
+    diff = (raw.tokens - test.tokens).ravel()
+    # 360 * 64 draws: SE of the sample std is ~0.3 / sqrt(2 * 23040) ~ 0.0014.
+    assert abs(diff.std() - 0.3) < 0.01 and abs(diff.mean()) < 0.01
+    clipped = shift.pixel_noise(test, 0.3, seed=1)
+    np.testing.assert_allclose(clipped.tokens, np.clip(raw.tokens, 0, 1), atol=1e-6)
+    assert clipped.tokens.min() >= 0 and clipped.tokens.max() <= 1
+    np.testing.assert_array_equal(clipped.labels, test.labels)
+    assert not np.allclose(shift.pixel_noise(test, 0.3, seed=2).tokens, clipped.tokens)
+    np.testing.assert_array_equal(shift.pixel_noise(test, 0.0).tokens, test.tokens)
+    with pytest.raises(ValueError, match="std"):
+        shift.pixel_noise(test, -1.0)
+
+
+def test_invert(digits_dir):
+    test = load_dataset(digits_cfg(digits_dir)).test
+    inv = shift.invert(test)
+    np.testing.assert_allclose(inv.tokens, 1.0 - test.tokens, atol=1e-7)
+    np.testing.assert_allclose(shift.invert(inv).tokens, test.tokens, atol=1e-6)
+    np.testing.assert_array_equal(inv.labels, test.labels)
+
+
+def test_held_out_classes(digits_dir):
+    ds = load_dataset(digits_cfg(digits_dir))
+    ind, ood = shift.held_out_classes(ds, [3, 7])
+    assert ind.num_classes == 8 and ind.seq_len == ds.seq_len
+    # Relabelling: old ids 0,1,2,4,5,6,8,9 -> 0..7 in order.
+    old_of_new = np.array([0, 1, 2, 4, 5, 6, 8, 9])
+    for name in ("train", "calib", "test"):
+        s_in, s_full = ind.split(name), ds.split(name)
+        assert s_in.labels.min() >= 0 and s_in.labels.max() <= 7
+        keep = ~np.isin(s_full.labels, [3, 7])
+        assert len(s_in) == keep.sum()
+        np.testing.assert_array_equal(old_of_new[s_in.labels], s_full.labels[keep])
+        np.testing.assert_array_equal(s_in.tokens, s_full.tokens[keep])
+    assert set(np.unique(ood.labels)) == {3, 7}
+    assert len(ood) == np.isin(ds.test.labels, [3, 7]).sum()
+    # The dispatcher gives the same thing; corruptions keep the in-distribution dataset.
+    ind2, ood2 = shift.make_ood(ds, "held_out_classes", classes=(7, 3))
+    np.testing.assert_array_equal(ood2.tokens, ood.tokens)
+    assert ind2.num_classes == 8
+    same, inv = shift.make_ood(ds, "invert")
+    assert same is ds and len(inv) == len(ds.test)
+    _, noisy = shift.make_ood(ds, "pixel_noise", std=0.1, seed=0)
+    np.testing.assert_array_equal(noisy.tokens, shift.pixel_noise(ds.test, 0.1, 0).tokens)
+
+
+@pytest.mark.parametrize(
+    "classes, match",
+    [
+        ([], "at least one"),
+        ([10], r"\[0, 10\)"),
+        ([1, 1], "duplicates"),
+        (list(range(9)), "fewer than 2"),
+    ],
+)
+def test_held_out_classes_bad_input(digits_dir, classes, match):
+    ds = load_dataset(digits_cfg(digits_dir))
+    with pytest.raises(ValueError, match=match):
+        shift.held_out_classes(ds, classes)
+
+
+def test_make_ood_unknown_kind():
+    ds = load_dataset(synth_cfg())
+    with pytest.raises(ValueError, match="kind"):
+        shift.make_ood(ds, "blur")
