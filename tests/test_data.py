@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits as sk_load_digits
 
 from routecal.data import Dataset, Split, embedded, load_dataset, shift, synthetic
@@ -298,3 +301,164 @@ def test_make_ood_unknown_kind():
     ds = load_dataset(synth_cfg())
     with pytest.raises(ValueError, match="kind"):
         shift.make_ood(ds, "blur")
+
+
+# ------------------------------------------------------------------------------------------------
+# TFDS loader, on small datasets built here (never downloads)
+# ------------------------------------------------------------------------------------------------
+
+
+def _png(image_HxWxC: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image_HxWxC.squeeze(-1) if image_HxWxC.shape[-1] == 1 else image_HxWxC).save(
+        buf, format="png"
+    )
+    return buf.getvalue()
+
+
+def _test_images(split: str, n: int, shape: tuple[int, int, int]):
+    """Deterministic uint8 images whose first pixel encodes (split, index): lets tests check rows."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(n) % 256
+    labels = np.arange(n) % 3
+    return images, labels
+
+
+class _TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """mnist-like: PNG-encoded `image` [H, W, C] uint8, `label` ClassLabel(3), train/test splits."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    SHAPE = (12, 12, 1)
+    N = {"train": 40, "test": 15}
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=self.SHAPE),
+                    "label": tfds.features.ClassLabel(num_classes=3),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {s: self._generate_examples(s) for s in ("train", "test")}
+
+    def _generate_examples(self, split="train"):
+        images, labels = _test_images(split, self.N[split], self.SHAPE)
+        for i, (im, y) in enumerate(zip(images, labels, strict=True)):
+            yield i, {"image": _png(im), "label": int(y)}
+
+
+class RoutecalTestGray(_TinyImages):
+    name = "routecal_test_gray"
+
+
+class RoutecalTestColour(_TinyImages):
+    name = "routecal_test_colour"
+    SHAPE = (8, 8, 3)
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfds_user")
+    with embedded.quiet_tfds():
+        for cls in (RoutecalTestGray, RoutecalTestColour):
+            cls(data_dir=str(d), file_format="array_record").download_and_prepare()
+    return d
+
+
+def tfds_cfg(name, data_dir, **kw):
+    cfg = dict(
+        name=f"tfds:{name}",
+        seed=0,
+        patch_size=4,
+        data_dir=str(data_dir),
+        calib_fraction=0.25,
+        max_examples=None,
+    )
+    cfg.update(kw)
+    return ml_collections.ConfigDict(cfg)
+
+
+def _first_pixel(tokens):
+    return np.rint(tokens[:, 0, 0] * 255).astype(int)
+
+
+def test_tfds_loader_reads_test_built_dataset(tfds_dir):
+    ds = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir))
+    assert ds.name == "tfds:routecal_test_gray" and ds.num_classes == 3
+    assert (len(ds.train), len(ds.calib), len(ds.test)) == (30, 10, 15)
+    assert ds.seq_len == 9 and ds.token_dim == 16
+    assert ds.train.tokens.min() >= 0 and ds.train.tokens.max() <= 1
+    # The tokens are exactly the generated images / 255, cut into patches: identify rows by the
+    # index written in pixel (0, 0) and compare with the generator's arrays.
+    train_images, train_labels = _test_images("train", 40, (12, 12, 1))
+    seen = []
+    for s in (ds.train, ds.calib):
+        rows = _first_pixel(s.tokens)
+        seen.extend(rows.tolist())
+        expected = embedded.images_to_patches(
+            train_images[rows, ..., 0].astype(np.float32) / 255, 4
+        )
+        np.testing.assert_allclose(s.tokens, expected, atol=1e-7)
+        np.testing.assert_array_equal(s.labels, train_labels[rows])
+    assert sorted(seen) == list(range(40))  # calib carved from train, disjoint, complete
+    test_images, _ = _test_images("test", 15, (12, 12, 1))
+    rows = _first_pixel(ds.test.tokens)
+    assert sorted(rows.tolist()) == list(range(15))
+    np.testing.assert_allclose(
+        embedded.patches_to_images(ds.test.tokens, (12, 12), 4) * 255,
+        test_images[rows, ..., 0],
+        atol=1e-4,
+    )
+    # Seeded: same seed same calib rows, other seed other rows; max_examples caps each split.
+    again = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir))
+    np.testing.assert_array_equal(again.calib.tokens, ds.calib.tokens)
+    other = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, seed=1))
+    assert set(_first_pixel(other.calib.tokens)) != set(_first_pixel(ds.calib.tokens))
+    capped = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, max_examples=7, patch_size=6))
+    assert (len(capped.train), len(capped.calib), len(capped.test)) == (7, 7, 7)
+    assert capped.seq_len == 4 and capped.token_dim == 36
+
+
+def test_tfds_loader_colour_patches(tfds_dir):
+    ds = load_dataset(tfds_cfg("routecal_test_colour", tfds_dir))
+    assert ds.seq_len == 4 and ds.token_dim == 48  # 8x8x3, 4x4 patches: 4 tokens x (4*4*3)
+    test_images, _ = _test_images("test", 15, (8, 8, 3))
+    rows = np.rint(ds.test.tokens[:, 0, 0] * 255).astype(int)
+    np.testing.assert_allclose(
+        embedded.patches_to_images(ds.test.tokens, (8, 8, 3), 4) * 255, test_images[rows], atol=1e-4
+    )
+
+
+def test_tfds_loader_rejects_non_image_dataset(digits_dir):
+    # routecal_digits stores [8, 8] tensors (no channel axis, 0..16 levels), not TFDS images.
+    with pytest.raises(ValueError, match=r"fixed \[H, W, C\] shape"):
+        load_dataset(tfds_cfg("routecal_digits", digits_dir, patch_size=2))
+
+
+def test_tfds_missing_data_is_a_clear_error(tmp_path):
+    empty = tmp_path / "no_data_here"
+    for name in ("mnist", "cifar10", "routecal_never_built"):
+        with pytest.raises(ValueError) as err:
+            load_dataset(tfds_cfg(name, empty))
+        msg = str(err.value)
+        assert repr(name) in msg and str(empty) in msg and f"tfds build {name}" in msg, msg
+    assert not (empty / "mnist").exists() or not any((empty / "mnist").rglob("*.array_record*"))
+
+
+def test_tfds_bad_input(tfds_dir):
+    with pytest.raises(ValueError, match="patch_size"):
+        load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, patch_size=5))
+    with pytest.raises(ValueError, match="calib_fraction"):
+        load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, calib_fraction=1.5))
+    with pytest.raises(ValueError, match="max_examples"):
+        load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, max_examples=0))
+    with pytest.raises(ValueError, match="tfds:<name>"):
+        load_dataset(ml_collections.ConfigDict(dict(name="tfds:")))
