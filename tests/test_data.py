@@ -462,3 +462,10 @@ def test_tfds_bad_input(tfds_dir):
         load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, max_examples=0))
     with pytest.raises(ValueError, match="tfds:<name>"):
         load_dataset(ml_collections.ConfigDict(dict(name="tfds:")))
+
+
+def test_load_dataset_accepts_plain_dict_and_rejects_missing_name():
+    ds = load_dataset(dict(name="synthetic", n_train=5, n_calib=5, n_test=5))
+    assert len(ds.train) == 5
+    with pytest.raises(ValueError, match="data.name"):
+        load_dataset(dict(seed=0))

@@ -4,9 +4,11 @@ Reads a dataset that the user has already prepared in array_record format under 
 with `tfds` random-access data sources (no TensorFlow needed, nothing is ever downloaded). On a
 machine with internet access, prepare it once with
 
+    pip install tensorflow tensorflow-datasets   # TensorFlow is needed to *build*, not to read
     tfds build mnist --data_dir /path/to/tfds --file_format array_record
 
-(the same for fashion_mnist, cifar10) and copy the directory over if needed. Any TFDS dataset with an
+(the same for fashion_mnist, cifar10) and copy the directory over if needed. Data prepared in the
+default tfrecord format cannot be read without TensorFlow; the loader says so. Any TFDS dataset with an
 `image` feature ([H, W, C] uint8) and a `label` ClassLabel and "train" / "test" splits works, so
 the three listed names are examples rather than a whitelist.
 
@@ -125,7 +127,7 @@ def load_tfds(data_cfg) -> Dataset:
       ValueError: unknown or absent dataset (message names the dataset, the data_dir and how to
         prepare it), bad patch size, fractions or caps.
     """
-    full_name = data_cfg.name
+    full_name = data_cfg.get("name", "")
     name = full_name.removeprefix("tfds:")
     if not name:
         raise ValueError(f"data.name: expected 'tfds:<name>' (e.g. tfds:mnist), got {full_name!r}")
