@@ -381,6 +381,7 @@ def tfds_cfg(name, data_dir, **kw):
         data_dir=str(data_dir),
         calib_fraction=0.25,
         max_examples=None,
+        cache_decoded=False,
     )
     cfg.update(kw)
     return ml_collections.ConfigDict(cfg)
@@ -469,3 +470,28 @@ def test_load_dataset_accepts_plain_dict_and_rejects_missing_name():
     assert len(ds.train) == 5
     with pytest.raises(ValueError, match="data.name"):
         load_dataset(dict(seed=0))
+
+
+def test_tfds_decoded_cache(tfds_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROUTECAL_DATA_DIR", str(tmp_path / "cache"))
+    fresh = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir))
+    first = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, cache_decoded=True))
+    files = sorted((tmp_path / "cache" / "decoded").rglob("*.npz"))
+    assert [f.name for f in files] == ["test.npz", "train.npz"]
+    # Poison the cache's pixels: a second load must come from the cache (and equal it), while
+    # capped loads also use it; without the cache flag the files are ignored.
+    for f in files:
+        with np.load(f) as z:
+            np.savez(f, images=255 - z["images"], labels=z["labels"])
+    cached = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, cache_decoded=True))
+    for name in ("train", "calib", "test"):
+        np.testing.assert_array_equal(first.split(name).tokens, fresh.split(name).tokens)
+        np.testing.assert_allclose(
+            cached.split(name).tokens, 1 - fresh.split(name).tokens, atol=1e-6
+        )
+        np.testing.assert_array_equal(cached.split(name).labels, fresh.split(name).labels)
+    capped = load_dataset(
+        tfds_cfg("routecal_test_gray", tfds_dir, cache_decoded=True, max_examples=5)
+    )
+    capped_fresh = load_dataset(tfds_cfg("routecal_test_gray", tfds_dir, max_examples=5))
+    np.testing.assert_allclose(capped.test.tokens, 1 - capped_fresh.test.tokens, atol=1e-6)

@@ -12,6 +12,9 @@ default tfrecord format cannot be read without TensorFlow; the loader says so. A
 `image` feature ([H, W, C] uint8) and a `label` ClassLabel and "train" / "test" splits works, so
 the three listed names are examples rather than a whitelist.
 
+Decoding PNG images runs at roughly 2,000 examples/s on one CPU core, so by default the first full
+load caches the decoded uint8 arrays (see `decoded_cache_dir`) and later loads take a second.
+
 Splits: "test" is the TFDS test split; "calib" is a seeded random `calib_fraction` of the TFDS train
 split, and "train" is the rest. `max_examples` caps each split (a seeded random subset). Images are
 scaled to [0, 1] (pixel / 255) and cut into `patch_size x patch_size` patches: mnist with the
@@ -23,6 +26,7 @@ Letters: N examples, H, W image height and width, C channels, T tokens, P featur
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 
@@ -31,11 +35,13 @@ import tensorflow_datasets as tfds
 
 from routecal._checks import check_positive_int
 from routecal.data import Dataset, Split
-from routecal.data.embedded import _check_patch, images_to_patches, quiet_tfds
+from routecal.data.embedded import _check_patch, images_to_patches, quiet_tfds, resolve_data_dir
 
 # Defaults used when a key is missing from the data config (data_dir None: $TFDS_DATA_DIR or
 # ~/tensorflow_datasets, as in TFDS itself; max_examples None: no cap).
-TFDS_DEFAULTS = dict(seed=0, patch_size=4, data_dir=None, calib_fraction=0.1, max_examples=None)
+TFDS_DEFAULTS = dict(
+    seed=0, patch_size=4, data_dir=None, calib_fraction=0.1, max_examples=None, cache_decoded=True
+)
 EXAMPLES = ("mnist", "fashion_mnist", "cifar10")
 _READ_CHUNK = 4096
 
@@ -90,6 +96,50 @@ def open_builder(name: str, data_dir: str | os.PathLike | None) -> tfds.core.Dat
     return builder
 
 
+def decoded_cache_dir(builder: tfds.core.DatasetBuilder) -> pathlib.Path:
+    """Where decoded splits of `builder`'s prepared data are cached.
+
+    `<routecal cache>/decoded/<name>/<version>/<key>/`, with the routecal cache dir as in
+    `embedded.resolve_data_dir(None)` and `key` a hash of the prepared files' location and the
+    modification time of their dataset_info.json (a rebuilt dataset gets a new key).
+    """
+    data_path = pathlib.Path(os.fspath(builder.data_dir)).resolve()
+    info = data_path / "dataset_info.json"
+    stamp = f"{data_path}|{info.stat().st_mtime_ns if info.exists() else 0}"
+    key = hashlib.sha1(stamp.encode()).hexdigest()[:16]
+    return resolve_data_dir(None) / "decoded" / builder.name / str(builder.version) / key
+
+
+class _SplitReader:
+    """Reads examples of one TFDS split, from the decoded cache (`cache_file`) when present.
+
+    `read(idx, cache_all=True)` decodes the whole split once, writes it to `cache_file` (atomically)
+    and serves every later read from memory; with `cache_all=False` and no cache, only `idx` is
+    decoded.
+    """
+
+    def __init__(self, source, cache_file: pathlib.Path | None):
+        self.source = source
+        self.cache_file = cache_file
+        self.arrays: tuple[np.ndarray, np.ndarray] | None = None
+        if cache_file is not None and cache_file.exists():
+            with np.load(cache_file) as z:
+                images, labels = z["images"], z["labels"]
+            if len(labels) == len(source):
+                self.arrays = (images, labels)
+
+    def read(self, idx: np.ndarray, *, cache_all: bool) -> tuple[np.ndarray, np.ndarray]:
+        if self.arrays is None and cache_all and self.cache_file is not None:
+            self.arrays = _read(self.source, np.arange(len(self.source)))
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, images=self.arrays[0], labels=self.arrays[1])
+            os.replace(tmp, self.cache_file)
+        if self.arrays is not None:
+            return self.arrays[0][idx], self.arrays[1][idx]
+        return _read(self.source, idx)
+
+
 def _read(source, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reads examples `indices` (sorted) -> images [N, H, W, C], labels [N] int32."""
     images, labels = [], []
@@ -117,7 +167,10 @@ def load_tfds(data_cfg) -> Dataset:
     Args:
       data_cfg: ConfigDict (or dict) with `name` = "tfds:<name>" and (missing keys take these
         defaults) seed (0), patch_size (4), data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets),
-        calib_fraction (0.1, of the TFDS train split), max_examples (None: no cap per split).
+        calib_fraction (0.1, of the TFDS train split), max_examples (None: no cap per split),
+        cache_decoded (True: the first full load decodes each split once and caches the uint8
+        arrays under the routecal cache dir, see `decoded_cache_dir`; later loads, full or capped,
+        read the cache; capped loads without a cache decode only the examples they need).
 
     Returns:
       Dataset "tfds:<name>": tokens [N, (H/p)(W/p), p*p*C'] float32 in [0, 1] (C' = 1 for
@@ -180,14 +233,20 @@ def load_tfds(data_cfg) -> Dataset:
     if len(train_idx) == 0:
         raise ValueError(f"calib_fraction: {calib_fraction} leaves no training example of {name!r}")
 
-    def split(source, idx) -> Split:
-        images, labels = _read(source, np.sort(idx))
+    cache = decoded_cache_dir(builder) if get("cache_decoded") else None
+    readers = {
+        k: _SplitReader(src, cache / f"{k}.npz" if cache else None)
+        for k, src in (("train", train_src), ("test", test_src))
+    }
+
+    def split(reader, idx) -> Split:
+        images, labels = reader.read(np.sort(idx), cache_all=max_examples is None)
         return Split(_to_tokens(images, patch), labels)
 
     return Dataset(
         full_name,
-        split(train_src, train_idx),
-        split(train_src, calib_idx),
-        split(test_src, test_idx),
+        split(readers["train"], train_idx),
+        split(readers["train"], calib_idx),
+        split(readers["test"], test_idx),
         num_classes=num_classes,
     )
