@@ -61,9 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.seeds = (0,)
         c.model_overrides = ""
         for name in ("standard", "full", "block"):
-            variant = c.models[name].config.split(":")[1]
-            c.models[name].config = "attnres_digits.py:quick"
-            c.models[name].overrides = f"model.residual={variant}"
+            c.models[name].config += ",quick"
         c.diagnostics.n_permutations = 200
         c.probes.bandwidth_rules = "scott,cv_nll,oracle_ece"
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)
