@@ -1,0 +1,126 @@
+"""Run a trained model over a split: probabilities, labels and routing traces, saved as .npz.
+
+    routecal predict --workdir W      # -> W/predictions/{calib,test}.npz
+
+Each npz holds:
+  probs [N, C] float32, labels [N] int32,
+  H, H_norm, depth_mean, depth_var [N, S] float32 (per-example routing summaries averaged over
+    tokens, one column per depth-attention site: L sublayers then the readout; see `traces.py`),
+  alpha_mean [S, S_max] (token- and example-averaged depth weights, zero-padded past n_sources),
+  n_sources [S] int32, sublayer_names [S] str,
+  mlp/<i>/<key> per-example MLP traces (MoE models), if any.
+For a standard-residual model S = 0.
+
+Letters: N examples, T tokens, P token features, C classes, S depth sources.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from routecal import _checks, traces
+from routecal.data import Split
+from routecal.models.transformer import Transformer
+
+
+@nnx.jit
+def _forward(model: Transformer, tokens_BxTxP):
+    out = model(tokens_BxTxP, return_traces=True)
+    return jax.nn.softmax(out.logits, axis=-1), out.traces
+
+
+def predict_arrays(
+    model: Transformer, tokens: Any, *, batch_size: int = 256
+) -> dict[str, Any]:
+    """Probabilities and raw traces of `model` on `tokens` [N, T, P].
+
+    Batches have a fixed size (the last one zero-padded), so the forward pass compiles once.
+
+    Returns:
+      {"probs": [N, C] float32, "alpha": list of [N, T, S_l] float32 (one per depth-attention
+       site; [] for standard residual), "mlp": list of per-MLP dicts of [N, ...] arrays}.
+    """
+    x = _checks.as_array(tokens, "tokens", ndim=3, dtype=np.float32)
+    batch_size = _checks.check_positive_int(batch_size, "batch_size")
+    mc = model.cfg
+    if x.shape[1:] != (mc.seq_len, mc.token_dim):
+        raise ValueError(
+            f"tokens: expected shape [N, {mc.seq_len}, {mc.token_dim}], got {list(x.shape)}"
+        )
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    n_pad = -(-n // bs) * bs
+    xp = np.zeros((n_pad, *x.shape[1:]), np.float32)
+    xp[:n] = x
+    chunks = [jax.device_get(_forward(model, xp[i : i + bs])) for i in range(0, n_pad, bs)]
+    cat = lambda *xs: np.concatenate([np.asarray(a) for a in xs], axis=0)[:n]
+    probs = cat(*[c[0] for c in chunks]).astype(np.float32)
+    tr = jax.tree.map(cat, *[c[1] for c in chunks]) if len(chunks) > 1 else jax.tree.map(
+        lambda a: np.asarray(a)[:n], chunks[0][1]
+    )
+    return {"probs": probs, "alpha": list(tr["alpha"]), "mlp": list(tr["mlp"])}
+
+
+def predictions_record(
+    model: Transformer, split: Split, *, batch_size: int = 256, token: str | int = "mean"
+) -> dict[str, np.ndarray]:
+    """The arrays `predict_workdir` saves for one split (see the module docstring)."""
+    out = predict_arrays(model, split.tokens, batch_size=batch_size)
+    summ = traces.summarize(out["alpha"], token=token)
+    n = len(split)
+    rec: dict[str, np.ndarray] = {
+        "probs": out["probs"],
+        "labels": np.asarray(split.labels, np.int32),
+    }
+    for k, v in summ.items():
+        rec[k] = v if v.size else np.zeros((n, 0), np.float32)
+    rec["alpha_mean"], rec["n_sources"] = traces.alpha_mean(out["alpha"])
+    names = model.cfg.sublayer_names
+    rec["sublayer_names"] = np.array(names, dtype=str) if names else np.zeros((0,), dtype="<U1")
+    for i, tr in enumerate(out["mlp"]):
+        for k, v in tr.items():
+            rec[f"mlp/{i}/{k}"] = np.asarray(v)
+    return rec
+
+
+def predict_workdir(
+    workdir: str | pathlib.Path,
+    splits: tuple[str, ...] = ("calib", "test"),
+    extra_splits: dict[str, Split] | None = None,
+    *,
+    batch_size: int = 256,
+) -> dict[str, pathlib.Path]:
+    """Writes W/predictions/<split>.npz for the trained model in `workdir`.
+
+    Args:
+      workdir: a finished (or checkpointed) training run.
+      splits: dataset splits to predict ("train", "calib", "test").
+      extra_splits: more named splits (e.g. shifted / OOD sets) with the same token shape.
+      batch_size: fixed prediction batch size.
+
+    Returns:
+      split name -> path of its npz.
+    """
+    from routecal.train import load_trained
+
+    model, _, dataset = load_trained(workdir)
+    out_dir = pathlib.Path(workdir) / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = {name: dataset.split(name) for name in splits}
+    for name, split in (extra_splits or {}).items():
+        if name in todo:
+            raise ValueError(f"extra_splits: name {name!r} clashes with a dataset split")
+        _checks.check_labels(split.labels, dataset.num_classes, f"extra_splits[{name!r}].labels")
+        todo[name] = split
+    paths = {}
+    for name, split in todo.items():
+        rec = predictions_record(model, split, batch_size=batch_size)
+        path = out_dir / f"{name}.npz"
+        np.savez(path, **rec)
+        paths[name] = path
+    return paths
