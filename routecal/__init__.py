@@ -32,6 +32,7 @@ _SUBMODULES = (
     "predict",
     "probes",
     "report",
+    "simulation",
     "study",
     "traces",
     "train",

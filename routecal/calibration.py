@@ -111,12 +111,9 @@ def _bin_index(confidence: jax.Array, n_bins: int, binning: str) -> jax.Array:
 
 
 def _bin_sums(bins: jax.Array, values: tuple[jax.Array, ...], n_bins: int) -> tuple[jax.Array, ...]:
-    """Per-bin sums of each [N] value array -> tuple of [M] arrays.
-
-    A fused compare-multiply-reduce over [N, M] (vectorises on CPU far better than a scatter-add).
-    """
-    onehot = bins[:, None] == jnp.arange(n_bins, dtype=bins.dtype)[None, :]
-    return tuple(jnp.sum(jnp.where(onehot, v[:, None], 0.0), axis=0) for v in values)
+    """Per-bin sums of each [N] value array -> tuple of [M] arrays (one scatter-add pass)."""
+    sums = jax.ops.segment_sum(jnp.stack(values, axis=1), bins, num_segments=n_bins)
+    return tuple(sums[:, i] for i in range(len(values)))
 
 
 class ReliabilityCurve(NamedTuple):

@@ -54,8 +54,12 @@ def build_model(cfg: ml_collections.ConfigDict, dataset: Dataset) -> Transformer
     return Transformer(mcfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
+@functools.lru_cache(maxsize=32)
 def trainable_filter(spec: str) -> Any:
-    """NNX filter selecting the trainable `nnx.Param`s: a preset name or a path regex."""
+    """NNX filter selecting the trainable `nnx.Param`s: a preset name or a path regex.
+
+    Cached, so one spec gives one filter object (it is part of the optimizer's static graph).
+    """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"train.trainable: expected a preset {list(TRAINABLE_PRESETS)} or a regex")
     pattern = TRAINABLE_PRESETS.get(spec, spec)
@@ -71,19 +75,37 @@ def trainable_filter(spec: str) -> Any:
 
 
 def make_tx(tcfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine decay, and global-norm clipping."""
+    """AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine decay, and global-norm clipping.
+
+    The same settings return the same (cached) object, so the jit-compiled train step, whose
+    optimizer graph holds it, is reused across runs in one process instead of recompiled.
+    """
     steps = int(tcfg.steps)
-    warmup = min(int(tcfg.warmup), max(steps - 1, 0))
+    return _make_tx(
+        steps=steps,
+        warmup=min(int(tcfg.warmup), max(steps - 1, 0)),
+        lr=float(tcfg.lr),
+        weight_decay=float(tcfg.weight_decay),
+        grad_clip=float(tcfg.get("grad_clip", 1.0)),
+        end_lr_fraction=float(tcfg.get("end_lr_fraction", 0.0)),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _make_tx(
+    *, steps: int, warmup: int, lr: float, weight_decay: float, grad_clip: float,
+    end_lr_fraction: float,
+) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=float(tcfg.lr),
+        peak_value=lr,
         warmup_steps=warmup,
         decay_steps=max(steps, warmup + 1),
-        end_value=float(tcfg.get("end_lr_fraction", 0.0)) * float(tcfg.lr),
+        end_value=end_lr_fraction * lr,
     )
     return optax.chain(
-        optax.clip_by_global_norm(float(tcfg.get("grad_clip", 1.0))),
-        optax.adamw(schedule, weight_decay=float(tcfg.weight_decay)),
+        optax.clip_by_global_norm(grad_clip),
+        optax.adamw(schedule, weight_decay=weight_decay),
     )
 
 
@@ -130,7 +152,7 @@ def _make_train_step(trainable: str):
         grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
         (loss, (ce, aux_loss)), grads = grad_fn(model)
         optimizer.update(model, grads)
-        return {"loss": loss, "ce": ce, "aux_loss": aux_loss, "grad_norm": optax.global_norm(grads)}
+        return {"loss": loss, "ce": ce, "aux_loss": aux_loss, "grad_norm": optax.tree.norm(grads)}
 
     return train_step
 
@@ -347,7 +369,7 @@ def train_and_evaluate(
         dataset = load_dataset(cfg.data)
         _check_dataset(dataset)
         model = build_model(cfg, dataset)
-        wrt = trainable_filter(tcfg.trainable)
+        wrt = trainable_filter(str(tcfg.trainable))
         if not jax.tree.leaves(nnx.state(model, wrt)):
             raise ValueError(f"train.trainable: {tcfg.trainable!r} selects no parameter")
         optimizer = nnx.Optimizer(model, make_tx(tcfg), wrt=wrt)

@@ -172,3 +172,63 @@ def test_bad_input_rank_raises():
     model = moe.MoEMLP(moe.MoEConfig(d_model=4, mlp_dim=4), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="x_BxTxD"):
         model(jnp.zeros((3, 4)))
+
+
+def _tiny_model(mlp_type, **kw):
+    from routecal.models.transformer import ModelConfig, Transformer
+
+    mc = ModelConfig(
+        seq_len=4,
+        token_dim=3,
+        num_classes=3,
+        d_model=8,
+        n_layers=2,
+        n_heads=2,
+        mlp_dim=8,
+        residual="standard",
+        mlp_type=mlp_type,
+        n_experts=4,
+        top_k=2,
+        moe_every=2,
+        **kw,
+    )
+    return Transformer(mc, rngs=nnx.Rngs(params=0, dropout=1))
+
+
+def test_moe_transformer_traces_flow_to_predictions():
+    from routecal import predict, traces
+    from routecal.data import Split
+
+    model = _tiny_model("moe")
+    x = np.random.default_rng(0).normal(size=(5, 4, 3)).astype(np.float32)
+    split = Split(x, np.array([0, 1, 2, 0, 1], np.int32))
+    rec = predict.predictions_record(model, split, batch_size=8)
+    # moe_every=2: layer 1 only is MoE -> one column
+    assert rec["router_entropy"].shape == rec["top1_margin"].shape == (5, 1)
+    p = rec["mlp/1/router_probs"]
+    assert p.shape == (5, 4, 4) and rec["mlp/1/experts"].shape == (5, 4, 2)
+    assert "mlp/0/router_probs" not in rec
+    # numpy reference for the summaries
+    h = -(p * np.log(p)).sum(-1).mean(1)
+    np.testing.assert_allclose(rec["router_entropy"][:, 0], h, rtol=1e-5)
+    ps = np.sort(p, -1)
+    np.testing.assert_allclose(rec["top1_margin"][:, 0], (ps[..., -1] - ps[..., -2]).mean(1), 1e-5)
+    np.testing.assert_allclose(
+        rec["gate_mass"][:, 0], rec["mlp/1/gates"].sum(-1).mean(1), rtol=1e-5
+    )
+    assert traces.moe_summaries([{}, {}]) == {}
+
+
+def test_vmoer_transformer_aux_and_trainable_filter():
+    from routecal import train
+    from routecal.models import vmoer
+
+    model = _tiny_model("vmoer_logit", vmoer=(("beta", 0.5), ("rank", 1)))
+    out = nnx.jit(lambda m, x: m(x, train=True))(model, jnp.ones((2, 4, 3)))
+    assert set(out.aux) == {"moe_lb", "moe_z", "vmoer_kl"}
+    np.testing.assert_allclose(out.aux_loss, sum(out.aux.values()), rtol=1e-6)
+    # train.trainable="vrouter" selects exactly the router-posterior parameters
+    names = vmoer.router_posterior_param_names(model)
+    sel = nnx.state(model, train.trainable_filter(vmoer.VROUTER_PATH))
+    got = sorted("/".join(map(str, p)) for p, _ in nnx.to_flat_state(sel))
+    assert got == names and len(names) == 6  # delta_mu, sigma, lowrank: kernel + bias

@@ -72,7 +72,30 @@ _DEFAULTS = {
 
 
 def _opt(cfg: Any, name: str) -> Any:
-    return getattr(cfg, name, _DEFAULTS[name])
+    """Option `name` from `cfg.<name>`, else `cfg.vmoer_options[name or name minus "vmoer_"]`
+    (the transformer's ModelConfig keeps VMoER options in a dict), else the default."""
+    if hasattr(cfg, name):
+        return getattr(cfg, name)
+    opts = dict(getattr(cfg, "vmoer_options", {}) or {})
+    short = name.removeprefix("vmoer_")
+    return opts.get(name, opts.get(short, _DEFAULTS[name]))
+
+
+def check_vmoer_options(options: dict[str, Any]) -> None:
+    """Raises ValueError naming an unknown VMoER option (keys with or without "vmoer_")."""
+    valid = set(_DEFAULTS) | {k.removeprefix("vmoer_") for k in _DEFAULTS}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(f"model.vmoer: unknown option(s) {unknown}; valid: {sorted(_DEFAULTS)}")
+
+
+def _router_stream(rngs: nnx.Rngs) -> nnx.RngStream:
+    """A private RNG stream for routing noise: the "router" stream if present, else a fork of
+    "dropout" or "default" (so `nnx.Rngs(params=s, dropout=s + 1)` works)."""
+    for name in ("router", "dropout", "default"):
+        if name in rngs:
+            return rngs[name].fork()
+    return rngs["params"].fork()
 
 
 def _softplus_inverse(y: float) -> float:
@@ -159,7 +182,7 @@ class LogitVariationalRouter(moe.TopKRouter):
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         super().__init__(cfg, rngs=rngs)
         self.vrouter = LogitPosteriorHeads(cfg, rngs=rngs)
-        self.rngs = rngs["router"].fork()
+        self.rngs = _router_stream(rngs)
         self.beta = float(_opt(cfg, "vmoer_beta"))
         self.prior_sigma = float(_opt(cfg, "vmoer_prior_sigma"))
         self.sigma_min = float(_opt(cfg, "vmoer_sigma_min"))
@@ -217,7 +240,7 @@ class TemperatureRouter(moe.TopKRouter):
                 f"vmoer_min_temperature: must lie in (0, 1), got {self.min_temperature}"
             )
         self.vrouter = TemperatureHead(cfg, self.min_temperature, rngs=rngs)
-        self.rngs = rngs["router"].fork()
+        self.rngs = _router_stream(rngs)
         self.beta = float(_opt(cfg, "vmoer_beta"))
         self.temp_prior_sigma = float(_opt(cfg, "vmoer_temp_prior_sigma"))
         self.sample = False
@@ -247,6 +270,7 @@ class TemperatureRouter(moe.TopKRouter):
 
 def make_router(cfg: Any, router_type: str, *, rngs: nnx.Rngs) -> moe.TopKRouter:
     """Router factory: "det" (deterministic), "logit" or "temp"."""
+    check_vmoer_options(dict(getattr(cfg, "vmoer_options", {}) or {}))
     if router_type == "det":
         return moe.TopKRouter(cfg, rngs=rngs)
     if router_type == "logit":

@@ -1,0 +1,550 @@
+"""Nadaraya-Watson kernel regression, Scott bandwidths and leave-one-out bandwidth selection.
+
+Shapes: N training / calibration examples, M query points, D features, K bandwidths in a grid.
+
+The Gaussian product kernel with per-feature bandwidth h (Nadaraya 1964; Watson 1964)::
+
+    w_ij = exp(-sum_d (x_id - x_jd)^2 / (2 h_d^2)),   m(x_i) = sum_j w_ij y_j / sum_j w_ij.
+
+Engine (one code path for `nadaraya_watson`, `loo_predictions` and `loo_nll`):
+  * float32 throughout, coordinates pre-scaled by 1/(sqrt(2) h) so a weight is one fused `exp`.
+  * numerically stable: every row subtracts its smallest squared scaled distance (self excluded in
+    leave-one-out) before `exp`, so the largest weight of a row is exactly 1 and a far outlier never
+    underflows its whole row (its estimate becomes its nearest neighbour's label, not 0/0).
+  * tiled: rows in tiles of `row_tile`, columns in tiles of `col_tile` (a `lax.scan`), two passes
+    (row minimum, then exp-sums); XLA fuses each pass into one loop, so memory is O(N + tile) and the
+    N x N kernel matrix is never materialised, for any bandwidth; bandwidths are iterated with
+    `lax.map`.
+  * binary targets: columns are sorted by label and each label block padded to whole tiles, so a
+    column tile has one label and both sums (sum_j w_ij and sum_j w_ij y_j) come from one single-output
+    reduction per tile (multi-output reductions are ~4x slower on XLA:CPU).
+  * leave-one-out: a row tile's own points lie in exactly one column tile (rows and columns share
+    the ordering); only that tile is computed with the self-mask (`lax.cond`), the rest unmasked.
+  * shardable: query rows are split over a 1-D `jax.sharding.Mesh` (see `routecal.parallel`) with
+    `jax.shard_map`; the training columns are replicated.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from routecal import _checks
+from routecal.parallel import pad_to_multiple
+
+__all__ = [
+    "DEFAULT_MULTIPLES",
+    "BandwidthSelection",
+    "loo_nll",
+    "loo_predictions",
+    "nadaraya_watson",
+    "scott_bandwidth",
+    "scott_multiples",
+    "select_bandwidth",
+]
+
+# Default bandwidth grid for CV / oracle selection: 32 log-spaced multiples of Scott's rule.
+DEFAULT_MULTIPLES = np.geomspace(1.0 / 8.0, 8.0, 32)
+
+PROB_CLIP = (
+    1e-6  # leave-one-out estimates are clipped to [PROB_CLIP, 1 - PROB_CLIP] before the NLL.
+)
+_PAD_COORD = 1e18  # padding points sit this far away: their kernel weight is exactly 0 in float32.
+_BIG = float(np.finfo(np.float32).max)
+_MATMUL_MIN_DIM = 5  # from this many features on, squared distances use |a|^2 + |b|^2 - 2 a.b
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _features(x, name: str, *, min_rows: int = 1) -> np.ndarray:
+    """`x` as a finite float64 [N, D] array (a 1-D input is one feature)."""
+    arr = _checks.as_array(x, name)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a [N, D] array, got shape {arr.shape}")
+    if arr.shape[0] < min_rows:
+        raise ValueError(f"{name}: needs at least {min_rows} examples, got {arr.shape[0]}")
+    return arr
+
+
+def _bandwidth_grid(bandwidths, d: int, name: str = "bandwidths") -> np.ndarray:
+    """Bandwidths as a [K, D] float64 array of finite positive values."""
+    h = _checks.as_array(bandwidths, name)
+    if h.ndim == 0:
+        h = h.reshape(1, 1)
+    if h.ndim == 1:
+        h = h[None, :]
+    if h.ndim != 2 or h.shape[1] != d:
+        raise ValueError(
+            f"{name}: expected shape [K, {d}] (one bandwidth per feature), got {h.shape}"
+        )
+    if np.any(h <= 0):
+        raise ValueError(f"{name}: every bandwidth must be > 0; got min {h.min()}")
+    return h
+
+
+# ----------------------------------------------------------------------------------------------
+# Scott's rule
+# ----------------------------------------------------------------------------------------------
+
+
+def scott_bandwidth(x) -> np.ndarray:
+    """Scott's rule per feature: h_d = sigma_d * n^(-1/(D+4)) (Scott 1992, eq. 6.42).
+
+    Matches `scipy.stats.gaussian_kde(...).factor` (= n^(-1/(D+4))) times the sample standard
+    deviations (ddof=1), i.e. the diagonal of gaussian_kde's kernel bandwidth.
+
+    Args:
+      x: [N, D] features (a 1-D array is one feature), N >= 2.
+
+    Returns:
+      [D] float64 bandwidths.
+
+    Raises:
+      ValueError: fewer than 2 examples, NaN/inf, or a constant feature (zero standard deviation).
+    """
+    arr = _features(x, "x", min_rows=2)
+    n, d = arr.shape
+    sd = arr.std(axis=0, ddof=1)
+    const = np.flatnonzero(~(sd > 0))
+    if const.size:
+        raise ValueError(
+            f"x: feature(s) {const.tolist()} are constant (zero standard deviation): "
+            "no bandwidth can be derived"
+        )
+    return sd * n ** (-1.0 / (d + 4))
+
+
+def scott_multiples(x, multiples=DEFAULT_MULTIPLES) -> np.ndarray:
+    """A grid of Scott bandwidths: `multiples[k] * scott_bandwidth(x)`.
+
+    Args:
+      x: [N, D] features.
+      multiples: [K] positive multipliers.
+
+    Returns:
+      [K, D] bandwidth grid.
+    """
+    mult = _checks.as_array(np.atleast_1d(multiples), "multiples", ndim=1)
+    if np.any(mult <= 0):
+        raise ValueError(f"multiples: must all be > 0; got min {mult.min()}")
+    return mult[:, None] * scott_bandwidth(x)[None, :]
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------
+
+
+def _sqdist(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Squared Euclidean distances [R, C] between rows of a [R, D] and b [C, D]."""
+    d = a.shape[1]
+    if d < _MATMUL_MIN_DIM:
+        # Direct differences: exact (no cancellation) and fused with the exp by XLA.
+        out = (a[:, 0][:, None] - b[:, 0][None, :]) ** 2
+        for k in range(1, d):
+            out = out + (a[:, k][:, None] - b[:, k][None, :]) ** 2
+        return out
+    aa = jnp.sum(a * a, axis=1)
+    bb = jnp.sum(b * b, axis=1)
+    return jnp.maximum(aa[:, None] + bb[None, :] - 2.0 * (a @ b.T), 0.0)
+
+
+def _local_estimates(
+    zq: jax.Array,
+    q_start: jax.Array,
+    zc: jax.Array,
+    yc: jax.Array,
+    tile_y: jax.Array,
+    *,
+    row_tile: int,
+    col_tile: int,
+    loo: bool,
+    grouped: bool,
+) -> jax.Array:
+    """Kernel estimates for local query rows.
+
+    Args:
+      zq: [R, D] scaled query rows, R % row_tile == 0.
+      q_start: global index of zq's first row (used only for leave-one-out).
+      zc: [T, D] scaled columns, T % col_tile == 0.
+      yc: [T] column targets (used when not `grouped`).
+      tile_y: [T // col_tile] the single target value of each column tile (used when `grouped`).
+      loo: exclude the column with the same global index as the row (rows and columns share order).
+      grouped: every column tile has one target value `tile_y[t]`.
+
+    Returns:
+      [R] estimates sum_j w_ij y_j / sum_j w_ij.
+    """
+    r_total, d = zq.shape
+    n_col_tiles = zc.shape[0] // col_tile
+    zc_t = zc.reshape(n_col_tiles, col_tile, d)
+    yc_t = yc.reshape(n_col_tiles, col_tile)
+    tiles = jnp.arange(n_col_tiles)
+
+    def one_row_tile(args):
+        zr, g = args  # zr [rt, D], g = global index of the tile's first row
+        diag = g // col_tile if loo else jnp.int32(-1)
+        offset = g % col_tile
+        self_mask = (
+            lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 1)
+            == lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 0) + offset
+        )
+
+        # Pass 1: each row's smallest squared scaled distance (self excluded).
+        def min_step(m, xs):
+            zt, t = xs
+            dist = _sqdist(zr, zt)
+            tile_min = lax.cond(
+                t == diag,
+                lambda: jnp.where(self_mask, jnp.inf, dist).min(axis=1),
+                lambda: dist.min(axis=1),
+            )
+            return jnp.minimum(m, tile_min), None
+
+        m, _ = lax.scan(min_step, jnp.full((row_tile,), _BIG, jnp.float32), (zc_t, tiles))
+
+        # Pass 2: exp-sums with the row minimum subtracted (largest weight of a row is 1).
+        def sum_step(carry, xs):
+            num, den = carry
+            zt, yt, ty, t = xs
+            dist = _sqdist(zr, zt)
+            w = lambda: jnp.exp(m[:, None] - dist)
+            w_masked = lambda: jnp.where(self_mask, 0.0, w())
+            if grouped:
+                s = lax.cond(t == diag, lambda: w_masked().sum(axis=1), lambda: w().sum(axis=1))
+                return (num + ty * s, den + s), None
+            sw, swy = lax.cond(
+                t == diag,
+                lambda: (w_masked().sum(axis=1), (w_masked() * yt[None, :]).sum(axis=1)),
+                lambda: (w().sum(axis=1), (w() * yt[None, :]).sum(axis=1)),
+            )
+            return (num + swy, den + sw), None
+
+        zeros = jnp.zeros((row_tile,), jnp.float32)
+        (num, den), _ = lax.scan(sum_step, (zeros, zeros), (zc_t, yc_t, tile_y, tiles))
+        return num / den
+
+    n_row_tiles = r_total // row_tile
+    starts = q_start + jnp.arange(n_row_tiles, dtype=jnp.int32) * row_tile
+    out = lax.map(one_row_tile, (zq.reshape(n_row_tiles, row_tile, d), starts))
+    return out.reshape(r_total)
+
+
+@functools.lru_cache(maxsize=64)
+def _build(row_tile: int, col_tile: int, loo: bool, grouped: bool, mesh: Mesh | None):
+    """A jitted fn(xq [R,D], xc [T,D], yc [T], tile_y [T/ct], scales [K,D]) -> [K, R]."""
+
+    def per_device(xq, xc, yc, tile_y, scales, q_start):
+        def one_bandwidth(s):
+            return _local_estimates(
+                xq * s[None, :],
+                q_start,
+                xc * s[None, :],
+                yc,
+                tile_y,
+                row_tile=row_tile,
+                col_tile=col_tile,
+                loo=loo,
+                grouped=grouped,
+            )
+
+        return lax.map(one_bandwidth, scales)
+
+    if mesh is None:
+
+        def fn(xq, xc, yc, tile_y, scales):
+            return per_device(xq, xc, yc, tile_y, scales, jnp.int32(0))
+
+        return jax.jit(fn)
+
+    axis = mesh.axis_names[0]
+
+    def sharded(xq, xc, yc, tile_y, scales):
+        q_start = lax.axis_index(axis).astype(jnp.int32) * xq.shape[0]
+        return per_device(xq, xc, yc, tile_y, scales, q_start)
+
+    fn = jax.shard_map(
+        sharded,
+        mesh=mesh,
+        in_specs=(P(axis, None), P(), P(), P(), P()),
+        out_specs=P(None, axis),
+        check_vma=False,
+    )
+    return jax.jit(fn)
+
+
+def _n_devices(mesh: Mesh | None) -> int:
+    if mesh is None:
+        return 1
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh: expected a 1-D mesh, got axes {mesh.axis_names}")
+    return int(mesh.devices.size)
+
+
+def _tile_sizes(n_rows_per_device: int, n_cols: int, row_tile: int, col_tile: int):
+    rt = max(8, min(row_tile, pad_to_multiple(n_rows_per_device, 8)))
+    ct = max(rt, min(col_tile, pad_to_multiple(n_cols, rt)))
+    return rt, pad_to_multiple(ct, rt)
+
+
+def _group_columns(x: np.ndarray, y: np.ndarray, ct: int, multiple: int):
+    """Sorts columns by binary label (1s first), padding each block to whole tiles of `ct`.
+
+    Returns (xc [T, D], yc [T], tile_y [T/ct], position [N]) with T a multiple of `multiple` and
+    `position[i]` the padded index of example i.
+    """
+    n, d = x.shape
+    pos = np.flatnonzero(y > 0.5)
+    neg = np.flatnonzero(y <= 0.5)
+    n_pos_pad = pad_to_multiple(len(pos), ct)
+    n_neg_pad = pad_to_multiple(len(neg), ct)
+    total = pad_to_multiple(n_pos_pad + n_neg_pad, multiple)
+    xc = np.full((total, d), _PAD_COORD, np.float32)
+    yc = np.zeros(total, np.float32)
+    position = np.empty(n, np.int64)
+    position[pos] = np.arange(len(pos))
+    position[neg] = n_pos_pad + np.arange(len(neg))
+    xc[position] = x
+    yc[position] = y
+    tile_y = np.zeros(total // ct, np.float32)
+    tile_y[: n_pos_pad // ct] = 1.0
+    return xc, yc, tile_y, position
+
+
+def _is_binary(y: np.ndarray) -> bool:
+    return bool(np.all((y == 0) | (y == 1)))
+
+
+def nadaraya_watson(
+    x_train,
+    y_train,
+    x_query,
+    bandwidth,
+    *,
+    mesh: Mesh | None = None,
+    row_tile: int = 256,
+    col_tile: int = 8192,
+) -> np.ndarray:
+    """Nadaraya-Watson estimate with a Gaussian product kernel.
+
+    m(q) = sum_j K_h(q - x_j) y_j / sum_j K_h(q - x_j), K_h(u) = prod_d exp(-u_d^2 / (2 h_d^2)).
+
+    Args:
+      x_train: [N, D] training features (1-D = one feature).
+      y_train: [N] training targets (any real values; 0/1 targets take a faster path).
+      x_query: [M, D] query features.
+      bandwidth: [D] positive bandwidths.
+      mesh: optional 1-D mesh; query rows are sharded over it.
+      row_tile, col_tile: tile sizes (memory ~ row_tile * col_tile floats per device).
+
+    Returns:
+      [M] float64 estimates (float32 precision). A query far from every training point gets the
+      target of its nearest training point (stable), never NaN.
+    """
+    xt = _features(x_train, "x_train")
+    yt = _checks.as_array(y_train, "y_train", ndim=1)
+    _checks.check_same_length(x_train=xt, y_train=yt)
+    xq = _features(x_query, "x_query")
+    if xq.shape[1] != xt.shape[1]:
+        raise ValueError(f"x_query: has {xq.shape[1]} features but x_train has {xt.shape[1]}")
+    h = _bandwidth_grid(bandwidth, xt.shape[1], "bandwidth")
+    if h.shape[0] != 1:
+        raise ValueError(f"bandwidth: expected one bandwidth vector [D], got shape {h.shape}")
+    return _nw_grid(xt, yt, xq, h, mesh=mesh, row_tile=row_tile, col_tile=col_tile)[0]
+
+
+def _nw_grid(xt, yt, xq, h, *, mesh, row_tile, col_tile) -> np.ndarray:
+    """[K, M] NW estimates for every bandwidth row of h [K, D] (inputs already validated)."""
+    n_dev = _n_devices(mesh)
+    m = xq.shape[0]
+    rt, ct = _tile_sizes(-(-m // n_dev), xt.shape[0], row_tile, col_tile)
+    grouped = _is_binary(yt)
+    if grouped:
+        xc, yc, tile_y, _ = _group_columns(xt, yt, ct, ct)
+    else:
+        total = pad_to_multiple(xt.shape[0], ct)
+        xc = np.full((total, xt.shape[1]), _PAD_COORD, np.float32)
+        xc[: xt.shape[0]] = xt
+        yc = np.zeros(total, np.float32)
+        yc[: xt.shape[0]] = yt
+        tile_y = np.zeros(total // ct, np.float32)
+    m_pad = pad_to_multiple(m, n_dev * rt)
+    xq_pad = np.zeros((m_pad, xq.shape[1]), np.float32)
+    xq_pad[:m] = xq
+    scales = (1.0 / (math.sqrt(2.0) * h)).astype(np.float32)
+    fn = _build(rt, ct, False, grouped, mesh)
+    out = np.asarray(fn(xq_pad, xc, yc, tile_y, scales), np.float64)[:, :m]
+    return out
+
+
+def loo_predictions(
+    x,
+    y,
+    bandwidths,
+    *,
+    mesh: Mesh | None = None,
+    row_tile: int = 256,
+    col_tile: int = 8192,
+) -> np.ndarray:
+    """Leave-one-out Nadaraya-Watson estimates for a grid of bandwidths (unclipped).
+
+    p_k(i) = sum_{j != i} w^k_ij y_j / sum_{j != i} w^k_ij.
+
+    Args:
+      x: [N, D] features, N >= 2.
+      y: [N] binary targets (0/1 or bool).
+      bandwidths: [K, D] positive bandwidths (a [D] vector is one row).
+      mesh: optional 1-D mesh; rows are sharded over it.
+      row_tile, col_tile: tile sizes.
+
+    Returns:
+      [K, N] float64 estimates in [0, 1].
+    """
+    xa = _features(x, "x", min_rows=2)
+    ya = _checks.check_binary(y, "y")
+    _checks.check_same_length(x=xa, y=ya)
+    h = _bandwidth_grid(bandwidths, xa.shape[1])
+    n = xa.shape[0]
+    n_dev = _n_devices(mesh)
+    rt, ct = _tile_sizes(-(-n // n_dev), -(-n // 2), row_tile, col_tile)
+    xc, yc, tile_y, position = _group_columns(xa, ya, ct, math.lcm(ct, n_dev * rt))
+    scales = (1.0 / (math.sqrt(2.0) * h)).astype(np.float32)
+    fn = _build(rt, ct, True, True, mesh)
+    out = np.asarray(fn(xc, xc, yc, tile_y, scales), np.float64)
+    return out[:, position]
+
+
+def _binary_nll(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean binary NLL along the last axis with p clipped to [PROB_CLIP, 1 - PROB_CLIP]."""
+    p = np.clip(p, PROB_CLIP, 1.0 - PROB_CLIP)
+    return -np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p), axis=-1)
+
+
+def loo_nll(
+    x,
+    y,
+    bandwidths,
+    *,
+    mesh: Mesh | None = None,
+    row_tile: int = 256,
+    col_tile: int = 8192,
+) -> np.ndarray:
+    """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
+
+    CV-NLL(h) = -(1/N) sum_i [y_i log p_h(-i) + (1 - y_i) log(1 - p_h(-i))], with the leave-one-out
+    estimate p_h(-i) clipped to [1e-6, 1 - 1e-6] (likelihood cross-validation, Hall 1987).
+
+    Args:
+      x: [N, D] features, N >= 2.
+      y: [N] binary targets.
+      bandwidths: [K, D] bandwidth grid.
+      mesh: optional 1-D mesh to shard rows over.
+
+    Returns:
+      [K] float64 CV-NLL per bandwidth.
+    """
+    p = loo_predictions(x, y, bandwidths, mesh=mesh, row_tile=row_tile, col_tile=col_tile)
+    return _binary_nll(p, _checks.check_binary(y, "y")[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Bandwidth selection
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BandwidthSelection:
+    """A chosen bandwidth and how it was chosen.
+
+    Attributes:
+      rule: "scott", "scott_x<m>", "cv_nll" or "oracle_ece".
+      bandwidth: [D] chosen bandwidth.
+      multiple: the chosen Scott multiple.
+      optimistic: True when the choice looked at the test set ("oracle_ece"): its scores are an
+        optimistic bound, not an honest estimate.
+      grid: [K] Scott multiples searched (one entry for fixed rules).
+      scores: [K] criterion on the grid (CV-NLL or test ECE); None for fixed rules.
+    """
+
+    rule: str
+    bandwidth: np.ndarray
+    multiple: float
+    optimistic: bool
+    grid: np.ndarray = field(repr=False)
+    scores: np.ndarray | None = field(default=None, repr=False)
+
+
+_SCOTT_X = re.compile(r"^scott_x(\d+(?:\.\d*)?|\.\d+)$")
+RULES = ("scott", "scott_x<m>", "cv_nll", "oracle_ece")
+
+
+def select_bandwidth(
+    rule: str,
+    x,
+    y,
+    *,
+    multiples=DEFAULT_MULTIPLES,
+    test: tuple | None = None,
+    n_bins: int = 15,
+    mesh: Mesh | None = None,
+) -> BandwidthSelection:
+    """Chooses a Nadaraya-Watson bandwidth for features x [N, D] and binary targets y [N].
+
+    Rules:
+      "scott": Scott's rule (multiple 1).
+      "scott_x<m>": m times Scott's rule, e.g. "scott_x2", "scott_x0.5".
+      "cv_nll": argmin over `multiples` x Scott of the leave-one-out NLL on (x, y).
+      "oracle_ece": argmin over the grid of the ECE on the *test* set, `test=(x_test, y_test)`:
+        an optimistic bound (it peeks at the test labels), flagged `optimistic=True`.
+
+    Returns:
+      a `BandwidthSelection`.
+    """
+    scott = scott_bandwidth(x)
+    if rule == "scott" or _SCOTT_X.match(rule or ""):
+        mult = 1.0 if rule == "scott" else float(_SCOTT_X.match(rule).group(1))
+        if mult <= 0:
+            raise ValueError(f"rule: Scott multiple must be > 0, got {rule!r}")
+        return BandwidthSelection(rule, mult * scott, mult, False, np.array([mult]))
+    grid_m = _checks.as_array(np.atleast_1d(multiples), "multiples", ndim=1)
+    if np.any(grid_m <= 0):
+        raise ValueError(f"multiples: must all be > 0; got min {grid_m.min()}")
+    grid = grid_m[:, None] * scott[None, :]
+    if rule == "cv_nll":
+        scores = loo_nll(x, y, grid, mesh=mesh)
+        optimistic = False
+    elif rule == "oracle_ece":
+        if test is None:
+            raise ValueError("test: rule 'oracle_ece' needs test=(x_test, y_test)")
+        from routecal.calibration import ece
+
+        x_test = _features(test[0], "test[0] (x_test)")
+        y_test = _checks.check_binary(test[1], "test[1] (y_test)")
+        _checks.check_same_length(x_test=x_test, y_test=y_test)
+        xa = _features(x, "x")
+        ya = _checks.check_binary(y, "y")
+        _checks.check_same_length(x=xa, y=ya)
+        if x_test.shape[1] != xa.shape[1]:
+            raise ValueError(f"test[0]: has {x_test.shape[1]} features, x has {xa.shape[1]}")
+        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=256, col_tile=8192)
+        preds = np.clip(preds, 0.0, 1.0)
+        scores = np.array([ece(p, y_test, n_bins=n_bins) for p in preds])
+        optimistic = True
+    else:
+        raise ValueError(f"rule: unknown bandwidth rule {rule!r}; expected one of {RULES}")
+    k = int(np.argmin(scores))
+    return BandwidthSelection(rule, grid[k], float(grid_m[k]), optimistic, grid_m, scores)
