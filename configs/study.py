@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "quick":
         c.title = "routecal study (quick smoke run)"
         c.seeds = (0,)
-        c.model_overrides = ""
+        c.model_overrides = "train.steps=150;train.eval_every=150;train.checkpoint_every=150"
         for name in ("standard", "full", "block"):
             c.models[name].config += ",quick"
         c.diagnostics.n_permutations = 200

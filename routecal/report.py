@@ -149,7 +149,7 @@ def probes_verdict(probes: Mapping[str, Any]) -> str:
         rule = "cv_nll"
         ar = look.get((arch, "nw_ar_condcal", rule))
         conf = look.get((arch, "nw_confidence", rule))
-        ent = look.get((arch, "nw_entropy", rule))
+        ent = look.get((arch, "nw_entropy_control", rule))
         if ar is None or conf is None:
             continue
         a, c = ar["ece"], conf["ece"]
@@ -169,9 +169,10 @@ def probes_verdict(probes: Mapping[str, Any]) -> str:
         if ent is not None:
             e = ent["ece"]
             ctrl = f"; predictive-entropy control {e['mean']:.4f}"
+        band = f" (band [{c['min']:.4f}, {c['max']:.4f}])" if n_seeds > 1 else ""
         parts.append(
             f"{arch}: test ECE with CV-NLL bandwidths, AR-CondCal {a['mean']:.4f} vs confidence-only "
-            f"{c['mean']:.4f} (band [{c['min']:.4f}, {c['max']:.4f}]){ctrl}: {judgement}."
+            f"{c['mean']:.4f}{band}{ctrl}: {judgement}."
         )
         mlp_full = look.get((arch, "mlp_full", "-"))
         mlp_cap = look.get((arch, "mlp_capacity_matched", "-"))
@@ -339,7 +340,7 @@ def fig_reliability(rel: Mapping[str, Mapping[str, Sequence[float]]], path: path
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         r = rel[name]
-        conf = np.asarray(r["confidence"], float)
+        conf = np.asarray(r["mean_confidence"], float)
         acc = np.asarray(r["accuracy"], float)
         cnt = np.asarray(r["count"], float)
         keep = cnt > 0

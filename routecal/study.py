@@ -136,7 +136,7 @@ class Cell:
 
 def diagnostic_grid(
     cells: Sequence[Cell], *, seed: int, n_permutations: int, n_bins: int, n_groups: int,
-    alpha: float,
+    alpha: float, n_null_figures: int = 8,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Within-bin permutation tests for every cell, with Holm and BH adjustment across cells.
 
@@ -148,21 +148,28 @@ def diagnostic_grid(
     if not cells:
         return {"tests": [], "rejections": [], "alpha": alpha, "n_permutations": n_permutations}, {}
     grid = {c.key: (c.confidence, c.correct, c.routing) for c in cells}
+    key = jax.random.key(seed)
     rows = diagnostics.permutation_grid(
-        grid, key=jax.random.key(seed), n_permutations=n_permutations, n_bins=n_bins,
-        n_groups=n_groups,
+        grid, key=key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups
     )
-    by_key = {r["cell"] if "cell" in r else r["name"]: r for r in rows}
-    tests, nulls = [], {}
-    for c in cells:
-        r = by_key[c.key]
-        tests.append({
+    tests = [
+        {
             "arch": c.arch, "seed": c.seed, "feature": c.feature, "n": int(len(c.confidence)),
-            "statistic": float(r["statistic"]), "p_value": float(r["p_value"]),
-            "p_holm": float(r["p_holm"]), "p_bh": float(r["p_bh"]),
-        })
-        if "null" in r:
-            nulls[c.key] = np.asarray(r["null"], np.float32)
+            "statistic": float(r.statistic), "p_value": float(r.p_value),
+            "p_holm": float(r.p_holm), "p_bh": float(r.p_bh),
+        }
+        for c, r in zip(cells, rows, strict=True)
+    ]
+    # Nulls for the figure: the grid tests cell i with fold_in(key, i), so re-running the few cells
+    # shown reproduces exactly the null the grid used.
+    nulls = {}
+    for i in sorted(range(len(cells)), key=lambda i: tests[i]["p_value"])[:n_null_figures]:
+        c = cells[i]
+        res = diagnostics.within_bin_permutation_test(
+            c.confidence, c.correct, c.routing, key=jax.random.fold_in(key, i),
+            n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
+        )
+        nulls[c.key] = np.asarray(res.null, np.float32)
     groups: dict[tuple[str, str], list[dict]] = {}
     for t in tests:
         groups.setdefault((t["arch"], t["feature"]), []).append(t)
@@ -200,27 +207,48 @@ def probe_comparison(
 
     pc = probes.ProbeData.from_predictions(dict(calib))
     pt = probes.ProbeData.from_predictions(dict(test))
-    rows = probes.compare_probes(pc, pt, bandwidth_rules=tuple(bandwidth_rules), seed=seed)
-    rows = [{k: v for k, v in r.items() if k != "predictions"} for r in rows]
+    rows = [
+        {**r, "probe": probe_label(r)}
+        for r in probes.compare_probes(
+            pc, pt, bandwidth_rules=tuple(bandwidth_rules), seed=seed, n_bins=n_bins
+        )
+    ]
     sweep: dict[str, list[float]] = {}
-    reliability: dict[str, dict[str, list[float]]] = {}
-    for name, feats in probes.NW_FEATURES.items():
-        try:
-            eces = []
-            for m in sweep_multiples:
-                probe = probes.NadarayaWatsonProbe(features=feats, bandwidth_rule=f"scott_x{m:g}")
-                cal = probe.fit(pc).predict(pt)
-                eces.append(calibration.ece(cal, pt.correct, n_bins=n_bins))
-            sweep[name] = eces
-            probe = probes.NadarayaWatsonProbe(features=feats, bandwidth_rule="cv_nll")
-            cal = probe.fit(pc).predict(pt)
-            reliability[name] = calibration.reliability_curve(cal, pt.correct, n_bins=n_bins)
-        except ValueError:
-            continue  # e.g. no routing features for a standard-residual model
-    reliability["uncalibrated"] = calibration.reliability_curve(
-        pt.confidence, pt.correct, n_bins=n_bins
-    )
+    reliability: dict[str, Any] = {
+        "uncalibrated": calibration.reliability_curve(
+            pt.confidence, pt.correct, n_bins=n_bins
+        )._asdict()
+    }
+    for name, feats in probes.FEATURE_SETS.items():
+        if any(f not in ("confidence", "entropy") and f not in pt.routing for f in feats):
+            continue  # a standard-residual model has no routing features
+        label = f"nw_{name}"
+        sweep[label] = [
+            calibration.ece(
+                probes.NadarayaWatsonProbe(feats, f"scott_x{m:g}", n_bins=n_bins)
+                .fit(pc).predict(pt),
+                pt.correct, n_bins=n_bins,
+            )
+            for m in sweep_multiples
+        ]
+        cal = probes.NadarayaWatsonProbe(feats, "cv_nll", n_bins=n_bins).fit(pc).predict(pt)
+        reliability[label] = calibration.reliability_curve(
+            cal, pt.correct, n_bins=n_bins
+        )._asdict()
     return {"rows": rows, "sweep": sweep, "reliability": report.to_json(reliability)}
+
+
+def probe_label(row: Mapping[str, Any]) -> str:
+    """Short probe name: NW probes by feature set (nw_confidence, nw_ar_condcal, ...)."""
+    if row["probe"] != "nadaraya_watson":
+        return row["probe"]
+    from routecal import probes
+
+    feats = tuple(row["features"])
+    for name, fs in probes.FEATURE_SETS.items():
+        if tuple(fs) == feats:
+            return f"nw_{name}"
+    return "nw_" + "+".join(feats)
 
 
 def summarise_probes(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ def _results(rng, n_reject_holm=0):
                                         "min_p": 0.2}]},
         "probes": {"summary": summary,
                    "reliability": {"nw_confidence": {"count": [0, 5, 10],
-                                                     "confidence": [0.0, 0.5, 0.9],
+                                                     "mean_confidence": [0.0, 0.5, 0.9],
                                                      "accuracy": [0.0, 0.4, 0.95]}},
                    "bandwidth_sweep": {"full": {"multiples": [0.5, 1, 2],
                                                 "ece": {"nw_confidence": [[0.03, 0.02, 0.025]] * 2}}}},
