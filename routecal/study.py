@@ -267,6 +267,38 @@ def summarise_probes(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_VMOER_NAMES = {"det": "deterministic"}
+_VMOER_METRICS = ("accuracy", "stability", "ece", "ood_auroc")
+
+
+def vmoer_table(out: Mapping[str, Any]) -> dict[str, Any]:
+    """`routecal.vmoer_eval.run_vmoer_experiment` output -> report rows (one per router)."""
+    table = out["table"]
+    methods = list(next(iter(table.values())))
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {"router": _VMOER_NAMES.get(m, m), "rel_change": {}}
+        for metric in _VMOER_METRICS:
+            band = table.get(metric, {}).get(m)
+            if band is None:
+                continue
+            row[metric] = {"mean": band["mean"], "sd": band["std"], "min": band["min"],
+                           "max": band["max"], "n": band["n"]}
+            if m != "det" and band.get("rel_change_pct") is not None:
+                row["rel_change"][metric] = band["rel_change_pct"]
+        fl = table.get("flops_overhead_pct", {}).get(m)
+        if fl is not None:
+            row["flops_overhead_percent"] = fl["mean"]
+        rows.append(row)
+    return {
+        "rows": rows,
+        "flops": out.get("flops", {}),
+        "paper_claims": out.get("paper_claims", {}),
+        "per_run": out.get("per_run", {}),
+        "markdown": out.get("markdown", ""),
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # Stage cache.
 # ----------------------------------------------------------------------------------------------
@@ -480,7 +512,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
                 str(pathlib.Path(cfg.config_dir) / cfg.vmoer.config),
                 [o for o in cfg.vmoer.overrides.split(";") if o.strip()],
             )
-            return vmoer_eval.run_vmoer_experiment(vcfg, str(w / "vmoer"))
+            return vmoer_table(vmoer_eval.run_vmoer_experiment(vcfg, str(w / "vmoer")))
 
         vmoer = step("vmoer", vmoer_fn)
 
