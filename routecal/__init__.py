@@ -37,6 +37,7 @@ _SUBMODULES = (
     "traces",
     "train",
     "uncertainty",
+    "vmoer_eval",
 )
 
 __all__ = ["__version__", *_SUBMODULES]
