@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.probes.bandwidth_rules = "scott,cv_nll,oracle_ece"
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)
         c.vmoer.config = "vmoer_digits.py:quick"
+        c.vmoer.overrides = 'experiment.seeds=(0,);experiment.methods=("det","logit","logit_retrofit")'
     elif arg not in (None, "", "default"):
         raise ValueError(f"config: unknown variant {arg!r} of study.py; expected quick")
     return c

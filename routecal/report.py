@@ -210,7 +210,10 @@ def vmoer_verdict(vmoer: Mapping[str, Any]) -> str:
             overlap = not (m["min"] > b["max"] or m["max"] < b["min"])
             improved = (m["mean"] > b["mean"]) == (better == "higher")
             word = "better" if improved else "worse"
-            band = "bands overlap" if overlap else "bands separate"
+            if min(m.get("n", 1), b.get("n", 1)) <= 1:
+                band = "one seed, no band"
+            else:
+                band = "seed bands overlap" if overlap else "seed bands separate"
             bits.append(f"{metric} {rel:+.1f}% ({word}, {band})")
         if "flops_overhead_percent" in r:
             bits.append(f"FLOP overhead {r['flops_overhead_percent']:.2f}%")

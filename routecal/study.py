@@ -510,7 +510,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
 
             vcfg = load_config(
                 str(pathlib.Path(cfg.config_dir) / cfg.vmoer.config),
-                [o for o in cfg.vmoer.overrides.split(";") if o.strip()],
+                [f"experiment.seeds={tuple(seeds)}"]
+                + [o for o in cfg.vmoer.overrides.split(";") if o.strip()],
             )
             return vmoer_table(vmoer_eval.run_vmoer_experiment(vcfg, str(w / "vmoer")))
 

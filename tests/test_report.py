@@ -76,7 +76,7 @@ def test_vmoer_verdict_relative_change():
     res = _results(np.random.default_rng(0))
     v = report.vmoer_verdict(res["vmoer"])
     # stability mean 0.75 vs 0.55: +36.4%, bands [0.7, 0.8] and [0.5, 0.6] separate.
-    assert "stability +36.4% (better, bands separate)" in v
+    assert "stability +36.4% (better, seed bands separate)" in v
     assert "ece +36.4% (worse" in v
 
 
