@@ -53,7 +53,7 @@ def predict_arrays(
             f"tokens: expected shape [N, {mc.seq_len}, {mc.token_dim}], got {list(x.shape)}"
         )
     n = x.shape[0]
-    bs = min(batch_size, n)
+    bs = batch_size
     n_pad = -(-n // bs) * bs
     xp = np.zeros((n_pad, *x.shape[1:]), np.float32)
     xp[:n] = x
