@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train.warmup = 100
     cfg.train.weight_decay = 0.05
     cfg.train.grad_clip = 1.0
+    cfg.train.input_noise = 0.0
     cfg.train.checkpoint_every = 500
     cfg.train.eval_every = 500
     cfg.train.log_every = 50

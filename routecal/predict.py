@@ -34,9 +34,7 @@ def _forward(model: Transformer, tokens_BxTxP):
     return jax.nn.softmax(out.logits, axis=-1), out.traces
 
 
-def predict_arrays(
-    model: Transformer, tokens: Any, *, batch_size: int = 256
-) -> dict[str, Any]:
+def predict_arrays(model: Transformer, tokens: Any, *, batch_size: int = 256) -> dict[str, Any]:
     """Probabilities and raw traces of `model` on `tokens` [N, T, P].
 
     Batches have a fixed size (the last one zero-padded), so the forward pass compiles once.
@@ -60,8 +58,10 @@ def predict_arrays(
     chunks = [jax.device_get(_forward(model, xp[i : i + bs])) for i in range(0, n_pad, bs)]
     cat = lambda *xs: np.concatenate([np.asarray(a) for a in xs], axis=0)[:n]
     probs = cat(*[c[0] for c in chunks]).astype(np.float32)
-    tr = jax.tree.map(cat, *[c[1] for c in chunks]) if len(chunks) > 1 else jax.tree.map(
-        lambda a: np.asarray(a)[:n], chunks[0][1]
+    tr = (
+        jax.tree.map(cat, *[c[1] for c in chunks])
+        if len(chunks) > 1
+        else jax.tree.map(lambda a: np.asarray(a)[:n], chunks[0][1])
     )
     return {"probs": probs, "alpha": list(tr["alpha"]), "mlp": list(tr["mlp"])}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from routecal import predict, train, traces
+from routecal import predict, traces, train
 from routecal.config import load_config
 from routecal.data import Split
 from routecal.models.transformer import ModelConfig, Transformer
@@ -17,7 +17,13 @@ CONFIG = str(pathlib.Path(__file__).parents[1] / "configs" / "attnres_digits.py"
 
 def _small_model(residual="full"):
     cfg = ModelConfig(
-        seq_len=16, token_dim=4, num_classes=10, d_model=8, n_layers=1, n_heads=2, mlp_dim=8,
+        seq_len=16,
+        token_dim=4,
+        num_classes=10,
+        d_model=8,
+        n_layers=1,
+        n_heads=2,
+        mlp_dim=8,
         residual=residual,
     )
     model = Transformer(cfg, rngs=nnx.Rngs(0))
@@ -61,7 +67,11 @@ def test_predict_workdir_writes_consistent_npz(trained_workdir):
             np.testing.assert_allclose(d["alpha_mean"][l, :k].sum(), 1.0, rtol=1e-5)
             np.testing.assert_array_equal(d["alpha_mean"][l, k:], 0.0)
         assert list(d["sublayer_names"]) == [
-            "layer0.attn", "layer0.mlp", "layer1.attn", "layer1.mlp", "readout"
+            "layer0.attn",
+            "layer0.mlp",
+            "layer1.attn",
+            "layer1.mlp",
+            "readout",
         ]
     with pytest.raises(ValueError, match="clashes"):
         predict.predict_workdir(trained_workdir, extra_splits={"test": shifted})
