@@ -392,7 +392,8 @@ def train_and_evaluate(
             position = _restore_into(mngr, latest, model, optimizer)
         _truncate_metrics(metrics_path, position["step"])
 
-        train_step = _make_train_step(str(tcfg.trainable))
+        # cached_partial caches the NNX graph traversal of model and optimizer (less overhead per step)
+        train_step = nnx.cached_partial(_make_train_step(str(tcfg.trainable)), model, optimizer)
         seed = int(cfg.get("data_seed", cfg.seed))
         n_train, bs = len(dataset.train), int(tcfg.batch_size)
         if bs > n_train:
@@ -419,7 +420,7 @@ def train_and_evaluate(
                     x.shape, dtype=np.float32
                 )
             tokens, labels = _put_batch(mesh, x, dataset.train.labels[idx])
-            out = train_step(model, optimizer, tokens, labels)
+            out = train_step(tokens, labels)
             step += 1
             pending.append((step, out["loss"]))
             bar.update(1)
