@@ -21,13 +21,16 @@ uniformly random arrangement of the multiset of group labels over the bin's memb
 residuals (correct - confidence) in the top and bottom groups are needed. Each permutation (lane)
 walks the examples bin by bin and draws every example's label sequentially with probability
 proportional to the labels still unassigned (urn sampling without replacement, which yields exactly
-the uniform arrangement). The draw uses 32 random bits: P(label) is rounded to a multiple of 2^-32,
-so the total-variation distance to the exact permutation law is at most n_b * 2^-32 per bin. Lanes
-are independent and vectorise; there is no sort and no gather, just O(N) streaming work per
-permutation. Random bits come from per-lane xoshiro128** generators (Blackman & Vigna 2021) seeded
-from `jax.random` (threefry) with `fold_in(key, chunk)`, so the result depends only on the key and
-the chunk size, never on the device count. Chunks of `Bc` lanes bound the working set; chunks are
-sharded over the devices of a 1-D mesh with `jax.shard_map`.
+the uniform arrangement). A draw is j = floor(U * remaining) with U = 32 random bits / 2^32, computed
+exactly in float64, so each label probability is rounded to a multiple of 2^-32: the total-variation
+distance to the exact permutation law is at most n_b * 2^-32 per bin (exact arithmetic holds for bins
+of up to 2^21 members; beyond that the float64 rounding adds < 2^-52 relative error). Lanes are
+independent and vectorise; there is no sort and no gather, just O(N) streaming work per permutation
+(about 15 vector operations per example and permutation). Random bits come from a counter-based
+generator (two keyed rounds of a 32-bit integer hash over the example's position) whose per-lane keys
+are drawn with `jax.random` (threefry) from `fold_in(key, chunk)`, so the result depends only on the
+key and the chunk size, never on the device count. Chunks of `Bc` lanes bound the working set; chunks
+are sharded over the devices of a 1-D mesh with `jax.shard_map`.
 """
 
 from __future__ import annotations
