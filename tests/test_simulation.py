@@ -66,3 +66,15 @@ def test_batched_generation_reproducible_and_bad_input():
         simulation.planted_effect(jax.random.key(0), 10, 0.0)
     with pytest.raises(ValueError, match="effect"):
         simulation.simulate(jax.random.key(0), 10, effect=float("nan"))
+
+
+@pytest.mark.slow
+def test_rejection_rate_under_null_large():
+    # 2000 null datasets of N = 1000 (15 bins), B = 999; also with routing tracking confidence.
+    for rho in (0.0, 0.8):
+        d = simulation.null_data(jax.random.key(10), 1000, n_datasets=2000, rho=rho)
+        res = dg.permutation_test_batch(*d, key=jax.random.key(11), n_permutations=999)
+        for alpha in (0.01, 0.05, 0.1):
+            k = int(np.sum(res.p_value <= alpha))
+            lo, hi = stats.binom.interval(0.99, 2000, alpha)
+            assert lo <= k <= hi, (rho, alpha, k, lo, hi)
