@@ -47,7 +47,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
-from routecal.calibration import split_index, width_bins
+from routecal.calibration import mass_bins, split_index, width_bins
 
 _L = 16  # examples per scan step (unrolled; keeps loop overhead low)
 _DEFAULT_CHUNK = 1024  # permutations per chunk (lanes); fixed so results ignore the device count
@@ -77,9 +77,16 @@ def _check_inputs(
     return c, y, r, n_bins, n_groups
 
 
-def _np_width_bins(c: np.ndarray, n_bins: int) -> np.ndarray:
-    """Host (float64) version of `calibration.width_bins`."""
-    return np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1).astype(np.int32)
+def _np_bins(c: np.ndarray, n_bins: int, binning: str = "width") -> np.ndarray:
+    """Host (float64) confidence bins: `calibration.width_bins` / `calibration.mass_bins`."""
+    if binning == "width":
+        return np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1).astype(np.int32)
+    if binning == "mass":
+        out = np.empty(len(c), np.int32)
+        for b, part in enumerate(np.array_split(np.argsort(c, kind="stable"), n_bins)):
+            out[part] = b
+        return out
+    raise ValueError(f"binning: must be 'width' or 'mass', got {binning!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,13 +371,21 @@ def _table(bins, confidence, correct, routing, n_bins, n_groups):
 
 
 def subgroup_gaps(
-    confidence: Any, correct: Any, routing: Any, n_bins: int = 15, n_groups: int = 3
+    confidence: Any,
+    correct: Any,
+    routing: Any,
+    n_bins: int = 15,
+    n_groups: int = 3,
+    *,
+    binning: str = "width",
 ) -> SubgroupGaps:
     """Matched-confidence subgroup gaps (see the module docstring for the exact definitions).
 
     Args:
       confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite routing feature.
-      n_bins: M equal-width confidence bins. n_groups: G routing groups per bin (>= 2).
+      n_bins: M confidence bins. n_groups: G routing groups per bin (>= 2).
+      binning: "width" (default, the definition above) or "mass" (equal-mass confidence bins as in
+        `calibration`: stable sort by confidence, split as numpy.array_split).
     Returns:
       SubgroupGaps with [M] per-bin arrays and `.weighted_gap`.
     Raises:
@@ -380,8 +395,8 @@ def subgroup_gaps(
     c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
     with jax.enable_x64(True):
         out = _table(
-            jnp.asarray(_np_width_bins(c, n_bins)), jnp.asarray(c), jnp.asarray(y), jnp.asarray(r),
-            n_bins, n_groups,
+            jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
+            jnp.asarray(r), n_bins, n_groups,
         )
         out = [np.asarray(o) for o in out]
     return SubgroupGaps(*out[:8], weighted_gap=float(out[8]))
@@ -398,6 +413,7 @@ def within_bin_permutation_test(
     n_groups: int = 3,
     mesh: Mesh | None = None,
     chunk_size: int = _DEFAULT_CHUNK,
+    binning: str = "width",
 ) -> PermutationTestResult:
     """Within-bin permutation test of the weighted subgroup gap.
 
@@ -410,6 +426,7 @@ def within_bin_permutation_test(
       key: a jax PRNG key. n_permutations: B >= 1. n_bins: M. n_groups: G >= 2.
       mesh: optional 1-D mesh (`routecal.parallel.make_mesh`).
       chunk_size: permutations per chunk; part of the random stream's definition.
+      binning: confidence bins, "width" (default) or "mass" (see `subgroup_gaps`).
     Returns:
       PermutationTestResult(statistic, p_value, null [B]).
     """
@@ -421,21 +438,22 @@ def within_bin_permutation_test(
         raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
     with jax.enable_x64(True):
         stat, p, null = _sharded_test(
-            jnp.asarray(_np_width_bins(c, n_bins)), jnp.asarray(c), jnp.asarray(y), jnp.asarray(r),
-            key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
+            jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
+            jnp.asarray(r), key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
             chunk_size=chunk_size, mesh=mesh,
         )
         return PermutationTestResult(float(stat), float(p), np.asarray(null))
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size")
+    jax.jit, static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size", "binning")
 )
 def _batched_test(confidence, correct, routing, keys, *, n_permutations, n_bins, n_groups,
-                  chunk_size):
+                  chunk_size, binning):
     def one(c, y, r, k):
+        bins = width_bins(c, n_bins) if binning == "width" else mass_bins(c, n_bins)
         return permutation_test_core(
-            width_bins(c, n_bins), c, y, r, k, n_permutations=n_permutations, n_bins=n_bins,
+            bins, c, y, r, k, n_permutations=n_permutations, n_bins=n_bins,
             n_groups=n_groups, chunk_size=chunk_size,
         )
 
@@ -452,11 +470,12 @@ def permutation_test_batch(
     n_bins: int = 15,
     n_groups: int = 3,
     chunk_size: int = _DEFAULT_CHUNK,
+    binning: str = "width",
 ) -> PermutationTestResult:
     """The permutation test on D datasets at once, as one vmapped computation.
 
-    Dataset d uses key `fold_in(key, d)`. Bins are computed in float32 on device
-    (`calibration.width_bins`).
+    Dataset d uses key `fold_in(key, d)`. Bins are computed on device in float64
+    (`calibration.width_bins` or `calibration.mass_bins`).
 
     Args:
       confidence, correct, routing: [D, N] arrays.
@@ -475,12 +494,13 @@ def permutation_test_batch(
             f"mismatched lengths: confidence={c.shape}, correct={y.shape}, routing={r.shape}"
         )
     _check_inputs(c[0], y[0], r[0], n_bins, n_groups)
+    _np_bins(c[0, :1], 1, binning)  # validates `binning`
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
     keys = jax.vmap(lambda d: jax.random.fold_in(key, d))(jnp.arange(c.shape[0]))
     with jax.enable_x64(True):
         stat, p, null = _batched_test(
             jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), keys, n_permutations=n_permutations,
-            n_bins=n_bins, n_groups=n_groups, chunk_size=chunk_size,
+            n_bins=n_bins, n_groups=n_groups, chunk_size=chunk_size, binning=binning,
         )
         return PermutationTestResult(np.asarray(stat), np.asarray(p), np.asarray(null))
 
@@ -533,6 +553,7 @@ def permutation_grid(
     n_bins: int = 15,
     n_groups: int = 3,
     mesh: Mesh | None = None,
+    binning: str = "width",
 ) -> list[GridRow]:
     """Tests many (routing feature x seed x model) cells in one call, with Holm and BH adjustment.
 
@@ -550,7 +571,7 @@ def permutation_grid(
             raise ValueError(f"cells[{name!r}]: expected (confidence, correct, routing)")
         res = within_bin_permutation_test(
             *arrays, key=jax.random.fold_in(key, i), n_permutations=n_permutations,
-            n_bins=n_bins, n_groups=n_groups, mesh=mesh,
+            n_bins=n_bins, n_groups=n_groups, mesh=mesh, binning=binning,
         )
         names.append(name)
         stats.append(res.statistic)

@@ -9,11 +9,14 @@ from routecal import diagnostics as dg
 from routecal import parallel, simulation
 
 
-def _ref_table(c, y, r, m=15, g=3):
+def _ref_table(c, y, r, m=15, g=3, binning="width"):
     """Independent numpy reference: loop over bins, stable argsort, numpy.array_split."""
     b = np.zeros(len(c), int)
     for i, x in enumerate(c):  # (k/m, (k+1)/m] -> k, 0 -> 0
         b[i] = 0 if x == 0 else min(int(np.ceil(x * m)) - 1, m - 1)
+    if binning == "mass":
+        for k, part in enumerate(np.array_split(np.argsort(c, kind="stable"), m)):
+            b[part] = k
     gaps, wg, members = np.zeros(m), 0.0, []
     for k in range(m):
         idx = np.flatnonzero(b == k)
@@ -57,6 +60,13 @@ def test_subgroup_gaps_matches_reference():
     np.testing.assert_allclose(out.gap, gaps, atol=1e-12)
     assert out.weighted_gap == pytest.approx(wg, abs=1e-12)
     assert out.count.sum() == 500 and out.count[0] >= 1 and out.count[-1] >= 2
+    mass = dg.subgroup_gaps(c, y, r, n_bins=15, n_groups=3, binning="mass")
+    gaps_m, wg_m, _ = _ref_table(c, y, r, binning="mass")
+    np.testing.assert_allclose(mass.gap, gaps_m, atol=1e-12)
+    assert mass.weighted_gap == pytest.approx(wg_m, abs=1e-12)
+    np.testing.assert_array_equal(mass.count, [34] * 5 + [33] * 10)
+    with pytest.raises(ValueError, match="binning"):
+        dg.subgroup_gaps(c, y, r, binning="quantile")
 
 
 def test_small_bins_contribute_nothing_and_ties_are_stable():
