@@ -50,7 +50,26 @@ from routecal import _checks, parallel
 from routecal.calibration import mass_bins, split_index, width_bins
 
 _L = 16  # examples per scan step (unrolled; keeps loop overhead low)
-_DEFAULT_CHUNK = 1024  # permutations per chunk (lanes); fixed so results ignore the device count
+_MAX_CHUNK = 1024  # most permutations per chunk (lanes)
+
+
+def default_chunk_size(n_permutations: int) -> int:
+    """Lanes per chunk from B alone (never the device count, so results ignore it).
+
+    About B / 16 rounded up to a multiple of 64, within [64, 1024]: B = 10,000 gives 16 chunks of 640,
+    which split evenly over 1, 2, 4, 8 or 16 devices.
+    """
+    per_chunk = -(-n_permutations // 16)
+    return int(min(_MAX_CHUNK, max(64, parallel.pad_to_multiple(per_chunk, 64))))
+
+
+def _resolve_chunk(chunk_size: int | None, n_permutations: int) -> int:
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n_permutations)
+    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+    return min(chunk_size, n_permutations)
+
+
 _TIE_RTOL = 1e-10
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +300,7 @@ def permutation_test_core(
     n_permutations: int,
     n_bins: int,
     n_groups: int,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Jittable, vmappable test on one device (no input checks; trace under `jax.enable_x64`).
 
@@ -292,7 +311,7 @@ def permutation_test_core(
       (statistic [], p_value [], null [B]).
     """
     lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
-    bc = min(chunk_size, n_permutations)
+    bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = -(-n_permutations // bc)
     seeds = chunk_seeds(key, n_chunks, bc)
     null = lax.map(lambda sd: _null_chunk(sd, lay), seeds).reshape(-1)[:n_permutations]
@@ -306,7 +325,7 @@ def _sharded_test(bins, confidence, correct, routing, key, *, n_permutations, n_
                   chunk_size, mesh):
     lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
     n_dev = mesh.size
-    bc = min(chunk_size, n_permutations)
+    bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), n_dev)
     seeds = chunk_seeds(key, n_chunks, bc)
     axis = mesh.axis_names[0]
@@ -412,7 +431,7 @@ def within_bin_permutation_test(
     n_bins: int = 15,
     n_groups: int = 3,
     mesh: Mesh | None = None,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int | None = None,
     binning: str = "width",
 ) -> PermutationTestResult:
     """Within-bin permutation test of the weighted subgroup gap.
@@ -425,14 +444,15 @@ def within_bin_permutation_test(
       confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite.
       key: a jax PRNG key. n_permutations: B >= 1. n_bins: M. n_groups: G >= 2.
       mesh: optional 1-D mesh (`routecal.parallel.make_mesh`).
-      chunk_size: permutations per chunk; part of the random stream's definition.
+      chunk_size: permutations per chunk (default `default_chunk_size(B)`); part of the random
+        stream's definition, so the same key and chunk size give the same null.
       binning: confidence bins, "width" (default) or "mass" (see `subgroup_gaps`).
     Returns:
       PermutationTestResult(statistic, p_value, null [B]).
     """
     c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+    chunk_size = _resolve_chunk(chunk_size, n_permutations)
     mesh = parallel.make_mesh() if mesh is None else mesh
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
@@ -469,7 +489,7 @@ def permutation_test_batch(
     n_permutations: int = 1000,
     n_bins: int = 15,
     n_groups: int = 3,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int | None = None,
     binning: str = "width",
 ) -> PermutationTestResult:
     """The permutation test on D datasets at once, as one vmapped computation.
@@ -496,6 +516,7 @@ def permutation_test_batch(
     _check_inputs(c[0], y[0], r[0], n_bins, n_groups)
     _np_bins(c[0, :1], 1, binning)  # validates `binning`
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
+    chunk_size = _resolve_chunk(chunk_size, n_permutations)
     keys = jax.vmap(lambda d: jax.random.fold_in(key, d))(jnp.arange(c.shape[0]))
     with jax.enable_x64(True):
         stat, p, null = _batched_test(
