@@ -192,7 +192,12 @@ def _row_min(zr: jax.Array, g: jax.Array, zc_t: jax.Array, *, loo: bool) -> jax.
 
 
 def _self_mask(row_tile: int, col_tile: int, offset: jax.Array) -> jax.Array:
-    """[rt, ct] True where column (offset + r) of the diagonal tile is row r itself."""
+    """[rt, ct] True where column (offset + r) of the diagonal tile is row r itself.
+
+    With square tiles (leave-one-out uses ct == rt) the offset is 0 and the mask is a constant.
+    """
+    if row_tile == col_tile:
+        return jnp.asarray(np.eye(row_tile, dtype=bool))
     cols = lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 1)
     return cols == lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 0) + offset
 
@@ -462,7 +467,9 @@ def loo_predictions(
     h = _bandwidth_grid(bandwidths, xa.shape[1])
     n = xa.shape[0]
     n_dev = _n_devices(mesh)
-    rt, ct = _tile_sizes(-(-n // n_dev), n, row_tile, col_tile)
+    # Square tiles: a row tile's own columns form one [rt, rt] tile with self on its diagonal.
+    rt, _ = _tile_sizes(-(-n // n_dev), n, row_tile, col_tile)
+    ct = rt
     xc, yc, tile_y, tile_mixed, position = _layout_columns(xa, ya, ct, math.lcm(ct, n_dev * rt))
     scales, ratio, shared = _scales(h)
     fn = _build(rt, ct, True, shared, mesh)
