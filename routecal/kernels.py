@@ -60,6 +60,9 @@ PROB_CLIP = (
 )
 _PAD_COORD = 1e18  # padding points sit this far away: their kernel weight is exactly 0 in float32.
 _BIG = float(np.finfo(np.float32).max)
+_SKIP_LOG = (
+    40.0  # a column tile whose every weight is < exp(-40) (relative to the row max) is skipped
+)
 _MATMUL_MIN_DIM = 5  # from this many features on, squared distances use |a|^2 + |b|^2 - 2 a.b
 
 
@@ -210,10 +213,18 @@ def _row_sums(
     yc_t: jax.Array,
     tile_y: jax.Array,
     tile_mixed: jax.Array,
+    row_box: tuple[jax.Array, jax.Array],
+    col_box: tuple[jax.Array, jax.Array],
     *,
     loo: bool,
 ) -> jax.Array:
     """Pass 2: sum_j w_ij y_j / sum_j w_ij with w_ij = exp(m_i - d_ij) <= 1 (largest weight 1).
+
+    Tiles are skipped when they cannot matter: if the bounding boxes of the row tile and a column
+    tile are so far apart that every weight is < exp(-_SKIP_LOG) (~4e-18, the row's largest
+    weight being 1), the tile is not computed. The skipped mass is < N * 4e-18 relative, far below
+    float32 resolution, so results are unchanged; examples sorted by their first feature make the
+    boxes narrow, so small bandwidths skip most tiles.
 
     A "pure" column tile holds one target value `tile_y[t]` (0/1 targets sorted by label), so both
     sums come from one reduction; a "mixed" tile (`tile_mixed[t]`, the label boundary or real-valued
@@ -223,6 +234,8 @@ def _row_sums(
       zr: [rt, D] scaled rows; g: global index of the first row; m: [rt] row minima.
       zc_t: [T/ct, ct, D] scaled column tiles; yc_t: [T/ct, ct] column targets;
       tile_y: [T/ct] each pure tile's target value; tile_mixed: [T/ct] int32 0/1.
+      row_box: ([D], [D]) scaled lower/upper corners of the row tile's points.
+      col_box: ([T/ct, D], [T/ct, D]) scaled corners of each column tile's points.
     Returns:
       [rt] estimates.
     """
@@ -230,9 +243,13 @@ def _row_sums(
     diag = g // col_tile if loo else jnp.int32(-1)
     self_mask = _self_mask(row_tile, col_tile, g % col_tile)
 
+    m_max = m.max()
+
     def step(carry, xs):
         num, den = carry
-        zt, yt, ty, mixed, t = xs
+        zt, yt, ty, mixed, lo, hi, t = xs
+        gap = jnp.maximum(jnp.maximum(lo - row_box[1], row_box[0] - hi), 0.0)
+        skip = (m_max - jnp.sum(gap * gap) < -_SKIP_LOG) & (t != diag)
         w = lambda: jnp.exp(m[:, None] - _sqdist(zr, zt))
         w_masked = lambda: jnp.where(self_mask, 0.0, w())
 
@@ -248,27 +265,33 @@ def _row_sums(
             lambda: mix(w),
             lambda: pure(w_masked),
             lambda: mix(w_masked),
+            lambda: (jnp.zeros_like(m), jnp.zeros_like(m)),
         )
-        sw, swy = lax.switch(2 * (t == diag).astype(jnp.int32) + mixed, branches)
+        index = jnp.where(skip, 4, 2 * (t == diag).astype(jnp.int32) + mixed)
+        sw, swy = lax.switch(index, branches)
         return (num + swy, den + sw), None
 
     zeros = jnp.zeros((row_tile,), jnp.float32)
     tiles = jnp.arange(zc_t.shape[0], dtype=jnp.int32)
-    (num, den), _ = lax.scan(step, (zeros, zeros), (zc_t, yc_t, tile_y, tile_mixed, tiles))
+    xs = (zc_t, yc_t, tile_y, tile_mixed, col_box[0], col_box[1], tiles)
+    (num, den), _ = lax.scan(step, (zeros, zeros), xs)
     return num / den
 
 
 @functools.lru_cache(maxsize=64)
 def _build(row_tile: int, col_tile: int, loo: bool, shared_min: bool, mesh: Mesh | None):
-    """A jitted fn(xq [R,D], xc [T,D], yc [T], tile_y, tile_mixed [T/ct], scales [K,D], ratio [K])
-    -> [K, R] estimates.
+    """A jitted fn(xq [R,D], xc [T,D], yc [T], tile_y, tile_mixed [T/ct], row_lo, row_hi [R/rt, D],
+    col_lo, col_hi [T/ct, D], scales [K,D], ratio [K]) -> [K, R] estimates.
+
+    row_lo/row_hi are indexed by global row tile; on a mesh each device holds R/n_dev rows.
 
     With `shared_min` the bandwidths are proportional (scales[k] = scales[0] / sqrt(ratio[k])), so
     each row's nearest neighbour is the same for all of them: pass 1 runs once, at scales[0], and
     row minima are rescaled, m_k = ratio[k] * m_0.
     """
 
-    def per_device(xq, xc, yc, tile_y, tile_mixed, scales, ratio, q_start):
+    def per_device(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio, q_start):
+        row_lo, row_hi, col_lo, col_hi = boxes
         r_total, d = xq.shape
         n_row_tiles = r_total // row_tile
         starts = q_start + jnp.arange(n_row_tiles, dtype=jnp.int32) * row_tile
@@ -289,31 +312,38 @@ def _build(row_tile: int, col_tile: int, loo: bool, shared_min: bool, mesh: Mesh
             s, r = args
             m = m0 * r if shared_min else minima(s)
             zc_t = tiles(xc, s, col_tile)
-            out = lax.map(
-                lambda a: _row_sums(a[0], a[1], a[2], zc_t, yc_t, tile_y, tile_mixed, loo=loo),
-                (tiles(xq, s, row_tile), starts, m),
-            )
+            col_box = (col_lo * s[None, :], col_hi * s[None, :])
+
+            def one_row_tile(a):
+                zr, g, m_r = a
+                i = g // row_tile
+                row_box = (row_lo[i] * s, row_hi[i] * s)
+                return _row_sums(
+                    zr, g, m_r, zc_t, yc_t, tile_y, tile_mixed, row_box, col_box, loo=loo
+                )
+
+            out = lax.map(one_row_tile, (tiles(xq, s, row_tile), starts, m))
             return out.reshape(r_total)
 
         return lax.map(one_bandwidth, (scales, ratio))
 
     if mesh is None:
 
-        def fn(xq, xc, yc, tile_y, tile_mixed, scales, ratio):
-            return per_device(xq, xc, yc, tile_y, tile_mixed, scales, ratio, jnp.int32(0))
+        def fn(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio):
+            return per_device(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio, jnp.int32(0))
 
         return jax.jit(fn)
 
     axis = mesh.axis_names[0]
 
-    def sharded(xq, xc, yc, tile_y, tile_mixed, scales, ratio):
+    def sharded(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio):
         q_start = lax.axis_index(axis).astype(jnp.int32) * xq.shape[0]
-        return per_device(xq, xc, yc, tile_y, tile_mixed, scales, ratio, q_start)
+        return per_device(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio, q_start)
 
     fn = jax.shard_map(
         sharded,
         mesh=mesh,
-        in_specs=(P(axis, None), P(), P(), P(), P(), P(), P()),
+        in_specs=(P(axis, None), P(), P(), P(), P(), P(), P(), P()),
         out_specs=P(None, axis),
         check_vma=False,
     )
@@ -357,21 +387,22 @@ def _layout_columns(x: np.ndarray, y: np.ndarray, ct: int, multiple: int):
 
     Returns:
       xc [T, D] float32, yc [T] float32, tile_y [T/ct], tile_mixed [T/ct] int32, position [N]
-      (the padded index of each example).
+      (the padded index of each example). Examples are sorted by feature 0 (inside each label
+      block) so tiles have narrow bounding boxes.
     """
     n, d = x.shape
     total = pad_to_multiple(n, multiple)
     n_tiles = total // ct
+    position = np.empty(n, np.int64)
     if _is_binary(y):
-        position = np.empty(n, np.int64)
-        order = np.argsort(-y, kind="stable")  # 1s first
+        order = np.lexsort((x[:, 0], -y))  # 1s first, each label block sorted by feature 0
         position[order] = np.arange(n)
         n_pos = int(y.sum())
         starts = np.arange(n_tiles) * ct
         tile_mixed = ((starts < n_pos) & (starts + ct > n_pos)).astype(np.int32)
         tile_y = (starts + ct <= n_pos).astype(np.float32)
     else:
-        position = np.arange(n)
+        position[np.argsort(x[:, 0], kind="stable")] = np.arange(n)
         tile_mixed = np.ones(n_tiles, np.int32)
         tile_y = np.zeros(n_tiles, np.float32)
     xc = np.full((total, d), _PAD_COORD, np.float32)
@@ -379,6 +410,18 @@ def _layout_columns(x: np.ndarray, y: np.ndarray, ct: int, multiple: int):
     xc[position] = x
     yc[position] = y
     return xc, yc, tile_y, tile_mixed, position
+
+
+def _tile_boxes(x_pad: np.ndarray, n_real: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile bounding boxes ([T/size, D] lower, upper) of the first `n_real` rows of x_pad."""
+    real = np.arange(len(x_pad)) < n_real
+    xt = x_pad.reshape(-1, size, x_pad.shape[1]).astype(np.float64)
+    mask = real.reshape(-1, size)[:, :, None]
+    lo = np.where(mask, xt, np.inf).min(axis=1)
+    hi = np.where(mask, xt, -np.inf).max(axis=1)
+    empty = ~mask.any(axis=1)[:, 0]
+    lo[empty], hi[empty] = _PAD_COORD, _PAD_COORD
+    return lo.astype(np.float32), hi.astype(np.float32)
 
 
 def _is_binary(y: np.ndarray) -> bool:
@@ -430,12 +473,16 @@ def _nw_grid(xt, yt, xq, h, *, mesh, row_tile, col_tile) -> np.ndarray:
     rt, ct = _tile_sizes(-(-m // n_dev), xt.shape[0], row_tile, col_tile)
     xc, yc, tile_y, tile_mixed, _ = _layout_columns(xt, yt, ct, ct)
     m_pad = pad_to_multiple(m, n_dev * rt)
+    order = np.argsort(xq[:, 0], kind="stable")  # sorted queries: narrow row-tile boxes
     xq_pad = np.zeros((m_pad, xq.shape[1]), np.float32)
-    xq_pad[:m] = xq
+    xq_pad[:m] = xq[order]
+    boxes = (*_tile_boxes(xq_pad, m, rt), *_tile_boxes(xc, xt.shape[0], ct))
     scales, ratio, shared = _scales(h)
     fn = _build(rt, ct, False, shared, mesh)
-    out = np.asarray(fn(xq_pad, xc, yc, tile_y, tile_mixed, scales, ratio), np.float64)[:, :m]
-    return out
+    out = np.asarray(fn(xq_pad, xc, yc, tile_y, tile_mixed, boxes, scales, ratio), np.float64)
+    result = np.empty((len(h), m))
+    result[:, order] = out[:, :m]
+    return result
 
 
 def loo_predictions(
@@ -473,7 +520,8 @@ def loo_predictions(
     xc, yc, tile_y, tile_mixed, position = _layout_columns(xa, ya, ct, math.lcm(ct, n_dev * rt))
     scales, ratio, shared = _scales(h)
     fn = _build(rt, ct, True, shared, mesh)
-    out = np.asarray(fn(xc, xc, yc, tile_y, tile_mixed, scales, ratio), np.float64)
+    box = _tile_boxes(xc, n, ct)
+    out = np.asarray(fn(xc, xc, yc, tile_y, tile_mixed, (*box, *box), scales, ratio), np.float64)
     return out[:, position]
 
 
