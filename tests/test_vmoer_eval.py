@@ -73,3 +73,32 @@ def test_quick_experiment_end_to_end(tmp_path):
         assert 0 <= t["stability"][m]["mean"] <= 1 and 0 <= t["ood_auroc"][m]["mean"] <= 1
     assert "ood_auroc_mi" not in {k for k, v in t.items() if "det" in v}
     assert (tmp_path / "vmoer_results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "configs/moe_digits.py",
+        "configs/moe_digits.py:full,quick",
+        "configs/vmoer_digits.py:temp",
+        "configs/vmoer_digits.py:logit,retrofit",
+        "configs/vmoer_digits.py:det,quick",
+    ],
+)
+def test_configs_build_valid_model_configs(spec):
+    from routecal.models import vmoer
+    from routecal.models.transformer import ModelConfig
+
+    cfg = config.load_config(spec)
+    mc = ModelConfig.from_config(cfg.model, seq_len=16, token_dim=4, num_classes=10)
+    assert mc.mlp_type in ("moe", "vmoer_logit", "vmoer_temp")
+    vmoer.check_vmoer_options(mc.vmoer_options)
+    if "retrofit" in spec:
+        assert cfg.train.trainable == vmoer.VROUTER_PATH
+
+
+def test_bad_config_variant_raises():
+    with pytest.raises(ValueError, match="variant"):
+        config.load_config("configs/vmoer_digits.py:bayes")
+    with pytest.raises(ValueError, match="retrofit"):
+        config.load_config("configs/vmoer_digits.py:det,retrofit")
