@@ -32,10 +32,12 @@ _SUBMODULES = (
     "predict",
     "probes",
     "report",
+    "simulation",
     "study",
     "traces",
     "train",
     "uncertainty",
+    "vmoer_eval",
 )
 
 __all__ = ["__version__", *_SUBMODULES]

@@ -8,7 +8,9 @@ Each npz holds:
     tokens, one column per depth-attention site: L sublayers then the readout; see `traces.py`),
   alpha_mean [S, S_max] (token- and example-averaged depth weights, zero-padded past n_sources),
   n_sources [S] int32, sublayer_names [S] str,
-  mlp/<i>/<key> per-example MLP traces (MoE models), if any.
+  mlp/<i>/<key> per-example MLP traces (MoE models), if any,
+  router_entropy, router_entropy_norm, top1_margin, gate_mass, dropped [N, n_moe] MoE routing
+    summaries (MoE models only; `traces.moe_summaries`).
 For a standard-residual model S = 0.
 
 Letters: N examples, T tokens, P token features, C classes, S depth sources.
@@ -85,6 +87,8 @@ def predictions_record(
     for i, tr in enumerate(out["mlp"]):
         for k, v in tr.items():
             rec[f"mlp/{i}/{k}"] = np.asarray(v)
+    # MoE routing summaries [N, n_moe] (router_entropy, top1_margin, gate_mass, ...); see traces.py
+    rec.update(traces.moe_summaries(out["mlp"], token=token))
     return rec
 
 

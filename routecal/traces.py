@@ -123,3 +123,49 @@ def alpha_mean(alpha_list: Sequence[Array]) -> tuple[np.ndarray, np.ndarray]:
     for l, a in enumerate(alpha_list):
         out[l, : n_sources[l]] = np.asarray(a, np.float32).mean(axis=(0, 1))
     return out, n_sources
+
+
+MOE_SUMMARY_KEYS = ("router_entropy", "router_entropy_norm", "top1_margin", "gate_mass", "dropped")
+
+
+def moe_summaries(mlp_traces: Sequence[dict], token: str | int = "mean") -> dict[str, np.ndarray]:
+    """Per-example MoE routing summaries from the MLP traces of a forward pass.
+
+    Only traces holding `router_probs` (MoE / VMoER layers) count; M is their number.
+
+    Args:
+      mlp_traces: per-MLP trace dicts (`router_probs` [N, T, E], `gates` [N, T, K], `dropped`
+        [N, T, K]); dense MLPs contribute empty dicts.
+      token: "mean" over tokens, or an int token index.
+
+    Returns:
+      float32 [N, M] arrays: `router_entropy` (nats), `router_entropy_norm` (/ log E),
+      `top1_margin` (p_(1) - p_(2) of the router probabilities), `gate_mass` (sum of the kept
+      combine weights) and `dropped` (fraction of the token's assignments dropped for capacity).
+      Empty dict if there is no MoE layer.
+    """
+    moe_tr = [tr for tr in mlp_traces if "router_probs" in tr]
+    if not moe_tr:
+        return {}
+    if isinstance(token, str):
+        if token != "mean":
+            raise ValueError(f"token: expected 'mean' or an int, got {token!r}")
+        reduce = lambda x: np.mean(x, axis=1)
+    elif isinstance(token, int | np.integer) and not isinstance(token, bool):
+        reduce = lambda x: x[:, int(token)]
+    else:
+        raise ValueError(f"token: expected 'mean' or an int, got {token!r}")
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in MOE_SUMMARY_KEYS}
+    for tr in moe_tr:
+        p = np.asarray(tr["router_probs"], np.float32)
+        h = np.asarray(entropy(p))
+        top2 = -np.sort(-p, axis=-1)[..., :2]
+        margin = top2[..., 0] - (top2[..., 1] if p.shape[-1] > 1 else 0.0)
+        cols["router_entropy"].append(reduce(h))
+        cols["router_entropy_norm"].append(
+            reduce(h / np.log(p.shape[-1])) if p.shape[-1] > 1 else reduce(np.zeros_like(h))
+        )
+        cols["top1_margin"].append(reduce(margin))
+        cols["gate_mass"].append(reduce(np.sum(np.asarray(tr["gates"], np.float32), axis=-1)))
+        cols["dropped"].append(reduce(np.mean(np.asarray(tr["dropped"], np.float32), axis=-1)))
+    return {k: np.stack(v, axis=1).astype(np.float32) for k, v in cols.items()}

@@ -183,8 +183,8 @@ def test_bad_input_raises():
         _cfg(mlp_type="sparse")
     with pytest.raises(ValueError, match="unknown key"):
         ModelConfig.from_config({"d_modle": 8}, seq_len=T, token_dim=P, num_classes=C)
-    with pytest.raises(NotImplementedError, match="moe"):
-        make_mlp(_cfg(mlp_type="moe"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.vmoer"):
+        make_mlp(_cfg(mlp_type="vmoer_logit", vmoer=(("betta", 1.0),)), rngs=nnx.Rngs(0))
 
 
 def test_from_config_is_hashable_and_reads_vmoer():

@@ -154,10 +154,12 @@ def make_mlp(cfg: ModelConfig, *, layer: int = 0, rngs: nnx.Rngs) -> nnx.Module:
     """
     if not cfg.uses_moe(layer):
         return layers.DenseMLP(cfg.d_model, cfg.mlp_dim, rngs=rngs)
-    raise NotImplementedError(
-        f"model.mlp_type={cfg.mlp_type!r}: MoE / VMoER MLPs are not implemented yet "
-        "(routecal/models/moe.py, vmoer.py); use mlp_type='dense'"
-    )
+    from routecal.models import moe, vmoer
+
+    if cfg.mlp_type == "moe":
+        return moe.MoEMLP(cfg, rngs=rngs)
+    router_type = {"vmoer_logit": "logit", "vmoer_temp": "temp"}[cfg.mlp_type]
+    return vmoer.VMoEMLP(cfg, router_type=router_type, rngs=rngs)
 
 
 @struct.dataclass

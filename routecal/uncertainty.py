@@ -1,0 +1,186 @@
+"""Uncertainty scores, OOD AUROC and routing stability (the VMoER metrics).
+
+Pure functions of arrays (numpy or jax in, numpy out); bad input raises ValueError naming the
+argument. Letters: S stochastic forward passes, N examples, C classes, L MoE layers, T tokens,
+K experts per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from routecal import _checks
+
+OOD_SCORES = ("entropy", "mutual_information", "max_prob")
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) over the last axis; 0 log 0 = 0."""
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def _probs_snc(probs: Any, name: str) -> np.ndarray:
+    p = _checks.as_array(probs, name)
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3:
+        raise ValueError(f"{name}: expected [N, C] or [S, N, C] probabilities, got shape {p.shape}")
+    for s in range(p.shape[0]):
+        _checks.check_probs(p[s], name)
+    return p
+
+
+def predictive_entropy(probs: Any) -> np.ndarray:
+    """Entropy of the mean predictive distribution, H[mean_s p_s]: [N, C] or [S, N, C] -> [N]."""
+    return _entropy(_probs_snc(probs, "probs").mean(axis=0))
+
+
+def mutual_information(probs_SxNxC: Any) -> np.ndarray:
+    """Mutual information (BALD) from S stochastic passes: H[mean_s p_s] - mean_s H[p_s] -> [N].
+
+    Zero when all passes agree (e.g. a deterministic model); clipped at 0 against rounding.
+    """
+    p = _checks.as_array(probs_SxNxC, "probs_SxNxC", ndim=3)
+    p = _probs_snc(p, "probs_SxNxC")
+    mi = _entropy(p.mean(axis=0)) - _entropy(p).mean(axis=0)
+    return np.maximum(mi, 0.0)
+
+
+def max_prob(probs: Any) -> np.ndarray:
+    """Confidence max_c of the mean predictive distribution: [N, C] or [S, N, C] -> [N]."""
+    return _probs_snc(probs, "probs").mean(axis=0).max(axis=-1)
+
+
+def ood_score(probs: Any, kind: str = "entropy") -> np.ndarray:
+    """An OOD score (higher = more likely OOD): "entropy", "mutual_information" or "max_prob"
+    (scored as 1 - max_prob). `probs`: [N, C] or [S, N, C] ([S, N, C] needed for MI)."""
+    if kind == "entropy":
+        return predictive_entropy(probs)
+    if kind == "max_prob":
+        return 1.0 - max_prob(probs)
+    if kind == "mutual_information":
+        return mutual_information(probs)
+    raise ValueError(f"kind: unknown OOD score {kind!r}; expected one of {OOD_SCORES}")
+
+
+def ood_auroc(scores_in: Any, scores_out: Any) -> float:
+    """AUROC of separating OOD (positive) from in-distribution examples; higher score = more OOD.
+
+    Mann-Whitney form with ties counted one half: AUROC = P(s_out > s_in) + 1/2 P(s_out = s_in),
+    computed from average ranks (equals `sklearn.metrics.roc_auc_score` with OOD labelled 1).
+    """
+    a = _checks.as_array(scores_in, "scores_in", ndim=1)
+    b = _checks.as_array(scores_out, "scores_out", ndim=1)
+    ranks = stats.rankdata(np.concatenate([a, b]))  # average ranks for ties
+    n_in, n_out = len(a), len(b)
+    u = ranks[n_in:].sum() - n_out * (n_out + 1) / 2.0
+    return float(u / (n_in * n_out))
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingStability:
+    """Mean Jaccard similarity of selected-expert sets, per layer [L] and overall (mean of layers)."""
+
+    per_layer: np.ndarray
+    overall: float
+
+
+def _as_layers(x: Any, name: str) -> list[np.ndarray]:
+    if isinstance(x, list | tuple):
+        layers = [_checks.as_array(e, f"{name}[{i}]", dtype=None) for i, e in enumerate(x)]
+    else:
+        arr = _checks.as_array(x, name, dtype=None)
+        layers = list(arr) if arr.ndim == 4 else [arr]
+    for i, e in enumerate(layers):
+        if e.dtype.kind not in "iu":
+            raise ValueError(f"{name}[{i}]: expert indices must be integers, got {e.dtype}")
+        if e.ndim != 3 or np.any(e < 0):
+            raise ValueError(
+                f"{name}[{i}]: expected non-negative expert indices [N, T, K], got {e.shape}"
+            )
+    return layers
+
+
+def jaccard(experts_a: Any, experts_b: Any) -> np.ndarray:
+    """Per-token Jaccard index |A & B| / |A | B| of two expert-index sets [..., K] -> [...]."""
+    a = np.asarray(experts_a)
+    b = np.asarray(experts_b)
+    if a.shape[:-1] != b.shape[:-1]:
+        raise ValueError(f"experts_b: shape {b.shape} does not match experts_a {a.shape}")
+    n_e = int(max(a.max(), b.max())) + 1
+    ma = np.zeros((*a.shape[:-1], n_e), bool)
+    mb = np.zeros((*b.shape[:-1], n_e), bool)
+    np.put_along_axis(ma, a, True, axis=-1)
+    np.put_along_axis(mb, b, True, axis=-1)
+    return (ma & mb).sum(-1) / (ma | mb).sum(-1)
+
+
+def routing_stability(experts_clean: Any, experts_noisy: Any) -> RoutingStability:
+    """Routing stability (VMoER): mean Jaccard of selected-expert sets, clean vs perturbed input.
+
+    Args:
+      experts_clean: per MoE layer, selected experts [N, T, K] (a list of L arrays, or one array
+        [L, N, T, K], or a single layer [N, T, K]).
+      experts_noisy: the same for the perturbed input.
+
+    Returns:
+      RoutingStability(per_layer [L], overall): means over examples and tokens; 1 = identical.
+    """
+    a = _as_layers(experts_clean, "experts_clean")
+    b = _as_layers(experts_noisy, "experts_noisy")
+    if len(a) != len(b):
+        raise ValueError(f"experts_noisy: {len(b)} layers, experts_clean has {len(a)}")
+    per_layer = np.array([jaccard(x, y).mean() for x, y in zip(a, b, strict=True)])
+    return RoutingStability(per_layer, float(per_layer.mean()))
+
+
+def routing_stability_under_noise(
+    experts_fn: Callable[[np.ndarray], Sequence[Any]],
+    tokens_NxTxP: Any,
+    noise_std: float,
+    *,
+    seed: int = 0,
+) -> RoutingStability:
+    """Runs `experts_fn` on clean tokens and on tokens + N(0, noise_std^2) noise; compares routing.
+
+    Args:
+      experts_fn: tokens [N, T, P] -> per-layer selected experts [N, T, K] (e.g. a trained model's
+        forward pass returning its MoE `experts` traces, with deterministic routing).
+      tokens_NxTxP: clean inputs.
+      noise_std: std of the Gaussian perturbation (0 gives stability 1 for a deterministic router).
+      seed: seed of the noise.
+    """
+    x = _checks.as_array(tokens_NxTxP, "tokens_NxTxP", ndim=3, dtype=np.float32)
+    if not (np.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(f"noise_std: must be a finite number >= 0, got {noise_std}")
+    noise = np.random.default_rng(seed).normal(size=x.shape).astype(np.float32)
+    return routing_stability(experts_fn(x), experts_fn(x + np.float32(noise_std) * noise))
+
+
+def model_routing_stability(
+    model: Any, tokens_NxTxP: Any, noise_std: float, *, seed: int = 0, batch_size: int = 256
+) -> RoutingStability:
+    """Routing stability of a routecal `Transformer` with MoE layers under Gaussian input noise.
+
+    Runs the model (inference mode) on clean and on noisy tokens and compares the selected experts
+    of every MoE layer. The model is cloned for each run, so a stochastic router (VMoER logit
+    router averaging S samples) sees the same routing-noise draws on both inputs: the score
+    measures sensitivity to the input alone (1 at `noise_std = 0`).
+    """
+    from flax import nnx
+
+    from routecal import predict
+
+    def experts_fn(x: np.ndarray) -> list[np.ndarray]:
+        out = predict.predict_arrays(nnx.clone(model), x, batch_size=batch_size)
+        layers = [np.asarray(tr["experts"]) for tr in out["mlp"] if "experts" in tr]
+        if not layers:
+            raise ValueError("model: has no MoE layer (no 'experts' traces)")
+        return layers
+
+    return routing_stability_under_noise(experts_fn, tokens_NxTxP, noise_std, seed=seed)

@@ -1,0 +1,55 @@
+"""Tests for routecal.flops: XLA cost analysis against analytic matmul counts."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from routecal import flops
+
+SHAPE = flops.LayerShape("test", d_model=64, n_experts=4, top_k=2, expert_dim=256, n_tokens=32)
+
+
+def test_matmul_flops_match_xla_exactly():
+    a = jax.ShapeDtypeStruct((8, 16), jnp.float32)
+    b = jax.ShapeDtypeStruct((16, 12), jnp.float32)
+    assert flops.xla_flops(jnp.dot, a, b) == flops.matmul_flops(8, 12, 16) == 2 * 8 * 12 * 16
+    # batched einsum: 3 independent [5, 7] x [7, 2] matmuls
+    x = jax.ShapeDtypeStruct((3, 5, 7), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 7, 2), jnp.float32)
+    f = lambda x, w: jnp.einsum("bmk,bkn->bmn", x, w)
+    assert flops.xla_flops(f, x, w) == 3 * flops.matmul_flops(5, 2, 7)
+
+
+def test_cost_analysis_dict_or_list():
+    assert flops._flops_of({"flops": 4.0}) == 4.0
+    assert flops._flops_of([{"flops": 1.0}, {"flops": 2.0}]) == 3.0
+    with pytest.raises(ValueError, match="flops"):
+        flops._flops_of({})
+
+
+def test_expert_and_router_flops_near_analytic():
+    # SwiGLU experts: 3 matmuls on n_tokens * K = 64 token-expert pairs of D=64 x F=256
+    analytic = 3 * flops.matmul_flops(64, 256, 64)
+    assert flops.analytic_expert_flops(SHAPE) == analytic
+    got = flops.expert_flops(SHAPE)
+    # XLA adds the SiLU and the gating product (a few FLOPs per hidden unit): < 2% here
+    assert analytic <= got <= 1.02 * analytic
+    det = flops.router_flops(SHAPE, "det", train=False)
+    mm = flops.matmul_flops(32, 4, 64)  # [N, D] x [D, E]
+    assert mm <= det <= 1.3 * mm
+    # logit router (train): + delta_mu and sigma heads (two more [N, D] x [D, E] matmuls), plus
+    # O(1) work per logit (threefry normal noise, softplus, KL terms): < 250 FLOPs per logit
+    logit = flops.router_flops(SHAPE, "logit", train=True)
+    assert 2 * mm <= logit - det <= 2 * mm + 250 * 32 * 4
+
+
+def test_vmoer_overhead_realistic_under_one_percent():
+    out = flops.vmoer_overhead(flops.REALISTIC_LAYER)
+    # deterministic layer ~ experts: 3 * 2 * (640 * 8) * 1536 * 512 FLOPs
+    assert out["experts_analytic"] == 3 * 2 * 640 * 8 * 1536 * 512
+    assert out["experts"] == pytest.approx(out["experts_analytic"], rel=0.01)
+    # analytic extra: two heads 2 * 2*N*D*E over the layer = 4 D E / (6 K D F) ~ 0.65 %
+    analytic_pct = 100 * 2 * flops.matmul_flops(640, 40, 1536) / out["layer_det"]
+    assert out["overhead_logit_train_pct"] == pytest.approx(analytic_pct, rel=0.15)
+    assert 0 < out["overhead_logit_infer_pct"] < 1.0
+    assert 0 <= out["overhead_temp_infer_pct"] < out["overhead_logit_infer_pct"]

@@ -1,0 +1,80 @@
+"""The simulators, and the permutation test's validity (size) and power on simulated data."""
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from routecal import diagnostics as dg
+from routecal import simulation
+
+
+def test_null_data_shapes_and_independence():
+    d = simulation.null_data(jax.random.key(0), 4000, n_datasets=2, rho=0.8)
+    assert d.confidence.shape == d.correct.shape == d.routing.shape == (2, 4000)
+    c, y, r = d.confidence.ravel(), d.correct.ravel(), d.routing.ravel()
+    assert set(np.unique(y)) <= {0.0, 1.0} and c.min() >= 0.3 and c.max() <= 1.0
+    # calibrated: accuracy tracks confidence; routing tracks confidence (rho) ...
+    assert abs(y.mean() - c.mean()) < 0.02
+    assert np.corrcoef(r, c)[0, 1] > 0.5
+    # ... but not correctness once confidence is accounted for (residual correlation ~ 0)
+    assert abs(np.corrcoef(r - 0.8 * (c - c.mean()) / c.std(), y - c)[0, 1]) < 0.03
+
+
+def test_planted_effect_gap_is_four_thirds_effect():
+    d = simulation.planted_effect(jax.random.key(1), 20_000, 0.15, conf_low=0.3, conf_high=0.8)
+    out = dg.subgroup_gaps(d.confidence[0], d.correct[0], d.routing[0], n_bins=5)
+    # no clipping for c in [0.3, 0.8] and effect 0.15: every occupied bin's gap ~ 4/3 * 0.15 = 0.2
+    np.testing.assert_array_equal(out.count[[0, 4]], 0)
+    np.testing.assert_allclose(out.gap[1:4], 0.2, atol=0.045)
+    assert out.weighted_gap == pytest.approx(0.2, abs=0.02)
+
+
+def test_rejection_rate_under_null_inside_binomial_interval():
+    # 400 null datasets (N = 300) tested as one vmapped computation, B = 199: under exact
+    # exchangeability P(p <= 0.05) = 10 / 200 = 0.05 exactly.
+    n_sets = 400
+    d = simulation.null_data(jax.random.key(2), 300, n_datasets=n_sets, conf_low=0.0)
+    res = dg.permutation_test_batch(*d, key=jax.random.key(3), n_permutations=199, n_bins=10)
+    rejections = int(np.sum(res.p_value <= 0.05))
+    lo, hi = stats.binom.interval(0.99, n_sets, 0.05)
+    assert lo <= rejections <= hi, (rejections, lo, hi)
+    # p-values are (close to) uniform on {1/200, ..., 1}
+    assert stats.kstest(res.p_value, "uniform").pvalue > 1e-3
+
+
+def test_power_against_planted_effect():
+    # planted effect 0.25 (expected weighted gap ~ 4/3 * 0.25 = 0.33, less where the clip at
+    # confidence 1 binds), N = 300, 10 bins x tertiles, alpha = 0.05; same shapes as the null test
+    # above, so one compiled program serves both.
+    d = simulation.planted_effect(jax.random.key(4), 300, 0.25, n_datasets=400, conf_low=0.0)
+    res = dg.permutation_test_batch(*d, key=jax.random.key(5), n_permutations=199, n_bins=10)
+    power = np.mean(res.p_value <= 0.05)
+    assert power >= 0.9, power
+
+
+def test_batched_generation_reproducible_and_bad_input():
+    a = simulation.simulate(jax.random.key(9), 50, n_datasets=3, effect=0.1)
+    b = simulation.simulate(jax.random.key(9), 50, n_datasets=3, effect=0.1)
+    np.testing.assert_array_equal(a.correct, b.correct)
+    assert not np.array_equal(a.confidence[0], a.confidence[1])
+    with pytest.raises(ValueError, match="n_datasets"):
+        simulation.simulate(jax.random.key(0), 10, n_datasets=0)
+    with pytest.raises(ValueError, match="conf_low"):
+        simulation.simulate(jax.random.key(0), 10, conf_low=0.9, conf_high=0.5)
+    with pytest.raises(ValueError, match="effect"):
+        simulation.planted_effect(jax.random.key(0), 10, 0.0)
+    with pytest.raises(ValueError, match="effect"):
+        simulation.simulate(jax.random.key(0), 10, effect=float("nan"))
+
+
+@pytest.mark.slow
+def test_rejection_rate_under_null_large():
+    # 2000 null datasets of N = 1000 (15 bins), B = 999; also with routing tracking confidence.
+    for rho in (0.0, 0.8):
+        d = simulation.null_data(jax.random.key(10), 1000, n_datasets=2000, rho=rho)
+        res = dg.permutation_test_batch(*d, key=jax.random.key(11), n_permutations=999)
+        for alpha in (0.01, 0.05, 0.1):
+            k = int(np.sum(res.p_value <= alpha))
+            lo, hi = stats.binom.interval(0.99, 2000, alpha)
+            assert lo <= k <= hi, (rho, alpha, k, lo, hi)
