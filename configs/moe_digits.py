@@ -14,7 +14,8 @@ loss (1e-2) and ST-MoE z-loss (1e-3).
 
 Measured on the shared 2-core CPU of the development machine: see MEASURED (test accuracy and
 wall time of `routecal train`).
-MEASURED: standard  test accuracy 0.97, 75 s (seed 0)
+MEASURED: standard  test accuracy 0.956 (calib 0.942), 201 s training / 225 s wall (seed 0, with
+          the CPU shared by ~6 other jobs; expect ~1 min on an idle 2-core machine)
 """
 
 import ml_collections
