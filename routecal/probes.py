@@ -818,8 +818,12 @@ def compare_probes(
     profile: str = "H",
     mlp_kwargs: Mapping[str, Any] | None = None,
     multiples=kernels.DEFAULT_MULTIPLES,
+    return_predictions: bool = False,
 ) -> list[dict]:
     """Runs every probe x bandwidth rule on one set of predictions (fit on calib, score on test).
+
+    With `return_predictions=True` every row also holds "predictions": the probe's calibrated
+    test confidences [N_test] (for reliability diagrams).
 
     Probes: temperature (if probs/labels present), Platt, histogram, isotonic; NW on confidence,
     on (confidence, `routing_feature`) = AR-CondCal (if routing present) and on (confidence,
@@ -850,6 +854,8 @@ def compare_probes(
         }
         row.update(_metrics(conf, test, routing, n_bins))
         row["optimistic"] = bool(selection is not None and selection.optimistic)
+        if return_predictions:
+            row["predictions"] = np.clip(np.asarray(conf, np.float64), 0.0, 1.0)
         rows.append(row)
 
     add("uncalibrated", ("confidence",), test.confidence)

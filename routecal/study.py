@@ -207,23 +207,22 @@ def probe_comparison(
 
     pc = probes.ProbeData.from_predictions(dict(calib))
     pt = probes.ProbeData.from_predictions(dict(test))
-    rows = [
-        {**r, "probe": probe_label(r)}
-        for r in probes.compare_probes(
-            pc, pt, bandwidth_rules=tuple(bandwidth_rules), seed=seed, n_bins=n_bins
-        )
-    ]
+    rows, reliability = [], {}
+    for r in probes.compare_probes(
+        pc, pt, bandwidth_rules=tuple(bandwidth_rules), seed=seed, n_bins=n_bins,
+        return_predictions=True,
+    ):
+        label = probe_label(r)
+        if r["bandwidth_rule"] in (None, "cv_nll"):
+            reliability[label] = calibration.reliability_curve(
+                r["predictions"], pt.correct, n_bins=n_bins
+            )._asdict()
+        rows.append({**{k: v for k, v in r.items() if k != "predictions"}, "probe": label})
     sweep: dict[str, list[float]] = {}
-    reliability: dict[str, Any] = {
-        "uncalibrated": calibration.reliability_curve(
-            pt.confidence, pt.correct, n_bins=n_bins
-        )._asdict()
-    }
     for name, feats in probes.FEATURE_SETS.items():
         if any(f not in ("confidence", "entropy") and f not in pt.routing for f in feats):
             continue  # a standard-residual model has no routing features
-        label = f"nw_{name}"
-        sweep[label] = [
+        sweep[f"nw_{name}"] = [
             calibration.ece(
                 probes.NadarayaWatsonProbe(feats, f"scott_x{m:g}", n_bins=n_bins)
                 .fit(pc).predict(pt),
@@ -231,10 +230,6 @@ def probe_comparison(
             )
             for m in sweep_multiples
         ]
-        cal = probes.NadarayaWatsonProbe(feats, "cv_nll", n_bins=n_bins).fit(pc).predict(pt)
-        reliability[label] = calibration.reliability_curve(
-            cal, pt.correct, n_bins=n_bins
-        )._asdict()
     return {"rows": rows, "sweep": sweep, "reliability": report.to_json(reliability)}
 
 

@@ -139,3 +139,17 @@ def test_diagnose_rejects_files_without_routing(tmp_path):
     np.savez(tmp_path / "p.npz", probs=np.full((10, 2), 0.5), labels=np.zeros(10, int))
     with pytest.raises(ValueError, match="no routing summaries"):
         study.diagnose_predictions(tmp_path / "p.npz")
+
+
+def test_reliability_data_per_probe_agrees_with_its_ece(quick):
+    w, _, res, _, _ = quick
+    rel = res["probes"]["reliability"]
+    arch, seed = res["probes"]["rows"][0]["arch"], res["probes"]["rows"][0]["seed"]
+    rows = {r["probe"]: r for r in res["probes"]["rows"]
+            if (r["arch"], r["seed"]) == (arch, seed) and r["bandwidth_rule"] in (None, "cv_nll")}
+    assert {"uncalibrated", "temperature", "isotonic", "nw_ar_condcal"} <= set(rel)
+    for name, r in rel.items():
+        cnt = np.asarray(r["count"], float)
+        gap = np.abs(np.asarray(r["accuracy"]) - np.asarray(r["mean_confidence"]))
+        # ECE from the reliability curve, sum_b (n_b / N) |acc_b - conf_b|, equals the row's ECE.
+        assert float((cnt * gap).sum() / cnt.sum()) == pytest.approx(rows[name]["ece"], abs=1e-5)
