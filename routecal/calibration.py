@@ -127,6 +127,7 @@ class ReliabilityCurve(NamedTuple):
     accuracy: Any
 
 
+@functools.partial(jax.jit, static_argnames=("n_bins", "binning"))
 def reliability_curve_jax(
     confidence: jax.Array, correct: jax.Array, n_bins: int = 15, binning: str = "width"
 ) -> ReliabilityCurve:
@@ -384,9 +385,7 @@ def reliability_curve(
     """
     c, y = _check_confidence_correct(confidence, correct)
     n_bins = _check_bins(n_bins, binning, len(c))
-    out = jax.jit(reliability_curve_jax, static_argnames=("n_bins", "binning"))(
-        jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning
-    )
+    out = reliability_curve_jax(jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning)
     return ReliabilityCurve(
         np.asarray(out.count).astype(np.int64),
         np.asarray(out.mean_confidence, np.float64),

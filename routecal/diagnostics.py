@@ -21,13 +21,16 @@ uniformly random arrangement of the multiset of group labels over the bin's memb
 residuals (correct - confidence) in the top and bottom groups are needed. Each permutation (lane)
 walks the examples bin by bin and draws every example's label sequentially with probability
 proportional to the labels still unassigned (urn sampling without replacement, which yields exactly
-the uniform arrangement). The draw uses 32 random bits: P(label) is rounded to a multiple of 2^-32,
-so the total-variation distance to the exact permutation law is at most n_b * 2^-32 per bin. Lanes
-are independent and vectorise; there is no sort and no gather, just O(N) streaming work per
-permutation. Random bits come from per-lane xoshiro128** generators (Blackman & Vigna 2021) seeded
-from `jax.random` (threefry) with `fold_in(key, chunk)`, so the result depends only on the key and
-the chunk size, never on the device count. Chunks of `Bc` lanes bound the working set; chunks are
-sharded over the devices of a 1-D mesh with `jax.shard_map`.
+the uniform arrangement). A draw is j = floor(U * remaining) with U = 32 random bits / 2^32, computed
+exactly in float64, so each label probability is rounded to a multiple of 2^-32: the total-variation
+distance to the exact permutation law is at most n_b * 2^-32 per bin (exact arithmetic holds for bins
+of up to 2^21 members; beyond that the float64 rounding adds < 2^-52 relative error). Lanes are
+independent and vectorise; there is no sort and no gather, just O(N) streaming work per permutation
+(about 15 vector operations per example and permutation). Random bits come from a counter-based
+generator (two keyed rounds of a 32-bit integer hash over the example's position) whose per-lane keys
+are drawn with `jax.random` (threefry) from `fold_in(key, chunk)`, so the result depends only on the
+key and the chunk size, never on the device count. Chunks of `Bc` lanes bound the working set; chunks
+are sharded over the devices of a 1-D mesh with `jax.shard_map`.
 """
 
 from __future__ import annotations
@@ -44,10 +47,29 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
-from routecal.calibration import split_index, width_bins
+from routecal.calibration import mass_bins, split_index, width_bins
 
 _L = 16  # examples per scan step (unrolled; keeps loop overhead low)
-_DEFAULT_CHUNK = 1024  # permutations per chunk (lanes); fixed so results ignore the device count
+_MAX_CHUNK = 1024  # most permutations per chunk (lanes)
+
+
+def default_chunk_size(n_permutations: int) -> int:
+    """Lanes per chunk from B alone (never the device count, so results ignore it).
+
+    About B / 16 rounded up to a multiple of 64, within [64, 1024]: B = 10,000 gives 16 chunks of 640,
+    which split evenly over 1, 2, 4, 8 or 16 devices.
+    """
+    per_chunk = -(-n_permutations // 16)
+    return int(min(_MAX_CHUNK, max(64, parallel.pad_to_multiple(per_chunk, 64))))
+
+
+def _resolve_chunk(chunk_size: int | None, n_permutations: int) -> int:
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n_permutations)
+    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+    return min(chunk_size, n_permutations)
+
+
 _TIE_RTOL = 1e-10
 
 # ------------------------------------------------------------------------------------------------
@@ -74,9 +96,16 @@ def _check_inputs(
     return c, y, r, n_bins, n_groups
 
 
-def _np_width_bins(c: np.ndarray, n_bins: int) -> np.ndarray:
-    """Host (float64) version of `calibration.width_bins`."""
-    return np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1).astype(np.int32)
+def _np_bins(c: np.ndarray, n_bins: int, binning: str = "width") -> np.ndarray:
+    """Host (float64) confidence bins: `calibration.width_bins` / `calibration.mass_bins`."""
+    if binning == "width":
+        return np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1).astype(np.int32)
+    if binning == "mass":
+        out = np.empty(len(c), np.int32)
+        for b, part in enumerate(np.array_split(np.argsort(c, kind="stable"), n_bins)):
+            out[part] = b
+        return out
+    raise ValueError(f"binning: must be 'width' or 'mass', got {binning!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,7 +300,7 @@ def permutation_test_core(
     n_permutations: int,
     n_bins: int,
     n_groups: int,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Jittable, vmappable test on one device (no input checks; trace under `jax.enable_x64`).
 
@@ -282,7 +311,7 @@ def permutation_test_core(
       (statistic [], p_value [], null [B]).
     """
     lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
-    bc = min(chunk_size, n_permutations)
+    bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = -(-n_permutations // bc)
     seeds = chunk_seeds(key, n_chunks, bc)
     null = lax.map(lambda sd: _null_chunk(sd, lay), seeds).reshape(-1)[:n_permutations]
@@ -296,7 +325,7 @@ def _sharded_test(bins, confidence, correct, routing, key, *, n_permutations, n_
                   chunk_size, mesh):
     lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
     n_dev = mesh.size
-    bc = min(chunk_size, n_permutations)
+    bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), n_dev)
     seeds = chunk_seeds(key, n_chunks, bc)
     axis = mesh.axis_names[0]
@@ -361,13 +390,21 @@ def _table(bins, confidence, correct, routing, n_bins, n_groups):
 
 
 def subgroup_gaps(
-    confidence: Any, correct: Any, routing: Any, n_bins: int = 15, n_groups: int = 3
+    confidence: Any,
+    correct: Any,
+    routing: Any,
+    n_bins: int = 15,
+    n_groups: int = 3,
+    *,
+    binning: str = "width",
 ) -> SubgroupGaps:
     """Matched-confidence subgroup gaps (see the module docstring for the exact definitions).
 
     Args:
       confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite routing feature.
-      n_bins: M equal-width confidence bins. n_groups: G routing groups per bin (>= 2).
+      n_bins: M confidence bins. n_groups: G routing groups per bin (>= 2).
+      binning: "width" (default, the definition above) or "mass" (equal-mass confidence bins as in
+        `calibration`: stable sort by confidence, split as numpy.array_split).
     Returns:
       SubgroupGaps with [M] per-bin arrays and `.weighted_gap`.
     Raises:
@@ -377,8 +414,8 @@ def subgroup_gaps(
     c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
     with jax.enable_x64(True):
         out = _table(
-            jnp.asarray(_np_width_bins(c, n_bins)), jnp.asarray(c), jnp.asarray(y), jnp.asarray(r),
-            n_bins, n_groups,
+            jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
+            jnp.asarray(r), n_bins, n_groups,
         )
         out = [np.asarray(o) for o in out]
     return SubgroupGaps(*out[:8], weighted_gap=float(out[8]))
@@ -394,7 +431,8 @@ def within_bin_permutation_test(
     n_bins: int = 15,
     n_groups: int = 3,
     mesh: Mesh | None = None,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int | None = None,
+    binning: str = "width",
 ) -> PermutationTestResult:
     """Within-bin permutation test of the weighted subgroup gap.
 
@@ -406,33 +444,36 @@ def within_bin_permutation_test(
       confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite.
       key: a jax PRNG key. n_permutations: B >= 1. n_bins: M. n_groups: G >= 2.
       mesh: optional 1-D mesh (`routecal.parallel.make_mesh`).
-      chunk_size: permutations per chunk; part of the random stream's definition.
+      chunk_size: permutations per chunk (default `default_chunk_size(B)`); part of the random
+        stream's definition, so the same key and chunk size give the same null.
+      binning: confidence bins, "width" (default) or "mass" (see `subgroup_gaps`).
     Returns:
       PermutationTestResult(statistic, p_value, null [B]).
     """
     c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
+    chunk_size = _resolve_chunk(chunk_size, n_permutations)
     mesh = parallel.make_mesh() if mesh is None else mesh
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
     with jax.enable_x64(True):
         stat, p, null = _sharded_test(
-            jnp.asarray(_np_width_bins(c, n_bins)), jnp.asarray(c), jnp.asarray(y), jnp.asarray(r),
-            key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
+            jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
+            jnp.asarray(r), key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
             chunk_size=chunk_size, mesh=mesh,
         )
         return PermutationTestResult(float(stat), float(p), np.asarray(null))
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size")
+    jax.jit, static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size", "binning")
 )
 def _batched_test(confidence, correct, routing, keys, *, n_permutations, n_bins, n_groups,
-                  chunk_size):
+                  chunk_size, binning):
     def one(c, y, r, k):
+        bins = width_bins(c, n_bins) if binning == "width" else mass_bins(c, n_bins)
         return permutation_test_core(
-            width_bins(c, n_bins), c, y, r, k, n_permutations=n_permutations, n_bins=n_bins,
+            bins, c, y, r, k, n_permutations=n_permutations, n_bins=n_bins,
             n_groups=n_groups, chunk_size=chunk_size,
         )
 
@@ -448,12 +489,13 @@ def permutation_test_batch(
     n_permutations: int = 1000,
     n_bins: int = 15,
     n_groups: int = 3,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int | None = None,
+    binning: str = "width",
 ) -> PermutationTestResult:
     """The permutation test on D datasets at once, as one vmapped computation.
 
-    Dataset d uses key `fold_in(key, d)`. Bins are computed in float32 on device
-    (`calibration.width_bins`).
+    Dataset d uses key `fold_in(key, d)`. Bins are computed on device in float64
+    (`calibration.width_bins` or `calibration.mass_bins`).
 
     Args:
       confidence, correct, routing: [D, N] arrays.
@@ -472,12 +514,14 @@ def permutation_test_batch(
             f"mismatched lengths: confidence={c.shape}, correct={y.shape}, routing={r.shape}"
         )
     _check_inputs(c[0], y[0], r[0], n_bins, n_groups)
+    _np_bins(c[0, :1], 1, binning)  # validates `binning`
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
+    chunk_size = _resolve_chunk(chunk_size, n_permutations)
     keys = jax.vmap(lambda d: jax.random.fold_in(key, d))(jnp.arange(c.shape[0]))
     with jax.enable_x64(True):
         stat, p, null = _batched_test(
             jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), keys, n_permutations=n_permutations,
-            n_bins=n_bins, n_groups=n_groups, chunk_size=chunk_size,
+            n_bins=n_bins, n_groups=n_groups, chunk_size=chunk_size, binning=binning,
         )
         return PermutationTestResult(np.asarray(stat), np.asarray(p), np.asarray(null))
 
@@ -530,6 +574,7 @@ def permutation_grid(
     n_bins: int = 15,
     n_groups: int = 3,
     mesh: Mesh | None = None,
+    binning: str = "width",
 ) -> list[GridRow]:
     """Tests many (routing feature x seed x model) cells in one call, with Holm and BH adjustment.
 
@@ -547,7 +592,7 @@ def permutation_grid(
             raise ValueError(f"cells[{name!r}]: expected (confidence, correct, routing)")
         res = within_bin_permutation_test(
             *arrays, key=jax.random.fold_in(key, i), n_permutations=n_permutations,
-            n_bins=n_bins, n_groups=n_groups, mesh=mesh,
+            n_bins=n_bins, n_groups=n_groups, mesh=mesh, binning=binning,
         )
         names.append(name)
         stats.append(res.statistic)

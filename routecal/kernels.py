@@ -60,6 +60,9 @@ PROB_CLIP = (
 )
 _PAD_COORD = 1e18  # padding points sit this far away: their kernel weight is exactly 0 in float32.
 _BIG = float(np.finfo(np.float32).max)
+_SKIP_LOG = (
+    40.0  # a column tile whose every weight is < exp(-40) (relative to the row max) is skipped
+)
 _MATMUL_MIN_DIM = 5  # from this many features on, squared distances use |a|^2 + |b|^2 - 2 a.b
 
 
@@ -163,128 +166,197 @@ def _sqdist(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.maximum(aa[:, None] + bb[None, :] - 2.0 * (a @ b.T), 0.0)
 
 
-def _local_estimates(
-    zq: jax.Array,
-    q_start: jax.Array,
-    zc: jax.Array,
-    yc: jax.Array,
-    tile_y: jax.Array,
-    *,
-    row_tile: int,
-    col_tile: int,
-    loo: bool,
-    grouped: bool,
-) -> jax.Array:
-    """Kernel estimates for local query rows.
+def _row_min(zr: jax.Array, g: jax.Array, zc_t: jax.Array, *, loo: bool) -> jax.Array:
+    """Pass 1: each row's smallest squared scaled distance over all column tiles (self excluded).
 
     Args:
-      zq: [R, D] scaled query rows, R % row_tile == 0.
-      q_start: global index of zq's first row (used only for leave-one-out).
-      zc: [T, D] scaled columns, T % col_tile == 0.
-      yc: [T] column targets (used when not `grouped`).
-      tile_y: [T // col_tile] the single target value of each column tile (used when `grouped`).
-      loo: exclude the column with the same global index as the row (rows and columns share order).
-      grouped: every column tile has one target value `tile_y[t]`.
-
+      zr: [rt, D] scaled rows of one row tile; g: global index of its first row.
+      zc_t: [T/ct, ct, D] scaled column tiles.
     Returns:
-      [R] estimates sum_j w_ij y_j / sum_j w_ij.
+      [rt] row minima.
     """
-    r_total, d = zq.shape
-    n_col_tiles = zc.shape[0] // col_tile
-    zc_t = zc.reshape(n_col_tiles, col_tile, d)
-    yc_t = yc.reshape(n_col_tiles, col_tile)
-    tiles = jnp.arange(n_col_tiles)
+    row_tile, col_tile = zr.shape[0], zc_t.shape[1]
+    diag = g // col_tile if loo else jnp.int32(-1)
+    self_mask = _self_mask(row_tile, col_tile, g % col_tile)
 
-    def one_row_tile(args):
-        zr, g = args  # zr [rt, D], g = global index of the tile's first row
-        diag = g // col_tile if loo else jnp.int32(-1)
-        offset = g % col_tile
-        self_mask = (
-            lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 1)
-            == lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 0) + offset
+    def step(m, xs):
+        zt, t = xs
+        # The distance is computed inside each branch so each branch is one fused loop.
+        tile_min = lax.cond(
+            t == diag,
+            lambda: jnp.where(self_mask, jnp.inf, _sqdist(zr, zt)).min(axis=1),
+            lambda: _sqdist(zr, zt).min(axis=1),
         )
+        return jnp.minimum(m, tile_min), None
 
-        # Pass 1: each row's smallest squared scaled distance (self excluded).
-        def min_step(m, xs):
-            zt, t = xs
-            dist = _sqdist(zr, zt)
-            tile_min = lax.cond(
-                t == diag,
-                lambda: jnp.where(self_mask, jnp.inf, dist).min(axis=1),
-                lambda: dist.min(axis=1),
-            )
-            return jnp.minimum(m, tile_min), None
+    tiles = jnp.arange(zc_t.shape[0], dtype=jnp.int32)
+    m, _ = lax.scan(step, jnp.full((row_tile,), _BIG, jnp.float32), (zc_t, tiles))
+    return m
 
-        m, _ = lax.scan(min_step, jnp.full((row_tile,), _BIG, jnp.float32), (zc_t, tiles))
 
-        # Pass 2: exp-sums with the row minimum subtracted (largest weight of a row is 1).
-        def sum_step(carry, xs):
-            num, den = carry
-            zt, yt, ty, t = xs
-            dist = _sqdist(zr, zt)
-            w = lambda: jnp.exp(m[:, None] - dist)
-            w_masked = lambda: jnp.where(self_mask, 0.0, w())
-            if grouped:
-                s = lax.cond(t == diag, lambda: w_masked().sum(axis=1), lambda: w().sum(axis=1))
-                return (num + ty * s, den + s), None
-            sw, swy = lax.cond(
-                t == diag,
-                lambda: (w_masked().sum(axis=1), (w_masked() * yt[None, :]).sum(axis=1)),
-                lambda: (w().sum(axis=1), (w() * yt[None, :]).sum(axis=1)),
-            )
-            return (num + swy, den + sw), None
+def _self_mask(row_tile: int, col_tile: int, offset: jax.Array) -> jax.Array:
+    """[rt, ct] True where column (offset + r) of the diagonal tile is row r itself.
 
-        zeros = jnp.zeros((row_tile,), jnp.float32)
-        (num, den), _ = lax.scan(sum_step, (zeros, zeros), (zc_t, yc_t, tile_y, tiles))
-        return num / den
+    With square tiles (leave-one-out uses ct == rt) the offset is 0 and the mask is a constant.
+    """
+    if row_tile == col_tile:
+        return jnp.asarray(np.eye(row_tile, dtype=bool))
+    cols = lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 1)
+    return cols == lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 0) + offset
 
-    n_row_tiles = r_total // row_tile
-    starts = q_start + jnp.arange(n_row_tiles, dtype=jnp.int32) * row_tile
-    out = lax.map(one_row_tile, (zq.reshape(n_row_tiles, row_tile, d), starts))
-    return out.reshape(r_total)
+
+def _row_sums(
+    zr: jax.Array,
+    g: jax.Array,
+    m: jax.Array,
+    zc_t: jax.Array,
+    yc_t: jax.Array,
+    tile_y: jax.Array,
+    tile_mixed: jax.Array,
+    row_box: tuple[jax.Array, jax.Array],
+    col_box: tuple[jax.Array, jax.Array],
+    *,
+    loo: bool,
+) -> jax.Array:
+    """Pass 2: sum_j w_ij y_j / sum_j w_ij with w_ij = exp(m_i - d_ij) <= 1 (largest weight 1).
+
+    Tiles are skipped when they cannot matter: if the bounding boxes of the row tile and a column
+    tile are so far apart that every weight is < exp(-_SKIP_LOG) (~4e-18, the row's largest
+    weight being 1), the tile is not computed. The skipped mass is < N * 4e-18 relative, far below
+    float32 resolution, so results are unchanged; examples sorted by their first feature make the
+    boxes narrow, so small bandwidths skip most tiles.
+
+    A "pure" column tile holds one target value `tile_y[t]` (0/1 targets sorted by label), so both
+    sums come from one reduction; a "mixed" tile (`tile_mixed[t]`, the label boundary or real-valued
+    targets) reduces w and w * y separately.
+
+    Args:
+      zr: [rt, D] scaled rows; g: global index of the first row; m: [rt] row minima.
+      zc_t: [T/ct, ct, D] scaled column tiles; yc_t: [T/ct, ct] column targets;
+      tile_y: [T/ct] each pure tile's target value; tile_mixed: [T/ct] int32 0/1.
+      row_box: ([D], [D]) scaled lower/upper corners of the row tile's points.
+      col_box: ([T/ct, D], [T/ct, D]) scaled corners of each column tile's points.
+    Returns:
+      [rt] estimates.
+    """
+    row_tile, col_tile = zr.shape[0], zc_t.shape[1]
+    diag = g // col_tile if loo else jnp.int32(-1)
+    self_mask = _self_mask(row_tile, col_tile, g % col_tile)
+
+    m_max = m.max()
+
+    def step(carry, xs):
+        num, den = carry
+        zt, yt, ty, mixed, lo, hi, t = xs
+        gap = jnp.maximum(jnp.maximum(lo - row_box[1], row_box[0] - hi), 0.0)
+        skip = (m_max - jnp.sum(gap * gap) < -_SKIP_LOG) & (t != diag)
+        w = lambda: jnp.exp(m[:, None] - _sqdist(zr, zt))
+        w_masked = lambda: jnp.where(self_mask, 0.0, w())
+
+        def pure(wf):
+            s = wf().sum(axis=1)
+            return s, ty * s
+
+        def mix(wf):
+            return wf().sum(axis=1), (wf() * yt[None, :]).sum(axis=1)
+
+        branches = (
+            lambda: pure(w),
+            lambda: mix(w),
+            lambda: pure(w_masked),
+            lambda: mix(w_masked),
+            lambda: (jnp.zeros_like(m), jnp.zeros_like(m)),
+        )
+        index = jnp.where(skip, 4, 2 * (t == diag).astype(jnp.int32) + mixed)
+        sw, swy = lax.switch(index, branches)
+        return (num + swy, den + sw), None
+
+    zeros = jnp.zeros((row_tile,), jnp.float32)
+    tiles = jnp.arange(zc_t.shape[0], dtype=jnp.int32)
+    xs = (zc_t, yc_t, tile_y, tile_mixed, col_box[0], col_box[1], tiles)
+    (num, den), _ = lax.scan(step, (zeros, zeros), xs)
+    return num / den
 
 
 @functools.lru_cache(maxsize=64)
-def _build(row_tile: int, col_tile: int, loo: bool, grouped: bool, mesh: Mesh | None):
-    """A jitted fn(xq [R,D], xc [T,D], yc [T], tile_y [T/ct], scales [K,D]) -> [K, R]."""
+def _build(row_tile: int, col_tile: int, loo: bool, shared_min: bool, mesh: Mesh | None):
+    """A jitted fn(xq [R,D], xc [T,D], yc [T], tile_y, tile_mixed [T/ct], row_lo, row_hi [R/rt, D],
+    col_lo, col_hi [T/ct, D], scales [K,D], ratio [K]) -> [K, R] estimates.
 
-    def per_device(xq, xc, yc, tile_y, scales, q_start):
-        def one_bandwidth(s):
-            return _local_estimates(
-                xq * s[None, :],
-                q_start,
-                xc * s[None, :],
-                yc,
-                tile_y,
-                row_tile=row_tile,
-                col_tile=col_tile,
-                loo=loo,
-                grouped=grouped,
+    row_lo/row_hi are indexed by global row tile; on a mesh each device holds R/n_dev rows.
+
+    With `shared_min` the bandwidths are proportional (scales[k] = scales[0] / sqrt(ratio[k])), so
+    each row's nearest neighbour is the same for all of them: pass 1 runs once, at scales[0], and
+    row minima are rescaled, m_k = ratio[k] * m_0.
+    """
+
+    def per_device(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio, q_start):
+        row_lo, row_hi, col_lo, col_hi = boxes
+        r_total, d = xq.shape
+        n_row_tiles = r_total // row_tile
+        starts = q_start + jnp.arange(n_row_tiles, dtype=jnp.int32) * row_tile
+        yc_t = yc.reshape(-1, col_tile)
+
+        def tiles(x, s, size):
+            return (x * s[None, :]).reshape(-1, size, d)
+
+        def minima(s):
+            zc_t = tiles(xc, s, col_tile)
+            return lax.map(
+                lambda a: _row_min(a[0], a[1], zc_t, loo=loo), (tiles(xq, s, row_tile), starts)
             )
 
-        return lax.map(one_bandwidth, scales)
+        m0 = minima(scales[0]) if shared_min else None
+
+        def one_bandwidth(args):
+            s, r = args
+            m = m0 * r if shared_min else minima(s)
+            zc_t = tiles(xc, s, col_tile)
+            col_box = (col_lo * s[None, :], col_hi * s[None, :])
+
+            def one_row_tile(a):
+                zr, g, m_r = a
+                i = g // row_tile
+                row_box = (row_lo[i] * s, row_hi[i] * s)
+                return _row_sums(
+                    zr, g, m_r, zc_t, yc_t, tile_y, tile_mixed, row_box, col_box, loo=loo
+                )
+
+            out = lax.map(one_row_tile, (tiles(xq, s, row_tile), starts, m))
+            return out.reshape(r_total)
+
+        return lax.map(one_bandwidth, (scales, ratio))
 
     if mesh is None:
 
-        def fn(xq, xc, yc, tile_y, scales):
-            return per_device(xq, xc, yc, tile_y, scales, jnp.int32(0))
+        def fn(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio):
+            return per_device(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio, jnp.int32(0))
 
         return jax.jit(fn)
 
     axis = mesh.axis_names[0]
 
-    def sharded(xq, xc, yc, tile_y, scales):
+    def sharded(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio):
         q_start = lax.axis_index(axis).astype(jnp.int32) * xq.shape[0]
-        return per_device(xq, xc, yc, tile_y, scales, q_start)
+        return per_device(xq, xc, yc, tile_y, tile_mixed, boxes, scales, ratio, q_start)
 
     fn = jax.shard_map(
         sharded,
         mesh=mesh,
-        in_specs=(P(axis, None), P(), P(), P(), P()),
+        in_specs=(P(axis, None), P(), P(), P(), P(), P(), P(), P()),
         out_specs=P(None, axis),
         check_vma=False,
     )
     return jax.jit(fn)
+
+
+def _scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Coordinate scales 1/(sqrt(2) h) [K, D], min ratios [K] and whether the grid is proportional."""
+    scales = 1.0 / (math.sqrt(2.0) * h)
+    a = h / h[:1]  # [K, D]: proportional grid iff each row of a is constant
+    shared = bool(np.allclose(a, a[:, :1], rtol=1e-10))
+    ratio = (1.0 / a[:, 0] ** 2) if shared else np.ones(len(h))
+    return scales.astype(np.float32), ratio.astype(np.float32), shared
 
 
 def _n_devices(mesh: Mesh | None) -> int:
@@ -296,33 +368,60 @@ def _n_devices(mesh: Mesh | None) -> int:
 
 
 def _tile_sizes(n_rows_per_device: int, n_cols: int, row_tile: int, col_tile: int):
+    """Row tile (multiple of 8) and column tile (multiple of the row tile).
+
+    The column tile is kept to <= ~1/4 of the columns so that, in leave-one-out, only a small
+    fraction of tiles (the one holding each row's own column) needs the slower self-mask.
+    """
     rt = max(8, min(row_tile, pad_to_multiple(n_rows_per_device, 8)))
-    ct = max(rt, min(col_tile, pad_to_multiple(n_cols, rt)))
-    return rt, pad_to_multiple(ct, rt)
+    ct = min(col_tile, pad_to_multiple(-(-n_cols // 4), rt))
+    return rt, pad_to_multiple(max(ct, rt), rt)
 
 
-def _group_columns(x: np.ndarray, y: np.ndarray, ct: int, multiple: int):
-    """Sorts columns by binary label (1s first), padding each block to whole tiles of `ct`.
+def _layout_columns(x: np.ndarray, y: np.ndarray, ct: int, multiple: int):
+    """Lays out training columns in tiles of `ct`: 0/1 targets sorted by label (1s first).
 
-    Returns (xc [T, D], yc [T], tile_y [T/ct], position [N]) with T a multiple of `multiple` and
-    `position[i]` the padded index of example i.
+    Only the tile straddling the label boundary is "mixed"; real-valued targets make every tile
+    mixed. Padding points (far away, weight 0, target 0) fill the end up to a multiple of
+    `multiple`.
+
+    Returns:
+      xc [T, D] float32, yc [T] float32, tile_y [T/ct], tile_mixed [T/ct] int32, position [N]
+      (the padded index of each example). Examples are sorted by feature 0 (inside each label
+      block) so tiles have narrow bounding boxes.
     """
     n, d = x.shape
-    pos = np.flatnonzero(y > 0.5)
-    neg = np.flatnonzero(y <= 0.5)
-    n_pos_pad = pad_to_multiple(len(pos), ct)
-    n_neg_pad = pad_to_multiple(len(neg), ct)
-    total = pad_to_multiple(n_pos_pad + n_neg_pad, multiple)
+    total = pad_to_multiple(n, multiple)
+    n_tiles = total // ct
+    position = np.empty(n, np.int64)
+    if _is_binary(y):
+        order = np.lexsort((x[:, 0], -y))  # 1s first, each label block sorted by feature 0
+        position[order] = np.arange(n)
+        n_pos = int(y.sum())
+        starts = np.arange(n_tiles) * ct
+        tile_mixed = ((starts < n_pos) & (starts + ct > n_pos)).astype(np.int32)
+        tile_y = (starts + ct <= n_pos).astype(np.float32)
+    else:
+        position[np.argsort(x[:, 0], kind="stable")] = np.arange(n)
+        tile_mixed = np.ones(n_tiles, np.int32)
+        tile_y = np.zeros(n_tiles, np.float32)
     xc = np.full((total, d), _PAD_COORD, np.float32)
     yc = np.zeros(total, np.float32)
-    position = np.empty(n, np.int64)
-    position[pos] = np.arange(len(pos))
-    position[neg] = n_pos_pad + np.arange(len(neg))
     xc[position] = x
     yc[position] = y
-    tile_y = np.zeros(total // ct, np.float32)
-    tile_y[: n_pos_pad // ct] = 1.0
-    return xc, yc, tile_y, position
+    return xc, yc, tile_y, tile_mixed, position
+
+
+def _tile_boxes(x_pad: np.ndarray, n_real: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile bounding boxes ([T/size, D] lower, upper) of the first `n_real` rows of x_pad."""
+    real = np.arange(len(x_pad)) < n_real
+    xt = x_pad.reshape(-1, size, x_pad.shape[1]).astype(np.float64)
+    mask = real.reshape(-1, size)[:, :, None]
+    lo = np.where(mask, xt, np.inf).min(axis=1)
+    hi = np.where(mask, xt, -np.inf).max(axis=1)
+    empty = ~mask.any(axis=1)[:, 0]
+    lo[empty], hi[empty] = _PAD_COORD, _PAD_COORD
+    return lo.astype(np.float32), hi.astype(np.float32)
 
 
 def _is_binary(y: np.ndarray) -> bool:
@@ -336,7 +435,7 @@ def nadaraya_watson(
     bandwidth,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 256,
+    row_tile: int = 512,
     col_tile: int = 8192,
 ) -> np.ndarray:
     """Nadaraya-Watson estimate with a Gaussian product kernel.
@@ -372,23 +471,18 @@ def _nw_grid(xt, yt, xq, h, *, mesh, row_tile, col_tile) -> np.ndarray:
     n_dev = _n_devices(mesh)
     m = xq.shape[0]
     rt, ct = _tile_sizes(-(-m // n_dev), xt.shape[0], row_tile, col_tile)
-    grouped = _is_binary(yt)
-    if grouped:
-        xc, yc, tile_y, _ = _group_columns(xt, yt, ct, ct)
-    else:
-        total = pad_to_multiple(xt.shape[0], ct)
-        xc = np.full((total, xt.shape[1]), _PAD_COORD, np.float32)
-        xc[: xt.shape[0]] = xt
-        yc = np.zeros(total, np.float32)
-        yc[: xt.shape[0]] = yt
-        tile_y = np.zeros(total // ct, np.float32)
+    xc, yc, tile_y, tile_mixed, _ = _layout_columns(xt, yt, ct, ct)
     m_pad = pad_to_multiple(m, n_dev * rt)
+    order = np.argsort(xq[:, 0], kind="stable")  # sorted queries: narrow row-tile boxes
     xq_pad = np.zeros((m_pad, xq.shape[1]), np.float32)
-    xq_pad[:m] = xq
-    scales = (1.0 / (math.sqrt(2.0) * h)).astype(np.float32)
-    fn = _build(rt, ct, False, grouped, mesh)
-    out = np.asarray(fn(xq_pad, xc, yc, tile_y, scales), np.float64)[:, :m]
-    return out
+    xq_pad[:m] = xq[order]
+    boxes = (*_tile_boxes(xq_pad, m, rt), *_tile_boxes(xc, xt.shape[0], ct))
+    scales, ratio, shared = _scales(h)
+    fn = _build(rt, ct, False, shared, mesh)
+    out = np.asarray(fn(xq_pad, xc, yc, tile_y, tile_mixed, boxes, scales, ratio), np.float64)
+    result = np.empty((len(h), m))
+    result[:, order] = out[:, :m]
+    return result
 
 
 def loo_predictions(
@@ -397,7 +491,7 @@ def loo_predictions(
     bandwidths,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 256,
+    row_tile: int = 512,
     col_tile: int = 8192,
 ) -> np.ndarray:
     """Leave-one-out Nadaraya-Watson estimates for a grid of bandwidths (unclipped).
@@ -420,11 +514,14 @@ def loo_predictions(
     h = _bandwidth_grid(bandwidths, xa.shape[1])
     n = xa.shape[0]
     n_dev = _n_devices(mesh)
-    rt, ct = _tile_sizes(-(-n // n_dev), -(-n // 2), row_tile, col_tile)
-    xc, yc, tile_y, position = _group_columns(xa, ya, ct, math.lcm(ct, n_dev * rt))
-    scales = (1.0 / (math.sqrt(2.0) * h)).astype(np.float32)
-    fn = _build(rt, ct, True, True, mesh)
-    out = np.asarray(fn(xc, xc, yc, tile_y, scales), np.float64)
+    # Square tiles: a row tile's own columns form one [rt, rt] tile with self on its diagonal.
+    rt, _ = _tile_sizes(-(-n // n_dev), n, row_tile, col_tile)
+    ct = rt
+    xc, yc, tile_y, tile_mixed, position = _layout_columns(xa, ya, ct, math.lcm(ct, n_dev * rt))
+    scales, ratio, shared = _scales(h)
+    fn = _build(rt, ct, True, shared, mesh)
+    box = _tile_boxes(xc, n, ct)
+    out = np.asarray(fn(xc, xc, yc, tile_y, tile_mixed, (*box, *box), scales, ratio), np.float64)
     return out[:, position]
 
 
@@ -440,7 +537,7 @@ def loo_nll(
     bandwidths,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 256,
+    row_tile: int = 512,
     col_tile: int = 8192,
 ) -> np.ndarray:
     """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
@@ -540,7 +637,7 @@ def select_bandwidth(
         _checks.check_same_length(x=xa, y=ya)
         if x_test.shape[1] != xa.shape[1]:
             raise ValueError(f"test[0]: has {x_test.shape[1]} features, x has {xa.shape[1]}")
-        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=256, col_tile=8192)
+        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=512, col_tile=8192)
         preds = np.clip(preds, 0.0, 1.0)
         scores = np.array([ece(p, y_test, n_bins=n_bins) for p in preds])
         optimistic = True

@@ -36,9 +36,7 @@ def _forward(model: Transformer, tokens_BxTxP):
     return jax.nn.softmax(out.logits, axis=-1), out.traces
 
 
-def predict_arrays(
-    model: Transformer, tokens: Any, *, batch_size: int = 256
-) -> dict[str, Any]:
+def predict_arrays(model: Transformer, tokens: Any, *, batch_size: int = 256) -> dict[str, Any]:
     """Probabilities and raw traces of `model` on `tokens` [N, T, P].
 
     Batches have a fixed size (the last one zero-padded), so the forward pass compiles once.
@@ -55,15 +53,17 @@ def predict_arrays(
             f"tokens: expected shape [N, {mc.seq_len}, {mc.token_dim}], got {list(x.shape)}"
         )
     n = x.shape[0]
-    bs = min(batch_size, n)
+    bs = batch_size
     n_pad = -(-n // bs) * bs
     xp = np.zeros((n_pad, *x.shape[1:]), np.float32)
     xp[:n] = x
     chunks = [jax.device_get(_forward(model, xp[i : i + bs])) for i in range(0, n_pad, bs)]
     cat = lambda *xs: np.concatenate([np.asarray(a) for a in xs], axis=0)[:n]
     probs = cat(*[c[0] for c in chunks]).astype(np.float32)
-    tr = jax.tree.map(cat, *[c[1] for c in chunks]) if len(chunks) > 1 else jax.tree.map(
-        lambda a: np.asarray(a)[:n], chunks[0][1]
+    tr = (
+        jax.tree.map(cat, *[c[1] for c in chunks])
+        if len(chunks) > 1
+        else jax.tree.map(lambda a: np.asarray(a)[:n], chunks[0][1])
     )
     return {"probs": probs, "alpha": list(tr["alpha"]), "mlp": list(tr["mlp"])}
 

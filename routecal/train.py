@@ -93,7 +93,12 @@ def make_tx(tcfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 @functools.lru_cache(maxsize=32)
 def _make_tx(
-    *, steps: int, warmup: int, lr: float, weight_decay: float, grad_clip: float,
+    *,
+    steps: int,
+    warmup: int,
+    lr: float,
+    weight_decay: float,
+    grad_clip: float,
     end_lr_fraction: float,
 ) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
@@ -291,7 +296,9 @@ def _truncate_metrics(path: pathlib.Path, after_step: int) -> None:
     """Drops lines logged after `after_step` (they are recomputed when a run resumes)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= after_step]
+    keep = [
+        ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= after_step
+    ]
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
@@ -385,15 +392,19 @@ def train_and_evaluate(
             position = _restore_into(mngr, latest, model, optimizer)
         _truncate_metrics(metrics_path, position["step"])
 
-        train_step = _make_train_step(str(tcfg.trainable))
+        # cached_partial caches the NNX graph traversal of model and optimizer (less overhead per step)
+        train_step = nnx.cached_partial(_make_train_step(str(tcfg.trainable)), model, optimizer)
         seed = int(cfg.get("data_seed", cfg.seed))
         n_train, bs = len(dataset.train), int(tcfg.batch_size)
         if bs > n_train:
             raise ValueError(f"train.batch_size: {bs} exceeds the {n_train} training examples")
         log_every = int(tcfg.get("log_every", 50))
+        noise = float(tcfg.get("input_noise", 0.0))
         eval_bs = int(tcfg.get("eval_batch_size", bs))
         if eval_bs % mesh.size:
-            raise ValueError(f"train.eval_batch_size: {eval_bs} not divisible by {mesh.size} devices")
+            raise ValueError(
+                f"train.eval_batch_size: {eval_bs} not divisible by {mesh.size} devices"
+            )
 
         step, epoch, index = position["step"], position["epoch"], position["index"]
         stop = steps if max_steps_this_run is None else min(steps, step + max_steps_this_run)
@@ -403,10 +414,13 @@ def train_and_evaluate(
         bar = tqdm(total=steps, initial=step, desc=f"train {workdir.name}", dynamic_ncols=True)
         while step < stop:
             idx, epoch, index = _next_batch(seed, epoch, index, n_train, bs)
-            tokens, labels = _put_batch(
-                mesh, dataset.train.tokens[idx].astype(np.float32), dataset.train.labels[idx]
-            )
-            out = train_step(model, optimizer, tokens, labels)
+            x = dataset.train.tokens[idx].astype(np.float32)
+            if noise > 0:  # Gaussian input noise, seeded by (seed, step): resumable, deterministic
+                x = x + noise * np.random.default_rng([seed, 1, step]).standard_normal(
+                    x.shape, dtype=np.float32
+                )
+            tokens, labels = _put_batch(mesh, x, dataset.train.labels[idx])
+            out = train_step(tokens, labels)
             step += 1
             pending.append((step, out["loss"]))
             bar.update(1)
@@ -451,7 +465,9 @@ def load_config_json(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def load_trained(workdir: str | pathlib.Path) -> tuple[Transformer, ml_collections.ConfigDict, Dataset]:
+def load_trained(
+    workdir: str | pathlib.Path,
+) -> tuple[Transformer, ml_collections.ConfigDict, Dataset]:
     """Rebuilds the model of the run in `workdir` from its latest checkpoint.
 
     Returns:

@@ -9,11 +9,14 @@ from routecal import diagnostics as dg
 from routecal import parallel, simulation
 
 
-def _ref_table(c, y, r, m=15, g=3):
+def _ref_table(c, y, r, m=15, g=3, binning="width"):
     """Independent numpy reference: loop over bins, stable argsort, numpy.array_split."""
     b = np.zeros(len(c), int)
     for i, x in enumerate(c):  # (k/m, (k+1)/m] -> k, 0 -> 0
         b[i] = 0 if x == 0 else min(int(np.ceil(x * m)) - 1, m - 1)
+    if binning == "mass":
+        for k, part in enumerate(np.array_split(np.argsort(c, kind="stable"), m)):
+            b[part] = k
     gaps, wg, members = np.zeros(m), 0.0, []
     for k in range(m):
         idx = np.flatnonzero(b == k)
@@ -57,6 +60,13 @@ def test_subgroup_gaps_matches_reference():
     np.testing.assert_allclose(out.gap, gaps, atol=1e-12)
     assert out.weighted_gap == pytest.approx(wg, abs=1e-12)
     assert out.count.sum() == 500 and out.count[0] >= 1 and out.count[-1] >= 2
+    mass = dg.subgroup_gaps(c, y, r, n_bins=15, n_groups=3, binning="mass")
+    gaps_m, wg_m, _ = _ref_table(c, y, r, binning="mass")
+    np.testing.assert_allclose(mass.gap, gaps_m, atol=1e-12)
+    assert mass.weighted_gap == pytest.approx(wg_m, abs=1e-12)
+    np.testing.assert_array_equal(mass.count, [34] * 5 + [33] * 10)
+    with pytest.raises(ValueError, match="binning"):
+        dg.subgroup_gaps(c, y, r, binning="quantile")
 
 
 def test_small_bins_contribute_nothing_and_ties_are_stable():
@@ -92,17 +102,18 @@ def test_p_value_matches_numpy_loop_within_monte_carlo_error():
 
 def test_identity_ties_count_and_p_value_floor():
     # every residual identical within its bin: every permutation reproduces the statistic exactly
-    c = np.repeat([0.25, 0.75], 30)
-    y = np.repeat([1.0, 0.0], 30)
-    r = np.arange(60.0)
-    res = dg.within_bin_permutation_test(c, y, r, key=jax.random.key(0), n_permutations=50, n_bins=4)
+    c = np.repeat([0.25, 0.75], 120)
+    y = np.repeat([1.0, 0.0], 120)
+    r = np.arange(240.0)
+    res = dg.within_bin_permutation_test(c, y, r, key=jax.random.key(0), n_permutations=400, n_bins=10)
     assert res.statistic == 0.0 and res.p_value == 1.0
 
 
 def test_eight_devices_match_one_device():
     assert len(jax.devices()) == 8
-    c, y, r = _data(n=200, seed=5)
-    kw = dict(key=jax.random.key(7), n_permutations=1000, n_bins=10, chunk_size=64)
+    c, y, r = _data(n=240, seed=5)
+    # 8 chunks of 50 permutations: one chunk per device on the 8-device mesh
+    kw = dict(key=jax.random.key(7), n_permutations=400, n_bins=10, chunk_size=50)
     one = dg.within_bin_permutation_test(c, y, r, mesh=parallel.make_mesh(1), **kw)
     eight = dg.within_bin_permutation_test(c, y, r, mesh=parallel.make_mesh(8), **kw)
     np.testing.assert_array_equal(one.null, eight.null)
@@ -110,13 +121,13 @@ def test_eight_devices_match_one_device():
 
 
 def test_batch_equals_single_calls():
-    d = simulation.null_data(jax.random.key(2), 150, n_datasets=3)
+    d = simulation.null_data(jax.random.key(2), 240, n_datasets=3)
     key = jax.random.key(3)
-    batch = dg.permutation_test_batch(*d, key=key, n_permutations=100, n_bins=10)
-    for i in range(3):
+    batch = dg.permutation_test_batch(*d, key=key, n_permutations=400, n_bins=10)
+    for i in range(3):  # same shapes as the grid test below: one compile serves both
         single = dg.within_bin_permutation_test(
             d.confidence[i], d.correct[i], d.routing[i], key=jax.random.fold_in(key, i),
-            n_permutations=100, n_bins=10, mesh=parallel.make_mesh(1),
+            n_permutations=400, n_bins=10,
         )
         np.testing.assert_allclose(batch.null[i], single.null, rtol=1e-12)
         assert batch.p_value[i] == pytest.approx(single.p_value)

@@ -13,9 +13,7 @@ T, P, C = 6, 4, 5
 
 
 def _cfg(**kw):
-    base = dict(
-        seq_len=T, token_dim=P, num_classes=C, d_model=8, n_layers=2, n_heads=2, mlp_dim=16
-    )
+    base = dict(seq_len=T, token_dim=P, num_classes=C, d_model=8, n_layers=2, n_heads=2, mlp_dim=16)
     base.update(kw)
     return ModelConfig(**base)
 
@@ -84,7 +82,9 @@ def test_residual_path_matches_numpy_reference(residual, n_blocks):
     np_fs = [lambda h, m=m: np.tanh(h @ m) for m in mats]
     h, alphas = path(jnp.asarray(v0), jax_fs)
     eps = path.depth[0].key_norm.epsilon
-    h_ref, alphas_ref = _np_attnres(v0, np_fs, ws, scales, 4 if residual == "full" else n_blocks, eps)
+    h_ref, alphas_ref = _np_attnres(
+        v0, np_fs, ws, scales, 4 if residual == "full" else n_blocks, eps
+    )
     np.testing.assert_allclose(np.asarray(h), h_ref, rtol=1e-4, atol=1e-5)
     assert [a.shape[-1] for a in alphas] == attnres.num_sources(residual, L, n_blocks)
     for a, ar in zip(alphas, alphas_ref, strict=True):
@@ -151,7 +151,9 @@ def test_forward_shapes_traces_flag_and_dropout():
     assert float(out.aux_loss) == 0.0 and out.aux == {}
     out_t = model(x, return_traces=True)
     assert out_t.traces == {"alpha": [], "mlp": [{}, {}]}
-    np.testing.assert_array_equal(np.asarray(model(x).logits), np.asarray(out.logits))  # eval: no dropout
+    np.testing.assert_array_equal(
+        np.asarray(model(x).logits), np.asarray(out.logits)
+    )  # eval: no dropout
     a, b = model(x, train=True).logits, model(x, train=True).logits  # fresh dropout masks
     assert not np.allclose(np.asarray(a), np.asarray(b))
 

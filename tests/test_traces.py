@@ -26,12 +26,16 @@ def _ref_stats(p):
 
 def test_pointwise_functions_match_reference():
     a = _dirichlet(4, 3, 5, 0)
-    h, hn, d, v = (np.asarray(f(a)) for f in (
-        traces.entropy, traces.normalized_entropy, traces.depth_mean, traces.depth_var))
+    h, hn, d, v = (
+        np.asarray(f(a))
+        for f in (traces.entropy, traces.normalized_entropy, traces.depth_mean, traces.depth_var)
+    )
     for i in range(4):
         for t in range(3):
             ref = _ref_stats(a[i, t])
-            np.testing.assert_allclose([h[i, t], hn[i, t], d[i, t], v[i, t]], ref, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                [h[i, t], hn[i, t], d[i, t], v[i, t]], ref, rtol=1e-5, atol=1e-6
+            )
 
 
 def test_closed_forms():

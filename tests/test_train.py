@@ -55,7 +55,9 @@ def test_run_writes_outputs_and_learns_something(reference_run):
 def test_interrupted_and_resumed_run_matches_uninterrupted(reference_run, tmp_path):
     wd_ref, final_ref = reference_run
     cfg = _cfg(variant="block,quick")
-    part = train.train_and_evaluate(cfg, tmp_path, max_steps_this_run=6)  # checkpoint at 4; 5-6 lost
+    part = train.train_and_evaluate(
+        cfg, tmp_path, max_steps_this_run=6
+    )  # checkpoint at 4; 5-6 lost
     assert part == {"step": 6, "finished": False}
     assert not (tmp_path / "final_metrics.json").exists()
     final = train.train_and_evaluate(cfg, tmp_path)  # resumes from step 4
@@ -97,9 +99,7 @@ def test_trainable_filter_and_init_from(reference_run, tmp_path):
     wd_ref, _ = reference_run
     cfg = _cfg("train.trainable='head'", f"train.init_from='{wd_ref}'", variant="block,quick")
     train.train_and_evaluate(cfg, tmp_path)
-    new, ref = (
-        nnx.traversals.flatten_mapping(p) for p in (_params(tmp_path), _params(wd_ref))
-    )
+    new, ref = (nnx.traversals.flatten_mapping(p) for p in (_params(tmp_path), _params(wd_ref)))
     assert new.keys() == ref.keys()
     changed = {"/".join(map(str, k)) for k in new if not np.array_equal(new[k], ref[k])}
     assert changed and all(name.startswith("head/") for name in changed)
@@ -146,3 +146,10 @@ def test_bad_input_raises(tmp_path, monkeypatch):
         train.train_and_evaluate(_cfg(), tmp_path / "c")
     with pytest.raises(ValueError, match="config.json"):
         train.load_trained(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["full", "block", "standard"])
+def test_default_config_reaches_95_percent_on_digits(variant, tmp_path):
+    final = train.train_and_evaluate(_cfg(variant=variant), tmp_path, mesh=parallel.make_mesh(1))
+    assert final["test/accuracy"] >= 0.95, final

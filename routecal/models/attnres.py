@@ -65,9 +65,7 @@ class DepthAttention(nnx.Module):
         self.query = nnx.Param(jnp.zeros((d_model,), jnp.float32))
         self.key_norm = RMSNorm(d_model, rngs=rngs)
 
-    def __call__(
-        self, values: Sequence[Array], unit_keys: Sequence[Array]
-    ) -> tuple[Array, Array]:
+    def __call__(self, values: Sequence[Array], unit_keys: Sequence[Array]) -> tuple[Array, Array]:
         """Mixes `values` by softmax over depth.
 
         Args:
@@ -105,7 +103,9 @@ class ResidualPath(nnx.Module):
         self, residual: str, n_sublayers: int, n_blocks: int, d_model: int, *, rngs: nnx.Rngs
     ):
         if residual not in RESIDUAL_MODES:
-            raise ValueError(f"residual: unknown mode {residual!r}; expected one of {RESIDUAL_MODES}")
+            raise ValueError(
+                f"residual: unknown mode {residual!r}; expected one of {RESIDUAL_MODES}"
+            )
         if residual == "full":
             n_blocks = n_sublayers
         if residual == "block" and (n_blocks < 1 or n_sublayers % n_blocks):

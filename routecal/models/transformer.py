@@ -66,7 +66,9 @@ class ModelConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"model.{name}: must be a positive integer, got {v!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"model.num_classes: must be an integer >= 2, got {self.num_classes!r}")
+            raise ValueError(
+                f"model.num_classes: must be an integer >= 2, got {self.num_classes!r}"
+            )
         if self.residual not in attnres.RESIDUAL_MODES:
             raise ValueError(
                 f"model.residual: unknown {self.residual!r}; expected one of "
@@ -88,7 +90,9 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout: must lie in [0, 1), got {self.dropout}")
         if self.mlp_type not in MLP_TYPES:
-            raise ValueError(f"model.mlp_type: unknown {self.mlp_type!r}; expected one of {MLP_TYPES}")
+            raise ValueError(
+                f"model.mlp_type: unknown {self.mlp_type!r}; expected one of {MLP_TYPES}"
+            )
         if self.n_experts < 1 or not 1 <= self.top_k <= self.n_experts:
             raise ValueError(
                 f"model.top_k: must lie in [1, n_experts={self.n_experts}], got {self.top_k}"
@@ -138,7 +142,9 @@ class ModelConfig:
         if "vmoer" in d:
             v = d["vmoer"] or {}
             d["vmoer"] = tuple(sorted(dict(v).items()))
-        return cls(seq_len=int(seq_len), token_dim=int(token_dim), num_classes=int(num_classes), **d)
+        return cls(
+            seq_len=int(seq_len), token_dim=int(token_dim), num_classes=int(num_classes), **d
+        )
 
 
 def make_mlp(cfg: ModelConfig, *, layer: int = 0, rngs: nnx.Rngs) -> nnx.Module:
