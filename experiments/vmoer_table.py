@@ -1,6 +1,6 @@
 """Reproduce the VMoER table on digits: deterministic MoE vs VMoER routers over seeds.
 
-    PYTHONPATH=. python experiments/vmoer_table.py                       # ~8 min on 2 CPU cores
+    PYTHONPATH=. python experiments/vmoer_table.py       # 18 min wall (7 min CPU), shared 2 cores
     PYTHONPATH=. python experiments/vmoer_table.py --config configs/vmoer_digits.py:quick
 
 Trains (or resumes) every (method, seed) run under --workdir, prints the table (mean ± std
