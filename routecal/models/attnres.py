@@ -77,12 +77,16 @@ class DepthAttention(nnx.Module):
         Returns:
           h [B, T, D] and alpha [B, T, S] (softmax over the last axis).
         """
+        if len(values) != len(unit_keys) or not values:
+            raise ValueError(
+                f"values/unit_keys: need equal, non-zero counts, got {len(values)}, {len(unit_keys)}"
+            )
         q_D = self.query[...] * self.key_norm.scale[...]  # no 1/sqrt(D): AttnRes uses raw logits
-        k_SxBxTxD = jnp.stack(list(unit_keys))
-        logits_BxTxS = jnp.einsum("sbtd,d->bts", k_SxBxTxD, q_D)
+        # Per-source products instead of stacking the sources into an [S, B, T, D] copy.
+        logits_BxTxS = jnp.stack([jnp.einsum("btd,d->bt", k, q_D) for k in unit_keys], axis=-1)
         alpha_BxTxS = jax.nn.softmax(logits_BxTxS.astype(jnp.float32), axis=-1)
-        v_SxBxTxD = jnp.stack(list(values))
-        h_BxTxD = jnp.einsum("bts,sbtd->btd", alpha_BxTxS.astype(v_SxBxTxD.dtype), v_SxBxTxD)
+        a = alpha_BxTxS.astype(values[0].dtype)
+        h_BxTxD = sum(a[:, :, i, None] * v for i, v in enumerate(values))
         return h_BxTxD, alpha_BxTxS
 
 
