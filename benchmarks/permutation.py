@@ -73,6 +73,13 @@ def _timed(fn, repeats):
     return best_wall, best_cpu, out
 
 
+def _thread_cpu():
+    """CPU seconds per live thread of this process (psutil), to show how work splits over threads."""
+    import psutil
+
+    return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
+
+
 def worker_speed(sizes, n_perm, repeats):
     import jax
 
@@ -95,9 +102,13 @@ def worker_speed(sizes, n_perm, repeats):
                 )
 
             run()  # compile
+            before = _thread_cpu()
             wall, cpu, res = _timed(run, repeats)
+            after = _thread_cpu()
+            busy = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
             row[f"routecal_{n_dev}dev_wall"] = wall
             row[f"routecal_{n_dev}dev_cpu"] = cpu
+            row[f"routecal_{n_dev}dev_threads"] = [round(b / repeats, 2) for b in busy[:3]]
             row[f"p_{n_dev}dev"] = res.p_value
         rows.append(row)
     print(json.dumps(rows))
@@ -198,6 +209,8 @@ def main() -> None:
         )
         print(f"  p-values: numpy {r['p_numpy']:.4f}, routecal {r['p_1dev']:.4f} (1 dev) "
               f"{r['p_2dev']:.4f} (2 dev)")
+        print(f"  CPU seconds per run on the busiest threads: 1 dev {r['routecal_1dev_threads']}, "
+              f"2 dev {r['routecal_2dev_threads']}")
     mem = _spawn(["--worker", "memory", "--memory-n", str(args.memory_n),
                   "--memory-permutations", str(args.memory_permutations)], 2)
     print(f"\npeak RSS at N = {mem['n']:,}, B = {mem['B']:,} on {mem['devices']} devices: "

@@ -139,6 +139,15 @@ def test_smooth_ece_fixed_point_matches_direct_kernel_sum():
     assert cal.smooth_ece(c2, y_bad) > cal.smooth_ece(c2, y_cal) + 0.1
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.1, 0.25])
+def test_smooth_ece_matches_authors_relplot(shift):
+    relplot = pytest.importorskip("relplot")  # Blasiok & Nakkiran's own package
+    rng = np.random.default_rng(0)
+    c = rng.uniform(0.2, 1, 2000)
+    y = (rng.random(2000) < np.clip(c - shift, 0, 1)).astype(float)
+    assert cal.smooth_ece(c, y) == pytest.approx(relplot.smECE(c, y), rel=0.03, abs=1e-3)
+
+
 def test_nll_brier():
     p, lab, _, _ = _data()
     ref_nll = -np.mean([np.log(p[i, lab[i]]) for i in range(len(lab))])
