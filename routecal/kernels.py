@@ -18,8 +18,14 @@ Engine (one code path for `nadaraya_watson`, `loo_predictions` and `loo_nll`):
   * binary targets: columns are sorted by label and each label block padded to whole tiles, so a
     column tile has one label and both sums (sum_j w_ij and sum_j w_ij y_j) come from one single-output
     reduction per tile (multi-output reductions are ~4x slower on XLA:CPU).
-  * leave-one-out: a row tile's own points lie in exactly one column tile (rows and columns share
-    the ordering); only that tile is computed with the self-mask (`lax.cond`), the rest unmasked.
+  * leave-one-out: square tiles, rows and columns in the same order, so a row tile's own points
+    are the diagonal of exactly one column tile; only that tile is computed with the self-mask
+    (`lax.switch`), the rest unmasked.
+  * proportional bandwidth grids (Scott multiples) share each row's nearest neighbour: the
+    row-minimum pass runs once and is rescaled per bandwidth.
+  * pruning without approximation in float32: examples are sorted by their first feature; a
+    column tile whose bounding box is so far from the row tile's that every weight is below
+    exp(-40) relative to the row's largest weight (1) is skipped (total skipped mass < N * 4e-18).
   * shardable: query rows are split over a 1-D `jax.sharding.Mesh` (see `routecal.parallel`) with
     `jax.shard_map`; the training columns are replicated.
 """

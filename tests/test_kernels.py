@@ -60,6 +60,16 @@ def test_nw_one_feature_and_tiny_tiles_and_mesh(data):
     np.testing.assert_allclose(got, ref, atol=2e-6)
 
 
+def test_nw_many_features_uses_matmul_distances():
+    rng = np.random.default_rng(2)
+    x, xq = rng.normal(size=(60, 6)), rng.normal(size=(9, 6))
+    y = rng.normal(size=60)
+    h = np.full(6, 1.5)
+    np.testing.assert_allclose(
+        kernels.nadaraya_watson(x, y, xq, h), _numpy_nw(x, y, xq, h), atol=1e-5
+    )
+
+
 def test_scott_matches_gaussian_kde(data):
     x, _ = data
     kde = scipy.stats.gaussian_kde(x.T)
