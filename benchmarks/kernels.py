@@ -4,8 +4,8 @@
     python benchmarks/kernels.py --n-large 0          # skip the large sweep
     python benchmarks/kernels.py --skip-statsmodels   # skip statsmodels (takes minutes)
 
-One process, float32 routecal on all local CPU devices (a 1-D mesh over
-`--xla_force_host_platform_device_count=<cores>`) and on one device, against
+One process, float32 routecal on one device and on a 1-D mesh over all local CPU devices
+(`--xla_force_host_platform_device_count=<cores>`), against
   * a blockwise numpy float64 implementation of the same LOO estimator (same stabilisation), and
   * statsmodels `KernelReg(reg_type="lc", bw="cv_ls")`: the whole least-squares CV bandwidth
     search a user would otherwise run (its objective evaluations are counted, so a per-bandwidth
@@ -178,9 +178,11 @@ def main() -> None:
         x, y = simulate(n, seed=1)
         grid = kernels.scott_multiples(x, multiples)
         evals = k * n * (n - 1)
+        # One device: XLA:CPU already spreads each fused loop over all cores, and the fake-device
+        # mesh was both slower and heavier here (see RESULTS.md); the mesh is for real devices.
         with PeakRSS() as mem:
             t = time.perf_counter()
-            out = kernels.loo_nll(x, y, grid, mesh=mesh)
+            out = kernels.loo_nll(x, y, grid)
             t_large = time.perf_counter() - t
         assert np.all(np.isfinite(out))
         ru_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

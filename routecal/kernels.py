@@ -18,8 +18,14 @@ Engine (one code path for `nadaraya_watson`, `loo_predictions` and `loo_nll`):
   * binary targets: columns are sorted by label and each label block padded to whole tiles, so a
     column tile has one label and both sums (sum_j w_ij and sum_j w_ij y_j) come from one single-output
     reduction per tile (multi-output reductions are ~4x slower on XLA:CPU).
-  * leave-one-out: a row tile's own points lie in exactly one column tile (rows and columns share
-    the ordering); only that tile is computed with the self-mask (`lax.cond`), the rest unmasked.
+  * leave-one-out: square tiles, rows and columns in the same order, so a row tile's own points
+    are the diagonal of exactly one column tile; only that tile is computed with the self-mask
+    (`lax.switch`), the rest unmasked.
+  * proportional bandwidth grids (Scott multiples) share each row's nearest neighbour: the
+    row-minimum pass runs once and is rescaled per bandwidth.
+  * pruning without approximation in float32: examples are sorted by their first feature; a
+    column tile whose bounding box is so far from the row tile's that every weight is below
+    exp(-40) relative to the row's largest weight (1) is skipped (total skipped mass < N * 4e-18).
   * shardable: query rows are split over a 1-D `jax.sharding.Mesh` (see `routecal.parallel`) with
     `jax.shard_map`; the training columns are replicated.
 """
@@ -359,6 +365,29 @@ def _scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return scales.astype(np.float32), ratio.astype(np.float32), shared
 
 
+_MESH_BANDWIDTH_CHUNK = 4
+
+
+def _run_chunked(fn, args, scales, ratio, mesh) -> np.ndarray:
+    """Runs `fn` over the bandwidth grid: all at once on one device; on a mesh in chunks of
+    `_MESH_BANDWIDTH_CHUNK` bandwidths, because the sharded XLA:CPU program's memory was seen to
+    grow with the bandwidths of one call (2.4 GB for 32 at N = 100k; freed after the call).
+    Chunks are padded to full size so every call has the same shape (one compilation)."""
+    if mesh is None or len(scales) <= _MESH_BANDWIDTH_CHUNK:
+        return np.asarray(fn(*args, scales, ratio), np.float64)
+    k = len(scales)
+    k_pad = pad_to_multiple(k, _MESH_BANDWIDTH_CHUNK)
+    scales = np.concatenate([scales, np.repeat(scales[:1], k_pad - k, axis=0)])
+    ratio = np.concatenate([ratio, np.repeat(ratio[:1], k_pad - k)])
+    # A proportional grid's row minima are computed at the first bandwidth of each call: keep
+    # every chunk's ratios relative to its own first bandwidth.
+    outs = []
+    for s in range(0, k_pad, _MESH_BANDWIDTH_CHUNK):
+        sc, r = scales[s : s + _MESH_BANDWIDTH_CHUNK], ratio[s : s + _MESH_BANDWIDTH_CHUNK]
+        outs.append(np.asarray(fn(*args, sc, r / r[0]), np.float64))
+    return np.concatenate(outs)[:k]
+
+
 def _n_devices(mesh: Mesh | None) -> int:
     if mesh is None:
         return 1
@@ -479,7 +508,7 @@ def _nw_grid(xt, yt, xq, h, *, mesh, row_tile, col_tile) -> np.ndarray:
     boxes = (*_tile_boxes(xq_pad, m, rt), *_tile_boxes(xc, xt.shape[0], ct))
     scales, ratio, shared = _scales(h)
     fn = _build(rt, ct, False, shared, mesh)
-    out = np.asarray(fn(xq_pad, xc, yc, tile_y, tile_mixed, boxes, scales, ratio), np.float64)
+    out = _run_chunked(fn, (xq_pad, xc, yc, tile_y, tile_mixed, boxes), scales, ratio, mesh)
     result = np.empty((len(h), m))
     result[:, order] = out[:, :m]
     return result
@@ -521,7 +550,7 @@ def loo_predictions(
     scales, ratio, shared = _scales(h)
     fn = _build(rt, ct, True, shared, mesh)
     box = _tile_boxes(xc, n, ct)
-    out = np.asarray(fn(xc, xc, yc, tile_y, tile_mixed, (*box, *box), scales, ratio), np.float64)
+    out = _run_chunked(fn, (xc, xc, yc, tile_y, tile_mixed, (*box, *box)), scales, ratio, mesh)
     return out[:, position]
 
 

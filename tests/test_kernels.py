@@ -60,6 +60,16 @@ def test_nw_one_feature_and_tiny_tiles_and_mesh(data):
     np.testing.assert_allclose(got, ref, atol=2e-6)
 
 
+def test_nw_many_features_uses_matmul_distances():
+    rng = np.random.default_rng(2)
+    x, xq = rng.normal(size=(60, 6)), rng.normal(size=(9, 6))
+    y = rng.normal(size=60)
+    h = np.full(6, 1.5)
+    np.testing.assert_allclose(
+        kernels.nadaraya_watson(x, y, xq, h), _numpy_nw(x, y, xq, h), atol=1e-5
+    )
+
+
 def test_scott_matches_gaussian_kde(data):
     x, _ = data
     kde = scipy.stats.gaussian_kde(x.T)
@@ -95,6 +105,14 @@ def test_loo_sharded_equals_single_device(data):
     default = kernels.loo_nll(x, y, grid)
     np.testing.assert_allclose(eight, one, rtol=1e-5)
     np.testing.assert_allclose(default, one, rtol=1e-5)
+    # more bandwidths than one mesh call takes (chunked), proportional and not
+    for grid in (
+        kernels.scott_multiples(x, [0.3, 0.5, 0.8, 1.0, 1.5, 2.0]),
+        np.c_[np.linspace(0.2, 1.0, 6), np.linspace(1.0, 0.3, 6)],
+    ):
+        ref = np.stack([_numpy_loo(x, y, h) for h in grid])
+        got = kernels.loo_predictions(x, y, grid, mesh=make_mesh(8), row_tile=8, col_tile=16)
+        np.testing.assert_allclose(got, ref, atol=3e-6)
 
 
 def test_far_outlier_does_not_underflow(data):

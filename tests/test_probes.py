@@ -8,6 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from routecal import probes
 from routecal.calibration import ece
 
+MLP_KW = {"hidden": 12, "steps": 200, "seed": 0}
+
 
 def simulate(n: int, effect: float, seed: int, n_layers: int = 3) -> probes.ProbeData:
     """Correctness depends on confidence c and, with strength `effect`, on a routing feature v.
@@ -131,10 +133,9 @@ def test_seed_band_verdict_closed_form():
 
 def test_mlp_capacity_matching_and_shuffling():
     data = simulate(400, 0.6, 4, n_layers=4)
-    kw = {"hidden": 12, "steps": 200, "seed": 0}
-    full = probes.MLPProbe("full", **kw).fit(data)
-    matched = probes.MLPProbe("capacity_matched", **kw).fit(data)
-    shuffled = probes.MLPProbe("shuffled", **kw).fit(data)
+    full = probes.MLPProbe("full", **MLP_KW).fit(data)
+    matched = probes.MLPProbe("capacity_matched", **MLP_KW).fit(data)
+    shuffled = probes.MLPProbe("shuffled", **MLP_KW).fit(data)
     # full: (1 + S) * h + h + h + 1 = 12 * 7 + 1; matched: 1 -> 28 -> 1 = 3 * 28 + 1
     assert full.n_params_ == matched.n_params_ == shuffled.n_params_ == 12 * (4 + 3) + 1
     assert matched.width_ == 28
@@ -191,10 +192,11 @@ def test_from_predictions_and_standard_model():
 
 
 def test_compare_probes_rows():
-    calib = probes.ProbeData.from_predictions(_predictions(300, 3, 2))
-    test = probes.ProbeData.from_predictions(_predictions(300, 3, 3))
+    # same sizes and MLP settings as the MLP test, so the jit caches are shared
+    calib = probes.ProbeData.from_predictions(_predictions(400, 4, 2))
+    test = probes.ProbeData.from_predictions(_predictions(400, 4, 3))
     rows = probes.compare_probes(
-        calib, test, bandwidth_rules=("scott", "oracle_ece"), mlp_kwargs={"hidden": 6, "steps": 50}
+        calib, test, bandwidth_rules=("scott", "oracle_ece"), mlp_kwargs=MLP_KW
     )
     names = [r["probe"] for r in rows]
     assert names[:5] == ["uncalibrated", "temperature", "platt", "histogram", "isotonic"]
@@ -217,8 +219,8 @@ def test_compare_probes_rows():
         by_rule = {r["bandwidth_rule"]: r for r in nw if r["features"] == feats}
         assert by_rule["oracle_ece"]["ece"] <= by_rule["scott"]["ece"] + 1e-6
     std_rows = probes.compare_probes(
-        probes.ProbeData.from_predictions(_predictions(300, 0, 2)),
-        probes.ProbeData.from_predictions(_predictions(300, 0, 3)),
+        probes.ProbeData.from_predictions(_predictions(400, 0, 2)),
+        probes.ProbeData.from_predictions(_predictions(400, 0, 3)),
         bandwidth_rules=("scott",),
     )
     assert all(r["worst_tertile_ece"] is None for r in std_rows)
