@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--patch_size", type=int, default=4)
     args = p.parse_args()
-    vmoer = (f"seeds=({args.seeds},);data.name=tfds:{args.dataset};data.data_dir={args.data_dir};"
+    vmoer = (f"experiment.seeds=({args.seeds},);data.name=tfds:{args.dataset};data.data_dir={args.data_dir};"
              f"data.patch_size={args.patch_size};train.steps={args.steps}")
     cfg = load_config(
         str(ROOT / "configs" / "study.py"),
