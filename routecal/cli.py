@@ -38,6 +38,10 @@ def _split_overrides(extra: Sequence[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="routecal", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--distributed", action="store_true",
+        help="join a multi-host job first (jax.distributed.initialize; TPU pods, SLURM, MPI)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a config file")
@@ -66,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
+    if args.distributed:
+        from routecal.parallel import initialize_distributed
+
+        initialize_distributed()
     if args.command in ("train", "study"):
         from routecal.config import load_config
 

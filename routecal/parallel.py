@@ -52,3 +52,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def pad_to_multiple(n: int, k: int) -> int:
     """Smallest multiple of `k` that is >= `n`."""
     return -(-n // k) * k
+
+
+def initialize_distributed(**kwargs) -> None:
+    """Joins a multi-host job so `jax.devices()` (and `make_mesh()`) span every host.
+
+    Calls `jax.distributed.initialize(**kwargs)`, which auto-detects Cloud TPU pods, SLURM and
+    Open MPI clusters; pass `coordinator_address`, `num_processes` and `process_id` elsewhere.
+    Call it once per process before any other JAX call (`routecal --distributed ...` does).
+    """
+    if jax.process_count() > 1:
+        return  # already part of a multi-process job
+    jax.distributed.initialize(**kwargs)

@@ -41,3 +41,12 @@ def test_digits_placeholder_shapes():
     assert ds.train.tokens.shape[1:] == (16, 4)
     assert len(ds.train) + len(ds.calib) + len(ds.test) == 1797
     assert np.all(ds.train.tokens <= 1.0)
+
+
+def test_cli_distributed_flag_is_global():
+    from routecal.cli import build_parser
+
+    args, _ = build_parser().parse_known_args(["--distributed", "report", "--workdir", "w"])
+    assert args.distributed and args.command == "report"
+    args, _ = build_parser().parse_known_args(["report", "--workdir", "w"])
+    assert not args.distributed
