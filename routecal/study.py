@@ -277,8 +277,7 @@ def vmoer_table(out: Mapping[str, Any]) -> dict[str, Any]:
             band = table.get(metric, {}).get(m)
             if band is None:
                 continue
-            row[metric] = {"mean": band["mean"], "sd": band["std"], "min": band["min"],
-                           "max": band["max"], "n": band["n"]}
+            row[metric] = {k: band[k] for k in ("mean", "std", "min", "max", "n")}
             if m != "det" and band.get("rel_change_pct") is not None:
                 row["rel_change"][metric] = band["rel_change_pct"]
         fl = table.get("flops_overhead_pct", {}).get(m)

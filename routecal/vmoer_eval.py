@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from routecal import calibration, flops, predict, uncertainty
+from routecal import calibration, flops, predict, report, uncertainty
 from routecal.data import Split, load_dataset, shift
 from routecal.models import vmoer
 from routecal.models.transformer import ModelConfig
@@ -154,17 +154,6 @@ def evaluate_model(model: nnx.Module, dataset, ecfg: ml_collections.ConfigDict) 
     return res
 
 
-def _band(values: list[float]) -> dict[str, float]:
-    v = np.asarray(values, np.float64)
-    return {
-        "mean": float(v.mean()),
-        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "n": len(v),
-    }
-
-
 def summarize(per_run: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict[str, Any]]:
     """per_run[method][seed][metric] -> table[metric][method] = band (+ rel_change_pct vs det)."""
     table: dict[str, dict[str, Any]] = {}
@@ -173,7 +162,7 @@ def summarize(per_run: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict
         for method, runs in per_run.items():
             vals = [r[metric] for r in runs.values() if metric in r]
             if vals:
-                row[method] = _band(vals)
+                row[method] = report.seed_band(vals)
         base = row.get("det", {}).get("mean")
         for method, band in row.items():
             if base not in (None, 0.0) and method != "det":

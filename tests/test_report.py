@@ -56,9 +56,9 @@ def test_seed_band_matches_numpy():
     v = [0.1, 0.3, 0.2, 0.7]
     b = report.seed_band(v)
     assert b["mean"] == pytest.approx(np.mean(v))
-    assert b["sd"] == pytest.approx(np.std(v, ddof=1))
+    assert b["std"] == pytest.approx(np.std(v, ddof=1))
     assert (b["min"], b["max"], b["n"]) == (0.1, 0.7, 4)
-    assert report.seed_band([0.4])["sd"] == 0.0
+    assert report.seed_band([0.4])["std"] == 0.0
 
 
 @pytest.mark.parametrize("n_holm", [0, 2])
