@@ -640,8 +640,10 @@ def select_bandwidth(
     Returns:
       a `BandwidthSelection`.
     """
+    if not isinstance(rule, str):
+        raise ValueError(f"rule: expected a string, one of {RULES}; got {rule!r}")
     scott = scott_bandwidth(x)
-    if rule == "scott" or _SCOTT_X.match(rule or ""):
+    if rule == "scott" or _SCOTT_X.match(rule):
         mult = 1.0 if rule == "scott" else float(_SCOTT_X.match(rule).group(1))
         if mult <= 0:
             raise ValueError(f"rule: Scott multiple must be > 0, got {rule!r}")

@@ -174,9 +174,10 @@ def _predictions(n: int, s: int, seed: int) -> dict:
     }
 
 
-def test_from_predictions_and_standard_model():
+def test_from_predictions_and_standard_model(tmp_path):
     pred = _predictions(50, 3, 0)
-    data = probes.ProbeData.from_predictions(pred)
+    np.savez(tmp_path / "test.npz", **pred)
+    data = probes.ProbeData.from_predictions(tmp_path / "test.npz")
     np.testing.assert_allclose(data.confidence, pred["probs"].max(axis=1))
     np.testing.assert_allclose(data.routing["depth_var"], pred["depth_var"].mean(axis=1))
     assert data.routing["H"].shape == (50, 3)
