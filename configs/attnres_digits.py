@@ -11,11 +11,16 @@ Variants (after the colon): "full" (default, Full AttnRes), "block" (Block AttnR
 "standard" (pre-norm residual control), "quick" (tiny smoke test, a few seconds; any variant can be
 combined with quick, e.g. "block,quick").
 
-Measured on the 2-core CPU of the development machine (shared with other jobs), 8 fake devices off:
-see MEASURED below (filled from `routecal train`'s final_metrics.json).
-MEASURED: full  test accuracy TBD, TBD s
-          block test accuracy TBD, TBD s
-          std   test accuracy TBD, TBD s
+Measured on the 2-core CPU of the development machine (shared with other jobs, load average ~4-6;
+1 device; `time_s` of final_metrics.json excludes start-up), 800 steps:
+
+    variant    test acc   calib acc   test NLL   wall (train + compile)
+    full       98.6 %     99.2 %      0.060      58 s
+    block      98.1 %     98.6 %      0.067      42 s
+    standard   97.5 %     98.1 %      0.065      32 s
+
+Expected: >= 95 % test accuracy for all three (tests/test_train.py, marked slow). `quick` runs 12
+steps of a d=16, 2-layer model in a few seconds (near-chance accuracy; for smoke tests only).
 """
 
 import ml_collections

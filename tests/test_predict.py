@@ -110,3 +110,18 @@ def test_bad_input_raises():
         predict.predict_arrays(model, _tokens(4), batch_size=0)
     with pytest.raises(ValueError, match="config.json"):
         predict.predict_workdir("/nonexistent/routecal_workdir")
+
+
+def test_cli_train_then_predict(tmp_path, trained_workdir):
+    from routecal import cli
+
+    wd = tmp_path / "cli"
+    assert cli.main(["train", "--config", f"{CONFIG}:block,quick", "--workdir", str(wd)]) == 0
+    assert cli.main(["predict", "--workdir", str(wd)]) == 0
+    d = np.load(wd / "predictions" / "test.npz")
+    ref = np.load(predict.predict_workdir(trained_workdir, splits=("test",))["test"])  # same cfg
+    np.testing.assert_allclose(d["probs"], ref["probs"], rtol=1e-6)
+    with pytest.raises(SystemExit, match="unknown key"):
+        cli.main(
+            ["train", "--config", f"{CONFIG}:quick", "--workdir", str(wd), "--config.train.stpes=3"]
+        )
