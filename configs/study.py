@@ -57,7 +57,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.vmoer.overrides = ""
 
     if arg == "quick":
-        c.title = "routecal study (quick smoke run)"
+        c.title = (
+            "routecal study (quick smoke run: tiny, undertrained models; it checks the pipeline, "
+            "its numbers are not evidence)"
+        )
         c.seeds = (0,)
         c.model_overrides = "train.steps=150;train.eval_every=150;train.checkpoint_every=150"
         for name in ("standard", "full", "block"):
