@@ -408,6 +408,8 @@ def fig_bandwidth(sweep: Mapping[str, Any], path: pathlib.Path) -> None:
             if v.shape[0] > 1:
                 ax.fill_between(m, v.min(0), v.max(0), color=f"C{i}", alpha=0.2)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set_xticks(m, [f"{x:g}" for x in m], fontsize=7)
         ax.set_xlabel("bandwidth / Scott", fontsize=8)
         ax.set_ylabel("test ECE", fontsize=8)
         ax.set_title(arch, fontsize=9)
