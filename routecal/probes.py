@@ -283,6 +283,15 @@ class _Probe:
 
     _fitted = False
 
+    @staticmethod
+    def _targets(x: np.ndarray, data, correct) -> np.ndarray:
+        """Correctness [N] from a ProbeData or `correct`, checked against features `x` [N, D]."""
+        y = data.correct if isinstance(data, ProbeData) else _checks.check_binary(correct, "correct")
+        _checks.check_same_length(features=x, correct=y)
+        if len(y) < 2:
+            raise ValueError(f"features: needs at least 2 examples to fit, got {len(y)}")
+        return y
+
     def _check_fitted(self):
         if not self._fitted:
             raise ValueError(f"{type(self).__name__}: predict called before fit")
@@ -570,14 +579,7 @@ class NadarayaWatsonProbe(_Probe):
     def fit(self, data, correct=None, *, test=None) -> NadarayaWatsonProbe:
         """Fits on a ProbeData (or features [N, D] + correct [N]); `test` only for "oracle_ece"."""
         x = self._x(data, "features")
-        y = (
-            data.correct
-            if isinstance(data, ProbeData)
-            else _checks.check_binary(correct, "correct")
-        )
-        _checks.check_same_length(features=x, correct=y)
-        if len(y) < 2:
-            raise ValueError(f"features: needs at least 2 examples to fit, got {len(y)}")
+        y = self._targets(x, data, correct)
         test_xy = None
         if test is not None:
             if isinstance(test, ProbeData):
@@ -736,14 +738,7 @@ class MLPProbe(_Probe):
     def fit(self, data, correct=None) -> MLPProbe:
         """Fits on a ProbeData (with routing profile `profile`) or x [N, 1 + S] + correct [N]."""
         x = self._inputs(data, "features")
-        y = (
-            data.correct
-            if isinstance(data, ProbeData)
-            else _checks.check_binary(correct, "correct")
-        )
-        _checks.check_same_length(features=x, correct=y)
-        if len(y) < 2:
-            raise ValueError(f"features: needs at least 2 examples to fit, got {len(y)}")
+        y = self._targets(x, data, correct)
         self.n_routing_ = x.shape[1] - 1
         full_params = self.hidden * (self.n_routing_ + 3) + 1
         design = self._design(x, stream=0)

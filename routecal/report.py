@@ -472,39 +472,32 @@ def figures(results: Mapping[str, Any], nulls: Mapping[str, np.ndarray], fig_dir
     """Draws every figure the results support; returns (caption, path) pairs."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     out: list[tuple[str, pathlib.Path]] = []
-    rel = results.get("probes", {}).get("reliability", {})
-    if rel:
-        p = fig_dir / "reliability.png"
-        fig_reliability(rel, p)
-        out.append(("Reliability diagrams per probe (first architecture and seed, test split; "
-                    "marker size = bin count)", p))
     tests = results.get("diagnostics", {}).get("tests", [])
-    if tests and nulls:
-        p = fig_dir / "permutation_nulls.png"
-        fig_nulls(nulls, tests, p)
-        if p.exists():
-            out.append(("Within-bin permutation nulls of the weighted gap (grey) with the observed "
-                        "statistic (red), the tests with the smallest p-values", p))
-    sweep = results.get("probes", {}).get("bandwidth_sweep", {})
-    if sweep:
-        p = fig_dir / "bandwidth_sensitivity.png"
-        fig_bandwidth(sweep, p)
-        if p.exists():
-            out.append(("Bandwidth sensitivity: test ECE against the Scott multiple, mean over "
-                        "seeds with min-max band", p))
-    depth = results.get("depth_attention", {})
-    if depth:
-        p = fig_dir / "depth_attention.png"
-        fig_depth(depth, p)
-        if p.exists():
-            out.append(("Depth-attention weights per sublayer, averaged over tokens and test "
-                        "examples (first seed)", p))
     vm = results.get("vmoer", {})
-    if vm.get("rows"):
-        p = fig_dir / "vmoer.png"
-        fig_vmoer(vm, p)
+    specs = [
+        ("reliability", results.get("probes", {}).get("reliability", {}), fig_reliability,
+         "Reliability diagrams per probe (first architecture and seed, test split; marker size = "
+         "bin count)"),
+        ("permutation_nulls", nulls if tests else {}, lambda n, p: fig_nulls(n, tests, p),
+         "Within-bin permutation nulls of the weighted gap (grey) with the observed statistic "
+         "(red), the tests with the smallest p-values"),
+        ("bandwidth_sensitivity", results.get("probes", {}).get("bandwidth_sweep", {}),
+         fig_bandwidth,
+         "Bandwidth sensitivity: test ECE against the Scott multiple, mean over seeds with min-max "
+         "band"),
+        ("depth_attention", results.get("depth_attention", {}), fig_depth,
+         "Depth-attention weights per sublayer, averaged over tokens and test examples (first "
+         "seed)"),
+        ("vmoer", vm if vm.get("rows") else {}, fig_vmoer,
+         "VMoER vs deterministic routing: mean with min-max seed band"),
+    ]
+    for name, data, draw, caption in specs:
+        if not data:
+            continue
+        p = fig_dir / f"{name}.png"
+        draw(data, p)
         if p.exists():
-            out.append(("VMoER vs deterministic routing: mean with min-max seed band", p))
+            out.append((caption, p))
     return out
 
 
