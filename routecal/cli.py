@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("diagnose", help="diagnostics and probes on any model's predictions (.npz)")
     d.add_argument("--predictions", required=True, help="npz with probs, labels, routing summaries")
-    d.add_argument("--test-predictions", default=None, help="optional held-out npz for the probes")
+    d.add_argument(
+        "--test-predictions", default=None,
+        help="held-out npz on which the probes are scored (default: a random half of --predictions)",
+    )
     d.add_argument("--out", default=None, help="output directory (default: next to the npz)")
     d.add_argument("--n-permutations", type=int, default=2000)
     d.add_argument("--seed", type=int, default=0)

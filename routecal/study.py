@@ -543,17 +543,37 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     return json.loads((w / "results.json").read_text())
 
 
+def split_predictions(
+    preds: Mapping[str, np.ndarray], *, seed: int, fraction: float = 0.5
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Splits a predictions dict into (first, second) parts of the examples, at random (seeded).
+
+    Arrays with N rows are split; everything else is copied to both parts.
+    """
+    n = len(preds["labels"])
+    idx = np.random.default_rng(seed).permutation(n)
+    cut = int(round(fraction * n))
+    parts = []
+    for sel in (np.sort(idx[:cut]), np.sort(idx[cut:])):
+        parts.append({
+            k: (np.asarray(v)[sel] if np.ndim(v) >= 1 and np.shape(v)[0] == n else v)
+            for k, v in preds.items()
+        })
+    return parts[0], parts[1]
+
+
 def diagnose_predictions(
     path: str | pathlib.Path, test_path: str | pathlib.Path | None = None,
     out_dir: str | pathlib.Path | None = None, n_permutations: int = 2000, seed: int = 0,
     n_bins: int = 15, n_groups: int = 3, alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """Bring your own traces: diagnostics (and probes, given a held-out file) on any model's npz.
+    """Bring your own traces: the diagnostic grid and the probe comparison on any model's npz.
 
     Args:
-      path: predictions npz (keys in the module docstring); the diagnostics run on it, and the
-        probes are fitted on it when `test_path` is given.
-      test_path: optional held-out predictions npz on which the probes are scored.
+      path: predictions npz (keys in the module docstring); the diagnostics run on all of it.
+      test_path: optional held-out predictions npz: the probes are fitted on `path` and scored on
+        it. Without it, `path` is split in two halves at random (seeded): probes are fitted on one
+        and scored on the other.
       out_dir: where results.json and the report go (default: `<path stem>_routecal/` beside it).
     Returns:
       the results dict (also written to `out_dir/results.json`, with report.md / report.html).
@@ -576,11 +596,14 @@ def diagnose_predictions(
         alpha=alpha,
     )
     np.savez_compressed(out / "stages" / "nulls.npz", **nulls)
-    probes_out: dict[str, Any] = {}
     if test_path is not None:
-        test = load_predictions(test_path)
+        fit, test = preds, load_predictions(test_path)
+    else:
+        fit, test = split_predictions(preds, seed=seed)
+    probes_out: dict[str, Any] = {}
+    if len(fit["labels"]) >= 2 * n_bins and len(test["labels"]) >= 2 * n_bins:
         pc = probe_comparison(
-            preds, test, seed=seed, bandwidth_rules=("scott", "cv_nll", "oracle_ece"),
+            fit, test, seed=seed, bandwidth_rules=("scott", "cv_nll", "oracle_ece"),
             sweep_multiples=(0.25, 0.5, 1.0, 2.0, 4.0), n_bins=n_bins,
         )
         rows = [{**r, "arch": "model", "seed": 0} for r in pc["rows"]]

@@ -153,3 +153,14 @@ def test_reliability_data_per_probe_agrees_with_its_ece(quick):
         gap = np.abs(np.asarray(r["accuracy"]) - np.asarray(r["mean_confidence"]))
         # ECE from the reliability curve, sum_b (n_b / N) |acc_b - conf_b|, equals the row's ECE.
         assert float((cnt * gap).sum() / cnt.sum()) == pytest.approx(rows[name]["ece"], abs=1e-5)
+
+
+def test_diagnose_single_file_splits_it_for_the_probes(tmp_path):
+    rng = np.random.default_rng(1)
+    _planted_npz(tmp_path / "all.npz", rng, n=800)
+    res = study.diagnose_predictions(tmp_path / "all.npz", n_permutations=200)
+    probes = {r["probe"] for r in res["probes"]["rows"]}
+    assert {"uncalibrated", "temperature", "isotonic", "nw_confidence"} <= probes
+    with np.load(tmp_path / "all.npz") as z:
+        a, b = study.split_predictions({k: z[k] for k in z.files}, seed=0)
+    assert len(a["labels"]) + len(b["labels"]) == 800 and len(a["labels"]) == 400
