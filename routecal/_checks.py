@@ -91,3 +91,14 @@ def check_positive_int(x: Any, name: str, *, minimum: int = 1) -> int:
     if isinstance(x, bool) or not isinstance(x, int | np.integer) or x < minimum:
         raise ValueError(f"{name}: must be an integer >= {minimum}, got {x!r}")
     return int(x)
+
+
+def check_nonnegative(x: Any, name: str) -> float:
+    """Returns `x` as a float; raises ValueError unless it is a finite number >= 0."""
+    try:
+        value = float(x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: must be a number >= 0, got {x!r}") from e
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: must be a finite number >= 0, got {x!r}")
+    return value

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from routecal._checks import check_nonnegative
 from routecal.data import Dataset, Split
 
 OOD_KINDS = ("pixel_noise", "invert", "held_out_classes")
@@ -34,7 +35,7 @@ def pixel_noise(split: Split, std: float, seed: int = 0, *, clip: bool = True) -
     Returns:
       Split with tokens [N, T, P] float32 (same labels).
     """
-    std = _check_nonnegative(std, "std")
+    std = check_nonnegative(std, "std")
     rng = np.random.default_rng(seed)
     noisy = split.tokens + std * rng.standard_normal(split.tokens.shape)
     if clip:
@@ -121,13 +122,3 @@ def make_ood(dataset: Dataset, kind: str, **kwargs) -> tuple[Dataset, Split]:
     if kind == "held_out_classes":
         return held_out_classes(dataset, **kwargs)
     raise ValueError(f"kind: unknown OOD kind {kind!r}; expected one of {OOD_KINDS}")
-
-
-def _check_nonnegative(x, name: str) -> float:
-    try:
-        value = float(x)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: must be a number >= 0, got {x!r}") from e
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: must be a finite number >= 0, got {x!r}")
-    return value

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from routecal._checks import check_positive_int
+from routecal._checks import check_nonnegative, check_positive_int
 from routecal.data import Dataset, Split
 
 # Defaults used when a key is missing from the data config.
@@ -47,7 +47,7 @@ def sample_split(
 ) -> Split:
     """Draws `n` balanced, shuffled examples `mu_y + difficulty * N(0, I)`; tokens float32 [N, T, P]."""
     n = check_positive_int(n, "n")
-    difficulty = _check_difficulty(difficulty)
+    difficulty = check_nonnegative(difficulty, "difficulty")
     c = means_CxTxP.shape[0]
     labels = rng.permutation(np.arange(n) % c).astype(np.int32)
     noise = rng.standard_normal((n, *means_CxTxP.shape[1:]))
@@ -73,20 +73,10 @@ def load_synthetic(data_cfg) -> Dataset:
     seq_len = check_positive_int(get("seq_len"), "seq_len")
     token_dim = check_positive_int(get("token_dim"), "token_dim")
     num_classes = check_positive_int(get("num_classes"), "num_classes", minimum=2)
-    difficulty = _check_difficulty(get("difficulty"))
+    difficulty = check_nonnegative(get("difficulty"), "difficulty")
     means = class_means(seed, num_classes, seq_len, token_dim)
     splits = [
         sample_split(means, sizes[k], difficulty, np.random.default_rng([seed, 1 + i]))
         for i, k in enumerate(("n_train", "n_calib", "n_test"))
     ]
     return Dataset("synthetic", *splits, num_classes=num_classes)
-
-
-def _check_difficulty(difficulty) -> float:
-    try:
-        value = float(difficulty)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"difficulty: must be a number >= 0, got {difficulty!r}") from e
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"difficulty: must be a finite number >= 0, got {difficulty!r}")
-    return value
