@@ -438,8 +438,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
             "arch": arch, "seed": seed, "workdir": str(run_dir), "residual": tr["residual"],
             "test_accuracy": float(correct.mean()),
             "test_ece": calibration.ece(conf, correct, n_bins=cfg.diagnostics.n_bins),
-            "test_nll": float(-np.mean(np.log(np.clip(
-                test["probs"][np.arange(len(test["labels"])), test["labels"]], 1e-12, 1.0)))),
+            "test_nll": calibration.nll(test["probs"], test["labels"]),
             "train_seconds": tr["train_seconds"],
         })
 
