@@ -83,7 +83,8 @@ def _thread_cpu():
 def worker_speed(sizes, n_perm, repeats):
     import jax
 
-    from routecal import diagnostics, parallel
+    from routecal import parallel
+    from routecal.stats import diagnostics
 
     assert len(jax.devices()) >= 2, jax.devices()
     rows = []
@@ -119,7 +120,7 @@ def worker_memory(n, n_perm):
 
     import jax
 
-    from routecal import diagnostics
+    from routecal.stats import diagnostics
 
     c, y, r = _data(n)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -148,7 +149,7 @@ def worker_ece(n, n_classes, repeats):
     import jax.numpy as jnp
     import numpy as np
 
-    from routecal import calibration
+    from routecal.stats import calibration
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(n, n_classes)).astype(np.float32) * 2

@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.train.checkpoint_every = 300
         cfg.train.eval_every = 300
 
-    # Settings of routecal.vmoer_eval.run_vmoer_experiment (ignored by `routecal train`).
+    # Settings of routecal.pipeline.vmoer.run_vmoer_experiment (ignored by `routecal train`).
     cfg.experiment = ml_collections.ConfigDict()
     cfg.experiment.seeds = (0, 1, 2)
     cfg.experiment.methods = ("det", "logit", "temp", "logit_retrofit", "temp_retrofit")

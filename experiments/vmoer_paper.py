@@ -5,7 +5,7 @@
 
 Prepare the data once on a machine with internet: `tfds build cifar10 --data_dir ...`. Trains the
 deterministic MoE and both variational routers (from scratch and retrofitted) per seed through
-`routecal.study.run` (VMoER stage only) and writes the paper's table into the report.
+`routecal.pipeline.study.run` (VMoER stage only) and writes the paper's table into the report.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from routecal import study
 from routecal.config import load_config
+from routecal.pipeline import study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

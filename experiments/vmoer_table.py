@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from routecal import config, vmoer_eval
+from routecal import config
+from routecal.pipeline import vmoer as vmoer_eval
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """routecal: routing-conditional calibration for routing-augmented transformers.
 
-Public API (see DESIGN.md)::
+Public API (see docs/ARCHITECTURE.md)::
 
     import routecal as rc
     rc.calibration.ece(confidence, correct, n_bins=15, binning="width")
@@ -19,33 +19,37 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "calibration",
-    "cli",
-    "config",
-    "data",
-    "diagnostics",
-    "flops",
-    "kernels",
-    "models",
-    "parallel",
-    "predict",
-    "probes",
-    "report",
-    "simulation",
-    "study",
-    "traces",
-    "train",
-    "uncertainty",
-    "vmoer_eval",
-)
+# Public name -> module. The statistics live in `routecal.stats`, the pipelines in
+# `routecal.pipeline`; the short names (`rc.calibration`, `rc.diagnostics`, ...) are the API contract.
+_SUBMODULES = {
+    "calibration": "routecal.stats.calibration",
+    "cli": "routecal.cli",
+    "config": "routecal.config",
+    "data": "routecal.data",
+    "diagnostics": "routecal.stats.diagnostics",
+    "flops": "routecal.flops",
+    "kernels": "routecal.stats.kernels",
+    "models": "routecal.models",
+    "parallel": "routecal.parallel",
+    "pipeline": "routecal.pipeline",
+    "predict": "routecal.predict",
+    "predictions": "routecal.predictions",
+    "probes": "routecal.probes",
+    "report": "routecal.report",
+    "simulation": "routecal.stats.simulation",
+    "stats": "routecal.stats",
+    "study": "routecal.pipeline.study",
+    "traces": "routecal.traces",
+    "train": "routecal.train",
+    "uncertainty": "routecal.stats.uncertainty",
+}
 
 __all__ = ["__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        module = importlib.import_module(f".{name}", __name__)
+        module = importlib.import_module(_SUBMODULES[name])
         globals()[name] = module
         return module
     raise AttributeError(f"module 'routecal' has no attribute {name!r}")

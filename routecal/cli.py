@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         predict.predict_workdir(args.workdir)
     elif args.command == "diagnose":
-        from routecal import study
+        from routecal.pipeline import study
 
         study.diagnose_predictions(
             args.predictions,
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
         )
     elif args.command == "study":
-        from routecal import study
+        from routecal.pipeline import study
 
         study.run(cfg, args.workdir, write_report=not args.no_report)
     elif args.command == "report":

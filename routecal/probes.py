@@ -36,8 +36,9 @@ import scipy.special
 from flax import nnx
 from sklearn.isotonic import IsotonicRegression
 
-from routecal import _checks, kernels
-from routecal.calibration import ece
+from routecal import _checks
+from routecal.stats import kernels
+from routecal.stats.calibration import ece
 
 __all__ = [
     "HistogramBinning",

@@ -6,7 +6,7 @@ import scipy.special
 from sklearn.linear_model import LogisticRegression
 
 from routecal import probes
-from routecal.calibration import ece
+from routecal.stats.calibration import ece
 
 MLP_KW = {"hidden": 12, "steps": 200, "seed": 0}
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from routecal import diagnostics as dg
-from routecal import simulation
+from routecal.stats import diagnostics as dg
+from routecal.stats import simulation
 
 
 def test_null_data_shapes_and_independence():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from routecal import kernels
 from routecal.parallel import make_mesh
+from routecal.stats import kernels
 
 
 def _numpy_nw(xt, yt, xq, h):
@@ -149,7 +149,7 @@ def test_selection_rules(data):
     yt = (rng.random(50) < 0.5).astype(float)
     orc = kernels.select_bandwidth("oracle_ece", x, y, multiples=mult, test=(xt, yt))
     assert orc.optimistic
-    from routecal.calibration import ece
+    from routecal.stats.calibration import ece
 
     eces = [ece(np.clip(_numpy_nw(x, y, xt, m * scott), 0, 1), yt) for m in mult]
     np.testing.assert_allclose(orc.scores, eces, atol=1e-5)

@@ -1,7 +1,7 @@
 """results.json -> report.md, report.html (self-contained), tables (CSV) and figures (PNG).
 
-`write_report(workdir)` reads `W/results.json` (written by `routecal.study.run` or
-`routecal.study.diagnose_predictions`) and `W/stages/nulls.npz` (permutation nulls), and writes
+`write_report(workdir)` reads `W/results.json` (written by `routecal.pipeline.study.run` or
+`routecal.pipeline.study.diagnose_predictions`) and `W/stages/nulls.npz` (permutation nulls), and writes
 
     W/report.md      tables and verdicts, figures linked from W/figures/
     W/report.html    the same, one file, figures embedded as base64 PNG (opens offline in a browser)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from routecal import calibration as cal
+from routecal.stats import calibration as cal
 
 
 def _data(n=600, c_classes=4, seed=0):

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from routecal import diagnostics as dg
-from routecal import parallel, simulation
+from routecal import parallel
+from routecal.stats import diagnostics as dg
+from routecal.stats import simulation
 
 
 def _ref_table(c, y, r, m=15, g=3, binning="width"):

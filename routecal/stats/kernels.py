@@ -658,7 +658,7 @@ def select_bandwidth(
     elif rule == "oracle_ece":
         if test is None:
             raise ValueError("test: rule 'oracle_ece' needs test=(x_test, y_test)")
-        from routecal.calibration import ece
+        from routecal.stats.calibration import ece
 
         x_test = _features(test[0], "test[0] (x_test)")
         y_test = _checks.check_binary(test[1], "test[1] (y_test)")

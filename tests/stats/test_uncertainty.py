@@ -7,8 +7,8 @@ from flax import nnx
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from routecal import uncertainty as unc
 from routecal.models import moe
+from routecal.stats import uncertainty as unc
 
 
 def _random_probs(rng, shape):

@@ -1,9 +1,10 @@
-"""Tests for routecal.vmoer_eval: table aggregation (fast); retrofit and the experiment (slow)."""
+"""Tests for routecal.pipeline.vmoer: table aggregation (fast); retrofit and the experiment (slow)."""
 
 import numpy as np
 import pytest
 
-from routecal import config, vmoer_eval
+from routecal import config
+from routecal.pipeline import vmoer as vmoer_eval
 
 
 def test_summarize_bands_and_relative_change():

@@ -4,7 +4,7 @@
     routecal study --config configs/study.py:quick --workdir W    # smoke run, under 2 minutes
     routecal diagnose --predictions preds.npz                    # bring your own traces
 
-From Python: `routecal.study.run(config, workdir)`.
+From Python: `routecal.pipeline.study.run(config, workdir)`.
 
 Every stage writes `W/stages/<stage>.json` when it finishes and is skipped when that file exists, so
 a killed study resumes where it stopped (training itself resumes from its orbax checkpoint). The
@@ -12,15 +12,7 @@ study is keyed by its config: `W/study_config.json` records it, and a different 
 workdir is an error, so one workdir never mixes numbers from two configs. `W/results.json` holds
 every number with the config and package versions that made it.
 
-Predictions files (`.npz`) read by the diagnostics and probes, whatever model made them:
-
-    probs      [N, C] float   predicted class probabilities (rows sum to 1)
-    labels     [N]    int     true labels in [0, C)
-    H          [N, S] float   per-sublayer routing entropy (natural log)          (optional)
-    H_norm     [N, S] float   H / log(number of sources)                          (optional)
-    depth_mean [N, S] float   routing depth D_l = sum_i i alpha_i                 (optional)
-    depth_var  [N, S] float   routing-depth variance V_l = sum_i alpha_i (i-D_l)^2 (optional)
-    routing_<name> [N] float  any other per-example routing scalar                (optional)
+Predictions files follow the one schema in `routecal.predictions`.
 """
 
 from __future__ import annotations
@@ -38,82 +30,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from routecal import _checks, report
-
-# ----------------------------------------------------------------------------------------------
-# Routing features from a predictions file.
-# ----------------------------------------------------------------------------------------------
-
-
-def load_predictions(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """Loads and validates a predictions `.npz` (keys in the module docstring)."""
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise ValueError(f"predictions: no such file {str(p)!r}")
-    with np.load(p, allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
-    for k in ("probs", "labels"):
-        if k not in d:
-            raise ValueError(f"predictions: {p.name} has no {k!r} array (has {sorted(d)})")
-    probs = _checks.check_probs(d["probs"], "probs")
-    labels = _checks.check_labels(d["labels"], probs.shape[1], "labels")
-    _checks.check_same_length(probs=probs, labels=labels)
-    for k in ("H", "H_norm", "depth_mean", "depth_var"):
-        if k in d and d[k].size:
-            _checks.as_array(d[k], k, ndim=2)
-            _checks.check_same_length(probs=probs, **{k: d[k]})
-    d["probs"], d["labels"] = probs, labels
-    return d
-
-
-def routing_features(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-example routing scalars [N] from a predictions dict.
-
-    From per-sublayer summaries [N, S] (S >= 1): `H_mean` (mean normalised entropy over sublayers),
-    `depth_var_mean`, `depth_mean_mean`, and two single sublayers: `H_mid` (sublayer S // 2) and
-    `H_last` (the last sublayer, the depth-aggregating readout for AttnRes models). Sublayers whose
-    entropy is constant (a single source) are skipped when picking single layers. Plus every
-    `routing_<name>` array in the file, as `<name>`.
-    """
-    out: dict[str, np.ndarray] = {}
-    H = preds.get("H_norm", preds.get("H"))
-    if H is not None and np.asarray(H).size:
-        H = np.asarray(H, np.float64)
-        out["H_mean"] = H.mean(axis=1)
-        varying = [j for j in range(H.shape[1]) if np.ptp(H[:, j]) > 0]
-        if varying:
-            out["H_mid"] = H[:, varying[len(varying) // 2]]
-            out["H_last"] = H[:, varying[-1]]
-    for k in ("depth_var", "depth_mean"):
-        v = preds.get(k)
-        if v is not None and np.asarray(v).size:
-            out[f"{k}_mean"] = np.asarray(v, np.float64).mean(axis=1)
-    for k, v in preds.items():
-        if k.startswith("routing_"):
-            out[k[len("routing_"):]] = _checks.as_array(v, k, ndim=1)
-    return out
-
-
-def confidence_correct(preds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    probs = np.asarray(preds["probs"], np.float64)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == np.asarray(preds["labels"])).astype(np.float64)
-    return conf, correct
-
-
-def concat_predictions(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenates predictions dicts along examples (keys present in every part with N rows)."""
-    n = [len(p["labels"]) for p in parts]
-    keys = [k for k in parts[0] if all(k in p for p in parts)]
-    out = {}
-    for k in keys:
-        arrs = [np.asarray(p[k]) for p in parts]
-        if all(a.ndim >= 1 and a.shape[0] == m for a, m in zip(arrs, n, strict=True)):
-            out[k] = np.concatenate(arrs, axis=0)
-        else:
-            out[k] = arrs[0]
-    return out
-
+from routecal import report
+from routecal.predictions import (
+    concat_predictions,
+    confidence_correct,
+    load_predictions,
+    routing_features,
+)
 
 # ----------------------------------------------------------------------------------------------
 # The diagnostic grid and the probe comparison (pure given arrays).
@@ -143,7 +66,7 @@ def diagnostic_grid(
     Returns:
       (diagnostics dict for results.json, nulls {cell key: [B]}).
     """
-    from routecal import diagnostics
+    from routecal.stats import diagnostics
 
     if not cells:
         return {"tests": [], "rejections": [], "alpha": alpha, "n_permutations": n_permutations}, {}
@@ -203,7 +126,8 @@ def probe_comparison(
     Rows come from `routecal.probes.compare_probes` (every probe x bandwidth rule). The sweep refits
     the NW probes at each Scott multiple and records test ECE, for the sensitivity figure.
     """
-    from routecal import calibration, probes
+    from routecal import probes
+    from routecal.stats import calibration
 
     pc = probes.ProbeData.from_predictions(dict(calib))
     pt = probes.ProbeData.from_predictions(dict(test))
@@ -267,7 +191,7 @@ _VMOER_METRICS = ("accuracy", "stability", "ece", "ood_auroc")
 
 
 def vmoer_table(out: Mapping[str, Any]) -> dict[str, Any]:
-    """`routecal.vmoer_eval.run_vmoer_experiment` output -> report rows (one per router)."""
+    """`routecal.pipeline.vmoer.run_vmoer_experiment` output -> report rows (one per router)."""
     table = out["table"]
     methods = list(next(iter(table.values())))
     rows = []
@@ -432,7 +356,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
         preds[arch, seed] = {k: load_predictions(p) for k, p in pr["paths"].items()}
         test = preds[arch, seed]["test"]
         conf, correct = confidence_correct(test)
-        from routecal import calibration
+        from routecal.stats import calibration
 
         runs.append({
             "arch": arch, "seed": seed, "workdir": str(run_dir), "residual": tr["residual"],
@@ -498,8 +422,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     if cfg.vmoer.enabled:
 
         def vmoer_fn():
-            from routecal import vmoer_eval
             from routecal.config import load_config
+            from routecal.pipeline import vmoer as vmoer_eval
 
             vcfg = load_config(
                 str(pathlib.Path(cfg.config_dir) / cfg.vmoer.config),

@@ -47,7 +47,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
-from routecal.calibration import mass_bins, split_index, width_bins
+from routecal.stats.calibration import mass_bins, split_index, width_bins
 
 _L = 16  # examples per scan step (unrolled; keeps loop overhead low)
 _CHUNK = 128  # permutations per chunk (lanes)

@@ -37,10 +37,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from routecal import calibration, flops, predict, report, uncertainty
+from routecal import flops, predict, report
 from routecal.data import Split, load_dataset, shift
 from routecal.models import vmoer
 from routecal.models.transformer import ModelConfig
+from routecal.stats import calibration, uncertainty
 
 METHODS = {
     "det": ("moe", False),

@@ -7,10 +7,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from routecal import report, study
+from routecal import report
 from routecal.config import load_config
+from routecal.pipeline import study
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "configs" / "study.py") + ":quick"
 
 

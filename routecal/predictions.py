@@ -1,0 +1,93 @@
+"""The one predictions schema: load, validate, derive confidence/correct and routing features.
+
+Every stage after `predict` reads predictions through this module, whatever model made them.
+
+Predictions files (`.npz`):
+
+    probs      [N, C] float   predicted class probabilities (rows sum to 1)
+    labels     [N]    int     true labels in [0, C)
+    H          [N, S] float   per-sublayer routing entropy (natural log)          (optional)
+    H_norm     [N, S] float   H / log(number of sources)                          (optional)
+    depth_mean [N, S] float   routing depth D_l = sum_i i alpha_i                 (optional)
+    depth_var  [N, S] float   routing-depth variance V_l = sum_i alpha_i (i-D_l)^2 (optional)
+    routing_<name> [N] float  any other per-example routing scalar                (optional)
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from routecal import _checks
+
+
+def load_predictions(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Loads and validates a predictions `.npz` (keys in the module docstring)."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise ValueError(f"predictions: no such file {str(p)!r}")
+    with np.load(p, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    for k in ("probs", "labels"):
+        if k not in d:
+            raise ValueError(f"predictions: {p.name} has no {k!r} array (has {sorted(d)})")
+    probs = _checks.check_probs(d["probs"], "probs")
+    labels = _checks.check_labels(d["labels"], probs.shape[1], "labels")
+    _checks.check_same_length(probs=probs, labels=labels)
+    for k in ("H", "H_norm", "depth_mean", "depth_var"):
+        if k in d and d[k].size:
+            _checks.as_array(d[k], k, ndim=2)
+            _checks.check_same_length(probs=probs, **{k: d[k]})
+    d["probs"], d["labels"] = probs, labels
+    return d
+
+
+def routing_features(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-example routing scalars [N] from a predictions dict.
+
+    From per-sublayer summaries [N, S] (S >= 1): `H_mean` (mean normalised entropy over sublayers),
+    `depth_var_mean`, `depth_mean_mean`, and two single sublayers: `H_mid` (sublayer S // 2) and
+    `H_last` (the last sublayer, the depth-aggregating readout for AttnRes models). Sublayers whose
+    entropy is constant (a single source) are skipped when picking single layers. Plus every
+    `routing_<name>` array in the file, as `<name>`.
+    """
+    out: dict[str, np.ndarray] = {}
+    H = preds.get("H_norm", preds.get("H"))
+    if H is not None and np.asarray(H).size:
+        H = np.asarray(H, np.float64)
+        out["H_mean"] = H.mean(axis=1)
+        varying = [j for j in range(H.shape[1]) if np.ptp(H[:, j]) > 0]
+        if varying:
+            out["H_mid"] = H[:, varying[len(varying) // 2]]
+            out["H_last"] = H[:, varying[-1]]
+    for k in ("depth_var", "depth_mean"):
+        v = preds.get(k)
+        if v is not None and np.asarray(v).size:
+            out[f"{k}_mean"] = np.asarray(v, np.float64).mean(axis=1)
+    for k, v in preds.items():
+        if k.startswith("routing_"):
+            out[k[len("routing_"):]] = _checks.as_array(v, k, ndim=1)
+    return out
+
+
+def confidence_correct(preds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(preds["probs"], np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(preds["labels"])).astype(np.float64)
+    return conf, correct
+
+
+def concat_predictions(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenates predictions dicts along examples (keys present in every part with N rows)."""
+    n = [len(p["labels"]) for p in parts]
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    out = {}
+    for k in keys:
+        arrs = [np.asarray(p[k]) for p in parts]
+        if all(a.ndim >= 1 and a.shape[0] == m for a, m in zip(arrs, n, strict=True)):
+            out[k] = np.concatenate(arrs, axis=0)
+        else:
+            out[k] = arrs[0]
+    return out

@@ -1,0 +1,6 @@
+"""Statistics: pure functions of arrays (no I/O, no models).
+
+`calibration` (ECE and friends, the one binning), `diagnostics` (the matched-confidence tests),
+`kernels` (Nadaraya-Watson and bandwidths), `simulation` (null and planted-effect generators),
+`uncertainty` (entropy, MI, OOD AUROC, routing stability).
+"""
