@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from routecal import _checks, parallel
 from routecal.data import Dataset, Split, load_dataset
 from routecal.models.transformer import ModelConfig, Transformer
+from routecal.pipeline.stages import check_workdir_config
 
 # Named parameter selections for `train.trainable`; anything else is a regular expression searched
 # in the "/"-joined parameter path (e.g. "blocks/0/mlp/router/kernel").
@@ -355,16 +356,7 @@ def train_and_evaluate(
     mesh = mesh if mesh is not None else parallel.make_mesh()
     _check_train_cfg(tcfg, mesh.size)
 
-    cfg_json = json.loads(cfg.to_json_best_effort())
-    cfg_path = workdir / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old != cfg_json:
-            raise ValueError(
-                f"workdir: {workdir} holds a run with a different config; use a new workdir"
-            )
-    else:
-        cfg_path.write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
+    check_workdir_config(workdir, json.loads(cfg.to_json_best_effort()), "config.json", "run")
 
     steps = int(tcfg.steps)
     mngr = _checkpoint_manager(workdir)
