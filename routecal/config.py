@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pathlib
+import sys
+import types
 from collections.abc import Sequence
 
 import ml_collections
@@ -24,10 +26,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     path = pathlib.Path(path_str)
     if not path.is_file():
         raise ValueError(f"config: no such file {path_str!r}")
-    mod_spec = importlib.util.spec_from_file_location(f"_routecal_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    assert mod_spec.loader is not None
-    mod_spec.loader.exec_module(module)
+    module = _exec_config(path)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config: {path_str} defines no get_config()")
     cfg = module.get_config(arg) if arg else module.get_config()
@@ -37,6 +36,27 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     cfg.lock()
     apply_overrides(cfg, overrides)
     return cfg
+
+
+def _exec_config(path: pathlib.Path) -> types.ModuleType:
+    """Executes a config file with its directory importable (so it can `import common`)."""
+    mod_spec = importlib.util.spec_from_file_location(f"_routecal_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    assert mod_spec.loader is not None
+    folder = str(path.resolve().parent)
+    for name, mod in list(sys.modules.items()):  # a sibling module of another config folder
+        origin = getattr(mod, "__file__", None) or ""
+        if name in _SIBLINGS and str(pathlib.Path(origin).parent) != folder:
+            del sys.modules[name]
+    sys.path.insert(0, folder)
+    try:
+        mod_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+_SIBLINGS = ("common",)  # modules configs import from their own folder (configs/common.py)
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -67,7 +87,12 @@ def set_key(cfg: ml_collections.ConfigDict, dotted: str, value: object) -> None:
                 and not isinstance(value, bool)
             ):
                 value = float(value)
-            node[part] = value
+            try:
+                node[part] = value
+            except TypeError as e:  # ml_collections: the value's type does not match the key's
+                raise ValueError(
+                    f"config: {dotted}={value!r} has the wrong type for this key ({e})"
+                ) from e
         else:
             node = node[part]
 
