@@ -127,6 +127,21 @@ def train(**overrides: object) -> ml_collections.ConfigDict:
     return block
 
 
+def shrink(cfg: ml_collections.ConfigDict, *, quick: bool, tiny: bool) -> ml_collections.ConfigDict:
+    """The encoder configs' small variants, in place: `quick` (d_model 32, 2 layers, 400 steps: a
+    model that still learns, in seconds) and `tiny` (d_model 16, 12 steps: test-size, does not
+    learn; applied after quick, so "quick,tiny" is tiny)."""
+    if quick:
+        cfg.model.update(d_model=32, n_layers=2, n_heads=2, mlp_dim=64)
+        cfg.train.update(steps=400, batch_size=32, lr=3e-3, warmup=40, checkpoint_every=200,
+                         eval_every=400)
+    if tiny:
+        cfg.model.update(d_model=16, n_layers=2, n_heads=2, mlp_dim=32)
+        cfg.train.update(steps=12, batch_size=16, lr=2e-3, warmup=2, checkpoint_every=4,
+                         eval_every=6, log_every=2)
+    return cfg
+
+
 def experiment(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
                train_block: ml_collections.ConfigDict, seed: int = 0) -> ml_collections.ConfigDict:
     """A training config: seed, data, model, train (what `routecal train` reads)."""

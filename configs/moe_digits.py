@@ -30,12 +30,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         common.moe(common.transformer(residual=v.residual)),
         common.train(steps=1500, checkpoint_every=500, eval_every=500),
     )
-    if v.quick:  # a small model that still learns (see the docstring), in seconds
-        cfg.model.update(d_model=32, n_layers=2, n_heads=2, mlp_dim=64)
-        cfg.train.update(steps=400, batch_size=32, lr=3e-3, warmup=40, checkpoint_every=200,
-                         eval_every=400)
-    if v.tiny:  # test-size: seconds, does not learn (tests and pipeline smoke checks only)
-        cfg.model.update(d_model=16, n_layers=2, n_heads=2, mlp_dim=32)
-        cfg.train.update(steps=12, batch_size=16, lr=2e-3, warmup=2, checkpoint_every=4,
-                         eval_every=6, log_every=2)
-    return cfg
+    return common.shrink(cfg, quick=v.quick, tiny=v.tiny)

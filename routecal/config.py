@@ -44,15 +44,15 @@ def _exec_config(path: pathlib.Path) -> types.ModuleType:
     module = importlib.util.module_from_spec(mod_spec)
     assert mod_spec.loader is not None
     folder = str(path.resolve().parent)
-    for name, mod in list(sys.modules.items()):  # a sibling module of another config folder
-        origin = getattr(mod, "__file__", None) or ""
-        if name in _SIBLINGS and str(pathlib.Path(origin).parent) != folder:
-            del sys.modules[name]
+    for name in _SIBLINGS:  # imported afresh from this config's folder on every load
+        sys.modules.pop(name, None)
     sys.path.insert(0, folder)
     try:
         mod_spec.loader.exec_module(module)
     finally:
         sys.path.remove(folder)
+        for name in _SIBLINGS:
+            sys.modules.pop(name, None)
     return module
 
 
