@@ -44,7 +44,6 @@ from jax.sharding import PartitionSpec as P
 
 from routecal import _checks
 from routecal.parallel import pad_to_multiple
-from routecal.stats.binary import binary_nll_core
 from routecal.stats.bandwidth import (
     DEFAULT_MULTIPLES,
     RULES,
@@ -53,6 +52,7 @@ from routecal.stats.bandwidth import (
     scott_multiples,
     select_bandwidth,
 )
+from routecal.stats.binary import binary_nll_core
 from routecal.stats.kernel_layout import (
     _bandwidth_grid,
     _centre,

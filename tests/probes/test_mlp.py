@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from routecal import probes
-from routecal.stats import binary, calibration
+from routecal.stats import binary
 
 MLP_KW = {"hidden": 12, "steps": 200, "seed": 0}
 

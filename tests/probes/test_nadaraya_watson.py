@@ -5,7 +5,7 @@ import pytest
 
 from routecal import probes
 from routecal.probes import nadaraya_watson as nw
-from routecal.stats import binary, calibration, kernels
+from routecal.stats import binary, kernels
 from routecal.stats.seeds import compare_bands, seed_band
 
 
