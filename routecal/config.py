@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pathlib
-import sys
-import types
 from collections.abc import Sequence
 
 import ml_collections
@@ -26,7 +24,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     path = pathlib.Path(path_str)
     if not path.is_file():
         raise ValueError(f"config: no such file {path_str!r}")
-    module = _exec_config(path)
+    mod_spec = importlib.util.spec_from_file_location(f"_routecal_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    assert mod_spec.loader is not None
+    mod_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config: {path_str} defines no get_config()")
     cfg = module.get_config(arg) if arg else module.get_config()
@@ -36,27 +37,6 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     cfg.lock()
     apply_overrides(cfg, overrides)
     return cfg
-
-
-def _exec_config(path: pathlib.Path) -> types.ModuleType:
-    """Executes a config file with its directory importable (so it can `import common`)."""
-    mod_spec = importlib.util.spec_from_file_location(f"_routecal_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    assert mod_spec.loader is not None
-    folder = str(path.resolve().parent)
-    for name in _SIBLINGS:  # imported afresh from this config's folder on every load
-        sys.modules.pop(name, None)
-    sys.path.insert(0, folder)
-    try:
-        mod_spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(folder)
-        for name in _SIBLINGS:
-            sys.modules.pop(name, None)
-    return module
-
-
-_SIBLINGS = ("common",)  # modules configs import from their own folder (configs/common.py)
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -89,9 +69,10 @@ def set_key(cfg: ml_collections.ConfigDict, dotted: str, value: object) -> None:
                 value = float(value)
             try:
                 node[part] = value
-            except TypeError as e:  # ml_collections: the value's type does not match the key's
+            except TypeError as e:  # ml_collections: a value of the wrong type for the field
                 raise ValueError(
-                    f"config: {dotted}={value!r} has the wrong type for this key ({e})"
+                    f"config: {dotted}={value!r} has type {type(value).__name__}, but the field "
+                    f"holds {type(current).__name__} (e.g. {current!r})"
                 ) from e
         else:
             node = node[part]
