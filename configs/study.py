@@ -11,7 +11,7 @@ bandwidth rule, and the VMoER table (deterministic MoE vs both variational route
 retrofitted). Measured on an idle 2-core CPU: 6 min 17 s for the default, 1 min 27 s for quick.
 
 Override anything from the command line, e.g. `--config.seeds="(0,1,2,3,4)"`,
-`--config.diagnostics.n_permutations=10000`, `--config.architectures=full,block`.
+`--config.diagnostics.n_permutations=10000`, `--config.architectures="('full','block')"`.
 """
 
 from __future__ import annotations
@@ -28,33 +28,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.title = "routecal study: routing-conditional calibration on digits"
     c.config_dir = _HERE
     c.seeds = (0, 1, 2)
-    c.architectures = "standard,full,block"
-    # Each model: a config file (relative to this directory) with an optional variant, extra
-    # `key=value` overrides separated by ';', and whether it has routing traces to test.
+    c.architectures = ("standard", "full", "block")
+    # Each model: a config file (relative to this directory) with an optional variant, a tuple of
+    # extra `key=value` overrides, and whether it has routing traces to test.
     c.models = ml_collections.ConfigDict({
-        "standard": {"config": "attnres_digits.py:standard", "overrides": "", "routed": False},
-        "full": {"config": "attnres_digits.py:full", "overrides": "", "routed": True},
-        "block": {"config": "attnres_digits.py:block", "overrides": "", "routed": True},
+        "standard": {"config": "attnres_digits.py:standard", "overrides": (), "routed": False},
+        "full": {"config": "attnres_digits.py:full", "overrides": (), "routed": True},
+        "block": {"config": "attnres_digits.py:block", "overrides": (), "routed": True},
     })
-    c.model_overrides = ""  # applied to every model, e.g. "train.steps=300"
+    c.model_overrides = ()  # applied to every model, e.g. ("train.steps=300",)
 
     c.diagnostics = ml_collections.ConfigDict()
-    c.diagnostics.features = "H_mean,depth_var_mean,depth_mean_mean,H_mid,H_last"
-    c.diagnostics.splits = "calib,test"  # examples pooled for the tests (nothing is fitted)
+    c.diagnostics.features = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last")
+    c.diagnostics.splits = ("calib", "test")  # examples pooled for the tests (nothing is fitted)
     c.diagnostics.n_permutations = 2000
     c.diagnostics.n_bins = 15
     c.diagnostics.n_groups = 3
     c.diagnostics.alpha = 0.05
     c.diagnostics.seed = 0
+    c.diagnostics.n_null_figures = 8  # permutation nulls kept in results.json for the figure
 
     c.probes = ml_collections.ConfigDict()
-    c.probes.bandwidth_rules = "scott,scott_x0.5,scott_x2,cv_nll,oracle_ece"
+    c.probes.bandwidth_rules = ("scott", "scott_x0.5", "scott_x2", "cv_nll", "oracle_ece")
     c.probes.sweep_multiples = (0.25, 0.5, 1.0, 2.0, 4.0)
 
     c.vmoer = ml_collections.ConfigDict()
     c.vmoer.enabled = True
     c.vmoer.config = "vmoer_digits.py"
-    c.vmoer.overrides = ""
+    c.vmoer.overrides = ()
 
     if arg == "quick":
         c.title = (
@@ -62,14 +63,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "its numbers are not evidence)"
         )
         c.seeds = (0,)
-        c.model_overrides = "train.steps=150;train.eval_every=150;train.checkpoint_every=150"
+        c.model_overrides = ("train.steps=150", "train.eval_every=150", "train.checkpoint_every=150")
         for name in ("standard", "full", "block"):
             c.models[name].config += ",quick"
         c.diagnostics.n_permutations = 200
-        c.probes.bandwidth_rules = "scott,cv_nll,oracle_ece"
+        c.probes.bandwidth_rules = ("scott", "cv_nll", "oracle_ece")
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)
         c.vmoer.config = "vmoer_digits.py:quick"
-        c.vmoer.overrides = 'experiment.seeds=(0,);experiment.methods=("det","logit","logit_retrofit")'
+        c.vmoer.overrides = (
+            "experiment.seeds=(0,)",
+            'experiment.methods=("det","logit","logit_retrofit")',
+        )
     elif arg not in (None, "", "default"):
         raise ValueError(f"config: unknown variant {arg!r} of study.py; expected quick")
     return c
