@@ -52,6 +52,7 @@ from routecal.stats.bandwidth import (
     scott_multiples,
     select_bandwidth,
 )
+from routecal.stats.binary import binary_nll_core
 from routecal.stats.kernel_layout import (
     _bandwidth_grid,
     _centre,
@@ -75,9 +76,6 @@ __all__ = [
     "select_bandwidth",
 ]
 
-PROB_CLIP = (
-    1e-6  # leave-one-out estimates are clipped to [PROB_CLIP, 1 - PROB_CLIP] before the NLL.
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,12 +286,6 @@ def loo_predictions(
     return out[:, position]
 
 
-def _binary_nll(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mean binary NLL along the last axis with p clipped to [PROB_CLIP, 1 - PROB_CLIP]."""
-    p = np.clip(p, PROB_CLIP, 1.0 - PROB_CLIP)
-    return -np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p), axis=-1)
-
-
 def loo_nll(
     x,
     y,
@@ -306,7 +298,7 @@ def loo_nll(
     """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
 
     CV-NLL(h) = -(1/N) sum_i [y_i log p_h(-i) + (1 - y_i) log(1 - p_h(-i))], with the leave-one-out
-    estimate p_h(-i) clipped to [1e-6, 1 - 1e-6] (likelihood cross-validation, Hall 1987).
+    estimate p_h(-i) clipped to [PROB_CLIP, 1 - PROB_CLIP] (`stats.binary`; likelihood cross-validation, Hall 1987).
 
     Args:
       x: [N, D] features, N >= 2.
@@ -318,4 +310,4 @@ def loo_nll(
       [K] float64 CV-NLL per bandwidth.
     """
     p = loo_predictions(x, y, bandwidths, mesh=mesh, row_tile=row_tile, col_tile=col_tile)
-    return _binary_nll(p, _checks.check_binary(y, "y")[None, :])
+    return binary_nll_core(p, _checks.check_binary(y, "y")[None, :])
