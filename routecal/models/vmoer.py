@@ -81,12 +81,12 @@ class HiddenNoise(nnx.Module):
     """x -> x + N(0, std^2 I), a fresh draw per call from its own RNG stream."""
 
     def __init__(self, std: float, seed: int):
-        self.std = float(std)
+        self.std = nnx.Variable(jnp.asarray(std, jnp.float32))  # data: no recompile per std
         self.rngs = nnx.Rngs(noise=seed)
 
     def __call__(self, x_BxTxD: Array) -> Array:
         eps = jax.random.normal(self.rngs.noise(), x_BxTxD.shape, jnp.float32)
-        return (x_BxTxD.astype(jnp.float32) + self.std * eps).astype(x_BxTxD.dtype)
+        return (x_BxTxD.astype(jnp.float32) + self.std[...] * eps).astype(x_BxTxD.dtype)
 
 
 def set_hidden_noise(model: nnx.Module, std: float | None, *, seed: int = 0) -> int:

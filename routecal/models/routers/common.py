@@ -34,7 +34,8 @@ class VMoERConfig(moe.MoEConfig):
       vmoer_sigma_min: floor added to sigma (softplus parameterisation only).
       vmoer_sigma_param: "log" (sigma = exp(head), the paper's log-sigma heads) or "softplus".
       vmoer_head: "mlp" (paper: u -> GELU(W1 u) -> outputs) or "linear" posterior heads.
-      vmoer_head_hidden: hidden width of MLP heads (0: d_model).
+      vmoer_head_hidden: hidden width H of MLP heads (0: d_model). The default 64 keeps the
+        heads' 2 D H FLOPs per token well under 1% of a realistic MoE layer.
       vmoer_rank: rank R of the low-rank covariance factor ("lowrank" router).
       vmoer_samples: S, logit samples (or dropout masks, ...) averaged in the router at inference.
       vmoer_min_temperature: T_min > 0, floor of every learned temperature.
@@ -55,7 +56,7 @@ class VMoERConfig(moe.MoEConfig):
     vmoer_sigma_min: float = 1e-4
     vmoer_sigma_param: str = "log"
     vmoer_head: str = "mlp"
-    vmoer_head_hidden: int = 0
+    vmoer_head_hidden: int = 64
     vmoer_rank: int = 2
     vmoer_samples: int = 8
     vmoer_min_temperature: float = 0.05
