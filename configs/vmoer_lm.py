@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.experiment.mc_samples = 4  # sampled passes for mutual information
     cfg.experiment.n_bins = 15
     cfg.experiment.eval_batch_size = 64
+    cfg.experiment.assemble_only = False  # True: table the saved seed<s>.json files, no training
 
     if "quick" in parts:
         cfg.data.lm_max_bytes = 200_000

@@ -223,7 +223,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     Each finished seed is saved as `workdir/seed<s>.json` and loaded instead of retrained, so
     seeds can run in parallel processes (`experiment.seeds=(s,)` each) and a last call with all
-    seeds only assembles the table."""
+    seeds only assembles the table (`experiment.assemble_only=True` also tables partial seeds).
+    The file is rewritten after every router; a seed found incomplete is retrained from `det`."""
     import pathlib
 
     from routecal.pipeline import vmoer_lm_eval as ev
@@ -237,16 +238,17 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     wd = pathlib.Path(workdir)
     (wd / "tables").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = build_data(cfg.data)
+    data = None if e.get("assemble_only", False) else build_data(cfg.data)
     per_run: dict[str, dict[int, dict[str, float]]] = {n: {} for n in names}
     for seed in e.seeds:
         seed_file = wd / f"seed{int(seed)}.json"
-        if seed_file.exists():  # finished earlier (or by a parallel process): resume
-            done = json.loads(seed_file.read_text())
-            if set(done) >= set(names):
-                for name in names:
+        done = json.loads(seed_file.read_text()) if seed_file.exists() else {}
+        if set(done) >= set(names) or e.get("assemble_only", False):
+            # finished earlier (or by a parallel process), or only assembling: no training
+            for name in names:
+                if name in done:
                     per_run[name][int(seed)] = done[name]
-                continue
+            continue
         det, runs = None, {}
         for name in ["det", *[n for n in names if n != "det"]]:
             model, log = train_router(cfg, data, name, int(seed), det)
@@ -257,7 +259,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
             runs[name] = per_run[name][int(seed)] = res
             print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
-        seed_file.write_text(json.dumps(runs, default=float) + "\n")
+            seed_file.write_text(json.dumps(runs, default=float) + "\n")  # after every router
     flops = ev.flop_overheads(cfg, names)
     for name in names:
         for r in per_run[name].values():
