@@ -96,6 +96,14 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
 
+def abstract_params(cfg: DecoderConfig, seed: int = 0) -> tuple[Any, nnx.State, dict]:
+    """(graphdef, abstract Param state, {path tuple: ShapeDtypeStruct}) of the Decoder of `cfg`,
+    without allocating anything (`nnx.eval_shape`)."""
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)))
+    graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
+    return graphdef, params, nnx.traversals.flatten_mapping(nnx.to_pure_dict(params))
+
+
 def _fresh_state(cfg: DecoderConfig, seed: int, keep: set[str]) -> tuple[dict, nnx.State]:
     """Freshly initialised params in `keep` and every non-parameter variable (RNG streams), from
     one jitted init; XLA drops the initialisers of everything else, so this costs ~nothing."""
@@ -158,18 +166,16 @@ def load_hf(
     try:
         family = families.family_for(ckpt.config)
         cfg = decoder_config(ckpt.config, dtype=dtype, overrides=overrides)
-        abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)))
-        graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
-        flat = nnx.traversals.flatten_mapping(nnx.to_pure_dict(params))
+        graphdef, params, flat = abstract_params(cfg, seed)
         shapes = {_dotted(k): tuple(v.shape) for k, v in flat.items()}
         fresh = {p for p in shapes if VROUTER_PATH in p.split(".")}
         sources = family.sources([p for p in shapes if p not in fresh], cfg.n_experts)
         ignored = _check_tensors(ckpt, sources, shapes, cfg)
-        shardings = (
-            sharding.plan(shapes, _auto_axes(mesh), fsdp_axis=fsdp_axis, expert_axis=expert_axis)
-            if mesh is not None
-            else None
-        )
+        shardings = specs = None
+        if mesh is not None:
+            mesh = _auto_axes(mesh)
+            shardings = sharding.plan(shapes, mesh, fsdp_axis=fsdp_axis, expert_axis=expert_axis)
+            specs = {p: s.spec for p, s in shardings.items()}
         np_dtype = DTYPES[dtype]
         fresh_flat, rest = _fresh_state(cfg, seed, fresh)
         values = {}
@@ -189,8 +195,10 @@ def load_hf(
             hf_config=dict(ckpt.config),
             dtype=dtype,
             n_params=int(sum(int(np.prod(s)) for s in shapes.values())),
-            param_bytes_per_device=sharding.bytes_per_device(shapes, itemsize, shardings),
-            partition_specs=None if shardings is None else {p: s.spec for p, s in shardings.items()},
+            param_bytes_per_device=sharding.bytes_per_device(
+                shapes, itemsize, specs, None if mesh is None else mesh.shape
+            ),
+            partition_specs=specs,
             fresh_params=tuple(sorted(fresh)),
             ignored_tensors=tuple(ignored),
             tokenizer=load_tokenizer(checkpoint_dir),

@@ -216,7 +216,7 @@ def test_mesh_sharding_matches_single_device(checkpoint):
     mesh = jax.make_mesh((2, 4), ("fsdp", "expert"))  # Explicit axes: load_hf makes them Auto
     model, info = load_hf(d, dtype="float32", mesh=mesh, expert_axis="expert")
     specs = info.partition_specs
-    assert specs["embed.embedding"] == jax.sharding.PartitionSpec("fsdp", None)
+    assert specs["embed.embedding"] == jax.sharding.PartitionSpec(("fsdp", "expert"), None)
     assert specs["layers.0.mlp.experts.w_in_ExDxF"] == jax.sharding.PartitionSpec(
         "expert", "fsdp", None)
     w = nnx.state(model, nnx.Param)["layers"][0]["mlp"]["experts"]["w_in_ExDxF"][...]
