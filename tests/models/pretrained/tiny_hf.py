@@ -53,7 +53,7 @@ def hf_tensors(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     if not cfg.get("tie_word_embeddings"):
         t["lm_head.weight"] = w(V, D)
     dense = set(cfg.get("mlp_only_layers", []))
-    for i in range(L):
+    for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = ones_ish(D)
         t[p + "post_attention_layernorm.weight"] = ones_ish(D)
