@@ -13,8 +13,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from routecal.models import attnres
+from routecal.models.transformer import MLP_TYPES  # "dense", "moe", "vmoer_<router>"
 
-MLP_TYPES = ("dense", "moe", "vmoer_logit", "vmoer_temp")
 ROUTER_ORDERS = ("softmax_topk", "topk_softmax")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
