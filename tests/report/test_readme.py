@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
 from routecal.report import readme
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _results(wall: float | None = 377.0) -> dict:
@@ -83,16 +79,8 @@ def test_results_without_verdicts_raise():
         readme.found_block({"meta": {}}, command="c", source="s")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "readme_numbers", ROOT / "experiments" / "readme_numbers.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-def test_script_rewrites_then_checks(tmp_path):
+def test_script_rewrites_then_checks(tmp_path, experiment_script):
     w = tmp_path / "W"
     (w / "stages").mkdir(parents=True)
     (w / "results.json").write_text(json.dumps(_results(wall=None)))
@@ -100,7 +88,7 @@ def test_script_rewrites_then_checks(tmp_path):
     (w / "stages" / "probes.json").write_text(json.dumps({"seconds": 12.5, "rows": []}))
     path = tmp_path / "README.md"
     path.write_text(_readme())
-    script = _script()
+    script = experiment_script("readme_numbers")
     args = ["--workdir", str(w), "--readme", str(path), "--command", "routecal study x"]
     assert script.main([*args, "--check"]) == 1
     assert script.main(args) == 0
