@@ -46,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from routecal import _checks
 from routecal.parallel import pad_to_multiple
+from routecal.stats.calibration import binary_nll_core
 
 __all__ = [
     "DEFAULT_MULTIPLES",
@@ -61,9 +62,6 @@ __all__ = [
 # Default bandwidth grid for CV / oracle selection: 32 log-spaced multiples of Scott's rule.
 DEFAULT_MULTIPLES = np.geomspace(1.0 / 8.0, 8.0, 32)
 
-PROB_CLIP = (
-    1e-6  # leave-one-out estimates are clipped to [PROB_CLIP, 1 - PROB_CLIP] before the NLL.
-)
 _PAD_COORD = 1e18  # padding points sit this far away: their kernel weight is exactly 0 in float32.
 _BIG = float(np.finfo(np.float32).max)
 _SKIP_LOG = (
@@ -554,12 +552,6 @@ def loo_predictions(
     return out[:, position]
 
 
-def _binary_nll(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mean binary NLL along the last axis with p clipped to [PROB_CLIP, 1 - PROB_CLIP]."""
-    p = np.clip(p, PROB_CLIP, 1.0 - PROB_CLIP)
-    return -np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p), axis=-1)
-
-
 def loo_nll(
     x,
     y,
@@ -572,7 +564,8 @@ def loo_nll(
     """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
 
     CV-NLL(h) = -(1/N) sum_i [y_i log p_h(-i) + (1 - y_i) log(1 - p_h(-i))], with the leave-one-out
-    estimate p_h(-i) clipped to [1e-6, 1 - 1e-6] (likelihood cross-validation, Hall 1987).
+    estimate p_h(-i) clipped to [PROB_CLIP, 1 - PROB_CLIP] (`calibration.PROB_CLIP`; likelihood
+    cross-validation, Hall 1987).
 
     Args:
       x: [N, D] features, N >= 2.
@@ -584,7 +577,7 @@ def loo_nll(
       [K] float64 CV-NLL per bandwidth.
     """
     p = loo_predictions(x, y, bandwidths, mesh=mesh, row_tile=row_tile, col_tile=col_tile)
-    return _binary_nll(p, _checks.check_binary(y, "y")[None, :])
+    return binary_nll_core(p, _checks.check_binary(y, "y")[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
