@@ -45,6 +45,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "block": {"config": "lm_stdlib.py:block", "overrides": (), "routed": True},
     })
     c.model_overrides = ()  # applied to every model (e.g. prediction thinning)
+    # Token predictions (`predict.predict_workdir(lm_options=...)`): keep positions t with
+    # t % every == 0 and t >= min_position, at most max_tokens per split (None = all).
+    c.predict = ml_collections.ConfigDict()
+    c.predict.every = 1
+    c.predict.min_position = 0
+    c.predict.max_tokens = ml_collections.config_dict.placeholder(int)
+    c.predict.depth_rows = 64  # packed rows per domain for the depth-attention heatmaps
     c.calib_split = "calib"  # probes are fitted here (in-domain tokens)
     c.domains = ("in:test", "near:near", "far:far")  # domain name : predictions split
 

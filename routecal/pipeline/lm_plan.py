@@ -64,6 +64,8 @@ class LMPlan:
     sweep_multiples: tuple[float, ...]
     probe_max_calib_tokens: int | None
     probe_max_test_tokens: int | None  # per domain
+    predict_options: dict[str, Any]  # `predict.predict_workdir(lm_options=...)`: thinning
+    depth_rows: int  # packed rows per domain for the depth-attention heatmaps (0 = none)
     config: dict[str, Any] = dataclasses.field(compare=False, hash=False)
 
     @property
@@ -119,6 +121,9 @@ class LMPlan:
             sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
             probe_max_calib_tokens=_optional_int(p.max_calib_tokens, "probes.max_calib_tokens"),
             probe_max_test_tokens=_optional_int(p.max_test_tokens, "probes.max_test_tokens"),
+            predict_options={k: v for k, v in cfg.predict.to_dict().items()
+                             if k != "depth_rows" and v is not None},
+            depth_rows=int(cfg.predict.depth_rows),
             config=json.loads(cfg.to_json_best_effort()),
         )
         for m in plan.models:  # every model config loads with its overrides (a bad key raises)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -106,19 +105,17 @@ def _probes(plan: LMPlan, st: Stages) -> dict[str, Any]:
     return {"domains": per_domain, "seconds": timing}
 
 
-def _depth(plan: LMPlan, toks: Mapping[tuple[str, int], Mapping[str, Any]]) -> dict[str, Any]:
+def _depth(plan: LMPlan, st: Stages) -> dict[str, Any]:
+    """{domain: {arch: depth-attention means}} of the first seed (`lm_stages.depth_attention`)."""
     out: dict[str, Any] = {}
-    for d, split in plan.domains:
-        for m in plan.routed:
-            t = toks[m.name, plan.seeds[0]][split]
-            if "alpha_mean" in t and np.size(t["alpha_mean"]):
-                out.setdefault(d, {})[m.name] = {k: t[k] for k in (
-                    "alpha_mean", "n_sources", "sublayer_names") if k in t}
+    for m in plan.routed:
+        for d, v in (st.load(f"run:{m.name}:{plan.seeds[0]}").get("depth_attention") or {}
+                     ).items():
+            out.setdefault(d, {})[m.name] = v
     return out
 
 
-def assemble(plan: LMPlan, st: Stages, w: pathlib.Path,
-             toks: Mapping[tuple[str, int], Mapping[str, Any]]) -> dict[str, Any]:
+def assemble(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
     """The results dict (without verdicts) from the finished stages."""
     runs = []
     for m, s in plan.runs:
@@ -142,7 +139,7 @@ def assemble(plan: LMPlan, st: Stages, w: pathlib.Path,
         "diagnostics": _diagnostics(plan, st, w),
         "power": _power(plan, st),
         "probes": _probes(plan, st),
-        "depth_attention": _depth(plan, toks),
+        "depth_attention": _depth(plan, st),
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -33,41 +33,65 @@ Producer = Callable[[LMModel, int, pathlib.Path], Mapping[str, Any]]
 
 
 def load_tokens(path: str | pathlib.Path, name: str) -> dict[str, np.ndarray]:
-    """Token arrays of one predictions file or shard directory (`routecal.predictions.load` when
-    the install has it, else the npz loader), validated by `tokens.token_arrays`."""
+    """Token arrays of one predictions shard directory or npz (`routecal.predictions.load` when
+    the install has it, else `numpy.load`), validated by `tokens.token_arrays`."""
     from routecal import predictions
 
     loader = getattr(predictions, "load", None)
-    if loader is None:
-        import numpy as _np
-
-        p = pathlib.Path(path)
-        if not p.exists():
-            raise ValueError(f"predictions: no such file {str(p)!r}")
-        with _np.load(p, allow_pickle=False) as z:
-            return {**tokens.token_arrays({k: z[k] for k in z.files}, name),
-                    **_extras({k: z[k] for k in z.files})}
-    preds = loader(path)
-    return {**tokens.token_arrays(preds, name), **_extras(preds)}
+    if loader is not None:
+        return tokens.token_arrays(loader(path), name)
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise ValueError(f"predictions: no such file {str(p)!r}")
+    with np.load(p, allow_pickle=False) as z:
+        return tokens.token_arrays({k: z[k] for k in z.files}, name)
 
 
-def _extras(preds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Depth-attention means (per file, not per token) kept for the heatmaps when present."""
-    return {k: np.asarray(preds[k]) for k in ("alpha_mean", "n_sources", "sublayer_names")
-            if k in preds}
-
-
-def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path) -> dict[str, Any]:
-    """Trains `model` for `seed` in `run_dir` (resuming) and writes its token predictions."""
+def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path, *,
+                  predict_options: Mapping[str, Any], depth_rows: int,
+                  domains: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Trains `model` for `seed` in `run_dir` (resuming), writes its token predictions
+    (`predict.predict_workdir(..., lm_options=predict_options)`: thinning, token caps) and, for
+    AttnRes models, the mean depth-attention weights per domain (`depth_attention`)."""
     from routecal import predict, train
 
     t0 = time.perf_counter()
     metrics = train.train_and_evaluate(model.load(seed), str(run_dir))
     t1 = time.perf_counter()
-    paths = predict.predict_workdir(str(run_dir))
-    return {"metrics": metrics, "train_seconds": t1 - t0,
-            "predict_seconds": time.perf_counter() - t1,
-            "paths": {k: str(v) for k, v in paths.items()}}
+    paths = predict.predict_workdir(str(run_dir), lm_options=dict(predict_options))
+    t2 = time.perf_counter()
+    depth = depth_attention(run_dir, domains, depth_rows) if model.routed and depth_rows else {}
+    return {"metrics": metrics, "train_seconds": t1 - t0, "predict_seconds": t2 - t1,
+            "paths": {k: str(v) for k, v in paths.items()}, "depth_attention": depth}
+
+
+def depth_attention(run_dir: pathlib.Path, domains: Sequence[tuple[str, str]], rows: int
+                    ) -> dict[str, Any]:
+    """Mean depth-attention weights per domain: the trained decoder on the first `rows` packed
+    rows of each domain's split, alpha averaged over rows and positions (PAD included).
+
+    Returns:
+      {domain: {"alpha_mean": [L + 1, S_max] (NaN past each site's sources), "n_sources":
+      [L + 1], "sublayer_names": [L + 1]}} (sites: the L sublayers, then the readout).
+    """
+    from routecal.train import load_trained
+
+    model, cfg, dataset = load_trained(run_dir)
+    out = {}
+    for domain, split in domains:
+        ids = np.asarray(dataset.split(split).ids[:rows], np.int32)[:, :-1]
+        alphas = model(ids, return_traces=True).traces["alpha"]
+        if not alphas:
+            return {}
+        means = [np.asarray(a, np.float64).mean(axis=(0, 1)) for a in alphas]
+        width = max(len(m) for m in means)
+        table = np.full((len(means), width), np.nan)
+        for i, m in enumerate(means):
+            table[i, : len(m)] = m
+        names = [f"site {i}" for i in range(len(means) - 1)] + ["readout"]
+        out[domain] = {"alpha_mean": table, "n_sources": [len(m) for m in means],
+                       "sublayer_names": names}
+    return out
 
 
 def run_summary(toks: Mapping[str, Mapping[str, np.ndarray]], n_bins: int) -> dict[str, Any]:

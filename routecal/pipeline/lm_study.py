@@ -12,6 +12,7 @@ RSS) and the report (`routecal.report.lm`).
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import resource
@@ -48,7 +49,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     _check_workdir(w, cfg)
     st = Stages(w)
     fresh = not any(st.dir.glob("*.json"))
-    produce = producer or lm_stages.train_predict
+    produce = producer or functools.partial(
+        lm_stages.train_predict, predict_options=plan.predict_options,
+        depth_rows=plan.depth_rows, domains=plan.domains)
     n_feats = len(plan.features)
     n_probes = len(plan.routed) * len(plan.seeds)
     bar = tqdm(total=len(plan.runs) * 2 + len(plan.cells()) * (n_feats + 1) + n_probes,
@@ -86,7 +89,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
                 toks[m.name, s][plan.calib_split],
                 {d: toks[m.name, s][sp] for d, sp in plan.domains}, seed=s, plan=plan))
     bar.close()
-    results = lm_results.assemble(plan, st, w, toks)
+    results = lm_results.assemble(plan, st, w)
     results["meta"].update(
         stage_seconds=lm_results.stage_seconds(st),
         wall_seconds=(time.perf_counter() - t_start) if fresh else None,

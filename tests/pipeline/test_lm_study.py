@@ -27,9 +27,7 @@ def _write(path, *, seed, routed, n_seq=16, seq_len=24, n_sub=3):
          "position": np.tile(np.arange(seq_len), n_seq)}
     if routed:
         d |= {"H_norm": rng.uniform(0, 1, (n, n_sub)), "depth_var": rng.gamma(2, 1, (n, n_sub)),
-              "depth_mean": rng.uniform(0, 2, (n, n_sub)),
-              "alpha_mean": rng.dirichlet(np.ones(n_sub + 1), n_sub),
-              "n_sources": np.arange(1, n_sub + 1)}
+              "depth_mean": rng.uniform(0, 2, (n, n_sub))}
     np.savez(path, **d)
 
 
@@ -39,7 +37,11 @@ def produce(model, seed, run_dir):
     for k, split in enumerate(SPLITS):
         paths[split] = str(run_dir / f"{split}.npz")
         _write(paths[split], seed=10 * seed + k + 3 * model.routed, routed=model.routed)
-    return {"paths": paths, "metrics": {"test_bits_per_byte": 2.5}, "train_seconds": 0.0}
+    alpha = np.tril(np.full((3, 3), 1 / 3))  # 3 sites over up to 3 sources
+    depth = {d: {"alpha_mean": alpha.tolist(), "n_sources": [1, 2, 3],
+                 "sublayer_names": ["a", "b", "readout"]} for d in ("in", "far")}
+    return {"paths": paths, "metrics": {"test_bits_per_byte": 2.5}, "train_seconds": 0.0,
+            "depth_attention": depth if model.routed else {}}
 
 
 def _mdg(confidence, correct, *, key, alpha, power, test="within_bin", clusters=None):
@@ -92,6 +94,9 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert "Seed-band rule" in v["diagnostics"] and "Seed-band rule" in v["probes"]
     html = (tmp_path / "ref/report.html").read_text()
     assert html.index("At a glance") < html.index("Verdicts") and "data:image/png" in html
+    assert set(ref["depth_attention"]) == {"in", "far"}
+    assert {p.name for p in (tmp_path / "ref/figures").iterdir()} >= {
+        "power.png", "nulls.png", "reliability_in.png", "bandwidth_far.png", "depth_far.png"}
 
     calls = {"n": 0}
     real = lm_stages.diagnose_cell
