@@ -20,7 +20,6 @@ every finished cell); `adjust` adds Holm and Benjamini-Hochberg p-values per (te
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,6 +50,8 @@ class TestSettings:
     alpha: float = 0.05
     power: float = 0.8
     power_kwargs: tuple[tuple[str, Any], ...] = ()  # extra minimum_detectable_gap arguments
+    paper_power_datasets: int = 50  # planted datasets per gap for the paper test's power
+    paper_power_permutations: int = 200  # its permutations per planted dataset
 
     def __post_init__(self):
         unknown = [t for t in self.tests if t not in TESTS]
@@ -65,26 +66,25 @@ class TestSettings:
 
 
 def missing_engines(tests: Sequence[str]) -> list[str]:
-    """Names of `stats.diagnostics` functions the tests need that this install does not have."""
-    need = [_NEEDS[t] for t in tests if t in _NEEDS]
-    if any(t in tests for t in TESTS):
-        need.append("minimum_detectable_gap")
-    return [n for n in need if not hasattr(diagnostics, n)]
-
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """`fn(*args, **kwargs)` keeping only keyword arguments `fn` accepts (engine versions differ
-    in optional knobs; the required ones are always passed)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
+    """Names of `stats.diagnostics` functions the tests (and their power) need that this install
+    does not have."""
+    need = [_NEEDS[t] for t in tests if t in _NEEDS] + ["minimum_detectable_gap"]
+    out = []
+    for name in need:
+        try:
+            getattr(diagnostics, name)
+        except (AttributeError, ImportError):
+            out.append(name)
+    return out
 
 
 def _numbers(res: Any) -> dict[str, Any]:
     """statistic, p_value and (when present) null [B] of a test result (NamedTuple or dict)."""
     get = res.get if isinstance(res, Mapping) else lambda k, d=None: getattr(res, k, d)
     out = {"statistic": float(get("statistic")), "p_value": float(get("p_value"))}
+    for k in ("slope", "n_units", "n_strata"):  # the recommended test's extras
+        if get(k) is not None:
+            out[k] = float(get(k))
     null = get("null", None)
     if null is not None:
         out["null"] = np.asarray(null, np.float32)
@@ -106,8 +106,7 @@ def run_cell(
     Raises:
       ValueError: a configured test whose engine is not installed (named).
     """
-    missing = [_NEEDS[t] for t in settings.tests if t in _NEEDS and not hasattr(diagnostics,
-                                                                                 _NEEDS[t])]
+    missing = [n for n in missing_engines(settings.tests) if n != "minimum_detectable_gap"]
     if missing:
         raise ValueError(f"diagnostics.tests: routecal.stats.diagnostics has no {missing}")
     common = {"n_permutations": settings.n_permutations, "n_bins": settings.n_bins,
@@ -121,8 +120,9 @@ def run_cell(
             res = diagnostics.within_bin_permutation_test(
                 confidence, correct, routing, key=k, **common)
         else:
-            res = _call(diagnostics.conditional_calibration_test, confidence, correct, routing,
-                        key=k, clusters=clusters, **common)
+            res = diagnostics.conditional_calibration_test(
+                confidence, correct, routing, key=k, clusters=clusters,
+                n_permutations=settings.n_permutations)
         nums = _numbers(res)
         if "null" in nums:
             nums["null_mean"] = float(np.mean(nums["null"]))
@@ -162,7 +162,9 @@ def adjust(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
             "mean_statistic": float(np.mean([t["statistic"] for t in ts])),
             "min_p": float(min(t["p_value"] for t in ts)),
         }
-        if all(t.get("null_mean") is not None for t in ts):
+        if test == "paper" and all(t.get("null_mean") is not None for t in ts):
+            # the weighted gap against its null's mean (the recommended test's Z is signed and
+            # standardised: its p-values carry the comparison)
             s["statistic_band"] = seed_band([t["statistic"] for t in ts])
             s["null_mean_band"] = seed_band([t["null_mean"] for t in ts])
             s["vs_null"] = compare_bands(s["statistic_band"], s["null_mean_band"],
@@ -175,46 +177,80 @@ def power(
     confidence: np.ndarray, correct: np.ndarray, clusters: np.ndarray, *, key: jax.Array,
     settings: TestSettings,
 ) -> dict[str, dict[str, Any]]:
-    """Each configured test's minimum detectable gap at `settings.power` on these tokens.
+    """Each configured test's minimum detectable gap at `settings.power` on these tokens, with
+    its power curve, on the same planted design (`stats.power`: routing with a per-sequence level,
+    correctness moved by gap / 2 in each routing half, observed dependence kept).
+
+    recommended: `stats.diagnostics.minimum_detectable_gap(..., clusters=seq_id)`.
+    paper: the same planted datasets (`stats.power.plant_gap`, common random numbers across
+      gaps) through the within-bin test (`diagnostics.permutation_test_batch`), on the
+      recommended test's gap grid; `paper_power_datasets` datasets per gap, `paper_power_
+      permutations` permutations each.
 
     Returns:
-      {test: {"mdg": float (the planted gap detected with the target power; None when none of
-      the planted gaps reaches it), "curve": {"gap": [G], "power": [G]} when the engine returns
-      one}}.
+      {test: {"mdg": float or None (no gap on the grid reached the target power), "curve":
+      {"gap": [G], "power": [G]}}}.
     """
-    if not hasattr(diagnostics, "minimum_detectable_gap"):
-        raise ValueError("diagnostics.tests: routecal.stats.diagnostics has no "
+    if "minimum_detectable_gap" in missing_engines(settings.tests):
+        raise ValueError("diagnostics.power: routecal.stats.diagnostics has no "
                          "minimum_detectable_gap")
+    rec = _power_numbers(diagnostics.minimum_detectable_gap(
+        confidence, correct, key=jax.random.fold_in(key, 1), alpha=settings.alpha,
+        power=settings.power, clusters=clusters, **dict(settings.power_kwargs)))
     out = {}
-    for i, test in enumerate(TESTS):
-        if test not in settings.tests:
-            continue
-        res = _call(
-            diagnostics.minimum_detectable_gap, confidence, correct,
-            key=jax.random.fold_in(key, i), alpha=settings.alpha, power=settings.power,
-            test="conditional" if test == "recommended" else "within_bin",
-            clusters=clusters if test == "recommended" else None,
-            n_permutations=settings.n_permutations, n_bins=settings.n_bins,
-            n_groups=settings.n_groups, **dict(settings.power_kwargs),
-        )
-        out[test] = _power_numbers(res)
+    if "recommended" in settings.tests:
+        out["recommended"] = rec
+    if "paper" in settings.tests:
+        out["paper"] = paper_power(confidence, correct, clusters, rec["curve"]["gap"],
+                                   key=jax.random.fold_in(key, 0), settings=settings)
     return out
 
 
+def paper_power(
+    confidence: np.ndarray, correct: np.ndarray, clusters: np.ndarray, gaps: Sequence[float], *,
+    key: jax.Array, settings: TestSettings,
+) -> dict[str, Any]:
+    """The paper test's power curve and detectable gap on `stats.power`'s planted design."""
+    from routecal.stats import power as power_engine
+
+    rates = []
+    for gap in gaps:  # the same key at every gap: common random numbers, a smooth curve
+        z, ys = power_engine.plant_gap(confidence, correct, float(gap), key=key, clusters=clusters,
+                                       n_datasets=settings.paper_power_datasets)
+        res = diagnostics.permutation_test_batch(
+            np.broadcast_to(confidence, ys.shape), ys, z, key=jax.random.fold_in(key, 1),
+            n_permutations=settings.paper_power_permutations, n_bins=settings.n_bins,
+            n_groups=settings.n_groups)
+        rates.append(float(np.mean(np.asarray(res.p_value) <= settings.alpha)))
+    return {"mdg": detectable_gap(gaps, rates, settings.power),
+            "curve": {"gap": [float(g) for g in gaps], "power": rates},
+            "n_datasets": settings.paper_power_datasets,
+            "n_permutations": settings.paper_power_permutations}
+
+
+def detectable_gap(gaps: Sequence[float], rates: Sequence[float], target: float) -> float | None:
+    """The first gap at which the running maximum of the power curve reaches `target`, linear in
+    log gap between grid points (the rule of `stats.power`); None if it never does."""
+    g, mono = np.log(np.asarray(gaps, float)), np.maximum.accumulate(np.asarray(rates, float))
+    above = np.flatnonzero(mono >= target)
+    if above.size == 0:
+        return None
+    i = int(above[0])
+    if i == 0:
+        return float(gaps[0])
+    frac = (target - mono[i - 1]) / max(mono[i] - mono[i - 1], 1e-12)
+    return float(np.exp(g[i - 1] + frac * (g[i] - g[i - 1])))
+
+
 def _power_numbers(res: Any) -> dict[str, Any]:
-    """{"mdg", "curve"} from a float or a result with a gap and optional (gaps, power) curve."""
-    if isinstance(res, int | float | np.floating):
-        return {"mdg": _finite(res), "curve": None}
+    """{"mdg", "curve"} from a `stats.power.MinimumDetectableGap` (gap, gaps, power [E])."""
     get = res.get if isinstance(res, Mapping) else lambda k, d=None: getattr(res, k, d)
-    mdg = next((get(k) for k in ("gap", "mdg", "minimum_detectable_gap") if get(k) is not None),
-               None)
-    gaps = next((get(k) for k in ("gaps", "planted_gaps") if get(k) is not None), None)
-    pw = next((get(k) for k in ("powers", "power_curve", "power") if get(k) is not None
-               and np.ndim(get(k)) == 1), None)
-    curve = None
-    if gaps is not None and pw is not None:
-        curve = {"gap": np.asarray(gaps, float).tolist(), "power": np.asarray(pw, float).tolist()}
-    return {"mdg": _finite(mdg), "curve": curve}
+    curve = {"gap": np.asarray(get("gaps"), float).tolist(),
+             "power": np.asarray(get("power"), float).tolist()}
+    for k in ("power_low", "power_high"):
+        if get(k) is not None:
+            curve[k] = np.asarray(get(k), float).tolist()
+    return {"mdg": _finite(get("gap")), "curve": curve}
 
 
 def _finite(x: Any) -> float | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-
 import jax
 import numpy as np
 import pytest
@@ -33,24 +31,23 @@ def test_paper_test_is_the_stats_engine_on_the_cells_key():
     assert out["null_mean"] == pytest.approx(float(np.mean(out["null"])))
 
 
-def test_recommended_test_gets_the_clusters(monkeypatch):
-    seen = {}
-    Result = collections.namedtuple("Result", "statistic p_value")
-
-    def fake(confidence, correct, routing, *, key, clusters=None, n_permutations=10):
-        seen["clusters"], seen["n"] = clusters, n_permutations
-        return Result(0.5, 0.25)
-
-    monkeypatch.setattr(diagnostics, "conditional_calibration_test", fake, raising=False)
+def test_recommended_test_is_the_conditional_engine_with_clusters():
     conf, y, r, cl = _cell()
-    s = token_tests.TestSettings(n_permutations=99)
-    out = token_tests.run_cell(conf, y, r, cl, key=jax.random.key(0), settings=s)
-    np.testing.assert_array_equal(seen["clusters"], cl)
-    assert seen["n"] == 99 and out["recommended"] == {"statistic": 0.5, "p_value": 0.25}
-    monkeypatch.delattr(diagnostics, "conditional_calibration_test")
-    with pytest.raises(ValueError, match="conditional_calibration_test"):
-        token_tests.run_cell(conf, y, r, cl, key=jax.random.key(0), settings=s)
-    assert "conditional_calibration_test" in token_tests.missing_engines(("recommended",))
+    s = token_tests.TestSettings(tests=("recommended",), n_permutations=99)
+    key = jax.random.key(1)
+    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["recommended"]
+    ref = diagnostics.conditional_calibration_test(conf, y, r, key=jax.random.fold_in(key, 1),
+                                                   clusters=cl, n_permutations=99)
+    assert out["p_value"] == pytest.approx(ref.p_value) and out["n_units"] == len(set(cl))
+    assert out["statistic"] == pytest.approx(ref.statistic)
+
+
+def test_missing_engine_is_named(monkeypatch):
+    monkeypatch.setitem(token_tests._NEEDS, "recommended", "no_such_engine")
+    conf, y, r, cl = _cell()
+    with pytest.raises(ValueError, match="no_such_engine"):
+        token_tests.run_cell(conf, y, r, cl, key=jax.random.key(0),
+                             settings=token_tests.TestSettings())
 
 
 def test_adjust_matches_statsmodels_per_family():
@@ -76,22 +73,29 @@ def test_adjust_matches_statsmodels_per_family():
     assert s["min_p"] == min(r["p_value"] for r in ts) and "vs_null" not in s
 
 
-def test_power_reads_a_float_or_a_curve(monkeypatch):
-    Curve = collections.namedtuple("Curve", "gap gaps power")
-    calls = []
+def test_detectable_gap_interpolates_the_running_maximum():
+    gaps = [0.01, 0.02, 0.04, 0.08]
+    # power 0.5 at 0.02 and 0.9 at 0.04 (the dip at 0.08 is ignored): 0.8 is 3/4 of the way in log.
+    got = token_tests.detectable_gap(gaps, [0.1, 0.5, 0.9, 0.7], 0.8)
+    assert got == pytest.approx(np.exp(np.log(0.02) + 0.75 * (np.log(0.04) - np.log(0.02))))
+    assert token_tests.detectable_gap(gaps, [0.1, 0.2, 0.3, 0.4], 0.8) is None
+    assert token_tests.detectable_gap(gaps, [0.85, 0.9, 1, 1], 0.8) == 0.01
 
-    def fake(confidence, correct, *, key, alpha, power, test="within_bin", clusters=None):
-        calls.append((test, clusters is not None))
-        return 0.07 if test == "within_bin" else Curve(0.12, [0.0, 0.1, 0.2], [0.05, 0.7, 0.95])
 
-    monkeypatch.setattr(diagnostics, "minimum_detectable_gap", fake, raising=False)
-    conf, y, _, cl = _cell()
-    out = token_tests.power(conf, y, cl, key=jax.random.key(0),
-                            settings=token_tests.TestSettings())
-    assert calls == [("within_bin", False), ("conditional", True)]
-    assert out["paper"] == {"mdg": 0.07, "curve": None}
-    assert out["recommended"] == {"mdg": 0.12, "curve": {"gap": [0.0, 0.1, 0.2],
-                                                         "power": [0.05, 0.7, 0.95]}}
+def test_power_of_both_tests_on_one_grid():
+    pytest.importorskip("routecal.stats.power")
+    conf, y, _, cl = _cell(n=400)
+    s = token_tests.TestSettings(n_permutations=99, paper_power_datasets=10,
+                                 paper_power_permutations=49,
+                                 power_kwargs=(("n_datasets", 20),))
+    out = token_tests.power(conf, y, cl, key=jax.random.key(0), settings=s)
+    grid = out["recommended"]["curve"]["gap"]
+    assert out["paper"]["curve"]["gap"] == grid and len(out["paper"]["curve"]["power"]) == len(grid)
+    # Planted gaps the size of the grid's top are detected by both tests (power rises with gap).
+    for test in ("paper", "recommended"):
+        pw = out[test]["curve"]["power"]
+        assert pw[-1] >= 0.8 and pw[-1] >= pw[0]
+        assert out[test]["mdg"] == token_tests.detectable_gap(grid, pw, 0.8)
 
 
 @pytest.mark.parametrize("kw, match", [
