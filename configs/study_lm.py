@@ -63,7 +63,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diagnostics.n_groups = 3
     c.diagnostics.alpha = 0.05
     c.diagnostics.power = 0.8
-    c.diagnostics.power_kwargs = ml_collections.ConfigDict()  # extra minimum_detectable_gap args
+    # The recommended test's power: `stats.diagnostics.minimum_detectable_gap` (extra arguments
+    # here, e.g. n_datasets); the paper test's power on the same planted datasets:
+    c.diagnostics.power_kwargs = ml_collections.ConfigDict({"n_datasets": 200})
+    c.diagnostics.paper_power_datasets = 100
+    c.diagnostics.paper_power_permutations = 500
     c.diagnostics.seed = 0
     c.diagnostics.max_tokens = 0  # tokens per cell, whole sequences (0 = all)
     c.diagnostics.n_null_figures = 8
@@ -82,6 +86,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             c.models[name].config += ",quick"
         c.diagnostics.features = ("H_mean", "depth_var_mean", "H_mean_vs_seq")
         c.diagnostics.n_permutations = 1000
+        c.diagnostics.power_kwargs.n_datasets = 50
+        c.diagnostics.paper_power_datasets = 20
+        c.diagnostics.paper_power_permutations = 100
         c.diagnostics.max_tokens = 20_000
         c.probes.bandwidth_rules = ("scott", "cv_nll", "oracle_ece")
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)

@@ -113,6 +113,8 @@ class LMPlan:
                 n_permutations=int(d.n_permutations), n_bins=int(d.n_bins),
                 n_groups=int(d.n_groups), alpha=float(d.alpha), power=float(d.power),
                 power_kwargs=tuple(sorted(d.power_kwargs.to_dict().items())),
+                paper_power_datasets=int(d.paper_power_datasets),
+                paper_power_permutations=int(d.paper_power_permutations),
             ),
             diag_seed=int(d.seed),
             diag_max_tokens=_optional_int(d.max_tokens, "diagnostics.max_tokens"),

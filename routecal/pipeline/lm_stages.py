@@ -33,16 +33,16 @@ Producer = Callable[[LMModel, int, pathlib.Path], Mapping[str, Any]]
 
 
 def load_tokens(path: str | pathlib.Path, name: str) -> dict[str, np.ndarray]:
-    """Token arrays of one predictions shard directory or npz (`routecal.predictions.load` when
-    the install has it, else `numpy.load`), validated by `tokens.token_arrays`."""
+    """Token arrays of one split's predictions, validated by `tokens.token_arrays`: a shard
+    directory (`routecal.predictions.load`, what `routecal predict` writes for LMs) or an `.npz`
+    of token arrays (bring your own)."""
     from routecal import predictions
 
-    loader = getattr(predictions, "load", None)
-    if loader is not None:
-        return tokens.token_arrays(loader(path), name)
     p = pathlib.Path(path)
+    if p.is_dir():
+        return tokens.token_arrays(predictions.load(p), name)
     if not p.exists():
-        raise ValueError(f"predictions: no such file {str(p)!r}")
+        raise ValueError(f"predictions: no such file or shard directory {str(p)!r}")
     with np.load(p, allow_pickle=False) as z:
         return tokens.token_arrays({k: z[k] for k in z.files}, name)
 

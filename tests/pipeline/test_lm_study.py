@@ -44,19 +44,14 @@ def produce(model, seed, run_dir):
             "depth_attention": depth if model.routed else {}}
 
 
-def _mdg(confidence, correct, *, key, alpha, power, test="within_bin", clusters=None):
-    return {"gap": 0.1, "gaps": [0.0, 0.1, 0.2], "powers": [alpha, power, 1.0]}
-
-
 @pytest.fixture
-def cfg(monkeypatch):
-    if not hasattr(diagnostics, "minimum_detectable_gap"):  # until the stats engine lands
-        monkeypatch.setattr(diagnostics, "minimum_detectable_gap", _mdg, raising=False)
+def cfg():
     return load_config(f"{ROOT}/configs/study_lm.py:quick", [
         *(f"models.{a}.config=attnres_digits.py:{a}" for a in ("standard", "full", "block")),
-        "seeds=(0, 1)", "domains=('in:test', 'far:far')", "diagnostics.tests=('paper',)",
-        "diagnostics.features=('H_mean', 'depth_var_mean_vs_seq')",
+        "seeds=(0, 1)", "domains=('in:test', 'far:far')", "diagnostics.features=('H_mean', 'depth_var_mean_vs_seq')",
         "diagnostics.n_permutations=99", "diagnostics.max_tokens=300",
+        "diagnostics.power_kwargs.n_datasets=10", "diagnostics.paper_power_datasets=10",
+        "diagnostics.paper_power_permutations=19",
         "probes.bandwidth_rules=('scott', 'cv_nll')", "probes.sweep_multiples=(1.0,)",
     ])
 
@@ -78,15 +73,22 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     row = ref["diagnostics"]["tests"][0]
     t = lm_stages.load_tokens(tmp_path / "ref/runs/full/seed0/test.npz", "t")
     t = tokens.subset(t, tokens.thin_sequences(t["seq_id"], 300, seed=0))
+    cell_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)  # cell 0, feat 0
     direct = diagnostics.within_bin_permutation_test(
         t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"],
-        key=jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0),
-                               0), n_permutations=99)
+        key=jax.random.fold_in(cell_key, 0), n_permutations=99)
     assert (row["domain"], row["arch"], row["seed"], row["feature"]) == ("in", "full", 0,
                                                                          "H_mean")
     assert row["p_value"] == pytest.approx(float(direct.p_value))
     assert row["statistic"] == pytest.approx(float(direct.statistic))
-    assert len(ref["diagnostics"]["tests"]) == 2 * 2 * 2 * 2  # domains x models x seeds x feats
+    # tests x domains x models x seeds x features
+    assert len(ref["diagnostics"]["tests"]) == 2 * 2 * 2 * 2 * 2
+    rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "recommended"][0]
+    direct = diagnostics.conditional_calibration_test(
+        t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"], clusters=t["seq_id"],
+        key=jax.random.fold_in(cell_key, 1), n_permutations=99)
+    assert rec["p_value"] == pytest.approx(direct.p_value)
+    assert {p["test"] for p in ref["power"]} == {"paper", "recommended"}
     assert set(ref["probes"]["domains"]) == {"in", "far"}
     assert ref["meta"]["wall_seconds"] > 0 and ref["meta"]["peak_rss_mb"] > 0
     v = ref["verdicts"]
@@ -115,7 +117,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(lm_stages, "diagnose_cell", lambda *a, **k: (
         calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
     again = lm_study.run(cfg, tmp_path / "w", producer=produce)
-    assert calls["n"] == 16 - 5  # only the unfinished cells ran
+    assert calls["n"] == 16 - 5  # only the unfinished cells ran (each runs both tests)
     assert again["meta"]["wall_seconds"] is None  # a resumed run has no fresh wall time
     assert json.dumps(_numbers(again), sort_keys=True) == json.dumps(_numbers(ref),
                                                                      sort_keys=True)
