@@ -84,6 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.seeds = (0,)
         for name in ("standard", "full", "block"):
             c.models[name].config += ",quick"
+        # lm_stdlib's quick models, trained long enough to learn (well below 8 bits per byte).
+        c.model_overrides = ("train.steps=150", "train.eval_every=150",
+                             "train.checkpoint_every=150", "train.log_every=50")
         c.diagnostics.features = ("H_mean", "depth_var_mean", "H_mean_vs_seq")
         c.diagnostics.n_permutations = 1000
         c.diagnostics.power_kwargs.n_datasets = 50
