@@ -68,6 +68,9 @@ def restore_into(mngr, step: int, model, optimizer=None) -> dict[str, Any] | Non
 
 
 def _one_line(e: BaseException) -> str:
+    """The first line of the innermost cause (orbax wraps the informative TensorStore error)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     text = lines[0] if lines else ""
     return f"{type(e).__name__}: {text[:200]}"

@@ -32,7 +32,7 @@ from routecal.probes.scaling import (
     PlattScaling,
     TemperatureScaling,
 )
-from routecal.stats.calibration import worst_group_ece as worst_routing_tertile_ece
+from routecal.stats.binary import worst_group_ece as worst_routing_tertile_ece
 
 __all__ = [
     "FEATURE_SETS",

@@ -2,8 +2,8 @@
 
 Shapes: N test examples, M bins.
 
-Metrics (one place: `routecal.stats.calibration`): top-label ECE, binary NLL (one clip,
-`calibration.PROB_CLIP`), binary Brier and the worst-routing-tertile ECE (`worst_group_ece`).
+Metrics (one place: `routecal.stats.calibration` and `routecal.stats.binary`): top-label ECE, binary NLL (one clip,
+`binary.PROB_CLIP`), binary Brier and the worst-routing-tertile ECE (`worst_group_ece`).
 `compare_probes` returns one row per probe; `probe_comparison` adds a bandwidth sweep and
 reliability data for the report; `summarise_probes` turns per-seed rows into seed bands
 (`routecal.stats.seeds`).
@@ -25,7 +25,7 @@ from routecal.probes.scaling import (
     PlattScaling,
     TemperatureScaling,
 )
-from routecal.stats import calibration, kernels
+from routecal.stats import binary, calibration, kernels
 from routecal.stats.seeds import seed_band
 
 ROUTING_FEATURE = FEATURE_SETS["ar_condcal"][1]  # the tertiles' feature (mean depth variance)
@@ -41,11 +41,11 @@ def probe_metrics(
         raise ValueError("probe produced non-finite confidences")
     return {
         "ece": calibration.ece(conf, test.correct, n_bins=n_bins),
-        "nll": calibration.binary_nll(conf, test.correct),
-        "brier": calibration.binary_brier(conf, test.correct),
+        "nll": binary.binary_nll(conf, test.correct),
+        "brier": binary.binary_brier(conf, test.correct),
         "worst_tertile_ece": None
         if routing is None
-        else calibration.worst_group_ece(conf, test.correct, routing, n_bins=n_bins),
+        else binary.worst_group_ece(conf, test.correct, routing, n_bins=n_bins),
     }
 
 

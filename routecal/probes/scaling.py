@@ -24,7 +24,7 @@ from sklearn.isotonic import IsotonicRegression
 
 from routecal import _checks
 from routecal.probes.data import Probe, ProbeData, confidence_correct_of, confidence_of
-from routecal.stats.calibration import PROB_CLIP
+from routecal.stats.binary import PROB_CLIP
 
 LOG_FLOOR = 1e-12  # probabilities are floored here before log (probabilities -> logits)
 

@@ -52,7 +52,7 @@ from routecal.stats.bandwidth import (
     scott_multiples,
     select_bandwidth,
 )
-from routecal.stats.calibration import binary_nll_core
+from routecal.stats.binary import binary_nll_core
 from routecal.stats.kernel_layout import (
     _bandwidth_grid,
     _centre,
@@ -298,8 +298,7 @@ def loo_nll(
     """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
 
     CV-NLL(h) = -(1/N) sum_i [y_i log p_h(-i) + (1 - y_i) log(1 - p_h(-i))], with the leave-one-out
-    estimate p_h(-i) clipped to [PROB_CLIP, 1 - PROB_CLIP] (`calibration.PROB_CLIP`; likelihood
-    cross-validation, Hall 1987).
+    estimate p_h(-i) clipped to [PROB_CLIP, 1 - PROB_CLIP] (`stats.binary`; likelihood cross-validation, Hall 1987).
 
     Args:
       x: [N, D] features, N >= 2.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from routecal import probes
-from routecal.stats import calibration
+from routecal.stats import binary
 
 MLP_KW = {"hidden": 12, "steps": 200, "seed": 0}
 
@@ -29,8 +29,8 @@ def test_mlp_capacity_matching_and_shuffling(simulate):
         pred = probe.predict(data)
         assert pred.shape == (400,) and np.all((pred >= 0) & (pred <= 1))
     # with a real routing effect, the full MLP fits the calibration data better than the control
-    nll_full = calibration.binary_nll(full.predict(data), data.correct)
-    nll_matched = calibration.binary_nll(matched.predict(data), data.correct)
+    nll_full = binary.binary_nll(full.predict(data), data.correct)
+    nll_matched = binary.binary_nll(matched.predict(data), data.correct)
     assert nll_full < nll_matched - 0.02
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from routecal import probes
 from routecal.probes import nadaraya_watson as nw
-from routecal.stats import calibration, kernels
+from routecal.stats import binary, kernels
 from routecal.stats.seeds import compare_bands, seed_band
 
 
@@ -21,7 +21,7 @@ def test_nw_matched_control_detects_effect_and_its_absence(simulate):
                 ("entropy", ("confidence", "entropy")),
             ):
                 pred = probes.NadarayaWatsonProbe(feats, "cv_nll").fit(calib).predict(test)
-                nll[key].append(calibration.binary_nll(pred, test.correct))
+                nll[key].append(binary.binary_nll(pred, test.correct))
         bands = {k: seed_band(v) for k, v in nll.items()}
         results[effect] = {
             k: compare_bands(bands[k], bands["conf"], higher_is_better=False)
