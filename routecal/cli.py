@@ -109,9 +109,9 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> None:
         )
         predict.predict_workdir(args.workdir, lm_options=lm_options)
     elif args.command == "diagnose":
-        from routecal.pipeline import study
+        from routecal.pipeline import diagnose
 
-        study.diagnose_predictions(
+        diagnose.diagnose_predictions(
             args.predictions,
             test_path=args.test_predictions,
             out_dir=args.out,

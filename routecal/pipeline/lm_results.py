@@ -24,7 +24,7 @@ import numpy as np
 
 from routecal.pipeline import token_tests
 from routecal.pipeline.lm_plan import LMPlan
-from routecal.pipeline.study import Stages, versions
+from routecal.pipeline.stages import Stages, versions, write_json
 from routecal.probes import compare
 
 
@@ -149,6 +149,4 @@ def write(w: pathlib.Path, results: dict[str, Any]) -> None:
     from routecal.report import lm as lm_report
 
     results["verdicts"] = lm_report.verdicts(report.to_json(results))
-    tmp = w / "results.json.tmp"
-    tmp.write_text(report.dumps(results))
-    tmp.replace(w / "results.json")
+    write_json(w / "results.json", results)

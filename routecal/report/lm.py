@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal.report import figures as shared
 from routecal.report import render
 from routecal.report.lm_verdicts import verdict_items, verdicts
 from routecal.report.render import Table, _fmt_band
@@ -125,7 +126,7 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
 
 def fig_power(power: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
     """Power against planted gap, one panel per domain, one curve per (test, arch, seed)."""
-    plt = render._plt()
+    plt = shared._plt()
     curves = [p for p in power if p.get("curve")]
     domains = list(dict.fromkeys(p["domain"] for p in curves))
     if not domains:
@@ -150,51 +151,31 @@ def fig_power(power: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def fig_nulls(tests: Sequence[Mapping[str, Any]], path: pathlib.Path, max_panels: int = 8
-              ) -> None:
-    """Permutation nulls (rows carrying "null") with the observed statistic (red line)."""
-    plt = render._plt()
-    chosen = sorted((t for t in tests if t.get("null")), key=lambda t: t["p_value"])[:max_panels]
-    if not chosen:
-        return
-    ncol = min(4, len(chosen))
-    fig, axes = plt.subplots(-(-len(chosen) // ncol), ncol, figsize=(3.2 * ncol,
-                             2.6 * -(-len(chosen) // ncol)), squeeze=False)
-    for ax, t in zip(axes.flat, chosen, strict=False):
-        ax.hist(np.asarray(t["null"], float), bins=40, color="0.7")
-        ax.axvline(t["statistic"], color="C3", lw=2)
-        ax.set_title(f"{t['test']} {t['domain']} {t['arch']} s{t['seed']}\n{t['feature']}, "
-                     f"p = {t['p_value']:.3g}", fontsize=7)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(chosen):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
     """Draws every figure the results support; returns (caption, path) pairs in page order."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     specs: list[tuple[str, Any, Any, str]] = [
         ("power", results.get("power", []), fig_power,
          "Power curves: rejection rate against the planted gap per test (dashed: target power)"),
-        ("nulls", results.get("diagnostics", {}).get("tests", []), fig_nulls,
-         "Permutation nulls (grey) with the observed statistic (red), smallest p-values"),
     ]
+    rows = results.get("diagnostics", {}).get("tests", [])
+    for test in dict.fromkeys(r["test"] for r in rows):
+        specs.append((f"nulls_{test}", [r for r in rows if r["test"] == test], shared.fig_nulls,
+                      f"Nulls of the {test} test (grey) with the observed statistic (red): the "
+                      "cells with the smallest p-values, any domain"))
     probes = results.get("probes", {}).get("domains", {})
     for d, dom in probes.items():
         rel = dom.get("reliability", {})
         arch = next(iter(rel), None)
         if arch:
-            specs.append((f"reliability_{d}", rel[arch], render.fig_reliability,
+            specs.append((f"reliability_{d}", rel[arch], shared.fig_reliability,
                           f"Reliability diagrams, {d} domain ({arch}, first seed; marker size = "
                           "tokens in the bin)"))
-        specs.append((f"bandwidth_{d}", dom.get("sweep", {}), render.fig_bandwidth,
+        specs.append((f"bandwidth_{d}", dom.get("sweep", {}), shared.fig_bandwidth,
                       f"Bandwidth sensitivity, {d} domain: test ECE against the Scott multiple, "
                       "mean over seeds with min-max band"))
     for d, depth in results.get("depth_attention", {}).items():
-        specs.append((f"depth_{d}", depth, render.fig_depth,
+        specs.append((f"depth_{d}", depth, shared.fig_depth,
                       f"Depth-attention weights per sublayer, {d} domain (first seed)"))
     out = []
     for name, data, draw, caption in (s for s in specs if s[1]):  # skip figures without data

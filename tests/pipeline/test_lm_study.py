@@ -98,7 +98,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert html.index("At a glance") < html.index("Verdicts") and "data:image/png" in html
     assert set(ref["depth_attention"]) == {"in", "far"}
     assert {p.name for p in (tmp_path / "ref/figures").iterdir()} >= {
-        "power.png", "nulls.png", "reliability_in.png", "bandwidth_far.png", "depth_far.png"}
+        "power.png", "nulls_paper.png", "reliability_in.png", "bandwidth_far.png", "depth_far.png"}
 
     calls = {"n": 0}
     real = lm_stages.diagnose_cell
