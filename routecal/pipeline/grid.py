@@ -3,8 +3,9 @@
 Shapes: N examples in a cell, B permutations.
 
 A test is one `TestSpec` entry in `TESTS`: a name and a function of one cell's arrays (confidence
-[N], correct [N], routing [N]) and a PRNG key returning the cell's numbers (at least `statistic`
-and `p_value`; `null` [B] when the test has a permutation null). `diagnostic_grid` runs every
+[N], correct [N], routing [N]) and a PRNG key returning the cell's numbers (`statistic` and
+`p_value` for a test, `null` [B] when it has a permutation null; a spec without `p_value`, e.g. a
+minimum detectable gap, is recorded per cell without adjustment). `diagnostic_grid` runs every
 spec on every cell (cell i with `fold_in(key, i)`, as `stats.diagnostics.permutation_grid`), adds
 Holm and Benjamini-Hochberg adjusted p-values per spec across cells, and returns one dict for
 results.json in which the nulls travel: the figure's nulls are kept inside their test rows.
@@ -97,6 +98,9 @@ def diagnostic_grid(
                 row["null_mean"] = float(np.mean(null))
                 row["null"] = null
             rows.append(row)
+        out["tests"] += rows
+        if not all("p_value" in r for r in rows):
+            continue  # a measurement, not a test (e.g. a detectable gap): no adjustment
         ps = [r["p_value"] for r in rows]
         holm = diagnostics.adjust_pvalues(ps, "holm")
         bh = diagnostics.adjust_pvalues(ps, "bh")
@@ -106,7 +110,6 @@ def diagnostic_grid(
         for r in rows:
             if id(r) not in shown:
                 r.pop("null", None)
-        out["tests"] += rows
         out["rejections"] += _rejections(rows, settings.alpha)
     out.update(n_bins=settings.n_bins, n_groups=settings.n_groups)
     return out

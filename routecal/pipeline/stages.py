@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from routecal import workdir as workdir_io
+
 
 def to_json(obj: Any) -> Any:
     """Recursively converts numpy scalars/arrays to JSON-serialisable Python objects."""
@@ -49,15 +51,13 @@ def dumps(obj: Any) -> str:
 
 
 def write_json(path: pathlib.Path, value: Any) -> Any:
-    """Writes `value` to `path` (temp file + rename: a killed write leaves no half file).
+    """Writes `to_json(value)` to `path` atomically (`routecal.workdir.write_text`).
 
     Returns:
       the value as read back (what a resumed run will see).
     """
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dumps(value))
-    tmp.replace(path)
-    return json.loads(path.read_text())
+    workdir_io.write_text(path, dumps(value))
+    return workdir_io.read_json(path, "results")
 
 
 class Stages:
@@ -74,7 +74,7 @@ class Stages:
         return self.path(name).exists()
 
     def load(self, name: str) -> Any:
-        return json.loads(self.path(name).read_text())
+        return workdir_io.read_json(self.path(name), f"stage {name!r}")
 
     def save(self, name: str, value: Any) -> Any:
         return write_json(self.path(name), value)
@@ -107,7 +107,7 @@ def check_workdir_config(
     w.mkdir(parents=True, exist_ok=True)
     path = w / filename
     if path.exists():
-        theirs = json.loads(path.read_text())
+        theirs = workdir_io.read_json(path, "workdir")
         if theirs != config:
             diff = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
             raise ValueError(
@@ -115,7 +115,7 @@ def check_workdir_config(
                 "new workdir, or delete it to start over"
             )
     else:
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        workdir_io.write_json(path, config)
 
 
 def versions() -> dict[str, str]:

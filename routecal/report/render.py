@@ -112,13 +112,13 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
         out.append(
             Table(
                 "diagnostics_summary",
-                f"Within-bin permutation tests: rejections at alpha = {diag.get('alpha', 0.05)} "
+                f"Diagnostic tests: rejections at alpha = {diag.get('alpha', 0.05)} "
                 f"across seeds (B = {diag.get('n_permutations')})",
-                ["arch", "routing feature", "seeds", "reject (raw)", "reject (Holm)",
+                ["test", "arch", "routing feature", "seeds", "reject (raw)", "reject (Holm)",
                  "reject (BH)", "weighted gap (mean)", "min p", f"gap vs null mean ({RULE})"],
                 [
-                    [r["arch"], r["feature"], r["n_seeds"], r["n_reject_raw"], r["n_reject_holm"],
-                     r["n_reject_bh"], r.get("mean_statistic"), r.get("min_p"),
+                    [r.get("test", "-"), r["arch"], r["feature"], r["n_seeds"], r["n_reject_raw"],
+                     r["n_reject_holm"], r["n_reject_bh"], r.get("mean_statistic"), r.get("min_p"),
                      r.get("vs_null", "-")]
                     for r in diag["rejections"]
                 ],
@@ -128,11 +128,12 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
         out.append(
             Table(
                 "diagnostics_tests",
-                "Every test: weighted subgroup gap and p-values (raw, Holm, BH)",
-                ["arch", "seed", "feature", "weighted gap", "p", "p (Holm)", "p (BH)"],
+                "Every test: statistic (weighted subgroup gap for the within-bin permutation test) "
+                "and p-values (raw, Holm, BH)",
+                ["test", "arch", "seed", "feature", "weighted gap", "p", "p (Holm)", "p (BH)"],
                 [
-                    [t["arch"], t["seed"], t["feature"], t["statistic"], t["p_value"],
-                     t.get("p_holm"), t.get("p_bh")]
+                    [t.get("test", "-"), t["arch"], t["seed"], t["feature"], t.get("statistic"),
+                     t.get("p_value"), t.get("p_holm"), t.get("p_bh")]
                     for t in diag["tests"]
                 ],
             )

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 from statsmodels.stats.multitest import multipletests
 
 from routecal.pipeline import grid
@@ -60,3 +61,17 @@ def test_adding_a_test_is_one_spec():
     # adjusted within its own test only: Holm of (0.5, 0.5) is (1, 1), BH is (0.5, 0.5)
     fixed_rows = [t for t in out["tests"] if t["test"] == "fixed"]
     assert [(t["p_holm"], t["p_bh"]) for t in fixed_rows] == [(1.0, 0.5), (1.0, 0.5)]
+
+
+def test_a_measurement_spec_is_recorded_without_adjustment():
+    cells = _cells(np.random.default_rng(2))[:2]
+
+    def gap(conf, correct, routing, key, settings):
+        return {"minimum_detectable_gap": float(np.std(conf))}
+
+    out = grid.diagnostic_grid(cells, grid.GridSettings(50, 10, 3, 0.05, 0),
+                               tests=(grid.TestSpec("mdg", gap),))
+    assert [t["minimum_detectable_gap"] for t in out["tests"]] == [
+        pytest.approx(np.std(c.confidence)) for c in cells
+    ]
+    assert out["rejections"] == [] and "p_holm" not in out["tests"][0]

@@ -12,7 +12,7 @@ from routecal.pipeline import study
 from routecal.pipeline.plan import Plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-QUICK = str(ROOT / "configs" / "study.py") + ":quick"
+QUICK = str(ROOT / "configs" / "study.py") + ":quick,tiny"  # test-size models
 
 
 class _Killed(Exception):
