@@ -1,4 +1,8 @@
-"""A synthetic results dict for the report tests (no model needed)."""
+"""Report-test fixtures: a synthetic results dict (no model needed) and experiments/ scripts
+loaded as modules."""
+
+import importlib.util
+import pathlib
 
 import numpy as np
 import pytest
@@ -54,3 +58,19 @@ def results_dict(rng, n_reject_holm=0):
 @pytest.fixture
 def results():
     return results_dict
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def experiment_script():
+    """Returns load(name) -> the module experiments/<name>.py."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
