@@ -56,3 +56,13 @@ def test_bad_input_raises_naming_argument(kwargs, match):
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
         dg.minimum_detectable_gap(**base)
+
+
+@pytest.mark.slow
+def test_mdg_with_clusters_is_larger_on_clustered_data():
+    d = simulation.design(0, "clustered", 3000)
+    iid = dg.minimum_detectable_gap(d.confidence[0], d.correct[0], key=1, n_datasets=100)
+    clustered = dg.minimum_detectable_gap(
+        d.confidence[0], d.correct[0], key=1, n_datasets=100, clusters=d.clusters[0]
+    )
+    assert clustered.gap > 1.2 * iid.gap  # measured 0.080 vs 0.054: fewer independent units
