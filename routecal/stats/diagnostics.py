@@ -3,7 +3,7 @@
 Shapes: `N` examples, `M` confidence bins, `G` routing groups per bin, `B` permutations,
 `D` datasets (batched), `Bc` permutations per chunk (lanes), `L` examples per scan step.
 
-Definitions (DESIGN.md, "Statistics"):
+Definitions (docs/ARCHITECTURE.md, "Statistics"):
 
 * Confidence bins are equal-width: bin b holds confidence in (b/M, (b+1)/M]; confidence 0 goes to
   bin 0 and 1 to bin M - 1 (as in `routecal.calibration`).
