@@ -65,7 +65,8 @@ def fig_nulls(tests: Sequence[Mapping[str, Any]], path: pathlib.Path, max_panels
     for ax, t in zip(axes.flat, chosen, strict=False):
         ax.hist(np.asarray(t["null"], float), bins=40, color="0.7")
         ax.axvline(t["statistic"], color="C3", lw=2)
-        ax.set_title(f"{t['arch']} s{t['seed']} {t['feature']}\np = {t['p_value']:.3g}", fontsize=8)
+        ax.set_title(f"{t.get('test', '')} {t['arch']} s{t['seed']} {t['feature']}\n"
+                     f"p = {t['p_value']:.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
