@@ -8,7 +8,7 @@ The model is built abstractly (`nnx.eval_shape`, no memory), then every paramete
 safetensors shards tensor by tensor and placed straight onto its devices: with a mesh, each device's
 shard is read alone (`jax.make_array_from_callback` asks for exactly the slices it holds), so no
 host ever holds a whole 16B-parameter model. Parameters that no checkpoint holds (the VMoER routing
-posterior, `overrides={"mlp_type": "vmoer_logit"}`) get their fresh initialisation from one jitted
+posterior, `overrides={"mlp_type": "vmoer_mfvr"}`) get their fresh initialisation from one jitted
 init whose unused branches XLA removes.
 
 Letters: B batch, T tokens, V vocabulary, E experts, K experts per token.
@@ -149,7 +149,7 @@ def load_hf(
       dtype: "bfloat16" (parameters and compute; router and logits stay float32) or "float32".
       mesh: place the parameters on this mesh (`sharding` rules; FSDP over `fsdp_axis`, experts
         over `expert_axis` if given); None = the default device.
-      overrides: DecoderConfig fields to change, e.g. {"mlp_type": "vmoer_logit", "vmoer":
+      overrides: DecoderConfig fields to change, e.g. {"mlp_type": "vmoer_mfvr", "vmoer":
         {"beta": 1e-2}} for a VMoER retrofit (the posterior is initialised fresh from `seed`).
       seed: PRNG seed of the fresh (non-checkpoint) parameters and RNG streams.
 

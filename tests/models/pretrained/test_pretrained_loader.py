@@ -231,7 +231,7 @@ def test_mesh_sharding_matches_single_device(checkpoint):
 
 def test_posterior_is_fresh_rest_is_imported(checkpoint):
     d, _, t = checkpoint("olmoe")
-    model, info = load_hf(d, dtype="float32", overrides={"mlp_type": "vmoer_logit"})
+    model, info = load_hf(d, dtype="float32", overrides={"mlp_type": "vmoer_mfvr"})
     assert info.fresh_params and all("vrouter" in p for p in info.fresh_params)
     p = _params(model)
     np.testing.assert_array_equal(p["layers.0.mlp.router.proj.kernel"],

@@ -19,7 +19,7 @@ from routecal.models.pretrained.retrofit import (
 )
 
 LETTERS = np.array([3, 4, 5, 6])  # token ids of "A".."D" in the tiny vocabulary
-OVERRIDES = {"mlp_type": "vmoer_logit", "vmoer": {"beta": 1e-3}}
+OVERRIDES = {"mlp_type": "vmoer_mfvr", "vmoer": {"beta": 1e-3}}
 CFG = RetrofitConfig(steps=6, lr=0.05, warmup=1, checkpoint_every=3)  # one config: one compile
 
 
