@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.experiment.mc_samples = 4  # sampled passes for mutual information
     cfg.experiment.n_bins = 15
     cfg.experiment.eval_batch_size = 64
+    cfg.experiment.assemble_only = False  # True: table the saved seed<s>.json files, no training
 
     if "quick" in parts:
         cfg.data.lm_max_bytes = 200_000
@@ -99,8 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.model.moe_hidden = 16
         cfg.model.vmoer.head_hidden = 16
         cfg.train.batch_size = 16
-        cfg.train.pretrain_steps = 30
-        cfg.train.finetune_steps = 30
+        cfg.train.pretrain_steps = 0  # no LM phase: one compile less per router
+        cfg.train.finetune_steps = 40
         cfg.train.retrofit_steps = 15
         cfg.train.warmup = 3
         cfg.experiment.mc_samples = 2

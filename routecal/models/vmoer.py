@@ -89,19 +89,24 @@ class HiddenNoise(nnx.Module):
         return (x_BxTxD.astype(jnp.float32) + self.std[...] * eps).astype(x_BxTxD.dtype)
 
 
-def set_hidden_noise(model: nnx.Module, std: float | None, *, seed: int = 0) -> int:
+def set_hidden_noise(
+    model: nnx.Module, std: float | None, *, seed: int = 0, keep_zero: bool = False
+) -> int:
     """Adds N(0, std^2 I) to the input hidden state of every MoE layer of `model` (in place).
 
     The paper's routing-stability perturbation (arXiv:2603.09453, Sec. 5): each MoE layer's
     input u (here the normalised hidden state the layer receives) is perturbed independently;
-    layer i draws from seed + i. `std=None` (or 0) removes the noise. Returns the layer count.
+    layer i draws from seed + i. `std=None` (or 0, unless `keep_zero`) removes the noise;
+    `keep_zero=True` keeps a std-0 noise module (the identity) so the graph, hence the compiled
+    function, is the same for every std. Returns the layer count.
     """
     if std is not None and not std >= 0:
         raise ValueError(f"std: must be >= 0, got {std}")
     n = 0
     for _, m in nnx.iter_modules(model):
         if isinstance(m, moe.MoEMLP):
-            m.input_noise = nnx.data(HiddenNoise(std, seed + n) if std else None)
+            on = std is not None and (std > 0 or keep_zero)
+            m.input_noise = nnx.data(HiddenNoise(std, seed + n) if on else None)
             n += 1
     return n
 

@@ -219,7 +219,12 @@ def train_router(cfg, data, router: str, seed: int, det_model=None) -> tuple[nnx
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates every (router, seed) of `cfg.experiment`; writes
-    `workdir/vmoer_lm_results.json` and `workdir/tables/vmoer.csv` (one row per router)."""
+    `workdir/vmoer_lm_results.json` and `workdir/tables/vmoer.csv` (one row per router).
+
+    Each finished seed is saved as `workdir/seed<s>.json` and loaded instead of retrained, so
+    seeds can run in parallel processes (`experiment.seeds=(s,)` each) and a last call with all
+    seeds only assembles the table (`experiment.assemble_only=True` also tables partial seeds).
+    The file is rewritten after every router; a seed found incomplete is retrained from `det`."""
     import pathlib
 
     from routecal.pipeline import vmoer_lm_eval as ev
@@ -233,10 +238,18 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     wd = pathlib.Path(workdir)
     (wd / "tables").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = build_data(cfg.data)
+    data = None if e.get("assemble_only", False) else build_data(cfg.data)
     per_run: dict[str, dict[int, dict[str, float]]] = {n: {} for n in names}
     for seed in e.seeds:
-        det = None
+        seed_file = wd / f"seed{int(seed)}.json"
+        done = json.loads(seed_file.read_text()) if seed_file.exists() else {}
+        if set(done) >= set(names) or e.get("assemble_only", False):
+            # finished earlier (or by a parallel process), or only assembling: no training
+            for name in names:
+                if name in done:
+                    per_run[name][int(seed)] = done[name]
+            continue
+        det, runs = None, {}
         for name in ["det", *[n for n in names if n != "det"]]:
             model, log = train_router(cfg, data, name, int(seed), det)
             if name == "det":
@@ -244,8 +257,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             res = ev.evaluate(model, data, e, seed=int(seed))
             res["train_time_s"] = log["time_s"]
             res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
-            per_run[name][int(seed)] = res
+            runs[name] = per_run[name][int(seed)] = res
             print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
+            seed_file.write_text(json.dumps(runs, default=float) + "\n")  # after every router
     flops = ev.flop_overheads(cfg, names)
     for name in names:
         for r in per_run[name].values():

@@ -15,8 +15,10 @@ restricted to A-D; calibration over options, `routecal.stats.mcqa`):
                                           routers), gating_entropy and router_logit_variance
                                           (token means over layers); ood_auroc_<domain> = entropy
   flops_*_pct                             XLA-counted router overhead at the realistic layer
-The table: per metric and router the seed band (mean, std, min, max, n; `report.seed_band`) and the
-relative change of the mean against `det`, beside the paper's claims.
+The table: per metric and router the seed band (mean, std, min, max, n; `stats.seeds.seed_band`),
+the relative change of the mean against `det` and the seed-band verdict against `det`
+(`stats.seeds.compare_bands`: better / worse only when the [min, max] bands do not overlap),
+beside the paper's claims.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from routecal import flops, report
+from routecal import flops
 from routecal.models import routers, vmoer
-from routecal.stats import mcqa, uncertainty
+from routecal.stats import mcqa, seeds, uncertainty
 
 PAPER_CLAIMS = {"stability": "+38%", "ece": "-94%", "ood_auroc": "+12%", "flops": "<1%"}
 TABLE_METRICS = (
@@ -53,6 +55,7 @@ TABLE_METRICS = (
     "ood_auroc_far_mi",
     "flops_train_pct",
 )
+LOWER_IS_BETTER = {"ece", "mce", "nll", "brier", "flops_infer_pct", "flops_train_pct"}
 CLAIM_OF = {"stability": "stability", "ece": "ece", "ood_auroc_near": "ood_auroc",
             "ood_auroc_far": "ood_auroc", "flops_infer_pct": "flops"}  # fmt: skip
 
@@ -89,13 +92,20 @@ def _option_probs(pred: dict[str, Any], letters: np.ndarray) -> np.ndarray:
 
 
 def stability(model, ids, sigmas, bs: int, seed: int) -> dict[str, Any]:
-    """stability_<sigma> (mean over layers) and stability_layers_<sigma> (per layer)."""
-    clean = [t["experts"] for t in predict(nnx.clone(model), ids, bs)["layers"]]
+    """stability_<sigma> (mean over layers) and stability_layers_<sigma> (per layer).
+
+    The clean run is the same graph with noise std 0 (x + 0 * eps = x exactly), so clean and
+    noisy runs share one compiled forward pass."""
+
+    def experts(std: float) -> list[np.ndarray]:
+        m = nnx.clone(model)
+        vmoer.set_hidden_noise(m, std, seed=1000 + seed, keep_zero=True)
+        return [t["experts"] for t in predict(m, ids, bs)["layers"]]
+
+    clean = experts(0.0)
     out: dict[str, Any] = {}
     for s in sigmas:
-        m = nnx.clone(model)
-        vmoer.set_hidden_noise(m, float(s), seed=1000 + seed)
-        noisy = [t["experts"] for t in predict(m, ids, bs)["layers"]]
+        noisy = experts(float(s))
         st = uncertainty.routing_stability(clean, noisy)
         out[f"stability_{s:g}"] = st.overall
         out[f"stability_layers_{s:g}"] = [float(x) for x in st.per_layer]
@@ -174,7 +184,7 @@ def summarize(per_run: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[s
         for metric in TABLE_METRICS:
             vals = [r[metric] for r in runs.values() if r.get(metric) is not None]
             if vals:
-                row[metric] = report.seed_band(vals)
+                row[metric] = seeds.seed_band(vals)
         table[name] = row
     base = table.get("det", {})
     for name, row in table.items():
@@ -182,6 +192,9 @@ def summarize(per_run: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[s
             b = base.get(metric, {}).get("mean")
             if name != "det" and b not in (None, 0.0) and np.isfinite(b):
                 band["rel_change_pct"] = 100.0 * (band["mean"] / b - 1.0)
+                band["verdict"] = seeds.compare_bands(
+                    band, base[metric], higher_is_better=metric not in LOWER_IS_BETTER
+                )
     return table
 
 
@@ -189,7 +202,7 @@ def write_csv(table: dict[str, dict[str, Any]], names: list[str], path: pathlib.
     """One row per router: <metric>_mean, _std, _min, _max, _rel_pct, n_seeds, paper claims."""
     header = ["router", "n_seeds"]
     for m in TABLE_METRICS:
-        header += [f"{m}_mean", f"{m}_std", f"{m}_min", f"{m}_max", f"{m}_rel_pct"]
+        header += [f"{m}_{k}" for k in ("mean", "std", "min", "max", "rel_pct", "verdict")]
     header += [f"paper_{k}" for k in PAPER_CLAIMS]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -199,7 +212,8 @@ def write_csv(table: dict[str, dict[str, Any]], names: list[str], path: pathlib.
             cells: list[Any] = [name, max((b["n"] for b in row.values()), default=0)]
             for m in TABLE_METRICS:
                 b = row.get(m, {})
-                cells += [b.get(k, "") for k in ("mean", "std", "min", "max", "rel_change_pct")]
+                keys = ("mean", "std", "min", "max", "rel_change_pct", "verdict")
+                cells += [b.get(k, "") for k in keys]
             cells += list(PAPER_CLAIMS.values())
             w.writerow(cells)
 
@@ -217,9 +231,11 @@ def to_markdown(table: dict[str, dict[str, Any]], names: list[str]) -> str:
                 continue
             c = f"{b['mean']:.4f} ± {b['std']:.4f} [{b['min']:.4f}, {b['max']:.4f}]"
             if "rel_change_pct" in b:
-                c += f" ({b['rel_change_pct']:+.1f}%)"
+                c += f" ({b['rel_change_pct']:+.1f}%, {b['verdict']})"
             cells.append(c)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(seeds.RULE + ".")
     claims = ", ".join(f"{CLAIM_OF.get(k, k)} {v}" for k, v in PAPER_CLAIMS.items())
     return (
         "\n".join(lines) + f"\n\nPaper's claims (relative to the deterministic router): {claims}."

@@ -52,6 +52,7 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
     per_run = {
         "det": {0: {"ece": 0.2, "stability": 0.5}, 1: {"ece": 0.4, "stability": 0.7}},
         "mfvr": {0: {"ece": 0.1, "stability": 0.9}, 1: {"ece": 0.2, "stability": 0.7}},
+        "fcvr": {0: {"ece": 0.01, "stability": 0.4}, 1: {"ece": 0.02, "stability": 0.45}},
     }
     table = vmoer_lm_eval.summarize(per_run)
     b = table["mfvr"]["ece"]
@@ -60,12 +61,18 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
     )
     assert b["rel_change_pct"] == pytest.approx(100 * (0.15 / 0.3 - 1))
     assert "rel_change_pct" not in table["det"]["ece"]
+    # bands [0.1, 0.2] vs [0.2, 0.4] touch: within the seed band; stability [0.7, 0.9] vs
+    # [0.5, 0.7] touch too
+    assert table["mfvr"]["ece"]["verdict"] == "within seed band"
+    # disjoint bands: lower ECE is better, lower stability is worse
+    assert table["fcvr"]["ece"]["verdict"] == "better"
+    assert table["fcvr"]["stability"]["verdict"] == "worse"
     path = tmp_path / "vmoer.csv"
     vmoer_lm_eval.write_csv(table, ["det", "mfvr"], path)
     rows = list(csv.DictReader(open(path)))
     assert [r["router"] for r in rows] == ["det", "mfvr"]
     assert float(rows[1]["stability_mean"]) == pytest.approx(0.8)
-    assert rows[1]["paper_ece"] == "-94%"
+    assert rows[1]["paper_ece"] == "-94%" and rows[1]["ece_verdict"] == "within seed band"
     assert "mfvr" in vmoer_lm_eval.to_markdown(table, ["det", "mfvr"])
 
 
