@@ -110,15 +110,19 @@ def predict(model: nnx.Module, d: dict[str, np.ndarray], bs: int) -> dict[str, A
 
 def stability(model, d, sigmas: list[float], bs: int, seed: int) -> dict[str, float]:
     """Mean over layers of the Jaccard of top-K sets over the real (unpadded) tokens, clean vs
-    N(0, sigma^2 I) added to every MoE layer's input (`vmoer.set_hidden_noise`, the paper's)."""
-    clean = [t["experts"] for t in predict(nnx.clone(model), d, bs)["layers"]]
+    N(0, sigma^2 I) added to every MoE layer's input (`vmoer.set_hidden_noise`, the paper's); the
+    clean run is the same graph at std 0, so one compiled forward pass serves every sigma."""
+
+    def experts(std: float) -> list[np.ndarray]:
+        m = nnx.clone(model)
+        vmoer.set_hidden_noise(m, std, seed=1000 + seed, keep_zero=True)
+        return [t["experts"] for t in predict(m, d, bs)["layers"]]
+
+    clean = experts(0.0)
     out = {}
     for s in sigmas:
-        m = nnx.clone(model)
-        vmoer.set_hidden_noise(m, s, seed=1000 + seed)
-        noisy = [t["experts"] for t in predict(m, d, bs)["layers"]]
         per_layer = [float((uncertainty.jaccard(a, b) * d["mask"]).sum() / d["mask"].sum())
-                     for a, b in zip(clean, noisy, strict=True)]
+                     for a, b in zip(clean, experts(s), strict=True)]
         out[f"stability_{s:g}"] = float(np.mean(per_layer))
     return out
 
