@@ -189,15 +189,17 @@ def load_hf(
         nnx.replace_by_pure_dict(params, nnx.traversals.unflatten_mapping(values))
         model = nnx.merge(graphdef, params, rest)
         itemsize = np.dtype(np_dtype).itemsize
+        mesh_shape = None if mesh is None else mesh.shape
+        read = {p: s for p, s in shapes.items() if p not in fresh}
+        fresh_shapes = {p: s for p, s in shapes.items() if p in fresh}  # float32 at init
         info = ImportInfo(
             family=family,
             config=cfg,
             hf_config=dict(ckpt.config),
             dtype=dtype,
             n_params=int(sum(int(np.prod(s)) for s in shapes.values())),
-            param_bytes_per_device=sharding.bytes_per_device(
-                shapes, itemsize, specs, None if mesh is None else mesh.shape
-            ),
+            param_bytes_per_device=sharding.bytes_per_device(read, itemsize, specs, mesh_shape)
+            + sharding.bytes_per_device(fresh_shapes, 4, specs, mesh_shape),
             partition_specs=specs,
             fresh_params=tuple(sorted(fresh)),
             ignored_tensors=tuple(ignored),

@@ -238,6 +238,9 @@ def test_posterior_is_fresh_rest_is_imported(checkpoint):
                                   t["model.layers.0.mlp.gate.weight"].T)
     out = model(np.array([[1, 2, 3, 4]]), return_traces=True)
     assert np.all(np.isfinite(out.logits))
+    _, info16 = load_hf(d, overrides={"mlp_type": "vmoer_mfvr"})  # bf16 weights, f32 posterior
+    n_fresh = sum(p[k].size for k in info.fresh_params)
+    assert info16.param_bytes_per_device == 2 * (info16.n_params - n_fresh) + 4 * n_fresh
 
 
 def test_qwen_mlp_only_layers_become_dense(checkpoint):
