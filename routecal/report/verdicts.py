@@ -108,7 +108,7 @@ def probes_verdict(probes: Mapping[str, Any]) -> str:
             vs = [
                 _band_text(seeds.compare_bands(full["ece"], other["ece"], higher_is_better=False),
                            "the full-vector MLP", name)
-                for other, name in ((cap, "the capacity-matched MLP"), (shuf, "shuffled routing"))
+                for other, name in ((cap, "capacity-matched MLP"), (shuf, "shuffled-routing MLP"))
             ]
             parts.append(
                 f"{arch} MLP probes (ECE): full vector {full['ece']['mean']:.4f}, "
