@@ -25,7 +25,7 @@ import ml_collections
 
 from routecal.pipeline import lm_results, lm_stages
 from routecal.pipeline.lm_plan import LMPlan
-from routecal.pipeline.stages import Stages, check_workdir_config
+from routecal.pipeline.stages import Stages, record_workdir_config
 
 
 def is_lm_config(cfg: ml_collections.ConfigDict) -> bool:
@@ -46,7 +46,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     t_start = time.perf_counter()
     plan = LMPlan.from_config(cfg)
     w = pathlib.Path(workdir)
-    check_workdir_config(w, plan.config, "study_config.json", "study")
+    record_workdir_config(w, plan.config, "study_config.json", "study")
     st = Stages(w)
     fresh = not any(st.dir.glob("*.json"))
     produce = producer or functools.partial(
