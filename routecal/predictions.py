@@ -11,6 +11,14 @@ Predictions files (`.npz`):
     depth_mean [N, S] float   routing depth D_l = sum_i i alpha_i                 (optional)
     depth_var  [N, S] float   routing-depth variance V_l = sum_i alpha_i (i-D_l)^2 (optional)
     routing_<name> [N] float  any other per-example routing scalar                (optional)
+
+Token-level predictions of language models (`routecal.token_predict`) are a sharded directory
+(`routecal.shards`: index.json + shard_*/<column>.npy) with one row per token: confidence,
+correct, entropy, label, seq_id, position, domain, nll and the routing columns.
+
+`load(path)` reads either kind and returns one mapping with at least `confidence`, `correct` and
+`label` (and, for tokens, `entropy`, `seq_id`, `position`, `domain` and the routing summaries);
+for shards the mapping is lazy (a column is read when first accessed).
 """
 
 from __future__ import annotations
@@ -48,6 +56,24 @@ def load_predictions(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     except ValueError as e:
         raise ValueError(f"predictions: {str(p)!r}: {e}") from e
     d["probs"], d["labels"] = probs, labels
+    return d
+
+
+def load(path: str | pathlib.Path) -> Mapping[str, np.ndarray]:
+    """Predictions at `path` as a mapping of arrays: a sharded directory (lazy, token-level) or a
+    per-example `.npz` (validated by `load_predictions`, plus `confidence`, `correct`, `label`).
+
+    Raises:
+      ValueError: missing path, a directory without index.json, or an invalid npz (named).
+    """
+    from routecal import shards
+
+    p = pathlib.Path(path)
+    if p.is_dir():
+        return shards.ShardedColumns(p)
+    d = load_predictions(p)
+    conf, correct = confidence_correct(d)
+    d.update(confidence=conf, correct=correct.astype(bool), label=d["labels"])
     return d
 
 
