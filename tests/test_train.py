@@ -241,7 +241,9 @@ def test_training_time_adds_up_across_resumes(reference_run, tmp_path):
 
 def test_invalid_config_writes_nothing_and_a_corrected_one_runs(reference_run, tmp_path):
     _, final_ref = reference_run
-    for bad in ("model.residual='fulll'", "train.trainable='router-only'", "seed=None"):
+    bads = ("model.residual='fulll'", "train.trainable='router-only'", "seed=None",
+            f"train.init_from='{tmp_path / 'nowhere'}'")
+    for bad in bads:
         with pytest.raises(ValueError, match=bad.split("=")[0].split(".")[-1]):
             train.train_and_evaluate(_cfg(bad, variant="block,tiny"), tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == []  # no config.json, lock released
