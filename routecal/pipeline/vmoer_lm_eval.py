@@ -63,7 +63,7 @@ CLAIM_OF = {"stability": "stability", "ece": "ece", "ood_auroc_near": "ood_auroc
 @nnx.jit
 def _forward(model, ids_BxT):
     out = model(ids_BxT, return_traces=True)
-    keep = ("experts", "router_probs", "router_var")
+    keep = ("experts", "router_probs", "router_logit_var")
     return out.logits[:, -1, :], [{k: t[k] for k in keep if k in t} for t in out.traces["mlp"]]
 
 
@@ -126,9 +126,9 @@ def _scores(pred: dict[str, Any], probs: np.ndarray, mc: np.ndarray | None) -> d
         "max_prob": uncertainty.ood_score(probs, "max_prob"),
         "gating_entropy": uncertainty.gating_entropy([t["router_probs"] for t in layers]),
     }
-    if all("router_var" in t for t in layers):
+    if all("router_logit_var" in t for t in layers):
         s["router_logit_variance"] = uncertainty.router_logit_variance(
-            [t["router_var"] for t in layers]
+            [t["router_logit_var"] for t in layers]
         )
     if mc is not None:
         s["mi"] = uncertainty.mutual_information(mc)

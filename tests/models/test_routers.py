@@ -122,7 +122,9 @@ def test_fcvr_with_zero_offdiagonals_equals_mfvr(head):
         np.testing.assert_allclose(ob.probs_BxTxE, oa.probs_BxTxE, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(ob.experts_BxTxK, oa.experts_BxTxK)
         np.testing.assert_allclose(ob.aux["vmoer_kl"], oa.aux["vmoer_kl"], rtol=1e-5)
-        np.testing.assert_allclose(ob.trace["router_var"], oa.trace["router_var"], rtol=1e-5)
+        np.testing.assert_allclose(
+            ob.trace["router_logit_var"], oa.trace["router_logit_var"], rtol=1e-5
+        )
 
 
 def _plackett_luce_inclusion(p, k):
@@ -235,7 +237,7 @@ def test_mc_dropout_and_ensemble_average_inside_the_router():
     l = (np.where(m, np.asarray(x)[None] / 0.5, 0.0)) @ w
     ref = np.mean(np.exp(l) / np.exp(l).sum(-1, keepdims=True), axis=0)
     np.testing.assert_allclose(out.probs_BxTxE, ref, atol=0.02)
-    assert np.all(np.asarray(out.trace["router_var"]) > 0)
+    assert np.all(np.asarray(out.trace["router_logit_var"]) > 0)
 
     cfg = vmoer.VMoERConfig(**CFG, vmoer_ensemble=3)
     r = routers.make(cfg, "ensemble", rngs=nnx.Rngs(0))
@@ -244,7 +246,9 @@ def test_mc_dropout_and_ensemble_average_inside_the_router():
     np.testing.assert_allclose(l_m[0], r.logits(x), rtol=1e-6)
     ref = np.mean(np.exp(l_m) / np.exp(l_m).sum(-1, keepdims=True), axis=0)
     np.testing.assert_allclose(out.probs_BxTxE, ref, rtol=1e-5)
-    np.testing.assert_allclose(out.trace["router_var"], l_m.var(0).mean(-1), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        out.trace["router_logit_var"], l_m.var(0).mean(-1), rtol=1e-4, atol=1e-7
+    )
     tr = nnx.jit(lambda r, x: r(x, train=True))(r, x)  # one member per token
     assert tr.experts_BxTxK.shape == (2, 3, 2)
 

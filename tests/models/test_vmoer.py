@@ -60,7 +60,7 @@ def test_mfvr_kl_at_init_and_inference_averaging():
     # delta_mu = 0 and sigma = .5 at init: KL per token = .5 * E * (s^2 - 1 - log s^2)
     kl = 0.5 * 4 * (0.25 - 1 - np.log(0.25))
     np.testing.assert_allclose(aux["vmoer_kl"], 0.1 * kl, rtol=1e-4)
-    np.testing.assert_allclose(tr["router_var"], 0.25, rtol=1e-5)
+    np.testing.assert_allclose(tr["router_logit_var"], 0.25, rtol=1e-5)
     # inference probs = mean over S samples of softmax(mu + sigma eps): a Monte-Carlo check
     mu = np.asarray(det.router.logits(x))
     eps = np.random.default_rng(0).normal(size=(20000, *mu.shape))

@@ -12,7 +12,7 @@ Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, 
   inference s = (1/M) sum_m softmax(l_m). A retrofit trains members 1..M-1 on the frozen model.
 SWAG (Maddox et al. 2019) is not implemented: it needs the weight trajectory of training.
 
-Traces: `router_var` [B, T] = mean over experts of the variance of the logits over the S masks
+Traces: `router_logit_var` [B, T] = mean over experts of the variance of the logits over the S masks
 (resp. M members).
 """
 
@@ -57,7 +57,7 @@ class MCDropoutRouter(moe.TopKRouter):
         u_S = jnp.where(keep, u[None] / (1.0 - self.rate), 0.0)
         l_S = self.proj(u_S)
         probs, experts, gates = _average_and_select(self, l_S)
-        trace = {"router_var": jnp.mean(jnp.var(l_S, axis=0), axis=-1)}
+        trace = {"router_logit_var": jnp.mean(jnp.var(l_S, axis=0), axis=-1)}
         return moe.RouterOutput(jnp.mean(l_S, axis=0), probs, experts, gates, {}, trace)
 
 
@@ -105,7 +105,7 @@ class EnsembleRouter(moe.TopKRouter):
             l_S = l_M
         probs, experts, gates = _average_and_select(self, l_S)
         det_probs = jax.nn.softmax(l_M[0], axis=-1)
-        trace = {"router_var": jnp.mean(jnp.var(l_M, axis=0), axis=-1)}
+        trace = {"router_logit_var": jnp.mean(jnp.var(l_M, axis=0), axis=-1)}
         return moe.RouterOutput(
             l_M[0],
             common.aux_values(probs, det_probs, self.aux_to_posterior),

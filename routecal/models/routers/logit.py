@@ -14,7 +14,7 @@ retrofitted router starts at the deterministic router's mean.
 The prior's mean is stop_gradient(l_det): the KL regularises the posterior's shift and spread,
 never pulls the deterministic router.
 
-Traces: `router_var` [B, T] = mean_e Sigma_ee (the router-logit variance OOD score).
+Traces: `router_logit_var` [B, T] = mean_e Sigma_ee (the router-logit variance OOD score).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class LogitVariationalRouter(moe.TopKRouter):
         aux = {"vmoer_kl": self.beta * jnp.mean(self.kl(delta, sigma, v, chol))}
         trace = {
             "router_sigma": jnp.mean(sigma, axis=-1),
-            "router_var": gaussian.logit_variance(sigma, v_BxTxExR=v, chol_BxTxExE=chol),
+            "router_logit_var": gaussian.logit_variance(sigma, v_BxTxExR=v, chol_BxTxExE=chol),
         }
         return moe.RouterOutput(
             common.aux_values(mu, logits, self.aux_to_posterior),

@@ -15,7 +15,7 @@ Regulariser (`vmoer_vtsr_reg`), added as beta * mean over tokens:
 Baseline `FixedTemperatureRouter` ("fixed_temp"): the same Sample-K from softmax(l_det / T0)
 with a constant T0 (`vmoer_fixed_temperature`) and no parameters of its own.
 
-Traces: `temperature` [B, T] and `router_var` [B, T] (= T, VTSR's internal uncertainty).
+Traces: `temperature` [B, T] (no logit variance: VTSR keeps the deterministic logits).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class TemperatureRouter(_SampleKRouter):
             experts,
             gates,
             aux,
-            {"temperature": temp_BxT, "router_var": temp_BxT},
+            {"temperature": temp_BxT},
         )
 
 
