@@ -109,9 +109,9 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> None:
         )
         predict.predict_workdir(args.workdir, lm_options=lm_options)
     elif args.command == "diagnose":
-        from routecal.pipeline import study
+        from routecal.pipeline import diagnose
 
-        study.diagnose_predictions(
+        diagnose.diagnose_predictions(
             args.predictions,
             test_path=args.test_predictions,
             out_dir=args.out,
@@ -119,13 +119,14 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> None:
             seed=args.seed,
         )
     elif args.command == "study":
-        from routecal.pipeline import study
+        from routecal.pipeline import lm_study, study
 
-        study.run(cfg, args.workdir, write_report=not args.no_report)
+        runner = lm_study.run if lm_study.is_lm_config(cfg) else study.run
+        runner(cfg, args.workdir, write_report=not args.no_report)
     elif args.command == "report":
-        from routecal import report
+        from routecal.report import lm, write_report
 
-        report.write_report(args.workdir)
+        (lm.write_report if lm.is_lm_results(args.workdir) else write_report)(args.workdir)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from routecal import _checks, traces
+from routecal import workdir as workdir_io
 from routecal.data import Split
 from routecal.models.transformer import Transformer
 
@@ -138,6 +139,6 @@ def predict_workdir(
     for name, split in todo.items():
         rec = predictions_record(model, split, batch_size=batch_size)
         path = out_dir / f"{name}.npz"
-        np.savez(path, **rec)
+        workdir_io.save_npz(path, rec)  # atomic: a kill mid-write leaves no half file
         paths[name] = path
     return paths

@@ -2,17 +2,21 @@
 
 import csv
 import json
+import os
 import pathlib
+import shutil
+import socket
 
 import numpy as np
 import pytest
 
-from routecal import report
+from routecal import report, workdir
 from routecal.config import load_config
 from routecal.pipeline import study
+from routecal.pipeline.plan import Plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-QUICK = str(ROOT / "configs" / "study.py") + ":quick"
+QUICK = str(ROOT / "configs" / "study.py") + ":quick,tiny"  # test-size models
 
 
 class _Killed(Exception):
@@ -58,14 +62,31 @@ def test_resume_does_not_redo_finished_stages(quick):
 
 def test_results_hold_every_cell_and_independent_numbers(quick):
     w, cfg, res, _, _ = quick
-    feats = cfg.diagnostics.features.split(",")
-    routed = [a for a in cfg.architectures.split(",") if cfg.models[a].routed]
-    assert len(res["diagnostics"]["tests"]) == len(feats) * len(cfg.seeds) * len(routed)
-    for t in res["diagnostics"]["tests"]:
-        assert 1 / (1 + cfg.diagnostics.n_permutations) <= t["p_value"] <= 1
+    feats = cfg.diagnostics.features
+    routed = [a for a in cfg.architectures if cfg.models[a].routed]
+    n_cells = len(feats) * len(cfg.seeds) * len(routed)
+    rows = res["diagnostics"]["tests"]
+    # the paper test, the recommended conditional test and the minimum detectable gap, per cell
+    assert [t["test"] for t in rows] == (["within_bin_permutation"] * n_cells
+                                         + ["conditional"] * n_cells
+                                         + ["minimum_detectable_gap"] * n_cells)
+    assert all(0 < t["minimum_detectable_gap"] <= 1 for t in rows if "minimum_detectable_gap" in t)
+    b = cfg.diagnostics.n_permutations
+    for t in (t for t in rows if "p_value" in t):
+        assert 1 / (1 + b) <= t["p_value"] <= 1
         assert t["p_value"] <= t["p_holm"] <= 1
+    # the figure's nulls travel inside results: p = (1 + #{T* >= T}) / (1 + B) from the stored null
+    # (|Z| against |Z*| for the two-sided conditional test)
+    shown = [t for t in rows if "null" in t]
+    assert len(shown) == 2 * min(cfg.diagnostics.n_null_figures, n_cells)
+    for t in shown:
+        null = np.asarray(t["null"])
+        assert len(null) == b
+        assert t["p_value"] == pytest.approx((1 + np.sum(null >= t["statistic"] - 1e-6)) / (1 + b),
+                                             abs=2 / (1 + b))
+    assert not (w / "stages" / "nulls.npz").exists()
     for r in res["runs"]:
-        with np.load(pathlib.Path(r["workdir"]) / "predictions" / "test.npz") as z:
+        with np.load(w / r["workdir"] / "predictions" / "test.npz") as z:
             acc = float(np.mean(z["probs"].argmax(1) == z["labels"]))
         assert r["test_accuracy"] == pytest.approx(acc)
     assert res["meta"]["versions"]["jax"]
@@ -82,9 +103,13 @@ def test_report_tables_match_results(quick):
     rows = _csv(w / "tables" / "diagnostics_tests.csv")
     assert len(rows) == len(res["diagnostics"]["tests"])
     for row, t in zip(rows, res["diagnostics"]["tests"], strict=True):
-        assert (row["arch"], row["feature"]) == (t["arch"], t["feature"])
-        assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
-        assert float(row["weighted gap"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
+        assert (row["test"], row["arch"], row["feature"]) == (t["test"], t["arch"], t["feature"])
+        if "p_value" in t:
+            assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
+            assert float(row["statistic"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
+        else:  # the minimum detectable gap beside the tests
+            assert float(row["detectable gap"]) == pytest.approx(t["minimum_detectable_gap"],
+                                                                 rel=1e-3, abs=1e-4)
     probes = _csv(w / "tables" / "probes.csv")
     assert len(probes) == len(res["probes"]["summary"]) > 0
     for row, s in zip(probes, res["probes"]["summary"], strict=True):
@@ -111,35 +136,29 @@ def test_other_config_in_same_workdir_is_an_error(quick):
         study.run(cfg, w)
 
 
-def _planted_npz(path, rng, n=1500, effect=0.35):
-    conf = rng.uniform(0.4, 0.99, n)
-    routing = rng.normal(size=n)
-    p = np.clip(conf + effect * np.sign(routing) * (1 - conf) * 2 - 0.0, 0, 1)
-    correct = rng.uniform(size=n) < p
-    probs = np.zeros((n, 2))
-    probs[:, 0] = conf
-    probs[:, 1] = 1 - conf
-    labels = np.where(correct, 0, 1)
-    np.savez(path, probs=probs, labels=labels, routing_planted=routing,
-             routing_noise=rng.normal(size=n))
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("architectures=('full', 'blok')", "architectures: unknown"),
+        ("model_overrides=('model.nope=1',)", "unknown key 'model.nope'"),
+        ("vmoer.overrides=('experiment.nope=1',)", "unknown key 'experiment.nope'"),
+        ("seeds=()", "at least one seed"),
+        ("model_overrides=('model.residual=\"fulll\"',)", "model.residual: unknown 'fulll'"),
+        ("model_overrides=('train.batch_size=5000',)", "train.batch_size: 5000 exceeds"),
+    ],
+)
+def test_invalid_plan_writes_nothing(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        study.run(load_config(QUICK, [override]), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
 
 
-def test_diagnose_bring_your_own_traces(tmp_path):
-    rng = np.random.default_rng(0)
-    _planted_npz(tmp_path / "calib.npz", rng)
-    _planted_npz(tmp_path / "test.npz", rng)
-    res = study.diagnose_predictions(tmp_path / "calib.npz", test_path=tmp_path / "test.npz",
-                                     out_dir=tmp_path / "out", n_permutations=500)
-    by = {t["feature"]: t for t in res["diagnostics"]["tests"]}
-    assert by["planted"]["p_value"] < 0.01
-    assert (tmp_path / "out" / "report.html").exists()
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["diagnostics"]
-
-
-def test_diagnose_rejects_files_without_routing(tmp_path):
-    np.savez(tmp_path / "p.npz", probs=np.full((10, 2), 0.5), labels=np.zeros(10, int))
-    with pytest.raises(ValueError, match="no routing summaries"):
-        study.diagnose_predictions(tmp_path / "p.npz")
+def test_plan_counts_the_progress_bar_stages():
+    plan = Plan.from_config(load_config(QUICK))
+    routed_runs = sum(m.routed for m in plan.models) * len(plan.seeds)
+    # train + predict per run, diagnostics, probes per routed run, VMoER, results
+    assert plan.n_stages == 2 * len(plan.runs) + 1 + routed_runs + 1 + 1
+    assert [m.name for m in plan.models] == list(load_config(QUICK).architectures)
 
 
 def test_reliability_data_per_probe_agrees_with_its_ece(quick):
@@ -156,12 +175,60 @@ def test_reliability_data_per_probe_agrees_with_its_ece(quick):
         assert float((cnt * gap).sum() / cnt.sum()) == pytest.approx(rows[name]["ece"], abs=1e-5)
 
 
-def test_diagnose_single_file_splits_it_for_the_probes(tmp_path):
-    rng = np.random.default_rng(1)
-    _planted_npz(tmp_path / "all.npz", rng, n=800)
-    res = study.diagnose_predictions(tmp_path / "all.npz", n_permutations=200)
-    probes = {r["probe"] for r in res["probes"]["rows"]}
-    assert {"uncalibrated", "temperature", "isotonic", "nw_confidence"} <= probes
-    with np.load(tmp_path / "all.npz") as z:
-        a, b = study.split_predictions({k: z[k] for k in z.files}, seed=0)
-    assert len(a["labels"]) + len(b["labels"]) == 800 and len(a["labels"]) == 400
+
+
+# ----------------------------------------------------------------------------------------------
+# Workdirs: copied, moved, corrupt stages, a second process
+# ----------------------------------------------------------------------------------------------
+
+
+def _predict_stages(w):
+    return {p.name: json.loads(p.read_text()) for p in (w / "stages").glob("predict_*.json")}
+
+
+def test_copied_or_moved_workdir_reads_only_its_own_files(quick, tmp_path):
+    w, cfg, res, _, _ = quick
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(w, a)
+    shutil.copytree(a, b)
+    stored = [p for s in _predict_stages(b).values() for p in s["paths"].values()]
+    assert stored and all(not pathlib.Path(p).is_absolute() for p in stored), stored
+    for f in a.glob("runs/*/seed*/predictions/test.npz"):  # change every test file of the original
+        with np.load(f) as z:
+            d = {k: z[k] for k in z.files}
+        d["labels"] = (d["labels"] + 1) % d["probs"].shape[1]
+        np.savez(f, **d)
+    res_b = study.run(cfg, b, write_report=False)
+    assert res_b["runs"] == res["runs"]  # numbers from b's own (unchanged) files
+    c = tmp_path / "c"
+    b.rename(c)  # moved
+    assert study.run(cfg, c, write_report=False)["runs"] == res["runs"]
+    res_a = study.run(cfg, a, write_report=False)  # the changed original does see its change
+    assert [r["test_accuracy"] for r in res_a["runs"]] != [r["test_accuracy"] for r in res["runs"]]
+
+
+def test_unreadable_or_foreign_stage_is_recomputed_with_a_message(quick, tmp_path, capsys):
+    w, cfg, res, _, _ = quick
+    b = tmp_path / "b"
+    shutil.copytree(w, b)
+    train_stage = sorted((b / "stages").glob("train_*.json"))[0]
+    train_stage.write_text(train_stage.read_text()[:40])  # a torn write
+    name, stage = sorted(_predict_stages(b).items())[0]
+    stage["paths"] = {k: str(w / p) for k, p in stage["paths"].items()}  # an older routecal
+    (b / "stages" / name).write_text(json.dumps(stage))
+    capsys.readouterr()
+    res_b = study.run(cfg, b, write_report=False)
+    err = capsys.readouterr().err
+    assert f"{train_stage.name}' is not valid JSON" in err
+    assert "is not inside the workdir" in err and err.count("recomputing it") == 2
+    assert all(not pathlib.Path(p).is_absolute() for p in _predict_stages(b)[name]["paths"].values())
+    assert res_b["runs"] == res["runs"]  # recomputed from the same runs: the same numbers
+
+
+def test_a_second_study_on_the_workdir_is_refused(tmp_path):
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "what": "routecal study",
+              "since": "2026-01-01T00:00:00+00:00"}  # pytest's parent process: alive
+    (tmp_path / workdir.LOCK_NAME).write_text(json.dumps(holder))
+    with pytest.raises(workdir.WorkdirLocked, match=rf"\(pid {os.getppid()} on host"):
+        study.run(load_config(QUICK), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [workdir.LOCK_NAME]
