@@ -13,7 +13,7 @@
    MFU = achieved model FLOP/s / measured matmul FLOP/s.
 3. Token predict: `token_predict.predict_split` streaming `--predict-tokens` records of the near
    domain (Lib/test, the largest split) to shards, in a fresh child process per count that
-   reports its own peak RSS (`ru_maxrss`, everything included: JAX, the corpus, compile).
+   reports its own peak RSS (VmHWM: everything included, JAX, the corpus, compile).
    Model: `--predict-model` "default" (the config above, block residual) or "quick" (d 16,
    2 layers: throughput then measures the pipeline, not the model).
 
@@ -98,6 +98,21 @@ def bench_training(variants: list[str], batch: int, steps: int, repeats: int) ->
     return runs
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB: VmHWM of /proc/self/status (Linux), else ru_maxrss.
+
+    Not ru_maxrss on Linux: after fork + exec it keeps the parent's high-water mark, so a child
+    of a large parent would report the parent's size.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _predict_child(n_tokens: int, model_kind: str) -> None:
     """Runs in a child process: streams n_tokens records, prints throughput JSON."""
     from routecal import token_predict
@@ -120,7 +135,7 @@ def _predict_child(n_tokens: int, model_kind: str) -> None:
 
         got = predictions.load(out)
         n = len(got["confidence"])
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss = peak_rss_mb()
         res = dict(
             predict_tokens=n,
             predict_wall_s=wall,
