@@ -64,14 +64,21 @@ def test_results_hold_every_cell_and_independent_numbers(quick):
     w, cfg, res, _, _ = quick
     feats = cfg.diagnostics.features
     routed = [a for a in cfg.architectures if cfg.models[a].routed]
-    assert len(res["diagnostics"]["tests"]) == len(feats) * len(cfg.seeds) * len(routed)
+    n_cells = len(feats) * len(cfg.seeds) * len(routed)
+    rows = res["diagnostics"]["tests"]
+    # the paper test, the recommended conditional test and the minimum detectable gap, per cell
+    assert [t["test"] for t in rows] == (["within_bin_permutation"] * n_cells
+                                         + ["conditional"] * n_cells
+                                         + ["minimum_detectable_gap"] * n_cells)
+    assert all(0 < t["minimum_detectable_gap"] <= 1 for t in rows if "minimum_detectable_gap" in t)
     b = cfg.diagnostics.n_permutations
-    for t in res["diagnostics"]["tests"]:
+    for t in (t for t in rows if "p_value" in t):
         assert 1 / (1 + b) <= t["p_value"] <= 1
         assert t["p_value"] <= t["p_holm"] <= 1
     # the figure's nulls travel inside results: p = (1 + #{T* >= T}) / (1 + B) from the stored null
-    shown = [t for t in res["diagnostics"]["tests"] if "null" in t]
-    assert len(shown) == min(cfg.diagnostics.n_null_figures, len(res["diagnostics"]["tests"]))
+    # (|Z| against |Z*| for the two-sided conditional test)
+    shown = [t for t in rows if "null" in t]
+    assert len(shown) == 2 * min(cfg.diagnostics.n_null_figures, n_cells)
     for t in shown:
         null = np.asarray(t["null"])
         assert len(null) == b
@@ -96,9 +103,13 @@ def test_report_tables_match_results(quick):
     rows = _csv(w / "tables" / "diagnostics_tests.csv")
     assert len(rows) == len(res["diagnostics"]["tests"])
     for row, t in zip(rows, res["diagnostics"]["tests"], strict=True):
-        assert (row["arch"], row["feature"]) == (t["arch"], t["feature"])
-        assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
-        assert float(row["weighted gap"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
+        assert (row["test"], row["arch"], row["feature"]) == (t["test"], t["arch"], t["feature"])
+        if "p_value" in t:
+            assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
+            assert float(row["statistic"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
+        else:  # the minimum detectable gap beside the tests
+            assert float(row["detectable gap"]) == pytest.approx(t["minimum_detectable_gap"],
+                                                                 rel=1e-3, abs=1e-4)
     probes = _csv(w / "tables" / "probes.csv")
     assert len(probes) == len(res["probes"]["summary"]) > 0
     for row, s in zip(probes, res["probes"]["summary"], strict=True):
