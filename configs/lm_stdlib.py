@@ -9,7 +9,7 @@ Train, then export token-level predictions and routing traces::
     routecal train --config configs/lm_stdlib.py:block,moe --workdir /tmp/lm_block_moe
     routecal predict --workdir /tmp/lm_block
 
-Variants (after the colon, combinable with commas): one residual of "standard" (default), "full",
+Variants (after the colon, combinable with commas; `configs/common.py:parse_arg`): one residual of "standard" (default), "full",
 "block" (Block AttnRes, 2 blocks of 2 layers); "moe" (4 SwiGLU experts, top-2, dropless, in every
 layer, expert width 1/2 of the dense MLP so active parameters stay close); "quick" (a tiny model
 and corpus slice for smoke tests, seconds).
@@ -36,22 +36,15 @@ benchmarks/RESULTS.md). Next-byte accuracy stays near 60 %, far from 100 %: plen
 calibration to study.
 """
 
+import common
 import ml_collections
 
 RESIDUALS = ("standard", "full", "block")
-VARIANTS = (*RESIDUALS, "moe", "quick")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    parts = [p for p in (arg or "").split(",") if p]
-    unknown = [p for p in parts if p not in VARIANTS]
-    residuals = [p for p in parts if p in RESIDUALS]
-    if unknown or len(residuals) > 1:
-        raise ValueError(
-            f"config arg: unknown variant {arg!r}; combine one of {RESIDUALS} with moe, quick"
-        )
-    residual = residuals[0] if residuals else "standard"
-    moe, quick = "moe" in parts, "quick" in parts
+    v = common.parse_arg(arg, residual=RESIDUALS, moe=False, quick=False)
+    residual, moe, quick = v.residual, v.moe, v.quick
 
     cfg = ml_collections.ConfigDict()
     cfg.task = "lm"
