@@ -26,6 +26,7 @@ test; `routecal train --config configs/lm_stdlib.py[:block] --workdir W`):
     standard   200    2.56        2.61       52.4 %               30 min
     standard   400    2.10        2.27       58.3 %               69 min
     block      200    2.60        2.61       52.0 %               49 min
+    block      400    2.10        2.29       58.1 %               77 min
 
 The 800-step runs had not finished at the time of writing (they resume from their checkpoints
 with the same command). Process CPU time is the contention-free cost: ~0.6 CPU-s per 4,096-token
