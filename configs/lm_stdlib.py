@@ -9,7 +9,7 @@ Train, then export token-level predictions and routing traces::
     routecal train --config configs/lm_stdlib.py:block,moe --workdir /tmp/lm_block_moe
     routecal predict --workdir /tmp/lm_block
 
-Variants (after the colon, combinable with commas): one residual of "standard" (default), "full",
+Variants (after the colon, combinable with commas; `configs/common.py:parse_arg`): one residual of "standard" (default), "full",
 "block" (Block AttnRes, 2 blocks of 2 layers); "moe" (4 SwiGLU experts, top-2, dropless, in every
 layer, expert width 1/2 of the dense MLP so active parameters stay close); "quick" (a tiny model
 and corpus slice for smoke tests, seconds).
@@ -26,6 +26,7 @@ test; `routecal train --config configs/lm_stdlib.py[:block] --workdir W`):
     standard   200    2.56        2.61       52.4 %               30 min
     standard   400    2.10        2.27       58.3 %               69 min
     block      200    2.60        2.61       52.0 %               49 min
+    block      400    2.10        2.29       58.1 %               77 min
 
 The 800-step runs had not finished at the time of writing (they resume from their checkpoints
 with the same command). Process CPU time is the contention-free cost: ~0.6 CPU-s per 4,096-token
@@ -36,22 +37,15 @@ benchmarks/RESULTS.md). Next-byte accuracy stays near 60 %, far from 100 %: plen
 calibration to study.
 """
 
+import common
 import ml_collections
 
 RESIDUALS = ("standard", "full", "block")
-VARIANTS = (*RESIDUALS, "moe", "quick")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    parts = [p for p in (arg or "").split(",") if p]
-    unknown = [p for p in parts if p not in VARIANTS]
-    residuals = [p for p in parts if p in RESIDUALS]
-    if unknown or len(residuals) > 1:
-        raise ValueError(
-            f"config arg: unknown variant {arg!r}; combine one of {RESIDUALS} with moe, quick"
-        )
-    residual = residuals[0] if residuals else "standard"
-    moe, quick = "moe" in parts, "quick" in parts
+    v = common.parse_arg(arg, residual=RESIDUALS, moe=False, quick=False)
+    residual, moe, quick = v.residual, v.moe, v.quick
 
     cfg = ml_collections.ConfigDict()
     cfg.task = "lm"
