@@ -303,6 +303,8 @@ def _truncate_metrics(path: pathlib.Path, after_step: int) -> None:
 
 
 def _log(path: pathlib.Path, record: dict[str, Any]) -> None:
+    if not parallel.is_primary():  # multi-host: process 0 writes the workdir's files
+        return
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -357,7 +359,9 @@ def train_and_evaluate(
 
     cfg_json = json.loads(cfg.to_json_best_effort())
     cfg_path = workdir / "config.json"
-    if cfg_path.exists():
+    if not parallel.is_primary():
+        pass  # multi-host: process 0 checks and writes the workdir's files
+    elif cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         if old != cfg_json:
             raise ValueError(
@@ -390,7 +394,8 @@ def train_and_evaluate(
         position = {"step": 0, "epoch": 0, "index": 0}
         if latest is not None:
             position = _restore_into(mngr, latest, model, optimizer)
-        _truncate_metrics(metrics_path, position["step"])
+        if parallel.is_primary():
+            _truncate_metrics(metrics_path, position["step"])
 
         # cached_partial caches the NNX graph traversal of model and optimizer (less overhead per step)
         train_step = nnx.cached_partial(_make_train_step(str(tcfg.trainable)), model, optimizer)
@@ -411,7 +416,10 @@ def train_and_evaluate(
         pending: list[tuple[int, jax.Array]] = []
         last: dict[str, Any] = {}
         t0 = time.perf_counter()
-        bar = tqdm(total=steps, initial=step, desc=f"train {workdir.name}", dynamic_ncols=True)
+        bar = tqdm(
+            total=steps, initial=step, desc=f"train {workdir.name}", dynamic_ncols=True,
+            disable=not parallel.is_primary(),
+        )
         while step < stop:
             idx, epoch, index = _next_batch(seed, epoch, index, n_train, bs)
             x = dataset.train.tokens[idx].astype(np.float32)
@@ -451,7 +459,8 @@ def train_and_evaluate(
         for split in ("calib", "test"):
             ev = evaluate(model, dataset.split(split), batch_size=eval_bs, mesh=mesh)
             final.update({f"{split}/{k}": v for k, v in ev.items()})
-        final_path.write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
+        if parallel.is_primary():
+            final_path.write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
         return final
     finally:
         mngr.close()

@@ -49,20 +49,21 @@ from jax.sharding import PartitionSpec as P
 from routecal import _checks, parallel
 from routecal.stats.calibration import mass_bins, split_index, width_bins
 
-_L = 16  # examples per scan step (unrolled; keeps loop overhead low)
-_CHUNK = 128  # permutations per chunk (lanes)
+_L = 16  # examples per scan step on CPU (unrolled; keeps loop overhead low)
+_CHUNK = 128  # permutations per chunk (lanes) on CPU
 
 
 def default_chunk_size(n_permutations: int) -> int:
-    """Lanes per chunk: 128, fixed (never the device count, so results ignore it).
+    """Lanes per chunk for this backend (`parallel.engine_sizes`): 128 on CPU, 8192 on GPU/TPU.
 
-    128 keeps each scan step's fused kernels below XLA:CPU's cost threshold for splitting a kernel
-    across the intra-op thread pool; split kernels pay a fork-join per step that costs more than it
-    gains (measured: ~2x the CPU time at 256-1024 lanes on one device). Parallelism comes from
-    sharding chunks over devices instead; B = 10,000 gives 79 chunks.
+    On CPU 128 keeps each scan step's fused kernels below XLA:CPU's cost threshold for splitting a
+    kernel across the intra-op thread pool; split kernels pay a fork-join per step that costs more
+    than it gains (measured: ~2x the CPU time at 256-1024 lanes on one device). Parallelism comes
+    from sharding chunks over devices instead; B = 10,000 gives 79 chunks. The chunk size never
+    changes the null: lane b's random stream depends only on (key, b).
     """
     del n_permutations
-    return _CHUNK
+    return parallel.engine_sizes().permutation_lanes
 
 
 def _resolve_chunk(chunk_size: int | None, n_permutations: int) -> int:
@@ -134,6 +135,7 @@ class _Layout(NamedTuple):
     k_top: jax.Array  # [n_blocks] n_top on a bin's first block, else 0
     k_topmid: jax.Array  # [n_blocks] n_b - n_bottom on a bin's first block, else 0
     w_end: jax.Array  # [n_blocks] n_b / N on a bin's last block, else 0
+    ctr: jax.Array  # [n_blocks, L] uint32 position in (bin, routing) order: the draw's counter
 
 
 def _layout(
@@ -143,11 +145,13 @@ def _layout(
     routing: jax.Array,
     n_bins: int,
     n_groups: int,
+    block: int = _L,
 ) -> _Layout:
     """Sorts by (bin, routing), forms the within-bin groups and the observed per-bin table.
 
     Args:
       bins: [N] int32 in [0, M). confidence, correct, routing: [N] float.
+      block: L, examples per scan step of the null (the padded layout's row length).
     """
     n = bins.shape[0]
     f = confidence.dtype
@@ -178,14 +182,14 @@ def _layout(
     weighted = jnp.sum(nb.astype(f) / n * jnp.abs(gap))
 
     # Padded layout: each valid bin starts on a block boundary, so resets happen per block.
-    n_blocks = -(-n // _L) + n_bins
-    nblk = jnp.where(valid, -(-nb // _L), 0)
+    n_blocks = -(-n // block) + n_bins
+    nblk = jnp.where(valid, -(-nb // block), 0)
     blk_start = jnp.cumsum(nblk) - nblk
-    pos = jnp.where(valid[sb], blk_start[sb] * _L + rank, n_blocks * _L)
-    size = n_blocks * _L
+    pos = jnp.where(valid[sb], blk_start[sb] * block + rank, n_blocks * block)
+    size = n_blocks * block
 
-    def scatter(fill, v):
-        return jnp.full((size,), fill, f).at[pos].set(v, mode="drop").reshape(n_blocks, _L)
+    def scatter(fill, v, dtype=f):
+        return jnp.full((size,), fill, dtype).at[pos].set(v, mode="drop").reshape(n_blocks, block)
 
     a_top = scatter(0.0, res_s / kt_f[sb])
     a_bot = scatter(0.0, res_s / kb_f[sb])
@@ -213,6 +217,7 @@ def _layout(
         k_top=blk(first_idx, k_top.astype(f)),
         k_topmid=blk(first_idx, (nb - k_bot).astype(f)),
         w_end=blk(last_idx, nb.astype(f) / n),
+        ctr=scatter(0, iota.astype(jnp.uint32), jnp.uint32),
     )
 
 
@@ -226,7 +231,7 @@ def _mix32(x: jax.Array) -> jax.Array:
 
 
 def _uniform_bits(seed: jax.Array, counter: jax.Array) -> jax.Array:
-    """Counter-based random bits: [2, Bc] per-lane keys and [L] counters -> [L, Bc] uint32.
+    """Counter-based random bits: [2, Bc] per-lane keys and [L] uint32 counters -> [L, Bc] uint32.
 
     Two keyed rounds of `_mix32` over (counter * golden ratio + k0): for a fixed lane the counters
     map to distinct, well-mixed words; lanes differ by their threefry-drawn keys.
@@ -248,20 +253,20 @@ def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
     bc = seed.shape[1]
     zeros = jnp.zeros((bc,), f)
     izeros = jnp.zeros((bc,), jnp.int32)
-    offsets = jnp.arange(_L, dtype=jnp.uint32)
 
     def body(carry, xs):
         rt, s, acc, stat = carry
-        blk, a_top, a_bot, rem, first, kt, ks, w = xs
+        ctr, a_top, a_bot, rem, first, kt, ks, w = xs
         # [L, Bc] draws j = floor(U * remaining), U = bits / 2^32: uniform on [0, remaining) up to
-        # 2^-32 (exact in float64); materialised once so the three chains below share them.
-        bits = _uniform_bits(seed, blk.astype(jnp.uint32) * _L + offsets)
+        # 2^-32 (exact in float64); materialised once so the three chains below share them. The
+        # counter is the example's (bin, routing) rank, so draws do not depend on L.
+        bits = _uniform_bits(seed, ctr)
         j = jnp.floor(bits.astype(f) * rem[:, None]).astype(jnp.int32)
         j = lax.optimization_barrier(j)
         keep = (first == 0).astype(jnp.int32)
         rt, s = rt * keep + kt.astype(jnp.int32), s * keep + ks.astype(jnp.int32)
         acc = acc * (1.0 - first)
-        for l in range(_L):
+        for l in range(a_top.shape[0]):
             top = j[l] < rt  # top group with prob rt / remaining
             topmid = j[l] < s  # top or middle group with prob s / remaining
             acc = acc + jnp.where(top, a_top[l], jnp.where(topmid, 0.0, -a_bot[l]))
@@ -271,7 +276,7 @@ def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
         return (rt, s, acc, stat), None
 
     xs = (
-        jnp.arange(lay.a_top.shape[0]),
+        lay.ctr,
         lay.a_top, lay.a_bot, lay.rem, lay.first, lay.k_top, lay.k_topmid, lay.w_end,
     )
     (_, _, _, stat), _ = lax.scan(body, (izeros, izeros, zeros, zeros), xs)
@@ -279,10 +284,11 @@ def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
 
 
 def chunk_seeds(key: jax.Array, n_chunks: int, chunk_size: int) -> jax.Array:
-    """[n_chunks, 2, Bc] uint32 lane keys; chunk c uses `fold_in(key, c)` (device-independent)."""
-    return jax.vmap(
-        lambda c: jax.random.bits(jax.random.fold_in(key, c), (2, chunk_size), jnp.uint32)
-    )(jnp.arange(n_chunks))
+    """[n_chunks, 2, Bc] uint32 lane keys; permutation b = c * Bc + i draws its two words from
+    `fold_in(key, b)`, so the null depends on the key only (not on chunk size or device count)."""
+    lanes = jnp.arange(n_chunks * chunk_size, dtype=jnp.uint32)
+    words = jax.vmap(lambda b: jax.random.bits(jax.random.fold_in(key, b), (2,), jnp.uint32))(lanes)
+    return words.reshape(n_chunks, chunk_size, 2).transpose(0, 2, 1)
 
 
 def _p_value(stat: jax.Array, null: jax.Array) -> jax.Array:
@@ -303,16 +309,18 @@ def permutation_test_core(
     n_bins: int,
     n_groups: int,
     chunk_size: int | None = None,
+    block: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Jittable, vmappable test on one device (no input checks; trace under `jax.enable_x64`).
 
     Args:
       bins: [N] int32 bin indices; confidence, correct, routing: [N] float64.
-      key: PRNG key.
+      key: PRNG key. chunk_size, block: lanes and scan step (default: by backend; same null).
     Returns:
       (statistic [], p_value [], null [B]).
     """
-    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
+    block = parallel.engine_sizes().scan_block if block is None else block
+    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups, block)
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = -(-n_permutations // bc)
     seeds = chunk_seeds(key, n_chunks, bc)
@@ -321,17 +329,18 @@ def permutation_test_core(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size", "mesh")
+    jax.jit,
+    static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size", "mesh", "block"),
 )
 def _sharded_test(bins, confidence, correct, routing, key, *, n_permutations, n_bins, n_groups,
-                  chunk_size, mesh):
-    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
+                  chunk_size, mesh, block=_L):
+    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups, block)
     n_dev = mesh.size
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), n_dev)
     seeds = chunk_seeds(key, n_chunks, bc)
     axis = mesh.axis_names[0]
-    null_fields = (lay.a_top, lay.a_bot, lay.rem, lay.first, lay.k_top, lay.k_topmid, lay.w_end)
+    null_fields = tuple(getattr(lay, name) for name in _NULL_FIELDS)
 
     def local(seeds_local, *fields):
         sub = lay._replace(**dict(zip(_NULL_FIELDS, fields, strict=True)))
@@ -344,11 +353,11 @@ def _sharded_test(bins, confidence, correct, routing, key, *, n_permutations, n_
         out_specs=P(axis),
         check_vma=False,
     )(seeds, *null_fields)
-    null = null.reshape(-1)[:n_permutations]
+    null = parallel.replicate(null.reshape(-1)[:n_permutations], mesh)  # readable on every host
     return lay.weighted_gap, _p_value(lay.weighted_gap, null), null
 
 
-_NULL_FIELDS = ("a_top", "a_bot", "rem", "first", "k_top", "k_topmid", "w_end")
+_NULL_FIELDS = ("a_top", "a_bot", "rem", "first", "k_top", "k_topmid", "w_end", "ctr")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,23 +455,26 @@ def within_bin_permutation_test(
       confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite.
       key: a jax PRNG key. n_permutations: B >= 1. n_bins: M. n_groups: G >= 2.
       mesh: optional 1-D mesh (`routecal.parallel.make_mesh`).
-      chunk_size: permutations per chunk (default `default_chunk_size(B)`); part of the random
-        stream's definition, so the same key and chunk size give the same null.
+      chunk_size: permutations per chunk (default by the mesh's backend, `parallel.engine_sizes`);
+        it bounds memory and never changes the null: the same key gives the same null.
       binning: confidence bins, "width" (default) or "mass" (see `subgroup_gaps`).
     Returns:
       PermutationTestResult(statistic, p_value, null [B]).
     """
     c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    chunk_size = _resolve_chunk(chunk_size, n_permutations)
     mesh = parallel.make_mesh() if mesh is None else mesh
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
+    sizes = parallel.engine_sizes(mesh)  # by the mesh's platform; never changes the null
+    chunk_size = _resolve_chunk(
+        sizes.permutation_lanes if chunk_size is None else chunk_size, n_permutations
+    )
     with jax.enable_x64(True):
         stat, p, null = _sharded_test(
             jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
             jnp.asarray(r), key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
-            chunk_size=chunk_size, mesh=mesh,
+            chunk_size=chunk_size, mesh=mesh, block=sizes.scan_block,
         )
         return PermutationTestResult(float(stat), float(p), np.asarray(null))
 

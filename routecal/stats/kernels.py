@@ -44,7 +44,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from routecal import _checks
+from routecal import _checks, parallel
 from routecal.parallel import pad_to_multiple
 
 __all__ = [
@@ -353,7 +353,8 @@ def _build(row_tile: int, col_tile: int, loo: bool, shared_min: bool, mesh: Mesh
         out_specs=P(None, axis),
         check_vma=False,
     )
-    return jax.jit(fn)
+    # Replicated output: every process of a multi-host mesh reads the whole [K, R] result.
+    return jax.jit(fn, out_shardings=parallel.replicated(mesh))
 
 
 def _scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -365,25 +366,23 @@ def _scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return scales.astype(np.float32), ratio.astype(np.float32), shared
 
 
-_MESH_BANDWIDTH_CHUNK = 4
-
-
 def _run_chunked(fn, args, scales, ratio, mesh) -> np.ndarray:
     """Runs `fn` over the bandwidth grid: all at once on one device; on a mesh in chunks of
-    `_MESH_BANDWIDTH_CHUNK` bandwidths, because the sharded XLA:CPU program's memory was seen to
-    grow with the bandwidths of one call (2.4 GB for 32 at N = 100k; freed after the call).
-    Chunks are padded to full size so every call has the same shape (one compilation)."""
-    if mesh is None or len(scales) <= _MESH_BANDWIDTH_CHUNK:
+    `parallel.engine_sizes().bandwidth_chunk` bandwidths (4 on CPU), because the sharded XLA:CPU
+    program's memory was seen to grow with the bandwidths of one call (2.4 GB for 32 at N = 100k;
+    freed after the call). Chunks are padded to full size so every call has the same shape."""
+    chunk = parallel.engine_sizes(mesh).bandwidth_chunk
+    if mesh is None or len(scales) <= chunk:
         return np.asarray(fn(*args, scales, ratio), np.float64)
     k = len(scales)
-    k_pad = pad_to_multiple(k, _MESH_BANDWIDTH_CHUNK)
+    k_pad = pad_to_multiple(k, chunk)
     scales = np.concatenate([scales, np.repeat(scales[:1], k_pad - k, axis=0)])
     ratio = np.concatenate([ratio, np.repeat(ratio[:1], k_pad - k)])
     # A proportional grid's row minima are computed at the first bandwidth of each call: keep
     # every chunk's ratios relative to its own first bandwidth.
     outs = []
-    for s in range(0, k_pad, _MESH_BANDWIDTH_CHUNK):
-        sc, r = scales[s : s + _MESH_BANDWIDTH_CHUNK], ratio[s : s + _MESH_BANDWIDTH_CHUNK]
+    for s in range(0, k_pad, chunk):
+        sc, r = scales[s : s + chunk], ratio[s : s + chunk]
         outs.append(np.asarray(fn(*args, sc, r / r[0]), np.float64))
     return np.concatenate(outs)[:k]
 
@@ -453,6 +452,13 @@ def _tile_boxes(x_pad: np.ndarray, n_real: int, size: int) -> tuple[np.ndarray, 
     return lo.astype(np.float32), hi.astype(np.float32)
 
 
+def _default_tiles(row_tile: int | None, col_tile: int | None, mesh) -> tuple[int, int]:
+    sizes = parallel.engine_sizes(mesh)
+    rt = sizes.nw_row_tile if row_tile is None else _checks.check_positive_int(row_tile, "row_tile")
+    ct = sizes.nw_col_tile if col_tile is None else _checks.check_positive_int(col_tile, "col_tile")
+    return rt, ct
+
+
 def _is_binary(y: np.ndarray) -> bool:
     return bool(np.all((y == 0) | (y == 1)))
 
@@ -464,8 +470,8 @@ def nadaraya_watson(
     bandwidth,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 512,
-    col_tile: int = 8192,
+    row_tile: int | None = None,
+    col_tile: int | None = None,
 ) -> np.ndarray:
     """Nadaraya-Watson estimate with a Gaussian product kernel.
 
@@ -477,7 +483,8 @@ def nadaraya_watson(
       x_query: [M, D] query features.
       bandwidth: [D] positive bandwidths.
       mesh: optional 1-D mesh; query rows are sharded over it.
-      row_tile, col_tile: tile sizes (memory ~ row_tile * col_tile floats per device).
+      row_tile, col_tile: tile sizes (memory ~ row_tile * col_tile floats per device; default
+        by backend, `parallel.engine_sizes`: 512 x 8192 on CPU).
 
     Returns:
       [M] float64 estimates (float32 precision). A query far from every training point gets the
@@ -498,6 +505,7 @@ def nadaraya_watson(
 def _nw_grid(xt, yt, xq, h, *, mesh, row_tile, col_tile) -> np.ndarray:
     """[K, M] NW estimates for every bandwidth row of h [K, D] (inputs already validated)."""
     n_dev = _n_devices(mesh)
+    row_tile, col_tile = _default_tiles(row_tile, col_tile, mesh)
     m = xq.shape[0]
     rt, ct = _tile_sizes(-(-m // n_dev), xt.shape[0], row_tile, col_tile)
     xc, yc, tile_y, tile_mixed, _ = _layout_columns(xt, yt, ct, ct)
@@ -520,8 +528,8 @@ def loo_predictions(
     bandwidths,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 512,
-    col_tile: int = 8192,
+    row_tile: int | None = None,
+    col_tile: int | None = None,
 ) -> np.ndarray:
     """Leave-one-out Nadaraya-Watson estimates for a grid of bandwidths (unclipped).
 
@@ -543,6 +551,7 @@ def loo_predictions(
     h = _bandwidth_grid(bandwidths, xa.shape[1])
     n = xa.shape[0]
     n_dev = _n_devices(mesh)
+    row_tile, col_tile = _default_tiles(row_tile, col_tile, mesh)
     # Square tiles: a row tile's own columns form one [rt, rt] tile with self on its diagonal.
     rt, _ = _tile_sizes(-(-n // n_dev), n, row_tile, col_tile)
     ct = rt
@@ -566,8 +575,8 @@ def loo_nll(
     bandwidths,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 512,
-    col_tile: int = 8192,
+    row_tile: int | None = None,
+    col_tile: int | None = None,
 ) -> np.ndarray:
     """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
 
@@ -668,7 +677,7 @@ def select_bandwidth(
         _checks.check_same_length(x=xa, y=ya)
         if x_test.shape[1] != xa.shape[1]:
             raise ValueError(f"test[0]: has {x_test.shape[1]} features, x has {xa.shape[1]}")
-        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=512, col_tile=8192)
+        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=None, col_tile=None)
         preds = np.clip(preds, 0.0, 1.0)
         scores = np.array([ece(p, y_test, n_bins=n_bins) for p in preds])
         optimistic = True
