@@ -88,3 +88,27 @@ def test_null_is_the_same_for_every_strategy(monkeypatch):
     assert gpu.p_value == cpu.p_value
     ref = _numpy_null(c, y, r, 600, 5, seed=0)
     assert ks_2samp(gpu.null, ref).pvalue > 1e-3
+
+
+def test_permutation_memory_is_set_by_configuration_not_by_b():
+    """XLA's compiled temp memory: a fixed working set (layout O(N), one chunk of lanes) plus at
+    most 64 bytes per permutation (its lane key, its null value), for any lane count."""
+    n, mesh = 2000, parallel.make_mesh(1)
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        args = (
+            jax.numpy.asarray(rng.integers(0, 15, n).astype(np.int32)),
+            jax.numpy.asarray(rng.random(n)), jax.numpy.asarray((rng.random(n) < 0.5) * 1.0),
+            jax.numpy.asarray(rng.normal(size=n)), jax.random.key(0),
+        )
+
+        def temp(b, lanes):
+            lowered = diagnostics._sharded_test.lower(
+                *args, n_permutations=b, n_bins=15, n_groups=3, chunk_size=lanes, mesh=mesh,
+                block=16,
+            )
+            return lowered.compile().memory_analysis().temp_size_in_bytes
+
+        base = temp(1024, 128)
+        for lanes in (128, 1024):
+            assert temp(32_768, lanes) <= base + 64 * 32_768
