@@ -14,11 +14,11 @@ own dependencies (numpy, jax, flax, optax) plus this repository. Prints the mach
   * Nadaraya-Watson leave-one-out sweep (N x K bandwidths): kernel evaluations per second, against
     the chip's exp throughput measured now (a fused exp-sum with no memory traffic; the ceiling).
   * top-label ECE on 10^7 x 10 device-resident probabilities vs numpy.
-  * training step of the AttnRes classifier (routecal has no LM decoder on main yet) in bfloat16:
-    model FLOPs (3 x XLA's forward count) per second, as a fraction of the chip's bf16 peak (MFU)
-    from a table of known chips.
-  * predict throughput (examples and tokens per second, traces included): image predict, since
-    token-level predict is not on main yet.
+  * training step of the Block AttnRes decoder LM (`models/decoder.py`) in bfloat16: model FLOPs
+    (PaLM's 6 N + 12 L D T per token) per second, as a fraction of the chip's bf16 peak (MFU) from
+    a table of known chips.
+  * token throughput of the LM forward pass with traces (the compute of token-level predict,
+    which is not on main yet).
 
 Targets (issue 16, one H200-class GPU): permutation N = 10^6, B = 10^4 under 1 s; NW sweep >= 10^11
 kernel evaluations per second.
@@ -37,7 +37,6 @@ import time
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count()}")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -57,14 +56,16 @@ BF16_PEAK = {
 FULL = dict(
     perm_sizes=(100_000, 1_000_000), perm_b=10_000, numpy_n=100_000, numpy_b=50,
     cpu_b_large=1_000, nw_n=100_000, nw_k=32, ece_n=10_000_000, ceiling_n=32_768,
-    model=dict(d_model=1024, n_layers=4, n_heads=16, mlp_dim=4096, seq_len=256, token_dim=64),
-    batch=64, train_steps=10, predict_n=4096,
+    lm=dict(vocab_size=32_000, max_len=1024, d_model=1024, n_layers=8, n_heads=16,
+            mlp_dim=2816, residual="block", n_blocks=4),
+    batch=16, train_steps=10,
 )
 SMOKE = dict(
     perm_sizes=(2_000,), perm_b=256, numpy_n=2_000, numpy_b=4, cpu_b_large=128,
     nw_n=400, nw_k=4, ece_n=10_000, ceiling_n=512,
-    model=dict(d_model=16, n_layers=1, n_heads=2, mlp_dim=32, seq_len=8, token_dim=4),
-    batch=8, train_steps=2, predict_n=32,
+    lm=dict(vocab_size=64, max_len=16, d_model=16, n_layers=2, n_heads=2, mlp_dim=32,
+            residual="block", n_blocks=2),
+    batch=4, train_steps=2,
 )
 
 
@@ -151,35 +152,35 @@ def bench_ece(s: dict, rows: list) -> None:
     ))
 
 
-def _model(s: dict):
+def _decoder(s: dict):
     from flax import nnx
 
-    from routecal.models.transformer import ModelConfig, Transformer
+    from routecal.models.decoder import Decoder
+    from routecal.models.decoder_config import DecoderConfig
 
-    cfg = ModelConfig(num_classes=10, residual="full", n_blocks=2, **s["model"])
-    model = Transformer(cfg, rngs=nnx.Rngs(params=0, dropout=1))
-    bf16 = lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a
-    nnx.update(model, jax.tree.map(bf16, nnx.state(model, nnx.Param)))
-    return cfg, model
+    cfg = DecoderConfig(dtype="bfloat16", **s["lm"])
+    return cfg, Decoder(cfg, rngs=nnx.Rngs(params=0, dropout=1))
 
 
-def bench_train(s: dict, rows: list) -> None:
+def bench_lm(s: dict, rows: list) -> None:
+    """bf16 training step of the Block AttnRes decoder LM; MFU from the PaLM model-FLOP count
+    (Chowdhery et al. 2022, App. B): 6 N + 12 L D T FLOPs per token, N the parameters."""
     import optax
     from flax import nnx
 
-    from routecal import flops
+    from routecal.models.decoder import num_params
 
-    cfg, model = _model(s)
-    b = s["batch"]
+    cfg, model = _decoder(s)
+    b, t = s["batch"], cfg.max_len
     optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
-    x = jax.random.normal(jax.random.key(1), (b, cfg.seq_len, cfg.token_dim), jnp.bfloat16)
-    labels = jax.random.randint(jax.random.key(2), (b,), 0, 10)
+    ids = jax.random.randint(jax.random.key(1), (b, t + 1), 0, cfg.vocab_size)
 
     @nnx.jit
-    def step(model, optimizer, x, labels):
+    def step(model, optimizer, ids):
         def loss_fn(m):
-            logits = m(x, train=True).logits.astype(jnp.float32)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            out = m(ids[:, :-1], train=True)
+            ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, ids[:, 1:]).mean()
+            return ce + out.aux_loss
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
@@ -187,32 +188,26 @@ def bench_train(s: dict, rows: list) -> None:
 
     def steps():
         for _ in range(s["train_steps"]):
-            loss = step(model, optimizer, x, labels)
+            loss = step(model, optimizer, ids)
         return loss
 
-    t, _ = timed(steps, repeats=1)
-    t /= s["train_steps"]
-    model_flops = 3.0 * flops.model_flops(cfg, b)  # forward + backward ~ 3 forwards
+    dt, _ = timed(steps, repeats=1)
+    dt /= s["train_steps"]
+    n = num_params(model)
+    model_flops = (6 * n + 12 * cfg.n_layers * cfg.d_model * t) * b * t
     peak = chip_peak(jax.local_devices()[0])
-    mfu = f"{model_flops / t / peak:.1%} of {peak:.3g} FLOP/s" if peak else "n/a (unknown peak)"
-    n_params = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    mfu = f"{model_flops / dt / peak:.1%} of {peak:.3g} FLOP/s" if peak else "n/a (unknown peak)"
     rows.append((
-        f"AttnRes train step bf16 ({n_params / 1e6:.1f}M params, B={b}, T={cfg.seq_len})",
-        f"{t * 1e3:.1f} ms", f"{model_flops / t:.3g} model FLOP/s; MFU {mfu}",
+        f"LM train step bf16 (Block AttnRes decoder, {n / 1e6:.0f}M params, B={b}, T={t})",
+        f"{dt * 1e3:.1f} ms", f"{model_flops / dt:.3g} model FLOP/s; MFU {mfu}",
     ))
-    bench_predict(s, rows, cfg, model)
 
-
-def bench_predict(s: dict, rows: list, cfg, model) -> None:
-    from routecal import predict
-
-    n = s["predict_n"]
-    x = np.random.default_rng(0).standard_normal((n, cfg.seq_len, cfg.token_dim), np.float32)
-    bs = min(256, n)
-    t, _ = timed(lambda: predict.predict_arrays(model, x, batch_size=bs)["probs"], repeats=1)
+    fwd = nnx.jit(lambda m, x: m(x, return_traces=True).logits)
+    x = ids[:, :-1]
+    dt, _ = timed(lambda: fwd(model, x), repeats=2)
     rows.append((
-        f"predict with traces (image path), {n:,} examples", f"{t:.3f} s",
-        f"{n / t:,.0f} examples/s, {n * cfg.seq_len / t:,.0f} tokens/s",
+        f"LM forward with traces, B={b} x T={t} (the compute of token predict)",
+        f"{dt * 1e3:.1f} ms", f"{b * t / dt:,.0f} tokens/s (token-level predict is not on main)",
     ))
 
 
@@ -231,7 +226,7 @@ def main(argv=None) -> int:
     print(f"machine: {machine}")
     rows: list[tuple[str, str, str]] = []
     t0 = time.perf_counter()
-    for bench in (bench_permutation, bench_nw, bench_ece, bench_train):
+    for bench in (bench_permutation, bench_nw, bench_ece, bench_lm):
         done = len(rows)
         bench(s, rows)
         for r in rows[done:]:

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
 def as_array(x: Any, name: str, *, ndim: int | None = None, dtype: Any = np.float64) -> np.ndarray:
     """Converts `x` to a numpy array of `dtype`, checking its rank and that it is finite.
+
+    NaN and inf are refused whatever the float type: float16/32/64 and the ml_dtypes types jax uses
+    (bfloat16, float8_*; numpy kind 'V'), which are checked after an exact cast to float32.
 
     Raises:
       ValueError: naming `name` if `x` has the wrong rank, is empty, or holds NaN/inf.
@@ -20,6 +25,8 @@ def as_array(x: Any, name: str, *, ndim: int | None = None, dtype: Any = np.floa
         arr = np.asarray(x)
     except Exception as e:  # pragma: no cover - exotic inputs
         raise ValueError(f"{name}: cannot convert to an array ({e})") from e
+    if arr.dtype.kind == "V" and jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(np.float32)  # bfloat16 / float8 (ml_dtypes, kind 'V'): checkable as float32
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
     if arr.size == 0:
@@ -102,3 +109,29 @@ def check_nonnegative(x: Any, name: str) -> float:
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name}: must be a finite number >= 0, got {x!r}")
     return value
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """A jax PRNG key from `key`: a typed key (`jax.random.key`), a raw uint32 [2] key
+    (`jax.random.PRNGKey`), or an integer seed (accepted: `jax.random.key(seed)`).
+
+    Raises:
+      ValueError: naming `name` for anything else (floats, strings, None, batches of keys).
+    """
+    if isinstance(key, bool):
+        raise ValueError(f"{name}: expected a jax PRNG key or an integer seed, got {key!r}")
+    if isinstance(key, int | np.integer):
+        if not 0 <= int(key) < 2**63:
+            raise ValueError(f"{name}: an integer seed must lie in [0, 2**63), got {key}")
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name}: expected one PRNG key, got a key array of shape {key.shape}")
+        return key
+    arr = np.asarray(key) if isinstance(key, jax.Array | np.ndarray) else None
+    if arr is not None and arr.shape == (2,) and arr.dtype == np.uint32:
+        return jnp.asarray(arr)
+    raise ValueError(
+        f"{name}: expected a jax PRNG key (jax.random.key(seed)) or an integer seed, got "
+        f"{type(key).__name__}" + (f" of dtype {arr.dtype}, shape {arr.shape}" if arr is not None else "")
+    )

@@ -29,11 +29,11 @@ def _split_overrides(extra: Sequence[str]) -> list[str]:
     while i < len(items):
         tok = items[i]
         if not tok.startswith("--config."):
-            raise SystemExit(f"routecal: unrecognised argument {tok!r}")
+            raise ValueError(f"unrecognised argument {tok!r}")
         body = tok[len("--config.") :]
         if "=" not in body:
             if i + 1 >= len(items):
-                raise SystemExit(f"routecal: override {tok!r} needs a value")
+                raise ValueError(f"override {tok!r} needs a value")
             body = f"{body}={items[i + 1]}"
             i += 1
         out.append(body)
@@ -94,6 +94,8 @@ def _join(kwargs: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one subcommand; bad input (a `ValueError`, e.g. a wrong override, a corrupt file or a
+    workdir in use) ends with one line `routecal <cmd>: <message>` and exit status 1."""
     args, extra = build_parser().parse_known_args(argv)
     explicit = {
         k: getattr(args, k)
@@ -102,17 +104,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if explicit and not args.distributed:
         raise SystemExit(f"routecal: {sorted(explicit)} need --distributed")
+    try:
+        _run(args, extra, explicit)
+    except ValueError as e:
+        raise SystemExit(f"routecal {args.command}: {e}") from e
+    return 0
+
+
+def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None:
     if args.distributed:
         _join(explicit)
     if args.command in ("train", "study"):
         from routecal.config import load_config
 
-        try:
-            cfg = load_config(args.config, _split_overrides(extra))
-        except ValueError as e:
-            raise SystemExit(f"routecal {args.command}: {e}") from e
+        cfg = load_config(args.config, _split_overrides(extra))
     elif extra:
-        raise SystemExit(f"routecal {args.command}: unrecognised arguments {list(extra)}")
+        raise ValueError(f"unrecognised arguments {list(extra)}")
 
     if args.command == "train":
         from routecal import train
@@ -140,7 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from routecal import report
 
         report.write_report(args.workdir)
-    return 0
 
 
 if __name__ == "__main__":

@@ -67,7 +67,13 @@ def set_key(cfg: ml_collections.ConfigDict, dotted: str, value: object) -> None:
                 and not isinstance(value, bool)
             ):
                 value = float(value)
-            node[part] = value
+            try:
+                node[part] = value
+            except TypeError as e:  # ml_collections: a value of the wrong type for the field
+                raise ValueError(
+                    f"config: {dotted}={value!r} has type {type(value).__name__}, but the field "
+                    f"holds {type(current).__name__} (e.g. {current!r})"
+                ) from e
         else:
             node = node[part]
 

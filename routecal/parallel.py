@@ -169,3 +169,15 @@ def engine_sizes(backend: str | Mesh | None = None) -> EngineSizes:
     if b not in _ENGINE_SIZES:
         raise ValueError(f"backend: unknown {backend!r}; expected one of {sorted(_ENGINE_SIZES)}")
     return _ENGINE_SIZES[b]
+
+
+def nw_tiles(row_tile: int | None, col_tile: int | None, mesh: Mesh | None) -> tuple[int, int]:
+    """Nadaraya-Watson (row, column) tiles: the given ones, else the mesh backend's defaults."""
+    sizes = engine_sizes(mesh)
+    out = []
+    for name, v, default in (("row_tile", row_tile, sizes.nw_row_tile),
+                             ("col_tile", col_tile, sizes.nw_col_tile)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1):
+            raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+        out.append(default if v is None else int(v))
+    return out[0], out[1]

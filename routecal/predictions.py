@@ -20,26 +20,31 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from routecal import _checks
+from routecal import _checks, workdir
 
 
 def load_predictions(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """Loads and validates a predictions `.npz` (keys in the module docstring)."""
+    """Loads and validates a predictions `.npz` (keys in the module docstring).
+
+    Raises:
+      ValueError: naming the file: missing, not an npz (a `.npy`, text, pickle), truncated or
+        corrupt (bad zip, bad CRC), a required array missing, or an array failing its check.
+    """
     p = pathlib.Path(path)
-    if not p.exists():
-        raise ValueError(f"predictions: no such file {str(p)!r}")
-    with np.load(p, allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
+    d = workdir.load_npz(p, "predictions")
     for k in ("probs", "labels"):
         if k not in d:
-            raise ValueError(f"predictions: {p.name} has no {k!r} array (has {sorted(d)})")
-    probs = _checks.check_probs(d["probs"], "probs")
-    labels = _checks.check_labels(d["labels"], probs.shape[1], "labels")
-    _checks.check_same_length(probs=probs, labels=labels)
-    for k in ("H", "H_norm", "depth_mean", "depth_var"):
-        if k in d and d[k].size:
-            _checks.as_array(d[k], k, ndim=2)
-            _checks.check_same_length(probs=probs, **{k: d[k]})
+            raise ValueError(f"predictions: {str(p)!r} has no {k!r} array (has {sorted(d)})")
+    try:
+        probs = _checks.check_probs(d["probs"], "probs")
+        labels = _checks.check_labels(d["labels"], probs.shape[1], "labels")
+        _checks.check_same_length(probs=probs, labels=labels)
+        for k in ("H", "H_norm", "depth_mean", "depth_var"):
+            if k in d and d[k].size:
+                _checks.as_array(d[k], k, ndim=2)
+                _checks.check_same_length(probs=probs, **{k: d[k]})
+    except ValueError as e:
+        raise ValueError(f"predictions: {str(p)!r}: {e}") from e
     d["probs"], d["labels"] = probs, labels
     return d
 

@@ -4,9 +4,10 @@
     model, cfg, dataset = load_trained(workdir)
 
 The workdir holds `config.json`, `metrics.jsonl` (one JSON object per log / eval event),
-`checkpoints/` (orbax: model state, optimizer state, step and data position) and, once finished,
-`final_metrics.json`. Calling `train_and_evaluate` again in the same workdir resumes from the latest
-checkpoint; a finished run returns its final metrics at once.
+`checkpoints/` (orbax, `routecal.checkpoints`: model state, optimizer state, step, data position and
+training time) and, once finished, `final_metrics.json`. Calling `train_and_evaluate` again in the
+same workdir resumes from the newest readable checkpoint (a partial last metrics line is dropped); a
+finished run returns its final metrics at once. A run holds the workdir's lock (`routecal.workdir`).
 
 Letters: B batch, T tokens, P token features, C classes.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import re
+import sys
 import time
 from typing import Any
 
@@ -25,20 +26,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from routecal import _checks, parallel
+from routecal import _checks, checkpoints, parallel
+from routecal import workdir as workdir_io
 from routecal.data import Dataset, Split, load_dataset
 from routecal.models.transformer import ModelConfig, Transformer
-
-# Named parameter selections for `train.trainable`; anything else is a regular expression searched
-# in the "/"-joined parameter path (e.g. "blocks/0/mlp/router/kernel").
-TRAINABLE_PRESETS = {"all": r".*", "router-only": r"(^|/)router"}
+from routecal.optim import TRAINABLE_PRESETS, make_tx, trainable_filter  # noqa: F401 (API)
 
 # ----------------------------------------------------------------------------------------------
-# Model, optimizer, parameter selection
+# Model and checks
 # ----------------------------------------------------------------------------------------------
 
 
@@ -52,66 +50,6 @@ def build_model(cfg: ml_collections.ConfigDict, dataset: Dataset) -> Transformer
     )
     seed = int(cfg.seed)
     return Transformer(mcfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-
-
-@functools.lru_cache(maxsize=32)
-def trainable_filter(spec: str) -> Any:
-    """NNX filter selecting the trainable `nnx.Param`s: a preset name or a path regex.
-
-    Cached, so one spec gives one filter object (it is part of the optimizer's static graph).
-    """
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"train.trainable: expected a preset {list(TRAINABLE_PRESETS)} or a regex")
-    pattern = TRAINABLE_PRESETS.get(spec, spec)
-    try:
-        rx = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"train.trainable: invalid regex {pattern!r} ({e})") from e
-
-    def by_path(path: tuple, _: Any) -> bool:
-        return rx.search("/".join(str(p) for p in path)) is not None
-
-    return nnx.All(nnx.Param, by_path)
-
-
-def make_tx(tcfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine decay, and global-norm clipping.
-
-    The same settings return the same (cached) object, so the jit-compiled train step, whose
-    optimizer graph holds it, is reused across runs in one process instead of recompiled.
-    """
-    steps = int(tcfg.steps)
-    return _make_tx(
-        steps=steps,
-        warmup=min(int(tcfg.warmup), max(steps - 1, 0)),
-        lr=float(tcfg.lr),
-        weight_decay=float(tcfg.weight_decay),
-        grad_clip=float(tcfg.get("grad_clip", 1.0)),
-        end_lr_fraction=float(tcfg.get("end_lr_fraction", 0.0)),
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _make_tx(
-    *,
-    steps: int,
-    warmup: int,
-    lr: float,
-    weight_decay: float,
-    grad_clip: float,
-    end_lr_fraction: float,
-) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=lr,
-        warmup_steps=warmup,
-        decay_steps=max(steps, warmup + 1),
-        end_value=end_lr_fraction * lr,
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(grad_clip),
-        optax.adamw(schedule, weight_decay=weight_decay),
-    )
 
 
 def _check_train_cfg(tcfg: ml_collections.ConfigDict, n_devices: int) -> None:
@@ -212,53 +150,8 @@ def _next_batch(seed: int, epoch: int, index: int, n: int, batch_size: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
+# Initialisation from another run
 # ----------------------------------------------------------------------------------------------
-
-
-def _model_state(model: nnx.Module) -> nnx.State:
-    # RNG keys are rebuilt from the seed; their counters (part of the state) are checkpointed.
-    return nnx.state(model, nnx.Not(nnx.RngKey))
-
-
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def _checkpoint_manager(workdir: pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-    )
-
-
-def _save(mngr, step: int, model, optimizer, position: dict[str, int]) -> None:
-    mngr.save(
-        step,
-        args=ocp.args.Composite(
-            model=ocp.args.StandardSave(nnx.to_pure_dict(_model_state(model))),
-            opt=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer))),
-            position=ocp.args.JsonSave(position),
-        ),
-    )
-
-
-def _restore_into(mngr, step: int, model, optimizer=None) -> dict[str, int] | None:
-    """Restores model (and optimizer and data position if `optimizer` is given) from `step`."""
-    mstate = _model_state(model)
-    items = {"model": ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(mstate)))}
-    if optimizer is not None:
-        ostate = nnx.state(optimizer)
-        items["opt"] = ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(ostate)))
-        items["position"] = ocp.args.JsonRestore()
-    restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    nnx.replace_by_pure_dict(mstate, restored["model"])
-    nnx.update(model, mstate)
-    if optimizer is None:
-        return None
-    nnx.replace_by_pure_dict(ostate, restored["opt"])
-    nnx.update(optimizer, ostate)
-    return dict(restored["position"])
 
 
 def _init_from(model: nnx.Module, src_workdir: str) -> int:
@@ -287,28 +180,6 @@ def _init_from(model: nnx.Module, src_workdir: str) -> int:
     return copied
 
 
-# ----------------------------------------------------------------------------------------------
-# Metrics file
-# ----------------------------------------------------------------------------------------------
-
-
-def _truncate_metrics(path: pathlib.Path, after_step: int) -> None:
-    """Drops lines logged after `after_step` (they are recomputed when a run resumes)."""
-    if not path.exists():
-        return
-    keep = [
-        ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= after_step
-    ]
-    path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def _log(path: pathlib.Path, record: dict[str, Any]) -> None:
-    if not parallel.is_primary():  # multi-host: process 0 writes the workdir's files
-        return
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
     if not pending:
         return
@@ -334,144 +205,173 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains `cfg` in `workdir` (resuming if it holds checkpoints) and returns the final metrics.
 
+    The whole config (train, data, model, trainable selection, init_from) is checked before
+    anything is written, so a rejected config leaves the workdir usable for a corrected one. The
+    workdir is locked for the call (`routecal.workdir.lock`): a second process is refused.
+
     Args:
       cfg: the experiment config (keys seed, data, model, train; see configs/attnres_digits.py).
       workdir: output directory.
       mesh: device mesh for data parallelism (default: all local devices). The batch is sharded
         over its axis; parameters and optimizer state are replicated.
       max_steps_this_run: stop after this many steps in this call (as if pre-empted), without
-        writing final metrics; a later call resumes from the latest checkpoint.
+        writing final metrics; a later call resumes from the newest readable checkpoint.
 
     Returns:
       {"step", "train/loss", "calib/accuracy", "calib/nll", "test/accuracy", "test/nll",
-       "time_s"} at the end of training.
+       "time_s"} at the end of training; `time_s` is the training time summed over every call
+       that contributed (resumes included; steps lost to a kill and redone count once).
 
     Raises:
-      ValueError: bad config, data or workdir content; FloatingPointError: a non-finite loss.
+      ValueError: bad config, data or workdir content (corrupt files named), or another process
+        holds the workdir; FloatingPointError: a non-finite loss.
     """
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    final_path = workdir / "final_metrics.json"
-    metrics_path = workdir / "metrics.jsonl"
-    tcfg = cfg.train
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    _check_train_cfg(tcfg, mesh.size)
+    with workdir_io.lock(workdir, "train", enabled=jax.process_index() == 0):
+        return _train_locked(cfg, workdir, mesh, max_steps_this_run)
 
-    cfg_json = json.loads(cfg.to_json_best_effort())
-    cfg_path = workdir / "config.json"
-    if not parallel.is_primary():
-        pass  # multi-host: process 0 checks and writes the workdir's files
-    elif cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old != cfg_json:
+
+def _finished(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """Checks `config.json` (if any) matches `cfg`; returns the final metrics of a finished run."""
+    cfg_path, final_path = workdir / "config.json", workdir / "final_metrics.json"
+    if cfg_path.exists():
+        old = workdir_io.read_json(cfg_path, "workdir")
+        if old != json.loads(cfg.to_json_best_effort()):
             raise ValueError(
                 f"workdir: {workdir} holds a run with a different config; use a new workdir"
             )
-    else:
-        cfg_path.write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
-
-    steps = int(tcfg.steps)
-    mngr = _checkpoint_manager(workdir)
+    if not final_path.exists():
+        return None
     try:
-        latest = mngr.latest_step()
-        if latest == steps and final_path.exists():
-            return json.loads(final_path.read_text())
+        final = workdir_io.read_json(final_path, "final metrics")
+    except ValueError as e:
+        print(f"routecal train: {e}; evaluating again", file=sys.stderr)
+        return None
+    return final if final.get("step") == int(cfg.train.steps) else None
 
-        dataset = load_dataset(cfg.data)
-        _check_dataset(dataset)
-        model = build_model(cfg, dataset)
-        wrt = trainable_filter(str(tcfg.trainable))
-        if not jax.tree.leaves(nnx.state(model, wrt)):
-            raise ValueError(f"train.trainable: {tcfg.trainable!r} selects no parameter")
-        optimizer = nnx.Optimizer(model, make_tx(tcfg), wrt=wrt)
-        if tcfg.get("init_from") and latest is None:
-            _init_from(model, tcfg.init_from)
 
+def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | None):
+    tcfg = cfg.train
+    _checks.check_positive_int(cfg.seed, "seed", minimum=0)
+    _check_train_cfg(tcfg, mesh.size)
+    final = _finished(workdir, cfg)
+    if final is not None:
+        return final
+    # --- everything checked before the first write -----------------------------------------
+    dataset = load_dataset(cfg.data)
+    _check_dataset(dataset)
+    model = build_model(cfg, dataset)
+    wrt = trainable_filter(str(tcfg.trainable))
+    if not jax.tree.leaves(nnx.state(model, wrt)):
+        raise ValueError(f"train.trainable: {tcfg.trainable!r} selects no parameter")
+    optimizer = nnx.Optimizer(model, make_tx(tcfg), wrt=wrt)
+    if tcfg.get("init_from"):  # a checkpoint, if any, overwrites it below
+        _init_from(model, tcfg.init_from)
+    n_train, bs = len(dataset.train), int(tcfg.batch_size)
+    if bs > n_train:
+        raise ValueError(f"train.batch_size: {bs} exceeds the {n_train} training examples")
+    eval_bs = int(tcfg.get("eval_batch_size", bs))
+    if eval_bs % mesh.size:
+        raise ValueError(f"train.eval_batch_size: {eval_bs} not divisible by {mesh.size} devices")
+    cfg_path = workdir / "config.json"
+    if not cfg_path.exists() and parallel.is_primary():  # multi-host: process 0 writes files
+        workdir_io.write_json(cfg_path, json.loads(cfg.to_json_best_effort()))
+
+    mngr = checkpoints.manager(workdir)
+    try:
         rep = parallel.replicated(mesh)
         for obj in (model, optimizer):
             nnx.update(obj, jax.device_put(nnx.state(obj), rep))
-
-        position = {"step": 0, "epoch": 0, "index": 0}
-        if latest is not None:
-            position = _restore_into(mngr, latest, model, optimizer)
-        if parallel.is_primary():
-            _truncate_metrics(metrics_path, position["step"])
-
-        # cached_partial caches the NNX graph traversal of model and optimizer (less overhead per step)
-        train_step = nnx.cached_partial(_make_train_step(str(tcfg.trainable)), model, optimizer)
-        seed = int(cfg.get("data_seed", cfg.seed))
-        n_train, bs = len(dataset.train), int(tcfg.batch_size)
-        if bs > n_train:
-            raise ValueError(f"train.batch_size: {bs} exceeds the {n_train} training examples")
-        log_every = int(tcfg.get("log_every", 50))
-        noise = float(tcfg.get("input_noise", 0.0))
-        eval_bs = int(tcfg.get("eval_batch_size", bs))
-        if eval_bs % mesh.size:
-            raise ValueError(
-                f"train.eval_batch_size: {eval_bs} not divisible by {mesh.size} devices"
-            )
-
-        step, epoch, index = position["step"], position["epoch"], position["index"]
-        stop = steps if max_steps_this_run is None else min(steps, step + max_steps_this_run)
-        pending: list[tuple[int, jax.Array]] = []
-        last: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        bar = tqdm(
-            total=steps, initial=step, desc=f"train {workdir.name}", dynamic_ncols=True,
-            disable=not parallel.is_primary(),
-        )
-        while step < stop:
-            idx, epoch, index = _next_batch(seed, epoch, index, n_train, bs)
-            x = dataset.train.tokens[idx].astype(np.float32)
-            if noise > 0:  # Gaussian input noise, seeded by (seed, step): resumable, deterministic
-                x = x + noise * np.random.default_rng([seed, 1, step]).standard_normal(
-                    x.shape, dtype=np.float32
-                )
-            tokens, labels = _put_batch(mesh, x, dataset.train.labels[idx])
-            out = train_step(tokens, labels)
-            step += 1
-            pending.append((step, out["loss"]))
-            bar.update(1)
-            if step % log_every == 0 or step == steps:
-                _check_finite(pending)
-                last = {k: float(v) for k, v in jax.device_get(out).items()}
-                _log(metrics_path, {"step": step, **{f"train/{k}": v for k, v in last.items()}})
-                bar.set_postfix(loss=f"{last['loss']:.4f}")
-            if step % int(tcfg.eval_every) == 0 or step == steps:
-                rec = {"step": step}
-                for split in ("calib", "test"):
-                    ev = evaluate(model, dataset.split(split), batch_size=eval_bs, mesh=mesh)
-                    rec.update({f"{split}/{k}": v for k, v in ev.items()})
-                _log(metrics_path, rec)
-            if step % int(tcfg.checkpoint_every) == 0 or step == steps:
-                _check_finite(pending)
-                _save(mngr, step, model, optimizer, {"step": step, "epoch": epoch, "index": index})
-        bar.close()
-        _check_finite(pending)
-        mngr.wait_until_finished()
-        if step < steps:
-            return {"step": step, "finished": False}
-
-        if not last:  # resumed exactly at the end: the last logged training loss
-            logged = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln]
-            last = {"loss": next(r["train/loss"] for r in reversed(logged) if "train/loss" in r)}
-        final = {"step": step, "train/loss": last["loss"], "time_s": time.perf_counter() - t0}
-        for split in ("calib", "test"):
-            ev = evaluate(model, dataset.split(split), batch_size=eval_bs, mesh=mesh)
-            final.update({f"{split}/{k}": v for k, v in ev.items()})
-        if parallel.is_primary():
-            final_path.write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
-        return final
+        position = checkpoints.restore_newest_readable(mngr, model, optimizer) or {
+            "step": 0, "epoch": 0, "index": 0,
+        }
+        return _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position,
+                     eval_bs=eval_bs, max_steps_this_run=max_steps_this_run)
     finally:
         mngr.close()
 
 
+def _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position, *, eval_bs,
+          max_steps_this_run):
+    tcfg = cfg.train
+    metrics_path = workdir / "metrics.jsonl"
+    primary = parallel.is_primary()  # multi-host: process 0 writes the workdir's files
+    if primary:
+        checkpoints.truncate_metrics(metrics_path, position["step"])
+    # cached_partial caches the NNX graph traversal of model and optimizer (less overhead per step)
+    train_step = nnx.cached_partial(_make_train_step(str(tcfg.trainable)), model, optimizer)
+    seed = int(cfg.get("data_seed", cfg.seed))
+    steps, n_train, bs = int(tcfg.steps), len(dataset.train), int(tcfg.batch_size)
+    log_every = int(tcfg.get("log_every", 50))
+    noise = float(tcfg.get("input_noise", 0.0))
+
+    step, epoch, index = position["step"], position["epoch"], position["index"]
+    time_before = float(position.get("train_time_s", 0.0))  # earlier calls, up to the checkpoint
+    stop = steps if max_steps_this_run is None else min(steps, step + max_steps_this_run)
+    pending: list[tuple[int, jax.Array]] = []
+    last: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, initial=step, desc=f"train {workdir.name}", dynamic_ncols=True,
+               disable=not primary)
+    while step < stop:
+        idx, epoch, index = _next_batch(seed, epoch, index, n_train, bs)
+        x = dataset.train.tokens[idx].astype(np.float32)
+        if noise > 0:  # Gaussian input noise, seeded by (seed, step): resumable, deterministic
+            x = x + noise * np.random.default_rng([seed, 1, step]).standard_normal(
+                x.shape, dtype=np.float32
+            )
+        tokens, labels = _put_batch(mesh, x, dataset.train.labels[idx])
+        out = train_step(tokens, labels)
+        step += 1
+        pending.append((step, out["loss"]))
+        bar.update(1)
+        if step % log_every == 0 or step == steps:
+            _check_finite(pending)
+            last = {k: float(v) for k, v in jax.device_get(out).items()}
+            if primary:
+                checkpoints.log_metrics(
+                    metrics_path, {"step": step, **{f"train/{k}": v for k, v in last.items()}}
+                )
+            bar.set_postfix(loss=f"{last['loss']:.4f}")
+        if step % int(tcfg.eval_every) == 0 or step == steps:
+            rec = {"step": step}
+            for split in ("calib", "test"):
+                ev = evaluate(model, dataset.split(split), batch_size=eval_bs, mesh=mesh)
+                rec.update({f"{split}/{k}": v for k, v in ev.items()})
+            if primary:
+                checkpoints.log_metrics(metrics_path, rec)
+        if step % int(tcfg.checkpoint_every) == 0 or step == steps:
+            _check_finite(pending)
+            elapsed = time_before + time.perf_counter() - t0
+            checkpoints.save(mngr, step, model, optimizer,
+                             {"step": step, "epoch": epoch, "index": index, "train_time_s": elapsed})
+    bar.close()
+    _check_finite(pending)
+    mngr.wait_until_finished()
+    if step < steps:
+        return {"step": step, "finished": False}
+
+    if not last:  # resumed exactly at the end: the last logged training loss
+        last = {"loss": next(
+            r["train/loss"] for r in reversed(checkpoints.read_metrics(metrics_path)) if "train/loss" in r
+        )}
+    final = {"step": step, "train/loss": last["loss"],
+             "time_s": time_before + time.perf_counter() - t0}
+    for split in ("calib", "test"):
+        ev = evaluate(model, dataset.split(split), batch_size=eval_bs, mesh=mesh)
+        final.update({f"{split}/{k}": v for k, v in ev.items()})
+    if primary:
+        workdir_io.write_json(workdir / "final_metrics.json", final)
+    return final
+
+
 def load_config_json(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was trained with (from config.json)."""
+    """The config a run in `workdir` was trained with (from config.json; corrupt files named)."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         raise ValueError(f"workdir: no config.json in {workdir} (not a routecal training run)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(workdir_io.read_json(path, "workdir"))
 
 
 def load_trained(
@@ -483,18 +383,22 @@ def load_trained(
       (model, cfg, dataset); the model lives on the default device.
 
     Raises:
-      ValueError: if `workdir` holds no config or no checkpoint.
+      ValueError: if `workdir` holds no config or no checkpoint, or the latest checkpoint is
+        unreadable (named, in one line; resuming training falls back to an older one instead).
     """
     workdir = pathlib.Path(workdir)
     cfg = load_config_json(workdir)
     dataset = load_dataset(cfg.data)
     model = build_model(cfg, dataset)
-    mngr = _checkpoint_manager(workdir)
+    mngr = checkpoints.manager(workdir)
     try:
         latest = mngr.latest_step()
         if latest is None:
             raise ValueError(f"workdir: no checkpoint in {workdir / 'checkpoints'}")
-        _restore_into(mngr, latest, model)
+        try:
+            checkpoints.restore_into(mngr, latest, model)
+        except Exception as e:  # orbax raises bare Exception for unreadable arrays
+            raise checkpoints.unreadable(mngr, latest, e) from e
     finally:
         mngr.close()
     return model, cfg, dataset

@@ -96,7 +96,9 @@ def main() -> None:
         res = diagnostics.within_bin_permutation_test(
             c, y, r, key=jax.random.key(3), mesh=mesh, **kw
         )
-        save("perm", statistic=res.statistic, p_value=res.p_value, null=res.null)
+        sharded = jax.device_put(np.arange(4.0 * mesh.size), parallel.batch_sharding(mesh, 1))
+        save("perm", statistic=res.statistic, p_value=res.p_value, null=res.null,
+             gathered=parallel.to_host(sharded))
     if "nw" in tasks:
         x, yb, mult = nw_case()
         nll = kernels.loo_nll(x, yb, kernels.scott_multiples(x, mult), mesh=mesh, row_tile=16)

@@ -100,6 +100,8 @@ def _check_perm(out: pathlib.Path, n: int) -> None:
         np.testing.assert_array_equal(got["null"], one.null)
         assert float(got["p_value"]) == one.p_value
         assert float(got["statistic"]) == one.statistic
+        n_dev = n * worker.DEVICES_PER_PROCESS  # parallel.to_host of a batch-sharded array
+        np.testing.assert_array_equal(got["gathered"], np.arange(4.0 * n_dev))
 
 
 def _check_nw(out: pathlib.Path, n: int) -> None:

@@ -32,7 +32,7 @@ def test_override_unknown_key_is_an_error(tmp_path):
 
 def test_cli_override_parsing():
     assert cli._split_overrides(["--config.a.b=3", "--config.c", "x"]) == ["a.b=3", "c=x"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="unrecognised argument '--bogus'"):
         cli._split_overrides(["--bogus"])
 
 

@@ -1,14 +1,19 @@
 """Tests for routecal.train on the quick digits config (tiny model, 12 steps, 8 fake devices)."""
 
 import json
+import os
 import pathlib
+import shutil
+import socket
+import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from routecal import parallel, train
+from routecal import checkpoints, parallel, train, workdir
 from routecal.config import load_config
 from routecal.data import Dataset, Split
 
@@ -148,6 +153,109 @@ def test_bad_input_raises(tmp_path, monkeypatch):
         train.train_and_evaluate(_cfg(), tmp_path / "c")
     with pytest.raises(ValueError, match="config.json"):
         train.load_trained(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# Workdirs that survive kills, corrupt files, bad configs and a second process
+# ----------------------------------------------------------------------------------------------
+
+
+def _metrics(wd):
+    return [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+
+
+def _corrupt_checkpoint(wd, step):
+    """Cuts every array data file of checkpoint `step` to 100 bytes (a torn write)."""
+    files = list((wd / "checkpoints" / str(step) / "model").rglob("d/*"))
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[:100])
+
+
+def test_resume_skips_a_corrupt_checkpoint_and_a_partial_metrics_line(
+    reference_run, tmp_path, capsys
+):
+    wd_ref, final_ref = reference_run
+    cfg = _cfg(variant="block,quick")
+    train.train_and_evaluate(cfg, tmp_path, max_steps_this_run=10)  # checkpoints 4 and 8 kept
+    _corrupt_checkpoint(tmp_path, 8)
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 11, "train/lo')  # a kill in the middle of an append
+    capsys.readouterr()
+    final = train.train_and_evaluate(cfg, tmp_path)
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'checkpoints' / '8'} is unreadable" in err
+    assert "resuming from step 4" in err and "partial last line" in err
+    assert len([ln for ln in err.splitlines() if "routecal train:" in ln]) == 3  # one line each
+    _assert_trees_close(_params(tmp_path), _params(wd_ref), rtol=1e-6, atol=1e-7)
+    for k in ("train/loss", "test/accuracy", "test/nll", "calib/nll"):
+        np.testing.assert_allclose(final[k], final_ref[k], rtol=1e-6)
+    got, ref = _metrics(tmp_path), _metrics(wd_ref)
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for a, b in zip(got, ref, strict=True):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-5)
+
+
+def test_unreadable_checkpoints_and_config_are_named_in_one_line(reference_run, tmp_path):
+    wd_ref, _ = reference_run
+    wd = tmp_path / "copy"
+    shutil.copytree(wd_ref, wd)
+    _corrupt_checkpoint(wd, 12)
+    with pytest.raises(ValueError, match=r"checkpoints/12 is unreadable") as e:
+        train.load_trained(wd)
+    assert "\n" not in str(e.value) and e.value.__cause__ is not None  # orbax's error kept as cause
+    _corrupt_checkpoint(wd, 8)
+    (wd / "final_metrics.json").unlink()
+    with pytest.raises(ValueError, match=r"no readable checkpoint in .*checkpoints"):
+        train.train_and_evaluate(_cfg(variant="block,quick"), wd)
+    (wd / "config.json").write_text('{"data": {"name": "dig')
+    for call in (train.load_trained, lambda w: train.train_and_evaluate(_cfg(), w)):
+        with pytest.raises(ValueError, match=r"config\.json' is not valid JSON"):
+            call(wd)
+
+
+def _checkpoint_time(wd, step):
+    mngr = checkpoints.manager(wd)
+    try:
+        args = ocp.args.Composite(position=ocp.args.JsonRestore())
+        return mngr.restore(step, args=args)["position"]["train_time_s"]
+    finally:
+        mngr.close()
+
+
+def test_training_time_adds_up_across_resumes(reference_run, tmp_path):
+    wd_ref, final_ref = reference_run
+    wd = tmp_path / "copy"
+    shutil.copytree(wd_ref, wd)
+    t8, t12 = _checkpoint_time(wd, 8), _checkpoint_time(wd, 12)
+    assert 0 < t8 < t12 <= final_ref["time_s"]
+    (wd / "final_metrics.json").unlink()  # killed after the last checkpoint: resume at the end
+    t0 = time.perf_counter()
+    final = train.train_and_evaluate(_cfg(variant="block,quick"), wd)
+    this_call = time.perf_counter() - t0
+    # the earlier call's 12 steps count, plus at most this call's own time (the final evaluation)
+    assert t12 <= final["time_s"] <= t12 + this_call
+    assert final["train/loss"] == final_ref["train/loss"]
+
+
+def test_invalid_config_writes_nothing_and_a_corrected_one_runs(reference_run, tmp_path):
+    _, final_ref = reference_run
+    for bad in ("model.residual='fulll'", "train.trainable='router-only'", "seed=None"):
+        with pytest.raises(ValueError, match=bad.split("=")[0].split(".")[-1]):
+            train.train_and_evaluate(_cfg(bad, variant="block,quick"), tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # no config.json, lock released
+    final = train.train_and_evaluate(_cfg(variant="block,quick"), tmp_path)
+    assert final["test/nll"] == final_ref["test/nll"]
+
+
+def test_a_second_process_on_the_workdir_is_refused(tmp_path):
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "what": "routecal study",
+              "since": "2026-01-01T00:00:00+00:00"}  # pytest's parent process: alive
+    (tmp_path / workdir.LOCK_NAME).write_text(json.dumps(holder))
+    with pytest.raises(workdir.WorkdirLocked, match=rf"in use by routecal study \(pid {os.getppid()}"):
+        train.train_and_evaluate(_cfg(variant="block,quick"), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [workdir.LOCK_NAME]  # nothing written
 
 
 @pytest.mark.slow

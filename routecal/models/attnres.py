@@ -55,6 +55,15 @@ def num_sources(residual: str, n_sublayers: int, n_blocks: int) -> list[int]:
     return out
 
 
+def sublayer_names(residual: str, n_layers: int) -> tuple[str, ...]:
+    """Names of the depth-attention sites: "layer<i>.attn", "layer<i>.mlp" for each layer, then
+    "readout"; () for the standard residual (no depth attention)."""
+    if residual == "standard":
+        return ()
+    names = [f"layer{i}.{kind}" for i in range(n_layers) for kind in ("attn", "mlp")]
+    return (*names, "readout")
+
+
 class DepthAttention(nnx.Module):
     """One pseudo-query attending over depth sources (AttnRes eq. for alpha_{i->l}).
 

@@ -118,12 +118,7 @@ class ModelConfig:
     @property
     def sublayer_names(self) -> tuple[str, ...]:
         """Names of the depth-attention sites: L sublayers then the readout ("" for standard)."""
-        if self.residual == "standard":
-            return ()
-        names = []
-        for i in range(self.n_layers):
-            names += [f"layer{i}.attn", f"layer{i}.mlp"]
-        return (*names, "readout")
+        return attnres.sublayer_names(self.residual, self.n_layers)
 
     def uses_moe(self, layer: int) -> bool:
         """Whether layer `layer` (0-based) gets the MoE-type MLP."""

@@ -37,6 +37,7 @@ from routecal.predictions import (
     load_predictions,
     routing_features,
 )
+from routecal.probes.compare import probe_comparison, summarise_probes
 
 # ----------------------------------------------------------------------------------------------
 # The diagnostic grid and the probe comparison (pure given arrays).
@@ -112,78 +113,6 @@ def diagnostic_grid(
         "n_permutations": n_permutations, "n_bins": n_bins, "n_groups": n_groups,
     }
     return out, nulls
-
-
-_METRICS = ("ece", "nll", "brier", "worst_tertile_ece")
-
-
-def probe_comparison(
-    calib: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], *, seed: int,
-    bandwidth_rules: Sequence[str], sweep_multiples: Sequence[float], n_bins: int,
-) -> dict[str, Any]:
-    """The matched probe comparison for one (arch, seed): rows, a bandwidth sweep, reliability data.
-
-    Rows come from `routecal.probes.compare_probes` (every probe x bandwidth rule). The sweep refits
-    the NW probes at each Scott multiple and records test ECE, for the sensitivity figure.
-    """
-    from routecal import probes
-    from routecal.stats import calibration
-
-    pc = probes.ProbeData.from_predictions(dict(calib))
-    pt = probes.ProbeData.from_predictions(dict(test))
-    rows, reliability = [], {}
-    for r in probes.compare_probes(
-        pc, pt, bandwidth_rules=tuple(bandwidth_rules), seed=seed, n_bins=n_bins,
-        return_predictions=True,
-    ):
-        label = probe_label(r)
-        if r["bandwidth_rule"] in (None, "cv_nll"):
-            reliability[label] = calibration.reliability_curve(
-                r["predictions"], pt.correct, n_bins=n_bins
-            )._asdict()
-        rows.append({**{k: v for k, v in r.items() if k != "predictions"}, "probe": label})
-    sweep: dict[str, list[float]] = {}
-    for name, feats in probes.FEATURE_SETS.items():
-        if any(f not in ("confidence", "entropy") and f not in pt.routing for f in feats):
-            continue  # a standard-residual model has no routing features
-        sweep[f"nw_{name}"] = [
-            calibration.ece(
-                probes.NadarayaWatsonProbe(feats, f"scott_x{m:g}", n_bins=n_bins)
-                .fit(pc).predict(pt),
-                pt.correct, n_bins=n_bins,
-            )
-            for m in sweep_multiples
-        ]
-    return {"rows": rows, "sweep": sweep, "reliability": report.to_json(reliability)}
-
-
-def probe_label(row: Mapping[str, Any]) -> str:
-    """Short probe name: NW probes by feature set (nw_confidence, nw_ar_condcal, ...)."""
-    if row["probe"] != "nadaraya_watson":
-        return row["probe"]
-    from routecal import probes
-
-    feats = tuple(row["features"])
-    for name, fs in probes.FEATURE_SETS.items():
-        if tuple(fs) == feats:
-            return f"nw_{name}"
-    return "nw_" + "+".join(feats)
-
-
-def summarise_probes(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and seed band of each metric per (arch, probe, bandwidth rule)."""
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["arch"], r["probe"], r.get("bandwidth_rule") or "-"), []).append(r)
-    out = []
-    for (arch, probe, rule), rs in groups.items():
-        s = {"arch": arch, "probe": probe, "bandwidth_rule": rule,
-             "optimistic": bool(rs[0].get("optimistic", False))}
-        for m in _METRICS:
-            s[m] = report.seed_band([r.get(m) for r in rs])
-        s["bandwidth"] = [r.get("bandwidth") for r in rs]
-        out.append(s)
-    return out
 
 
 _VMOER_NAMES = {"det": "deterministic"}

@@ -27,27 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from routecal.stats.seeds import seed_band  # noqa: F401 (re-exported)
+
 ALPHA_DEFAULT = 0.05
 
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers.
 # ----------------------------------------------------------------------------------------------
-
-
-def seed_band(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample std (ddof=1; 0 for one seed), min, max and count of per-seed values."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
-    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
-    return {
-        "mean": float(v.mean()),
-        "std": sd,
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "n": int(v.size),
-    }
 
 
 def _fmt(x: Any, digits: int = 4) -> str:

@@ -6,18 +6,14 @@ Every public metric validates its input on host (numpy) and raises `ValueError` 
 then calls a jit-compiled core (`*_jax`) that takes jax arrays and can itself be jitted, vmapped or
 bootstrapped (`bootstrap_ci(ece_jax, confidence, correct, key=key)`).
 
-Binning conventions (shared with `routecal.diagnostics`):
-
-* ``binning="width"``: bin ``b`` of ``M`` holds confidence in ``(b/M, (b+1)/M]``; confidence exactly 0
-  goes to bin 0 and exactly 1 to bin ``M - 1`` (both land in a bin: a known bug in other libraries).
-* ``binning="mass"``: examples sorted by confidence (stable) and split into ``M`` contiguous groups as
-  ``numpy.array_split`` does (sizes differ by at most one, the larger groups first).
+Binning: the one function `routecal.stats.binning.bin_index` (float64 edges; equal-mass bins keep
+tied confidences together). Public metrics bin on host in float64 *before* the float32 cast and pass
+the bins to the cores (`bins=`), so a confidence lands in the same bin here and in `diagnostics`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -25,8 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from routecal import _checks
+from routecal.stats.binning import BINNINGS as _BINNINGS
+from routecal.stats.binning import bin_index, mass_bins, split_index, width_bins
+from routecal.stats.bootstrap import BootstrapCI, bootstrap_ci
 
-_BINNINGS = ("width", "mass")
+# re-exported: the one binning (stats.binning) and the bootstrap (stats.bootstrap)
+__all__ = ["BootstrapCI", "bootstrap_ci", "mass_bins", "split_index", "width_bins"]
 _NORMS = ("l1", "l2", "max")
 
 # ------------------------------------------------------------------------------------------------
@@ -70,46 +70,6 @@ def _check_norm(norm: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def width_bins(confidence: jax.Array, n_bins: int) -> jax.Array:
-    """Equal-width bin index in [0, n_bins) of each confidence: (b/M, (b+1)/M] -> b, 0 -> 0.
-
-    Args:
-      confidence: [N] values in [0, 1].
-      n_bins: M.
-    Returns:
-      [N] int32.
-    """
-    b = jnp.ceil(confidence * n_bins).astype(jnp.int32) - 1
-    return jnp.clip(b, 0, n_bins - 1)
-
-
-def split_index(rank: jax.Array, n: int | jax.Array, n_parts: int) -> jax.Array:
-    """Part of each rank when `n` ordered items are split as `numpy.array_split(range(n), n_parts)`.
-
-    The first `n % n_parts` parts have `n // n_parts + 1` items, the rest `n // n_parts`.
-    Works elementwise with a per-item `n` (e.g. the size of each item's bin); needs n >= n_parts.
-    """
-    q = n // n_parts
-    rem = n % n_parts
-    big = rem * (q + 1)
-    q_safe = jnp.maximum(q, 1)
-    return jnp.where(rank < big, rank // (q + 1), rem + (rank - big) // q_safe)
-
-
-def mass_bins(confidence: jax.Array, n_bins: int) -> jax.Array:
-    """Equal-mass bin index: stable sort by confidence, split as numpy.array_split. [N] -> [N]."""
-    n = confidence.shape[0]
-    order = jnp.argsort(confidence, stable=True)
-    bins_sorted = split_index(jnp.arange(n), n, n_bins).astype(jnp.int32)
-    return jnp.zeros((n,), jnp.int32).at[order].set(bins_sorted)
-
-
-def _bin_index(confidence: jax.Array, n_bins: int, binning: str) -> jax.Array:
-    if binning == "width":
-        return width_bins(confidence, n_bins)
-    return mass_bins(confidence, n_bins)
-
-
 def _bin_sums(bins: jax.Array, values: tuple[jax.Array, ...], n_bins: int) -> tuple[jax.Array, ...]:
     """Per-bin sums of each [N] value array -> tuple of [M] arrays (one scatter-add pass)."""
     sums = jax.ops.segment_sum(jnp.stack(values, axis=1), bins, num_segments=n_bins)
@@ -127,14 +87,23 @@ class ReliabilityCurve(NamedTuple):
     accuracy: Any
 
 
+def _bins(bins: jax.Array | None, confidence: jax.Array, n_bins: int, binning: str) -> jax.Array:
+    """The given [N] bins, or the bins of `confidence` (before any dtype cast)."""
+    return bin_index(jnp.asarray(confidence), n_bins, binning) if bins is None else bins
+
+
 @functools.partial(jax.jit, static_argnames=("n_bins", "binning"))
 def reliability_curve_jax(
-    confidence: jax.Array, correct: jax.Array, n_bins: int = 15, binning: str = "width"
+    confidence: jax.Array,
+    correct: jax.Array,
+    n_bins: int = 15,
+    binning: str = "width",
+    bins: jax.Array | None = None,
 ) -> ReliabilityCurve:
-    """Jittable reliability curve ([N], [N] -> three [M] arrays)."""
+    """Jittable reliability curve ([N], [N] -> three [M] arrays); `bins` [N] overrides binning."""
+    bins = _bins(bins, confidence, n_bins, binning)
     confidence = jnp.asarray(confidence, jnp.float32)
     correct = jnp.asarray(correct, jnp.float32)
-    bins = _bin_index(confidence, n_bins, binning)
     ones = jnp.ones_like(confidence)
     cnt, sc, sy = _bin_sums(bins, (ones, confidence, correct), n_bins)
     safe = jnp.maximum(cnt, 1.0)
@@ -148,8 +117,9 @@ def ece_jax(
     n_bins: int = 15,
     binning: str = "width",
     norm: str = "l1",
+    bins: jax.Array | None = None,
 ) -> jax.Array:
-    """Jittable binned calibration error (no input checks; see `ece`).
+    """Jittable binned calibration error (no input checks; see `ece`); `bins` [N] overrides binning.
 
     l1: sum_b (n_b/N) |acc_b - conf_b| (ECE, Naeini et al. 2015; Guo et al. 2017, eq. 3);
     l2: sqrt(sum_b (n_b/N) (acc_b - conf_b)^2) (RMSCE); max: max_b |acc_b - conf_b| over non-empty
@@ -160,10 +130,10 @@ def ece_jax(
     Returns:
       scalar float32.
     """
+    bins = _bins(bins, confidence, n_bins, binning)
     confidence = jnp.asarray(confidence, jnp.float32)
     correct = jnp.asarray(correct, jnp.float32)
     n = confidence.shape[0]
-    bins = _bin_index(confidence, n_bins, binning)
     ones = jnp.ones_like(confidence)
     cnt, gap_sum = _bin_sums(bins, (ones, correct - confidence), n_bins)
     gap = gap_sum / jnp.maximum(cnt, 1.0)  # acc_b - conf_b
@@ -204,7 +174,11 @@ def classwise_ece_jax(probs: jax.Array, labels: jax.Array, n_bins: int = 15) -> 
 
 @functools.partial(jax.jit, static_argnames=("n_bins", "binning"))
 def debiased_ece_jax(
-    confidence: jax.Array, correct: jax.Array, n_bins: int = 15, binning: str = "mass"
+    confidence: jax.Array,
+    correct: jax.Array,
+    n_bins: int = 15,
+    binning: str = "mass",
+    bins: jax.Array | None = None,
 ) -> jax.Array:
     """Jittable debiased l2 calibration error (Kumar, Liang & Ma 2019, "Verified Uncertainty
     Calibration", Sec. 5 / their `unbiased_l2_ce`):
@@ -212,10 +186,10 @@ def debiased_ece_jax(
       sq = sum_b (n_b/N) [ (acc_b - conf_b)^2 - acc_b (1 - acc_b) / (n_b - 1) ],  bins with n_b < 2 add 0;
       result = sqrt(max(sq, 0)).
     """
+    bins = _bins(bins, confidence, n_bins, binning)
     confidence = jnp.asarray(confidence, jnp.float32)
     correct = jnp.asarray(correct, jnp.float32)
     n = confidence.shape[0]
-    bins = _bin_index(confidence, n_bins, binning)
     cnt, sc, sy = _bin_sums(bins, (jnp.ones_like(confidence), confidence, correct), n_bins)
     safe = jnp.maximum(cnt, 1.0)
     acc, conf = sy / safe, sc / safe
@@ -320,7 +294,10 @@ def ece(
     c, y = _check_confidence_correct(confidence, correct)
     n_bins = _check_bins(n_bins, binning, len(c))
     _check_norm(norm)
-    return float(ece_jax(jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning, norm=norm))
+    bins = jnp.asarray(bin_index(c, n_bins, binning))  # float64 edges, before the float32 cast
+    return float(
+        ece_jax(jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning, norm=norm, bins=bins)
+    )
 
 
 def ece_from_probs(probs: Any, labels: Any, n_bins: int = 15) -> float:
@@ -350,7 +327,10 @@ def debiased_ece(confidence: Any, correct: Any, n_bins: int = 15, binning: str =
     """
     c, y = _check_confidence_correct(confidence, correct)
     n_bins = _check_bins(n_bins, binning, len(c))
-    return float(debiased_ece_jax(jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning))
+    bins = jnp.asarray(bin_index(c, n_bins, binning))
+    return float(
+        debiased_ece_jax(jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning, bins=bins)
+    )
 
 
 def smooth_ece(confidence: Any, correct: Any, n_grid: int = 512) -> float:
@@ -385,71 +365,12 @@ def reliability_curve(
     """
     c, y = _check_confidence_correct(confidence, correct)
     n_bins = _check_bins(n_bins, binning, len(c))
-    out = reliability_curve_jax(jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning)
+    bins = jnp.asarray(bin_index(c, n_bins, binning))
+    out = reliability_curve_jax(
+        jnp.asarray(c), jnp.asarray(y), n_bins=n_bins, binning=binning, bins=bins
+    )
     return ReliabilityCurve(
         np.asarray(out.count).astype(np.int64),
         np.asarray(out.mean_confidence, np.float64),
         np.asarray(out.accuracy, np.float64),
     )
-
-
-class BootstrapCI(NamedTuple):
-    """estimate: metric on the full data; low/high: percentile interval; samples: [R] resampled."""
-
-    estimate: float
-    low: float
-    high: float
-    samples: np.ndarray
-
-
-def bootstrap_ci(
-    metric_fn: Callable[..., jax.Array],
-    *arrays: Any,
-    key: jax.Array,
-    n_resamples: int = 1000,
-    level: float = 0.95,
-    batch_size: int = 256,
-) -> BootstrapCI:
-    """Percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) for any jax-traceable metric.
-
-    Resamples the N examples with replacement; the `n_resamples` evaluations run vmapped in chunks
-    of `batch_size` (memory bounded whatever R).
-
-    Args:
-      metric_fn: jax-traceable function of the arrays returning a scalar, e.g. `ece_jax`,
-        `functools.partial(ece_jax, n_bins=10)`, `nll_jax`.
-      *arrays: arrays sharing their leading dimension N (numpy or jax).
-      key: a jax PRNG key.
-      n_resamples: R >= 1. level: coverage in (0, 1).
-    Returns:
-      BootstrapCI(estimate, low, high, samples [R]).
-    """
-    if not arrays:
-        raise ValueError("arrays: give at least one array to resample")
-    n_resamples = _checks.check_positive_int(n_resamples, "n_resamples")
-    batch_size = _checks.check_positive_int(batch_size, "batch_size")
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level: must lie in (0, 1), got {level!r}")
-    checked = []
-    for i, a in enumerate(arrays):
-        arr = _checks.as_array(a, f"arrays[{i}]", dtype=None)
-        if arr.ndim == 0:
-            raise ValueError(f"arrays[{i}]: needs a leading example dimension")
-        checked.append(jnp.asarray(arr))
-    _checks.check_same_length(**{f"arrays[{i}]": a for i, a in enumerate(checked)})
-    n = checked[0].shape[0]
-
-    @jax.jit
-    def run(key, *xs):
-        def one(k):
-            idx = jax.random.randint(k, (n,), 0, n)
-            return metric_fn(*(x[idx] for x in xs))
-
-        keys = jax.random.split(key, n_resamples)
-        return jax.lax.map(one, keys, batch_size=min(batch_size, n_resamples))
-
-    samples = np.asarray(run(key, *checked), np.float64)
-    estimate = float(metric_fn(*checked))
-    alpha = 1.0 - float(level)
-    low, high = np.quantile(samples, [alpha / 2, 1.0 - alpha / 2])
-    return BootstrapCI(estimate, float(low), float(high), samples)

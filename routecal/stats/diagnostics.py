@@ -7,9 +7,14 @@ Definitions (DESIGN.md, "Statistics"):
 
 * Confidence bins are equal-width: bin b holds confidence in (b/M, (b+1)/M]; confidence 0 goes to
   bin 0 and 1 to bin M - 1 (as in `routecal.calibration`).
-* Within a bin, the members are sorted by routing value (stable: ties keep input order) and split
-  into G groups as `numpy.array_split` does (sizes differ by at most one, the larger groups first).
-  Bins with fewer than G members contribute nothing.
+* Within a bin, the members are sorted by routing value and split into G groups as
+  `numpy.array_split` does (sizes differ by at most one, the larger groups first), except that tied
+  routing values are never split: a tie block goes whole to the group of its mid-rank (the middle of
+  its sorted positions). So groups are cut by value and the statistic does not depend on the row
+  order; the null permutes routing values within the bin, which keeps the multiset of values and
+  hence the group sizes, and cuts groups the same way. Constant routing puts a bin's members in the
+  middle group; binary routing puts the 0s in the bottom and the 1s in the top group (when each value
+  holds at least a third of the bin). Bins without a top or bottom member contribute nothing.
 * Per-bin gap = (accuracy - confidence) of the top group (largest routing values) minus that of the
   bottom group; weighted gap = sum_b (n_b / N) |gap_b| (N counts every example).
 * Permutation null: routing values are permuted uniformly at random among the examples of the same
@@ -36,7 +41,6 @@ are sharded over the devices of a 1-D mesh with `jax.shard_map`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -47,9 +51,30 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
-from routecal.stats.calibration import mass_bins, split_index, width_bins
+from routecal.stats.binning import mass_bins, width_bins
+from routecal.stats.multiple_testing import GridRow, adjust_pvalues, permutation_grid
+from routecal.stats.random_bits import _uniform_bits, chunk_seeds
+from routecal.stats.subgroups import (
+    _L,
+    SubgroupGaps,
+    _check_inputs,
+    _Layout,
+    _layout,
+    _np_bins,
+    subgroup_gaps,
+)
 
-_L = 16  # examples per scan step on CPU (unrolled; keeps loop overhead low)
+__all__ = [
+    "GridRow",
+    "PermutationTestResult",
+    "SubgroupGaps",
+    "adjust_pvalues",
+    "chunk_seeds",
+    "permutation_grid",
+    "permutation_test_batch",
+    "subgroup_gaps",
+    "within_bin_permutation_test",
+]
 _CHUNK = 128  # permutations per chunk (lanes) on CPU
 
 
@@ -76,168 +101,8 @@ def _resolve_chunk(chunk_size: int | None, n_permutations: int) -> int:
 _TIE_RTOL = 1e-10
 
 # ------------------------------------------------------------------------------------------------
-# Validation
-# ------------------------------------------------------------------------------------------------
-
-
-def _check_inputs(
-    confidence: Any, correct: Any, routing: Any, n_bins: Any, n_groups: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    c = _checks.check_unit_interval(
-        _checks.as_array(confidence, "confidence", ndim=1), "confidence"
-    )
-    y = _checks.check_binary(correct, "correct")
-    r = _checks.as_array(routing, "routing", ndim=1)
-    n = _checks.check_same_length(confidence=c, correct=y, routing=r)
-    n_bins = _checks.check_positive_int(n_bins, "n_bins")
-    n_groups = _checks.check_positive_int(n_groups, "n_groups", minimum=2)
-    if n < n_bins * n_groups:
-        raise ValueError(
-            f"confidence: {n} examples, fewer examples than bins x groups "
-            f"(n_bins={n_bins} x n_groups={n_groups} = {n_bins * n_groups})"
-        )
-    return c, y, r, n_bins, n_groups
-
-
-def _np_bins(c: np.ndarray, n_bins: int, binning: str = "width") -> np.ndarray:
-    """Host (float64) confidence bins: `calibration.width_bins` / `calibration.mass_bins`."""
-    if binning == "width":
-        return np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1).astype(np.int32)
-    if binning == "mass":
-        out = np.empty(len(c), np.int32)
-        for b, part in enumerate(np.array_split(np.argsort(c, kind="stable"), n_bins)):
-            out[part] = b
-        return out
-    raise ValueError(f"binning: must be 'width' or 'mass', got {binning!r}")
-
-
-# ------------------------------------------------------------------------------------------------
 # Jittable cores (call under `jax.enable_x64(True)`: the null uses float64 lanes)
 # ------------------------------------------------------------------------------------------------
-
-
-class _Layout(NamedTuple):
-    """Per-bin table of the observed data plus the padded, blocked arrays the null streams over."""
-
-    count: jax.Array  # [M] n_b
-    n_top: jax.Array  # [M]
-    n_bottom: jax.Array  # [M]
-    acc_top: jax.Array  # [M]
-    conf_top: jax.Array  # [M]
-    acc_bottom: jax.Array  # [M]
-    conf_bottom: jax.Array  # [M]
-    gap: jax.Array  # [M], 0 for bins with fewer than G members
-    weighted_gap: jax.Array  # scalar
-    a_top: jax.Array  # [n_blocks, L] residual / n_top of the example's bin (0 on padding)
-    a_bot: jax.Array  # [n_blocks, L] residual / n_bottom
-    rem: jax.Array  # [n_blocks, L] (examples of the bin not yet visited) * 2^-32
-    first: jax.Array  # [n_blocks] 1 on a bin's first block
-    k_top: jax.Array  # [n_blocks] n_top on a bin's first block, else 0
-    k_topmid: jax.Array  # [n_blocks] n_b - n_bottom on a bin's first block, else 0
-    w_end: jax.Array  # [n_blocks] n_b / N on a bin's last block, else 0
-    ctr: jax.Array  # [n_blocks, L] uint32 position in (bin, routing) order: the draw's counter
-
-
-def _layout(
-    bins: jax.Array,
-    confidence: jax.Array,
-    correct: jax.Array,
-    routing: jax.Array,
-    n_bins: int,
-    n_groups: int,
-    block: int = _L,
-) -> _Layout:
-    """Sorts by (bin, routing), forms the within-bin groups and the observed per-bin table.
-
-    Args:
-      bins: [N] int32 in [0, M). confidence, correct, routing: [N] float.
-      block: L, examples per scan step of the null (the padded layout's row length).
-    """
-    n = bins.shape[0]
-    f = confidence.dtype
-    iota = jnp.arange(n, dtype=jnp.int32)
-    sb, _, idx = lax.sort((bins, routing, iota), num_keys=2, is_stable=True)
-    c_s, y_s = confidence[idx], correct[idx]
-    res_s = y_s - c_s
-    b_ids = jnp.arange(n_bins, dtype=sb.dtype)
-    starts = jnp.searchsorted(sb, b_ids, side="left").astype(jnp.int32)
-    nb = jnp.searchsorted(sb, b_ids, side="right").astype(jnp.int32) - starts
-    rank = iota - starts[sb]
-    nbe = nb[sb]
-    grp = split_index(rank, nbe, n_groups)
-    valid = nb >= n_groups
-    q, r = nb // n_groups, nb % n_groups
-    k_top = q
-    k_bot = q + (r > 0).astype(jnp.int32)
-
-    def per_bin(mask, v):
-        return jnp.zeros((n_bins,), f).at[sb].add(jnp.where(mask, v, 0.0))
-
-    top, bot = grp == n_groups - 1, grp == 0
-    kt_f = jnp.maximum(k_top, 1).astype(f)
-    kb_f = jnp.maximum(k_bot, 1).astype(f)
-    acc_top, conf_top = per_bin(top, y_s) / kt_f, per_bin(top, c_s) / kt_f
-    acc_bot, conf_bot = per_bin(bot, y_s) / kb_f, per_bin(bot, c_s) / kb_f
-    gap = jnp.where(valid, (acc_top - conf_top) - (acc_bot - conf_bot), 0.0)
-    weighted = jnp.sum(nb.astype(f) / n * jnp.abs(gap))
-
-    # Padded layout: each valid bin starts on a block boundary, so resets happen per block.
-    n_blocks = -(-n // block) + n_bins
-    nblk = jnp.where(valid, -(-nb // block), 0)
-    blk_start = jnp.cumsum(nblk) - nblk
-    pos = jnp.where(valid[sb], blk_start[sb] * block + rank, n_blocks * block)
-    size = n_blocks * block
-
-    def scatter(fill, v, dtype=f):
-        return jnp.full((size,), fill, dtype).at[pos].set(v, mode="drop").reshape(n_blocks, block)
-
-    a_top = scatter(0.0, res_s / kt_f[sb])
-    a_bot = scatter(0.0, res_s / kb_f[sb])
-    rem = scatter(2.0**-32, (nbe - rank).astype(f) * 2.0**-32)
-    first_idx = jnp.where(valid, blk_start, n_blocks)
-    last_idx = jnp.where(valid, blk_start + nblk - 1, n_blocks)
-
-    def blk(idx_, v):
-        return jnp.zeros((n_blocks,), f).at[idx_].set(v, mode="drop")
-
-    return _Layout(
-        count=nb,
-        n_top=jnp.where(valid, k_top, 0),
-        n_bottom=jnp.where(valid, k_bot, 0),
-        acc_top=jnp.where(valid, acc_top, 0.0),
-        conf_top=jnp.where(valid, conf_top, 0.0),
-        acc_bottom=jnp.where(valid, acc_bot, 0.0),
-        conf_bottom=jnp.where(valid, conf_bot, 0.0),
-        gap=gap,
-        weighted_gap=weighted,
-        a_top=a_top,
-        a_bot=a_bot,
-        rem=rem,
-        first=blk(first_idx, 1.0),
-        k_top=blk(first_idx, k_top.astype(f)),
-        k_topmid=blk(first_idx, (nb - k_bot).astype(f)),
-        w_end=blk(last_idx, nb.astype(f) / n),
-        ctr=scatter(0, iota.astype(jnp.uint32), jnp.uint32),
-    )
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """Bijective 32-bit integer hash "lowbias32" (C. Wellons, hash-prospector; murmur3-style)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _uniform_bits(seed: jax.Array, counter: jax.Array) -> jax.Array:
-    """Counter-based random bits: [2, Bc] per-lane keys and [L] uint32 counters -> [L, Bc] uint32.
-
-    Two keyed rounds of `_mix32` over (counter * golden ratio + k0): for a fixed lane the counters
-    map to distinct, well-mixed words; lanes differ by their threefry-drawn keys.
-    """
-    x = counter[:, None] * jnp.uint32(0x9E3779B9) + seed[0][None, :]
-    return _mix32(_mix32(x) ^ seed[1][None, :])
 
 
 def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
@@ -281,14 +146,6 @@ def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
     )
     (_, _, _, stat), _ = lax.scan(body, (izeros, izeros, zeros, zeros), xs)
     return stat
-
-
-def chunk_seeds(key: jax.Array, n_chunks: int, chunk_size: int) -> jax.Array:
-    """[n_chunks, 2, Bc] uint32 lane keys; permutation b = c * Bc + i draws its two words from
-    `fold_in(key, b)`, so the null depends on the key only (not on chunk size or device count)."""
-    lanes = jnp.arange(n_chunks * chunk_size, dtype=jnp.uint32)
-    words = jax.vmap(lambda b: jax.random.bits(jax.random.fold_in(key, b), (2,), jnp.uint32))(lanes)
-    return words.reshape(n_chunks, chunk_size, 2).transpose(0, 2, 1)
 
 
 def _p_value(stat: jax.Array, null: jax.Array) -> jax.Array:
@@ -365,26 +222,6 @@ _NULL_FIELDS = ("a_top", "a_bot", "rem", "first", "k_top", "k_topmid", "w_end", 
 # ------------------------------------------------------------------------------------------------
 
 
-class SubgroupGaps(NamedTuple):
-    """Per-bin table ([M] numpy arrays) and the weighted gap.
-
-    count: n_b; n_top / n_bottom: sizes of the top / bottom routing groups (0 if the bin has fewer
-    than G members); acc_* / conf_*: accuracy and mean confidence of those groups; gap: per-bin gap
-    (acc - conf of top) - (acc - conf of bottom), 0 for bins that contribute nothing;
-    weighted_gap: sum_b (n_b / N) |gap_b|.
-    """
-
-    count: np.ndarray
-    n_top: np.ndarray
-    n_bottom: np.ndarray
-    acc_top: np.ndarray
-    conf_top: np.ndarray
-    acc_bottom: np.ndarray
-    conf_bottom: np.ndarray
-    gap: np.ndarray
-    weighted_gap: float
-
-
 class PermutationTestResult(NamedTuple):
     """statistic: observed weighted gap; p_value: (1 + #{null >= statistic}) / (1 + B);
     null: [B] weighted gaps under within-bin permutations."""
@@ -392,44 +229,6 @@ class PermutationTestResult(NamedTuple):
     statistic: float
     p_value: float
     null: np.ndarray
-
-
-@functools.partial(jax.jit, static_argnames=("n_bins", "n_groups"))
-def _table(bins, confidence, correct, routing, n_bins, n_groups):
-    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
-    return lay[:9]
-
-
-def subgroup_gaps(
-    confidence: Any,
-    correct: Any,
-    routing: Any,
-    n_bins: int = 15,
-    n_groups: int = 3,
-    *,
-    binning: str = "width",
-) -> SubgroupGaps:
-    """Matched-confidence subgroup gaps (see the module docstring for the exact definitions).
-
-    Args:
-      confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite routing feature.
-      n_bins: M confidence bins. n_groups: G routing groups per bin (>= 2).
-      binning: "width" (default, the definition above) or "mass" (equal-mass confidence bins as in
-        `calibration`: stable sort by confidence, split as numpy.array_split).
-    Returns:
-      SubgroupGaps with [M] per-bin arrays and `.weighted_gap`.
-    Raises:
-      ValueError: naming the argument on NaN/inf, confidence outside [0, 1], non-binary correct,
-        mismatched lengths, or fewer examples than bins x groups.
-    """
-    c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
-    with jax.enable_x64(True):
-        out = _table(
-            jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
-            jnp.asarray(r), n_bins, n_groups,
-        )
-        out = [np.asarray(o) for o in out]
-    return SubgroupGaps(*out[:8], weighted_gap=float(out[8]))
 
 
 def within_bin_permutation_test(
@@ -462,6 +261,7 @@ def within_bin_permutation_test(
       PermutationTestResult(statistic, p_value, null [B]).
     """
     c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
+    key = _checks.check_key(key)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
     mesh = parallel.make_mesh() if mesh is None else mesh
     if len(mesh.axis_names) != 1:
@@ -529,6 +329,7 @@ def permutation_test_batch(
         )
     _check_inputs(c[0], y[0], r[0], n_bins, n_groups)
     _np_bins(c[0, :1], 1, binning)  # validates `binning`
+    key = _checks.check_key(key)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
     chunk_size = _resolve_chunk(chunk_size, n_permutations)
     keys = jax.vmap(lambda d: jax.random.fold_in(key, d))(jnp.arange(c.shape[0]))
@@ -538,82 +339,3 @@ def permutation_test_batch(
             n_bins=n_bins, n_groups=n_groups, chunk_size=chunk_size, binning=binning,
         )
         return PermutationTestResult(np.asarray(stat), np.asarray(p), np.asarray(null))
-
-
-# ------------------------------------------------------------------------------------------------
-# Multiple testing and the grid runner
-# ------------------------------------------------------------------------------------------------
-
-
-def adjust_pvalues(p: Any, method: str = "holm") -> np.ndarray:
-    """Family-wise (Holm 1979) or false-discovery-rate (Benjamini & Hochberg 1995) adjusted p-values.
-
-    holm: p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j)); bh: p_(i) -> min_{j >= i} min(1, m p_(j) / j),
-    with p_(1) <= ... <= p_(m) the sorted p-values; returned in the input order.
-
-    Args:
-      p: [m] p-values in [0, 1]. method: "holm" or "bh".
-    """
-    pv = _checks.check_unit_interval(_checks.as_array(p, "p", ndim=1), "p")
-    if method not in ("holm", "bh"):
-        raise ValueError(f"method: must be 'holm' or 'bh', got {method!r}")
-    m = len(pv)
-    order = np.argsort(pv, kind="stable")
-    ps = pv[order]
-    i = np.arange(1, m + 1)
-    if method == "holm":
-        adj = np.maximum.accumulate(np.minimum(1.0, (m - i + 1) * ps))
-    else:
-        adj = np.minimum.accumulate(np.minimum(1.0, m * ps / i)[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = adj
-    return out
-
-
-class GridRow(NamedTuple):
-    """One cell of a permutation-test grid."""
-
-    name: Any
-    statistic: float
-    p_value: float
-    p_holm: float
-    p_bh: float
-
-
-def permutation_grid(
-    cells: Mapping[Any, Sequence[Any]],
-    *,
-    key: jax.Array,
-    n_permutations: int = 10_000,
-    n_bins: int = 15,
-    n_groups: int = 3,
-    mesh: Mesh | None = None,
-    binning: str = "width",
-) -> list[GridRow]:
-    """Tests many (routing feature x seed x model) cells in one call, with Holm and BH adjustment.
-
-    Args:
-      cells: mapping name -> (confidence, correct, routing), each [N_cell]. Cell i (in mapping order)
-        uses key `fold_in(key, i)`.
-    Returns:
-      a list of GridRow(name, statistic, p_value, p_holm, p_bh), one per cell, in mapping order.
-    """
-    if not isinstance(cells, Mapping) or not cells:
-        raise ValueError("cells: must be a non-empty mapping name -> (confidence, correct, routing)")
-    names, stats, ps = [], [], []
-    for i, (name, arrays) in enumerate(cells.items()):
-        if len(arrays) != 3:
-            raise ValueError(f"cells[{name!r}]: expected (confidence, correct, routing)")
-        res = within_bin_permutation_test(
-            *arrays, key=jax.random.fold_in(key, i), n_permutations=n_permutations,
-            n_bins=n_bins, n_groups=n_groups, mesh=mesh, binning=binning,
-        )
-        names.append(name)
-        stats.append(res.statistic)
-        ps.append(res.p_value)
-    holm, bh = adjust_pvalues(ps, "holm"), adjust_pvalues(ps, "bh")
-    return [
-        GridRow(n, s, p, float(h), float(b))
-        for n, s, p, h, b in zip(names, stats, ps, holm, bh, strict=True)
-    ]
-

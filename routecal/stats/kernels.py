@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
-from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +44,29 @@ from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
 from routecal.parallel import pad_to_multiple
+from routecal.stats.bandwidth import (
+    DEFAULT_MULTIPLES,
+    RULES,
+    BandwidthSelection,
+    scott_bandwidth,
+    scott_multiples,
+    select_bandwidth,
+)
+from routecal.stats.binary import binary_nll_core
+from routecal.stats.kernel_layout import (
+    _bandwidth_grid,
+    _centre,
+    _features,
+    _layout_columns,
+    _n_devices,
+    _tile_boxes,
+    _tile_sizes,
+)
+from routecal.stats.kernel_passes import _row_min, _row_sums
 
 __all__ = [
     "DEFAULT_MULTIPLES",
+    "RULES",
     "BandwidthSelection",
     "loo_nll",
     "loo_predictions",
@@ -58,230 +76,11 @@ __all__ = [
     "select_bandwidth",
 ]
 
-# Default bandwidth grid for CV / oracle selection: 32 log-spaced multiples of Scott's rule.
-DEFAULT_MULTIPLES = np.geomspace(1.0 / 8.0, 8.0, 32)
-
-PROB_CLIP = (
-    1e-6  # leave-one-out estimates are clipped to [PROB_CLIP, 1 - PROB_CLIP] before the NLL.
-)
-_PAD_COORD = 1e18  # padding points sit this far away: their kernel weight is exactly 0 in float32.
-_BIG = float(np.finfo(np.float32).max)
-_SKIP_LOG = (
-    40.0  # a column tile whose every weight is < exp(-40) (relative to the row max) is skipped
-)
-_MATMUL_MIN_DIM = 5  # from this many features on, squared distances use |a|^2 + |b|^2 - 2 a.b
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation
-# ----------------------------------------------------------------------------------------------
-
-
-def _features(x, name: str, *, min_rows: int = 1) -> np.ndarray:
-    """`x` as a finite float64 [N, D] array (a 1-D input is one feature)."""
-    arr = _checks.as_array(x, name)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise ValueError(f"{name}: expected a [N, D] array, got shape {arr.shape}")
-    if arr.shape[0] < min_rows:
-        raise ValueError(f"{name}: needs at least {min_rows} examples, got {arr.shape[0]}")
-    return arr
-
-
-def _bandwidth_grid(bandwidths, d: int, name: str = "bandwidths") -> np.ndarray:
-    """Bandwidths as a [K, D] float64 array of finite positive values."""
-    h = _checks.as_array(bandwidths, name)
-    if h.ndim == 0:
-        h = h.reshape(1, 1)
-    if h.ndim == 1:
-        h = h[None, :]
-    if h.ndim != 2 or h.shape[1] != d:
-        raise ValueError(
-            f"{name}: expected shape [K, {d}] (one bandwidth per feature), got {h.shape}"
-        )
-    if np.any(h <= 0):
-        raise ValueError(f"{name}: every bandwidth must be > 0; got min {h.min()}")
-    return h
-
-
-# ----------------------------------------------------------------------------------------------
-# Scott's rule
-# ----------------------------------------------------------------------------------------------
-
-
-def scott_bandwidth(x) -> np.ndarray:
-    """Scott's rule per feature: h_d = sigma_d * n^(-1/(D+4)) (Scott 1992, eq. 6.42).
-
-    Matches `scipy.stats.gaussian_kde(...).factor` (= n^(-1/(D+4))) times the sample standard
-    deviations (ddof=1), i.e. the diagonal of gaussian_kde's kernel bandwidth.
-
-    Args:
-      x: [N, D] features (a 1-D array is one feature), N >= 2.
-
-    Returns:
-      [D] float64 bandwidths.
-
-    Raises:
-      ValueError: fewer than 2 examples, NaN/inf, or a constant feature (zero standard deviation).
-    """
-    arr = _features(x, "x", min_rows=2)
-    n, d = arr.shape
-    sd = arr.std(axis=0, ddof=1)
-    const = np.flatnonzero(~(sd > 0))
-    if const.size:
-        raise ValueError(
-            f"x: feature(s) {const.tolist()} are constant (zero standard deviation): "
-            "no bandwidth can be derived"
-        )
-    return sd * n ** (-1.0 / (d + 4))
-
-
-def scott_multiples(x, multiples=DEFAULT_MULTIPLES) -> np.ndarray:
-    """A grid of Scott bandwidths: `multiples[k] * scott_bandwidth(x)`.
-
-    Args:
-      x: [N, D] features.
-      multiples: [K] positive multipliers.
-
-    Returns:
-      [K, D] bandwidth grid.
-    """
-    mult = _checks.as_array(np.atleast_1d(multiples), "multiples", ndim=1)
-    if np.any(mult <= 0):
-        raise ValueError(f"multiples: must all be > 0; got min {mult.min()}")
-    return mult[:, None] * scott_bandwidth(x)[None, :]
 
 
 # ----------------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------------
-
-
-def _sqdist(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Squared Euclidean distances [R, C] between rows of a [R, D] and b [C, D]."""
-    d = a.shape[1]
-    if d < _MATMUL_MIN_DIM:
-        # Direct differences: exact (no cancellation) and fused with the exp by XLA.
-        out = (a[:, 0][:, None] - b[:, 0][None, :]) ** 2
-        for k in range(1, d):
-            out = out + (a[:, k][:, None] - b[:, k][None, :]) ** 2
-        return out
-    aa = jnp.sum(a * a, axis=1)
-    bb = jnp.sum(b * b, axis=1)
-    return jnp.maximum(aa[:, None] + bb[None, :] - 2.0 * (a @ b.T), 0.0)
-
-
-def _row_min(zr: jax.Array, g: jax.Array, zc_t: jax.Array, *, loo: bool) -> jax.Array:
-    """Pass 1: each row's smallest squared scaled distance over all column tiles (self excluded).
-
-    Args:
-      zr: [rt, D] scaled rows of one row tile; g: global index of its first row.
-      zc_t: [T/ct, ct, D] scaled column tiles.
-    Returns:
-      [rt] row minima.
-    """
-    row_tile, col_tile = zr.shape[0], zc_t.shape[1]
-    diag = g // col_tile if loo else jnp.int32(-1)
-    self_mask = _self_mask(row_tile, col_tile, g % col_tile)
-
-    def step(m, xs):
-        zt, t = xs
-        # The distance is computed inside each branch so each branch is one fused loop.
-        tile_min = lax.cond(
-            t == diag,
-            lambda: jnp.where(self_mask, jnp.inf, _sqdist(zr, zt)).min(axis=1),
-            lambda: _sqdist(zr, zt).min(axis=1),
-        )
-        return jnp.minimum(m, tile_min), None
-
-    tiles = jnp.arange(zc_t.shape[0], dtype=jnp.int32)
-    m, _ = lax.scan(step, jnp.full((row_tile,), _BIG, jnp.float32), (zc_t, tiles))
-    return m
-
-
-def _self_mask(row_tile: int, col_tile: int, offset: jax.Array) -> jax.Array:
-    """[rt, ct] True where column (offset + r) of the diagonal tile is row r itself.
-
-    With square tiles (leave-one-out uses ct == rt) the offset is 0 and the mask is a constant.
-    """
-    if row_tile == col_tile:
-        return jnp.asarray(np.eye(row_tile, dtype=bool))
-    cols = lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 1)
-    return cols == lax.broadcasted_iota(jnp.int32, (row_tile, col_tile), 0) + offset
-
-
-def _row_sums(
-    zr: jax.Array,
-    g: jax.Array,
-    m: jax.Array,
-    zc_t: jax.Array,
-    yc_t: jax.Array,
-    tile_y: jax.Array,
-    tile_mixed: jax.Array,
-    row_box: tuple[jax.Array, jax.Array],
-    col_box: tuple[jax.Array, jax.Array],
-    *,
-    loo: bool,
-) -> jax.Array:
-    """Pass 2: sum_j w_ij y_j / sum_j w_ij with w_ij = exp(m_i - d_ij) <= 1 (largest weight 1).
-
-    Tiles are skipped when they cannot matter: if the bounding boxes of the row tile and a column
-    tile are so far apart that every weight is < exp(-_SKIP_LOG) (~4e-18, the row's largest
-    weight being 1), the tile is not computed. The skipped mass is < N * 4e-18 relative, far below
-    float32 resolution, so results are unchanged; examples sorted by their first feature make the
-    boxes narrow, so small bandwidths skip most tiles.
-
-    A "pure" column tile holds one target value `tile_y[t]` (0/1 targets sorted by label), so both
-    sums come from one reduction; a "mixed" tile (`tile_mixed[t]`, the label boundary or real-valued
-    targets) reduces w and w * y separately.
-
-    Args:
-      zr: [rt, D] scaled rows; g: global index of the first row; m: [rt] row minima.
-      zc_t: [T/ct, ct, D] scaled column tiles; yc_t: [T/ct, ct] column targets;
-      tile_y: [T/ct] each pure tile's target value; tile_mixed: [T/ct] int32 0/1.
-      row_box: ([D], [D]) scaled lower/upper corners of the row tile's points.
-      col_box: ([T/ct, D], [T/ct, D]) scaled corners of each column tile's points.
-    Returns:
-      [rt] estimates.
-    """
-    row_tile, col_tile = zr.shape[0], zc_t.shape[1]
-    diag = g // col_tile if loo else jnp.int32(-1)
-    self_mask = _self_mask(row_tile, col_tile, g % col_tile)
-
-    m_max = m.max()
-
-    def step(carry, xs):
-        num, den = carry
-        zt, yt, ty, mixed, lo, hi, t = xs
-        gap = jnp.maximum(jnp.maximum(lo - row_box[1], row_box[0] - hi), 0.0)
-        skip = (m_max - jnp.sum(gap * gap) < -_SKIP_LOG) & (t != diag)
-        w = lambda: jnp.exp(m[:, None] - _sqdist(zr, zt))
-        w_masked = lambda: jnp.where(self_mask, 0.0, w())
-
-        def pure(wf):
-            s = wf().sum(axis=1)
-            return s, ty * s
-
-        def mix(wf):
-            return wf().sum(axis=1), (wf() * yt[None, :]).sum(axis=1)
-
-        branches = (
-            lambda: pure(w),
-            lambda: mix(w),
-            lambda: pure(w_masked),
-            lambda: mix(w_masked),
-            lambda: (jnp.zeros_like(m), jnp.zeros_like(m)),
-        )
-        index = jnp.where(skip, 4, 2 * (t == diag).astype(jnp.int32) + mixed)
-        sw, swy = lax.switch(index, branches)
-        return (num + swy, den + sw), None
-
-    zeros = jnp.zeros((row_tile,), jnp.float32)
-    tiles = jnp.arange(zc_t.shape[0], dtype=jnp.int32)
-    xs = (zc_t, yc_t, tile_y, tile_mixed, col_box[0], col_box[1], tiles)
-    (num, den), _ = lax.scan(step, (zeros, zeros), xs)
-    return num / den
 
 
 @functools.lru_cache(maxsize=64)
@@ -368,9 +167,9 @@ def _scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
 
 def _run_chunked(fn, args, scales, ratio, mesh) -> np.ndarray:
     """Runs `fn` over the bandwidth grid: all at once on one device; on a mesh in chunks of
-    `parallel.engine_sizes().bandwidth_chunk` bandwidths (4 on CPU), because the sharded XLA:CPU
-    program's memory was seen to grow with the bandwidths of one call (2.4 GB for 32 at N = 100k;
-    freed after the call). Chunks are padded to full size so every call has the same shape."""
+    `parallel.engine_sizes(mesh).bandwidth_chunk` bandwidths (4 on CPU), because the sharded
+    XLA:CPU program's memory was seen to grow with the bandwidths of one call (2.4 GB for 32 at
+    N = 100k; freed after the call). Chunks are padded to full size (one compilation)."""
     chunk = parallel.engine_sizes(mesh).bandwidth_chunk
     if mesh is None or len(scales) <= chunk:
         return np.asarray(fn(*args, scales, ratio), np.float64)
@@ -385,82 +184,6 @@ def _run_chunked(fn, args, scales, ratio, mesh) -> np.ndarray:
         sc, r = scales[s : s + chunk], ratio[s : s + chunk]
         outs.append(np.asarray(fn(*args, sc, r / r[0]), np.float64))
     return np.concatenate(outs)[:k]
-
-
-def _n_devices(mesh: Mesh | None) -> int:
-    if mesh is None:
-        return 1
-    if len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: expected a 1-D mesh, got axes {mesh.axis_names}")
-    return int(mesh.devices.size)
-
-
-def _tile_sizes(n_rows_per_device: int, n_cols: int, row_tile: int, col_tile: int):
-    """Row tile (multiple of 8) and column tile (multiple of the row tile).
-
-    The column tile is kept to <= ~1/4 of the columns so that, in leave-one-out, only a small
-    fraction of tiles (the one holding each row's own column) needs the slower self-mask.
-    """
-    rt = max(8, min(row_tile, pad_to_multiple(n_rows_per_device, 8)))
-    ct = min(col_tile, pad_to_multiple(-(-n_cols // 4), rt))
-    return rt, pad_to_multiple(max(ct, rt), rt)
-
-
-def _layout_columns(x: np.ndarray, y: np.ndarray, ct: int, multiple: int):
-    """Lays out training columns in tiles of `ct`: 0/1 targets sorted by label (1s first).
-
-    Only the tile straddling the label boundary is "mixed"; real-valued targets make every tile
-    mixed. Padding points (far away, weight 0, target 0) fill the end up to a multiple of
-    `multiple`.
-
-    Returns:
-      xc [T, D] float32, yc [T] float32, tile_y [T/ct], tile_mixed [T/ct] int32, position [N]
-      (the padded index of each example). Examples are sorted by feature 0 (inside each label
-      block) so tiles have narrow bounding boxes.
-    """
-    n, d = x.shape
-    total = pad_to_multiple(n, multiple)
-    n_tiles = total // ct
-    position = np.empty(n, np.int64)
-    if _is_binary(y):
-        order = np.lexsort((x[:, 0], -y))  # 1s first, each label block sorted by feature 0
-        position[order] = np.arange(n)
-        n_pos = int(y.sum())
-        starts = np.arange(n_tiles) * ct
-        tile_mixed = ((starts < n_pos) & (starts + ct > n_pos)).astype(np.int32)
-        tile_y = (starts + ct <= n_pos).astype(np.float32)
-    else:
-        position[np.argsort(x[:, 0], kind="stable")] = np.arange(n)
-        tile_mixed = np.ones(n_tiles, np.int32)
-        tile_y = np.zeros(n_tiles, np.float32)
-    xc = np.full((total, d), _PAD_COORD, np.float32)
-    yc = np.zeros(total, np.float32)
-    xc[position] = x
-    yc[position] = y
-    return xc, yc, tile_y, tile_mixed, position
-
-
-def _tile_boxes(x_pad: np.ndarray, n_real: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile bounding boxes ([T/size, D] lower, upper) of the first `n_real` rows of x_pad."""
-    real = np.arange(len(x_pad)) < n_real
-    xt = x_pad.reshape(-1, size, x_pad.shape[1]).astype(np.float64)
-    mask = real.reshape(-1, size)[:, :, None]
-    lo = np.where(mask, xt, np.inf).min(axis=1)
-    hi = np.where(mask, xt, -np.inf).max(axis=1)
-    empty = ~mask.any(axis=1)[:, 0]
-    lo[empty], hi[empty] = _PAD_COORD, _PAD_COORD
-    return lo.astype(np.float32), hi.astype(np.float32)
-
-
-def _default_tiles(row_tile: int | None, col_tile: int | None, mesh) -> tuple[int, int]:
-    sizes = parallel.engine_sizes(mesh)
-    rt = sizes.nw_row_tile if row_tile is None else _checks.check_positive_int(row_tile, "row_tile")
-    ct = sizes.nw_col_tile if col_tile is None else _checks.check_positive_int(col_tile, "col_tile")
-    return rt, ct
-
-
-def _is_binary(y: np.ndarray) -> bool:
-    return bool(np.all((y == 0) | (y == 1)))
 
 
 def nadaraya_watson(
@@ -504,8 +227,9 @@ def nadaraya_watson(
 
 def _nw_grid(xt, yt, xq, h, *, mesh, row_tile, col_tile) -> np.ndarray:
     """[K, M] NW estimates for every bandwidth row of h [K, D] (inputs already validated)."""
+    xt, xq = _centre(xt, xq)
     n_dev = _n_devices(mesh)
-    row_tile, col_tile = _default_tiles(row_tile, col_tile, mesh)
+    row_tile, col_tile = parallel.nw_tiles(row_tile, col_tile, mesh)
     m = xq.shape[0]
     rt, ct = _tile_sizes(-(-m // n_dev), xt.shape[0], row_tile, col_tile)
     xc, yc, tile_y, tile_mixed, _ = _layout_columns(xt, yt, ct, ct)
@@ -549,9 +273,10 @@ def loo_predictions(
     ya = _checks.check_binary(y, "y")
     _checks.check_same_length(x=xa, y=ya)
     h = _bandwidth_grid(bandwidths, xa.shape[1])
+    xa, _ = _centre(xa, xa[:1])
     n = xa.shape[0]
     n_dev = _n_devices(mesh)
-    row_tile, col_tile = _default_tiles(row_tile, col_tile, mesh)
+    row_tile, col_tile = parallel.nw_tiles(row_tile, col_tile, mesh)
     # Square tiles: a row tile's own columns form one [rt, rt] tile with self on its diagonal.
     rt, _ = _tile_sizes(-(-n // n_dev), n, row_tile, col_tile)
     ct = rt
@@ -561,12 +286,6 @@ def loo_predictions(
     box = _tile_boxes(xc, n, ct)
     out = _run_chunked(fn, (xc, xc, yc, tile_y, tile_mixed, (*box, *box)), scales, ratio, mesh)
     return out[:, position]
-
-
-def _binary_nll(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mean binary NLL along the last axis with p clipped to [PROB_CLIP, 1 - PROB_CLIP]."""
-    p = np.clip(p, PROB_CLIP, 1.0 - PROB_CLIP)
-    return -np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p), axis=-1)
 
 
 def loo_nll(
@@ -581,7 +300,7 @@ def loo_nll(
     """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
 
     CV-NLL(h) = -(1/N) sum_i [y_i log p_h(-i) + (1 - y_i) log(1 - p_h(-i))], with the leave-one-out
-    estimate p_h(-i) clipped to [1e-6, 1 - 1e-6] (likelihood cross-validation, Hall 1987).
+    estimate p_h(-i) clipped to [PROB_CLIP, 1 - PROB_CLIP] (`stats.binary`; likelihood cross-validation, Hall 1987).
 
     Args:
       x: [N, D] features, N >= 2.
@@ -593,95 +312,4 @@ def loo_nll(
       [K] float64 CV-NLL per bandwidth.
     """
     p = loo_predictions(x, y, bandwidths, mesh=mesh, row_tile=row_tile, col_tile=col_tile)
-    return _binary_nll(p, _checks.check_binary(y, "y")[None, :])
-
-
-# ----------------------------------------------------------------------------------------------
-# Bandwidth selection
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BandwidthSelection:
-    """A chosen bandwidth and how it was chosen.
-
-    Attributes:
-      rule: "scott", "scott_x<m>", "cv_nll" or "oracle_ece".
-      bandwidth: [D] chosen bandwidth.
-      multiple: the chosen Scott multiple.
-      optimistic: True when the choice looked at the test set ("oracle_ece"): its scores are an
-        optimistic bound, not an honest estimate.
-      grid: [K] Scott multiples searched (one entry for fixed rules).
-      scores: [K] criterion on the grid (CV-NLL or test ECE); None for fixed rules.
-    """
-
-    rule: str
-    bandwidth: np.ndarray
-    multiple: float
-    optimistic: bool
-    grid: np.ndarray = field(repr=False)
-    scores: np.ndarray | None = field(default=None, repr=False)
-
-
-_SCOTT_X = re.compile(r"^scott_x(\d+(?:\.\d*)?|\.\d+)$")
-RULES = ("scott", "scott_x<m>", "cv_nll", "oracle_ece")
-
-
-def select_bandwidth(
-    rule: str,
-    x,
-    y,
-    *,
-    multiples=DEFAULT_MULTIPLES,
-    test: tuple | None = None,
-    n_bins: int = 15,
-    mesh: Mesh | None = None,
-) -> BandwidthSelection:
-    """Chooses a Nadaraya-Watson bandwidth for features x [N, D] and binary targets y [N].
-
-    Rules:
-      "scott": Scott's rule (multiple 1).
-      "scott_x<m>": m times Scott's rule, e.g. "scott_x2", "scott_x0.5".
-      "cv_nll": argmin over `multiples` x Scott of the leave-one-out NLL on (x, y).
-      "oracle_ece": argmin over the grid of the ECE on the *test* set, `test=(x_test, y_test)`:
-        an optimistic bound (it peeks at the test labels), flagged `optimistic=True`.
-
-    Returns:
-      a `BandwidthSelection`.
-    """
-    if not isinstance(rule, str):
-        raise ValueError(f"rule: expected a string, one of {RULES}; got {rule!r}")
-    scott = scott_bandwidth(x)
-    if rule == "scott" or _SCOTT_X.match(rule):
-        mult = 1.0 if rule == "scott" else float(_SCOTT_X.match(rule).group(1))
-        if mult <= 0:
-            raise ValueError(f"rule: Scott multiple must be > 0, got {rule!r}")
-        return BandwidthSelection(rule, mult * scott, mult, False, np.array([mult]))
-    grid_m = _checks.as_array(np.atleast_1d(multiples), "multiples", ndim=1)
-    if np.any(grid_m <= 0):
-        raise ValueError(f"multiples: must all be > 0; got min {grid_m.min()}")
-    grid = grid_m[:, None] * scott[None, :]
-    if rule == "cv_nll":
-        scores = loo_nll(x, y, grid, mesh=mesh)
-        optimistic = False
-    elif rule == "oracle_ece":
-        if test is None:
-            raise ValueError("test: rule 'oracle_ece' needs test=(x_test, y_test)")
-        from routecal.stats.calibration import ece
-
-        x_test = _features(test[0], "test[0] (x_test)")
-        y_test = _checks.check_binary(test[1], "test[1] (y_test)")
-        _checks.check_same_length(x_test=x_test, y_test=y_test)
-        xa = _features(x, "x")
-        ya = _checks.check_binary(y, "y")
-        _checks.check_same_length(x=xa, y=ya)
-        if x_test.shape[1] != xa.shape[1]:
-            raise ValueError(f"test[0]: has {x_test.shape[1]} features, x has {xa.shape[1]}")
-        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=None, col_tile=None)
-        preds = np.clip(preds, 0.0, 1.0)
-        scores = np.array([ece(p, y_test, n_bins=n_bins) for p in preds])
-        optimistic = True
-    else:
-        raise ValueError(f"rule: unknown bandwidth rule {rule!r}; expected one of {RULES}")
-    k = int(np.argmin(scores))
-    return BandwidthSelection(rule, grid[k], float(grid_m[k]), optimistic, grid_m, scores)
+    return binary_nll_core(p, _checks.check_binary(y, "y")[None, :])

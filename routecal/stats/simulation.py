@@ -90,6 +90,7 @@ def simulate(
     Returns:
       SimulatedData of [D, N] numpy arrays.
     """
+    key = _checks.check_key(key)
     n = _checks.check_positive_int(n, "n")
     n_datasets = _checks.check_positive_int(n_datasets, "n_datasets")
     for name, v in (("effect", effect), ("rho", rho), ("miscalibration", miscalibration)):

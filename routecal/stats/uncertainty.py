@@ -110,6 +110,11 @@ def jaccard(experts_a: Any, experts_b: Any) -> np.ndarray:
     """Per-token Jaccard index |A & B| / |A | B| of two expert-index sets [..., K] -> [...]."""
     a = np.asarray(experts_a)
     b = np.asarray(experts_b)
+    for name, e in (("experts_a", a), ("experts_b", b)):
+        if e.ndim == 0 or e.size == 0 or e.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected integer expert indices [..., K], got {e.dtype}{e.shape}")
+        if np.any(e < 0):  # -1 (a "no expert" marker) would silently index the last expert
+            raise ValueError(f"{name}: expert indices must be >= 0, got min {e.min()}")
     if a.shape[:-1] != b.shape[:-1]:
         raise ValueError(f"experts_b: shape {b.shape} does not match experts_a {a.shape}")
     n_e = int(max(a.max(), b.max())) + 1

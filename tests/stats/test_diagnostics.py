@@ -21,11 +21,17 @@ def _ref_table(c, y, r, m=15, g=3, binning="width"):
     gaps, wg, members = np.zeros(m), 0.0, []
     for k in range(m):
         idx = np.flatnonzero(b == k)
-        if len(idx) < g:
+        # group of each member: the numpy.array_split part of its tie block's mid-rank
+        part_of = np.concatenate([np.full(len(p), j) for j, p in enumerate(np.array_split(
+            np.arange(len(idx)), g))]).astype(int)
+        vals = np.sort(r[idx])
+        first = np.searchsorted(vals, r[idx], "left")
+        last = np.searchsorted(vals, r[idx], "right") - 1
+        grp = part_of[(first + last) // 2]
+        top, bot = idx[grp == g - 1], idx[grp == 0]
+        if len(top) == 0 or len(bot) == 0:
             members.append(None)
             continue
-        parts = np.array_split(idx[np.argsort(r[idx], kind="stable")], g)
-        top, bot = parts[-1], parts[0]
         gaps[k] = (y[top].mean() - c[top].mean()) - (y[bot].mean() - c[bot].mean())
         wg += len(idx) / len(c) * abs(gaps[k])
         members.append((idx, len(top), len(bot)))
@@ -70,17 +76,42 @@ def test_subgroup_gaps_matches_reference():
         dg.subgroup_gaps(c, y, r, binning="quantile")
 
 
-def test_small_bins_contribute_nothing_and_ties_are_stable():
+def test_small_bins_contribute_nothing_and_ties_are_cut_by_value():
     # bin 0 (c in [0, 0.5]) has 2 members < 3 groups; bin 1 has 7 with tied routing
     c = np.array([0.1, 0.2] + [0.9] * 7)
     y = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0], float)
-    r = np.zeros(9)  # all tied: groups follow input order, sizes 3, 2, 2
+    r = np.zeros(9)  # all tied: mid-rank 3 of 7 -> the middle group; no top, no bottom
     out = dg.subgroup_gaps(c, y, r, n_bins=2, n_groups=3)
     assert out.gap[0] == 0 and out.n_top[0] == 0
-    assert (out.n_bottom[1], out.n_top[1]) == (3, 2)
-    # bottom = first three (acc 2/3), top = last two (acc 0): gap = (0 - .9) - (2/3 - .9)
-    assert out.gap[1] == pytest.approx(-2 / 3)
-    assert out.weighted_gap == pytest.approx(7 / 9 * 2 / 3)
+    assert out.n_top[1] == 0 and out.weighted_gap == 0.0
+    # binary routing in bin 1: the three 1s are the top group, the four 0s the bottom group
+    r = np.array([0, 0, 1, 0, 1, 0, 0, 1, 0.0])
+    out = dg.subgroup_gaps(c, y, r, n_bins=2, n_groups=3)
+    assert (out.n_bottom[1], out.n_top[1]) == (4, 3)
+    # top rows 2, 4, 7 -> y = 1, 0, 0; bottom rows 3, 5, 6, 8 -> y = 1, 0, 1, 0 (same confidence)
+    assert out.gap[1] == pytest.approx(1 / 3 - 1 / 2)
+    assert out.weighted_gap == pytest.approx(7 / 9 * 1 / 6)
+
+
+def test_statistic_and_null_invariant_to_row_order_under_ties():
+    """Issue 11, point 1: routing in {0, 1, 2}; reordering rows left the statistic off by 0.05."""
+    rng = np.random.default_rng(4)
+    c = rng.uniform(0.3, 1.0, 600)
+    y = (rng.random(600) < c).astype(float)
+    r = rng.integers(0, 3, 600).astype(float)
+    stats = []
+    for t in range(5):
+        perm = rng.permutation(600) if t else np.arange(600)
+        stats.append(dg.subgroup_gaps(c[perm], y[perm], r[perm]).weighted_gap)
+    np.testing.assert_allclose(stats, stats[0], rtol=1e-12)
+    _, wg, _ = _ref_table(c, y, r)
+    assert stats[0] == pytest.approx(wg, abs=1e-12)
+    # constant routing stored correct-first: no groups, statistic 0, p = 1
+    order = np.argsort(-y, kind="stable")
+    res = dg.within_bin_permutation_test(
+        c[order], y[order], np.zeros(600), key=0, n_permutations=99
+    )
+    assert res.statistic == 0.0 and res.p_value == 1.0
 
 
 def test_p_value_matches_numpy_loop_within_monte_carlo_error():

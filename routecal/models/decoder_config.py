@@ -1,0 +1,252 @@
+"""`DecoderConfig`: the typed, validated configuration of the causal decoder (`decoder.py`).
+
+Defaults give a plain pre-norm Llama-style byte LM; the convention fields let imported Hugging Face
+MoE checkpoints (OLMoE, Qwen2-MoE, Granite-MoE) run unchanged in the same module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+from routecal.models import attnres
+
+MLP_TYPES = ("dense", "moe", "vmoer_logit", "vmoer_temp")
+ROUTER_ORDERS = ("softmax_topk", "topk_softmax")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Causal decoder configuration (validated in `__post_init__`; frozen and hashable).
+
+    Attributes:
+      vocab_size: V. max_len: the longest sequence the model accepts.
+      d_model, n_layers, n_heads: width D, layers (two sublayers each), query heads H.
+      n_kv_heads: key/value heads G (grouped-query attention; must divide n_heads); None = H.
+      head_dim: per-head width; None = d_model // n_heads.
+      mlp_dim: SwiGLU hidden width of the dense MLPs.
+      residual: "standard", "full" or "block"; n_blocks: blocks of Block AttnRes, a divisor of
+        n_layers (boundaries at layer starts) or 2 * n_layers (one sublayer per block = Full).
+      dropout: dropout rate on every sublayer output.
+      dtype: compute dtype, "float32" or "bfloat16" (parameters, router and logits stay float32).
+      rope_theta: RoPE base. norm_eps: epsilon of every RMSNorm.
+      qk_norm: RMSNorm over the full q and k projections (OLMoE). qkv_bias: biases on q, k, v.
+      attention_out_bias: bias on the output projection.
+      embedding_multiplier: scales the token embedding (Granite).
+      residual_multiplier: scales every sublayer output before it joins the residual (Granite).
+      attention_multiplier: attention logit scale; None = 1 / sqrt(head_dim) (Granite sets it).
+      logits_scaling: logits are divided by it (Granite).
+      tie_embeddings: output head = embedding matrix transposed.
+      mlp_type: "dense", "moe", "vmoer_logit" or "vmoer_temp"; layer i gets the MoE MLP when
+        i % moe_every == moe_every - 1.
+      n_experts, top_k, moe_hidden (expert SwiGLU width; 0 = mlp_dim), capacity_factor (<= 0:
+        dropless, as in HF MoE LMs; > 0 needs top_k = 1, because with top_k > 1 the capacity
+        priority puts every first choice before any second choice and a token's second choice
+        would depend on later tokens), lb_coef, z_coef: MoE options (`moe.py`).
+      norm_topk_prob: renormalise the top-k gates to sum to 1.
+      router_order: "softmax_topk" (softmax over experts, then top-k: OLMoE, Qwen2-MoE) or
+        "topk_softmax" (softmax over the top-k logits: Granite, Mixtral).
+      shared_expert_hidden: width of an always-on shared SwiGLU expert (0 = none; Qwen2-MoE);
+        shared_expert_gate: multiply it by a sigmoid scalar gate sigmoid(w . x).
+      vmoer: VMoER options as sorted (key, value) pairs (`vmoer.VMoERConfig` names).
+    """
+
+    vocab_size: int = 259
+    max_len: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    mlp_dim: int = 384
+    residual: str = "standard"
+    n_blocks: int = 2
+    dropout: float = 0.0
+    dtype: str = "float32"
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    qk_norm: bool = False
+    qkv_bias: bool = False
+    attention_out_bias: bool = False
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
+    tie_embeddings: bool = True
+    mlp_type: str = "dense"
+    n_experts: int = 4
+    top_k: int = 1
+    moe_hidden: int = 0
+    capacity_factor: float = 0.0
+    moe_every: int = 1
+    lb_coef: float = 0.01
+    z_coef: float = 0.001
+    norm_topk_prob: bool = False
+    router_order: str = "softmax_topk"
+    shared_expert_hidden: int = 0
+    shared_expert_gate: bool = False
+    vmoer: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_dim"):
+            _positive_int(getattr(self, name), name)
+        for name in ("n_kv_heads", "head_dim"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), name)
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"model.n_kv_heads: must divide n_heads={self.n_heads}, got {self.n_kv_heads}"
+            )
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.n_heads: must divide d_model={self.d_model} (or set head_dim), got "
+                f"{self.n_heads}"
+            )
+        if self.head_width % 2:
+            raise ValueError(
+                f"model.head_dim: RoPE needs an even head width, got {self.head_width}"
+            )
+        if self.residual not in attnres.RESIDUAL_MODES:
+            raise ValueError(
+                f"model.residual: unknown {self.residual!r}; expected one of "
+                f"{attnres.RESIDUAL_MODES}"
+            )
+        if self.residual == "block":
+            nb = self.n_blocks
+            ok = (
+                isinstance(nb, int)
+                and nb >= 1
+                and (self.n_layers % nb == 0 or nb == self.n_sublayers)
+            )
+            if not ok:
+                raise ValueError(
+                    f"model.n_blocks: must divide n_layers={self.n_layers} (block boundaries at "
+                    f"layer starts) or equal 2 * n_layers = {self.n_sublayers}, got {nb!r}"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout: must lie in [0, 1), got {self.dropout}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype: unknown {self.dtype!r}; expected one of {list(DTYPES)}")
+        for name in (
+            "rope_theta",
+            "norm_eps",
+            "embedding_multiplier",
+            "residual_multiplier",
+            "logits_scaling",
+        ):
+            _positive_float(getattr(self, name), name)
+        if self.attention_multiplier is not None:
+            _positive_float(self.attention_multiplier, "attention_multiplier")
+        if self.mlp_type not in MLP_TYPES:
+            raise ValueError(
+                f"model.mlp_type: unknown {self.mlp_type!r}; expected one of {MLP_TYPES}"
+            )
+        _positive_int(self.n_experts, "n_experts")
+        _positive_int(self.moe_every, "moe_every")
+        if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(
+                f"model.top_k: must lie in [1, n_experts={self.n_experts}], got {self.top_k!r}"
+            )
+        for name in ("moe_hidden", "shared_expert_hidden"):
+            _positive_int(getattr(self, name), name, minimum=0)
+        if not math.isfinite(self.capacity_factor):
+            raise ValueError(f"model.capacity_factor: must be finite, got {self.capacity_factor}")
+        if self.capacity_factor > 0 and self.top_k > 1:
+            raise ValueError(
+                f"model.capacity_factor: capacity dropping with top_k={self.top_k} > 1 is not "
+                "causal (second choices are slotted after every token's first choice); use "
+                "capacity_factor <= 0 (dropless) or top_k = 1"
+            )
+        for name in ("lb_coef", "z_coef"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"model.{name}: must be a finite number >= 0, got {v!r}")
+        if self.router_order not in ROUTER_ORDERS:
+            raise ValueError(
+                f"model.router_order: unknown {self.router_order!r}; expected one of "
+                f"{ROUTER_ORDERS}"
+            )
+        if self.vmoer:
+            from routecal.models import vmoer
+
+            vmoer.check_vmoer_options(dict(self.vmoer))
+
+    # Derived values ------------------------------------------------------------------------------
+
+    @property
+    def n_sublayers(self) -> int:
+        """L = 2 * n_layers (attention and MLP of each layer)."""
+        return 2 * self.n_layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_width(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def attention_scale(self) -> float:
+        if self.attention_multiplier is not None:
+            return float(self.attention_multiplier)
+        return 1.0 / math.sqrt(self.head_width)
+
+    @property
+    def compute_dtype(self) -> Any:
+        return DTYPES[self.dtype]
+
+    @property
+    def expert_hidden(self) -> int:
+        return self.moe_hidden or self.mlp_dim
+
+    @property
+    def normalize_gates(self) -> bool:
+        """topk_softmax = softmax over the top-k logits = renormalised softmax-then-top-k."""
+        return bool(self.norm_topk_prob or self.router_order == "topk_softmax")
+
+    @property
+    def vmoer_options(self) -> dict[str, Any]:
+        return dict(self.vmoer)
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """0-based indices of the layers whose MLP is an MoE / VMoER sublayer."""
+        return tuple(i for i in range(self.n_layers) if self.uses_moe(i))
+
+    def uses_moe(self, layer: int) -> bool:
+        """Whether layer `layer` (0-based) gets the MoE-type MLP."""
+        return self.mlp_type != "dense" and layer % self.moe_every == self.moe_every - 1
+
+    @property
+    def sublayer_names(self) -> tuple[str, ...]:
+        """Names of the depth-attention sites: L sublayers then the readout ("" for standard)."""
+        return attnres.sublayer_names(self.residual, self.n_layers)
+
+    @classmethod
+    def from_config(cls, model_cfg: Any, **fixed: Any) -> DecoderConfig:
+        """Builds the typed config from a `ConfigDict` (or mapping) plus `fixed` values (e.g.
+        vocab_size from the tokenizer); unknown keys are an error naming them."""
+        d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+        d.update(fixed)
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"model: unknown key(s) {unknown}; valid: {sorted(valid)}")
+        if "vmoer" in d:
+            d["vmoer"] = tuple(sorted(dict(d["vmoer"] or {}).items()))
+        return cls(**d)
+
+
+def _positive_int(v: Any, name: str, minimum: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"model.{name}: must be an integer >= {minimum}, got {v!r}")
+
+
+def _positive_float(v: Any, name: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"model.{name}: must be a finite number > 0, got {v!r}")
