@@ -32,10 +32,12 @@ distance to the exact permutation law is at most n_b * 2^-32 per bin (exact arit
 of up to 2^21 members; beyond that the float64 rounding adds < 2^-52 relative error). Lanes are
 independent and vectorise; there is no sort and no gather, just O(N) streaming work per permutation
 (about 15 vector operations per example and permutation). Random bits come from a counter-based
-generator (two keyed rounds of a 32-bit integer hash over the example's position) whose per-lane keys
-are drawn with `jax.random` (threefry) from `fold_in(key, chunk)`, so the result depends only on the
-key and the chunk size, never on the device count. Chunks of `Bc` lanes bound the working set; chunks
-are sharded over the devices of a 1-D mesh with `jax.shard_map`.
+generator (two keyed rounds of a 32-bit integer hash over the example's (bin, routing) rank) whose
+key for permutation b is drawn with `jax.random` (threefry) from `fold_in(key, b)`, so the result
+depends only on the key: never on the chunk size, the scan step, the device or process count or the
+backend. Chunks of `Bc` lanes bound the working set (sizes by backend, `parallel.engine_sizes`);
+chunks are sharded over the devices of a 1-D mesh with `jax.shard_map`, the null replicated so every
+process of a multi-host mesh reads it.
 """
 
 from __future__ import annotations
