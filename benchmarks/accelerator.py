@@ -17,8 +17,8 @@ own dependencies (numpy, jax, flax, optax) plus this repository. Prints the mach
   * training step of the Block AttnRes decoder LM (`models/decoder.py`) in bfloat16: model FLOPs
     (PaLM's 6 N + 12 L D T per token) per second, as a fraction of the chip's bf16 peak (MFU) from
     a table of known chips.
-  * token throughput of the LM forward pass with traces (the compute of token-level predict,
-    which is not on main yet).
+  * token-level predict throughput (`token_predict.predict_split`: forward with traces, per-token
+    records, shards written) on random ids with the same LM.
 
 Targets (issue 16, one H200-class GPU): permutation N = 10^6, B = 10^4 under 1 s; NW sweep >= 10^11
 kernel evaluations per second.
@@ -58,14 +58,14 @@ FULL = dict(
     cpu_b_large=1_000, nw_n=100_000, nw_k=32, ece_n=10_000_000, ceiling_n=32_768,
     lm=dict(vocab_size=32_000, max_len=1024, d_model=1024, n_layers=8, n_heads=16,
             mlp_dim=2816, residual="block", n_blocks=4),
-    batch=16, train_steps=10,
+    batch=16, train_steps=10, predict_rows=128,
 )
 SMOKE = dict(
     perm_sizes=(2_000,), perm_b=256, numpy_n=2_000, numpy_b=4, cpu_b_large=128,
     nw_n=400, nw_k=4, ece_n=10_000, ceiling_n=512,
     lm=dict(vocab_size=64, max_len=16, d_model=16, n_layers=2, n_heads=2, mlp_dim=32,
             residual="block", n_blocks=2),
-    batch=4, train_steps=2,
+    batch=4, train_steps=2, predict_rows=8,
 )
 
 
@@ -202,12 +202,25 @@ def bench_lm(s: dict, rows: list) -> None:
         f"{dt * 1e3:.1f} ms", f"{model_flops / dt:.3g} model FLOP/s; MFU {mfu}",
     ))
 
-    fwd = nnx.jit(lambda m, x: m(x, return_traces=True).logits)
-    x = ids[:, :-1]
-    dt, _ = timed(lambda: fwd(model, x), repeats=2)
+    bench_token_predict(s, rows, cfg, model)
+
+
+def bench_token_predict(s: dict, rows: list, cfg, model) -> None:
+    """`token_predict.predict_split` (forward with traces, per-token records, shards on disk)."""
+    import tempfile
+
+    from routecal import token_predict
+    from routecal.data.text import TextSplit
+
+    n, t = s["predict_rows"], cfg.max_len
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size - 1, (n, t + 1), dtype=np.int32)
+    split = TextSplit(ids=ids, domain="in", n_bytes=n * t, n_targets=n * t)
+    with tempfile.TemporaryDirectory() as d:
+        dt, _ = timed(lambda: token_predict.predict_split(
+            model, split, d, pad=cfg.vocab_size - 1, batch_size=s["batch"]), repeats=1)
     rows.append((
-        f"LM forward with traces, B={b} x T={t} (the compute of token predict)",
-        f"{dt * 1e3:.1f} ms", f"{b * t / dt:,.0f} tokens/s (token-level predict is not on main)",
+        f"token predict ({n} rows x T={t}, traces, shards written)", f"{dt:.2f} s",
+        f"{n * t / dt:,.0f} tokens/s",
     ))
 
 

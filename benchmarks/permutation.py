@@ -2,6 +2,7 @@
 
     python benchmarks/permutation.py                      # N = 10k, 100k; B = 10k (a few minutes)
     python benchmarks/permutation.py --n-permutations 1000 --sizes 10000   # quick
+    python benchmarks/permutation.py --only conditional   # paper vs conditional test, N = 100k
 
 Runs a worker subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=2 that times, in one
 process: the numpy loop (per-bin `rng.permutation` of the residuals, the direct way to write the
@@ -115,6 +116,32 @@ def worker_speed(sizes, n_perm, repeats):
     print(json.dumps(rows))
 
 
+def worker_conditional(n, n_perm, repeats):
+    """Paper test vs the recommended conditional test, same data, 1 and 2 devices (wall, CPU s)."""
+    import jax
+
+    from routecal import parallel
+    from routecal.stats import diagnostics
+
+    c, y, r = _data(n)
+    row = dict(n=n, B=n_perm)
+    tests = {
+        "paper": diagnostics.within_bin_permutation_test,
+        "conditional": diagnostics.conditional_calibration_test,
+    }
+    for name, test in tests.items():
+        for n_dev in (1, 2):
+            mesh = parallel.make_mesh(n_dev)
+
+            def run(test=test, mesh=mesh):
+                return test(c, y, r, key=jax.random.key(0), n_permutations=n_perm, mesh=mesh)
+
+            run()  # compile
+            wall, cpu, res = _timed(run, repeats)
+            row[f"{name}_{n_dev}dev"] = (wall, cpu, res.p_value)
+    print(json.dumps(row))
+
+
 def worker_memory(n, n_perm):
     import resource
 
@@ -185,7 +212,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--memory-n", type=int, default=1_000_000)
     ap.add_argument("--memory-permutations", type=int, default=1_000)
-    ap.add_argument("--worker", choices=["speed", "memory", "ece"], default=None)
+    ap.add_argument("--worker", choices=["speed", "memory", "ece", "conditional"], default=None)
+    ap.add_argument("--only", choices=["all", "conditional"], default="all",
+                    help="'conditional': only the paper-vs-conditional timing at the largest size")
     args = ap.parse_args()
     if args.worker == "speed":
         return worker_speed(args.sizes, args.n_permutations, args.repeats)
@@ -193,8 +222,24 @@ def main() -> None:
         return worker_memory(args.memory_n, args.memory_permutations)
     if args.worker == "ece":
         return worker_ece(1_000_000, 10, 5)
+    if args.worker == "conditional":
+        return worker_conditional(max(args.sizes), args.n_permutations, args.repeats)
 
     print(f"load average before: {os.getloadavg()}")
+    cond = _spawn(["--worker", "conditional", "--sizes", str(max(args.sizes)), "--n-permutations",
+                   str(args.n_permutations), "--repeats", str(args.repeats)], 2)
+    print(f"\npaper test vs conditional test at N = {cond['n']:,}, B = {cond['B']:,}: wall s (CPU s)")
+    print("| test | 1 device | 2 devices | 1 dev / 2 dev | p (1 dev, 2 dev) |")
+    print("|---|---|---|---|---|")
+    for name in ("paper", "conditional"):
+        (w1, c1, p1), (w2, c2, p2) = cond[f"{name}_1dev"], cond[f"{name}_2dev"]
+        print(f"| {name} | {w1:.2f} ({c1:.2f}) | {w2:.2f} ({c2:.2f}) | {w1 / w2:.2f}x | "
+              f"{p1:.4f}, {p2:.4f} |")
+    print(f"conditional / paper (1 dev): "
+          f"{cond['conditional_1dev'][0] / cond['paper_1dev'][0]:.2f}x wall")
+    if args.only == "conditional":
+        print(f"load average after: {os.getloadavg()}")
+        return
     rows = _spawn(["--worker", "speed", "--sizes", *map(str, args.sizes), "--n-permutations",
                    str(args.n_permutations), "--repeats", str(args.repeats)], 2)
     print("\nwithin-bin permutation test (15 bins x tertiles), wall seconds (CPU seconds)")

@@ -15,8 +15,9 @@ The whole table (deterministic MoE vs both VMoER routers, from scratch and retro
 
     PYTHONPATH=. python experiments/vmoer_table.py [--config configs/vmoer_digits.py:quick]
 
-Variants (after the colon, comma-separated): "logit" (default), "temp", "det", "retrofit",
-"quick" (tiny smoke test: seconds per model).
+Variants (after the colon, comma-separated; `configs/common.py:parse_arg`): "logit" (default),
+"temp", "det"; "retrofit"; "quick" (4 experts, 400 steps of batch 32: a small MoE that learns) or
+"tiny" (d=16, 30 steps: seconds per model, for tests).
 
 A small MoE (d_model 32, 2 layers, 8 GELU experts, top-2, every layer MoE) so that the experiment's
 15 trainings (5 methods x 3 seeds) take a few minutes on a 2-core CPU.
@@ -25,97 +26,56 @@ MEASURED (2-core CPU shared with ~4 other jobs): one model 45-110 s of training,
 benchmarks/RESULTS.md, "VMoER table on digits"). quick: ~5 min wall under the same load.
 """
 
+import common
 import ml_collections
 
-VARIANTS = ("logit", "temp", "det", "retrofit", "quick")
+ROUTERS = {"logit": "vmoer_logit", "temp": "vmoer_temp", "det": "moe"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    parts = [p for p in (arg or "logit").split(",") if p]
-    unknown = [p for p in parts if p not in VARIANTS]
-    routers = [p for p in parts if p in ("logit", "temp", "det")]
-    if unknown or len(routers) > 1:
-        raise ValueError(f"config arg: unknown variant {arg!r}; use any of {VARIANTS}")
-    router = routers[0] if routers else "logit"
-    if "retrofit" in parts and router == "det":
+    v = common.parse_arg(arg, router=tuple(ROUTERS), retrofit=False, quick=False, tiny=False)
+    if v.retrofit and v.router == "det":
         raise ValueError("config arg: retrofit needs a variational router (logit or temp)")
-
-    cfg = ml_collections.ConfigDict()
-    cfg.seed = 0
-
-    cfg.data = ml_collections.ConfigDict()
-    cfg.data.name = "digits"
-    cfg.data.seed = 0
-    cfg.data.patch_size = 2
-    cfg.data.data_dir = ml_collections.config_dict.placeholder(str)
-
-    cfg.model = ml_collections.ConfigDict()
-    cfg.model.d_model = 32
-    cfg.model.n_layers = 2
-    cfg.model.n_heads = 2
-    cfg.model.mlp_dim = 64
-    cfg.model.residual = "standard"
-    cfg.model.n_blocks = 2
-    cfg.model.dropout = 0.0
-    cfg.model.mlp_type = {"logit": "vmoer_logit", "temp": "vmoer_temp", "det": "moe"}[router]
-    cfg.model.n_experts = 8
-    cfg.model.top_k = 2
-    cfg.model.capacity_factor = 1.25
-    cfg.model.moe_every = 1
-    cfg.model.lb_coef = 1e-2
-    cfg.model.z_coef = 1e-3
+    model = common.moe(common.transformer(d_model=32, n_layers=2, n_heads=2, mlp_dim=64),
+                       n_experts=8, mlp_type=ROUTERS[v.router])
     # VMoER options (routecal.models.vmoer.VMoERConfig, without the "vmoer_" prefix)
-    cfg.model.vmoer = ml_collections.ConfigDict()
-    cfg.model.vmoer.beta = 1e-2  # KL weight (logit) / log-temperature prior weight (temp)
-    cfg.model.vmoer.prior_sigma = 1.0
-    cfg.model.vmoer.init_sigma = 0.3
-    cfg.model.vmoer.rank = 0
-    cfg.model.vmoer.samples = 8  # S logit samples averaged inside the router at inference
-    cfg.model.vmoer.min_temperature = 0.05
-
-    cfg.train = ml_collections.ConfigDict()
-    cfg.train.steps = 800
-    cfg.train.batch_size = 64
-    cfg.train.lr = 3e-3
-    cfg.train.warmup = 50
-    cfg.train.weight_decay = 0.05
-    cfg.train.grad_clip = 1.0
-    cfg.train.checkpoint_every = 800
-    cfg.train.eval_every = 800
-    cfg.train.log_every = 100
-    cfg.train.trainable = "all"
-    cfg.train.init_from = ml_collections.config_dict.placeholder(str)
-
-    if "retrofit" in parts:
-        cfg.train.trainable = "vrouter"
-        cfg.train.steps = 300
-        cfg.train.warmup = 20
-        cfg.train.checkpoint_every = 300
-        cfg.train.eval_every = 300
+    model.vmoer = ml_collections.ConfigDict({
+        "beta": 1e-2,  # KL weight (logit) / log-temperature prior weight (temp)
+        "prior_sigma": 1.0,
+        "init_sigma": 0.3,
+        "rank": 0,
+        "samples": 8,  # S logit samples averaged inside the router at inference
+        "min_temperature": 0.05,
+    })
+    cfg = common.experiment(
+        common.digits_data(), model,
+        common.train(lr=3e-3, warmup=50, checkpoint_every=800, eval_every=800, log_every=100),
+    )
+    if v.retrofit:
+        cfg.train.update(trainable="vrouter", steps=300, warmup=20, checkpoint_every=300,
+                         eval_every=300)
 
     # Settings of routecal.pipeline.vmoer.run_vmoer_experiment (ignored by `routecal train`).
-    cfg.experiment = ml_collections.ConfigDict()
-    cfg.experiment.seeds = (0, 1, 2)
-    cfg.experiment.methods = ("det", "logit", "temp", "logit_retrofit", "temp_retrofit")
-    cfg.experiment.retrofit_steps = 300
-    cfg.experiment.retrofit_lr = 3e-3
-    cfg.experiment.stability_noise_std = 0.1  # Gaussian noise on [0, 1] pixels
-    cfg.experiment.ood_kinds = ("invert", "pixel_noise")
-    cfg.experiment.ood_noise_std = 0.5
-    cfg.experiment.mc_samples = 8  # S stochastic full passes for mutual information
-    cfg.experiment.n_bins = 15
+    cfg.experiment = ml_collections.ConfigDict({
+        "seeds": (0, 1, 2),
+        "methods": ("det", "logit", "temp", "logit_retrofit", "temp_retrofit"),
+        "retrofit_steps": 300,
+        "retrofit_lr": 3e-3,
+        "stability_noise_std": 0.1,  # Gaussian noise on [0, 1] pixels
+        "ood_kinds": ("invert", "pixel_noise"),
+        "ood_noise_std": 0.5,
+        "mc_samples": 8,  # S stochastic full passes for mutual information
+        "n_bins": 15,
+    })
 
-    if "quick" in parts:
-        cfg.model.d_model = 16
-        cfg.model.mlp_dim = 16
-        cfg.model.n_experts = 4
-        cfg.train.steps = 30
-        cfg.train.batch_size = 16
-        cfg.train.warmup = 2
-        cfg.train.checkpoint_every = 30
-        cfg.train.eval_every = 30
-        cfg.train.log_every = 10
-        cfg.experiment.seeds = (0, 1)
-        cfg.experiment.retrofit_steps = 10
-        cfg.experiment.mc_samples = 3
+    if v.quick:  # a small MoE that still learns, in seconds per model
+        cfg.model.update(mlp_dim=32, n_experts=4)
+        cfg.train.update(steps=400, batch_size=32, warmup=40, checkpoint_every=400,
+                         eval_every=400, log_every=50)
+        cfg.experiment.update(seeds=(0, 1), retrofit_steps=50, mc_samples=3)
+    if v.tiny:  # test-size: seconds, does not learn (tests and pipeline smoke checks only)
+        cfg.model.update(d_model=16, mlp_dim=16, n_experts=4)
+        cfg.train.update(steps=30, batch_size=16, warmup=2, checkpoint_every=30, eval_every=30,
+                         log_every=10)
+        cfg.experiment.update(seeds=(0, 1), retrofit_steps=10, mc_samples=3)
     return cfg

@@ -11,36 +11,20 @@ Large: hours on a CPU, minutes on an accelerator; the study resumes if interrupt
 
 from __future__ import annotations
 
-import argparse
-import pathlib
-
-from routecal.config import load_config
-from routecal.pipeline import study
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import paper_setup
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="cifar10", choices=["mnist", "fashion_mnist", "cifar10"])
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--permutations", type=int, default=10000)
-    p.add_argument("--patch_size", type=int, default=4)
-    args = p.parse_args()
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    data = (f"data.name=tfds:{args.dataset};data.data_dir={args.data_dir};"
-            f"data.patch_size={args.patch_size};train.steps={args.steps}")
-    cfg = load_config(
-        str(ROOT / "configs" / "study.py"),
-        [f"seeds={seeds}", f"model_overrides={data}", "vmoer.enabled=False",
-         f"diagnostics.n_permutations={args.permutations}",
-         f"title=routecal study: routing-conditional calibration on {args.dataset}"],
+    args = paper_setup.parse_args(__doc__, permutations=True)
+    paper_setup.run_study(
+        args,
+        "routing-conditional calibration",
+        [
+            f"model_overrides={paper_setup.data_overrides(args)!r}",
+            "vmoer.enabled=False",
+            f"diagnostics.n_permutations={args.permutations}",
+        ],
     )
-    study.run(cfg, args.workdir)
-    print(f"report: {pathlib.Path(args.workdir) / 'report.html'}")
 
 
 if __name__ == "__main__":

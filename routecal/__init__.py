@@ -33,6 +33,7 @@ _SUBMODULES = {
     "parallel": "routecal.parallel",
     "pipeline": "routecal.pipeline",
     "predict": "routecal.predict",
+    "pretrained": "routecal.models.pretrained",
     "predictions": "routecal.predictions",
     "probes": "routecal.probes",
     "report": "routecal.report",

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="write W/predictions/{calib,test}.npz with traces")
     pr.add_argument("--workdir", required=True)
+    pr.add_argument("--every", type=int, default=1, help="LM: keep every k-th position")
+    pr.add_argument("--min-position", type=int, default=0, help="LM: keep positions >= p")
+    pr.add_argument("--max-tokens", type=int, default=None, help="LM: records per split at most")
 
     d = sub.add_parser("diagnose", help="diagnostics and probes on any model's predictions (.npz)")
     d.add_argument("--predictions", required=True, help="npz with probs, labels, routing summaries")
@@ -128,11 +131,14 @@ def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None
     elif args.command == "predict":
         from routecal import predict
 
-        predict.predict_workdir(args.workdir)
+        lm_options = dict(
+            every=args.every, min_position=args.min_position, max_tokens=args.max_tokens
+        )
+        predict.predict_workdir(args.workdir, lm_options=lm_options)
     elif args.command == "diagnose":
-        from routecal.pipeline import study
+        from routecal.pipeline import diagnose
 
-        study.diagnose_predictions(
+        diagnose.diagnose_predictions(
             args.predictions,
             test_path=args.test_predictions,
             out_dir=args.out,
@@ -140,13 +146,14 @@ def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None
             seed=args.seed,
         )
     elif args.command == "study":
-        from routecal.pipeline import study
+        from routecal.pipeline import lm_study, study
 
-        study.run(cfg, args.workdir, write_report=not args.no_report)
+        runner = lm_study.run if lm_study.is_lm_config(cfg) else study.run
+        runner(cfg, args.workdir, write_report=not args.no_report)
     elif args.command == "report":
-        from routecal import report
+        from routecal.report import lm, write_report
 
-        report.write_report(args.workdir)
+        (lm.write_report if lm.is_lm_results(args.workdir) else write_report)(args.workdir)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ class LayerShape:
       n_layers: MoE layers in the model (the overhead ratio is per layer, so it does not change).
       n_tokens: tokens per measured call (a multiple of n_experts / top_k keeps capacity exact).
       vmoer_samples: S, logit samples averaged at inference.
-      vmoer_rank: low-rank covariance factor rank (0 = diagonal).
+      vmoer_rank: rank R of the "lowrank" router's covariance factor.
     """
 
     name: str
@@ -87,7 +87,7 @@ class LayerShape:
     n_layers: int = 1
     n_tokens: int = 640
     vmoer_samples: int = 8
-    vmoer_rank: int = 0
+    vmoer_rank: int = 2
 
     def config(self) -> vmoer.VMoERConfig:
         return vmoer.VMoERConfig(
@@ -109,7 +109,8 @@ SMALL_LAYER = LayerShape("small-default", 64, 4, 2, 128, "gelu", n_layers=4, n_t
 
 
 def router_flops(shape: LayerShape, router_type: str, *, train: bool) -> float:
-    """XLA FLOPs of one router call ("det", "logit", "temp") on `shape.n_tokens` tokens."""
+    """XLA FLOPs of one router call (any `routecal.models.routers` name) on `shape.n_tokens`
+    tokens."""
     cfg = shape.config()
     x = jax.ShapeDtypeStruct((1, shape.n_tokens, shape.d_model), jnp.float32)
     return module_flops(
@@ -158,6 +159,27 @@ def vmoer_overhead(shape: LayerShape = REALISTIC_LAYER) -> dict[str, Any]:
         for mode in ("train", "infer"):
             extra = out[f"{r}_router_{mode}"] - out["det_router"]
             out[f"overhead_{r}_{mode}_pct"] = 100.0 * extra / out["layer_det"]
+    return out
+
+
+def router_overheads(
+    shape: LayerShape = REALISTIC_LAYER, names: tuple[str, ...] | None = None
+) -> dict[str, dict[str, float]]:
+    """Every router's FLOPs per call and overhead in percent of the deterministic MoE layer
+    (deterministic router + experts), in training (one sample) and at inference (S samples).
+
+    Returns: name -> {"train", "infer" (FLOPs), "train_pct", "infer_pct"}; "det" has 0 %.
+    """
+    from routecal.models import routers
+
+    names = tuple(names or routers.ROUTERS)
+    det = router_flops(shape, "det", train=False)
+    layer = det + expert_flops(shape)
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        r = {m: router_flops(shape, name, train=m == "train") for m in ("train", "infer")}
+        r.update({f"{m}_pct": 100.0 * (r[m] - det) / layer for m in ("train", "infer")})
+        out[name] = r
     return out
 
 

@@ -1,6 +1,7 @@
 """Run a trained model over a split: probabilities, labels and routing traces, saved as .npz.
 
     routecal predict --workdir W      # -> W/predictions/{calib,test}.npz
+                                      #    (LM runs: W/predictions/tokens/<split>/, token_predict.py)
 
 Each npz holds:
   probs [N, C] float32, labels [N] int32,
@@ -98,21 +99,33 @@ def predict_workdir(
     extra_splits: dict[str, Split] | None = None,
     *,
     batch_size: int = 256,
+    lm_options: dict | None = None,
 ) -> dict[str, pathlib.Path]:
     """Writes W/predictions/<split>.npz for the trained model in `workdir`.
+
+    For an LM run (`cfg.task == "lm"`) it writes token-level shards instead,
+    W/predictions/tokens/<split>/ for calib, test, near and far (`token_predict.predict_lm`, with
+    `lm_options` such as every, min_position, max_tokens, batch_size).
 
     Args:
       workdir: a finished (or checkpointed) training run.
       splits: dataset splits to predict ("train", "calib", "test").
       extra_splits: more named splits (e.g. shifted / OOD sets) with the same token shape.
       batch_size: fixed prediction batch size.
+      lm_options: keyword arguments of `token_predict.predict_lm` (LM runs only).
 
     Returns:
-      split name -> path of its npz.
+      split name -> path of its npz (or, for LMs, of its shard directory).
     """
     from routecal.train import load_trained
 
-    model, _, dataset = load_trained(workdir)
+    model, cfg, dataset = load_trained(workdir)
+    if cfg.get("task", "classify") == "lm":
+        if extra_splits:
+            raise ValueError("extra_splits: not supported for LM runs (use token_predict)")
+        from routecal import token_predict
+
+        return token_predict.predict_lm(model, dataset, workdir, **(lm_options or {}))
     out_dir = pathlib.Path(workdir) / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = {name: dataset.split(name) for name in splits}

@@ -1,7 +1,7 @@
 """Raw routing traces -> per-example routing summaries (pure functions of arrays).
 
 Depth-attention weights `alpha [..., S]` of one sublayer are a distribution over its S depth sources,
-indexed i = 0..S-1 (0 = the embedding). Per DESIGN.md:
+indexed i = 0..S-1 (0 = the embedding). Per docs/ARCHITECTURE.md ("Statistics"):
 
 * entropy           H   = -sum_i alpha_i log alpha_i            (natural log; 0 log 0 = 0)
 * normalised entropy H_norm = H / log S                          (0 when S = 1: one source, no choice)

@@ -9,12 +9,14 @@ training time) and, once finished, `final_metrics.json`. Calling `train_and_eval
 same workdir resumes from the newest readable checkpoint (a partial last metrics line is dropped); a
 finished run returns its final metrics at once. A run holds the workdir's lock (`routecal.workdir`).
 
+`cfg.task` chooses what is trained ("classify": the transformer classifier on a `Dataset`, the
+default; "lm": a causal decoder LM on text, `routecal.lm`): the task object is the one branch point.
+
 Letters: B batch, T tokens, P token features, C classes.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 import sys
@@ -25,31 +27,26 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
 from routecal import _checks, checkpoints, parallel
 from routecal import workdir as workdir_io
-from routecal.data import Dataset, Split, load_dataset
-from routecal.models.transformer import ModelConfig, Transformer
+from routecal.classify import (  # noqa: F401 (API: train.build_model, train.evaluate, ...)
+    ClassifierTask,
+    _make_train_step,
+    build_model,
+    evaluate,
+)
+from routecal.classify import put_batch as _put_batch
+from routecal.data import Dataset, load_dataset
+from routecal.models.transformer import Transformer
 from routecal.optim import TRAINABLE_PRESETS, make_tx, trainable_filter  # noqa: F401 (API)
 
 # ----------------------------------------------------------------------------------------------
-# Model and checks
+# Checks and tasks: the one branch point between the classifier (`routecal.classify`) and the
+# causal LM (`routecal.lm`)
 # ----------------------------------------------------------------------------------------------
-
-
-def build_model(cfg: ml_collections.ConfigDict, dataset: Dataset) -> Transformer:
-    """The `Transformer` described by `cfg.model` for `dataset`, initialised from `cfg.seed`."""
-    mcfg = ModelConfig.from_config(
-        cfg.model,
-        seq_len=dataset.seq_len,
-        token_dim=dataset.token_dim,
-        num_classes=dataset.num_classes,
-    )
-    seed = int(cfg.seed)
-    return Transformer(mcfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
 def _check_train_cfg(tcfg: ml_collections.ConfigDict, n_devices: int) -> None:
@@ -65,71 +62,19 @@ def _check_train_cfg(tcfg: ml_collections.ConfigDict, n_devices: int) -> None:
         raise ValueError(f"train.lr: must be > 0, got {tcfg.lr}")
 
 
-def _check_dataset(dataset: Dataset) -> None:
-    for split in ("train", "calib", "test"):
-        s = dataset.split(split)
-        _checks.as_array(s.tokens, f"{split}.tokens", ndim=3, dtype=None)
-        _checks.check_labels(s.labels, dataset.num_classes, f"{split}.labels")
-    if len(dataset.train) < 1:
-        raise ValueError("dataset.train: is empty")
+TASKS = ("classify", "lm")
 
 
-# ----------------------------------------------------------------------------------------------
-# Steps
-# ----------------------------------------------------------------------------------------------
+def make_task(cfg: ml_collections.ConfigDict):
+    """The task of `cfg.task` ("classify", the default, or "lm"), with its data loaded."""
+    kind = cfg.get("task", "classify")
+    if kind == "classify":
+        return ClassifierTask(cfg, load_dataset(cfg.data))
+    if kind == "lm":
+        from routecal.lm import LMTask
 
-
-@functools.lru_cache(maxsize=8)
-def _make_train_step(trainable: str):
-    """The jit-compiled train step for one `train.trainable` selection (cached: compiles once per
-    model structure and batch shape in a process)."""
-    wrt = trainable_filter(trainable)
-
-    @nnx.jit
-    def train_step(model: Transformer, optimizer: nnx.Optimizer, tokens_BxTxP, labels_B):
-        def loss_fn(m: Transformer):
-            out = m(tokens_BxTxP, train=True)
-            ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels_B).mean()
-            return ce + out.aux_loss, (ce, out.aux_loss)
-
-        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
-        (loss, (ce, aux_loss)), grads = grad_fn(model)
-        optimizer.update(model, grads)
-        return {"loss": loss, "ce": ce, "aux_loss": aux_loss, "grad_norm": optax.tree.norm(grads)}
-
-    return train_step
-
-
-@nnx.jit
-def _eval_step(model: Transformer, tokens_BxTxP, labels_B, mask_B):
-    logits = model(tokens_BxTxP).logits
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels_B)
-    correct = (jnp.argmax(logits, axis=-1) == labels_B).astype(jnp.float32)
-    return jnp.sum(nll * mask_B), jnp.sum(correct * mask_B)
-
-
-def evaluate(model: Transformer, split: Split, *, batch_size: int, mesh=None) -> dict[str, float]:
-    """Accuracy and mean NLL of `model` on `split`, in fixed-size padded batches."""
-    mesh = mesh if mesh is not None else parallel.make_mesh(1)
-    n = len(split)
-    n_pad = parallel.pad_to_multiple(n, batch_size)
-    tokens = np.zeros((n_pad, *split.tokens.shape[1:]), np.float32)
-    tokens[:n] = split.tokens
-    labels = np.zeros((n_pad,), np.int32)
-    labels[:n] = split.labels
-    mask = np.zeros((n_pad,), np.float32)
-    mask[:n] = 1.0
-    nll_sum, correct_sum = 0.0, 0.0
-    for i in range(0, n_pad, batch_size):
-        sl = slice(i, i + batch_size)
-        t, y, m = _put_batch(mesh, tokens[sl], labels[sl], mask[sl])
-        a, b = _eval_step(model, t, y, m)
-        nll_sum, correct_sum = nll_sum + a, correct_sum + b
-    return {"accuracy": float(correct_sum) / n, "nll": float(nll_sum) / n}
-
-
-def _put_batch(mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
-    return tuple(jax.device_put(a, parallel.batch_sharding(mesh, a.ndim)) for a in arrays)
+        return LMTask(cfg)
+    raise ValueError(f"task: unknown {kind!r}; expected one of {TASKS}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,16 +204,15 @@ def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | No
     if final is not None:
         return final
     # --- everything checked before the first write -----------------------------------------
-    dataset = load_dataset(cfg.data)
-    _check_dataset(dataset)
-    model = build_model(cfg, dataset)
+    task = make_task(cfg)
+    model = task.build_model()
     wrt = trainable_filter(str(tcfg.trainable))
     if not jax.tree.leaves(nnx.state(model, wrt)):
         raise ValueError(f"train.trainable: {tcfg.trainable!r} selects no parameter")
     optimizer = nnx.Optimizer(model, make_tx(tcfg), wrt=wrt)
     if tcfg.get("init_from"):  # a checkpoint, if any, overwrites it below
         _init_from(model, tcfg.init_from)
-    n_train, bs = len(dataset.train), int(tcfg.batch_size)
+    n_train, bs = task.n_train, int(tcfg.batch_size)
     if bs > n_train:
         raise ValueError(f"train.batch_size: {bs} exceeds the {n_train} training examples")
     eval_bs = int(tcfg.get("eval_batch_size", bs))
@@ -277,6 +221,8 @@ def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | No
     cfg_path = workdir / "config.json"
     if not cfg_path.exists() and parallel.is_primary():  # multi-host: process 0 writes files
         workdir_io.write_json(cfg_path, json.loads(cfg.to_json_best_effort()))
+    for name, obj in task.artifacts().items():  # e.g. the LM corpus manifest
+        workdir_io.write_json(workdir / name, obj)
 
     mngr = checkpoints.manager(workdir)
     try:
@@ -286,13 +232,13 @@ def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | No
         position = checkpoints.restore_newest_readable(mngr, model, optimizer) or {
             "step": 0, "epoch": 0, "index": 0,
         }
-        return _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position,
+        return _loop(cfg, workdir, mesh, mngr, model, optimizer, task, position,
                      eval_bs=eval_bs, max_steps_this_run=max_steps_this_run)
     finally:
         mngr.close()
 
 
-def _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position, *, eval_bs,
+def _loop(cfg, workdir, mesh, mngr, model, optimizer, task, position, *, eval_bs,
           max_steps_this_run):
     tcfg = cfg.train
     metrics_path = workdir / "metrics.jsonl"
@@ -300,11 +246,10 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position, *, eval
     if primary:
         checkpoints.truncate_metrics(metrics_path, position["step"])
     # cached_partial caches the NNX graph traversal of model and optimizer (less overhead per step)
-    train_step = nnx.cached_partial(_make_train_step(str(tcfg.trainable)), model, optimizer)
+    train_step = nnx.cached_partial(task.train_step(str(tcfg.trainable)), model, optimizer)
     seed = int(cfg.get("data_seed", cfg.seed))
-    steps, n_train, bs = int(tcfg.steps), len(dataset.train), int(tcfg.batch_size)
+    steps, n_train, bs = int(tcfg.steps), task.n_train, int(tcfg.batch_size)
     log_every = int(tcfg.get("log_every", 50))
-    noise = float(tcfg.get("input_noise", 0.0))
 
     step, epoch, index = position["step"], position["epoch"], position["index"]
     time_before = float(position.get("train_time_s", 0.0))  # earlier calls, up to the checkpoint
@@ -316,13 +261,7 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position, *, eval
                disable=not primary)
     while step < stop:
         idx, epoch, index = _next_batch(seed, epoch, index, n_train, bs)
-        x = dataset.train.tokens[idx].astype(np.float32)
-        if noise > 0:  # Gaussian input noise, seeded by (seed, step): resumable, deterministic
-            x = x + noise * np.random.default_rng([seed, 1, step]).standard_normal(
-                x.shape, dtype=np.float32
-            )
-        tokens, labels = _put_batch(mesh, x, dataset.train.labels[idx])
-        out = train_step(tokens, labels)
+        out = train_step(*_put_batch(mesh, *task.train_batch(idx, step)))
         step += 1
         pending.append((step, out["loss"]))
         bar.update(1)
@@ -336,8 +275,8 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position, *, eval
             bar.set_postfix(loss=f"{last['loss']:.4f}")
         if step % int(tcfg.eval_every) == 0 or step == steps:
             rec = {"step": step}
-            for split in ("calib", "test"):
-                ev = evaluate(model, dataset.split(split), batch_size=eval_bs, mesh=mesh)
+            for split in task.eval_splits:
+                ev = task.evaluate(model, split, batch_size=eval_bs, mesh=mesh)
                 rec.update({f"{split}/{k}": v for k, v in ev.items()})
             if primary:
                 checkpoints.log_metrics(metrics_path, rec)
@@ -358,8 +297,8 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, dataset, position, *, eval
         )}
     final = {"step": step, "train/loss": last["loss"],
              "time_s": time_before + time.perf_counter() - t0}
-    for split in ("calib", "test"):
-        ev = evaluate(model, dataset.split(split), batch_size=eval_bs, mesh=mesh)
+    for split in task.final_splits:
+        ev = task.evaluate(model, split, batch_size=eval_bs, mesh=mesh, final=True)
         final.update({f"{split}/{k}": v for k, v in ev.items()})
     if primary:
         workdir_io.write_json(workdir / "final_metrics.json", final)
@@ -380,7 +319,8 @@ def load_trained(
     """Rebuilds the model of the run in `workdir` from its latest checkpoint.
 
     Returns:
-      (model, cfg, dataset); the model lives on the default device.
+      (model, cfg, dataset); the model lives on the default device. For an LM run
+      (`cfg.task == "lm"`) the model is a `Decoder` and the dataset a `TextDataset`.
 
     Raises:
       ValueError: if `workdir` holds no config or no checkpoint, or the latest checkpoint is
@@ -388,8 +328,8 @@ def load_trained(
     """
     workdir = pathlib.Path(workdir)
     cfg = load_config_json(workdir)
-    dataset = load_dataset(cfg.data)
-    model = build_model(cfg, dataset)
+    task = make_task(cfg)
+    model, dataset = task.build_model(), task.dataset
     mngr = checkpoints.manager(workdir)
     try:
         latest = mngr.latest_step()

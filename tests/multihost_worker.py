@@ -40,20 +40,17 @@ def nw_case():
 
 
 def train_config(data_dir: str):
-    import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "attnres_digits.py"
-    spec = importlib.util.spec_from_file_location("attnres_digits", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config("standard,quick")
-    cfg.data.data_dir = data_dir
-    cfg.train.steps = 20
-    cfg.train.checkpoint_every = 20
-    cfg.train.eval_every = 20
-    cfg.train.log_every = 5
-    return cfg
+    from routecal.config import load_config
+
+    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    if str(configs) not in sys.path:  # the configs import their sibling `common`
+        sys.path.insert(0, str(configs))
+    return load_config(f"{configs / 'attnres_digits.py'}:standard,tiny", [
+        f"data.data_dir={data_dir}", "train.steps=20", "train.batch_size=16",
+        "train.checkpoint_every=20", "train.eval_every=20", "train.log_every=5",
+    ])
 
 
 def flat_params(model) -> dict:

@@ -20,7 +20,7 @@ def test_accelerator_benchmark_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads(out.read_text())
     names = [r[0] for r in table["rows"]]
-    assert [n.split(" ")[0] for n in names] == ["permutation", "NW", "ECE", "LM", "LM"]
+    assert [n.split(" ")[0] for n in names] == ["permutation", "NW", "ECE", "LM", "token"]
     assert "| benchmark | time | comparison |" in proc.stdout
     # the device ECE and the numpy ECE of the same probabilities agree
     ece_dev, ece_np = map(float, re.search(r"values (\S+) / (\S+)", table["rows"][2][2]).groups())

@@ -37,10 +37,12 @@ def test_expert_and_router_flops_near_analytic():
     det = flops.router_flops(SHAPE, "det", train=False)
     mm = flops.matmul_flops(32, 4, 64)  # [N, D] x [D, E]
     assert mm <= det <= 1.3 * mm
-    # logit router (train): + delta_mu and sigma heads (two more [N, D] x [D, E] matmuls), plus
-    # O(1) work per logit (threefry normal noise, softplus, KL terms): < 250 FLOPs per logit
+    # logit router (train), MLP heads of width H = 64: + trunk [N, D] x [D, H] and the delta_mu
+    # and log-sigma heads (two [N, H] x [H, E]), plus O(1) work per hidden unit / logit (GELU,
+    # threefry normal noise, exp, KL terms): < 250 FLOPs per logit and 30 per hidden unit
     logit = flops.router_flops(SHAPE, "logit", train=True)
-    assert 2 * mm <= logit - det <= 2 * mm + 250 * 32 * 4
+    heads = flops.matmul_flops(32, 64, 64) + 2 * flops.matmul_flops(32, 4, 64)
+    assert heads <= logit - det <= heads + 250 * 32 * 4 + 30 * 32 * 64
 
 
 def test_vmoer_overhead_realistic_under_one_percent():
@@ -48,8 +50,21 @@ def test_vmoer_overhead_realistic_under_one_percent():
     # deterministic layer ~ experts: 3 * 2 * (640 * 8) * 1536 * 512 FLOPs
     assert out["experts_analytic"] == 3 * 2 * 640 * 8 * 1536 * 512
     assert out["experts"] == pytest.approx(out["experts_analytic"], rel=0.01)
-    # analytic extra: two heads 2 * 2*N*D*E over the layer = 4 D E / (6 K D F) ~ 0.65 %
-    analytic_pct = 100 * 2 * flops.matmul_flops(640, 40, 1536) / out["layer_det"]
+    # analytic extra: trunk 2 N D H + two heads 2 * 2 N H E (H = 64) over the layer ~ 0.5 %
+    extra = flops.matmul_flops(640, 64, 1536) + 2 * flops.matmul_flops(640, 40, 64)
+    analytic_pct = 100 * extra / out["layer_det"]
     assert out["overhead_logit_train_pct"] == pytest.approx(analytic_pct, rel=0.15)
     assert 0 < out["overhead_logit_infer_pct"] < 1.0
     assert 0 <= out["overhead_temp_infer_pct"] < out["overhead_logit_infer_pct"]
+
+
+def test_every_router_overhead_at_the_realistic_layer():
+    out = flops.router_overheads(flops.REALISTIC_LAYER, ("det", "fcvr", "mfvr", "fixed_temp"))
+    assert out["det"]["infer_pct"] == 0.0
+    # FCVR adds E (E - 1) / 2 = 780 Cholesky outputs per token (2 N H P) and S = 8 products
+    # L eps (2 S N E^2) over MFVR; both well under 1 % of the layer
+    extra = flops.matmul_flops(640, 780, 64) + 8 * flops.matmul_flops(640, 40, 40)
+    got = out["fcvr"]["infer"] - out["mfvr"]["infer"]
+    assert extra <= got <= 3 * extra, (got, extra)
+    assert out["mfvr"]["infer_pct"] < out["fcvr"]["infer_pct"] < 1.0
+    assert 0 <= out["fixed_temp"]["infer_pct"] < 0.05  # softmax(l / T0) and Gumbel noise only

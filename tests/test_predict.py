@@ -40,7 +40,7 @@ def _tokens(n, seed=0):
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("pred")
-    train.train_and_evaluate(load_config(f"{CONFIG}:block,quick"), wd)
+    train.train_and_evaluate(load_config(f"{CONFIG}:block,tiny"), wd)
     return wd
 
 
@@ -116,12 +116,12 @@ def test_cli_train_then_predict(tmp_path, trained_workdir):
     from routecal import cli
 
     wd = tmp_path / "cli"
-    assert cli.main(["train", "--config", f"{CONFIG}:block,quick", "--workdir", str(wd)]) == 0
+    assert cli.main(["train", "--config", f"{CONFIG}:block,tiny", "--workdir", str(wd)]) == 0
     assert cli.main(["predict", "--workdir", str(wd)]) == 0
     d = np.load(wd / "predictions" / "test.npz")
     ref = np.load(predict.predict_workdir(trained_workdir, splits=("test",))["test"])  # same cfg
     np.testing.assert_allclose(d["probs"], ref["probs"], rtol=1e-6)
     with pytest.raises(SystemExit, match="unknown key"):
         cli.main(
-            ["train", "--config", f"{CONFIG}:quick", "--workdir", str(wd), "--config.train.stpes=3"]
+            ["train", "--config", f"{CONFIG}:tiny", "--workdir", str(wd), "--config.train.stpes=3"]
         )

@@ -52,3 +52,28 @@ def test_each_bad_file_is_named(tmp_path, kind):
                 "no_labels": "no 'labels' array", "bad_probs": "probs", "missing": "no such file",
                 "bit_flip": "CRC"}
     assert expected.get(kind, "") in str(e.value)
+
+
+def test_check_compatible_names_class_and_routing_mismatches():
+    from routecal.predictions import check_compatible
+
+    a, b = _arrays(c=3), _arrays(c=3, seed=1)
+    check_compatible(a, b, ("calib.npz", "test.npz"))  # same task, same routing arrays
+    with pytest.raises(ValueError, match=r"calib\.npz has 3 classes but test\.npz has 5"):
+        check_compatible(a, _arrays(c=5), ("calib.npz", "test.npz"))
+    with pytest.raises(ValueError, match=r"H: \(2,\) vs \(4,\)"):
+        check_compatible(a, {**b, "H": np.zeros((40, 4))}, ("calib.npz", "test.npz"))
+    with pytest.raises(ValueError, match=r"routing_gate: missing vs \(\)"):
+        check_compatible(a, {**b, "routing_gate": np.zeros(40)}, ("calib.npz", "test.npz"))
+
+
+def test_constant_features_are_found_and_the_rest_kept():
+    from routecal.predictions import constant_features, routing_features, routing_predictions
+
+    rng = np.random.default_rng(0)
+    feats = {"a": np.ones(30), "b": rng.normal(size=30), "c": np.r_[np.nan, rng.normal(size=29)]}
+    assert constant_features(feats) == ["a", "c"]
+    kept = {k: v for k, v in feats.items() if k == "b"}
+    p = routing_predictions(_arrays(n=30), kept)
+    assert routing_features(p).keys() == {"b"}
+    np.testing.assert_array_equal(routing_features(p)["b"], feats["b"])

@@ -1,4 +1,4 @@
-"""Tests for routecal.train on the quick digits config (tiny model, 12 steps, 8 fake devices)."""
+"""Tests for routecal.train on the tiny digits config (test-size model, 12 steps, 8 fake devices)."""
 
 import json
 import os
@@ -20,7 +20,7 @@ from routecal.data import Dataset, Split
 CONFIG = str(pathlib.Path(__file__).parents[1] / "configs" / "attnres_digits.py")
 
 
-def _cfg(*overrides, variant="quick"):
+def _cfg(*overrides, variant="tiny"):
     return load_config(f"{CONFIG}:{variant}", list(overrides))
 
 
@@ -40,7 +40,7 @@ def _assert_trees_close(a, b, **tol):
 def reference_run(tmp_path_factory):
     """One uninterrupted quick run (Block AttnRes, so depth routing is exercised)."""
     wd = tmp_path_factory.mktemp("ref")
-    final = train.train_and_evaluate(_cfg(variant="block,quick"), wd)
+    final = train.train_and_evaluate(_cfg(variant="block,tiny"), wd)
     return wd, final
 
 
@@ -61,7 +61,7 @@ def test_run_writes_outputs_and_learns_something(reference_run):
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(reference_run, tmp_path):
     wd_ref, final_ref = reference_run
-    cfg = _cfg(variant="block,quick")
+    cfg = _cfg(variant="block,tiny")
     part = train.train_and_evaluate(
         cfg, tmp_path, max_steps_this_run=6
     )  # checkpoint at 4; 5-6 lost
@@ -78,22 +78,22 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(reference_run, tmp_pa
 
 def test_same_config_and_seed_same_numbers_and_finished_run_returns(reference_run, tmp_path):
     wd_ref, final_ref = reference_run
-    final = train.train_and_evaluate(_cfg(variant="block,quick"), tmp_path)
+    final = train.train_and_evaluate(_cfg(variant="block,tiny"), tmp_path)
     for k in final_ref:
         if k != "time_s":
             assert final[k] == final_ref[k], k
     _assert_trees_close(_params(tmp_path), _params(wd_ref), rtol=0, atol=0)
-    again = train.train_and_evaluate(_cfg(variant="block,quick"), tmp_path)
+    again = train.train_and_evaluate(_cfg(variant="block,tiny"), tmp_path)
     assert again == final  # finished: read back, not retrained
     with pytest.raises(ValueError, match="different config"):
-        train.train_and_evaluate(_cfg("train.lr=0.5", variant="block,quick"), tmp_path)
+        train.train_and_evaluate(_cfg("train.lr=0.5", variant="block,tiny"), tmp_path)
 
 
 def test_one_device_matches_eight_devices(reference_run, tmp_path):
     wd_ref, final_ref = reference_run
     assert jax.device_count() == 8  # tests/conftest.py
     final = train.train_and_evaluate(
-        _cfg(variant="block,quick"), tmp_path, mesh=parallel.make_mesh(1)
+        _cfg(variant="block,tiny"), tmp_path, mesh=parallel.make_mesh(1)
     )
     assert np.isfinite(final["train/loss"])
     # Adam normalises tiny gradients, so near-zero parameters may differ by about one step size
@@ -104,7 +104,7 @@ def test_one_device_matches_eight_devices(reference_run, tmp_path):
 
 def test_trainable_filter_and_init_from(reference_run, tmp_path):
     wd_ref, _ = reference_run
-    cfg = _cfg("train.trainable='head'", f"train.init_from='{wd_ref}'", variant="block,quick")
+    cfg = _cfg("train.trainable='head'", f"train.init_from='{wd_ref}'", variant="block,tiny")
     train.train_and_evaluate(cfg, tmp_path)
     new, ref = (nnx.traversals.flatten_mapping(p) for p in (_params(tmp_path), _params(wd_ref)))
     assert new.keys() == ref.keys()
@@ -113,7 +113,7 @@ def test_trainable_filter_and_init_from(reference_run, tmp_path):
 
 
 def test_trainable_filter_presets():
-    model = train.build_model(_cfg(variant="block,quick"), _digits_like())
+    model = train.build_model(_cfg(variant="block,tiny"), _digits_like())
     n_all = len(jax.tree.leaves(nnx.state(model, train.trainable_filter("all"))))
     assert n_all == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert jax.tree.leaves(nnx.state(model, train.trainable_filter("router-only"))) == []
@@ -138,7 +138,7 @@ def _digits_like(labels_hi=10, scale=1.0, n=64):
 def test_nan_loss_raises_with_step(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "load_dataset", lambda _: _digits_like(scale=3e38))
     with pytest.raises(FloatingPointError, match="step"):
-        train.train_and_evaluate(_cfg(variant="block,quick"), tmp_path)
+        train.train_and_evaluate(_cfg(variant="block,tiny"), tmp_path)
 
 
 def test_bad_input_raises(tmp_path, monkeypatch):

@@ -158,6 +158,8 @@ class DecoderMoE(moe.MoEMLP):
             y, aux, trace = super().__call__(x_BxTxD, train=train)
             logits = self.router.logits(x_BxTxD)
         else:
+            if self.input_noise is not None:  # per-layer hidden-state noise (routing stability)
+                x_BxTxD = self.input_noise(x_BxTxD)
             r = self.router(x_BxTxD, train=train)
             logits = r.logits_BxTxE
             b, t, d = x_BxTxD.shape

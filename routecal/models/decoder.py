@@ -102,7 +102,7 @@ def make_decoder_mlp(cfg: DecoderConfig, layer: int, *, rngs: nnx.Rngs) -> nnx.M
     from routecal.models import vmoer
 
     mcfg = _moe_config(cfg)
-    router_type = {"moe": "det", "vmoer_logit": "logit", "vmoer_temp": "temp"}[cfg.mlp_type]
+    router_type = "det" if cfg.mlp_type == "moe" else cfg.mlp_type.removeprefix("vmoer_")
     router = vmoer.make_router(mcfg, router_type, rngs=rngs)
     return causal.DecoderMoE(
         mcfg,

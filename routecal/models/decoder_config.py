@@ -13,8 +13,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from routecal.models import attnres
+from routecal.models.transformer import MLP_TYPES  # "dense", "moe", "vmoer_<router>"
 
-MLP_TYPES = ("dense", "moe", "vmoer_logit", "vmoer_temp")
 ROUTER_ORDERS = ("softmax_topk", "topk_softmax")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -42,7 +42,8 @@ class DecoderConfig:
       logits_scaling: logits are divided by it (Granite).
       tie_embeddings: output head = embedding matrix transposed.
       mlp_type: "dense", "moe", "vmoer_logit" or "vmoer_temp"; layer i gets the MoE MLP when
-        i % moe_every == moe_every - 1.
+        i % moe_every == moe_every - 1 and i is not in `dense_layers` (Qwen2-MoE's
+        `mlp_only_layers`).
       n_experts, top_k, moe_hidden (expert SwiGLU width; 0 = mlp_dim), capacity_factor (<= 0:
         dropless, as in HF MoE LMs; > 0 needs top_k = 1, because with top_k > 1 the capacity
         priority puts every first choice before any second choice and a token's second choice
@@ -83,6 +84,7 @@ class DecoderConfig:
     moe_hidden: int = 0
     capacity_factor: float = 0.0
     moe_every: int = 1
+    dense_layers: tuple[int, ...] = ()
     lb_coef: float = 0.01
     z_coef: float = 0.001
     norm_topk_prob: bool = False
@@ -147,6 +149,14 @@ class DecoderConfig:
             )
         _positive_int(self.n_experts, "n_experts")
         _positive_int(self.moe_every, "moe_every")
+        if not isinstance(self.dense_layers, tuple) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_layers
+            for i in self.dense_layers
+        ):
+            raise ValueError(
+                f"model.dense_layers: must be a tuple of layer indices in [0, {self.n_layers}), "
+                f"got {self.dense_layers!r}"
+            )
         if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
             raise ValueError(
                 f"model.top_k: must lie in [1, n_experts={self.n_experts}], got {self.top_k!r}"
@@ -220,7 +230,11 @@ class DecoderConfig:
 
     def uses_moe(self, layer: int) -> bool:
         """Whether layer `layer` (0-based) gets the MoE-type MLP."""
-        return self.mlp_type != "dense" and layer % self.moe_every == self.moe_every - 1
+        return (
+            self.mlp_type != "dense"
+            and layer % self.moe_every == self.moe_every - 1
+            and layer not in self.dense_layers
+        )
 
     @property
     def sublayer_names(self) -> tuple[str, ...]:
@@ -237,6 +251,8 @@ class DecoderConfig:
         unknown = sorted(set(d) - valid)
         if unknown:
             raise ValueError(f"model: unknown key(s) {unknown}; valid: {sorted(valid)}")
+        if "dense_layers" in d:
+            d["dense_layers"] = tuple(d["dense_layers"] or ())
         if "vmoer" in d:
             d["vmoer"] = tuple(sorted(dict(d["vmoer"] or {}).items()))
         return cls(**d)

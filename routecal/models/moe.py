@@ -260,6 +260,9 @@ class MoEMLP(nnx.Module):
         self.z_coef = float(getattr(cfg, "z_coef", 0.0))
         self.router = router if router is not None else TopKRouter(cfg, rngs=rngs)
         self.experts = Experts(cfg, rngs=rngs)
+        # Optional perturbation of the layer's input hidden state (a module [B, T, D] ->
+        # [B, T, D]; set by `routecal.models.vmoer.set_hidden_noise` for routing stability).
+        self.input_noise: nnx.Module | None = nnx.data(None)
 
     def __call__(
         self, x_BxTxD: Array, *, train: bool = False
@@ -267,6 +270,8 @@ class MoEMLP(nnx.Module):
         if x_BxTxD.ndim != 3:
             raise ValueError(f"x_BxTxD: expected a [B, T, D] array, got shape {x_BxTxD.shape}")
         _, t, _ = x_BxTxD.shape
+        if self.input_noise is not None:
+            x_BxTxD = self.input_noise(x_BxTxD)
         r = self.router(x_BxTxD, train=train)
         capacity = expert_capacity(t, self.n_experts, self.top_k, self.capacity_factor)
         dispatch, combine, kept = dispatch_and_combine(

@@ -21,7 +21,25 @@ from flax import nnx, struct
 from routecal.models import attnres, layers
 
 Array = jax.Array
-MLP_TYPES = ("dense", "moe", "vmoer_logit", "vmoer_temp")
+# "vmoer_<router>" for every router of `routecal.models.routers` (and the aliases logit, temp).
+MLP_TYPES = (
+    "dense",
+    "moe",
+    *(
+        f"vmoer_{r}"
+        for r in (
+            "mfvr",
+            "lowrank",
+            "fcvr",
+            "vtsr",
+            "fixed_temp",
+            "mc_dropout",
+            "ensemble",
+            "logit",
+            "temp",
+        )
+    ),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +53,7 @@ class ModelConfig:
       residual: "standard", "full" or "block".
       n_blocks: N for Block AttnRes; must divide 2 * n_layers (ignored otherwise).
       dropout: dropout rate on every sublayer output.
-      mlp_type: "dense", "moe", "vmoer_logit" or "vmoer_temp".
+      mlp_type: "dense", "moe" or "vmoer_<router>" (`MLP_TYPES`).
       n_experts, top_k, capacity_factor, moe_every, lb_coef, z_coef: MoE options; layer i uses the
         MoE MLP when i % moe_every == moe_every - 1.
       vmoer: extra VMoER options as sorted (key, value) pairs (`vmoer_options` gives a dict).
@@ -153,7 +171,7 @@ def make_mlp(cfg: ModelConfig, *, layer: int = 0, rngs: nnx.Rngs) -> nnx.Module:
 
     if cfg.mlp_type == "moe":
         return moe.MoEMLP(cfg, rngs=rngs)
-    router_type = {"vmoer_logit": "logit", "vmoer_temp": "temp"}[cfg.mlp_type]
+    router_type = cfg.mlp_type.removeprefix("vmoer_")
     return vmoer.VMoEMLP(cfg, router_type=router_type, rngs=rngs)
 
 

@@ -37,11 +37,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from routecal import flops, predict, report
+from routecal import flops, predict
 from routecal.data import Split, load_dataset, shift
 from routecal.models import vmoer
 from routecal.models.transformer import ModelConfig
 from routecal.stats import calibration, uncertainty
+from routecal.stats.seeds import seed_band
 
 METHODS = {
     "det": ("moe", False),
@@ -163,7 +164,7 @@ def summarize(per_run: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict
         for method, runs in per_run.items():
             vals = [r[metric] for r in runs.values() if metric in r]
             if vals:
-                row[method] = report.seed_band(vals)
+                row[method] = seed_band(vals)
         base = row.get("det", {}).get("mean")
         for method, band in row.items():
             if base not in (None, 0.0) and method != "det":
@@ -248,3 +249,28 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
     }
     (workdir / "vmoer_results.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
     return out
+
+
+_REPORT_NAMES = {"det": "deterministic"}
+_REPORT_METRICS = ("accuracy", "stability", "ece", "ood_auroc")
+
+
+def report_rows(out: dict[str, Any]) -> dict[str, Any]:
+    """`run_vmoer_experiment` output -> the study's VMoER section (one row per router)."""
+    table = out["table"]
+    rows = []
+    for m in next(iter(table.values())):
+        row: dict[str, Any] = {"router": _REPORT_NAMES.get(m, m), "rel_change": {}}
+        for metric in _REPORT_METRICS:
+            band = table.get(metric, {}).get(m)
+            if band is None:
+                continue
+            row[metric] = {k: band[k] for k in ("mean", "std", "min", "max", "n")}
+            if m != "det" and band.get("rel_change_pct") is not None:
+                row["rel_change"][metric] = band["rel_change_pct"]
+        fl = table.get("flops_overhead_pct", {}).get(m)
+        if fl is not None:
+            row["flops_overhead_percent"] = fl["mean"]
+        rows.append(row)
+    keep = {"flops": {}, "paper_claims": {}, "per_run": {}, "markdown": ""}
+    return {"rows": rows, **{k: out.get(k, v) for k, v in keep.items()}}

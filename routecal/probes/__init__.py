@@ -11,7 +11,7 @@ functions (`*_fit` -> NamedTuple params, `*_apply`) with a thin class on top (`f
   mlp.py              MLPProbe (full, capacity-matched, shuffled)
   compare.py          compare_probes, probe_comparison, summarise_probes
 
-Metrics live in `routecal.stats.calibration` (binary_nll, binary_brier, worst_group_ece);
+Metrics live in `routecal.stats.binary` (binary_nll, binary_brier, worst_group_ece, PROB_CLIP);
 seed bands and the verdict rule in `routecal.stats.seeds`. See docs/ARCHITECTURE.md.
 """
 

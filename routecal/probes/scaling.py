@@ -15,6 +15,7 @@ that validates its input once (`routecal.probes.data`) and keeps the parameters 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,8 +35,15 @@ LOG_FLOOR = 1e-12  # probabilities are floored here before log (probabilities ->
 # ----------------------------------------------------------------------------------------------
 
 
+_LOG_T_BOUNDS = (-7.0, 7.0)  # T in [e^-7, e^7] ~ [0.0009, 1097]
+
+
 class TemperatureParams(NamedTuple):
+    """temperature: the fitted T; at_bound: True when T sits at a bound of [e^-7, e^7] (e.g. labels
+    independent of the inputs push T to the upper bound: the probe then predicts ~ uniform)."""
+
     temperature: float
+    at_bound: bool = False
 
 
 def temperature_fit(z_NxC: np.ndarray, labels_N: np.ndarray) -> TemperatureParams:
@@ -53,9 +61,18 @@ def temperature_fit(z_NxC: np.ndarray, labels_N: np.ndarray) -> TemperatureParam
         return nll, np.array([grad])
 
     res = scipy.optimize.minimize(
-        nll_and_grad, x0=np.zeros(1), jac=True, method="L-BFGS-B", bounds=[(-7.0, 7.0)]
+        nll_and_grad, x0=np.zeros(1), jac=True, method="L-BFGS-B", bounds=[_LOG_T_BOUNDS]
     )
-    return TemperatureParams(float(np.exp(res.x[0])))
+    log_t = float(res.x[0])
+    at_bound = min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-6
+    if at_bound:
+        warnings.warn(
+            f"temperature scaling: T = {np.exp(log_t):.4g} sits at a bound of [e^-7, e^7]; the "
+            "NLL keeps falling past it (labels nearly independent of the logits, or separable)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return TemperatureParams(float(np.exp(log_t)), at_bound)
 
 
 def temperature_apply(params: TemperatureParams, z_NxC: np.ndarray) -> np.ndarray:
@@ -70,14 +87,19 @@ def _as_logits(values: Any, kind: str, name: str) -> np.ndarray:
             raise ValueError("data: temperature scaling needs ProbeData with probs and labels")
         return np.log(np.clip(values.probs, LOG_FLOOR, None))
     z = _checks.as_array(values, name, ndim=2)
-    is_probs = kind == "probs" or (
-        kind == "auto"
-        and np.all(z >= 0)
-        and np.all(z <= 1)
-        and np.allclose(z.sum(axis=1), 1.0, atol=1e-3)
-    )
+    # "auto": values all in [0, 1] are probabilities and must then be valid (rows summing to 1);
+    # rows that fail the simplex check are refused, never silently read as logits.
+    is_probs = kind == "probs" or (kind == "auto" and np.all(z >= 0) and np.all(z <= 1))
     if is_probs:
-        _checks.check_probs(z, name)
+        try:
+            _checks.check_probs(z, name)
+        except ValueError as e:
+            if kind == "auto":
+                raise ValueError(
+                    f"{e}; kind='auto' reads values in [0, 1] as probabilities: pass "
+                    "kind='logits' if these are logits"
+                ) from e
+            raise
         return np.log(np.clip(z, LOG_FLOOR, None))
     return z
 
@@ -86,7 +108,8 @@ class TemperatureScaling(Probe):
     """Temperature scaling (Guo et al. 2017, eq. 9); calibrated confidence = max_c softmax(z/T)_c.
 
     Args:
-      kind: what arrays hold: "logits", "probs" or "auto" (probabilities iff rows are simplices).
+      kind: what arrays hold: "logits", "probs" or "auto" (probabilities iff every value lies in
+        [0, 1]; such arrays must then have rows summing to 1, else ValueError).
     """
 
     def __init__(self, kind: str = "auto"):
@@ -96,6 +119,11 @@ class TemperatureScaling(Probe):
 
     def __repr__(self):
         return f"TemperatureScaling(T={self.temperature_})"
+
+    @property
+    def at_bound_(self) -> bool | None:
+        """True when the fitted T sits at a bound of [e^-7, e^7] (fit also warns)."""
+        return None if self.params_ is None else self.params_.at_bound
 
     @property
     def temperature_(self) -> float | None:

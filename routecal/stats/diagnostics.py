@@ -3,7 +3,7 @@
 Shapes: `N` examples, `M` confidence bins, `G` routing groups per bin, `B` permutations,
 `D` datasets (batched), `Bc` permutations per chunk (lanes), `L` examples per scan step.
 
-Definitions (DESIGN.md, "Statistics"):
+Definitions (docs/ARCHITECTURE.md, "Statistics"):
 
 * Confidence bins are equal-width: bin b holds confidence in (b/M, (b+1)/M]; confidence 0 goes to
   bin 0 and 1 to bin M - 1 (as in `routecal.calibration`).
@@ -43,6 +43,7 @@ process of a multi-host mesh reads it.
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any, NamedTuple
 
 import jax
@@ -341,3 +342,24 @@ def permutation_test_batch(
             n_bins=n_bins, n_groups=n_groups, chunk_size=chunk_size, binning=binning,
         )
         return PermutationTestResult(np.asarray(stat), np.asarray(p), np.asarray(null))
+
+
+# The recommended test (`stats.conditional`) and the power analysis (`stats.power`) import this
+# module's engine pieces, so they are re-exported lazily: `rc.diagnostics.<name>` works either way.
+_LAZY = {
+    "ConditionalTestResult": "routecal.stats.conditional",
+    "conditional_calibration_test": "routecal.stats.conditional",
+    "conditional_test_batch": "routecal.stats.conditional",
+    "MinimumDetectableGap": "routecal.stats.power",
+    "minimum_detectable_gap": "routecal.stats.power",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,6 +1,23 @@
 """Simulated (confidence, correct, routing) data for checking the diagnostic suite's own validity.
 
-Shapes: `D` datasets, `N` examples each.
+Shapes: `D` datasets, `N` examples each, `K` clusters of `S` tokens (N = K * S).
+
+Besides the model below (`simulate`), `design` draws the nulls real traces have (issue 11), each
+with an optional planted effect (`effect = 0`: the null):
+
+* ``"confounded"``: c ~ U(conf_low, conf_high), P(correct | c) = clip(0.75 + 2 (c - 0.8)) (the
+  miscalibration P(correct | c) - c varies with c), routing = c + N(0, 0.01^2): routing tracks
+  confidence, and inside a confidence bin the high-routing group has higher confidence.
+  Effect: + effect * sign(routing - c) (on the routing's own noise).
+* ``"binary"`` / ``"constant"``: c ~ U, calibrated (P(correct | c) = c), routing ~ Bernoulli(1/2)
+  or 0, independent of everything; rows stored correct-first (sorted by correctness, stable).
+  Effect (binary only): + effect * (2 routing - 1).
+* ``"clustered"``: K sequences of S tokens; c ~ U per token, routing = a_k + N(0, 0.1^2) with a
+  per-sequence level a_k ~ N(0, 1), P(correct) = clip(c + o_k) with a per-sequence offset
+  o_k ~ N(0, 0.2^2) independent of a_k. Returns the sequence ids as `clusters`.
+  Effect: + effect * sign(routing).
+* ``"sign"``: c ~ U, routing ~ N(0, 1), P(correct) = clip(c + effect * sign(routing)) (the issue's
+  planted effect; at effect = 0 the exchangeable null).
 
 Generative model (every draw independent across examples and datasets):
 
@@ -120,3 +137,104 @@ def planted_effect(
     if effect == 0:
         raise ValueError("effect: a planted effect must be non-zero (use null_data for the null)")
     return simulate(key, n, n_datasets=n_datasets, effect=effect, **kwargs)
+
+
+DESIGNS = ("confounded", "binary", "constant", "clustered", "sign")
+
+
+class DesignData(NamedTuple):
+    """confidence, correct (0/1), routing: [D, N] float64; clusters: [D, N] int32 sequence ids
+    (each example its own cluster except in the "clustered" design)."""
+
+    confidence: Any
+    correct: Any
+    routing: Any
+    clusters: Any
+
+
+@functools.partial(jax.jit, static_argnames=("design", "n", "n_datasets", "cluster_size"))
+def design_jax(
+    key: jax.Array,
+    design: str,
+    n: int,
+    n_datasets: int,
+    effect: float | jax.Array = 0.0,
+    conf_low: float | jax.Array = 0.3,
+    conf_high: float | jax.Array = 1.0,
+    cluster_size: int = 30,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Jittable batched draw of one of `DESIGNS` (module docstring), vmapped over `split(key, D)`.
+
+    Returns:
+      (confidence, correct, routing) [D, N] float32 and clusters [D, N] int32.
+    """
+
+    def one(k):
+        kc, kz, ky, ka, ko = jax.random.split(k, 5)
+        c = jax.random.uniform(kc, (n,), minval=conf_low, maxval=conf_high)
+        z = jax.random.normal(kz, (n,))
+        ids = jnp.arange(n, dtype=jnp.int32)
+        if design == "confounded":
+            routing = c + 0.01 * z
+            p = 0.75 + 2.0 * (c - 0.8) + effect * jnp.sign(z)
+        elif design in ("binary", "constant"):
+            b = (z > 0).astype(jnp.float32)
+            routing = b if design == "binary" else jnp.zeros_like(c)
+            p = c + (effect * (2.0 * b - 1.0) if design == "binary" else 0.0)
+        elif design == "clustered":
+            ids = ids // cluster_size
+            n_clusters = -(-n // cluster_size)
+            level = jax.random.normal(ka, (n_clusters,))[ids]
+            offset = 0.2 * jax.random.normal(ko, (n_clusters,))[ids]
+            routing = level + 0.1 * z
+            p = c + offset + effect * jnp.sign(routing)
+        else:  # "sign"
+            routing = z
+            p = c + effect * jnp.sign(z)
+        correct = (jax.random.uniform(ky, (n,)) < jnp.clip(p, 0.0, 1.0)).astype(jnp.float32)
+        if design in ("binary", "constant"):  # stored correct-first (stable)
+            order = jnp.argsort(-correct, stable=True)
+            c, correct, routing = c[order], correct[order], routing[order]
+        return c, correct, routing, ids
+
+    return jax.vmap(one)(jax.random.split(key, n_datasets))
+
+
+def design(
+    key: jax.Array,
+    name: str,
+    n: int,
+    *,
+    n_datasets: int = 1,
+    effect: float = 0.0,
+    conf_low: float = 0.3,
+    conf_high: float = 1.0,
+    cluster_size: int = 30,
+) -> DesignData:
+    """Draws `n_datasets` datasets of `n` examples from design `name` (module docstring).
+
+    Args:
+      key: jax PRNG key (or an integer seed). name: one of `DESIGNS`. n: N.
+      effect: planted effect (0 = the null). cluster_size: S tokens per sequence ("clustered").
+    Returns:
+      DesignData of [D, N] numpy arrays (float64 confidence/correct/routing, int32 clusters).
+    """
+    key = _checks.check_key(key)
+    if name not in DESIGNS:
+        raise ValueError(f"name: must be one of {DESIGNS}, got {name!r}")
+    n = _checks.check_positive_int(n, "n")
+    n_datasets = _checks.check_positive_int(n_datasets, "n_datasets")
+    cluster_size = _checks.check_positive_int(cluster_size, "cluster_size")
+    if not np.isfinite(effect):
+        raise ValueError(f"effect: must be finite, got {effect!r}")
+    if name == "constant" and effect != 0:
+        raise ValueError("effect: constant routing carries no effect; use 'binary'")
+    if not 0.0 <= conf_low < conf_high <= 1.0:
+        raise ValueError(
+            f"conf_low, conf_high: need 0 <= conf_low < conf_high <= 1, got {conf_low}, {conf_high}"
+        )
+    c, y, r, ids = design_jax(
+        key, name, n, n_datasets, float(effect), float(conf_low), float(conf_high), cluster_size
+    )
+    f64 = functools.partial(np.asarray, dtype=np.float64)
+    return DesignData(f64(c), f64(y), f64(r), np.asarray(ids, np.int32))

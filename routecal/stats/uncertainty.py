@@ -189,3 +189,42 @@ def model_routing_stability(
         return layers
 
     return routing_stability_under_noise(experts_fn, tokens_NxTxP, noise_std, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Router-internal OOD scores (VMoER, arXiv:2603.09453, Sec. 5: router-logit variance vs gating
+# entropy), averaged over tokens (optionally masked) and MoE layers -> one score per example.
+# ------------------------------------------------------------------------------------------------
+
+ROUTER_OOD_SCORES = ("gating_entropy", "router_logit_variance")
+
+
+def _layer_token_mean(layers: Any, name: str, mask_NxT: Any | None, ndim: int) -> np.ndarray:
+    arrs = list(layers) if isinstance(layers, list | tuple) else [layers]
+    if not arrs:
+        raise ValueError(f"{name}: no MoE layer given")
+    out = [_checks.as_array(x, f"{name}[{i}]", ndim=ndim) for i, x in enumerate(arrs)]
+    out_shape = out[0].shape[:2]
+    for i, a in enumerate(out):
+        if a.shape[:2] != out_shape:
+            raise ValueError(f"{name}[{i}]: shape {a.shape[:2]} differs from layer 0 {out_shape}")
+    w = np.ones(out_shape) if mask_NxT is None else _checks.as_array(mask_NxT, "mask_NxT", ndim=2)
+    if w.shape != out_shape or np.any(w.sum(axis=1) <= 0):
+        raise ValueError(f"mask_NxT: expected [N, T] = {out_shape} with a token in every row")
+    vals = [a if ndim == 2 else _entropy(a) for a in out]
+    return np.mean([(v * w).sum(1) / w.sum(1) for v in vals], axis=0)
+
+
+def gating_entropy(router_probs: Any, mask_NxT: Any | None = None) -> np.ndarray:
+    """Mean entropy of the routing distribution over tokens and MoE layers -> [N].
+
+    Args:
+      router_probs: one [N, T, E] array per MoE layer (a list), or a single layer.
+      mask_NxT: optional 0/1 weights of the tokens to average (e.g. the answer position).
+    """
+    return _layer_token_mean(router_probs, "router_probs", mask_NxT, 3)
+
+
+def router_logit_variance(router_var: Any, mask_NxT: Any | None = None) -> np.ndarray:
+    """Mean router-logit variance (a router's `router_var` trace [N, T] per layer) -> [N]."""
+    return _layer_token_mean(router_var, "router_var", mask_NxT, 2)

@@ -42,7 +42,10 @@ VARIANTS = {
     "moe_shared_every2": dict(
         mlp_type="moe", top_k=2, moe_every=2, shared_expert_hidden=8, shared_expert_gate=True
     ),
-    "vmoer_temp_full": dict(mlp_type="vmoer_temp", top_k=2, residual="full"),
+    # VTSR samples experts at inference by default; "mean" makes two passes comparable
+    "vmoer_temp_full": dict(
+        mlp_type="vmoer_temp", top_k=2, residual="full", vmoer=(("vtsr_inference", "mean"),)
+    ),
     "gqa_qknorm_untied": dict(n_kv_heads=2, qk_norm=True, qkv_bias=True, tie_embeddings=False),
 }
 

@@ -231,4 +231,6 @@ def test_vmoer_transformer_aux_and_trainable_filter():
     names = vmoer.router_posterior_param_names(model)
     sel = nnx.state(model, train.trainable_filter(vmoer.VROUTER_PATH))
     got = sorted("/".join(map(str, p)) for p, _ in nnx.to_flat_state(sel))
-    assert got == names and len(names) == 6  # delta_mu, sigma, lowrank: kernel + bias
+    assert (
+        got == names and len(names) == 6
+    )  # MFVR, MLP heads: trunk, delta_mu, sigma (kernel + bias)

@@ -1,7 +1,6 @@
 """The quick study end to end: resume after a kill, report tables against results.json, BYO traces."""
 
 import csv
-import json
 import pathlib
 
 import numpy as np
@@ -10,9 +9,10 @@ import pytest
 from routecal import report
 from routecal.config import load_config
 from routecal.pipeline import study
+from routecal.pipeline.plan import Plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-QUICK = str(ROOT / "configs" / "study.py") + ":quick"
+QUICK = str(ROOT / "configs" / "study.py") + ":quick,tiny"  # test-size models
 
 
 class _Killed(Exception):
@@ -58,12 +58,22 @@ def test_resume_does_not_redo_finished_stages(quick):
 
 def test_results_hold_every_cell_and_independent_numbers(quick):
     w, cfg, res, _, _ = quick
-    feats = cfg.diagnostics.features.split(",")
-    routed = [a for a in cfg.architectures.split(",") if cfg.models[a].routed]
+    feats = cfg.diagnostics.features
+    routed = [a for a in cfg.architectures if cfg.models[a].routed]
     assert len(res["diagnostics"]["tests"]) == len(feats) * len(cfg.seeds) * len(routed)
+    b = cfg.diagnostics.n_permutations
     for t in res["diagnostics"]["tests"]:
-        assert 1 / (1 + cfg.diagnostics.n_permutations) <= t["p_value"] <= 1
+        assert 1 / (1 + b) <= t["p_value"] <= 1
         assert t["p_value"] <= t["p_holm"] <= 1
+    # the figure's nulls travel inside results: p = (1 + #{T* >= T}) / (1 + B) from the stored null
+    shown = [t for t in res["diagnostics"]["tests"] if "null" in t]
+    assert len(shown) == min(cfg.diagnostics.n_null_figures, len(res["diagnostics"]["tests"]))
+    for t in shown:
+        null = np.asarray(t["null"])
+        assert len(null) == b
+        assert t["p_value"] == pytest.approx((1 + np.sum(null >= t["statistic"] - 1e-6)) / (1 + b),
+                                             abs=2 / (1 + b))
+    assert not (w / "stages" / "nulls.npz").exists()
     for r in res["runs"]:
         with np.load(pathlib.Path(r["workdir"]) / "predictions" / "test.npz") as z:
             acc = float(np.mean(z["probs"].argmax(1) == z["labels"]))
@@ -111,35 +121,27 @@ def test_other_config_in_same_workdir_is_an_error(quick):
         study.run(cfg, w)
 
 
-def _planted_npz(path, rng, n=1500, effect=0.35):
-    conf = rng.uniform(0.4, 0.99, n)
-    routing = rng.normal(size=n)
-    p = np.clip(conf + effect * np.sign(routing) * (1 - conf) * 2 - 0.0, 0, 1)
-    correct = rng.uniform(size=n) < p
-    probs = np.zeros((n, 2))
-    probs[:, 0] = conf
-    probs[:, 1] = 1 - conf
-    labels = np.where(correct, 0, 1)
-    np.savez(path, probs=probs, labels=labels, routing_planted=routing,
-             routing_noise=rng.normal(size=n))
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("architectures=('full', 'blok')", "architectures: unknown"),
+        ("model_overrides=('model.nope=1',)", "unknown key 'model.nope'"),
+        ("vmoer.overrides=('experiment.nope=1',)", "unknown key 'experiment.nope'"),
+        ("seeds=()", "at least one seed"),
+    ],
+)
+def test_invalid_plan_writes_nothing(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        study.run(load_config(QUICK, [override]), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
 
 
-def test_diagnose_bring_your_own_traces(tmp_path):
-    rng = np.random.default_rng(0)
-    _planted_npz(tmp_path / "calib.npz", rng)
-    _planted_npz(tmp_path / "test.npz", rng)
-    res = study.diagnose_predictions(tmp_path / "calib.npz", test_path=tmp_path / "test.npz",
-                                     out_dir=tmp_path / "out", n_permutations=500)
-    by = {t["feature"]: t for t in res["diagnostics"]["tests"]}
-    assert by["planted"]["p_value"] < 0.01
-    assert (tmp_path / "out" / "report.html").exists()
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["diagnostics"]
-
-
-def test_diagnose_rejects_files_without_routing(tmp_path):
-    np.savez(tmp_path / "p.npz", probs=np.full((10, 2), 0.5), labels=np.zeros(10, int))
-    with pytest.raises(ValueError, match="no routing summaries"):
-        study.diagnose_predictions(tmp_path / "p.npz")
+def test_plan_counts_the_progress_bar_stages():
+    plan = Plan.from_config(load_config(QUICK))
+    routed_runs = sum(m.routed for m in plan.models) * len(plan.seeds)
+    # train + predict per run, diagnostics, probes per routed run, VMoER, results
+    assert plan.n_stages == 2 * len(plan.runs) + 1 + routed_runs + 1 + 1
+    assert [m.name for m in plan.models] == list(load_config(QUICK).architectures)
 
 
 def test_reliability_data_per_probe_agrees_with_its_ece(quick):
@@ -156,12 +158,3 @@ def test_reliability_data_per_probe_agrees_with_its_ece(quick):
         assert float((cnt * gap).sum() / cnt.sum()) == pytest.approx(rows[name]["ece"], abs=1e-5)
 
 
-def test_diagnose_single_file_splits_it_for_the_probes(tmp_path):
-    rng = np.random.default_rng(1)
-    _planted_npz(tmp_path / "all.npz", rng, n=800)
-    res = study.diagnose_predictions(tmp_path / "all.npz", n_permutations=200)
-    probes = {r["probe"] for r in res["probes"]["rows"]}
-    assert {"uncalibrated", "temperature", "isotonic", "nw_confidence"} <= probes
-    with np.load(tmp_path / "all.npz") as z:
-        a, b = study.split_predictions({k: z[k] for k in z.files}, seed=0)
-    assert len(a["labels"]) + len(b["labels"]) == 800 and len(a["labels"]) == 400

@@ -41,7 +41,7 @@ def test_retrofit_trains_only_the_router_posterior(tmp_path):
 
     from routecal import train
 
-    cfg = config.load_config("configs/vmoer_digits.py:quick")
+    cfg = config.load_config("configs/vmoer_digits.py:tiny")
     det_dir, rf_dir = tmp_path / "det", tmp_path / "rf"
     train.train_and_evaluate(vmoer_eval.run_config(cfg, "det", 0, None), det_dir)
     train.train_and_evaluate(vmoer_eval.run_config(cfg, "logit_retrofit", 0, str(det_dir)), rf_dir)
@@ -64,7 +64,7 @@ def test_retrofit_trains_only_the_router_posterior(tmp_path):
 @pytest.mark.slow
 def test_quick_experiment_end_to_end(tmp_path):
     cfg = config.load_config(
-        "configs/vmoer_digits.py:quick",
+        "configs/vmoer_digits.py:tiny",
         ["experiment.seeds=(0,)", "experiment.methods=('det','logit','temp_retrofit')"],
     )
     out = vmoer_eval.run_vmoer_experiment(cfg, tmp_path)
@@ -80,10 +80,10 @@ def test_quick_experiment_end_to_end(tmp_path):
     "spec",
     [
         "configs/moe_digits.py",
-        "configs/moe_digits.py:full,quick",
+        "configs/moe_digits.py:full,tiny",
         "configs/vmoer_digits.py:temp",
         "configs/vmoer_digits.py:logit,retrofit",
-        "configs/vmoer_digits.py:det,quick",
+        "configs/vmoer_digits.py:det,tiny",
     ],
 )
 def test_configs_build_valid_model_configs(spec):

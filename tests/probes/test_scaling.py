@@ -91,3 +91,23 @@ def test_bad_input(simulate):
         probes.TemperatureScaling(kind="odds")
     with pytest.raises(ValueError, match="binning"):
         probes.HistogramBinning(binning="quantile")
+
+
+def test_temperature_refuses_invalid_probabilities_in_auto_mode():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=50)
+    p[3] *= 0.5  # values in [0, 1], row 3 sums to 0.5: not silently read as logits
+    with pytest.raises(ValueError, match="logits_or_probs.*row 3"):
+        scaling.TemperatureScaling().fit(p, rng.integers(0, 4, 50))
+    scaling.TemperatureScaling(kind="logits").fit(p, rng.integers(0, 4, 50))  # explicit: accepted
+
+
+def test_temperature_reports_hitting_its_bound():
+    rng = np.random.default_rng(1)
+    z = 3 * rng.normal(size=(400, 5))
+    y = rng.integers(0, 5, 400)  # independent of the logits: the NLL falls all the way to T -> inf
+    with pytest.warns(RuntimeWarning, match="bound"):
+        probe = scaling.TemperatureScaling(kind="logits").fit(z, y)
+    assert probe.at_bound_ and probe.temperature_ == pytest.approx(np.exp(7.0))
+    y_dep = np.argmax(z + rng.gumbel(size=z.shape), axis=1)  # informative logits: interior T
+    assert not scaling.TemperatureScaling(kind="logits").fit(z, y_dep).at_bound_

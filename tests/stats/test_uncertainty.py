@@ -119,3 +119,20 @@ def test_model_routing_stability_logit_router_is_one_at_zero_noise():
     # stochastic routing (sigma = 2), but common random numbers: exactly 1 without input noise
     assert unc.model_routing_stability(model, x, 0.0).overall == 1.0
     assert unc.model_routing_stability(model, x, 5.0).overall < 1.0
+
+
+def test_router_ood_scores_match_numpy():
+    rng = np.random.default_rng(0)
+    p1 = rng.dirichlet(np.ones(4), size=(3, 5))
+    p2 = rng.dirichlet(np.ones(4), size=(3, 5))
+    mask = np.ones((3, 5))
+    mask[:, :2] = 0  # only the last 3 tokens
+    h = lambda p: -(p * np.log(p)).sum(-1)  # noqa: E731
+    ref = (h(p1)[:, 2:].mean(1) + h(p2)[:, 2:].mean(1)) / 2
+    np.testing.assert_allclose(unc.gating_entropy([p1, p2], mask), ref, rtol=1e-10)
+    v1, v2 = rng.uniform(size=(3, 5)), rng.uniform(size=(3, 5))
+    np.testing.assert_allclose(unc.router_logit_variance([v1, v2]), (v1.mean(1) + v2.mean(1)) / 2)
+    with pytest.raises(ValueError, match="router_var"):
+        unc.router_logit_variance([v1, v2[:, :4]])
+    with pytest.raises(ValueError, match="mask_NxT"):
+        unc.gating_entropy([p1], np.zeros((3, 5)))

@@ -1,0 +1,102 @@
+"""The routecal study at language-model scale: AttnRes decoders on the embedded stdlib corpus.
+
+Run (from the repository root):
+
+    routecal study --config configs/study_lm.py --workdir runs/study_lm          # default
+    routecal study --config configs/study_lm.py:quick --workdir runs/study_lm_q  # under 3 minutes
+
+Default: standard / Full AttnRes / Block AttnRes byte-level decoders (`configs/lm_stdlib.py`)
+x 3 seeds; token-level predictions for the calib split and three test domains (in: held-out stdlib
+modules, near: `Lib/test` files, far: pydoc prose), >= 200k tokens each; the diagnostic grid
+(7 routing summaries incl. two position-aware ones x 3 seeds x 2 AttnRes models x 3 domains, the
+paper's test and the recommended test with sequences as clusters, B = 10,000, Holm and BH, each
+test's minimum detectable gap at 80% power); every probe fitted on calib tokens and scored per
+domain with the NW bandwidth sweep; the report with power curves, reliability diagrams, nulls,
+bandwidth sensitivity and depth-attention heatmaps per domain.
+
+Override anything, e.g. `--config.seeds="(0,1,2,3,4)"`, `--config.diagnostics.max_tokens=50000`,
+`--config.model_overrides="('predict.every=4',)"` (thinning, if the LM config names it so).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+
+FEATURES = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last",
+            "H_mean_vs_seq", "depth_var_mean_vs_seq")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.study = "lm"
+    c.title = "routecal study: token-level routing-conditional calibration on the stdlib corpus"
+    c.config_dir = _HERE
+    c.seeds = (0, 1, 2)
+    c.architectures = ("standard", "full", "block")
+    # Each model: a config file (relative to this directory) with its variant, extra `key=value`
+    # overrides, and whether it has routing traces to test.
+    c.models = ml_collections.ConfigDict({
+        "standard": {"config": "lm_stdlib.py:standard", "overrides": (), "routed": False},
+        "full": {"config": "lm_stdlib.py:full", "overrides": (), "routed": True},
+        "block": {"config": "lm_stdlib.py:block", "overrides": (), "routed": True},
+    })
+    c.model_overrides = ()  # applied to every model (e.g. prediction thinning)
+    # Token predictions (`predict.predict_workdir(lm_options=...)`): keep positions t with
+    # t % every == 0 and t >= min_position, at most max_tokens per split (None = all).
+    c.predict = ml_collections.ConfigDict()
+    c.predict.every = 1
+    c.predict.min_position = 0
+    c.predict.max_tokens = ml_collections.config_dict.placeholder(int)
+    c.predict.depth_rows = 64  # packed rows per domain for the depth-attention heatmaps
+    c.calib_split = "calib"  # probes are fitted here (in-domain tokens)
+    c.domains = ("in:test", "near:near", "far:far")  # domain name : predictions split
+
+    c.diagnostics = ml_collections.ConfigDict()
+    c.diagnostics.tests = ("paper", "recommended")
+    c.diagnostics.features = FEATURES
+    c.diagnostics.n_permutations = 10_000
+    c.diagnostics.n_bins = 15
+    c.diagnostics.n_groups = 3
+    c.diagnostics.alpha = 0.05
+    c.diagnostics.power = 0.8
+    # The recommended test's power: `stats.diagnostics.minimum_detectable_gap` (extra arguments
+    # here, e.g. n_datasets); the paper test's power on the same planted datasets:
+    c.diagnostics.power_kwargs = ml_collections.ConfigDict({"n_datasets": 200})
+    c.diagnostics.paper_power_datasets = 100
+    c.diagnostics.paper_power_permutations = 500
+    c.diagnostics.seed = 0
+    c.diagnostics.max_tokens = 0  # tokens per cell, whole sequences (0 = all)
+    c.diagnostics.n_null_figures = 8
+
+    c.probes = ml_collections.ConfigDict()
+    c.probes.bandwidth_rules = ("scott", "scott_x0.5", "scott_x2", "cv_nll", "oracle_ece")
+    c.probes.sweep_multiples = (0.25, 0.5, 1.0, 2.0, 4.0)
+    c.probes.max_calib_tokens = 0  # 0 = every calib token
+    c.probes.max_test_tokens = 0  # per domain
+
+    if arg == "quick":
+        c.title = ("routecal LM study (quick smoke run: tiny, briefly trained decoders; it checks "
+                   "the pipeline, its numbers are not evidence)")
+        c.seeds = (0,)
+        for name in ("standard", "full", "block"):
+            c.models[name].config += ",quick"
+        # lm_stdlib's quick models, trained long enough to learn (well below 8 bits per byte).
+        c.model_overrides = ("train.steps=150", "train.eval_every=150",
+                             "train.checkpoint_every=150", "train.log_every=50")
+        c.diagnostics.features = ("H_mean", "depth_var_mean", "H_mean_vs_seq")
+        c.diagnostics.n_permutations = 1000
+        c.diagnostics.power_kwargs.n_datasets = 50
+        c.diagnostics.paper_power_datasets = 20
+        c.diagnostics.paper_power_permutations = 100
+        c.diagnostics.max_tokens = 20_000
+        c.probes.bandwidth_rules = ("scott", "cv_nll", "oracle_ece")
+        c.probes.sweep_multiples = (0.5, 1.0, 2.0)
+        c.probes.max_calib_tokens = 10_000
+        c.probes.max_test_tokens = 10_000
+    elif arg not in (None, "", "default"):
+        raise ValueError(f"config: unknown variant {arg!r} of study_lm.py; expected quick")
+    return c

@@ -1,0 +1,109 @@
+"""VMoER on a language model, scored on multiple-choice QA (Li & Wicker, arXiv:2603.09453).
+
+    PYTHONPATH=. python experiments/vmoer_lm.py --config configs/vmoer_lm.py:quick --workdir /tmp/vl
+
+An MoE byte-level decoder (`routecal.models.decoder`, dropless top-2 of 8 SwiGLU experts in every
+layer) pretrained on the embedded stdlib corpus and fine-tuned on the embedded continuation
+MCQA; det vs mfvr, lowrank, fcvr, vtsr and the baselines (fixed_temp, mc_dropout, ensemble),
+each from scratch and retrofitted on the fine-tuned det model (`*_retrofit`, only the routing
+posterior trained); writes `tables/vmoer.csv` (one row per router) and `vmoer_lm_results.json`.
+SWAG is not implemented (it needs the weight trajectory).
+
+Variants (after the colon, comma-separated): "quick" (every router, tiny model, few steps: a
+smoke test whose numbers are not evidence), "noretrofit" (from-scratch routers only).
+MEASURED: see the final report of issue 14 / benchmarks/RESULTS.md (2 shared CPU cores).
+"""
+
+import ml_collections
+
+VARIANTS = ("quick", "noretrofit")
+ROUTERS = ("det", "mfvr", "lowrank", "fcvr", "vtsr", "fixed_temp", "mc_dropout", "ensemble")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    parts = [p for p in (arg or "").split(",") if p]
+    unknown = [p for p in parts if p not in VARIANTS]
+    if unknown:
+        raise ValueError(f"config arg: unknown variant(s) {unknown}; use any of {VARIANTS}")
+    cfg = ml_collections.ConfigDict()
+
+    cfg.data = ml_collections.ConfigDict()
+    cfg.data.corpus_seed = 0  # by-file split of the stdlib corpus
+    cfg.data.mcqa_seed = 0  # the MCQA items (fixed across model seeds)
+    cfg.data.lm_seq_len = 128
+    cfg.data.lm_max_bytes = 2_000_000  # pretraining text (first files of the train split)
+    cfg.data.context_len = 48  # MCQA: bytes of context ...
+    cfg.data.option_len = 16  # ... and of each candidate continuation
+    cfg.data.max_prompt_len = 160
+    cfg.data.n_train_items = 4096
+    cfg.data.n_eval_items = 512  # per domain: in (held-out modules), near (Lib/test), far (prose)
+
+    cfg.model = ml_collections.ConfigDict()
+    cfg.model.d_model = 64
+    cfg.model.n_layers = 2
+    cfg.model.n_heads = 4
+    cfg.model.mlp_dim = 128
+    cfg.model.n_experts = 8
+    cfg.model.top_k = 2
+    cfg.model.moe_hidden = 64
+    cfg.model.capacity_factor = 0.0  # dropless (HF MoE LMs)
+    cfg.model.moe_every = 1
+    cfg.model.lb_coef = 1e-2
+    cfg.model.z_coef = 1e-3
+    # VMoER options (routecal.models.routers.common.VMoERConfig, without "vmoer_")
+    cfg.model.vmoer = ml_collections.ConfigDict()
+    cfg.model.vmoer.beta = 1e-2
+    cfg.model.vmoer.prior_sigma = 1.0
+    cfg.model.vmoer.init_sigma = 0.3
+    cfg.model.vmoer.samples = 8
+    cfg.model.vmoer.head = "mlp"
+    cfg.model.vmoer.sigma_param = "log"
+    cfg.model.vmoer.rank = 2
+    cfg.model.vmoer.vtsr_reg = "entropy"
+    cfg.model.vmoer.vtsr_inference = "sample"
+    cfg.model.vmoer.fixed_temperature = 1.0
+    cfg.model.vmoer.dropout = 0.1
+    cfg.model.vmoer.ensemble = 4
+    cfg.model.vmoer.aux_to_posterior = False
+
+    cfg.train = ml_collections.ConfigDict()
+    cfg.train.batch_size = 32
+    cfg.train.pretrain_steps = 600
+    cfg.train.finetune_steps = 400
+    cfg.train.retrofit_steps = 200
+    cfg.train.lr = 3e-3
+    cfg.train.finetune_lr = 1e-3
+    cfg.train.retrofit_lr = 3e-3
+    cfg.train.warmup = 50
+    cfg.train.weight_decay = 0.05
+    cfg.train.grad_clip = 1.0
+
+    cfg.experiment = ml_collections.ConfigDict()
+    cfg.experiment.seeds = (0, 1, 2)
+    retro = () if "noretrofit" in parts else tuple(f"{r}_retrofit" for r in ROUTERS[1:])
+    cfg.experiment.routers = ROUTERS + retro
+    cfg.experiment.sigmas = (0.001, 0.005, 0.01, 0.02, 0.05)
+    cfg.experiment.stability_sigma = 0.01  # the paper's headline
+    cfg.experiment.mc_samples = 4  # sampled passes for mutual information
+    cfg.experiment.n_bins = 15
+    cfg.experiment.eval_batch_size = 64
+    cfg.experiment.assemble_only = False  # True: table the saved seed<s>.json files, no training
+
+    if "quick" in parts:
+        cfg.data.lm_max_bytes = 200_000
+        cfg.data.n_train_items = 512
+        cfg.data.n_eval_items = 128
+        cfg.model.d_model = 16
+        cfg.model.n_heads = 2
+        cfg.model.mlp_dim = 32
+        cfg.model.n_experts = 4
+        cfg.model.moe_hidden = 16
+        cfg.model.vmoer.head_hidden = 16
+        cfg.train.batch_size = 16
+        cfg.train.pretrain_steps = 0  # no LM phase: one compile less per router
+        cfg.train.finetune_steps = 40
+        cfg.train.retrofit_steps = 15
+        cfg.train.warmup = 3
+        cfg.experiment.mc_samples = 2
+        cfg.experiment.eval_batch_size = 64
+    return cfg

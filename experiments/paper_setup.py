@@ -1,0 +1,54 @@
+"""The set-up both paper-scale scripts share: arguments, TFDS data overrides, running the study.
+
+Used by `routing_calibration_paper.py` and `vmoer_paper.py` (run as `python experiments/<x>.py`,
+so this module is importable beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from collections.abc import Sequence
+
+from routecal.config import load_config
+from routecal.pipeline import study
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_args(doc: str, *, permutations: bool = False) -> argparse.Namespace:
+    """--dataset, --data_dir, --workdir, --seeds, --steps, --patch_size [, --permutations]."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--dataset", default="cifar10", choices=["mnist", "fashion_mnist", "cifar10"])
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--patch_size", type=int, default=4)
+    if permutations:
+        p.add_argument("--permutations", type=int, default=10000)
+    return p.parse_args()
+
+
+def seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    return tuple(int(s) for s in args.seeds.split(","))
+
+
+def data_overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    """Model-config overrides that train on the TFDS dataset from `--data_dir`."""
+    return (
+        f"data.name=tfds:{args.dataset}",
+        f"data.data_dir={args.data_dir}",
+        f"data.patch_size={args.patch_size}",
+        f"train.steps={args.steps}",
+    )
+
+
+def run_study(args: argparse.Namespace, title: str, overrides: Sequence[str]) -> None:
+    """`configs/study.py` with the seeds, a title and `overrides`; runs it and names the report."""
+    cfg = load_config(
+        str(ROOT / "configs" / "study.py"),
+        [f"seeds={seeds(args)}", f"title=routecal study: {title} on {args.dataset}", *overrides],
+    )
+    study.run(cfg, args.workdir)
+    print(f"report: {pathlib.Path(args.workdir) / 'report.html'}")

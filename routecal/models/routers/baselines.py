@@ -1,0 +1,116 @@
+"""Weight-space Bayesian router baselines of the thesis (Li, arXiv:2509.23830, Ch. 3): MC-dropout
+and deep-ensemble routers. Both average S (resp. M) softmax vectors inside the router at
+inference and then take top-k, so the experts run once (as the logit-space routers do).
+
+MC-dropout ("mc_dropout", Gal & Ghahramani 2016): dropout of rate p on the router input u,
+  l = W_r (m * u / (1 - p)), m ~ Bernoulli(1 - p)^D; one mask in training, S masks averaged at
+  inference. Its posterior is the router weight W_r itself (a retrofit trains `router/proj`).
+Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, member 0 being
+  the deterministic `router/proj` and members 1..M-1 under `vrouter/members` (initialised
+  N(0, 0.02^2) independently, as the deterministic router). In training every token is routed
+  by one member drawn uniformly (each member gets task gradient from its own tokens); at
+  inference s = (1/M) sum_m softmax(l_m). A retrofit trains members 1..M-1 on the frozen model.
+SWAG (Maddox et al. 2019) is not implemented: it needs the weight trajectory of training.
+
+Traces: `router_var` [B, T] = mean over experts of the variance of the logits over the S masks
+(resp. M members).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from routecal.models import moe
+from routecal.models.routers import common
+
+Array = jax.Array
+
+
+def _average_and_select(router: moe.TopKRouter, l_SxBxTxE: Array) -> tuple[Array, Array, Array]:
+    probs = jnp.mean(jax.nn.softmax(l_SxBxTxE, axis=-1), axis=0)
+    experts, gates = moe.top_k_gates(probs, router.top_k, normalize=router.normalize_gates)
+    return probs, experts, gates
+
+
+class MCDropoutRouter(moe.TopKRouter):
+    """MC-dropout router (module docstring)."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.rate = float(common.opt(cfg, "vmoer_dropout"))
+        if not 0 < self.rate < 1:
+            raise ValueError(f"vmoer_dropout: must lie in (0, 1), got {self.rate}")
+        self.n_samples = int(common.opt(cfg, "vmoer_samples"))
+        if self.n_samples < 1:
+            raise ValueError(f"vmoer_samples: must be >= 1, got {self.n_samples}")
+        self.rngs = common.router_stream(rngs)
+        self.sample = False
+
+    def __call__(self, x_BxTxD: Array, *, train: bool = False) -> moe.RouterOutput:
+        u = x_BxTxD.astype(jnp.float32)
+        n = 1 if (train or self.sample) else self.n_samples
+        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, (n, *u.shape))
+        u_S = jnp.where(keep, u[None] / (1.0 - self.rate), 0.0)
+        l_S = self.proj(u_S)
+        probs, experts, gates = _average_and_select(self, l_S)
+        trace = {"router_var": jnp.mean(jnp.var(l_S, axis=0), axis=-1)}
+        return moe.RouterOutput(jnp.mean(l_S, axis=0), probs, experts, gates, {}, trace)
+
+
+class EnsembleMembers(nnx.Module):
+    """Members 1..M-1 of the deep-ensemble router: one [D, (M - 1) E] projection, no bias."""
+
+    def __init__(self, cfg: Any, n_members: int, *, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(
+            cfg.d_model,
+            (n_members - 1) * cfg.n_experts,
+            use_bias=False,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            kernel_init=nnx.initializers.normal(stddev=0.02),
+            rngs=rngs,
+        )
+
+
+class EnsembleRouter(moe.TopKRouter):
+    """Deep-ensemble router (module docstring)."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.n_members = int(common.opt(cfg, "vmoer_ensemble"))
+        if self.n_members < 2:
+            raise ValueError(f"vmoer_ensemble: must be >= 2 members, got {self.n_members}")
+        self.vrouter = EnsembleMembers(cfg, self.n_members, rngs=rngs)
+        self.rngs = common.router_stream(rngs)
+        self.aux_to_posterior = bool(common.opt(cfg, "vmoer_aux_to_posterior"))
+        self.sample = False
+
+    def member_logits(self, x_BxTxD: Array) -> Array:
+        """Logits of every member: [B, T, D] -> [M, B, T, E] (member 0 = deterministic)."""
+        u = x_BxTxD.astype(jnp.float32)
+        rest = self.vrouter.proj(u).reshape(*u.shape[:-1], self.n_members - 1, self.n_experts)
+        return jnp.concatenate([self.proj(u)[None], jnp.moveaxis(rest, -2, 0)], axis=0)
+
+    def __call__(self, x_BxTxD: Array, *, train: bool = False) -> moe.RouterOutput:
+        l_M = self.member_logits(x_BxTxD)
+        if train or self.sample:
+            pick = jax.random.randint(self.rngs(), l_M.shape[1:3], 0, self.n_members)
+            onehot = jax.nn.one_hot(pick, self.n_members, axis=0, dtype=jnp.float32)
+            l_S = jnp.sum(onehot[..., None] * l_M, axis=0)[None]
+        else:
+            l_S = l_M
+        probs, experts, gates = _average_and_select(self, l_S)
+        det_probs = jax.nn.softmax(l_M[0], axis=-1)
+        trace = {"router_var": jnp.mean(jnp.var(l_M, axis=0), axis=-1)}
+        return moe.RouterOutput(
+            l_M[0],
+            common.aux_values(probs, det_probs, self.aux_to_posterior),
+            experts,
+            gates,
+            {},
+            trace,
+        )

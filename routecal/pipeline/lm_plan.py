@@ -1,0 +1,133 @@
+"""The language-model study's typed plan, built once from `configs/study_lm.py` and validated whole
+before anything is written (every model config loads with its overrides; unknown tests, domains
+or features are errors naming the config key)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from routecal.config import load_config
+from routecal.pipeline.token_tests import TestSettings
+
+
+def _strings(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(f"{name}: expected a tuple of strings, got {value!r}")
+    out = tuple(value)
+    if not all(isinstance(v, str) and v for v in out):
+        raise ValueError(f"{name}: expected non-empty strings, got {value!r}")
+    return out
+
+
+def _optional_int(value: Any, name: str) -> int | None:
+    if value is None or value == 0:
+        return None
+    if int(value) < 1:
+        raise ValueError(f"{name}: expected a positive token count or 0 (all), got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMModel:
+    """One architecture: config file[:variant] (absolute) and `key=value` overrides."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...]
+    routed: bool
+
+    def load(self, seed: int) -> ml_collections.ConfigDict:
+        return load_config(self.config, [*self.overrides, f"seed={seed}"])
+
+
+@dataclasses.dataclass(frozen=True)
+class LMPlan:
+    """Runs, then per domain: diagnostics cells, power, probes; then results and the report."""
+
+    title: str
+    seeds: tuple[int, ...]
+    models: tuple[LMModel, ...]
+    calib_split: str  # probes are fitted on this split's tokens (in-domain)
+    domains: tuple[tuple[str, str], ...]  # (domain name, predictions split), e.g. ("in", "test")
+    features: tuple[str, ...]  # routing summaries tested (`tokens.routing_table` names)
+    tests: TestSettings
+    diag_seed: int
+    diag_max_tokens: int | None  # tokens per diagnostics cell (whole sequences), None = all
+    n_null_figures: int
+    bandwidth_rules: tuple[str, ...]
+    sweep_multiples: tuple[float, ...]
+    probe_max_calib_tokens: int | None
+    probe_max_test_tokens: int | None  # per domain
+    predict_options: dict[str, Any]  # `predict.predict_workdir(lm_options=...)`: thinning
+    depth_rows: int  # packed rows per domain for the depth-attention heatmaps (0 = none)
+    config: dict[str, Any] = dataclasses.field(compare=False, hash=False)
+
+    @property
+    def runs(self) -> list[tuple[LMModel, int]]:
+        return [(m, s) for m in self.models for s in self.seeds]
+
+    @property
+    def routed(self) -> list[LMModel]:
+        return [m for m in self.models if m.routed]
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        """(domain, arch, seed) in the fixed order that also numbers the cells' PRNG keys."""
+        return [(d, m.name, s) for d, _ in self.domains for m in self.routed for s in self.seeds]
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> LMPlan:
+        seeds = tuple(int(s) for s in cfg.seeds)
+        if not seeds:
+            raise ValueError("seeds: the study needs at least one seed")
+        archs = _strings(cfg.architectures, "architectures")
+        unknown = [a for a in archs if a not in cfg.models]
+        if unknown:
+            raise ValueError(f"architectures: unknown {unknown}; defined: {list(cfg.models)}")
+        root = pathlib.Path(cfg.config_dir)
+        shared = _strings(cfg.model_overrides, "model_overrides")
+        models = []
+        for a in archs:
+            m = cfg.models[a]
+            path, _, variant = m.config.partition(":")
+            full = str(root / path) + (f":{variant}" if variant else "")
+            models.append(LMModel(a, full, (*_strings(m.overrides, f"models.{a}.overrides"),
+                                            *shared), bool(m.routed)))
+        domains = tuple(tuple(x.split(":")) for x in _strings(cfg.domains, "domains"))
+        if not domains or any(len(x) != 2 or not all(x) for x in domains):
+            raise ValueError(f"domains: expected 'name:split' strings, got {cfg.domains!r}")
+        if len({x[0] for x in domains}) != len(domains):
+            raise ValueError(f"domains: repeated domain name in {cfg.domains!r}")
+        d, p = cfg.diagnostics, cfg.probes
+        plan = cls(
+            title=str(cfg.title), seeds=seeds, models=tuple(models),
+            calib_split=str(cfg.calib_split), domains=domains,
+            features=_strings(d.features, "diagnostics.features"),
+            tests=TestSettings(
+                tests=_strings(d.tests, "diagnostics.tests"),
+                n_permutations=int(d.n_permutations), n_bins=int(d.n_bins),
+                n_groups=int(d.n_groups), alpha=float(d.alpha), power=float(d.power),
+                power_kwargs=tuple(sorted(d.power_kwargs.to_dict().items())),
+                paper_power_datasets=int(d.paper_power_datasets),
+                paper_power_permutations=int(d.paper_power_permutations),
+            ),
+            diag_seed=int(d.seed),
+            diag_max_tokens=_optional_int(d.max_tokens, "diagnostics.max_tokens"),
+            n_null_figures=int(d.n_null_figures),
+            bandwidth_rules=_strings(p.bandwidth_rules, "probes.bandwidth_rules"),
+            sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
+            probe_max_calib_tokens=_optional_int(p.max_calib_tokens, "probes.max_calib_tokens"),
+            probe_max_test_tokens=_optional_int(p.max_test_tokens, "probes.max_test_tokens"),
+            predict_options={k: v for k, v in cfg.predict.to_dict().items()
+                             if k != "depth_rows" and v is not None},
+            depth_rows=int(cfg.predict.depth_rows),
+            config=json.loads(cfg.to_json_best_effort()),
+        )
+        for m in plan.models:  # every model config loads with its overrides (a bad key raises)
+            m.load(seeds[0])
+        return plan

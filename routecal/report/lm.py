@@ -1,0 +1,237 @@
+"""The LM study's report: results.json -> report.md, report.html (self-contained), tables, figures.
+
+The page opens with the verdicts (each naming its control, power and the seed-band rule), then
+power curves, the tables, and the figures: reliability diagrams per domain, permutation nulls with
+the observed statistic, bandwidth sensitivity per domain, depth-attention heatmaps per domain.
+Figures are drawn only from the results dict (`routecal.report.render` draws the shared kinds).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from routecal.report import figures as shared
+from routecal.report import render
+from routecal.report.lm_verdicts import verdict_items, verdicts
+from routecal.report.render import Table, _fmt_band
+from routecal.stats import seeds
+
+__all__ = ["figures", "is_lm_results", "tables", "verdicts", "write_report"]
+
+QUESTIONS = (
+    ("Do routing traces carry calibration evidence beyond confidence, token by token?",
+     "diagnostics"),
+    ("Does a routing-aware probe calibrate tokens better than its matched controls?", "probes"),
+    ("Does routing carry more evidence under domain shift?", "domains"),
+)
+
+
+def glance(results: Mapping[str, Any]) -> Table | None:
+    """The first table: per domain, accuracy and ECE, each test's Holm rejections and median
+    minimum detectable gap, and AR-CondCal's seed-band verdicts against NW on confidence."""
+    domains = results.get("meta", {}).get("domains", {})
+    rows = results.get("diagnostics", {}).get("tests", [])
+    if not domains or not results.get("runs"):
+        return None
+    tests = list(dict.fromkeys(r["test"] for r in rows))
+    alpha = float(results.get("diagnostics", {}).get("alpha", 0.05))
+    probes = results.get("probes", {}).get("domains", {})
+    body = []
+    for d, split in domains.items():
+        runs = [r["splits"][split] for r in results["runs"] if split in r.get("splits", {})]
+        cells = [d, float(np.mean([r["accuracy"] for r in runs])),
+                 float(np.mean([r["ece"] for r in runs]))]
+        for test in tests:
+            ts = [r for r in rows if r["domain"] == d and r["test"] == test]
+            mdg = [p["mdg"] for p in results.get("power", []) if p["domain"] == d
+                   and p["test"] == test and p.get("mdg") is not None]
+            cells.append(f"{sum(r['p_holm'] < alpha for r in ts)} of {len(ts)}; "
+                         + (f"{np.median(mdg):.3f}" if mdg else "-"))
+        look = {(s["arch"], s["probe"], s["bandwidth_rule"]): s
+                for s in probes.get(d, {}).get("summary", [])}
+        verdict = []
+        for arch in dict.fromkeys(a for a, _, _ in look):
+            ar, cf = look.get((arch, "nw_ar_condcal", "cv_nll")), look.get(
+                (arch, "nw_confidence", "cv_nll"))
+            if ar and cf and np.isfinite(ar["ece"]["mean"]) and np.isfinite(cf["ece"]["mean"]):
+                v = seeds.compare_bands(ar["ece"], cf["ece"], higher_is_better=False)
+                verdict.append(f"{arch}: {v}")
+        cells.append("; ".join(verdict) or "-")
+        body.append(cells)
+    head = ["domain", "accuracy", "ECE", *[f"{t} test: Holm rejections; MDG" for t in tests],
+            "AR-CondCal vs NW-confidence (seed-band rule)"]
+    return Table("glance", "At a glance (means over models and seeds; MDG = minimum detectable "
+                 "gap at the target power, median)", head, body)
+
+
+def is_lm_results(workdir: str | pathlib.Path) -> bool:
+    """True when W/results.json was written by the LM study (`meta.study == "lm"`)."""
+    path = pathlib.Path(workdir) / "results.json"
+    return path.exists() and json.loads(path.read_text()).get("meta", {}).get("study") == "lm"
+
+
+def tables(results: Mapping[str, Any]) -> list[Table]:
+    """At a glance, runs, diagnostics summary, power, and per-domain probe tables."""
+    first = glance(results)
+    out = [first] if first else []
+    domains = results.get("meta", {}).get("domains", {})
+    runs = results.get("runs", [])
+    if runs:
+        head = ["arch", "seed"] + [f"{d} acc / ECE (tokens)" for d in domains] + ["train s"]
+        out.append(Table("runs", "Trained decoders: next-token accuracy and ECE per domain", head, [
+            [r["arch"], r["seed"], *[
+                f"{r['splits'][s]['accuracy']:.3f} / {r['splits'][s]['ece']:.4f} "
+                f"({r['splits'][s]['n_tokens']})" if s in r["splits"] else "-"
+                for s in domains.values()], r.get("train_seconds")] for r in runs]))
+    diag = results.get("diagnostics", {})
+    if diag.get("summary"):
+        out.append(Table(
+            "diagnostics", f"Token diagnostics: rejections at alpha = {diag.get('alpha')} over "
+            f"seeds (Holm and BH within each test x domain), B = {diag.get('n_permutations')}",
+            ["test", "domain", "arch", "routing summary", "seeds", "reject", "Holm", "BH",
+             "statistic (mean)", "min p", "vs null (seed-band rule)"],
+            [[s["test"], s["domain"], s["arch"], s["feature"], s["n_seeds"], s["n_reject_raw"],
+              s["n_reject_holm"], s["n_reject_bh"], s["mean_statistic"], s["min_p"],
+              s.get("vs_null", "-")] for s in diag["summary"]]))
+    if results.get("power"):
+        out.append(Table(
+            "power", "Minimum detectable gap per test (planted gap detected with the target power)",
+            ["test", "domain", "arch", "seed", "minimum detectable gap"],
+            [[p["test"], p["domain"], p["arch"], p["seed"], p.get("mdg")]
+             for p in results["power"]]))
+    for d, dom in results.get("probes", {}).get("domains", {}).items():
+        out.append(Table(
+            f"probes_{d}", f"Probes fitted on calib tokens, scored on the {d} domain "
+            f"({dom.get('n_test')} tokens): mean [min, max] over seeds (oracle = optimistic)",
+            ["arch", "probe", "bandwidth rule", "ECE", "NLL", "Brier", "worst-tertile ECE"],
+            [[s["arch"], s["probe"], s["bandwidth_rule"] + (" (optimistic)" if s.get(
+                "optimistic") else ""), _fmt_band(s.get("ece")), _fmt_band(s.get("nll")),
+              _fmt_band(s.get("brier")), _fmt_band(s.get("worst_tertile_ece"))]
+             for s in dom["summary"]]))
+    timing = results.get("probes", {}).get("seconds", [])
+    if timing:
+        out.append(Table("probe_seconds", "Probe time (NW under every bandwidth rule; sweep)",
+                         ["arch", "seed", "calib tokens", "compare s", "sweep s"],
+                         [[t["arch"], t["seed"], t["n_calib"], t["compare_seconds"], t["sweep_seconds"]]
+                          for t in timing]))
+    return out
+
+
+def fig_power(power: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
+    """Power against planted gap, one panel per domain, one curve per (test, arch, seed)."""
+    plt = shared._plt()
+    curves = [p for p in power if p.get("curve")]
+    domains = list(dict.fromkeys(p["domain"] for p in curves))
+    if not domains:
+        return
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.3), squeeze=False)
+    tests = list(dict.fromkeys(p["test"] for p in curves))
+    for ax, d in zip(axes.flat, domains, strict=False):
+        for p in (p for p in curves if p["domain"] == d):
+            c = tests.index(p["test"])
+            ax.plot(p["curve"]["gap"], p["curve"]["power"], color=f"C{c}", lw=1, alpha=0.7,
+                    label=p["test"])
+        ax.axhline(0.8, color="0.5", ls="--", lw=1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("planted gap", fontsize=8)
+        ax.set_ylabel("power", fontsize=8)
+        ax.set_title(f"{d} domain", fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles, strict=True))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
+    """Draws every figure the results support; returns (caption, path) pairs in page order."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    specs: list[tuple[str, Any, Any, str]] = [
+        ("power", results.get("power", []), fig_power,
+         "Power curves: rejection rate against the planted gap per test (dashed: target power)"),
+    ]
+    rows = results.get("diagnostics", {}).get("tests", [])
+    for test in dict.fromkeys(r["test"] for r in rows):
+        specs.append((f"nulls_{test}", [r for r in rows if r["test"] == test], shared.fig_nulls,
+                      f"Nulls of the {test} test (grey) with the observed statistic (red): the "
+                      "cells with the smallest p-values, any domain"))
+    probes = results.get("probes", {}).get("domains", {})
+    for d, dom in probes.items():
+        rel = dom.get("reliability", {})
+        arch = next(iter(rel), None)
+        if arch:
+            specs.append((f"reliability_{d}", rel[arch], shared.fig_reliability,
+                          f"Reliability diagrams, {d} domain ({arch}, first seed; marker size = "
+                          "tokens in the bin)"))
+        specs.append((f"bandwidth_{d}", dom.get("sweep", {}), shared.fig_bandwidth,
+                      f"Bandwidth sensitivity, {d} domain: test ECE against the Scott multiple, "
+                      "mean over seeds with min-max band"))
+    for d, depth in results.get("depth_attention", {}).items():
+        specs.append((f"depth_{d}", depth, shared.fig_depth,
+                      f"Depth-attention weights per sublayer, {d} domain (first seed)"))
+    out = []
+    for name, data, draw, caption in (s for s in specs if s[1]):  # skip figures without data
+        path = fig_dir / f"{name}.png"
+        draw(data, path)
+        out += [(caption, path)] if path.exists() else []
+    return out
+
+
+def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """Writes report.md, report.html, tables/*.csv and figures/*.png from W/results.json."""
+    w = pathlib.Path(workdir)
+    path = w / "results.json"
+    if not path.exists():
+        raise ValueError(f"workdir: no results.json in {w}; run `routecal study` first")
+    results = json.loads(path.read_text())
+    items = verdict_items(results)
+    tabs, figs = tables(results), figures(results, w / "figures")
+    (w / "tables").mkdir(exist_ok=True)
+    for t in tabs:
+        t.write_csv(w / "tables" / f"{t.name}.csv")
+    meta = results.get("meta", {})
+    title = meta.get("title", "routecal LM study")
+    facts = _facts(meta)
+    top = [t for t in tabs if t.name == "glance"]
+    rest = [t for t in tabs if t.name != "glance"]
+    md = [f"# {title}", "", facts, ""]
+    md += [f"## {t.title}\n\n{t.markdown()}\n" for t in top] + ["## Verdicts", ""]
+    for q, k in QUESTIONS:
+        md += [f"**{q}**", ""] + [f"- {s}" for s in items.get(k, ["-"])] + [""]
+    md += [f"## {t.title}\n\n{t.markdown()}\n" for t in rest]
+    md += ["## Figures", ""] + [f"![{c}](figures/{p.name})\n\n*{c}*\n" for c, p in figs]
+    (w / "report.md").write_text("\n".join(md))
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+         f"<style>{render._CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+         f"<p>{html.escape(facts)}</p>"]
+    h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in top] + ["<h2>Verdicts</h2>"]
+    h += [f"<div class='verdict'><b>{html.escape(q)}</b><ul>"
+          + "".join(f"<li>{html.escape(s)}</li>" for s in items.get(k, ["-"])) + "</ul></div>"
+          for q, k in QUESTIONS]
+    h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in rest]
+    h.append("<h2>Figures</h2>")
+    for cap, p in figs:
+        b64 = base64.b64encode(p.read_bytes()).decode("ascii")
+        h.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
+                 f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+    (w / "report.html").write_text("\n".join(h) + "</body></html>")
+    return {"markdown": w / "report.md", "html": w / "report.html", "figures": w / "figures",
+            "tables": w / "tables"}
+
+
+def _facts(meta: Mapping[str, Any]) -> str:
+    bits = [f"Seeds {meta.get('seeds')}", f"domains {meta.get('domains')}"]
+    if meta.get("wall_seconds") is not None:
+        bits.append(f"wall time {meta['wall_seconds']:.0f} s from a fresh workdir")
+    if meta.get("peak_rss_mb") is not None:
+        bits.append(f"peak RSS {meta['peak_rss_mb']:.0f} MB")
+    prov = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    return "; ".join(bits) + f". Made by {prov}; config and every number in results.json."

@@ -1,0 +1,355 @@
+"""The recommended test: does routing carry calibration information beyond confidence?
+
+Shapes: `N` examples, `S` confidence strata, `K` units (clusters, or examples), `B` sign flips,
+`D` datasets (batched), `Bc` flips per chunk (lanes).
+
+Null hypothesis: correct is independent of routing given confidence (P(correct | c, routing) =
+P(correct | c)). The paper test (`within_bin_permutation_test`) is not valid under three nulls real
+traces have (issue 11): routing that tracks confidence while the miscalibration varies inside a bin
+(29% rejections at alpha = 0.05), tied routing stored in a data-dependent order, and tokens in
+sequences (28%). This test is built for them.
+
+Method: a generalised covariance measure (Shah & Peters 2020, "The hardness of conditional
+independence testing and the generalised covariance measure", Ann. Statist. 48(3), Sec. 3) with a
+cluster sign-flip (Rademacher wild) randomisation null (Cameron, Gelbach & Miller 2008, "Bootstrap-
+based improvements for inference with clustered errors", REStat; Canay, Romano & Shaikh 2017,
+"Randomization tests under an approximate symmetry assumption", Econometrica):
+
+1. s = mid-rank of routing (ties share their mean rank: invariant to the row order; robust to the
+   feature's scale and tails; binary routing stays binary).
+2. Confidence strata: equal-mass bins of ~`stratum_size` examples (`binning.mass_bins`, ties kept
+   together). Inside each stratum, s and correct are residualised on (1, c) by least squares: a
+   local-linear fit of E[s | c] and P(correct | c) (Fan & Gijbels 1996) on confidence alone. The
+   fit removes what confidence explains, including a miscalibration that varies with c inside the
+   stratum: under the null the bias of T is second order (curvature x stratum width^2), which is
+   why GCM residualises *both* variables (its double robustness).
+3. T = sum_i y~_i s~_i (the partial covariance; = sum_i y_i s~_i). Unit scores
+   U_k = sum_{i in unit k} s~_i y~_i / sqrt(1 - h_i), with h_i the leverage of the stratum fit
+   (HC2, MacKinnon & White 1985: E[sum_k U_k^2] = Var T under the null). Z = T / sqrt(sum_k U_k^2).
+4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1; two-sided
+   p = (1 + #{|Z*| >= |Z|}) / (1 + B) (Phipson & Smyth 2010; ties within 1e-10 relative).
+
+Why this and not a finer within-bin permutation or the conditional permutation test of Berrett,
+Wang, Barber & Samworth (JRSS-B 2020): CPT needs a model of routing given confidence (its validity
+rests on it) and permutes examples, so it cannot respect sequences; permuting within fine strata
+still needs strata narrow enough that the miscalibration is constant inside (power falls as strata
+shrink) and is invalid with clusters. Sign flips of cluster scores need neither: units are
+exchangeable in sign under the null when the U_k are independent and centred (asymptotically), so
+`clusters` (sequence ids) make it valid for dependent tokens while keeping every token (no thinning).
+With `clusters=None` every example is its own unit. Level and power on each null: benchmarks/
+validity.py and tests/stats/test_validity.py. It tests a monotone (rank-linear) association,
+pooled over confidence; the paper test's |gap| per bin also sees effects whose sign flips with
+confidence.
+
+Degenerate inputs: constant routing (or routing constant within every stratum) leaves s~ = 0
+(residuals below 1e-12, i.e. rounding, are set to 0): Z = 0 and p = 1.
+
+Engine: like the paper test's (`diagnostics`), chunks of `Bc` lanes, counter-based random bits
+(`random_bits`; one 32-bit word signs 32 units), lanes vectorised, chunks sharded over a 1-D mesh
+with `jax.shard_map`; the result depends on the key and chunk size, never on the device count.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from routecal import _checks, parallel
+from routecal.stats.binning import mass_bins
+from routecal.stats.diagnostics import _TIE_RTOL, _resolve_chunk
+from routecal.stats.random_bits import _uniform_bits, chunk_seeds
+
+_W = 32  # units signed by one random word
+
+
+class ConditionalTestResult(NamedTuple):
+    """statistic: Z = T / sqrt(sum_k U_k^2); p_value: two-sided sign-flip p; null: [B] Z*;
+    slope: T / sum_i s~_i^2 with s the routing rank scaled to [0, 1] (the accuracy change from the
+    lowest- to the highest-routing example at equal confidence, linear in rank);
+    n_units: K; n_strata: S."""
+
+    statistic: float
+    p_value: float
+    null: np.ndarray
+    slope: float
+    n_units: int
+    n_strata: int
+
+
+# ------------------------------------------------------------------------------------------------
+# Jittable cores (trace under `jax.enable_x64(True)`)
+# ------------------------------------------------------------------------------------------------
+
+
+def _residualise(strata, c, v, n_strata):
+    """Within-stratum least-squares residual of v on (1, c) and the fit's leverage. [N] -> [N], [N].
+
+    A stratum whose confidences are (nearly) all tied is fitted by its mean only.
+    """
+    seg = functools.partial(jax.ops.segment_sum, segment_ids=strata, num_segments=n_strata)
+    cnt = seg(jnp.ones_like(c))
+    safe = jnp.maximum(cnt, 1.0)
+    dc = c - (seg(c) / safe)[strata]
+    dv = v - (seg(v) / safe)[strata]
+    scc = seg(dc * dc)
+    ok = scc > 1e-12 * safe  # a within-stratum confidence variance above 1e-12
+    scc_safe = jnp.where(ok, scc, 1.0)
+    beta = jnp.where(ok, seg(dc * dv) / scc_safe, 0.0)
+    res = dv - beta[strata] * dc
+    lev = 1.0 / safe[strata] + jnp.where(ok[strata], dc * dc / scc_safe[strata], 0.0)
+    return res, lev
+
+
+def _mid_ranks(r: jax.Array) -> jax.Array:
+    """2 x mid-rank (first + last sorted position) of each value: exact integers in float64."""
+    sr = jnp.sort(r)
+    first = jnp.searchsorted(sr, r, side="left")
+    last = jnp.searchsorted(sr, r, side="right") - 1
+    return (first + last).astype(jnp.float64)
+
+
+def scores(confidence, correct, routing, units, *, n_strata: int, n_units: int):
+    """Statistic and normalised unit scores of one dataset (no input checks).
+
+    Args:
+      confidence, correct, routing: [N] float64. units: [N] int32 in [0, K).
+    Returns:
+      (z [], w [K] = U / sqrt(sum U^2) (0 when degenerate), slope []).
+    """
+    n = confidence.shape[0]
+    strata = mass_bins(confidence, n_strata)
+    s = _mid_ranks(routing) / (2.0 * max(n - 1, 1))  # rank in [0, 1]
+    s_res, _ = _residualise(strata, confidence, s, n_strata)
+    # rounding of the stratum means (XLA may divide by multiplying with 1/n) leaves ~1e-16 where
+    # routing is constant in a stratum; ranks differ by >= 1 / (2 (N - 1)), far above 1e-12
+    s_res = jnp.where(jnp.abs(s_res) < 1e-12, 0.0, s_res)
+    y_res, lev = _residualise(strata, confidence, correct, n_strata)
+    t = jnp.sum(y_res * s_res)
+    keep = lev < 1.0 - 1e-9  # strata of <= 2 points (leverage 1) carry no residual
+    adj = jnp.where(keep, y_res / jnp.sqrt(jnp.where(keep, 1.0 - lev, 1.0)), 0.0)
+    u = jax.ops.segment_sum(adj * s_res, units, num_segments=n_units)
+    v = jnp.sum(u * u)
+    ok = v > 0
+    root = jnp.sqrt(jnp.where(ok, v, 1.0))
+    z = jnp.where(ok, t / root, 0.0)
+    w = jnp.where(ok, u / root, 0.0)
+    ss = jnp.sum(s_res * s_res)
+    slope = jnp.where(ss > 0, t / jnp.where(ss > 0, ss, 1.0), 0.0)
+    return z, w, slope
+
+
+def _flip_chunk(seed: jax.Array, w_blocks: jax.Array) -> jax.Array:
+    """Sign-flip statistics of one chunk: [2, Bc] lane keys, [K/32, 32] scores -> [Bc]."""
+    bc = seed.shape[1]
+
+    def body(acc, xs):
+        blk, w = xs
+        bits = _uniform_bits(seed, blk.astype(jnp.uint32)[None])[0]  # [Bc]: 32 signs per word
+        for j in range(_W):
+            neg = ((bits >> j) & 1).astype(bool)
+            acc = acc + jnp.where(neg, -w[j], w[j])
+        return acc, None
+
+    blocks = jnp.arange(w_blocks.shape[0])
+    acc, _ = lax.scan(body, jnp.zeros((bc,), w_blocks.dtype), (blocks, w_blocks))
+    return acc
+
+
+def _blocks(w: jax.Array) -> jax.Array:
+    k = w.shape[0]
+    return jnp.pad(w, (0, parallel.pad_to_multiple(k, _W) - k)).reshape(-1, _W)
+
+
+def _two_sided_p(z: jax.Array, null: jax.Array) -> jax.Array:
+    """(1 + #{|null| >= |z|}) / (1 + B) over the last axis, ties within a relative 1e-10."""
+    a = jnp.abs(z)
+    hits = jnp.sum(jnp.abs(null) >= (a - _TIE_RTOL * a - 1e-15)[..., None], axis=-1)
+    return (1.0 + hits) / (1.0 + null.shape[-1])
+
+
+def conditional_test_core(confidence, correct, routing, units, key, *, n_permutations: int,
+                          n_strata: int, n_units: int, chunk_size: int | None = None):
+    """Jittable, vmappable test on one device. Returns (z, p, null [B], slope)."""
+    z, w, slope = scores(confidence, correct, routing, units, n_strata=n_strata, n_units=n_units)
+    bc = _resolve_chunk(chunk_size, n_permutations)
+    seeds = chunk_seeds(key, -(-n_permutations // bc), bc)
+    wb = _blocks(w)
+    null = lax.map(lambda sd: _flip_chunk(sd, wb), seeds).reshape(-1)[:n_permutations]
+    return z, _two_sided_p(z, null), null, slope
+
+
+@functools.partial(
+    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size", "mesh")
+)
+def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutations, n_strata,
+                         n_units, chunk_size, mesh):
+    z, w, slope = scores(confidence, correct, routing, units, n_strata=n_strata, n_units=n_units)
+    bc = _resolve_chunk(chunk_size, n_permutations)
+    n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), mesh.size)
+    seeds = chunk_seeds(key, n_chunks, bc)
+    axis = mesh.axis_names[0]
+    null = jax.shard_map(
+        lambda sd, wb: lax.map(lambda s: _flip_chunk(s, wb), sd),
+        mesh=mesh,
+        in_specs=(P(axis), P()),
+        out_specs=P(axis),
+        check_vma=False,
+    )(seeds, _blocks(w))
+    null = parallel.replicate(null.reshape(-1)[:n_permutations], mesh)  # readable on every host
+    return z, _two_sided_p(z, null), null, slope
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation and public API
+# ------------------------------------------------------------------------------------------------
+
+
+def _units(clusters: Any, n: int, name: str = "clusters") -> tuple[np.ndarray, int]:
+    """[N] cluster ids -> ([N] int32 units in [0, K), K); None -> one unit per example."""
+    if clusters is None:
+        return np.arange(n, dtype=np.int32), n
+    ids = _checks.as_array(clusters, name, ndim=1, dtype=None)
+    if ids.dtype.kind == "f" and np.all(ids == np.round(ids)):
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind not in "iub":
+        raise ValueError(f"{name}: must be integer cluster (sequence) ids, got dtype {ids.dtype}")
+    if len(ids) != n:
+        raise ValueError(f"mismatched lengths: confidence={n}, {name}={len(ids)}")
+    uniq, inv = np.unique(ids, return_inverse=True)
+    if len(uniq) < 2:
+        raise ValueError(f"{name}: needs at least 2 distinct clusters, got {len(uniq)}")
+    return inv.astype(np.int32), len(uniq)
+
+
+def check_inputs(confidence, correct, routing, stratum_size):
+    """Validated float64 (c, y, r) and the number of strata."""
+    c = _checks.check_unit_interval(
+        _checks.as_array(confidence, "confidence", ndim=1), "confidence"
+    )
+    y = _checks.check_binary(correct, "correct")
+    r = _checks.as_array(routing, "routing", ndim=1)
+    n = _checks.check_same_length(confidence=c, correct=y, routing=r)
+    stratum_size = _checks.check_positive_int(stratum_size, "stratum_size", minimum=3)
+    if n < 2 * stratum_size:
+        raise ValueError(
+            f"confidence: {n} examples, need at least 2 x stratum_size = {2 * stratum_size}"
+        )
+    return c, y, r, n // stratum_size
+
+
+def conditional_calibration_test(
+    confidence: Any,
+    correct: Any,
+    routing: Any,
+    *,
+    key: Any,
+    clusters: Any = None,
+    n_permutations: int = 10_000,
+    stratum_size: int = 50,
+    mesh: Mesh | None = None,
+    chunk_size: int | None = None,
+) -> ConditionalTestResult:
+    """Tests whether routing carries calibration information beyond confidence (module docstring).
+
+    Valid when routing tracks confidence and the miscalibration varies with confidence, with tied
+    or constant routing in any row order, and with dependent tokens when `clusters` is given.
+
+    Args:
+      confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite routing feature.
+      key: a jax PRNG key or an integer seed.
+      clusters: optional [N] integer cluster ids (e.g. sequence ids); signs are flipped per cluster.
+      n_permutations: B sign flips. stratum_size: examples per confidence stratum (>= 3).
+      mesh: optional 1-D mesh (default: all devices). chunk_size: flips per chunk (default by the
+        mesh's backend, `parallel.engine_sizes`); it never changes the null for a key.
+    Returns:
+      ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata).
+    """
+    c, y, r, n_strata = check_inputs(confidence, correct, routing, stratum_size)
+    units, n_units = _units(clusters, len(c))
+    key = _checks.check_key(key)
+    n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
+    lanes = parallel.engine_sizes(mesh).permutation_lanes  # by backend; never changes the null
+    chunk_size = _resolve_chunk(lanes if chunk_size is None else chunk_size, n_permutations)
+    with jax.enable_x64(True):
+        z, p, null, slope = _sharded_conditional(
+            jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), key,
+            n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
+            chunk_size=chunk_size, mesh=mesh,
+        )
+        return ConditionalTestResult(
+            float(z), float(p), np.asarray(null), float(slope), n_units, n_strata
+        )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size")
+)
+def _batched(c, y, r, units, keys, *, n_permutations, n_strata, n_units, chunk_size):
+    core = functools.partial(
+        conditional_test_core, n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
+        chunk_size=chunk_size,
+    )
+    return jax.vmap(core)(c, y, r, units, keys)
+
+
+def conditional_test_batch(
+    confidence: Any,
+    correct: Any,
+    routing: Any,
+    *,
+    key: Any,
+    clusters: Any = None,
+    n_permutations: int = 1000,
+    stratum_size: int = 50,
+    chunk_size: int | None = None,
+) -> ConditionalTestResult:
+    """The conditional test on D datasets at once, as one vmapped computation.
+
+    Dataset d uses key `fold_in(key, d)` (so it equals the single call with that key).
+
+    Args:
+      confidence, correct, routing: [D, N]. clusters: optional [D, N] integer ids.
+    Returns:
+      ConditionalTestResult whose fields are [D] (null [D, B]; n_units the largest K).
+    """
+    c = _checks.as_array(confidence, "confidence", ndim=2)
+    y = _checks.as_array(correct, "correct", ndim=2)
+    r = _checks.as_array(routing, "routing", ndim=2)
+    if not (c.shape == y.shape == r.shape):
+        raise ValueError(
+            f"mismatched lengths: confidence={c.shape}, correct={y.shape}, routing={r.shape}"
+        )
+    n_strata = 0
+    for d in range(c.shape[0]):
+        n_strata = check_inputs(c[d], y[d], r[d], stratum_size)[3]
+    if clusters is None:
+        units, n_units = np.broadcast_to(np.arange(c.shape[1], dtype=np.int32), c.shape), c.shape[1]
+    else:
+        cl = _checks.as_array(clusters, "clusters", ndim=2, dtype=None)
+        if cl.shape != c.shape:
+            raise ValueError(f"clusters: shape {cl.shape} does not match confidence {c.shape}")
+        per = [_units(cl[d], c.shape[1]) for d in range(c.shape[0])]
+        units, n_units = np.stack([u for u, _ in per]), max(k for _, k in per)
+    key = _checks.check_key(key)
+    n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
+    chunk_size = _resolve_chunk(chunk_size, n_permutations)
+    keys = jax.vmap(lambda d: jax.random.fold_in(key, d))(jnp.arange(c.shape[0]))
+    with jax.enable_x64(True):
+        z, p, null, slope = _batched(
+            jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), keys,
+            n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
+            chunk_size=chunk_size,
+        )
+        return ConditionalTestResult(
+            np.asarray(z), np.asarray(p), np.asarray(null), np.asarray(slope), n_units, n_strata
+        )

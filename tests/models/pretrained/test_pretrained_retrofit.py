@@ -1,0 +1,112 @@
+"""VMoER retrofit on a tiny imported checkpoint: only the posterior moves, checkpoints resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from tiny_hf import V
+
+from routecal.models.pretrained import load_hf
+from routecal.models.pretrained.retrofit import (
+    POSTERIOR,
+    RetrofitConfig,
+    choice_logits,
+    restore_posterior,
+    retrofit,
+)
+
+LETTERS = np.array([3, 4, 5, 6])  # token ids of "A".."D" in the tiny vocabulary
+OVERRIDES = {"mlp_type": "vmoer_logit", "vmoer": {"beta": 1e-3}}
+CFG = RetrofitConfig(steps=6, lr=0.05, warmup=1, checkpoint_every=3)  # one config: one compile
+
+
+def batches(step: int) -> dict:
+    """A pure function of the step: 4 synthetic MCQA prompts of 8 tokens, 4 options each."""
+    rng = np.random.default_rng(1000 + step % 2)
+    return {
+        "ids": rng.integers(0, V, (4, 8)).astype(np.int32),
+        "position": np.full(4, 7, np.int32),
+        "choice_ids": np.tile(LETTERS, (4, 1)).astype(np.int32),
+        "label": rng.integers(0, 4, 4).astype(np.int32),
+    }
+
+
+def _flat(model, filt):
+    f = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(model, filt)))
+    return {k: np.asarray(v) for k, v in f.items()}
+
+
+def _metrics(workdir):
+    return [json.loads(x) for x in (workdir / "retrofit_metrics.jsonl").read_text().splitlines()]
+
+
+def _others(model):
+    return _flat(model, nnx.All(nnx.Param, nnx.Not(POSTERIOR)))
+
+
+def test_only_the_posterior_moves_and_the_loss_falls(checkpoint, tmp_path):
+    d, _, _ = checkpoint("olmoe", num_hidden_layers=1)  # one layer: a quicker compile
+    model, info = load_hf(d, dtype="float32", overrides=OVERRIDES)
+    frozen_before, post_before = _others(model), _flat(model, POSTERIOR)
+    fixed = batches(0)
+    logits0, _ = choice_logits(model, fixed)
+    summary = retrofit(model, lambda s: fixed, tmp_path / "w", CFG)
+    frozen_after, post_after = _others(model), _flat(model, POSTERIOR)
+    assert frozen_after.keys() == frozen_before.keys()
+    for k in frozen_before:
+        np.testing.assert_array_equal(frozen_after[k], frozen_before[k])
+    assert any(np.abs(post_after[k] - post_before[k]).max() > 0 for k in post_before)
+    assert summary["n_posterior_params"] == sum(v.size for v in post_before.values())
+    lines = _metrics(tmp_path / "w")
+    assert [r["step"] for r in lines] == list(range(1, CFG.steps + 1))
+    assert lines[-1]["ce"] < lines[0]["ce"]  # the posterior alone fits the fixed batch a little
+    assert info.fresh_params and logits0.shape == (4, 4)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(checkpoint, tmp_path):
+    d, _, _ = checkpoint("olmoe", num_hidden_layers=1)
+    straight, _ = load_hf(d, dtype="float32", overrides=OVERRIDES, seed=3)
+    retrofit(straight, batches, tmp_path / "a", CFG)
+
+    def dies_at_step_5(step):
+        if step == 4:
+            raise Killed  # after the step-3 checkpoint and the step-4 metrics line
+        return batches(step)
+
+    first, _ = load_hf(d, dtype="float32", overrides=OVERRIDES, seed=3)
+    with pytest.raises(Killed):
+        retrofit(first, dies_at_step_5, tmp_path / "b", CFG)
+    assert len(_metrics(tmp_path / "b")) == 4
+    resumed, _ = load_hf(d, dtype="float32", overrides=OVERRIDES, seed=3)  # a new process
+    out = retrofit(resumed, batches, tmp_path / "b", CFG)
+    assert out["start_step"] == 3
+    a, b = _flat(straight, POSTERIOR), _flat(resumed, POSTERIOR)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-7)
+    ma, mb = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert [r["step"] for r in mb] == list(range(1, CFG.steps + 1))
+    np.testing.assert_allclose([r["loss"] for r in mb], [r["loss"] for r in ma], rtol=1e-5)
+
+    fresh, _ = load_hf(d, dtype="float32", overrides=OVERRIDES, seed=9)
+    assert restore_posterior(fresh, tmp_path / "a") == CFG.steps
+    c = _flat(fresh, POSTERIOR)
+    for k in a:
+        np.testing.assert_array_equal(c[k], a[k])
+
+
+def test_errors(checkpoint, tmp_path):
+    d, _, _ = checkpoint("olmoe")
+    det, _ = load_hf(d, dtype="float32")
+    with pytest.raises(ValueError, match="no routing posterior"):
+        retrofit(det, batches, tmp_path, RetrofitConfig(steps=1))
+    with pytest.raises(ValueError, match="retrofit.steps"):
+        RetrofitConfig(steps=0)
+    with pytest.raises(ValueError, match="no posterior checkpoint"):
+        restore_posterior(det, tmp_path / "empty")

@@ -1,0 +1,63 @@
+"""Smoke test of experiments/vmoer_pretrained.py on a tiny imported checkpoint and MCQA files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+WORDS = ["[UNK]", "Question", ":", ".", "Answer", "A", "B", "C", "D", "red", "blue", "sky", "sea",
+         "is", "the", "what", "colour", "of", "green", "grass"]
+
+
+def _experiment():
+    spec = importlib.util.spec_from_file_location("vmoer_pretrained",
+                                                  ROOT / "experiments" / "vmoer_pretrained.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _mcqa(path, n, seed):
+    rng = np.random.default_rng(seed)
+    colours = ["red", "blue", "green", "grass"]
+    with open(path, "w") as f:
+        for _ in range(n):
+            thing = str(rng.choice(["sky", "sea", "grass"]))
+            f.write(json.dumps({"question": f"what is the colour of the {thing}",
+                                "choices": list(rng.permutation(colours)),
+                                "answer": str(rng.choice(list("ABCD")))}) + "\n")
+    return str(path)
+
+
+@pytest.mark.slow  # compiles a retrofit step and two scoring passes (~1 min on a loaded CPU)
+def test_experiment_runs_end_to_end(checkpoint, tmp_path):
+    d, _, _ = checkpoint("granitemoe", num_hidden_layers=1)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(pathlib.Path(d) / "tokenizer.json"))
+    files = {s: _mcqa(tmp_path / f"{s}.jsonl", 6, i) for i, s in enumerate(["train", "test",
+                                                                               "near", "far"])}
+    exp = _experiment()
+    argv = ["--checkpoint", d, "--workdir", str(tmp_path / "w"), "--routers", "det,mfvr",
+            "--seeds", "0", "--steps", "2", "--batch-size", "4", "--samples", "2",
+            "--checkpoint-every", "1", "--dtype", "float32", *sum(
+                ([f"--{s}", p] for s, p in files.items()), [])]
+    out = exp.main(argv)
+    rows = {r["router"]: r for r in out["rows"]}
+    assert set(rows) == {"det", "mfvr"}
+    for r in rows.values():
+        assert 0.0 <= r["test_ece"] <= 1.0 and 0.0 <= r["stability"] <= 1.0
+        assert 0.0 <= r["auroc_far_entropy"] <= 1.0
+    assert rows["det"]["router_flops_overhead_pct"] == 0.0
+    assert rows["mfvr"]["router_flops_overhead_pct"] > 0.0 and "auroc_near_mi" in rows["mfvr"]
+    assert (tmp_path / "w" / "table.md").read_text().count("|") > 10
+    again = exp.main(argv)  # finished cells are cached: same numbers, no recomputation
+    assert again["rows"] == out["rows"]
+    with pytest.raises(ValueError, match="does not exist"):
+        exp.main([*argv[:-2], "--far", str(tmp_path / "missing.jsonl")])

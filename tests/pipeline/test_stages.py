@@ -1,0 +1,38 @@
+"""pipeline.stages: the stage cache, the workdir-config guard shared with train, JSON I/O."""
+
+import json
+
+import numpy as np
+import pytest
+
+from routecal.pipeline import stages
+
+
+def test_stage_runs_once_and_is_timed(tmp_path):
+    st = stages.Stages(tmp_path)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return {"x": np.float32(1.5), "a": np.arange(2)}
+
+    first = st.run("probes:full:0", fn)
+    again = st.run("probes:full:0", fn)
+    assert calls == [1]
+    assert first == again and first["x"] == 1.5 and first["a"] == [0, 1] and first["seconds"] >= 0
+    assert st.path("probes:full:0").name == "probes_full_0.json"
+    assert not list((tmp_path / "stages").glob("*.tmp"))
+
+
+def test_workdir_config_guard(tmp_path):
+    stages.check_workdir_config(tmp_path / "w", {"a": 1, "b": 2}, "config.json", "run")
+    stages.check_workdir_config(tmp_path / "w", {"b": 2, "a": 1}, "config.json", "run")
+    assert json.loads((tmp_path / "w" / "config.json").read_text()) == {"a": 1, "b": 2}
+    with pytest.raises(ValueError, match=r"holds a run with a different config \(differs in \['b'\]"):
+        stages.check_workdir_config(tmp_path / "w", {"a": 1, "b": 3}, "config.json", "run")
+
+
+def test_to_json_handles_numpy_and_nan():
+    out = json.loads(stages.dumps({"a": np.float32(1.5), "b": np.arange(3), "c": float("nan"),
+                                   "d": np.bool_(True), "e": (np.int64(2),)}))
+    assert out == {"a": 1.5, "b": [0, 1, 2], "c": None, "d": True, "e": [2]}

@@ -1,0 +1,91 @@
+"""Tests for the VMoER LM experiment: stability under per-layer hidden-state noise (1 per layer at
+sigma = 0), the config's router names, the table and its CSV; the whole quick run is slow."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from routecal import config
+from routecal.models import routers
+from routecal.pipeline import vmoer_lm, vmoer_lm_eval
+
+
+def _tiny_cfg():
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
+    cfg.model.d_model = 8
+    cfg.model.mlp_dim = 8
+    cfg.model.moe_hidden = 8
+    cfg.model.vmoer.head_hidden = 8
+    return cfg
+
+
+@pytest.mark.parametrize("router", ["mfvr", "vtsr"])
+def test_stability_is_one_per_layer_at_zero_noise_and_drops_with_noise(router):
+    cfg = _tiny_cfg()
+    model = vmoer_lm.make_model(cfg, router, seed=0, max_len=24)
+    for layer in model.layers:  # sharp routers: logits dominate the routing noise
+        p = layer.mlp.router.proj
+        p.kernel[...] = p.kernel[...] * 100
+    ids = np.random.default_rng(0).integers(0, 256, size=(12, 24)).astype(np.int32)
+    out = vmoer_lm_eval.stability(model, ids, (0.0, 0.5), bs=8, seed=0)
+    assert out["stability_layers_0"] == [1.0] * cfg.model.n_layers
+    assert out["stability_0"] == 1.0
+    # hidden-state noise moves some top-K sets (Jaccard itself is tested in tests/stats)
+    assert 0.0 < out["stability_0.5"] < 1.0
+    assert len(out["stability_layers_0.5"]) == cfg.model.n_layers
+
+
+def test_config_names_every_router_and_its_retrofit():
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
+    names = set(cfg.experiment.routers)
+    assert set(routers.ROUTERS) <= names
+    assert {f"{r}_retrofit" for r in routers.ROUTERS if r != "det"} <= names
+    assert "det_retrofit" not in names
+    with pytest.raises(ValueError, match="variant"):
+        config.load_config("configs/vmoer_lm.py:fast")
+    for name in names:
+        vmoer_lm.model_config(cfg, name.removesuffix("_retrofit"), max_len=32)
+
+
+def test_summary_bands_relative_change_and_csv(tmp_path):
+    per_run = {
+        "det": {0: {"ece": 0.2, "stability": 0.5}, 1: {"ece": 0.4, "stability": 0.7}},
+        "mfvr": {0: {"ece": 0.1, "stability": 0.9}, 1: {"ece": 0.2, "stability": 0.7}},
+        "fcvr": {0: {"ece": 0.01, "stability": 0.4}, 1: {"ece": 0.02, "stability": 0.45}},
+    }
+    table = vmoer_lm_eval.summarize(per_run)
+    b = table["mfvr"]["ece"]
+    assert b["mean"] == pytest.approx(0.15) and b["std"] == pytest.approx(
+        np.std([0.1, 0.2], ddof=1)
+    )
+    assert b["rel_change_pct"] == pytest.approx(100 * (0.15 / 0.3 - 1))
+    assert "rel_change_pct" not in table["det"]["ece"]
+    # bands [0.1, 0.2] vs [0.2, 0.4] touch: within the seed band; stability [0.7, 0.9] vs
+    # [0.5, 0.7] touch too
+    assert table["mfvr"]["ece"]["verdict"] == "within seed band"
+    # disjoint bands: lower ECE is better, lower stability is worse
+    assert table["fcvr"]["ece"]["verdict"] == "better"
+    assert table["fcvr"]["stability"]["verdict"] == "worse"
+    path = tmp_path / "vmoer.csv"
+    vmoer_lm_eval.write_csv(table, ["det", "mfvr"], path)
+    rows = list(csv.DictReader(open(path)))
+    assert [r["router"] for r in rows] == ["det", "mfvr"]
+    assert float(rows[1]["stability_mean"]) == pytest.approx(0.8)
+    assert rows[1]["paper_ece"] == "-94%" and rows[1]["ece_verdict"] == "within seed band"
+    assert "mfvr" in vmoer_lm_eval.to_markdown(table, ["det", "mfvr"])
+
+
+@pytest.mark.slow
+def test_quick_experiment_runs_end_to_end(tmp_path):
+    cfg = _tiny_cfg()
+    cfg.experiment.seeds = (0,)
+    cfg.experiment.routers = ("det", "fcvr", "vtsr", "fcvr_retrofit", "fixed_temp_retrofit")
+    cfg.train.pretrain_steps = cfg.train.finetune_steps = cfg.train.retrofit_steps = 3
+    cfg.data.n_train_items = cfg.data.n_eval_items = 32
+    out = vmoer_lm.run(cfg, str(tmp_path))
+    assert (tmp_path / "tables" / "vmoer.csv").exists()
+    for name in cfg.experiment.routers:
+        r = out["per_run"][name][0]
+        assert 0 <= r["ece"] <= 1 and 0 <= r["stability"] <= 1 and 0 <= r["ood_auroc_far"] <= 1
+    assert "ood_auroc_far_router_logit_variance" in out["per_run"]["fcvr"][0]

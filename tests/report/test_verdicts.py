@@ -1,0 +1,56 @@
+"""report.verdicts: decisions from numbers, each naming the seed-band rule it uses."""
+
+import numpy as np
+import pytest
+
+from routecal import report
+from routecal.stats import seeds
+
+
+@pytest.mark.parametrize("n_holm", [0, 2])
+def test_diagnostics_verdict_counts_rejections(n_holm, results):
+    res = results(np.random.default_rng(0), n_reject_holm=n_holm)
+    tests = res["diagnostics"]["tests"]
+    v = report.diagnostics_verdict(res["diagnostics"])
+    raw = sum(t["p_value"] < 0.05 for t in tests)
+    assert f"{raw} of {len(tests)}" in v
+    assert f"{n_holm} after Holm" in v
+    assert ("no calibration evidence" in v) == (n_holm == 0)
+
+
+def test_vmoer_verdict_relative_change(results):
+    res = results(np.random.default_rng(0))
+    v = report.vmoer_verdict(res["vmoer"])
+    # stability mean 0.75 vs 0.55: +36.4%, bands [0.7, 0.8] and [0.5, 0.6] separate.
+    assert "stability +36.4% (better mean; better)" in v
+    assert "ece +36.4% (worse mean; worse)" in v
+    assert seeds.RULE in v
+
+
+def test_probes_verdict_applies_the_rule(results):
+    res = results(np.random.default_rng(0))
+    look = {s["probe"]: s for s in res["probes"]["summary"]}
+    rule = seeds.compare_bands(look["nw_ar_condcal"]["ece"], look["nw_confidence"]["ece"],
+                               higher_is_better=False)
+    v = report.probes_verdict(res["probes"])
+    assert seeds.RULE in v
+    expected = "within the confidence-only seed band" if rule == "within seed band" else rule
+    assert expected in v
+    # separate bands: AR-CondCal lower ECE everywhere -> "better"
+    look["nw_ar_condcal"]["ece"] = seeds.seed_band([0.001, 0.002, 0.003])
+    look["nw_confidence"]["ece"] = seeds.seed_band([0.02, 0.03, 0.04])
+    assert "AR-CondCal is better than confidence-only" in report.probes_verdict(res["probes"])
+
+
+def test_diagnostics_verdict_across_seeds_names_the_rule(results):
+    res = results(np.random.default_rng(0))
+    rej = res["diagnostics"]["rejections"][0]
+    rej["statistic_band"] = seeds.seed_band([0.05, 0.06, 0.07])
+    rej["null_mean_band"] = seeds.seed_band([0.01, 0.02, 0.02])
+    rej["vs_null"] = seeds.compare_bands(rej["statistic_band"], rej["null_mean_band"],
+                                         higher_is_better=True)
+    v = report.diagnostics_verdict(res["diagnostics"])
+    assert "1 of 1 (model, feature) cells" in v and seeds.RULE in v
+
+
+

@@ -1,0 +1,62 @@
+"""minimum_detectable_gap: 1/sqrt(N) scaling and agreement with a brute-force power simulation."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from routecal.stats import diagnostics as dg
+from routecal.stats import power, simulation
+
+
+def _mdg(n, seed=0, n_datasets=200):
+    d = simulation.design(seed, "sign", n)  # calibrated data, effect 0
+    return dg.minimum_detectable_gap(d.confidence[0], d.correct[0], key=1, n_datasets=n_datasets)
+
+
+def _brute_force_power(n, gap, n_datasets):
+    """The real test (sign-flip null, B = 199) on planted datasets, one vmapped batch."""
+    d = simulation.design(0, "sign", n)
+    r, y = power.plant_gap(d.confidence[0], d.correct[0], gap, key=5, n_datasets=n_datasets)
+    c = np.broadcast_to(d.confidence[0], y.shape)
+    res = dg.conditional_test_batch(c, y, r, key=3, n_permutations=199)
+    return int(np.sum(res.p_value <= 0.05))
+
+
+def test_planted_gap_has_the_planted_size():
+    d = simulation.design(0, "sign", 4000, conf_low=0.3, conf_high=0.8)  # no capping
+    r, y = power.plant_gap(d.confidence[0], d.correct[0], 0.2, key=2, n_datasets=20)
+    gap = np.mean([y[i][r[i] > 0].mean() - y[i][r[i] <= 0].mean() for i in range(20)])
+    assert gap == pytest.approx(0.2, abs=0.01)  # se ~ sqrt(.25 * 4 / 4000 / 20) = 0.0035
+
+
+def test_mdg_shrinks_like_one_over_sqrt_n_and_matches_brute_force_fast():
+    small, large = _mdg(500, n_datasets=100), _mdg(2000, n_datasets=100)
+    assert np.all(np.diff(large.power) > -0.15)  # a power curve (monotone up to MC noise)
+    assert 1.5 < small.gap / large.gap < 2.6  # sqrt(4) = 2
+    assert np.all(small.power_low <= small.power) and np.all(small.power <= small.power_high)
+    hits = _brute_force_power(500, small.gap, 200)
+    lo, hi = stats.binom.interval(0.99, 200, 0.8)
+    # the MDG has its own Monte-Carlo error (R = 100 per grid point): +-0.075 of power on top
+    assert lo - 15 <= hits <= hi + 15, (hits, lo, hi)
+
+
+@pytest.mark.slow
+def test_mdg_issue_numbers_and_brute_force():
+    """N = 1000 vs 16000: ratio sqrt(16) = 4; at N = 1000 the real test's power at the MDG is 0.8."""
+    m1, m16 = _mdg(1000), _mdg(16_000)
+    assert 3.3 < m1.gap / m16.gap < 4.8
+    hits = _brute_force_power(1000, m1.gap, 400)
+    lo, hi = stats.binom.interval(0.99, 400, 0.8)
+    assert lo <= hits <= hi, (hits, lo, hi)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(alpha=0.0), "alpha"), (dict(power=1.0), "power"), (dict(n_datasets=5), "n_datasets"),
+     (dict(gaps=[0.2, 0.1]), "gaps"), (dict(key="a"), "key")],
+)
+def test_bad_input_raises_naming_argument(kwargs, match):
+    base = dict(confidence=np.linspace(0.5, 1, 200), correct=np.ones(200), key=0)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        dg.minimum_detectable_gap(**base)

@@ -1,0 +1,39 @@
+"""Issue 11, "Must show" (fast version; the full table: benchmarks/validity.py): the recommended
+test keeps its level on every null real traces have, the paper test does not, and both have power."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from routecal.stats import validity
+
+N_SETS = 100  # datasets per row: a valid binomial check, with wider intervals than the full run
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {r.name: r for r in validity.run(0, n_datasets=N_SETS, n_permutations=99, n=1500)}
+
+
+def test_recommended_test_is_valid_on_every_null(rows):
+    # under a valid level-0.05 test the rejection count is at most Binomial(100, 0.05)'s 99% bound
+    _, hi = stats.binom.interval(0.99, N_SETS, 0.05)
+    for sc in validity.SCENARIOS:
+        if sc.effect == 0:
+            assert rows[sc.name].conditional <= hi, (sc.name, rows[sc.name])
+
+
+def test_paper_test_is_confounded_where_the_issue_says(rows):
+    _, hi = stats.binom.interval(0.99, N_SETS, 0.05)
+    assert rows["confounded null"].paper > hi
+    assert rows["clustered null (100 x 30)"].paper > hi  # here 50 x 30 tokens
+    # ties are now cut by value: the paper test is valid on tied routing stored correct-first
+    assert rows["binary routing, correct-first"].paper <= hi
+    assert rows["constant routing, correct-first"].paper <= hi
+
+
+def test_power_on_the_planted_effect(rows):
+    strong, weak = rows["power: c + 0.08 sign(r)"], rows["power: c + 0.03 sign(r)"]
+    assert strong.conditional / N_SETS >= 0.8
+    assert strong.conditional >= 0.8 * strong.paper and weak.conditional >= 0.8 * weak.paper
+    assert np.isfinite(weak.conditional_ci[0])
