@@ -1,6 +1,6 @@
 """Causal-LM throughput: training tokens/s and MFU, AttnRes overhead, token-predict throughput/RSS.
 
-    python benchmarks/lm.py [--steps 5 --repeats 5 --predict-tokens 1000000]
+    PYTHONPATH=. python benchmarks/lm.py [--steps 3 --repeats 5 --predict-tokens 50000,1000000]
 
 1. The CPU's f32 matmul rate: best of several 1024^3 `jnp.dot`s (2 n^3 FLOP each), the MFU
    denominator.
@@ -12,10 +12,10 @@
    (forward 2 x 2 x T x D per layer, backward twice that; the full T x T square, as computed).
    MFU = achieved model FLOP/s / measured matmul FLOP/s.
 3. Token predict: `token_predict.predict_split` streaming `--predict-tokens` records of the near
-   domain (Lib/test, the largest split) to shards, in a child process whose peak RSS
-   (`ru_maxrss`) is read after it exits. Model: `--predict-model` "default" (the config above,
-   block residual) or "quick" (d 16, 2 layers: throughput then measures the pipeline, not the
-   model).
+   domain (Lib/test, the largest split) to shards, in a fresh child process per count that
+   reports its own peak RSS (`ru_maxrss`, everything included: JAX, the corpus, compile).
+   Model: `--predict-model` "default" (the config above, block residual) or "quick" (d 16,
+   2 layers: throughput then measures the pipeline, not the model).
 
 Prints one JSON object per measurement.
 """
@@ -120,17 +120,16 @@ def _predict_child(n_tokens: int, model_kind: str) -> None:
 
         got = predictions.load(out)
         n = len(got["confidence"])
-        print(
-            json.dumps(
-                {
-                    "predict_tokens": n,
-                    "predict_wall_s": wall,
-                    "tokens_per_s": n / wall,
-                    "shards": len(got.index["shards"]),
-                    "columns": len(got),
-                }
-            )
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res = dict(
+            predict_tokens=n,
+            predict_wall_s=wall,
+            tokens_per_s=n / wall,
+            shards=len(got.index["shards"]),
+            columns=len(got),
+            self_peak_rss_mb=rss,
         )
+        print(json.dumps(res))
 
 
 def bench_predict(n_tokens: int, model_kind: str) -> dict:
@@ -138,9 +137,8 @@ def bench_predict(n_tokens: int, model_kind: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
-    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {**res, "peak_rss_mb": rss_mb, "model": model_kind}
+    return {**res, "model": model_kind}
 
 
 def main() -> None:
@@ -149,7 +147,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="train steps per timing round")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds per variant")
     ap.add_argument("--variants", default="standard,full,block,moe")
-    ap.add_argument("--predict-tokens", type=int, default=1_000_000)
+    ap.add_argument(
+        "--predict-tokens",
+        default="50000,1000000",
+        help="comma-separated record counts (peak RSS should not grow with N)",
+    )
     ap.add_argument("--predict-model", default="quick", choices=("quick", "default"))
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
@@ -176,8 +178,8 @@ def main() -> None:
                     }
                 )
             )
-    if args.predict_tokens:
-        print(json.dumps(bench_predict(args.predict_tokens, args.predict_model)))
+    for n in [int(x) for x in str(args.predict_tokens).split(",") if x]:
+        print(json.dumps(bench_predict(n, args.predict_model)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import pathlib
 
 import ml_collections
+import numpy as np
 
 _HERE = str(pathlib.Path(__file__).resolve().parent)
 
@@ -66,8 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The recommended test's power: `stats.diagnostics.minimum_detectable_gap` (extra arguments
     # here, e.g. n_datasets); the paper test's power on the same planted datasets:
     c.diagnostics.power_kwargs = ml_collections.ConfigDict({"n_datasets": 200})
-    c.diagnostics.paper_power_datasets = 100
-    c.diagnostics.paper_power_permutations = 500
+    c.diagnostics.paper_power_datasets = 40
+    c.diagnostics.paper_power_permutations = 100
     c.diagnostics.seed = 0
     c.diagnostics.max_tokens = 0  # tokens per cell, whole sequences (0 = all)
     c.diagnostics.n_null_figures = 8
@@ -75,8 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes = ml_collections.ConfigDict()
     c.probes.bandwidth_rules = ("scott", "scott_x0.5", "scott_x2", "cv_nll", "oracle_ece")
     c.probes.sweep_multiples = (0.25, 0.5, 1.0, 2.0, 4.0)
-    c.probes.max_calib_tokens = 0  # 0 = every calib token
-    c.probes.max_test_tokens = 0  # per domain
+    # NW costs N_calib x N_test kernel evaluations per bandwidth (the engine: ~3e9 per second on
+    # an idle 2-core CPU, benchmarks/RESULTS.md): probes are fitted (and CV-NLL run) on 50k calib
+    # tokens and scored on up to 200k tokens per domain, whole sequences; 0 = every token.
+    c.probes.max_calib_tokens = 50_000
+    c.probes.max_test_tokens = 200_000
+    c.probes.multiples = tuple(float(m) for m in np.geomspace(1 / 8, 8, 12))  # CV-NLL, oracle
 
     if arg == "quick":
         c.title = ("routecal LM study (quick smoke run: tiny, briefly trained decoders; it checks "

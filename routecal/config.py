@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pathlib
+import sys
+import types
 from collections.abc import Sequence
 
 import ml_collections
@@ -24,10 +26,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     path = pathlib.Path(path_str)
     if not path.is_file():
         raise ValueError(f"config: no such file {path_str!r}")
-    mod_spec = importlib.util.spec_from_file_location(f"_routecal_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    assert mod_spec.loader is not None
-    mod_spec.loader.exec_module(module)
+    module = _exec_config(path)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config: {path_str} defines no get_config()")
     cfg = module.get_config(arg) if arg else module.get_config()
@@ -37,6 +36,27 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     cfg.lock()
     apply_overrides(cfg, overrides)
     return cfg
+
+
+_SIBLINGS = ("common",)  # modules configs import from their own folder (configs/common.py)
+
+
+def _exec_config(path: pathlib.Path) -> types.ModuleType:
+    """Executes a config file with its directory importable (so it can `import common`)."""
+    mod_spec = importlib.util.spec_from_file_location(f"_routecal_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    assert mod_spec.loader is not None
+    folder = str(path.resolve().parent)
+    for name in _SIBLINGS:  # imported afresh from this config's folder on every load
+        sys.modules.pop(name, None)
+    sys.path.insert(0, folder)
+    try:
+        mod_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+        for name in _SIBLINGS:
+            sys.modules.pop(name, None)
+    return module
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

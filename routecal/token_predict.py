@@ -13,8 +13,9 @@ and, for AttnRes models, per depth-attention site l (L sublayers then the readou
   H [S], H_norm [S], depth_mean [S], depth_var [S]   (`traces.py` definitions, per token)
 and, for MoE / VMoER models, per MoE layer m (columns M) with K experts per token:
   router_entropy [M], router_entropy_norm [M], top1_margin [M], router_logit_spread [M]
-  (variance over experts of the router logits), experts [M, K] int16, gates [M, K], and
-  router_logit_var [M] (posterior variance of the logits, VMoER logit routers, when traced).
+  (variance over experts of the router logits), experts [M, K] int16, gates [M, K], and, for
+  VMoER logit routers, router_logit_var [M] (the router's `router_logit_var` trace, else the
+  square of its mean posterior std `router_sigma`).
 
 Thinning: `every` keeps positions t with t % every == 0, `min_position` keeps t >= p (short contexts
 are atypical), `max_tokens` stops after that many records. PAD targets are never recorded. The
@@ -83,11 +84,18 @@ def _token_stats(model: nnx.Module, rows_BxT1: jax.Array) -> dict[str, jax.Array
         )
         rec["experts"] = jnp.stack([tr["experts"] for tr in mlp], axis=2).astype(jnp.int16)
         rec["gates"] = jnp.stack([tr["gates"].astype(jnp.float32) for tr in mlp], axis=2)
-        if all("router_sigma" in tr for tr in mlp):
-            rec["router_logit_var"] = jnp.stack(
-                [jnp.square(tr["router_sigma"].astype(jnp.float32)) for tr in mlp], axis=-1
-            )
+        if all("router_logit_var" in tr or "router_sigma" in tr for tr in mlp):
+            rec["router_logit_var"] = jnp.stack([_logit_var(tr) for tr in mlp], axis=-1)
     return rec
+
+
+def _logit_var(tr: dict[str, jax.Array]) -> jax.Array:
+    """Posterior router-logit variance per token: the router's own `router_logit_var` trace if it
+    gives one, else the square of `router_sigma` (the mean posterior std over experts that
+    `vmoer.LogitVariationalRouter` traces)."""
+    if "router_logit_var" in tr:
+        return tr["router_logit_var"].astype(jnp.float32)
+    return jnp.square(tr["router_sigma"].astype(jnp.float32))
 
 
 def _check_thinning(every: int, min_position: int, max_tokens: int | None) -> None:

@@ -42,6 +42,7 @@ from routecal.classify import put_batch as _put_batch
 from routecal.data import Dataset, load_dataset
 from routecal.models.transformer import Transformer
 from routecal.optim import TRAINABLE_PRESETS, make_tx, trainable_filter  # noqa: F401 (API)
+from routecal.pipeline.stages import check_workdir_config, record_workdir_config
 
 # ----------------------------------------------------------------------------------------------
 # Checks and tasks: the one branch point between the classifier (`routecal.classify`) and the
@@ -179,13 +180,8 @@ def train_and_evaluate(
 
 def _finished(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
     """Checks `config.json` (if any) matches `cfg`; returns the final metrics of a finished run."""
-    cfg_path, final_path = workdir / "config.json", workdir / "final_metrics.json"
-    if cfg_path.exists():
-        old = workdir_io.read_json(cfg_path, "workdir")
-        if old != json.loads(cfg.to_json_best_effort()):
-            raise ValueError(
-                f"workdir: {workdir} holds a run with a different config; use a new workdir"
-            )
+    final_path = workdir / "final_metrics.json"
+    check_workdir_config(workdir, json.loads(cfg.to_json_best_effort()), "config.json", "run")
     if not final_path.exists():
         return None
     try:
@@ -218,9 +214,7 @@ def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | No
     eval_bs = int(tcfg.get("eval_batch_size", bs))
     if eval_bs % mesh.size:
         raise ValueError(f"train.eval_batch_size: {eval_bs} not divisible by {mesh.size} devices")
-    cfg_path = workdir / "config.json"
-    if not cfg_path.exists() and parallel.is_primary():  # multi-host: process 0 writes files
-        workdir_io.write_json(cfg_path, json.loads(cfg.to_json_best_effort()))
+    record_workdir_config(workdir, json.loads(cfg.to_json_best_effort()), "config.json", "run")
     for name, obj in task.artifacts().items():  # e.g. the LM corpus manifest
         workdir_io.write_json(workdir / name, obj)
 

@@ -68,7 +68,7 @@ def test_quick_attnres_learns(tmp_path):
 
 
 def test_wrong_type_override_is_a_value_error():
-    with pytest.raises(ValueError, match="train.steps='abc' has the wrong type"):
+    with pytest.raises(ValueError, match="train.steps='abc' has type str"):
         load_config(str(CONFIGS / "attnres_digits.py"), ["train.steps=abc"])
     with pytest.raises(ValueError, match="diagnostics.features"):  # no packed strings for lists
         load_config(str(CONFIGS / "study.py"), ["diagnostics.features='H_mean,H_last'"])

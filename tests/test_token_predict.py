@@ -178,3 +178,12 @@ def test_load_image_npz_gives_confidence_correct_label(tmp_path):
     assert set(predictions.load_predictions(tmp_path / "p.npz")) == {"probs", "labels"}
     with pytest.raises(ValueError, match="no such file"):
         predictions.load(tmp_path / "missing.npz")
+
+
+def test_vmoer_logit_router_gives_router_logit_variance(tmp_path):
+    model, split = _setup(mlp_type="vmoer_logit", top_k=2)
+    got = predictions.load(token_predict.predict_split(model, split, tmp_path / "v", pad=PAD))
+    var = got["router_logit_var"]
+    assert var.shape == (len(got["label"]), 2) and np.all(var > 0)
+    # at initialisation every posterior std is vmoer_init_sigma = 0.3 (zero-initialised heads)
+    np.testing.assert_allclose(var, 0.3**2, rtol=1e-3)

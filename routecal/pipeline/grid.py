@@ -66,8 +66,41 @@ def _within_bin(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
             "null": np.asarray(res.null, np.float32)}
 
 
-# The paper's test (matched-confidence bins, routing groups, within-bin permutation null).
-TESTS: tuple[TestSpec, ...] = (TestSpec("within_bin_permutation", _within_bin),)
+def _stratum_size(n: int) -> int:
+    """The conditional test's strata: 50 examples, fewer on tiny cells (at least 3)."""
+    return max(3, min(50, n // 4))
+
+
+def _conditional(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+    res = diagnostics.conditional_calibration_test(
+        conf, correct, routing, key=key, n_permutations=s.n_permutations,
+        stratum_size=_stratum_size(len(conf)),
+    )
+    # |Z| against |Z*| (the test is two-sided), so the seed-band comparison with the null's mean
+    # reads "larger = more evidence" as for the weighted gap; the signed Z and slope are kept.
+    return {"statistic": abs(res.statistic), "p_value": float(res.p_value),
+            "null": np.abs(np.asarray(res.null, np.float32)), "z": float(res.statistic),
+            "slope": float(res.slope)}
+
+
+def _detectable_gap(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+    del routing  # the power analysis plants its own routing on this confidence and correctness
+    m = diagnostics.minimum_detectable_gap(
+        conf, correct, key=key, alpha=s.alpha, stratum_size=_stratum_size(len(conf))
+    )
+    gap = float(m.gap) if np.isfinite(m.gap) else None  # None: beyond the simulated grid
+    return {"minimum_detectable_gap": gap, "power_target": m.target,
+            "power_curve": {"gap": m.gaps.tolist(), "power": m.power.tolist()}}
+
+
+# The paper's test (matched-confidence bins, routing groups, within-bin permutation null), the
+# recommended conditional test (valid when routing tracks confidence and with ties), and the gap
+# the recommended test detects with 80% power on each cell's confidence and correctness.
+TESTS: tuple[TestSpec, ...] = (
+    TestSpec("within_bin_permutation", _within_bin),
+    TestSpec("conditional", _conditional),
+    TestSpec("minimum_detectable_gap", _detectable_gap),
+)
 
 
 def diagnostic_grid(

@@ -62,6 +62,7 @@ class LMPlan:
     n_null_figures: int
     bandwidth_rules: tuple[str, ...]
     sweep_multiples: tuple[float, ...]
+    multiples: tuple[float, ...]  # bandwidth grid (x Scott) of the CV-NLL and oracle rules
     probe_max_calib_tokens: int | None
     probe_max_test_tokens: int | None  # per domain
     predict_options: dict[str, Any]  # `predict.predict_workdir(lm_options=...)`: thinning
@@ -121,6 +122,7 @@ class LMPlan:
             n_null_figures=int(d.n_null_figures),
             bandwidth_rules=_strings(p.bandwidth_rules, "probes.bandwidth_rules"),
             sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
+            multiples=tuple(float(x) for x in p.multiples),
             probe_max_calib_tokens=_optional_int(p.max_calib_tokens, "probes.max_calib_tokens"),
             probe_max_test_tokens=_optional_int(p.max_test_tokens, "probes.max_test_tokens"),
             predict_options={k: v for k, v in cfg.predict.to_dict().items()

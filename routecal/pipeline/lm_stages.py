@@ -170,7 +170,8 @@ def probe_run(
     routing = pt.routing.get(compare.ROUTING_FEATURE)
     t0 = time.perf_counter()
     rows = compare.compare_probes(pc, pt, bandwidth_rules=plan.bandwidth_rules, seed=seed,
-                                  n_bins=n_bins, return_predictions=True)
+                                  n_bins=n_bins, multiples=np.asarray(plan.multiples),
+                                  return_predictions=True)
     compare_seconds = time.perf_counter() - t0
     if PROFILE in pc.routing:
         mlp = MLPProbe("full", profile=PROFILE, seed=seed).fit(

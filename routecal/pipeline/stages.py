@@ -99,29 +99,39 @@ class Stages:
 def check_workdir_config(
     workdir: str | pathlib.Path, config: Mapping[str, Any], filename: str, what: str
 ) -> None:
-    """Records `config` in `workdir/filename`, or raises if a different one is recorded there.
+    """Raises if `workdir/filename` records a config other than `config` (absent: no check).
 
     Args:
-      workdir: the run's or study's directory (created if missing).
+      workdir: the run's or study's directory.
       config: the config as a JSON-able dict (`json.loads(cfg.to_json_best_effort())`).
       filename: "config.json" (a training run) or "study_config.json" (a study).
       what: "run" or "study", for the message.
     Raises:
-      ValueError: naming the workdir and the top-level keys that differ.
+      ValueError: naming the workdir and the top-level keys that differ (or the corrupt file).
     """
-    w = pathlib.Path(workdir)
-    w.mkdir(parents=True, exist_ok=True)
-    path = w / filename
-    if path.exists():
-        theirs = workdir_io.read_json(path, "workdir")
-        if theirs != config:
-            diff = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
-            raise ValueError(
-                f"workdir: {w} holds a {what} with a different config (differs in {diff}); use a "
-                "new workdir, or delete it to start over"
-            )
-    else:
-        workdir_io.write_json(path, config)
+    path = pathlib.Path(workdir) / filename
+    if not path.exists():
+        return
+    theirs = workdir_io.read_json(path, "workdir")
+    if theirs != config:
+        diff = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+        raise ValueError(
+            f"workdir: {workdir} holds a {what} with a different config (differs in {diff}); use "
+            "a new workdir, or delete it to start over"
+        )
+
+
+def record_workdir_config(
+    workdir: str | pathlib.Path, config: Mapping[str, Any], filename: str, what: str
+) -> None:
+    """`check_workdir_config`, then records `config` in `workdir/filename` if absent (atomic).
+
+    Call it only once the whole config is validated, so a rejected config never keys a workdir.
+    """
+    check_workdir_config(workdir, config, filename, what)
+    path = pathlib.Path(workdir) / filename
+    if not path.exists():
+        workdir_io.write_json(path, dict(config))
 
 
 def versions() -> dict[str, str]:

@@ -31,7 +31,7 @@ from routecal.pipeline import grid
 from routecal.pipeline.plan import ModelSpec, Plan
 from routecal.pipeline.stages import (
     Stages,
-    check_workdir_config,
+    record_workdir_config,
     to_json,
     versions,
     write_json,
@@ -169,7 +169,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
 
     plan = Plan.from_config(cfg)  # validated before anything is written
     w = pathlib.Path(workdir)
-    check_workdir_config(w, plan.config, "study_config.json", "study")
+    record_workdir_config(w, plan.config, "study_config.json", "study")
     bar = tqdm(total=plan.n_stages, desc="study", unit="stage")
     step = functools.partial(_step, Stages(w), bar)
     runs, preds = [], {}

@@ -65,10 +65,36 @@ def fig_nulls(tests: Sequence[Mapping[str, Any]], path: pathlib.Path, max_panels
     for ax, t in zip(axes.flat, chosen, strict=False):
         ax.hist(np.asarray(t["null"], float), bins=40, color="0.7")
         ax.axvline(t["statistic"], color="C3", lw=2)
-        ax.set_title(f"{t['arch']} s{t['seed']} {t['feature']}\np = {t['p_value']:.3g}", fontsize=8)
+        ax.set_title(f"{t.get('test', '')} {t['arch']} s{t['seed']} {t['feature']}\n"
+                     f"p = {t['p_value']:.3g}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_power(tests: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
+    """Power of the recommended test against the planted gap, one curve per (arch, seed) cell
+    (the power analysis depends on confidence and correctness only, not on the feature)."""
+    plt = _plt()
+    curves: dict[tuple[str, Any], Mapping[str, Any]] = {}
+    for t in tests:
+        if t.get("power_curve"):
+            curves.setdefault((t["arch"], t["seed"]), t)
+    if not curves:
+        return
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for (arch, seed), t in curves.items():
+        ax.plot(t["power_curve"]["gap"], t["power_curve"]["power"], marker=".", lw=1,
+                label=f"{arch} s{seed}")
+    ax.axhline(float(next(iter(curves.values())).get("power_target", 0.8)), color="0.5", ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("planted accuracy gap (high vs low routing, equal confidence)")
+    ax.set_ylabel("power")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -160,8 +186,12 @@ def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str
          "Reliability diagrams per probe (first architecture and seed, test split; marker size = "
          "bin count)"),
         ("permutation_nulls", tests, fig_nulls,
-         "Within-bin permutation nulls of the weighted gap (grey) with the observed statistic "
-         "(red), the tests with the smallest p-values"),
+         "Permutation / sign-flip nulls (grey) with the observed statistic (red): weighted gap for "
+         "the within-bin test, |Z| for the conditional test; the tests with the smallest p-values"),
+        ("power_curves", tests, fig_power,
+         "Power of the recommended conditional test against a planted accuracy gap between high- "
+         "and low-routing examples of equal confidence, per model and seed (dashed: the target "
+         "power of the minimum detectable gap)"),
         ("bandwidth_sensitivity", results.get("probes", {}).get("bandwidth_sweep", {}),
          fig_bandwidth,
          "Bandwidth sensitivity: test ECE against the Scott multiple, mean over seeds with min-max "

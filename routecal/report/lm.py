@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from routecal.report import figures as shared
 from routecal.report import render
+from routecal.report.figures import _plt, fig_bandwidth, fig_depth, fig_nulls, fig_reliability
 from routecal.report.lm_verdicts import verdict_items, verdicts
 from routecal.report.render import Table, _fmt_band
 from routecal.stats import seeds
@@ -126,7 +126,7 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
 
 def fig_power(power: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
     """Power against planted gap, one panel per domain, one curve per (test, arch, seed)."""
-    plt = shared._plt()
+    plt = _plt()
     curves = [p for p in power if p.get("curve")]
     domains = list(dict.fromkeys(p["domain"] for p in curves))
     if not domains:
@@ -160,7 +160,7 @@ def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str
     ]
     rows = results.get("diagnostics", {}).get("tests", [])
     for test in dict.fromkeys(r["test"] for r in rows):
-        specs.append((f"nulls_{test}", [r for r in rows if r["test"] == test], shared.fig_nulls,
+        specs.append((f"nulls_{test}", [r for r in rows if r["test"] == test], fig_nulls,
                       f"Nulls of the {test} test (grey) with the observed statistic (red): the "
                       "cells with the smallest p-values, any domain"))
     probes = results.get("probes", {}).get("domains", {})
@@ -168,14 +168,14 @@ def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str
         rel = dom.get("reliability", {})
         arch = next(iter(rel), None)
         if arch:
-            specs.append((f"reliability_{d}", rel[arch], shared.fig_reliability,
+            specs.append((f"reliability_{d}", rel[arch], fig_reliability,
                           f"Reliability diagrams, {d} domain ({arch}, first seed; marker size = "
                           "tokens in the bin)"))
-        specs.append((f"bandwidth_{d}", dom.get("sweep", {}), shared.fig_bandwidth,
+        specs.append((f"bandwidth_{d}", dom.get("sweep", {}), fig_bandwidth,
                       f"Bandwidth sensitivity, {d} domain: test ECE against the Scott multiple, "
                       "mean over seeds with min-max band"))
     for d, depth in results.get("depth_attention", {}).items():
-        specs.append((f"depth_{d}", depth, shared.fig_depth,
+        specs.append((f"depth_{d}", depth, fig_depth,
                       f"Depth-attention weights per sublayer, {d} domain (first seed)"))
     out = []
     for name, data, draw, caption in (s for s in specs if s[1]):  # skip figures without data

@@ -13,7 +13,8 @@ from routecal.stats import seeds
 RULE_SENTENCE = seeds.RULE[0].upper() + seeds.RULE[1:]
 CONTROLS = {
     "paper": "control: the within-bin permutation null (tokens exchangeable within confidence "
-    "bins)",
+    "bins; tokens of one sequence are not, so its level is not controlled here: compare its "
+    "power curve at the smallest planted gap with alpha)",
     "recommended": "control: the null of the recommended test with whole sequences as clusters",
 }
 

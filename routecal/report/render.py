@@ -128,12 +128,15 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
         out.append(
             Table(
                 "diagnostics_tests",
-                "Every test: statistic (weighted subgroup gap for the within-bin permutation test) "
-                "and p-values (raw, Holm, BH)",
-                ["test", "arch", "seed", "feature", "weighted gap", "p", "p (Holm)", "p (BH)"],
+                "Every test: statistic (weighted subgroup gap for the within-bin permutation test, "
+                "|Z| for the conditional test) and p-values (raw, Holm, BH); the minimum "
+                "detectable gap (80% power, recommended test) on each cell's data",
+                ["test", "arch", "seed", "feature", "statistic", "p", "p (Holm)", "p (BH)",
+                 "detectable gap"],
                 [
                     [t.get("test", "-"), t["arch"], t["seed"], t["feature"], t.get("statistic"),
-                     t.get("p_value"), t.get("p_holm"), t.get("p_bh")]
+                     t.get("p_value"), t.get("p_holm"), t.get("p_bh"),
+                     t.get("minimum_detectable_gap")]
                     for t in diag["tests"]
                 ],
             )

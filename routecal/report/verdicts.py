@@ -24,36 +24,81 @@ def _test_counts(tests: Sequence[Mapping[str, Any]], alpha: float) -> tuple[int,
     return raw, holm, bh
 
 
+_TEST_NAMES = {
+    "conditional": "conditional (recommended)",
+    "within_bin_permutation": "within-bin permutation (paper)",
+}
+
+
+def _by_test(tests: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Test rows grouped by test name, the recommended test first (rows without a name: paper)."""
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for t in tests:
+        by.setdefault(t.get("test", "within_bin_permutation"), []).append(t)
+    return dict(sorted(by.items(), key=lambda kv: kv[0] != "conditional"))
+
+
+def _detectable_text(diag: Mapping[str, Any]) -> str:
+    """The minimum detectable gap beside a "no evidence" verdict (median and range over cells)."""
+    rows = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t]
+    if not rows:
+        return ""
+    gaps = [t["minimum_detectable_gap"] for t in rows]
+    finite = [g for g in gaps if g is not None]
+    target = rows[0].get("power_target", 0.8)
+    if not finite:
+        return (f" No evidence is not evidence of absence: no simulated gap was detected with "
+                f"power {target} on these data.")
+    return (
+        f" No evidence is not evidence of absence: the recommended test detects an accuracy gap "
+        f"between high- and low-routing examples of equal confidence of {np.median(finite):.3f} "
+        f"(median over {len(rows)} cells; range {min(finite):.3f}-{max(finite):.3f}"
+        + (f"; {len(gaps) - len(finite)} beyond the simulated grid" if len(finite) < len(gaps)
+           else "")
+        + f") with power {target}; smaller gaps cannot be ruled out."
+    )
+
+
 def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
-    """Rejection counts (raw, Holm, BH) against the alpha * n expected under the null, and the
-    cells whose weighted-gap seed band lies above the permutation null's (the seed-band rule)."""
+    """Rejection counts (raw, Holm, BH) of each test against the alpha * n expected under the
+    null (the head follows the recommended conditional test when it ran), the minimum detectable
+    gap beside a "no evidence" verdict, and the cells whose statistic's seed band lies above the
+    null's (the seed-band rule)."""
     tests = [t for t in diag.get("tests", []) if "p_value" in t]
     if not tests:
         return "No diagnostic tests were run."
     alpha = float(diag.get("alpha", ALPHA_DEFAULT))
-    n = len(tests)
-    raw, holm, bh = _test_counts(tests, alpha)
+    by = _by_test(tests)
+    lead = next(iter(by))
+    _, holm, bh = _test_counts(by[lead], alpha)
     if holm == 0 and bh == 0:
         head = "Routing adds no calibration evidence beyond confidence in this run"
     elif holm == 0:
         head = "Weak evidence that routing carries calibration information beyond confidence"
     else:
         head = "Routing carries calibration evidence beyond confidence in this run"
-    cells = sorted({(t["arch"], t["feature"]) for t in tests if t.get("p_holm", 1.0) < alpha})
+    parts = []
+    for name, ts in by.items():
+        r, h, b = _test_counts(ts, alpha)
+        parts.append(
+            f"{r} of {len(ts)} {_TEST_NAMES.get(name, name)} tests reject at alpha = {alpha} "
+            f"before adjustment (about {alpha * len(ts):.1f} expected under the null), {h} after "
+            f"Holm, {b} after Benjamini-Hochberg"
+        )
+    cells = sorted({(t["arch"], t["feature"]) for t in by[lead] if t.get("p_holm", 1.0) < alpha})
     where = ""
     if cells:
         where = " Holm-significant cells: " + ", ".join(f"{a}/{f}" for a, f in cells) + "."
-    text = (
-        f"{head}: {raw} of {n} within-bin permutation tests reject at alpha = {alpha} before "
-        f"adjustment (about {alpha * n:.1f} expected under the null), {holm} after Holm, {bh} "
-        f"after Benjamini-Hochberg.{where}"
-    )
-    banded = [r for r in diag.get("rejections", []) if "vs_null" in r]
+    text = f"{head}: " + "; ".join(parts) + "." + where
+    if holm == 0:
+        text += _detectable_text(diag)
+    banded = [r for r in diag.get("rejections", [])
+              if "vs_null" in r and r.get("test", "within_bin_permutation") == lead]
     if banded and all(r["vs_null"] != "one seed: no band" for r in banded):
         above = [f"{r['arch']}/{r['feature']}" for r in banded if r["vs_null"] == "better"]
         text += (
-            f" Across seeds, {len(above)} of {len(banded)} (model, feature) cells have a weighted "
-            "gap whose seed band lies above the permutation null's mean"
+            f" Across seeds, {len(above)} of {len(banded)} (model, feature) cells have a "
+            f"{_TEST_NAMES.get(lead, lead)} statistic whose seed band lies above the null's mean"
             + (f" ({', '.join(above)})" if above else "")
             + f" {_RULE}."
         )
@@ -108,7 +153,7 @@ def probes_verdict(probes: Mapping[str, Any]) -> str:
             vs = [
                 _band_text(seeds.compare_bands(full["ece"], other["ece"], higher_is_better=False),
                            "the full-vector MLP", name)
-                for other, name in ((cap, "the capacity-matched MLP"), (shuf, "shuffled routing"))
+                for other, name in ((cap, "capacity-matched MLP"), (shuf, "shuffled-routing MLP"))
             ]
             parts.append(
                 f"{arch} MLP probes (ECE): full vector {full['ece']['mean']:.4f}, "

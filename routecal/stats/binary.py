@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from routecal import _checks
+from routecal.stats.binning import mass_bins
 from routecal.stats.calibration import _check_confidence_correct, ece
 
 PROB_CLIP = 1e-6  # the one clip: probabilities are clipped to [PROB_CLIP, 1 - PROB_CLIP] in logs.
@@ -41,7 +42,8 @@ def worst_group_ece(
 ) -> float:
     """Worst-routing-tertile ECE: the largest ECE inside `n_groups` equal-size routing rank groups.
 
-    Groups are `numpy.array_split` of the stable argsort of `routing` (3 = tertiles).
+    Groups are equal-mass bins of `routing` (`stats.binning.mass_bins`: `numpy.array_split` of the
+    sorted values, a tie block kept whole in the group of its first position; 3 = tertiles).
 
     Args:
       confidence: [N] calibrated confidences in [0, 1]. correct: [N] 0/1.
@@ -54,5 +56,5 @@ def worst_group_ece(
     _checks.check_positive_int(n_groups, "n_groups")
     if len(c) < n_groups:
         raise ValueError(f"confidence: needs at least n_groups={n_groups} examples, got {len(c)}")
-    groups = np.array_split(np.argsort(r, kind="stable"), n_groups)
-    return max(ece(c[g], y[g], n_bins=n_bins) for g in groups)
+    part = mass_bins(r, n_groups)  # tied routing values share a group: row order is irrelevant
+    return max(ece(c[part == g], y[part == g], n_bins=n_bins) for g in np.unique(part))

@@ -279,7 +279,8 @@ def ece(
     """Top-label binned calibration error.
 
     Equal-width bin b holds confidence in (b/M, (b+1)/M]; confidence 0 is in bin 0 and 1 in bin
-    M - 1. Equal-mass bins: stable sort by confidence, split as numpy.array_split.
+    M - 1 (float64 edges). Equal-mass bins: sorted confidences split as numpy.array_split, a tie
+    block kept whole in the bin of its first position (`stats.binning`).
 
     Args:
       confidence: [N] in [0, 1]. correct: [N] 0/1 or bool.

@@ -63,7 +63,7 @@ from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
 from routecal.stats.binning import mass_bins
-from routecal.stats.diagnostics import _TIE_RTOL, _resolve_chunk
+from routecal.stats.diagnostics import _TIE_RTOL, _resolve_chunk, engine_args
 from routecal.stats.random_bits import _uniform_bits, chunk_seeds
 
 _W = 32  # units signed by one random word
@@ -273,13 +273,7 @@ def conditional_calibration_test(
     """
     c, y, r, n_strata = check_inputs(confidence, correct, routing, stratum_size)
     units, n_units = _units(clusters, len(c))
-    key = _checks.check_key(key)
-    n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    if len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
-    lanes = parallel.engine_sizes(mesh).permutation_lanes  # by backend; never changes the null
-    chunk_size = _resolve_chunk(lanes if chunk_size is None else chunk_size, n_permutations)
+    key, n_permutations, chunk_size, mesh = engine_args(key, n_permutations, chunk_size, mesh)
     with jax.enable_x64(True):
         z, p, null, slope = _sharded_conditional(
             jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), key,

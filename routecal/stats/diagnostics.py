@@ -103,6 +103,18 @@ def _resolve_chunk(chunk_size: int | None, n_permutations: int) -> int:
 
 _TIE_RTOL = 1e-10
 
+
+def engine_args(key: Any, n_permutations: Any, chunk_size: Any, mesh: Mesh | None):
+    """Checked (key, B, chunk size, 1-D mesh; default all local devices) for a sharded engine."""
+    key = _checks.check_key(key)
+    n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
+    lanes = parallel.engine_sizes(mesh).permutation_lanes  # by backend; never changes the null
+    chunk_size = _resolve_chunk(lanes if chunk_size is None else chunk_size, n_permutations)
+    return key, n_permutations, chunk_size, mesh
+
 # ------------------------------------------------------------------------------------------------
 # Jittable cores (call under `jax.enable_x64(True)`: the null uses float64 lanes)
 # ------------------------------------------------------------------------------------------------
@@ -247,7 +259,24 @@ def within_bin_permutation_test(
     chunk_size: int | None = None,
     binning: str = "width",
 ) -> PermutationTestResult:
-    """Within-bin permutation test of the weighted subgroup gap.
+    """Within-bin permutation test of the weighted subgroup gap (the seed paper's test, kept).
+
+    Known confounding (issue 11; prefer `conditional_calibration_test`, the recommended test):
+      * Routing that tracks confidence. The null permutes routing inside a 1/M-wide bin, which is
+        exchangeable only if the miscalibration P(correct | c) - c is constant inside the bin.
+        With P(correct | c) = clip(0.75 + 2 (c - 0.8)), routing = c + N(0, 0.01^2), N = 2000,
+        15 bins, the high-routing group has higher confidence and the test rejected 29%
+        [23%, 36%] of 200 null datasets at alpha = 0.05 (19.5% [12.8%, 27.7%] with
+        c ~ U(0.5, 1) in `benchmarks/validity.py`); a numpy re-implementation gives the same rate.
+      * Tokens in sequences. 100 sequences x 30 tokens, routing with a per-sequence level and
+        correctness with an independent per-sequence offset: the iid null rejected 17 of 60
+        (28%) null datasets (21.5% [14.5%, 29.9%] of 200 in `benchmarks/validity.py`).
+      * Ties (fixed here). Groups used to break tied routing values by row order while the null
+        broke them at random: constant routing stored correct-first gave weighted gap 0.67 and
+        p = 0.001 (B = 999), binary routing rejected 60 of 60 datasets (N = 1500), and reordering
+        rows with routing in {0, 1, 2} moved the statistic by up to 0.05. Groups are now cut by
+        value (module docstring), so the statistic ignores the row order and the null matches it.
+      * Power: report `minimum_detectable_gap` beside a non-rejection.
 
     The B permutations run in chunks of `chunk_size` lanes (memory O(N + B) whatever B), sharded over
     the devices of `mesh` (default: a 1-D mesh over all local devices). The same key gives the same
@@ -255,7 +284,8 @@ def within_bin_permutation_test(
 
     Args:
       confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite.
-      key: a jax PRNG key. n_permutations: B >= 1. n_bins: M. n_groups: G >= 2.
+      key: a jax PRNG key, or an integer seed (accepted as jax.random.key(seed)).
+      n_permutations: B >= 1. n_bins: M. n_groups: G >= 2.
       mesh: optional 1-D mesh (`routecal.parallel.make_mesh`).
       chunk_size: permutations per chunk (default by the mesh's backend, `parallel.engine_sizes`);
         it bounds memory and never changes the null: the same key gives the same null.
@@ -264,20 +294,12 @@ def within_bin_permutation_test(
       PermutationTestResult(statistic, p_value, null [B]).
     """
     c, y, r, n_bins, n_groups = _check_inputs(confidence, correct, routing, n_bins, n_groups)
-    key = _checks.check_key(key)
-    n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    if len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
-    sizes = parallel.engine_sizes(mesh)  # by the mesh's platform; never changes the null
-    chunk_size = _resolve_chunk(
-        sizes.permutation_lanes if chunk_size is None else chunk_size, n_permutations
-    )
+    key, n_permutations, chunk_size, mesh = engine_args(key, n_permutations, chunk_size, mesh)
     with jax.enable_x64(True):
         stat, p, null = _sharded_test(
             jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
             jnp.asarray(r), key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
-            chunk_size=chunk_size, mesh=mesh, block=sizes.scan_block,
+            chunk_size=chunk_size, mesh=mesh, block=parallel.engine_sizes(mesh).scan_block,
         )
         return PermutationTestResult(float(stat), float(p), np.asarray(null))
 

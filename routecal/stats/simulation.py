@@ -110,19 +110,23 @@ def simulate(
     key = _checks.check_key(key)
     n = _checks.check_positive_int(n, "n")
     n_datasets = _checks.check_positive_int(n_datasets, "n_datasets")
-    for name, v in (("effect", effect), ("rho", rho), ("miscalibration", miscalibration)):
-        if not np.isfinite(v):
-            raise ValueError(f"{name}: must be finite, got {v!r}")
-    if not 0.0 <= conf_low < conf_high <= 1.0:
-        raise ValueError(
-            f"conf_low, conf_high: need 0 <= conf_low < conf_high <= 1, got {conf_low}, {conf_high}"
-        )
+    _check_knobs(conf_low, conf_high, effect=effect, rho=rho, miscalibration=miscalibration)
     out = simulate_jax(
         key, n, n_datasets, float(effect), float(rho), float(miscalibration), float(conf_low),
         float(conf_high),
     )
     # float64 on host: float32 confidences are exact in float64, so bins agree on host and device
     return SimulatedData(*(np.asarray(o, np.float64) for o in out))
+
+
+def _check_knobs(conf_low: float, conf_high: float, **finite: float) -> None:
+    for name, v in finite.items():
+        if not np.isfinite(v):
+            raise ValueError(f"{name}: must be finite, got {v!r}")
+    if not 0.0 <= conf_low < conf_high <= 1.0:
+        raise ValueError(
+            f"conf_low, conf_high: need 0 <= conf_low < conf_high <= 1, got {conf_low}, {conf_high}"
+        )
 
 
 def null_data(key: jax.Array, n: int, *, n_datasets: int = 1, **kwargs: Any) -> SimulatedData:
@@ -225,14 +229,9 @@ def design(
     n = _checks.check_positive_int(n, "n")
     n_datasets = _checks.check_positive_int(n_datasets, "n_datasets")
     cluster_size = _checks.check_positive_int(cluster_size, "cluster_size")
-    if not np.isfinite(effect):
-        raise ValueError(f"effect: must be finite, got {effect!r}")
+    _check_knobs(conf_low, conf_high, effect=effect)
     if name == "constant" and effect != 0:
         raise ValueError("effect: constant routing carries no effect; use 'binary'")
-    if not 0.0 <= conf_low < conf_high <= 1.0:
-        raise ValueError(
-            f"conf_low, conf_high: need 0 <= conf_low < conf_high <= 1, got {conf_low}, {conf_high}"
-        )
     c, y, r, ids = design_jax(
         key, name, n, n_datasets, float(effect), float(conf_low), float(conf_high), cluster_size
     )

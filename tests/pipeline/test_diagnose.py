@@ -27,8 +27,10 @@ def test_diagnose_bring_your_own_traces(tmp_path):
     _planted_npz(tmp_path / "test.npz", rng)
     res = diagnose.diagnose_predictions(tmp_path / "calib.npz", test_path=tmp_path / "test.npz",
                                      out_dir=tmp_path / "out", n_permutations=500)
-    by = {t["feature"]: t for t in res["diagnostics"]["tests"]}
-    assert by["planted"]["p_value"] < 0.01
+    by = {(t["test"], t["feature"]): t for t in res["diagnostics"]["tests"]}
+    assert by["within_bin_permutation", "planted"]["p_value"] < 0.01
+    assert by["conditional", "planted"]["p_value"] < 0.01  # the recommended test, side by side
+    assert 0 < by["minimum_detectable_gap", "planted"]["minimum_detectable_gap"] < 0.5
     assert (tmp_path / "out" / "report.html").exists()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["diagnostics"]
 

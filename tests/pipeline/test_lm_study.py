@@ -47,7 +47,6 @@ def produce(model, seed, run_dir):
 @pytest.fixture
 def cfg():
     return load_config(f"{ROOT}/configs/study_lm.py:quick", [
-        *(f"models.{a}.config=attnres_digits.py:{a}" for a in ("standard", "full", "block")),
         "seeds=(0, 1)", "domains=('in:test', 'far:far')", "diagnostics.features=('H_mean', 'depth_var_mean_vs_seq')",
         "diagnostics.n_permutations=99", "diagnostics.max_tokens=300",
         "diagnostics.power_kwargs.n_datasets=10", "diagnostics.paper_power_datasets=10",

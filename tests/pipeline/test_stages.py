@@ -25,11 +25,18 @@ def test_stage_runs_once_and_is_timed(tmp_path):
 
 
 def test_workdir_config_guard(tmp_path):
-    stages.check_workdir_config(tmp_path / "w", {"a": 1, "b": 2}, "config.json", "run")
-    stages.check_workdir_config(tmp_path / "w", {"b": 2, "a": 1}, "config.json", "run")
-    assert json.loads((tmp_path / "w" / "config.json").read_text()) == {"a": 1, "b": 2}
+    w = tmp_path / "w"
+    w.mkdir()
+    stages.check_workdir_config(w, {"a": 1}, "config.json", "run")  # nothing recorded: no check
+    assert not (w / "config.json").exists()
+    stages.record_workdir_config(w, {"a": 1, "b": 2}, "config.json", "run")
+    stages.record_workdir_config(w, {"b": 2, "a": 1}, "config.json", "run")
+    assert json.loads((w / "config.json").read_text()) == {"a": 1, "b": 2}
     with pytest.raises(ValueError, match=r"holds a run with a different config \(differs in \['b'\]"):
-        stages.check_workdir_config(tmp_path / "w", {"a": 1, "b": 3}, "config.json", "run")
+        stages.check_workdir_config(w, {"a": 1, "b": 3}, "config.json", "run")
+    (w / "config.json").write_text('{"a": ')  # truncated by a kill: named, not a bare JSON error
+    with pytest.raises(ValueError, match="config.json"):
+        stages.check_workdir_config(w, {"a": 1}, "config.json", "run")
 
 
 def test_to_json_handles_numpy_and_nan():

@@ -147,3 +147,16 @@ def test_integer_key_is_accepted_as_a_seed_and_bad_keys_named():
     for bad in (1.5, "0", None, jax.random.split(jax.random.key(0), 2)):
         with pytest.raises(ValueError, match="key"):
             dg.within_bin_permutation_test(c, y, r, key=bad, n_permutations=50, n_bins=5)
+
+
+def test_worst_group_ece_keeps_tied_routing_in_one_group():
+    from routecal.stats import binary
+
+    rng = np.random.default_rng(5)
+    c = rng.uniform(0.5, 1.0, 300)
+    y = (rng.random(300) < c).astype(float)
+    r = rng.integers(0, 2, 300).astype(float)  # binary routing: two groups by value
+    by_value = max(cal.ece(c[r == v], y[r == v]) for v in (0.0, 1.0))
+    assert binary.worst_group_ece(c, y, r) == pytest.approx(by_value)
+    order = np.argsort(-y, kind="stable")  # correct-first storage changes nothing
+    assert binary.worst_group_ece(c[order], y[order], r[order]) == pytest.approx(by_value)

@@ -78,3 +78,24 @@ def test_rejection_rate_under_null_large():
             k = int(np.sum(res.p_value <= alpha))
             lo, hi = stats.binom.interval(0.99, 2000, alpha)
             assert lo <= k <= hi, (rho, alpha, k, lo, hi)
+
+
+def test_designs_have_the_documented_structure():
+    d = simulation.design(0, "binary", 1000, n_datasets=2)
+    assert np.all(np.diff(d.correct, axis=1) <= 0)  # stored correct-first
+    assert set(np.unique(d.routing)) == {0.0, 1.0}
+    assert np.all(simulation.design(0, "constant", 500).routing == 0)
+    cl = simulation.design(1, "clustered", 3000)
+    assert np.array_equal(cl.clusters[0], np.arange(3000) // 30)
+    # routing is mostly a per-sequence level: between-sequence variance dominates
+    means = cl.routing[0].reshape(100, 30).mean(axis=1)
+    assert means.var() > 20 * cl.routing[0].reshape(100, 30).var(axis=1).mean()
+    conf = simulation.design(2, "confounded", 20_000, conf_low=0.5)
+    c, y, r = conf.confidence[0], conf.correct[0], conf.routing[0]
+    assert np.corrcoef(r, c)[0, 1] > 0.99
+    slope = np.polyfit(c[(c > 0.5) & (c < 0.9)], y[(c > 0.5) & (c < 0.9)], 1)[0]
+    assert slope == pytest.approx(2.0, abs=0.15)  # P(correct | c) = 0.75 + 2 (c - 0.8)
+    with pytest.raises(ValueError, match="name"):
+        simulation.design(0, "iid", 10)
+    with pytest.raises(ValueError, match="effect"):
+        simulation.design(0, "constant", 10, effect=0.1)

@@ -1,7 +1,6 @@
 """Issue 11, "Must show" (fast version; the full table: benchmarks/validity.py): the recommended
 test keeps its level on every null real traces have, the paper test does not, and both have power."""
 
-import numpy as np
 import pytest
 from scipy import stats
 
@@ -12,13 +11,15 @@ N_SETS = 100  # datasets per row: a valid binomial check, with wider intervals t
 
 @pytest.fixture(scope="module")
 def rows():
-    return {r.name: r for r in validity.run(0, n_datasets=N_SETS, n_permutations=99, n=1500)}
+    return {r.name: r for r in validity.run(
+        0, n_datasets=N_SETS, n_permutations=99, n=1500, scenarios=validity.FAST_SCENARIOS
+    )}
 
 
 def test_recommended_test_is_valid_on_every_null(rows):
     # under a valid level-0.05 test the rejection count is at most Binomial(100, 0.05)'s 99% bound
     _, hi = stats.binom.interval(0.99, N_SETS, 0.05)
-    for sc in validity.SCENARIOS:
+    for sc in validity.FAST_SCENARIOS:
         if sc.effect == 0:
             assert rows[sc.name].conditional <= hi, (sc.name, rows[sc.name])
 
@@ -33,7 +34,6 @@ def test_paper_test_is_confounded_where_the_issue_says(rows):
 
 
 def test_power_on_the_planted_effect(rows):
-    strong, weak = rows["power: c + 0.08 sign(r)"], rows["power: c + 0.03 sign(r)"]
+    strong = rows["power: c + 0.08 sign(r)"]
     assert strong.conditional / N_SETS >= 0.8
-    assert strong.conditional >= 0.8 * strong.paper and weak.conditional >= 0.8 * weak.paper
-    assert np.isfinite(weak.conditional_ci[0])
+    assert strong.conditional >= 0.8 * strong.paper  # within 20% of the paper test's power

@@ -8,7 +8,7 @@ The model is built abstractly (`nnx.eval_shape`, no memory), then every paramete
 safetensors shards tensor by tensor and placed straight onto its devices: with a mesh, each device's
 shard is read alone (`jax.make_array_from_callback` asks for exactly the slices it holds), so no
 host ever holds a whole 16B-parameter model. Parameters that no checkpoint holds (the VMoER routing
-posterior, `overrides={"mlp_type": "vmoer_logit"}`) get their fresh initialisation from one jitted
+posterior, `overrides={"mlp_type": "vmoer_mfvr"}`) get their fresh initialisation from one jitted
 init whose unused branches XLA removes.
 
 Letters: B batch, T tokens, V vocabulary, E experts, K experts per token.
@@ -149,7 +149,7 @@ def load_hf(
       dtype: "bfloat16" (parameters and compute; router and logits stay float32) or "float32".
       mesh: place the parameters on this mesh (`sharding` rules; FSDP over `fsdp_axis`, experts
         over `expert_axis` if given); None = the default device.
-      overrides: DecoderConfig fields to change, e.g. {"mlp_type": "vmoer_logit", "vmoer":
+      overrides: DecoderConfig fields to change, e.g. {"mlp_type": "vmoer_mfvr", "vmoer":
         {"beta": 1e-2}} for a VMoER retrofit (the posterior is initialised fresh from `seed`).
       seed: PRNG seed of the fresh (non-checkpoint) parameters and RNG streams.
 
@@ -189,15 +189,17 @@ def load_hf(
         nnx.replace_by_pure_dict(params, nnx.traversals.unflatten_mapping(values))
         model = nnx.merge(graphdef, params, rest)
         itemsize = np.dtype(np_dtype).itemsize
+        mesh_shape = None if mesh is None else mesh.shape
+        read = {p: s for p, s in shapes.items() if p not in fresh}
+        fresh_shapes = {p: s for p, s in shapes.items() if p in fresh}  # float32 at init
         info = ImportInfo(
             family=family,
             config=cfg,
             hf_config=dict(ckpt.config),
             dtype=dtype,
             n_params=int(sum(int(np.prod(s)) for s in shapes.values())),
-            param_bytes_per_device=sharding.bytes_per_device(
-                shapes, itemsize, specs, None if mesh is None else mesh.shape
-            ),
+            param_bytes_per_device=sharding.bytes_per_device(read, itemsize, specs, mesh_shape)
+            + sharding.bytes_per_device(fresh_shapes, 4, specs, mesh_shape),
             partition_specs=specs,
             fresh_params=tuple(sorted(fresh)),
             ignored_tensors=tuple(ignored),

@@ -5,13 +5,14 @@ deterministic router, add a variational posterior over the routing (the `vrouter
 `routecal.models.vmoer`, initialised so the model starts as the deterministic one) and fit only
 those heads on the task. Here:
 
-    model, info = load_hf(ckpt, overrides={"mlp_type": "vmoer_logit"})   # posterior fresh
+    model, info = load_hf(ckpt, overrides={"mlp_type": "vmoer_mfvr"})    # posterior fresh
     summary = retrofit(model, batches, workdir, RetrofitConfig(steps=500))
 
-* Frozen by construction: gradients are taken only with respect to the posterior
-  (`nnx.DiffState(0, POSTERIOR)`) and the optax optimizer state exists only for it
-  (`nnx.Optimizer(..., wrt=POSTERIOR)`), so a 16B model never holds a 16B gradient or Adam moments.
-  A test checks every other parameter is bit-identical after training.
+* Frozen by construction: gradients are taken only with respect to the trained selection
+  (`trainable`, default `POSTERIOR`, the `vrouter` heads: `nnx.DiffState(0, wrt)`) and the optax
+  optimizer state exists only for it (`nnx.Optimizer(..., wrt=wrt)`), so a 16B model never holds
+  a 16B gradient or Adam moments (the NNX form of masking the optimizer, without computing the
+  frozen gradients). A test checks every other parameter is bit-identical after training.
 * Orbax checkpoints hold the posterior alone (its parameters, optimizer state, RNG streams and the
   step), a few MB even for a 16B model; a run restarted on the same workdir resumes from the last
   one, and `batches(step)` must be a pure function of the step, so the resumed run is the same run.
@@ -36,11 +37,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from routecal.models.vmoer import VROUTER_PATH
+from routecal.optim import trainable_filter
 
 Array = jax.Array
 Batch = dict[str, Any]
 LossFn = Callable[..., tuple[Array, dict[str, Array]]]
-POSTERIOR = nnx.All(nnx.Param, nnx.PathContains(VROUTER_PATH))
+POSTERIOR = trainable_filter(VROUTER_PATH)  # the `vrouter` heads of every variational router
 METRICS_FILE = "retrofit_metrics.jsonl"
 
 
@@ -120,15 +122,17 @@ def choice_loss(model: nnx.Module, batch: Batch, *, train: bool) -> tuple[Array,
 
 
 @functools.lru_cache(maxsize=8)
-def _make_step(loss_fn: LossFn) -> Callable[..., dict[str, Array]]:
-    """The jitted posterior-only train step for `loss_fn` (cached: one compile per model shape)."""
+def _make_step(loss_fn: LossFn, trainable: str) -> Callable[..., dict[str, Array]]:
+    """The jitted train step of the `trainable` selection for `loss_fn` (cached: one compile per
+    model shape)."""
+    wrt = trainable_filter(trainable)
 
     @nnx.jit
     def step(model: nnx.Module, optimizer: nnx.Optimizer, batch: Batch) -> dict[str, Array]:
         def f(m: nnx.Module) -> tuple[Array, dict[str, Array]]:
             return loss_fn(m, batch, train=True)
 
-        grad_fn = nnx.value_and_grad(f, argnums=nnx.DiffState(0, POSTERIOR), has_aux=True)
+        grad_fn = nnx.value_and_grad(f, argnums=nnx.DiffState(0, wrt), has_aux=True)
         (loss, metrics), grads = grad_fn(model)
         optimizer.update(model, grads)
         return {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
@@ -147,12 +151,14 @@ def _keys_to_data(tree: Any) -> Any:
     return jax.tree.map(f, tree)
 
 
-def _items(model: nnx.Module, optimizer: nnx.Optimizer) -> dict[str, Any]:
-    return {
-        "posterior": nnx.to_pure_dict(nnx.state(model, POSTERIOR)),
-        "opt": nnx.to_pure_dict(nnx.state(optimizer)),
+def _items(model: nnx.Module, wrt: Any, optimizer: nnx.Optimizer | None = None) -> dict:
+    items = {
+        "posterior": nnx.to_pure_dict(nnx.state(model, wrt)),
         "rng": _keys_to_data(nnx.to_pure_dict(nnx.state(model, nnx.RngState))),
     }
+    if optimizer is not None:
+        items["opt"] = nnx.to_pure_dict(nnx.state(optimizer))
+    return items
 
 
 def _manager(workdir: pathlib.Path, cfg: RetrofitConfig | None = None) -> ocp.CheckpointManager:
@@ -163,16 +169,15 @@ def _manager(workdir: pathlib.Path, cfg: RetrofitConfig | None = None) -> ocp.Ch
     )
 
 
-def _restore(mngr: ocp.CheckpointManager, step: int, model: nnx.Module, optimizer=None) -> None:
-    items = _items(model, optimizer) if optimizer is not None else {
-        "posterior": nnx.to_pure_dict(nnx.state(model, POSTERIOR)),
-        "rng": _keys_to_data(nnx.to_pure_dict(nnx.state(model, nnx.RngState))),
-    }
+def _restore(
+    mngr: ocp.CheckpointManager, step: int, model: nnx.Module, wrt: Any, optimizer=None
+) -> None:
+    items = _items(model, wrt, optimizer)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, items)
     got = mngr.restore(
         step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in abstract.items()})
     )
-    _replace(model, POSTERIOR, got["posterior"])
+    _replace(model, wrt, got["posterior"])
     rng_state = nnx.state(model, nnx.RngState)
     wrapped = jax.tree.map(
         lambda cur, raw: jax.random.wrap_key_data(raw, impl=jax.random.key_impl(cur))
@@ -191,15 +196,21 @@ def _replace(obj: Any, filt: Any, pure: Any) -> None:
     nnx.update(obj, state)
 
 
-def restore_posterior(model: nnx.Module, workdir: str | pathlib.Path, step: int | None = None) -> int:
-    """Loads a saved posterior (and RNG streams) into `model` (an imported VMoER model built with
-    the same overrides); returns the step. ValueError if `workdir` holds no checkpoint."""
+def restore_posterior(
+    model: nnx.Module,
+    workdir: str | pathlib.Path,
+    step: int | None = None,
+    *,
+    trainable: str = VROUTER_PATH,
+) -> int:
+    """Loads the saved trained parameters (and RNG streams) into `model` (an imported VMoER model
+    built with the same overrides); returns the step. ValueError if `workdir` holds none."""
     mngr = _manager(pathlib.Path(workdir))
     try:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"workdir: no posterior checkpoint under {workdir!s}/posterior")
-        _restore(mngr, step, model)
+        _restore(mngr, step, model, trainable_filter(trainable))
         return int(step)
     finally:
         mngr.close()
@@ -215,14 +226,18 @@ def retrofit(
     cfg: RetrofitConfig = RetrofitConfig(),
     *,
     loss_fn: LossFn = choice_loss,
+    trainable: str = VROUTER_PATH,
 ) -> dict[str, Any]:
     """Trains the routing posterior of `model` in place; resumes from `workdir` if it has one.
 
     Args:
-      model: an imported VMoER model (`load_hf(..., overrides={"mlp_type": "vmoer_logit"})`).
+      model: an imported VMoER model (`load_hf(..., overrides={"mlp_type": "vmoer_mfvr"})`).
       batches: step -> batch (a pure function of the step, so resuming replays the same data).
       workdir: where `posterior/` checkpoints and `retrofit_metrics.jsonl` go.
       loss_fn: (model, batch, train=...) -> (scalar loss, metrics dict).
+      trainable: regex over "/"-joined parameter paths of what trains (`optim.trainable_filter`;
+        default the `vrouter` heads; `routers.RETROFIT_TRAINABLE[name]` for the baselines, e.g.
+        the MC-dropout router retrains `router/proj`).
 
     Returns:
       {"step", "start_step", "last": last step's metrics, "n_posterior_params"}.
@@ -230,23 +245,24 @@ def retrofit(
     Raises:
       ValueError: the model has no routing posterior; FloatingPointError: a non-finite loss.
     """
-    n_post = sum(x.size for x in jax.tree.leaves(nnx.state(model, POSTERIOR)))
+    wrt = trainable_filter(trainable)
+    n_post = sum(x.size for x in jax.tree.leaves(nnx.state(model, wrt)))
     if n_post == 0:
         raise ValueError(
-            "model: has no routing posterior to train (import with overrides="
-            "{'mlp_type': 'vmoer_logit'} or 'vmoer_temp')"
+            f"model: no parameter matches trainable={trainable!r}: no routing posterior to train "
+            "(import with overrides={'mlp_type': 'vmoer_mfvr'}, or another variational router)"
         )
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    optimizer = nnx.Optimizer(model, make_tx(cfg), wrt=POSTERIOR)
+    optimizer = nnx.Optimizer(model, make_tx(cfg), wrt=wrt)
     mngr = _manager(workdir, cfg)
     metrics_path = workdir / METRICS_FILE
     try:
         start = mngr.latest_step() or 0
         if start:
-            _restore(mngr, start, model, optimizer)
+            _restore(mngr, start, model, wrt, optimizer)
         _truncate(metrics_path, start)
-        step_fn = _make_step(loss_fn)
+        step_fn = _make_step(loss_fn, trainable)
         last: dict[str, float] = {}
         for step in range(start, cfg.steps):
             m = step_fn(model, optimizer, batches(step))
@@ -259,7 +275,10 @@ def retrofit(
                 mngr.save(
                     step + 1,
                     args=ocp.args.Composite(
-                        **{k: ocp.args.StandardSave(v) for k, v in _items(model, optimizer).items()}
+                        **{
+                            k: ocp.args.StandardSave(v)
+                            for k, v in _items(model, wrt, optimizer).items()
+                        }
                     ),
                 )
         mngr.wait_until_finished()

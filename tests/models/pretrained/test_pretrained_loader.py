@@ -231,13 +231,16 @@ def test_mesh_sharding_matches_single_device(checkpoint):
 
 def test_posterior_is_fresh_rest_is_imported(checkpoint):
     d, _, t = checkpoint("olmoe")
-    model, info = load_hf(d, dtype="float32", overrides={"mlp_type": "vmoer_logit"})
+    model, info = load_hf(d, dtype="float32", overrides={"mlp_type": "vmoer_mfvr"})
     assert info.fresh_params and all("vrouter" in p for p in info.fresh_params)
     p = _params(model)
     np.testing.assert_array_equal(p["layers.0.mlp.router.proj.kernel"],
                                   t["model.layers.0.mlp.gate.weight"].T)
     out = model(np.array([[1, 2, 3, 4]]), return_traces=True)
     assert np.all(np.isfinite(out.logits))
+    _, info16 = load_hf(d, overrides={"mlp_type": "vmoer_mfvr"})  # bf16 weights, f32 posterior
+    n_fresh = sum(p[k].size for k in info.fresh_params)
+    assert info16.param_bytes_per_device == 2 * (info16.n_params - n_fresh) + 4 * n_fresh
 
 
 def test_qwen_mlp_only_layers_become_dense(checkpoint):

@@ -19,7 +19,7 @@ from routecal.models.pretrained.retrofit import (
 )
 
 LETTERS = np.array([3, 4, 5, 6])  # token ids of "A".."D" in the tiny vocabulary
-OVERRIDES = {"mlp_type": "vmoer_logit", "vmoer": {"beta": 1e-3}}
+OVERRIDES = {"mlp_type": "vmoer_mfvr", "vmoer": {"beta": 1e-3}}
 CFG = RetrofitConfig(steps=6, lr=0.05, warmup=1, checkpoint_every=3)  # one config: one compile
 
 
@@ -110,3 +110,26 @@ def test_errors(checkpoint, tmp_path):
         RetrofitConfig(steps=0)
     with pytest.raises(ValueError, match="no posterior checkpoint"):
         restore_posterior(det, tmp_path / "empty")
+
+
+@pytest.mark.slow  # one import and eager forward pass per router (~1 min on a loaded CPU)
+def test_every_router_imports_and_selects_its_retrofit_parameters(checkpoint):
+    """Each registry router builds on the imported weights: the deterministic router kernel is the
+    checkpoint's, fresh parameters are only posterior ones, and the retrofit selection is
+    non-empty exactly when the registry says the router has something to fit."""
+    from routecal.models import routers
+    from routecal.optim import trainable_filter
+
+    d, _, t = checkpoint("olmoe", num_hidden_layers=1)
+    ids = np.random.default_rng(0).integers(0, V, (1, 5))
+    for name in routers.ROUTERS:
+        mlp_type = "moe" if name == "det" else f"vmoer_{name}"
+        model, info = load_hf(d, dtype="float32", overrides={"mlp_type": mlp_type})
+        np.testing.assert_array_equal(_flat(model, nnx.Param)[("layers", 0, "mlp", "router",
+                                                               "proj", "kernel")],
+                                      t["model.layers.0.mlp.gate.weight"].T, err_msg=name)
+        assert all("vrouter" in p for p in info.fresh_params), name
+        assert np.all(np.isfinite(np.asarray(model(ids).logits))), name
+        pattern = routers.RETROFIT_TRAINABLE[name]
+        n = 0 if pattern is None else len(_flat(model, trainable_filter(pattern)))
+        assert (n > 0) == (pattern is not None), name

@@ -24,15 +24,18 @@ def _experiment():
 
 
 def _mcqa(path, n, seed):
+    """An OpenBookQA-format (AI2 JSONL) file of n 4-option questions."""
     rng = np.random.default_rng(seed)
     colours = ["red", "blue", "green", "grass"]
     with open(path, "w") as f:
         for _ in range(n):
             thing = str(rng.choice(["sky", "sea", "grass"]))
-            f.write(json.dumps({"question": f"what is the colour of the {thing}",
-                                "choices": list(rng.permutation(colours)),
-                                "answer": str(rng.choice(list("ABCD")))}) + "\n")
-    return str(path)
+            choices = [{"text": c, "label": lab}
+                       for c, lab in zip(rng.permutation(colours), "ABCD", strict=True)]
+            f.write(json.dumps({"question": {"stem": f"what is the colour of the {thing}",
+                                             "choices": choices},
+                                "answerKey": str(rng.choice(list("ABCD")))}) + "\n")
+    return f"{path}:openbookqa"
 
 
 @pytest.mark.slow  # compiles a retrofit step and two scoring passes (~1 min on a loaded CPU)
@@ -41,23 +44,24 @@ def test_experiment_runs_end_to_end(checkpoint, tmp_path):
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(pathlib.Path(d) / "tokenizer.json"))
-    files = {s: _mcqa(tmp_path / f"{s}.jsonl", 6, i) for i, s in enumerate(["train", "test",
-                                                                               "near", "far"])}
+    files = {s: _mcqa(tmp_path / f"{s}.jsonl", 6, i)
+             for i, s in enumerate(["train", "test", "near", "far"])}
     exp = _experiment()
     argv = ["--checkpoint", d, "--workdir", str(tmp_path / "w"), "--routers", "det,mfvr",
             "--seeds", "0", "--steps", "2", "--batch-size", "4", "--samples", "2",
-            "--checkpoint-every", "1", "--dtype", "float32", *sum(
+            "--checkpoint-every", "1", "--dtype", "float32", "--sigmas", "0.001,0.05", *sum(
                 ([f"--{s}", p] for s, p in files.items()), [])]
     out = exp.main(argv)
-    rows = {r["router"]: r for r in out["rows"]}
+    rows = {r: seeds[0] for r, seeds in out["per_run"].items()}
     assert set(rows) == {"det", "mfvr"}
     for r in rows.values():
-        assert 0.0 <= r["test_ece"] <= 1.0 and 0.0 <= r["stability"] <= 1.0
-        assert 0.0 <= r["auroc_far_entropy"] <= 1.0
-    assert rows["det"]["router_flops_overhead_pct"] == 0.0
-    assert rows["mfvr"]["router_flops_overhead_pct"] > 0.0 and "auroc_near_mi" in rows["mfvr"]
-    assert (tmp_path / "w" / "table.md").read_text().count("|") > 10
-    again = exp.main(argv)  # finished cells are cached: same numbers, no recomputation
-    assert again["rows"] == out["rows"]
-    with pytest.raises(ValueError, match="does not exist"):
-        exp.main([*argv[:-2], "--far", str(tmp_path / "missing.jsonl")])
+        assert 0.0 <= r["ece"] <= 1.0 and 0.0 <= r["stability"] <= 1.0
+        assert 0.0 <= r["ood_auroc_far"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
+    assert rows["det"]["flops_infer_pct"] == 0.0 and "ood_auroc_near_mi" not in rows["det"]
+    assert rows["mfvr"]["flops_infer_pct"] > 0.0 and "ood_auroc_near_mi" in rows["mfvr"]
+    assert (tmp_path / "w" / "mfvr" / "seed0" / "posterior").is_dir()
+    assert "| mfvr |" in (tmp_path / "w" / "table.md").read_text()
+    again = exp.main(argv)  # finished cells are kept: same numbers, no recomputation
+    assert again["per_run"] == out["per_run"]
+    with pytest.raises(ValueError, match="missing.jsonl"):
+        exp.main([*argv[:-2], "--far", f"{tmp_path / 'missing.jsonl'}:medmcqa"])
