@@ -3,7 +3,7 @@
 Run (from the repository root):
 
     routecal study --config configs/study_lm.py --workdir runs/study_lm          # default
-    routecal study --config configs/study_lm.py:quick --workdir runs/study_lm_q  # under 3 minutes
+    routecal study --config configs/study_lm.py:quick --workdir runs/study_lm_q  # smoke run
 
 Default: standard / Full AttnRes / Block AttnRes byte-level decoders (`configs/lm_stdlib.py`)
 x 3 seeds; token-level predictions for the calib split and three test domains (in: held-out stdlib
@@ -14,6 +14,11 @@ test's minimum detectable gap at 80% power); every probe fitted on calib tokens 
 domain with the NW bandwidth sweep; the report with power curves, reliability diagrams, nulls,
 bandwidth sensitivity and depth-attention heatmaps per domain.
 
+Measured: quick, 5 min 51 s wall from a fresh workdir on the 2-core CPU shared with other jobs
+(load average about 25; 113 s of CPU time; peak RSS 1.6 GB); its decoders reach about 4.4 bits per
+byte. The default was not run to completion: about three hours on an idle 2-core CPU, estimated
+from its parts' measured rates (README, "The study at language-model scale").
+
 Override anything, e.g. `--config.seeds="(0,1,2,3,4)"`, `--config.diagnostics.max_tokens=50000`,
 `--config.model_overrides="('predict.every=4',)"` (thinning, if the LM config names it so).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import pathlib
 
+import common
 import ml_collections
 import numpy as np
 
@@ -32,6 +38,7 @@ FEATURES = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last",
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    v = common.parse_arg(arg, quick=False)
     c = ml_collections.ConfigDict()
     c.study = "lm"
     c.title = "routecal study: token-level routing-conditional calibration on the stdlib corpus"
@@ -83,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes.max_test_tokens = 200_000
     c.probes.multiples = tuple(float(m) for m in np.geomspace(1 / 8, 8, 12))  # CV-NLL, oracle
 
-    if arg == "quick":
+    if v.quick:
         c.title = ("routecal LM study (quick smoke run: tiny, briefly trained decoders; it checks "
                    "the pipeline, its numbers are not evidence)")
         c.seeds = (0,)
@@ -102,6 +109,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)
         c.probes.max_calib_tokens = 10_000
         c.probes.max_test_tokens = 10_000
-    elif arg not in (None, "", "default"):
-        raise ValueError(f"config: unknown variant {arg!r} of study_lm.py; expected quick")
     return c

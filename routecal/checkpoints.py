@@ -1,4 +1,5 @@
-"""What a training run resumes from: orbax checkpoints (newest readable one) and the metrics log.
+"""What a training run resumes or starts from: orbax checkpoints (the newest readable one), another
+run's parameters (`train.init_from`) and the metrics log.
 
 A checkpoint (`W/checkpoints/<step>/`) holds the model state, the optimizer state and the position
 `{"step", "epoch", "index", "train_time_s"}` (data order and cumulative training time). RNG keys are
@@ -15,6 +16,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -65,6 +67,32 @@ def restore_into(mngr, step: int, model, optimizer=None) -> dict[str, Any] | Non
     nnx.replace_by_pure_dict(ostate, restored["opt"])
     nnx.update(optimizer, ostate)
     return dict(restored["position"])
+
+
+def copy_params(model: nnx.Module, src_model: nnx.Module, what: str) -> int:
+    """Copies every parameter of `src_model` whose path exists in `model` (shapes must match).
+
+    Returns the number of parameters copied; raises ValueError (naming `what`) if a shape differs
+    or none match.
+    """
+    src = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(src_model, nnx.Param)))
+    dst_state = nnx.state(model, nnx.Param)
+    dst = nnx.traversals.flatten_mapping(nnx.to_pure_dict(dst_state))
+    copied = 0
+    for path, val in dst.items():
+        if path in src:
+            if src[path].shape != val.shape:
+                raise ValueError(
+                    f"{what}: parameter {'/'.join(map(str, path))} has shape {src[path].shape} "
+                    f"there but {val.shape} here"
+                )
+            dst[path] = jnp.asarray(src[path])
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"{what}: no parameter matches this model")
+    nnx.replace_by_pure_dict(dst_state, nnx.traversals.unflatten_mapping(dst))
+    nnx.update(model, dst_state)
+    return copied
 
 
 def _one_line(e: BaseException) -> str:

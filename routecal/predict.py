@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from routecal import _checks, parallel, traces
+from routecal import workdir as workdir_io
 from routecal.data import Split
 from routecal.models.transformer import Transformer
 
@@ -138,8 +139,8 @@ def predict_workdir(
     for name, split in todo.items():
         rec = predictions_record(model, split, batch_size=batch_size)
         path = out_dir / f"{name}.npz"
-        if parallel.is_primary():  # multi-host: process 0 writes
-            np.savez(path, **rec)
+        if parallel.is_primary():  # multi-host: process 0 writes; atomic (no half file on a kill)
+            workdir_io.save_npz(path, rec)
         paths[name] = path
     return paths
 
@@ -167,5 +168,5 @@ def predict_process_shard(
     out_dir.mkdir(parents=True, exist_ok=True)
     i, n = jax.process_index(), jax.process_count()
     path = out_dir / f"{split}-{i:05d}-of-{n:05d}.npz"
-    np.savez(path, **predictions_record(model, sub, batch_size=batch_size))
+    workdir_io.save_npz(path, predictions_record(model, sub, batch_size=batch_size))
     return path

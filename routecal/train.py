@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -95,37 +94,6 @@ def _next_batch(seed: int, epoch: int, index: int, n: int, batch_size: int):
     return idx, epoch, index + batch_size
 
 
-# ----------------------------------------------------------------------------------------------
-# Initialisation from another run
-# ----------------------------------------------------------------------------------------------
-
-
-def _init_from(model: nnx.Module, src_workdir: str) -> int:
-    """Copies every parameter of a finished run's model whose path exists here (shapes must match).
-
-    Returns the number of parameters copied; raises ValueError if none match.
-    """
-    src_model, _, _ = load_trained(src_workdir)
-    src = nnx.traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(src_model, nnx.Param)))
-    dst_state = nnx.state(model, nnx.Param)
-    dst = nnx.traversals.flatten_mapping(nnx.to_pure_dict(dst_state))
-    copied = 0
-    for path, val in dst.items():
-        if path in src:
-            if src[path].shape != val.shape:
-                raise ValueError(
-                    f"train.init_from: parameter {'/'.join(map(str, path))} has shape "
-                    f"{src[path].shape} in {src_workdir} but {val.shape} here"
-                )
-            dst[path] = jnp.asarray(src[path])
-            copied += 1
-    if copied == 0:
-        raise ValueError(f"train.init_from: no parameter of {src_workdir} matches this model")
-    nnx.replace_by_pure_dict(dst_state, nnx.traversals.unflatten_mapping(dst))
-    nnx.update(model, dst_state)
-    return copied
-
-
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
     if not pending:
         return
@@ -192,28 +160,53 @@ def _finished(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> dict[str
     return final if final.get("step") == int(cfg.train.steps) else None
 
 
-def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | None):
+def check_config(cfg: ml_collections.ConfigDict, n_devices: int = 1, task: Any = None) -> Any:
+    """Checks a training config whole, writing nothing: what `train_and_evaluate` checks first.
+
+    Seed, train settings (for a mesh of `n_devices`), the task and its data, the model (built
+    abstractly, `nnx.eval_shape`: no parameter is allocated), the trainable selection, batch sizes
+    and `train.init_from` (a finished run). A study checks each of its models with it first.
+
+    Args:
+      cfg: the training config; n_devices: the mesh size; task: `make_task(cfg)` if the caller
+        has it already (made otherwise).
+    Returns:
+      the task (its data loaded once; `train_and_evaluate` reuses it).
+
+    Raises:
+      ValueError: naming the first bad key.
+    """
     tcfg = cfg.train
     _checks.check_positive_int(cfg.seed, "seed", minimum=0)
-    _check_train_cfg(tcfg, mesh.size)
-    final = _finished(workdir, cfg)
-    if final is not None:
-        return final
-    # --- everything checked before the first write -----------------------------------------
-    task = make_task(cfg)
-    model = task.build_model()
-    wrt = trainable_filter(str(tcfg.trainable))
-    if not jax.tree.leaves(nnx.state(model, wrt)):
+    _check_train_cfg(tcfg, n_devices)
+    task = make_task(cfg) if task is None else task
+    model = nnx.eval_shape(task.build_model)
+    if not jax.tree.leaves(nnx.state(model, trainable_filter(str(tcfg.trainable)))):
         raise ValueError(f"train.trainable: {tcfg.trainable!r} selects no parameter")
-    optimizer = nnx.Optimizer(model, make_tx(tcfg), wrt=wrt)
-    if tcfg.get("init_from"):  # a checkpoint, if any, overwrites it below
-        _init_from(model, tcfg.init_from)
     n_train, bs = task.n_train, int(tcfg.batch_size)
     if bs > n_train:
         raise ValueError(f"train.batch_size: {bs} exceeds the {n_train} training examples")
     eval_bs = int(tcfg.get("eval_batch_size", bs))
-    if eval_bs % mesh.size:
-        raise ValueError(f"train.eval_batch_size: {eval_bs} not divisible by {mesh.size} devices")
+    if eval_bs % n_devices:
+        raise ValueError(f"train.eval_batch_size: {eval_bs} not divisible by {n_devices} devices")
+    if tcfg.get("init_from") and not (pathlib.Path(tcfg.init_from) / "config.json").exists():
+        raise ValueError(f"train.init_from: {tcfg.init_from!r} is not a routecal training run")
+    return task
+
+
+def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | None):
+    tcfg = cfg.train
+    final = _finished(workdir, cfg)
+    if final is not None:
+        return final
+    # --- everything checked before the first write -----------------------------------------
+    task = check_config(cfg, mesh.size)
+    model = task.build_model()
+    optimizer = nnx.Optimizer(model, make_tx(tcfg), wrt=trainable_filter(str(tcfg.trainable)))
+    if tcfg.get("init_from"):  # a checkpoint, if any, overwrites it below
+        src = str(tcfg.init_from)
+        checkpoints.copy_params(model, load_trained(src)[0], f"train.init_from ({src})")
+    eval_bs = int(tcfg.get("eval_batch_size", tcfg.batch_size))
     record_workdir_config(workdir, json.loads(cfg.to_json_best_effort()), "config.json", "run")
     for name, obj in task.artifacts().items():  # e.g. the LM corpus manifest
         workdir_io.write_json(workdir / name, obj)

@@ -11,7 +11,7 @@ import pytest
 from routecal import cli, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-QUICK = str(ROOT / "configs" / "attnres_digits.py") + ":block,quick"
+QUICK = str(ROOT / "configs" / "attnres_digits.py") + ":block,tiny"
 
 
 def _train(w, *overrides):

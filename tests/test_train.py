@@ -176,7 +176,7 @@ def test_resume_skips_a_corrupt_checkpoint_and_a_partial_metrics_line(
     reference_run, tmp_path, capsys
 ):
     wd_ref, final_ref = reference_run
-    cfg = _cfg(variant="block,quick")
+    cfg = _cfg(variant="block,tiny")
     train.train_and_evaluate(cfg, tmp_path, max_steps_this_run=10)  # checkpoints 4 and 8 kept
     _corrupt_checkpoint(tmp_path, 8)
     with (tmp_path / "metrics.jsonl").open("a") as f:
@@ -208,7 +208,7 @@ def test_unreadable_checkpoints_and_config_are_named_in_one_line(reference_run, 
     _corrupt_checkpoint(wd, 8)
     (wd / "final_metrics.json").unlink()
     with pytest.raises(ValueError, match=r"no readable checkpoint in .*checkpoints"):
-        train.train_and_evaluate(_cfg(variant="block,quick"), wd)
+        train.train_and_evaluate(_cfg(variant="block,tiny"), wd)
     (wd / "config.json").write_text('{"data": {"name": "dig')
     for call in (train.load_trained, lambda w: train.train_and_evaluate(_cfg(), w)):
         with pytest.raises(ValueError, match=r"config\.json' is not valid JSON"):
@@ -232,7 +232,7 @@ def test_training_time_adds_up_across_resumes(reference_run, tmp_path):
     assert 0 < t8 < t12 <= final_ref["time_s"]
     (wd / "final_metrics.json").unlink()  # killed after the last checkpoint: resume at the end
     t0 = time.perf_counter()
-    final = train.train_and_evaluate(_cfg(variant="block,quick"), wd)
+    final = train.train_and_evaluate(_cfg(variant="block,tiny"), wd)
     this_call = time.perf_counter() - t0
     # the earlier call's 12 steps count, plus at most this call's own time (the final evaluation)
     assert t12 <= final["time_s"] <= t12 + this_call
@@ -241,11 +241,13 @@ def test_training_time_adds_up_across_resumes(reference_run, tmp_path):
 
 def test_invalid_config_writes_nothing_and_a_corrected_one_runs(reference_run, tmp_path):
     _, final_ref = reference_run
-    for bad in ("model.residual='fulll'", "train.trainable='router-only'", "seed=None"):
+    bads = ("model.residual='fulll'", "train.trainable='router-only'", "seed=None",
+            f"train.init_from='{tmp_path / 'nowhere'}'")
+    for bad in bads:
         with pytest.raises(ValueError, match=bad.split("=")[0].split(".")[-1]):
-            train.train_and_evaluate(_cfg(bad, variant="block,quick"), tmp_path)
+            train.train_and_evaluate(_cfg(bad, variant="block,tiny"), tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == []  # no config.json, lock released
-    final = train.train_and_evaluate(_cfg(variant="block,quick"), tmp_path)
+    final = train.train_and_evaluate(_cfg(variant="block,tiny"), tmp_path)
     assert final["test/nll"] == final_ref["test/nll"]
 
 
@@ -254,7 +256,7 @@ def test_a_second_process_on_the_workdir_is_refused(tmp_path):
               "since": "2026-01-01T00:00:00+00:00"}  # pytest's parent process: alive
     (tmp_path / workdir.LOCK_NAME).write_text(json.dumps(holder))
     with pytest.raises(workdir.WorkdirLocked, match=rf"in use by routecal study \(pid {os.getppid()}"):
-        train.train_and_evaluate(_cfg(variant="block,quick"), tmp_path)
+        train.train_and_evaluate(_cfg(variant="block,tiny"), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [workdir.LOCK_NAME]  # nothing written
 
 

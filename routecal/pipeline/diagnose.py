@@ -9,6 +9,7 @@ follow the one schema in `routecal.predictions` (probs, labels and any routing s
 from __future__ import annotations
 
 import pathlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,8 +18,16 @@ import numpy as np
 from routecal import report
 from routecal.pipeline import grid
 from routecal.pipeline.stages import to_json, versions, write_json
-from routecal.predictions import confidence_correct, load_predictions, routing_features
+from routecal.predictions import (
+    check_compatible,
+    confidence_correct,
+    constant_features,
+    load_predictions,
+    routing_features,
+    routing_predictions,
+)
 from routecal.probes.compare import probe_comparison, summarise_probes
+from routecal.probes.data import PROFILE
 
 BANDWIDTH_RULES = ("scott", "cv_nll", "oracle_ece")
 SWEEP_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -43,6 +52,16 @@ def split_predictions(
     return parts[0], parts[1]
 
 
+def _without(preds: Mapping[str, np.ndarray], skip: list[str]) -> dict[str, np.ndarray]:
+    """`preds` reduced to probs, labels and its routing features not in `skip` (see
+    `predictions.routing_predictions`), keeping the H profile when none of its features is skipped."""
+    keep = {f: v for f, v in routing_features(preds).items() if f not in skip}
+    out = routing_predictions(preds, keep)
+    if PROFILE in preds and not {"H_mean", "H_mid", "H_last"} & set(skip):
+        out[PROFILE] = preds[PROFILE]
+    return out
+
+
 def diagnose_predictions(
     path: str | pathlib.Path, test_path: str | pathlib.Path | None = None,
     out_dir: str | pathlib.Path | None = None, n_permutations: int = 2000, seed: int = 0,
@@ -58,10 +77,18 @@ def diagnose_predictions(
       out_dir: where results.json and the report go (default: `<path stem>_routecal/` beside it).
     Returns:
       the results dict (also written to `out_dir/results.json`, with report.md / report.html).
+      A routing feature that does not vary is skipped, with a note in `meta.notes`.
+
+    Raises:
+      ValueError: a file that is not a readable predictions npz (named), no routing summaries,
+        or calib and test predictions that disagree (classes, routing arrays).
     """
     p = pathlib.Path(path)
     out = pathlib.Path(out_dir) if out_dir else p.with_name(p.stem + "_routecal")
     preds = load_predictions(p)
+    held_out = None if test_path is None else load_predictions(test_path)
+    if held_out is not None:  # same task and same routing arrays, or the probes compare nothing
+        check_compatible(preds, held_out, (str(p), str(test_path)))
     conf, correct = confidence_correct(preds)
     rf = routing_features(preds)
     if not rf:
@@ -69,14 +96,18 @@ def diagnose_predictions(
             f"predictions: {p.name} has no routing summaries (H, H_norm, depth_var, depth_mean or "
             "routing_<name> arrays)"
         )
+    fit, test = (preds, held_out) if held_out is not None else split_predictions(preds, seed=seed)
+    const = sorted({f for d in (preds, fit, test) for f in constant_features(routing_features(d))})
+    notes = [f"routing feature {f!r} does not vary over the examples (or is not finite): skipped"
+             for f in const]
+    for note in notes:
+        print(f"routecal diagnose: {p.name}: {note}", file=sys.stderr)
+    if const:  # the probes see only the varying features (and the H profile if all of it varies)
+        fit, test = (_without(d, const) for d in (fit, test))
     out.mkdir(parents=True, exist_ok=True)
-    cells = [grid.Cell("model", 0, f, conf, correct, v) for f, v in rf.items()]
+    cells = [grid.Cell("model", 0, f, conf, correct, v) for f, v in rf.items() if f not in const]
     settings = grid.GridSettings(n_permutations, n_bins, n_groups, alpha, seed)
     diag = grid.diagnostic_grid(cells, settings)
-    if test_path is not None:
-        fit, test = preds, load_predictions(test_path)
-    else:
-        fit, test = split_predictions(preds, seed=seed)
     probes_out: dict[str, Any] = {}
     if len(fit["labels"]) >= 2 * n_bins and len(test["labels"]) >= 2 * n_bins:
         pc = probe_comparison(fit, test, seed=seed, bandwidth_rules=BANDWIDTH_RULES,
@@ -87,7 +118,7 @@ def diagnose_predictions(
                       "reliability": pc["reliability"], "bandwidth_sweep": {"model": sweep}}
     results = {
         "meta": {"title": f"routecal diagnose: {p.name}", "versions": versions(),
-                 "source": str(p), "n_examples": int(len(conf))},
+                 "source": str(p), "n_examples": int(len(conf)), "notes": notes},
         "diagnostics": diag,
         "probes": probes_out,
     }

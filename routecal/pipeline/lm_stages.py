@@ -65,6 +65,15 @@ def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path, *,
             "paths": {k: str(v) for k, v in paths.items()}, "depth_attention": depth}
 
 
+def relative_paths(out: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, Any]:
+    """`out` with its prediction paths stored relative to the study's workdir (a moved or copied
+    workdir still resolves them; `routecal.workdir.from_relative` reads them back)."""
+    from routecal import workdir as workdir_io
+
+    return {**out, "paths": {k: workdir_io.to_relative(v, workdir)
+                             for k, v in out["paths"].items()}}
+
+
 def depth_attention(run_dir: pathlib.Path, domains: Sequence[tuple[str, str]], rows: int
                     ) -> dict[str, Any]:
     """Mean depth-attention weights per domain: the trained decoder on the first `rows` packed

@@ -23,9 +23,10 @@ from typing import Any
 import jax
 import ml_collections
 
+from routecal import workdir as workdir_io
 from routecal.pipeline import lm_results, lm_stages
 from routecal.pipeline.lm_plan import LMPlan
-from routecal.pipeline.stages import Stages, check_workdir_config
+from routecal.pipeline.stages import Stages, record_workdir_config
 
 
 def is_lm_config(cfg: ml_collections.ConfigDict) -> bool:
@@ -41,12 +42,23 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
       producer: (model, seed, run_dir) -> {"paths": {split: predictions}, ...}; default trains
         and predicts (`lm_stages.train_predict`). Tests pass a synthetic one.
     """
+    t_start = time.perf_counter()
+    plan = LMPlan.from_config(cfg)  # validated before anything is written
+    w = pathlib.Path(workdir)
+    with workdir_io.lock(w, "study"):  # one process per workdir
+        record_workdir_config(w, plan.config, "study_config.json", "study")
+        results = _run(plan, w, producer, t_start)
+    if write_report:
+        from routecal.report import lm as lm_report
+
+        lm_report.write_report(w)
+    return results
+
+
+def _run(plan: LMPlan, w: pathlib.Path, producer: lm_stages.Producer | None, t_start: float
+         ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    t_start = time.perf_counter()
-    plan = LMPlan.from_config(cfg)
-    w = pathlib.Path(workdir)
-    check_workdir_config(w, plan.config, "study_config.json", "study")
     st = Stages(w)
     fresh = not any(st.dir.glob("*.json"))
     produce = producer or functools.partial(
@@ -65,11 +77,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
 
     runs, toks = {}, {}
     for m, s in plan.runs:
-        runs[m.name, s] = step(f"run:{m.name}:{s}", lambda m=m, s=s: dict(
-            produce(m, s, w / "runs" / m.name / f"seed{s}")))
+        runs[m.name, s] = step(f"run:{m.name}:{s}", lambda m=m, s=s: lm_stages.relative_paths(
+            produce(m, s, w / "runs" / m.name / f"seed{s}"), w))
         splits = [plan.calib_split, *[sp for _, sp in plan.domains]]
-        toks[m.name, s] = {sp: lm_stages.load_tokens(runs[m.name, s]["paths"][sp],
-                                                     f"{m.name}/seed{s}/{sp}") for sp in splits}
+        toks[m.name, s] = {sp: lm_stages.load_tokens(
+            workdir_io.from_relative(runs[m.name, s]["paths"][sp], w), f"{m.name}/seed{s}/{sp}")
+            for sp in splits}
         step(f"summary:{m.name}:{s}", lambda m=m, s=s: lm_stages.run_summary(
             toks[m.name, s], plan.tests.n_bins))
     key = jax.random.key(plan.diag_seed)
@@ -97,9 +110,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
         devices=[str(dv) for dv in jax.devices()],
     )
     lm_results.write(w, results)
-    if write_report:
-        from routecal.report import lm as lm_report
-
-        lm_report.write_report(w)
     return json.loads((w / "results.json").read_text())
 

@@ -14,6 +14,7 @@ import json
 import math
 import pathlib
 import platform
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -85,10 +86,23 @@ class Stages:
     def save(self, name: str, value: Any) -> Any:
         return write_json(self.path(name), value)
 
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        """The stage's stored output, or `fn()` (timed in "seconds" when a dict), stored."""
+    def run(
+        self, name: str, fn: Callable[[], Any], check: Callable[[Any], None] | None = None
+    ) -> Any:
+        """The stage's stored output, or `fn()` (timed in "seconds" when a dict), stored.
+
+        A stored output that cannot be read (truncated, corrupt) or that `check` rejects (a
+        ValueError, e.g. a path outside the workdir written by an older routecal or by the workdir
+        this one was copied from) counts as not done: one line on stderr, and the stage reruns.
+        """
         if self.done(name):
-            return self.load(name)
+            try:
+                value = self.load(name)
+                if check is not None:
+                    check(value)
+                return value
+            except ValueError as e:
+                print(f"routecal: stage {name}: {e}; recomputing it", file=sys.stderr)
         t0 = time.perf_counter()
         value = fn()
         if isinstance(value, dict):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import pathlib
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +25,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from routecal import parallel, report
+from routecal import parallel, report, train
+from routecal import workdir as workdir_io
 from routecal.pipeline import grid
 from routecal.pipeline.plan import ModelSpec, Plan
 from routecal.pipeline.stages import (
@@ -56,26 +56,40 @@ def train_stage(spec: ModelSpec, seed: int, run_dir: pathlib.Path) -> dict[str, 
     from routecal import train
 
     mcfg = spec.load(seed)
-    t0 = time.perf_counter()
     metrics = train.train_and_evaluate(mcfg, str(run_dir))
-    return {"metrics": metrics, "train_seconds": time.perf_counter() - t0,
+    # training time summed over every call that trained this run (resumes included)
+    return {"metrics": metrics, "train_seconds": metrics["time_s"],
             "residual": mcfg.model.residual}
 
 
-def predict_stage(run_dir: pathlib.Path) -> dict[str, Any]:
+def predict_stage(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str, Any]:
+    """Writes the run's predictions; stores their paths relative to the study's `workdir`."""
     from routecal import predict
 
-    return {"paths": {k: str(v) for k, v in predict.predict_workdir(str(run_dir)).items()}}
+    paths = predict.predict_workdir(str(run_dir))
+    return {"paths": {k: workdir_io.to_relative(v, workdir) for k, v in paths.items()}}
+
+
+def stored_paths(stage: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """The predictions files a predict stage recorded, inside `workdir` (ValueError otherwise:
+    absolute paths from an older routecal or from the workdir this one was copied from, or a
+    file that is gone; the stage is then recomputed)."""
+    paths = {k: workdir_io.from_relative(p, workdir) for k, p in stage["paths"].items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ValueError(f"predictions: recorded files are missing: {missing}")
+    return paths
 
 
 def run_summary(
-    spec: ModelSpec, seed: int, run_dir: pathlib.Path, trained: Mapping[str, Any],
+    spec: ModelSpec, seed: int, run_dir: str, trained: Mapping[str, Any],
     test: Mapping[str, np.ndarray], n_bins: int,
 ) -> dict[str, Any]:
-    """One trained model's row: test accuracy, ECE, NLL and training time."""
+    """One trained model's row: test accuracy, ECE, NLL and training time (`run_dir` relative to
+    the study's workdir)."""
     conf, correct = confidence_correct(test)
     return {
-        "arch": spec.name, "seed": seed, "workdir": str(run_dir), "residual": trained["residual"],
+        "arch": spec.name, "seed": seed, "workdir": run_dir, "residual": trained["residual"],
         "test_accuracy": float(correct.mean()),
         "test_ece": calibration.ece(conf, correct, n_bins=n_bins),
         "test_nll": calibration.nll(test["probs"], test["labels"]),
@@ -149,9 +163,9 @@ def depth_attention(plan: Plan, preds: Preds) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _step(stages: Stages, bar: Any, name: str, fn: Callable[[], Any]) -> Any:
+def _step(stages: Stages, bar: Any, name: str, fn: Callable[[], Any], check=None) -> Any:
     bar.set_postfix_str(name)
-    out = stages.run(name, fn)
+    out = stages.run(name, fn, check)
     bar.update()
     return out
 
@@ -164,11 +178,23 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
       cfg: a study config (`configs/study.py`).
       workdir: where runs, predictions, stage outputs, results.json and the report go.
       write_report: also write report.md / report.html.
+
+    The plan and every model's training config are checked whole before anything is written; the
+    workdir is locked for the run (a second process is refused, naming the holder). Stored paths
+    are relative to the workdir, so a copied or moved workdir reads only its own files.
     """
+    plan = Plan.from_config(cfg)  # validated before anything is written
+    mesh_size = parallel.make_mesh().size
+    for spec in plan.models:  # each model's training config, whole (model, data, train)
+        train.check_config(spec.load(plan.seeds[0]), mesh_size)
+    w = pathlib.Path(workdir)
+    with workdir_io.lock(w, "study", enabled=jax.process_index() == 0):
+        return _run_locked(plan, w, write_report)
+
+
+def _run_locked(plan: Plan, w: pathlib.Path, write_report: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    plan = Plan.from_config(cfg)  # validated before anything is written
-    w = pathlib.Path(workdir)
     record_workdir_config(w, plan.config, "study_config.json", "study")
     bar = tqdm(total=plan.n_stages, desc="study", unit="stage")
     step = functools.partial(_step, Stages(w), bar)
@@ -176,10 +202,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     for spec, seed in plan.runs:
         run_dir = w / "runs" / spec.name / f"seed{seed}"
         tr = step(f"train:{spec.name}:{seed}", functools.partial(train_stage, spec, seed, run_dir))
-        pr = step(f"predict:{spec.name}:{seed}", functools.partial(predict_stage, run_dir))
-        preds[spec.name, seed] = {k: load_predictions(p) for k, p in pr["paths"].items()}
+        pr = step(f"predict:{spec.name}:{seed}", functools.partial(predict_stage, run_dir, w),
+                  check=functools.partial(stored_paths, workdir=w))
+        preds[spec.name, seed] = {k: load_predictions(p) for k, p in stored_paths(pr, w).items()}
         test = preds[spec.name, seed]["test"]
-        runs.append(run_summary(spec, seed, run_dir, tr, test, plan.grid.n_bins))
+        runs.append(run_summary(spec, seed, workdir_io.to_relative(run_dir, w), tr, test,
+                                plan.grid.n_bins))
     diag = step("diagnostics", functools.partial(diagnostics_stage, plan, preds))
     probe_out = {
         (spec.name, seed): step(f"probes:{spec.name}:{seed}",

@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from routecal import flops, predict
+from routecal import workdir as workdir_io
 from routecal.data import Split, load_dataset, shift
 from routecal.models import vmoer
 from routecal.models.transformer import ModelConfig
@@ -247,7 +248,9 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
         "config": json.loads(cfg.to_json_best_effort()),
         "model_config": {k: str(v) for k, v in dataclasses.asdict(mcfg).items()},
     }
-    (workdir / "vmoer_results.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    workdir_io.write_text(  # atomic: temp file + rename
+        workdir / "vmoer_results.json", json.dumps(out, indent=2, default=float) + "\n"
+    )
     return out
 
 

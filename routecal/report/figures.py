@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from routecal import workdir as workdir_io
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -49,7 +51,7 @@ def fig_reliability(rel: Mapping[str, Mapping[str, Sequence[float]]], path: path
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    workdir_io.save_figure(fig, path, dpi=90)  # atomic: temp file + rename
     plt.close(fig)
 
 
@@ -71,7 +73,7 @@ def fig_nulls(tests: Sequence[Mapping[str, Any]], path: pathlib.Path, max_panels
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    workdir_io.save_figure(fig, path, dpi=90)  # atomic: temp file + rename
     plt.close(fig)
 
 
@@ -123,7 +125,7 @@ def fig_bandwidth(sweep: Mapping[str, Any], path: pathlib.Path) -> None:
         ax.set_title(arch, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    workdir_io.save_figure(fig, path, dpi=90)  # atomic: temp file + rename
     plt.close(fig)
 
 
@@ -148,7 +150,7 @@ def fig_depth(depth: Mapping[str, Any], path: pathlib.Path) -> None:
         ax.set_title(arch, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    workdir_io.save_figure(fig, path, dpi=90)  # atomic: temp file + rename
     plt.close(fig)
 
 
@@ -171,7 +173,7 @@ def fig_vmoer(vm: Mapping[str, Any], path: pathlib.Path) -> None:
         ax.set_title(metric, fontsize=9)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    workdir_io.save_figure(fig, path, dpi=90)  # atomic: temp file + rename
     plt.close(fig)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal import workdir as workdir_io
 from routecal.report import render
 from routecal.report.figures import _plt, fig_bandwidth, fig_depth, fig_nulls, fig_reliability
 from routecal.report.lm_verdicts import verdict_items, verdicts
@@ -147,7 +148,7 @@ def fig_power(power: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
         uniq = dict(zip(labels, handles, strict=True))
         ax.legend(uniq.values(), uniq.keys(), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    workdir_io.save_figure(fig, path, dpi=90)  # atomic: temp file + rename
     plt.close(fig)
 
 
@@ -191,7 +192,7 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     path = w / "results.json"
     if not path.exists():
         raise ValueError(f"workdir: no results.json in {w}; run `routecal study` first")
-    results = json.loads(path.read_text())
+    results = workdir_io.read_json(path, "results")
     items = verdict_items(results)
     tabs, figs = tables(results), figures(results, w / "figures")
     (w / "tables").mkdir(exist_ok=True)
@@ -208,7 +209,7 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
         md += [f"**{q}**", ""] + [f"- {s}" for s in items.get(k, ["-"])] + [""]
     md += [f"## {t.title}\n\n{t.markdown()}\n" for t in rest]
     md += ["## Figures", ""] + [f"![{c}](figures/{p.name})\n\n*{c}*\n" for c, p in figs]
-    (w / "report.md").write_text("\n".join(md))
+    workdir_io.write_text(w / "report.md", "\n".join(md))
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
          f"<style>{render._CSS}</style></head><body><h1>{html.escape(title)}</h1>",
          f"<p>{html.escape(facts)}</p>"]
@@ -222,7 +223,7 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
         b64 = base64.b64encode(p.read_bytes()).decode("ascii")
         h.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
                  f"<figcaption>{html.escape(cap)}</figcaption></figure>")
-    (w / "report.html").write_text("\n".join(h) + "</body></html>")
+    workdir_io.write_text(w / "report.html", "\n".join(h) + "</body></html>")
     return {"markdown": w / "report.md", "html": w / "report.html", "figures": w / "figures",
             "tables": w / "tables"}
 

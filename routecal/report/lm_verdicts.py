@@ -140,6 +140,9 @@ def domains_items(results: Mapping[str, Any]) -> list[str]:
         parts.append(f"{domain} domain (mean over models and seeds): next-token accuracy "
                      f"{np.mean(acc):.3f}, ECE {np.mean(ece):.4f}; {rej} of {len(ts)} {test}-test "
                      "cells reject after Holm.")
+    if parts:
+        parts.append(f"Control, power and seed-band rule of the {test} test: as in its diagnostics "
+                     "verdict, domain by domain (a domain's cells are one Holm/BH family).")
     return parts
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
+import io
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from routecal import workdir as workdir_io
 from routecal.report.figures import figures
 from routecal.report.verdicts import verdicts
 from routecal.stats.seeds import RULE
@@ -79,10 +80,11 @@ class Table:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def write_csv(self, path: pathlib.Path) -> None:
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(self.header)
-            w.writerows(self.rows)
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(self.header)
+        w.writerows(self.rows)
+        workdir_io.write_text(path, buf.getvalue())  # atomic: temp file + rename
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     res_path = w / "results.json"
     if not res_path.exists():
         raise ValueError(f"workdir: no results.json in {w}; run `routecal study` first")
-    results = json.loads(res_path.read_text())
+    results = workdir_io.read_json(res_path, "results")
     verdict = verdicts(results)
     tabs = tables(results)
     figs = figures(results, w / "figures")
@@ -233,7 +235,7 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     for cap, p in figs:
         md += [f"![{cap}](figures/{p.name})", "", f"*{cap}*", ""]
     md_path = w / "report.md"
-    md_path.write_text("\n".join(md))
+    workdir_io.write_text(md_path, "\n".join(md))
 
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
          f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -251,5 +253,5 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
                  f"<figcaption>{html.escape(cap)}</figcaption></figure>")
     h.append("</body></html>")
     html_path = w / "report.html"
-    html_path.write_text("\n".join(h))
+    workdir_io.write_text(html_path, "\n".join(h))
     return {"markdown": md_path, "html": html_path, "figures": w / "figures", "tables": tab_dir}

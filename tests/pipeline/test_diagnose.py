@@ -51,3 +51,43 @@ def test_diagnose_single_file_splits_it_for_the_probes(tmp_path):
     with np.load(tmp_path / "all.npz") as z:
         a, b = diagnose.split_predictions({k: z[k] for k in z.files}, seed=0)
     assert len(a["labels"]) + len(b["labels"]) == 800 and len(a["labels"]) == 400
+
+
+def test_calib_and_test_that_disagree_are_refused_before_any_write(tmp_path):
+    rng = np.random.default_rng(3)
+    _planted_npz(tmp_path / "calib.npz", rng, n=300)
+    n = 300
+    probs5 = rng.dirichlet(np.ones(5), size=n)
+    np.savez(tmp_path / "test5.npz", probs=probs5, labels=rng.integers(0, 5, n),
+             routing_planted=rng.normal(size=n), routing_noise=rng.normal(size=n))
+    with pytest.raises(ValueError, match=r"calib\.npz has 2 classes but .*test5\.npz has 5"):
+        diagnose.diagnose_predictions(tmp_path / "calib.npz", test_path=tmp_path / "test5.npz",
+                                      out_dir=tmp_path / "out")
+    with np.load(tmp_path / "calib.npz") as z:
+        d = {k: z[k] for k in z.files if k != "routing_noise"}
+    np.savez(tmp_path / "test_fewer.npz", **d)  # same task, one routing array missing
+    with pytest.raises(ValueError, match=r"routing_noise: \(\) vs missing"):
+        diagnose.diagnose_predictions(tmp_path / "calib.npz", test_path=tmp_path / "test_fewer.npz",
+                                      out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_constant_routing_features_are_skipped_with_a_note(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    n = 400
+    conf = rng.uniform(0.4, 0.99, n)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    labels = (rng.uniform(size=n) > conf).astype(int)
+    # every summary constant (a model whose routing never changes), and one varying extra feature
+    np.savez(tmp_path / "p.npz", probs=probs, labels=labels, H=np.full((n, 3), 0.5),
+             depth_var=np.ones((n, 3)), depth_mean=np.ones((n, 3)), routing_gate=rng.normal(size=n))
+    res = diagnose.diagnose_predictions(tmp_path / "p.npz", n_permutations=100)
+    err = capsys.readouterr().err
+    assert [t["feature"] for t in res["diagnostics"]["tests"]] == ["gate"]
+    skipped = ["H_mean", "depth_mean_mean", "depth_var_mean"]
+    assert len(res["meta"]["notes"]) == len(skipped)
+    for f, note in zip(skipped, res["meta"]["notes"], strict=True):
+        assert f"'{f}' does not vary" in note and note in err
+    probes = {r["probe"] for r in res["probes"]["rows"]}
+    assert {"uncalibrated", "temperature", "nw_confidence"} <= probes
+    assert (tmp_path / "p_routecal" / "report.html").exists()  # the run is not lost

@@ -43,3 +43,26 @@ def test_to_json_handles_numpy_and_nan():
     out = json.loads(stages.dumps({"a": np.float32(1.5), "b": np.arange(3), "c": float("nan"),
                                    "d": np.bool_(True), "e": (np.int64(2),)}))
     assert out == {"a": 1.5, "b": [0, 1, 2], "c": None, "d": True, "e": [2]}
+
+
+def test_an_unreadable_or_rejected_stage_is_recomputed_with_a_message(tmp_path, capsys):
+    st = stages.Stages(tmp_path)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return {"paths": {"test": "runs/a/test.npz"}}
+
+    first = st.run("predict:a:0", fn)
+    assert st.run("predict:a:0", fn) == first and len(calls) == 1  # done: skipped
+    st.path("predict:a:0").write_text('{"paths": {"te')  # a torn write
+    assert st.run("predict:a:0", fn)["paths"] == first["paths"] and len(calls) == 2
+    assert "predict_a_0.json' is not valid JSON" in capsys.readouterr().err
+
+    def inside(value):
+        if value["paths"]["test"].startswith("/"):
+            raise ValueError("path outside the workdir")
+
+    st.save("predict:a:0", {"paths": {"test": "/elsewhere/test.npz"}})  # an older routecal's
+    assert st.run("predict:a:0", fn, check=inside)["paths"] == first["paths"] and len(calls) == 3
+    assert "path outside the workdir; recomputing it" in capsys.readouterr().err

@@ -34,3 +34,32 @@ def test_write_report_without_results_is_clear(tmp_path):
 def test_to_json_handles_numpy_and_nan():
     out = json.loads(report.dumps({"a": np.float32(1.5), "b": np.arange(3), "c": float("nan")}))
     assert out == {"a": 1.5, "b": [0, 1, 2], "c": None}
+
+
+def test_disk_full_during_the_report_keeps_the_old_one_and_names_the_file(
+    tmp_path, results, monkeypatch
+):
+    import errno
+
+    from routecal import workdir
+
+    (tmp_path / "results.json").write_text(report.dumps(results(np.random.default_rng(2))))
+    out = report.write_report(tmp_path)
+    before = {p: p.read_bytes() for p in (out["markdown"], out["html"])}
+    real_fsync = workdir.os.fsync
+
+    def fsync(fd):  # the disk fills up while report.html is written
+        if "report.html" in str(workdir.os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(workdir.os, "fsync", fsync)
+    (tmp_path / "results.json").write_text(report.dumps(results(np.random.default_rng(3))))
+    with pytest.raises(OSError, match=r"cannot write report\.html: No space left") as e:
+        report.write_report(tmp_path)
+    assert e.value.filename == str(out["html"]) and e.value.errno == errno.ENOSPC
+    assert out["html"].read_bytes() == before[out["html"]]  # the old report, whole
+    assert not [p.name for p in tmp_path.rglob("*.tmp")]  # no temp file left behind
+    (tmp_path / "results.json").write_text('{"meta": {"tit')
+    with pytest.raises(ValueError, match=r"results: .*results\.json' is not valid JSON"):
+        report.write_report(tmp_path)
