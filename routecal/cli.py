@@ -7,6 +7,11 @@
     routecal report  --workdir W
 
 Everything here can be done from Python with one import (see each subcommand's target).
+
+Multi-host: `routecal --distributed <command> ...` on every process joins the job first
+(`jax.distributed.initialize`); Cloud TPU pods, SLURM and Open MPI are detected, elsewhere add
+`--coordinator-address HOST:PORT --num-processes N --process-id I`. Launch lines for each are in
+`routecal.parallel` and the README's Scale section.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributed", action="store_true",
         help="join a multi-host job first (jax.distributed.initialize; TPU pods, SLURM, MPI)",
     )
+    p.add_argument("--coordinator-address", default=None, help="with --distributed: HOST:PORT")
+    p.add_argument("--num-processes", type=int, default=None, help="with --distributed")
+    p.add_argument("--process-id", type=int, default=None, help="with --distributed")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a config file")
@@ -74,22 +82,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _join(kwargs: dict) -> None:
+    """Joins the multi-host job (before any other JAX call) and says where this process stands."""
+    from routecal import parallel
+
+    parallel.initialize_distributed(**kwargs)
+    import jax
+
+    print(
+        f"routecal: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local of {jax.device_count()} {jax.default_backend()} devices",
+        file=sys.stderr, flush=True,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one subcommand; bad input (a `ValueError`, e.g. a wrong override, a corrupt file or a
     workdir in use) ends with one line `routecal <cmd>: <message>` and exit status 1."""
     args, extra = build_parser().parse_known_args(argv)
+    explicit = {
+        k: getattr(args, k)
+        for k in ("coordinator_address", "num_processes", "process_id")
+        if getattr(args, k) is not None
+    }
+    if explicit and not args.distributed:
+        raise SystemExit(f"routecal: {sorted(explicit)} need --distributed")
     try:
-        _run(args, extra)
+        _run(args, extra, explicit)
     except ValueError as e:
         raise SystemExit(f"routecal {args.command}: {e}") from e
     return 0
 
 
-def _run(args: argparse.Namespace, extra: Sequence[str]) -> None:
+def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None:
     if args.distributed:
-        from routecal.parallel import initialize_distributed
-
-        initialize_distributed()
+        _join(explicit)
     if args.command in ("train", "study"):
         from routecal.config import load_config
 

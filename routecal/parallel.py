@@ -1,14 +1,29 @@
-"""Device meshes and sharding helpers.
+r"""Device meshes, multi-host helpers and backend-aware engine sizes.
 
 routecal scales out on JAX's own engine: a 1-D `jax.sharding.Mesh` over the local devices (or, after
 `jax.distributed.initialize()`, over every device of a multi-host job), `shard_map` for batched
 statistics and `NamedSharding` for data parallelism. Test on CPU with
-`XLA_FLAGS=--xla_force_host_platform_device_count=8`.
+`XLA_FLAGS=--xla_force_host_platform_device_count=8`; multi-process runs are tested on one machine
+with local processes joined over 127.0.0.1 (tests/test_multihost.py).
+
+Multi-host launch (every process runs the same command; see `initialize_distributed`):
+
+    # Cloud TPU pod slice (all workers; topology auto-detected from the TPU metadata)
+    gcloud compute tpus tpu-vm ssh NAME --zone Z --worker=all \
+        --command="routecal --distributed study --config configs/study.py --workdir /shared/run"
+    # SLURM GPU cluster (one process per node; SLURM variables auto-detected)
+    srun --nodes=4 --ntasks-per-node=1 --gpus-per-node=8 \
+        routecal --distributed study --config configs/study.py --workdir /shared/run
+    # anything else: explicit flags (process i of n; the coordinator is process 0's host:port)
+    routecal --distributed --coordinator-address 10.0.0.1:1234 --num-processes 2 --process-id i \
+        study --config configs/study.py --workdir /shared/run
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,7 +37,8 @@ def make_mesh(devices: Sequence[jax.Device] | int | None = None, axis: str = BAT
     """Returns a 1-D mesh named `axis`.
 
     Args:
-      devices: explicit devices, a count (the first `n` of `jax.devices()`), or None for all.
+      devices: explicit devices, a count (the first `n` of `jax.devices()`), or None for all
+        (after `initialize_distributed`, all devices of every process).
       axis: the mesh axis name.
     """
     if devices is None:
@@ -54,13 +70,114 @@ def pad_to_multiple(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
-def initialize_distributed(**kwargs) -> None:
+# ------------------------------------------------------------------------------------------------
+# Multi-host
+# ------------------------------------------------------------------------------------------------
+
+
+def initialize_distributed(**kwargs: Any) -> None:
     """Joins a multi-host job so `jax.devices()` (and `make_mesh()`) span every host.
 
     Calls `jax.distributed.initialize(**kwargs)`, which auto-detects Cloud TPU pods, SLURM and
-    Open MPI clusters; pass `coordinator_address`, `num_processes` and `process_id` elsewhere.
-    Call it once per process before any other JAX call (`routecal --distributed ...` does).
+    Open MPI clusters; elsewhere pass `coordinator_address="host:port"`, `num_processes` and
+    `process_id` (launch lines in the module docstring). On CPU, cross-process collectives go
+    through gloo. Call it once per process before any other JAX computation
+    (`routecal --distributed ...` does); a second call is a no-op.
     """
-    if jax.process_count() > 1:
-        return  # already part of a multi-process job
+    if jax.distributed.is_initialized():
+        return
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):  # older jax defaults
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
+
+
+def is_primary() -> bool:
+    """True on process 0: the one process that writes results, reports and logs."""
+    return jax.process_index() == 0
+
+
+def process_slice(n: int) -> slice:
+    """This process's contiguous part of `n` items (split as `numpy.array_split`, process order)."""
+    k, i = jax.process_count(), jax.process_index()
+    q, r = divmod(n, k)
+    start = i * q + min(i, r)
+    return slice(start, start + q + (i < r))
+
+
+def replicate(x: Any, mesh: Mesh) -> Any:
+    """Inside `jit`: constrains `x` (a pytree) to be replicated on every device of `mesh`, so every
+    process can read the whole result (XLA inserts the all-gather)."""
+    return jax.lax.with_sharding_constraint(x, replicated(mesh))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of a (possibly globally sharded) array on this host, on every process."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# Backend-aware engine sizes
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSizes:
+    """Chunk, lane and tile sizes of the statistics engines for one backend.
+
+    They bound memory (never N or B) and set speed, never results: the permutation null for a key
+    is the same for every lane/block size (`routecal.stats.diagnostics`), the kernel sums agree to
+    float32 rounding for every tile size.
+
+    Attributes:
+      permutation_lanes: permutations per chunk (working set ~ lanes x scan_block x 8 bytes x 4).
+      scan_block: examples per step of the permutation scan (unrolled).
+      nw_row_tile, nw_col_tile: Nadaraya-Watson tiles (memory ~ row x col floats per device).
+      bandwidth_chunk: bandwidths per sharded kernel call.
+    """
+
+    permutation_lanes: int
+    scan_block: int
+    nw_row_tile: int
+    nw_col_tile: int
+    bandwidth_chunk: int
+
+
+# CPU: 128 lanes keep each scan step under XLA:CPU's threshold for splitting a fused kernel over
+# the intra-op pool (split kernels pay a fork-join per step: ~2x the CPU time, measured at
+# 256-1024 lanes); the sharded program's memory grew with bandwidths per call (2.4 GB for 32 at
+# N = 100k), hence 4. GPU/TPU: a step is one kernel launch, so more lanes and longer steps amortise
+# it (a GPU needs >= 10^4 threads per kernel); tiles of 4096^2 floats are 64 MiB.
+_ENGINE_SIZES = {
+    "cpu": EngineSizes(128, 16, 512, 8192, 4),
+    "gpu": EngineSizes(8192, 128, 4096, 16384, 8),
+    "tpu": EngineSizes(8192, 128, 4096, 16384, 8),
+}
+
+
+def engine_sizes(backend: str | Mesh | None = None) -> EngineSizes:
+    """Sizes for `backend`: "cpu", "gpu" ("cuda", "rocm"), "tpu", a mesh (its devices' platform),
+    or None (`jax.default_backend()`)."""
+    if isinstance(backend, Mesh):
+        b = backend.devices.flat[0].platform
+    else:
+        b = jax.default_backend() if backend is None else backend
+    b = {"cuda": "gpu", "rocm": "gpu"}.get(b, b)
+    if b not in _ENGINE_SIZES:
+        raise ValueError(f"backend: unknown {backend!r}; expected one of {sorted(_ENGINE_SIZES)}")
+    return _ENGINE_SIZES[b]
+
+
+def nw_tiles(row_tile: int | None, col_tile: int | None, mesh: Mesh | None) -> tuple[int, int]:
+    """Nadaraya-Watson (row, column) tiles: the given ones, else the mesh backend's defaults."""
+    sizes = engine_sizes(mesh)
+    out = []
+    for name, v, default in (("row_tile", row_tile, sizes.nw_row_tile),
+                             ("col_tile", col_tile, sizes.nw_col_tile)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1):
+            raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+        out.append(default if v is None else int(v))
+    return out[0], out[1]

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from routecal import _checks, traces
+from routecal import _checks, parallel, traces
 from routecal import workdir as workdir_io
 from routecal.data import Split
 from routecal.models.transformer import Transformer
@@ -139,6 +139,34 @@ def predict_workdir(
     for name, split in todo.items():
         rec = predictions_record(model, split, batch_size=batch_size)
         path = out_dir / f"{name}.npz"
-        workdir_io.save_npz(path, rec)  # atomic: a kill mid-write leaves no half file
+        if parallel.is_primary():  # multi-host: process 0 writes; atomic (no half file on a kill)
+            workdir_io.save_npz(path, rec)
         paths[name] = path
     return paths
+
+
+def predict_process_shard(
+    workdir: str | pathlib.Path, split: str = "test", *, batch_size: int = 256
+) -> pathlib.Path:
+    """Multi-host predict: this process predicts its part of `split` and writes one shard.
+
+    Process i of n takes examples `parallel.process_slice(N)` (contiguous, `numpy.array_split`
+    order) and writes W/predictions/<split>-<i:05d>-of-<n:05d>.npz (keys as `predict_workdir`;
+    example-averaged `alpha_mean` is per shard). `predictions.concat_predictions` of the shards in
+    process order gives the one-process arrays.
+
+    Returns:
+      the path of this process's shard.
+    """
+    from routecal.train import load_trained
+
+    model, _, dataset = load_trained(workdir)
+    full = dataset.split(split)
+    part = parallel.process_slice(len(full))
+    sub = Split(tokens=full.tokens[part], labels=full.labels[part])
+    out_dir = pathlib.Path(workdir) / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    i, n = jax.process_index(), jax.process_count()
+    path = out_dir / f"{split}-{i:05d}-of-{n:05d}.npz"
+    workdir_io.save_npz(path, predictions_record(model, sub, batch_size=batch_size))
+    return path

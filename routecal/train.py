@@ -229,7 +229,9 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, task, position, *, eval_bs
           max_steps_this_run):
     tcfg = cfg.train
     metrics_path = workdir / "metrics.jsonl"
-    checkpoints.truncate_metrics(metrics_path, position["step"])
+    primary = parallel.is_primary()  # multi-host: process 0 writes the workdir's files
+    if primary:
+        checkpoints.truncate_metrics(metrics_path, position["step"])
     # cached_partial caches the NNX graph traversal of model and optimizer (less overhead per step)
     train_step = nnx.cached_partial(task.train_step(str(tcfg.trainable)), model, optimizer)
     seed = int(cfg.get("data_seed", cfg.seed))
@@ -242,7 +244,8 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, task, position, *, eval_bs
     pending: list[tuple[int, jax.Array]] = []
     last: dict[str, Any] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, initial=step, desc=f"train {workdir.name}", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=step, desc=f"train {workdir.name}", dynamic_ncols=True,
+               disable=not primary)
     while step < stop:
         idx, epoch, index = _next_batch(seed, epoch, index, n_train, bs)
         out = train_step(*_put_batch(mesh, *task.train_batch(idx, step)))
@@ -252,14 +255,18 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, task, position, *, eval_bs
         if step % log_every == 0 or step == steps:
             _check_finite(pending)
             last = {k: float(v) for k, v in jax.device_get(out).items()}
-            checkpoints.log_metrics(metrics_path, {"step": step, **{f"train/{k}": v for k, v in last.items()}})
+            if primary:
+                checkpoints.log_metrics(
+                    metrics_path, {"step": step, **{f"train/{k}": v for k, v in last.items()}}
+                )
             bar.set_postfix(loss=f"{last['loss']:.4f}")
         if step % int(tcfg.eval_every) == 0 or step == steps:
             rec = {"step": step}
             for split in task.eval_splits:
                 ev = task.evaluate(model, split, batch_size=eval_bs, mesh=mesh)
                 rec.update({f"{split}/{k}": v for k, v in ev.items()})
-            checkpoints.log_metrics(metrics_path, rec)
+            if primary:
+                checkpoints.log_metrics(metrics_path, rec)
         if step % int(tcfg.checkpoint_every) == 0 or step == steps:
             _check_finite(pending)
             elapsed = time_before + time.perf_counter() - t0
@@ -280,7 +287,8 @@ def _loop(cfg, workdir, mesh, mngr, model, optimizer, task, position, *, eval_bs
     for split in task.final_splits:
         ev = task.evaluate(model, split, batch_size=eval_bs, mesh=mesh, final=True)
         final.update({f"{split}/{k}": v for k, v in ev.items()})
-    workdir_io.write_json(workdir / "final_metrics.json", final)
+    if primary:
+        workdir_io.write_json(workdir / "final_metrics.json", final)
     return final
 
 

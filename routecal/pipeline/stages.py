@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal import parallel
 from routecal import workdir as workdir_io
 
 
@@ -54,10 +55,15 @@ def dumps(obj: Any) -> str:
 def write_json(path: pathlib.Path, value: Any) -> Any:
     """Writes `to_json(value)` to `path` atomically (`routecal.workdir.write_text`).
 
+    Multi-host: process 0 writes (`parallel.is_primary`); every process returns the same value.
+
     Returns:
       the value as read back (what a resumed run will see).
     """
-    workdir_io.write_text(path, dumps(value))
+    text = dumps(value)
+    if not parallel.is_primary():
+        return json.loads(text)
+    workdir_io.write_text(path, text)
     return workdir_io.read_json(path, "results")
 
 

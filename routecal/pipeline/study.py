@@ -224,7 +224,7 @@ def _run_locked(plan: Plan, w: pathlib.Path, write_report: bool) -> dict[str, An
                "depth_attention": depth_attention(plan, preds), "vmoer": vmoer}
     results["verdicts"] = report.verdicts(to_json(results))
     results = write_json(w / "results.json", results)
-    if write_report:
+    if write_report and parallel.is_primary():  # multi-host: process 0 writes the report
         report.write_report(w)
     bar.update()
     bar.close()

@@ -144,7 +144,7 @@ def select_bandwidth(
         _checks.check_same_length(x=xa, y=ya)
         if x_test.shape[1] != xa.shape[1]:
             raise ValueError(f"test[0]: has {x_test.shape[1]} features, x has {xa.shape[1]}")
-        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=512, col_tile=8192)
+        preds = _nw_grid(xa, ya, x_test, grid, mesh=mesh, row_tile=None, col_tile=None)
         preds = np.clip(preds, 0.0, 1.0)
         scores = np.array([ece(p, y_test, n_bins=n_bins) for p in preds])
         optimistic = True

@@ -202,7 +202,7 @@ def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutat
         out_specs=P(axis),
         check_vma=False,
     )(seeds, _blocks(w))
-    null = null.reshape(-1)[:n_permutations]
+    null = parallel.replicate(null.reshape(-1)[:n_permutations], mesh)  # readable on every host
     return z, _two_sided_p(z, null), null, slope
 
 
@@ -266,8 +266,8 @@ def conditional_calibration_test(
       key: a jax PRNG key or an integer seed.
       clusters: optional [N] integer cluster ids (e.g. sequence ids); signs are flipped per cluster.
       n_permutations: B sign flips. stratum_size: examples per confidence stratum (>= 3).
-      mesh: optional 1-D mesh (default: all local devices). chunk_size: flips per chunk (default
-        `diagnostics.default_chunk_size(B)`); part of the random stream's definition.
+      mesh: optional 1-D mesh (default: all devices). chunk_size: flips per chunk (default by the
+        mesh's backend, `parallel.engine_sizes`); it never changes the null for a key.
     Returns:
       ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata).
     """

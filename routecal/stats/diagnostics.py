@@ -32,10 +32,12 @@ distance to the exact permutation law is at most n_b * 2^-32 per bin (exact arit
 of up to 2^21 members; beyond that the float64 rounding adds < 2^-52 relative error). Lanes are
 independent and vectorise; there is no sort and no gather, just O(N) streaming work per permutation
 (about 15 vector operations per example and permutation). Random bits come from a counter-based
-generator (two keyed rounds of a 32-bit integer hash over the example's position) whose per-lane keys
-are drawn with `jax.random` (threefry) from `fold_in(key, chunk)`, so the result depends only on the
-key and the chunk size, never on the device count. Chunks of `Bc` lanes bound the working set; chunks
-are sharded over the devices of a 1-D mesh with `jax.shard_map`.
+generator (two keyed rounds of a 32-bit integer hash over the example's (bin, routing) rank) whose
+key for permutation b is drawn with `jax.random` (threefry) from `fold_in(key, b)`, so the result
+depends only on the key: never on the chunk size, the scan step, the device or process count or the
+backend. Chunks of `Bc` lanes bound the working set (sizes by backend, `parallel.engine_sizes`);
+chunks are sharded over the devices of a 1-D mesh with `jax.shard_map`, the null replicated so every
+process of a multi-host mesh reads it.
 """
 
 from __future__ import annotations
@@ -76,19 +78,20 @@ __all__ = [
     "subgroup_gaps",
     "within_bin_permutation_test",
 ]
-_CHUNK = 128  # permutations per chunk (lanes)
+_CHUNK = 128  # permutations per chunk (lanes) on CPU
 
 
 def default_chunk_size(n_permutations: int) -> int:
-    """Lanes per chunk: 128, fixed (never the device count, so results ignore it).
+    """Lanes per chunk for this backend (`parallel.engine_sizes`): 128 on CPU, 8192 on GPU/TPU.
 
-    128 keeps each scan step's fused kernels below XLA:CPU's cost threshold for splitting a kernel
-    across the intra-op thread pool; split kernels pay a fork-join per step that costs more than it
-    gains (measured: ~2x the CPU time at 256-1024 lanes on one device). Parallelism comes from
-    sharding chunks over devices instead; B = 10,000 gives 79 chunks.
+    On CPU 128 keeps each scan step's fused kernels below XLA:CPU's cost threshold for splitting a
+    kernel across the intra-op thread pool; split kernels pay a fork-join per step that costs more
+    than it gains (measured: ~2x the CPU time at 256-1024 lanes on one device). Parallelism comes
+    from sharding chunks over devices instead; B = 10,000 gives 79 chunks. The chunk size never
+    changes the null: lane b's random stream depends only on (key, b).
     """
     del n_permutations
-    return _CHUNK
+    return parallel.engine_sizes().permutation_lanes
 
 
 def _resolve_chunk(chunk_size: int | None, n_permutations: int) -> int:
@@ -105,10 +108,11 @@ def engine_args(key: Any, n_permutations: Any, chunk_size: Any, mesh: Mesh | Non
     """Checked (key, B, chunk size, 1-D mesh; default all local devices) for a sharded engine."""
     key = _checks.check_key(key)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    chunk_size = _resolve_chunk(chunk_size, n_permutations)
     mesh = parallel.make_mesh() if mesh is None else mesh
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
+    lanes = parallel.engine_sizes(mesh).permutation_lanes  # by backend; never changes the null
+    chunk_size = _resolve_chunk(lanes if chunk_size is None else chunk_size, n_permutations)
     return key, n_permutations, chunk_size, mesh
 
 # ------------------------------------------------------------------------------------------------
@@ -129,20 +133,20 @@ def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
     bc = seed.shape[1]
     zeros = jnp.zeros((bc,), f)
     izeros = jnp.zeros((bc,), jnp.int32)
-    offsets = jnp.arange(_L, dtype=jnp.uint32)
 
     def body(carry, xs):
         rt, s, acc, stat = carry
-        blk, a_top, a_bot, rem, first, kt, ks, w = xs
+        ctr, a_top, a_bot, rem, first, kt, ks, w = xs
         # [L, Bc] draws j = floor(U * remaining), U = bits / 2^32: uniform on [0, remaining) up to
-        # 2^-32 (exact in float64); materialised once so the three chains below share them.
-        bits = _uniform_bits(seed, blk.astype(jnp.uint32) * _L + offsets)
+        # 2^-32 (exact in float64); materialised once so the three chains below share them. The
+        # counter is the example's (bin, routing) rank, so draws do not depend on L.
+        bits = _uniform_bits(seed, ctr)
         j = jnp.floor(bits.astype(f) * rem[:, None]).astype(jnp.int32)
         j = lax.optimization_barrier(j)
         keep = (first == 0).astype(jnp.int32)
         rt, s = rt * keep + kt.astype(jnp.int32), s * keep + ks.astype(jnp.int32)
         acc = acc * (1.0 - first)
-        for l in range(_L):
+        for l in range(a_top.shape[0]):
             top = j[l] < rt  # top group with prob rt / remaining
             topmid = j[l] < s  # top or middle group with prob s / remaining
             acc = acc + jnp.where(top, a_top[l], jnp.where(topmid, 0.0, -a_bot[l]))
@@ -152,7 +156,7 @@ def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
         return (rt, s, acc, stat), None
 
     xs = (
-        jnp.arange(lay.a_top.shape[0]),
+        lay.ctr,
         lay.a_top, lay.a_bot, lay.rem, lay.first, lay.k_top, lay.k_topmid, lay.w_end,
     )
     (_, _, _, stat), _ = lax.scan(body, (izeros, izeros, zeros, zeros), xs)
@@ -177,16 +181,18 @@ def permutation_test_core(
     n_bins: int,
     n_groups: int,
     chunk_size: int | None = None,
+    block: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Jittable, vmappable test on one device (no input checks; trace under `jax.enable_x64`).
 
     Args:
       bins: [N] int32 bin indices; confidence, correct, routing: [N] float64.
-      key: PRNG key.
+      key: PRNG key. chunk_size, block: lanes and scan step (default: by backend; same null).
     Returns:
       (statistic [], p_value [], null [B]).
     """
-    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
+    block = parallel.engine_sizes().scan_block if block is None else block
+    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups, block)
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = -(-n_permutations // bc)
     seeds = chunk_seeds(key, n_chunks, bc)
@@ -195,17 +201,18 @@ def permutation_test_core(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size", "mesh")
+    jax.jit,
+    static_argnames=("n_permutations", "n_bins", "n_groups", "chunk_size", "mesh", "block"),
 )
 def _sharded_test(bins, confidence, correct, routing, key, *, n_permutations, n_bins, n_groups,
-                  chunk_size, mesh):
-    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups)
+                  chunk_size, mesh, block=_L):
+    lay = _layout(bins, confidence, correct, routing, n_bins, n_groups, block)
     n_dev = mesh.size
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), n_dev)
     seeds = chunk_seeds(key, n_chunks, bc)
     axis = mesh.axis_names[0]
-    null_fields = (lay.a_top, lay.a_bot, lay.rem, lay.first, lay.k_top, lay.k_topmid, lay.w_end)
+    null_fields = tuple(getattr(lay, name) for name in _NULL_FIELDS)
 
     def local(seeds_local, *fields):
         sub = lay._replace(**dict(zip(_NULL_FIELDS, fields, strict=True)))
@@ -218,11 +225,11 @@ def _sharded_test(bins, confidence, correct, routing, key, *, n_permutations, n_
         out_specs=P(axis),
         check_vma=False,
     )(seeds, *null_fields)
-    null = null.reshape(-1)[:n_permutations]
+    null = parallel.replicate(null.reshape(-1)[:n_permutations], mesh)  # readable on every host
     return lay.weighted_gap, _p_value(lay.weighted_gap, null), null
 
 
-_NULL_FIELDS = ("a_top", "a_bot", "rem", "first", "k_top", "k_topmid", "w_end")
+_NULL_FIELDS = ("a_top", "a_bot", "rem", "first", "k_top", "k_topmid", "w_end", "ctr")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,8 +287,8 @@ def within_bin_permutation_test(
       key: a jax PRNG key, or an integer seed (accepted as jax.random.key(seed)).
       n_permutations: B >= 1. n_bins: M. n_groups: G >= 2.
       mesh: optional 1-D mesh (`routecal.parallel.make_mesh`).
-      chunk_size: permutations per chunk (default `default_chunk_size(B)`); part of the random
-        stream's definition, so the same key and chunk size give the same null.
+      chunk_size: permutations per chunk (default by the mesh's backend, `parallel.engine_sizes`);
+        it bounds memory and never changes the null: the same key gives the same null.
       binning: confidence bins, "width" (default) or "mass" (see `subgroup_gaps`).
     Returns:
       PermutationTestResult(statistic, p_value, null [B]).
@@ -292,7 +299,7 @@ def within_bin_permutation_test(
         stat, p, null = _sharded_test(
             jnp.asarray(_np_bins(c, n_bins, binning)), jnp.asarray(c), jnp.asarray(y),
             jnp.asarray(r), key, n_permutations=n_permutations, n_bins=n_bins, n_groups=n_groups,
-            chunk_size=chunk_size, mesh=mesh,
+            chunk_size=chunk_size, mesh=mesh, block=parallel.engine_sizes(mesh).scan_block,
         )
         return PermutationTestResult(float(stat), float(p), np.asarray(null))
 

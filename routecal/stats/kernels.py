@@ -42,7 +42,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from routecal import _checks
+from routecal import _checks, parallel
 from routecal.parallel import pad_to_multiple
 from routecal.stats.bandwidth import (
     DEFAULT_MULTIPLES,
@@ -152,7 +152,8 @@ def _build(row_tile: int, col_tile: int, loo: bool, shared_min: bool, mesh: Mesh
         out_specs=P(None, axis),
         check_vma=False,
     )
-    return jax.jit(fn)
+    # Replicated output: every process of a multi-host mesh reads the whole [K, R] result.
+    return jax.jit(fn, out_shardings=parallel.replicated(mesh))
 
 
 def _scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -164,25 +165,23 @@ def _scales(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return scales.astype(np.float32), ratio.astype(np.float32), shared
 
 
-_MESH_BANDWIDTH_CHUNK = 4
-
-
 def _run_chunked(fn, args, scales, ratio, mesh) -> np.ndarray:
     """Runs `fn` over the bandwidth grid: all at once on one device; on a mesh in chunks of
-    `_MESH_BANDWIDTH_CHUNK` bandwidths, because the sharded XLA:CPU program's memory was seen to
-    grow with the bandwidths of one call (2.4 GB for 32 at N = 100k; freed after the call).
-    Chunks are padded to full size so every call has the same shape (one compilation)."""
-    if mesh is None or len(scales) <= _MESH_BANDWIDTH_CHUNK:
+    `parallel.engine_sizes(mesh).bandwidth_chunk` bandwidths (4 on CPU), because the sharded
+    XLA:CPU program's memory was seen to grow with the bandwidths of one call (2.4 GB for 32 at
+    N = 100k; freed after the call). Chunks are padded to full size (one compilation)."""
+    chunk = parallel.engine_sizes(mesh).bandwidth_chunk
+    if mesh is None or len(scales) <= chunk:
         return np.asarray(fn(*args, scales, ratio), np.float64)
     k = len(scales)
-    k_pad = pad_to_multiple(k, _MESH_BANDWIDTH_CHUNK)
+    k_pad = pad_to_multiple(k, chunk)
     scales = np.concatenate([scales, np.repeat(scales[:1], k_pad - k, axis=0)])
     ratio = np.concatenate([ratio, np.repeat(ratio[:1], k_pad - k)])
     # A proportional grid's row minima are computed at the first bandwidth of each call: keep
     # every chunk's ratios relative to its own first bandwidth.
     outs = []
-    for s in range(0, k_pad, _MESH_BANDWIDTH_CHUNK):
-        sc, r = scales[s : s + _MESH_BANDWIDTH_CHUNK], ratio[s : s + _MESH_BANDWIDTH_CHUNK]
+    for s in range(0, k_pad, chunk):
+        sc, r = scales[s : s + chunk], ratio[s : s + chunk]
         outs.append(np.asarray(fn(*args, sc, r / r[0]), np.float64))
     return np.concatenate(outs)[:k]
 
@@ -194,8 +193,8 @@ def nadaraya_watson(
     bandwidth,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 512,
-    col_tile: int = 8192,
+    row_tile: int | None = None,
+    col_tile: int | None = None,
 ) -> np.ndarray:
     """Nadaraya-Watson estimate with a Gaussian product kernel.
 
@@ -207,7 +206,8 @@ def nadaraya_watson(
       x_query: [M, D] query features.
       bandwidth: [D] positive bandwidths.
       mesh: optional 1-D mesh; query rows are sharded over it.
-      row_tile, col_tile: tile sizes (memory ~ row_tile * col_tile floats per device).
+      row_tile, col_tile: tile sizes (memory ~ row_tile * col_tile floats per device; default
+        by backend, `parallel.engine_sizes`: 512 x 8192 on CPU).
 
     Returns:
       [M] float64 estimates (float32 precision). A query far from every training point gets the
@@ -229,6 +229,7 @@ def _nw_grid(xt, yt, xq, h, *, mesh, row_tile, col_tile) -> np.ndarray:
     """[K, M] NW estimates for every bandwidth row of h [K, D] (inputs already validated)."""
     xt, xq = _centre(xt, xq)
     n_dev = _n_devices(mesh)
+    row_tile, col_tile = parallel.nw_tiles(row_tile, col_tile, mesh)
     m = xq.shape[0]
     rt, ct = _tile_sizes(-(-m // n_dev), xt.shape[0], row_tile, col_tile)
     xc, yc, tile_y, tile_mixed, _ = _layout_columns(xt, yt, ct, ct)
@@ -251,8 +252,8 @@ def loo_predictions(
     bandwidths,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 512,
-    col_tile: int = 8192,
+    row_tile: int | None = None,
+    col_tile: int | None = None,
 ) -> np.ndarray:
     """Leave-one-out Nadaraya-Watson estimates for a grid of bandwidths (unclipped).
 
@@ -275,6 +276,7 @@ def loo_predictions(
     xa, _ = _centre(xa, xa[:1])
     n = xa.shape[0]
     n_dev = _n_devices(mesh)
+    row_tile, col_tile = parallel.nw_tiles(row_tile, col_tile, mesh)
     # Square tiles: a row tile's own columns form one [rt, rt] tile with self on its diagonal.
     rt, _ = _tile_sizes(-(-n // n_dev), n, row_tile, col_tile)
     ct = rt
@@ -292,8 +294,8 @@ def loo_nll(
     bandwidths,
     *,
     mesh: Mesh | None = None,
-    row_tile: int = 512,
-    col_tile: int = 8192,
+    row_tile: int | None = None,
+    col_tile: int | None = None,
 ) -> np.ndarray:
     """Leave-one-out cross-validated binary NLL of Nadaraya-Watson for each bandwidth.
 

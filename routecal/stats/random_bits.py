@@ -1,7 +1,8 @@
 """Counter-based random bits for the permutation engines (paper test and conditional test).
 
-Per-lane keys come from `jax.random` (threefry) via `fold_in(key, chunk)`, so a null depends only
-on the key and the chunk size, never on the device count. Shapes: `Bc` lanes, `L` counters.
+Permutation b's two key words come from `jax.random` (threefry) via `fold_in(key, b)`, so a null
+depends only on the key: never on the chunk size, the device or process count or the backend.
+Shapes: `Bc` lanes, `L` counters.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def _mix32(x: jax.Array) -> jax.Array:
 
 
 def _uniform_bits(seed: jax.Array, counter: jax.Array) -> jax.Array:
-    """Counter-based random bits: [2, Bc] per-lane keys and [L] counters -> [L, Bc] uint32.
+    """Counter-based random bits: [2, Bc] per-lane keys and [L] uint32 counters -> [L, Bc] uint32.
 
     Two keyed rounds of `_mix32` over (counter * golden ratio + k0): for a fixed lane the counters
     map to distinct, well-mixed words; lanes differ by their threefry-drawn keys.
@@ -30,7 +31,8 @@ def _uniform_bits(seed: jax.Array, counter: jax.Array) -> jax.Array:
 
 
 def chunk_seeds(key: jax.Array, n_chunks: int, chunk_size: int) -> jax.Array:
-    """[n_chunks, 2, Bc] uint32 lane keys; chunk c uses `fold_in(key, c)` (device-independent)."""
-    return jax.vmap(
-        lambda c: jax.random.bits(jax.random.fold_in(key, c), (2, chunk_size), jnp.uint32)
-    )(jnp.arange(n_chunks))
+    """[n_chunks, 2, Bc] uint32 lane keys; permutation b = c * Bc + i draws its two words from
+    `fold_in(key, b)`, so the null depends on the key only (not on chunk size or device count)."""
+    lanes = jnp.arange(n_chunks * chunk_size, dtype=jnp.uint32)
+    words = jax.vmap(lambda b: jax.random.bits(jax.random.fold_in(key, b), (2,), jnp.uint32))(lanes)
+    return words.reshape(n_chunks, chunk_size, 2).transpose(0, 2, 1)

@@ -65,6 +65,7 @@ class _Layout(NamedTuple):
     k_top: jax.Array  # [n_blocks] n_top on a bin's first block, else 0
     k_topmid: jax.Array  # [n_blocks] n_b - n_bottom on a bin's first block, else 0
     w_end: jax.Array  # [n_blocks] n_b / N on a bin's last block, else 0
+    ctr: jax.Array  # [n_blocks, L] uint32 position in (bin, routing) order: the draw's counter
 
 
 def _layout(
@@ -74,11 +75,13 @@ def _layout(
     routing: jax.Array,
     n_bins: int,
     n_groups: int,
+    block: int = _L,
 ) -> _Layout:
     """Sorts by (bin, routing), forms the within-bin groups and the observed per-bin table.
 
     Args:
       bins: [N] int32 in [0, M). confidence, correct, routing: [N] float.
+      block: L, examples per scan step of the null (the padded layout's row length).
     """
     n = bins.shape[0]
     f = confidence.dtype
@@ -115,14 +118,14 @@ def _layout(
     weighted = jnp.sum(nb.astype(f) / n * jnp.abs(gap))
 
     # Padded layout: each valid bin starts on a block boundary, so resets happen per block.
-    n_blocks = -(-n // _L) + n_bins
-    nblk = jnp.where(valid, -(-nb // _L), 0)
+    n_blocks = -(-n // block) + n_bins
+    nblk = jnp.where(valid, -(-nb // block), 0)
     blk_start = jnp.cumsum(nblk) - nblk
-    pos = jnp.where(valid[sb], blk_start[sb] * _L + rank, n_blocks * _L)
-    size = n_blocks * _L
+    pos = jnp.where(valid[sb], blk_start[sb] * block + rank, n_blocks * block)
+    size = n_blocks * block
 
-    def scatter(fill, v):
-        return jnp.full((size,), fill, f).at[pos].set(v, mode="drop").reshape(n_blocks, _L)
+    def scatter(fill, v, dtype=f):
+        return jnp.full((size,), fill, dtype).at[pos].set(v, mode="drop").reshape(n_blocks, block)
 
     a_top = scatter(0.0, res_s / kt_f[sb])
     a_bot = scatter(0.0, res_s / kb_f[sb])
@@ -150,6 +153,7 @@ def _layout(
         k_top=blk(first_idx, k_top.astype(f)),
         k_topmid=blk(first_idx, (nb - k_bot).astype(f)),
         w_end=blk(last_idx, nb.astype(f) / n),
+        ctr=scatter(0, iota.astype(jnp.uint32), jnp.uint32),
     )
 
 
