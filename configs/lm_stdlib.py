@@ -28,12 +28,14 @@ test; `routecal train --config configs/lm_stdlib.py[:block] --workdir W`):
     block      200    2.60        2.61       52.0 %               49 min
     block      400    2.10        2.29       58.1 %               77 min
 
-The 800-step runs had not finished at the time of writing (they resume from their checkpoints
-with the same command). Process CPU time is the contention-free cost: ~0.6 CPU-s per 4,096-token
-step, ~8 CPU-min for the 800 steps, i.e. ~4-8 min wall on the idle 2 cores, within the 10-minute
-target; the held-out target (<= 2.2 bits per byte on test) is met on calib at step 400 and not
-yet on test (2.27) at the half-way point. full and moe were not trained here (step times in
-benchmarks/RESULTS.md). Next-byte accuracy stays near 60 %, far from 100 %: plenty of errors for
+    standard   800    1.79        2.13       60.4 %               85 min (killed at 400, resumed)
+
+The 800-step final evaluation covers 256k tokens per split (near 2.00 bpb, far prose 2.66 bpb);
+step-200/400 rows are the periodic 65,536-token evaluations. Process CPU time is the
+contention-free cost: ~0.6 CPU-s per 4,096-token step, ~8 CPU-min for the 800 steps, i.e. ~4-8
+min wall on the idle 2 cores (an estimate, not an idle measurement); the held-out target (<= 2.2
+bits per byte on test) is met by standard at 800 steps. block was not resumed past step 400; full
+and moe were not trained here (step times in benchmarks/RESULTS.md). Next-byte accuracy stays near 60 %, far from 100 %: plenty of errors for
 calibration to study.
 """
 
