@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from routecal.config import load_config
+from routecal.pipeline.plan import ModelSpec
 from routecal.pipeline.token_tests import TestSettings
 
 
@@ -33,17 +33,8 @@ def _optional_int(value: Any, name: str) -> int | None:
     return int(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class LMModel:
-    """One architecture: config file[:variant] (absolute) and `key=value` overrides."""
-
-    name: str
-    config: str
-    overrides: tuple[str, ...]
-    routed: bool
-
-    def load(self, seed: int) -> ml_collections.ConfigDict:
-        return load_config(self.config, [*self.overrides, f"seed={seed}"])
+# One architecture of the LM study: the digits study's ModelSpec (config[:variant], overrides).
+LMModel = ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
