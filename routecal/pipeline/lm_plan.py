@@ -6,23 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
-from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from routecal.pipeline.plan import ModelSpec
+from routecal.pipeline.plan import ModelSpec, _strings, seeds_and_models
 from routecal.pipeline.token_tests import TestSettings
-
-
-def _strings(value: Any, name: str) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ValueError(f"{name}: expected a tuple of strings, got {value!r}")
-    out = tuple(value)
-    if not all(isinstance(v, str) and v for v in out):
-        raise ValueError(f"{name}: expected non-empty strings, got {value!r}")
-    return out
 
 
 def _optional_int(value: Any, name: str) -> int | None:
@@ -74,22 +63,7 @@ class LMPlan:
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict) -> LMPlan:
-        seeds = tuple(int(s) for s in cfg.seeds)
-        if not seeds:
-            raise ValueError("seeds: the study needs at least one seed")
-        archs = _strings(cfg.architectures, "architectures")
-        unknown = [a for a in archs if a not in cfg.models]
-        if unknown:
-            raise ValueError(f"architectures: unknown {unknown}; defined: {list(cfg.models)}")
-        root = pathlib.Path(cfg.config_dir)
-        shared = _strings(cfg.model_overrides, "model_overrides")
-        models = []
-        for a in archs:
-            m = cfg.models[a]
-            path, _, variant = m.config.partition(":")
-            full = str(root / path) + (f":{variant}" if variant else "")
-            models.append(LMModel(a, full, (*_strings(m.overrides, f"models.{a}.overrides"),
-                                            *shared), bool(m.routed)))
+        seeds, models = seeds_and_models(cfg)
         domains = tuple(tuple(x.split(":")) for x in _strings(cfg.domains, "domains"))
         if not domains or any(len(x) != 2 or not all(x) for x in domains):
             raise ValueError(f"domains: expected 'name:split' strings, got {cfg.domains!r}")

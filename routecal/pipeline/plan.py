@@ -39,6 +39,33 @@ class ModelSpec:
         return load_config(self.config, [*self.overrides, f"seed={seed}"])
 
 
+def seeds_and_models(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], list[ModelSpec]]:
+    """The study's seeds and its architectures' ModelSpecs (shared by the digits and LM plans).
+
+    Raises:
+      ValueError: no seed, or an architecture not defined in `cfg.models`.
+    """
+    seeds = tuple(int(s) for s in cfg.seeds)
+    if not seeds:
+        raise ValueError("seeds: the study needs at least one seed")
+    archs = _strings(cfg.architectures, "architectures")
+    unknown = [a for a in archs if a not in cfg.models]
+    if unknown:
+        raise ValueError(
+            f"architectures: unknown {unknown}; defined in models: {list(cfg.models)}"
+        )
+    root = pathlib.Path(cfg.config_dir)
+    shared = _strings(cfg.model_overrides, "model_overrides")
+    models = []
+    for a in archs:
+        m = cfg.models[a]
+        path, _, variant = m.config.partition(":")
+        full = str(root / path) + (f":{variant}" if variant else "")
+        own = _strings(m.overrides, f"models.{a}.overrides")
+        models.append(ModelSpec(a, full, (*own, *shared), bool(m.routed)))
+    return seeds, models
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything the study will do, in order: runs, diagnostics, probes, VMoER, report."""
@@ -78,24 +105,7 @@ class Plan:
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict) -> Plan:
         """Builds and validates the plan; raises ValueError naming the bad config key."""
-        seeds = tuple(int(s) for s in cfg.seeds)
-        if not seeds:
-            raise ValueError("seeds: the study needs at least one seed")
-        archs = _strings(cfg.architectures, "architectures")
-        unknown = [a for a in archs if a not in cfg.models]
-        if unknown:
-            raise ValueError(
-                f"architectures: unknown {unknown}; defined in models: {list(cfg.models)}"
-            )
-        root = pathlib.Path(cfg.config_dir)
-        shared = _strings(cfg.model_overrides, "model_overrides")
-        models = []
-        for a in archs:
-            m = cfg.models[a]
-            path, _, variant = m.config.partition(":")
-            full = str(root / path) + (f":{variant}" if variant else "")
-            own = _strings(m.overrides, f"models.{a}.overrides")
-            models.append(ModelSpec(a, full, (*own, *shared), bool(m.routed)))
+        seeds, models = seeds_and_models(cfg)
         d, p = cfg.diagnostics, cfg.probes
         plan = cls(
             title=str(cfg.title),
@@ -107,7 +117,9 @@ class Plan:
                               float(d.alpha), int(d.seed), int(d.n_null_figures)),
             bandwidth_rules=_strings(p.bandwidth_rules, "probes.bandwidth_rules"),
             sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
-            vmoer_config=str(root / cfg.vmoer.config) if cfg.vmoer.enabled else None,
+            vmoer_config=(
+                str(pathlib.Path(cfg.config_dir) / cfg.vmoer.config) if cfg.vmoer.enabled else None
+            ),
             vmoer_overrides=_strings(cfg.vmoer.overrides, "vmoer.overrides"),
             config=json.loads(cfg.to_json_best_effort()),
         )
