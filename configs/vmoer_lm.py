@@ -80,6 +80,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     cfg.experiment = ml_collections.ConfigDict()
     cfg.experiment.seeds = (0, 1, 2)
+    # option scoring (routecal.pipeline.vmoer_lm_data.SCORINGS): "loglik" = length-normalised
+    # option log-likelihood given the context (lm-eval-harness acc_norm); "letter" = the
+    # paper's rule, the answer letter's logit after the prompt restricted to A-D
+    cfg.experiment.scoring = "loglik"
     retro = () if "noretrofit" in parts else tuple(f"{r}_retrofit" for r in ROUTERS[1:])
     cfg.experiment.routers = ROUTERS + retro
     cfg.experiment.sigmas = (0.001, 0.005, 0.01, 0.02, 0.05)
