@@ -207,3 +207,28 @@ def test_unknown_scoring_is_a_value_error_naming_it(tmp_path):
     with pytest.raises(ValueError, match="experiment.scoring"):
         vmoer_lm_data.build_data(cfg.data, "acc_norm")
     assert set(vmoer_lm_data.SCORINGS) == {"letter", "loglik"}
+
+
+def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = vmoer_lm_eval.accuracy_interval(0.375, 512)
+    ref = proportion_confint(192, 512, alpha=0.05, method="wilson")
+    np.testing.assert_allclose((lo, hi), ref, rtol=1e-9)
+    per_run = {
+        "det": {"0": {"accuracy": 0.375, "ece": 0.2, "wall_s": 10.0, "cpu_s": 18.0}},
+        "mfvr": {"0": {"accuracy": 0.4, "ece": 0.1, "wall_s": 12.0, "cpu_s": 20.0}},
+    }
+    out = {
+        "per_run": per_run,
+        "table": vmoer_lm_eval.summarize(per_run),
+        "markdown": "TABLE",
+        "config": {"data": {"n_eval_items": 512}},
+        "scoring": "loglik",
+        "runs_wall_s": 22.0,
+        "runs_cpu_s": 38.0,
+    }
+    text = vmoer_lm_eval.report(out)
+    assert f"seed 0: 0.375 [{ref[0]:.3f}, {ref[1]:.3f}]" in text
+    assert "| mfvr | 12 | 20 |" in text and "TABLE" in text
+    assert "mfvr -50.0% (one seed: no band)" in text  # ECE 0.1 vs 0.2
