@@ -133,7 +133,7 @@ def fit(
     lm_step, mcqa_step = _steps(trainable, int(data["tokenizer"].pad))
     optimizer = nnx.Optimizer(model, _tx(tcfg, steps, lr), wrt=optim.trainable_filter(trainable))
     rng = np.random.default_rng(seed)
-    bs = int(tcfg.batch_size)
+    bs = int(tcfg.batch_size if phase == "lm" else tcfg.get("mcqa_batch_size", tcfg.batch_size))
     losses = []
     for _ in range(steps):
         if phase == "lm":

@@ -7,8 +7,9 @@ token-level score below runs over the item's K option sequences):
   accuracy, ece, mce, nll, brier          in-domain test items
   stability_<sigma>                       mean over MoE layers of the Jaccard of top-K sets, clean
                                           vs N(0, sigma^2 I) added to every MoE layer's input
-                                          hidden state (`vmoer.set_hidden_noise`), in-domain
-                                          prompts, every token; the model is cloned so both runs
+                                          hidden state (`vmoer.set_hidden_noise`), the first
+                                          `experiment.stability_items` in-domain items, every
+                                          token; the model is cloned so both runs
                                           share the routing-noise draws (a stochastic router's
                                           score measures input sensitivity, 1 at sigma = 0);
                                           `stability_layers_<sigma>` keeps the per-layer values
@@ -177,7 +178,9 @@ def evaluate(model: nnx.Module, data: dict[str, Any], e: ml_collections.ConfigDi
         for k, v in scores[dom].items():
             res[f"ood_auroc_{dom}_{k}"] = uncertainty.ood_auroc(scores["in"][k], v)
         res[f"ood_auroc_{dom}"] = res[f"ood_auroc_{dom}_entropy"]
-    res.update(stability(model, _inputs(data["mcqa"]["in"]), e.sigmas, bs, seed))
+    n_stab = int(e.get("stability_items", 0)) or None  # the first items (0: all)
+    in_items = {k: v[:n_stab] for k, v in _inputs(data["mcqa"]["in"]).items()}
+    res.update(stability(model, in_items, e.sigmas, bs, seed))
     res["stability"] = res[f"stability_{float(e.stability_sigma):g}"]
     return res
 
