@@ -1,6 +1,8 @@
 """VMoER on a language model, scored on multiple-choice QA (Li & Wicker, arXiv:2603.09453).
 
+    PYTHONPATH=. python experiments/vmoer_lm.py --config configs/vmoer_lm.py --workdir W
     PYTHONPATH=. python experiments/vmoer_lm.py --config configs/vmoer_lm.py:quick --workdir /tmp/vl
+    PYTHONPATH=. python experiments/vmoer_lm.py --workdir W --report    # markdown of W's results
 
 An MoE byte-level decoder (`routecal.models.decoder`, dropless top-2 of 8 SwiGLU experts in every
 layer) pretrained on the embedded stdlib corpus and fine-tuned on the embedded continuation
@@ -9,9 +11,17 @@ each from scratch and retrofitted on the fine-tuned det model (`*_retrofit`, onl
 posterior trained); writes `tables/vmoer.csv` (one row per router) and `vmoer_lm_results.json`.
 SWAG is not implemented (it needs the weight trajectory).
 
+Scoring (`experiment.scoring`, `routecal.pipeline.vmoer_lm_data`): "loglik" (default) scores
+each option by its length-normalised log-likelihood given the context (lm-eval-harness
+acc_norm); "letter" is the paper's rule (the answer letter's logit after the prompt, restricted
+to A-D). The default is loglik because this tiny decoder does not learn letter scoring (det,
+seed 0, in-domain, 512 items, Wilson 95%): letter 0.234 [0.200, 0.273] with this config and
+0.250 [0.214, 0.289] after 600 LM + 400 MCQA steps at 128-byte rows; loglik 0.434
+[0.391, 0.477] with this config and 0.504 [0.461, 0.547] after 300 + 200 steps at 64 bytes.
+
 Variants (after the colon, comma-separated): "quick" (every router, tiny model, few steps: a
 smoke test whose numbers are not evidence), "noretrofit" (from-scratch routers only).
-MEASURED: see the final report of issue 14 / benchmarks/RESULTS.md (2 shared CPU cores).
+MEASURED: see benchmarks/RESULTS.md, "VMoER on a language model, default config".
 """
 
 import ml_collections
