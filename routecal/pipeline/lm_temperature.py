@@ -79,6 +79,9 @@ def token_logits(
     seq = np.asarray(seq_id_N, np.int64)
     pos = np.asarray(position_N, np.int64)
     n_rows, t = ids.shape[0], ids.shape[1] - 1
+    if ids.ndim != 2 or seq.ndim != 1 or seq.shape != pos.shape:
+        raise ValueError(f"{name}: expected ids [R, T + 1] and seq_id, position [N] alike, got "
+                         f"{ids.shape}, {seq.shape}, {pos.shape}")
     if seq.size and (seq.min() < 0 or seq.max() >= n_rows or pos.min() < 0 or pos.max() >= t):
         raise ValueError(f"{name}: seq_id/position outside the split's {n_rows} rows x {t} "
                          "positions (predictions of another dataset?)")

@@ -152,6 +152,9 @@ def test_mismatched_predictions_are_refused(setup):
     with pytest.raises(ValueError, match="calib: seq_id/position outside"):
         next(lm_temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"] + 16,
                                          pad=PAD, name="calib"))
+    with pytest.raises(ValueError, match="seq_id, position"):
+        next(lm_temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"][1:],
+                                         pad=PAD))
     pad_at = np.argwhere(ids["calib"][:, 1:] == PAD)[0]
     with pytest.raises(ValueError, match="PAD target"):
         next(lm_temperature.token_logits(model, ids["calib"], pad_at[:1], pad_at[1:], pad=PAD))
