@@ -72,7 +72,7 @@ def _diagnostics(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
 
 def _power(plan: LMPlan, st: Stages) -> list[dict[str, Any]]:
     rows = []
-    for d, a, s in plan.cells():
+    for d, a, s in plan.power_cells():
         for test, p in st.load(f"power:{d}:{a}:{s}")["power"].items():
             rows.append({"test": test, "domain": d, "arch": a, "seed": s, **p})
     return rows

@@ -5,10 +5,11 @@
 
 From Python: `routecal.pipeline.lm_study.run(config, workdir)`. Plan (`lm_plan.LMPlan`), then
 stages (`lm_stages`), each stored in `W/stages/` and skipped when done (a killed study redoes
-nothing it finished: train/predict per run, one stage per diagnostics cell, power per cell,
-probes per run, then temperature scaling per run from the reloaded decoder, `lm_temperature`:
-a workdir of an older routecal resumes and runs only these), then `W/results.json` (every number, with config, versions, wall time and peak
-RSS) and the report (`routecal.report.lm`).
+nothing it finished: train/predict per run, one stage per diagnostics cell, power per cell of the
+first `diagnostics.power_seeds` seeds, probes per run, then temperature scaling per run from the
+reloaded decoder, `lm_temperature`: a workdir of an older routecal resumes and runs only these),
+then `W/results.json` (every number, with config, versions, wall time and peak RSS) and the report
+(`routecal.report.lm`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def _run(plan: LMPlan, w: pathlib.Path, producer: lm_stages.Producer | None, t_s
         depth_rows=plan.depth_rows, domains=plan.domains)
     n_feats = len(plan.features)
     n_probes = len(plan.routed) * len(plan.seeds)
-    bar = tqdm(total=len(plan.runs) * 2 + len(plan.cells()) * (n_feats + 1) + 2 * n_probes,
+    bar = tqdm(total=len(plan.runs) * 2 + len(plan.cells()) * n_feats + len(plan.power_cells())
+               + 2 * n_probes,
                desc="lm study")
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
@@ -95,6 +97,8 @@ def _run(plan: LMPlan, w: pathlib.Path, producer: lm_stages.Producer | None, t_s
             step(name, lambda t=t, f=f, ck=ck, j=j, name=name: lm_stages.diagnose_cell(
                 t, f, key=jax.random.fold_in(ck, j), plan=plan,
                 null_path=lm_results.null_path(w, name)))
+        if (d, a, s) not in plan.power_cells():
+            continue
         step(f"power:{d}:{a}:{s}", lambda t=t, ck=ck: lm_stages.power_cell(
             t, key=jax.random.fold_in(ck, 10_000), plan=plan))
     for m in plan.routed:
