@@ -52,7 +52,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "full": {"config": "lm_stdlib.py:full", "overrides": (), "routed": True},
         "block": {"config": "lm_stdlib.py:block", "overrides": (), "routed": True},
     })
-    c.model_overrides = ()  # applied to every model (e.g. prediction thinning)
+    # Applied to every model: 400 steps (lm_stdlib's standard decoder reaches about 2.3 test bits per
+    # byte there; its 800-step default 2.13) and evaluation splits capped at 208,000 bytes, i.e.
+    # >= 200k predicted tokens per split (calib, in, near, far), to keep the default study in hours
+    # on a 2-core CPU.
+    c.model_overrides = ("train.steps=400", "train.eval_every=400", "train.checkpoint_every=200",
+                         "data.max_bytes=208000")
     # Token predictions (`predict.predict_workdir(lm_options=...)`): keep positions t with
     # t % every == 0 and t >= min_position, at most max_tokens per split (None = all).
     c.predict = ml_collections.ConfigDict()
@@ -74,6 +79,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The recommended test's power: `stats.diagnostics.minimum_detectable_gap` (extra arguments
     # here, e.g. n_datasets); the paper test's power on the same planted datasets:
     c.diagnostics.power_kwargs = ml_collections.ConfigDict({"n_datasets": 200})
+    # Power stages for the cells of the first `power_seeds` seeds only: the planted design depends
+    # on the tokens' confidence and correctness, which the seeds' decoders share closely; each
+    # power cell on 200k tokens costs about 3 min on the idle 2-core CPU.
+    c.diagnostics.power_seeds = 1
     c.diagnostics.paper_power_datasets = 40
     c.diagnostics.paper_power_permutations = 100
     c.diagnostics.seed = 0
@@ -84,11 +93,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes.bandwidth_rules = ("scott", "scott_x0.5", "scott_x2", "cv_nll", "oracle_ece")
     c.probes.sweep_multiples = (0.25, 0.5, 1.0, 2.0, 4.0)
     # NW costs N_calib x N_test kernel evaluations per bandwidth (the engine: ~3e9 per second on
-    # an idle 2-core CPU, benchmarks/RESULTS.md): probes are fitted (and CV-NLL run) on 50k calib
-    # tokens and scored on up to 200k tokens per domain, whole sequences; 0 = every token.
-    c.probes.max_calib_tokens = 50_000
-    c.probes.max_test_tokens = 200_000
-    c.probes.multiples = tuple(float(m) for m in np.geomspace(1 / 8, 8, 12))  # CV-NLL, oracle
+    # an idle 2-core CPU, benchmarks/RESULTS.md): probes are fitted (and CV-NLL run) on 30k calib
+    # tokens and scored on 70k tokens per domain (210k NW test points per run), whole sequences;
+    # 0 = every token. CV-NLL and the oracle search 7 Scott multiples (factor-2 steps).
+    c.probes.max_calib_tokens = 30_000
+    c.probes.max_test_tokens = 70_000
+    c.probes.multiples = tuple(float(m) for m in np.geomspace(1 / 8, 8, 7))  # CV-NLL, oracle
 
     if v.quick:
         c.title = ("routecal LM study (quick smoke run: tiny, briefly trained decoders; it checks "

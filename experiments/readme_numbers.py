@@ -4,8 +4,10 @@
     python experiments/readme_numbers.py --workdir runs/study \
         --command "routecal study --config configs/study.py" --machine "2-core CPU"
     python experiments/readme_numbers.py --workdir runs/study --check   # exit 1 if README differs
+    python experiments/readme_numbers.py --workdir runs/study_lm --block found-lm \
+        --command "routecal study --config configs/study_lm.py"          # the LM study's block
 
-The block lives between the markers of `routecal.report.readme`; everything in it is generated
+Each block lives between its markers (`routecal.report.readme.markers`); everything in it is generated
 from `W/results.json` (and the stage times in `W/stages/*.json` when results.json has no wall
 time), so the README's numbers are always those of a real run.
 """
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the command that made the run (default: from results meta)")
     p.add_argument("--machine", default="", help='e.g. "2-core CPU, idle"')
     p.add_argument("--check", action="store_true", help="exit 1 if the README block differs")
+    p.add_argument("--block", default="found",
+                   help='the README block to rewrite: "found" (digits study), "found-lm" (LM)')
     args = p.parse_args(argv)
     w = pathlib.Path(args.workdir)
     path = w / "results.json"
@@ -49,19 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         meta["stage_seconds"] = stage_seconds(w)
     command = args.command or meta.get("command") or f"routecal study --workdir {w}"
     block = readme.found_block(results, command=command, source=f"{w.name}/results.json",
-                               machine=args.machine)
+                               machine=args.machine, name=args.block)
     readme_path = pathlib.Path(args.readme)
     if not readme_path.exists():
         raise SystemExit(f"readme_numbers: readme: no such file {str(readme_path)!r}")
     old = readme_path.read_text()
-    new = readme.replace_block(old, block)
+    new = readme.replace_block(old, block, args.block)
     if args.check:
         if new != old:
-            print(f"{readme_path}: the found block differs from {path}", file=sys.stderr)
+            print(f"{readme_path}: the {args.block} block differs from {path}", file=sys.stderr)
             return 1
         return 0
     readme_path.write_text(new)
-    print(f"{readme_path}: found block rewritten from {path}")
+    print(f"{readme_path}: {args.block} block rewritten from {path}")
     return 0
 
 

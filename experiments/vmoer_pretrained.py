@@ -15,7 +15,9 @@ downloads: bring the checkpoint directory (config.json, *.safetensors, tokenizer
         --routers det,mfvr,fcvr,vtsr --steps 500 --seeds 0,1,2 [--mesh fsdp=8] [--dtype bfloat16]
 
 Files are PATH:FORMAT, FORMAT one of `routecal.data.mcqa.FORMATS` (openbookqa, arc, sciq, medmcqa;
-JSONL, JSON or parquet as published). Options are scored by the next-token logits of the letters
+JSONL, JSON or parquet as published), or tfds:NAME[:SPLIT] for data prepared with TFDS in
+$TFDS_DATA_DIR (`routecal.data.mcqa_tfds`: ai2_arc/ARC-Easy, ai2_arc/ARC-Challenge, openbookqa),
+e.g. `--near tfds:ai2_arc/ARC-Easy:test,tfds:ai2_arc/ARC-Challenge:test`. Options are scored by the next-token logits of the letters
 " A", " B", ... after the prompt (`format_prompt` without its trailing space: pretrained BPE
 vocabularies carry the space in the letter token); prompts are right-padded and read at their own
 last token, because the imported model has no attention mask (left padding would be attended).
@@ -41,6 +43,7 @@ from flax import nnx
 
 from routecal import flops
 from routecal.data import mcqa as mcqa_data
+from routecal.data import mcqa_tfds
 from routecal.models import routers, vmoer
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
@@ -53,6 +56,11 @@ def load_split(spec: str, domain: str, n_options: int | None, limit: int) -> mcq
     """'path:format[,path:format...]' -> one MCQA (items of every file, the first `limit`)."""
     parts = []
     for item in (s for s in spec.split(",") if s):
+        if item.startswith("tfds:"):  # tfds:NAME[:SPLIT], prepared in $TFDS_DATA_DIR
+            name, _, split = item.removeprefix("tfds:").partition(":")
+            parts.append(mcqa_tfds.load_mcqa_tfds(name, split or "test", n_options=n_options,
+                                                  domain=domain))
+            continue
         path, _, fmt = item.rpartition(":")
         if not path:
             raise ValueError(f"--{domain}: expected PATH:FORMAT, got {item!r}")

@@ -14,6 +14,8 @@ near and MedMCQA far; SciQ as in the thesis), JSONL / JSON / parquet as the publ
   medmcqa           {"question", "opa".."opd", "cop"}: cop 1-based in the original JSON,
                     0-based in the Hugging Face parquet (`answer_base`, "auto" decides by range).
 ARC mixes 3-, 4- and 5-option items; `n_options` keeps one count (default: the most common).
+Where TFDS has a builder (ai2_arc, openbookqa), `routecal.data.mcqa_tfds.load_mcqa_tfds` reads the
+prepared TFDS data instead.
 
 Letters: N items, K options, T tokens.
 """
@@ -228,12 +230,21 @@ def load_mcqa_file(
         parsed = [parse(r) for r in rows]
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"path: {path} does not look like {fmt} ({type(e).__name__}: {e})") from e
+    return from_parsed(parsed, n_options, name=fmt, domain=domain, where=str(path))
+
+
+def from_parsed(
+    parsed: Sequence[tuple[str, Sequence[str], int]], n_options: int | None, *, name: str,
+    domain: str, where: str,
+) -> MCQA:
+    """An `MCQA` of the parsed (question, options, answer) items that have `n_options` options
+    (default: the most common count); ValueError naming `where` if none has."""
     k = n_options or Counter(len(o) for _, o, _ in parsed).most_common(1)[0][0]
     kept = [(q, o, a) for q, o, a in parsed if len(o) == k]
     if not kept:
-        raise ValueError(f"n_options: no item of {path} has {k} options")
+        raise ValueError(f"n_options: no item of {where} has {k} options")
     q, o, a = zip(*kept, strict=True)
-    return make_mcqa(q, o, a, name=fmt, domain=domain)
+    return make_mcqa(q, o, a, name=name, domain=domain)
 
 
 # ----------------------------------------------------------------------------------------------

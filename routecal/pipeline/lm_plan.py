@@ -39,6 +39,7 @@ class LMPlan:
     tests: TestSettings
     diag_seed: int
     diag_max_tokens: int | None  # tokens per diagnostics cell (whole sequences), None = all
+    power_seeds: tuple[int, ...]  # the seeds whose cells get a power stage (the first n)
     n_null_figures: int
     bandwidth_rules: tuple[str, ...]
     sweep_multiples: tuple[float, ...]
@@ -56,6 +57,10 @@ class LMPlan:
     @property
     def routed(self) -> list[LMModel]:
         return [m for m in self.models if m.routed]
+
+    def power_cells(self) -> list[tuple[str, str, int]]:
+        """The cells that get a power stage (those of `power_seeds`)."""
+        return [c for c in self.cells() if c[2] in self.power_seeds]
 
     def cells(self) -> list[tuple[str, str, int]]:
         """(domain, arch, seed) in the fixed order that also numbers the cells' PRNG keys."""
@@ -84,6 +89,7 @@ class LMPlan:
             ),
             diag_seed=int(d.seed),
             diag_max_tokens=_optional_int(d.max_tokens, "diagnostics.max_tokens"),
+            power_seeds=seeds[: _power_seed_count(d.get("power_seeds", len(seeds)), len(seeds))],
             n_null_figures=int(d.n_null_figures),
             bandwidth_rules=_strings(p.bandwidth_rules, "probes.bandwidth_rules"),
             sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
@@ -98,3 +104,11 @@ class LMPlan:
         for m in plan.models:  # every model config loads with its overrides (a bad key raises)
             m.load(seeds[0])
         return plan
+
+
+def _power_seed_count(value: object, n_seeds: int) -> int:
+    """`diagnostics.power_seeds`: how many seeds (the first ones) get power stages, 1..n_seeds."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n_seeds:
+        raise ValueError(f"diagnostics.power_seeds: expected an integer in [1, {n_seeds}] "
+                         f"(the number of seeds), got {value!r}")
+    return value

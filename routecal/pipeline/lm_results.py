@@ -9,7 +9,8 @@
                   seed bands per (test, domain, arch, feature); settings
     power         one row per (test, domain, arch, seed): minimum detectable gap, power curve
     probes        per domain: rows, summary (seed bands, `probes.compare.summarise_probes`),
-                  bandwidth sweep, reliability curves (first seed), NW seconds
+                  bandwidth sweep, reliability curves (first seed), NW seconds; temperature:
+                  T per (arch, seed) (its rows, probe "temperature", sit with the others)
     depth_attention  per domain per arch: mean depth weights (first seed) when predictions hold them
     verdicts      `routecal.report.lm.verdicts(results)`
 """
@@ -71,7 +72,7 @@ def _diagnostics(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
 
 def _power(plan: LMPlan, st: Stages) -> list[dict[str, Any]]:
     rows = []
-    for d, a, s in plan.cells():
+    for d, a, s in plan.power_cells():
         for test, p in st.load(f"power:{d}:{a}:{s}")["power"].items():
             rows.append({"test": test, "domain": d, "arch": a, "seed": s, **p})
     return rows
@@ -100,9 +101,38 @@ def _probes(plan: LMPlan, st: Stages) -> dict[str, Any]:
                  "compare_seconds": out["seconds_compare"],
                  "sweep_seconds": out["seconds_sweep"]})
     timing = per_domain.pop("_seconds", [])
+    temperature = _temperature(plan, st, per_domain)
     for dom in per_domain.values():
         dom["summary"] = compare.summarise_probes(dom["rows"])
-    return {"domains": per_domain, "seconds": timing}
+    return {"domains": per_domain, "seconds": timing, "temperature": temperature}
+
+
+def _temperature(plan: LMPlan, st: Stages, per_domain: dict[str, Any]) -> list[dict[str, Any]]:
+    """Merges the `temperature:<arch>:<seed>` stages (`lm_temperature`) into the probe rows, each
+    right after its run's uncalibrated row, and the first seed's reliability curves; returns T
+    per (arch, seed). Runs without the stage (a stand-in producer trains no decoder) are absent."""
+    out = []
+    for m in plan.routed:
+        for i, s in enumerate(plan.seeds):
+            name = f"temperature:{m.name}:{s}"
+            if not st.done(name):
+                continue
+            t = st.load(name)
+            for r in t["rows"]:
+                rows = per_domain[r["domain"]]["rows"]
+                at = next((j + 1 for j, x in enumerate(rows) if x["probe"] == "uncalibrated" and
+                           (x["arch"], x["seed"]) == (m.name, s)), len(rows))
+                rows.insert(at, {**r, "arch": m.name, "seed": s})
+                if i == 0:  # the curve next to the uncalibrated one
+                    rel = per_domain[r["domain"]]["reliability"]
+                    curve, new = t["reliability"][r["domain"]], {}
+                    for k, v in rel.get(m.name, {}).items():
+                        new |= {k: v, "temperature": curve} if k == "uncalibrated" else {k: v}
+                    rel[m.name] = new | {"temperature": curve}
+            out.append({"arch": m.name, "seed": s, "temperature": t["temperature"],
+                        "at_bound": t["at_bound"], "n_calib": t["n_calib"],
+                        "calib_token_nll": t["calib_token_nll"], "seconds": t.get("seconds")})
+    return out
 
 
 def _depth(plan: LMPlan, st: Stages) -> dict[str, Any]:

@@ -6,6 +6,9 @@ Shapes: N tokens, S routed sublayers, B permutations.
     diagnose_cell   one (domain, model, seed, routing summary): the paper and recommended tests
     power_cell      one (domain, model, seed): each test's minimum detectable gap and power curve
     probe_run       one (model, seed): probes fitted on calib tokens, scored per domain
+    temperature_run one (model, seed): temperature scaling on the same tokens, from the trained
+                    decoder's logits recomputed in memory (`lm_temperature`; token records keep
+                    summaries, not the [N, V] logits)
 Each returns a JSON-able dict; `lm_study.run` stores it as a stage (`W/stages/<name>.json`) so a
 killed study redoes nothing it finished. Permutation nulls go to `W/stages/nulls/<name>.npz`.
 """
@@ -148,13 +151,24 @@ def power_cell(t: Mapping[str, np.ndarray], *, key: jax.Array, plan: LMPlan) -> 
                                        settings=plan.tests)}
 
 
-def _domain_tokens(domains: Mapping[str, Mapping[str, np.ndarray]], cap: int | None, seed: int
+def probe_selection(
+    calib: Mapping[str, np.ndarray], domains: Mapping[str, Mapping[str, np.ndarray]], *,
+    seed: int, plan: LMPlan,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The token indices the probes use (`probe_run`, `lm_temperature.temperature_run`): calib
+    thinned to `probe_max_calib_tokens`, each domain to `probe_max_test_tokens`, whole sequences
+    seeded by the run's seed (`tokens.thin_sequences`). Returns (calib index, {domain: index})."""
+    return (tokens.thin_sequences(calib["seq_id"], plan.probe_max_calib_tokens, seed=seed),
+            {d: tokens.thin_sequences(t["seq_id"], plan.probe_max_test_tokens, seed=seed)
+             for d, t in domains.items()})
+
+
+def _domain_tokens(domains: Mapping[str, Mapping[str, np.ndarray]],
+                   index: Mapping[str, np.ndarray]
                    ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Concatenated test tokens of every domain (each thinned to `cap`) and a domain index [N]."""
-    names, parts = list(domains), []
-    for d in names:
-        t = domains[d]
-        parts.append(tokens.subset(t, tokens.thin_sequences(t["seq_id"], cap, seed=seed)))
+    """Concatenated test tokens of every domain (at `index[domain]`) and a domain index [N]."""
+    names = list(domains)
+    parts = [tokens.subset(domains[d], index[d]) for d in names]
     which = np.concatenate([np.full(len(p["seq_id"]), i) for i, p in enumerate(parts)])
     return tokens.concat_tokens(parts), which, names
 
@@ -172,9 +186,9 @@ def probe_run(
     in the NW probes.
     """
     n_bins = plan.tests.n_bins
-    cal = tokens.subset(calib, tokens.thin_sequences(
-        calib["seq_id"], plan.probe_max_calib_tokens, seed=seed))
-    test, which, names = _domain_tokens(domains, plan.probe_max_test_tokens, seed)
+    cal_index, test_index = probe_selection(calib, domains, seed=seed, plan=plan)
+    cal = tokens.subset(calib, cal_index)
+    test, which, names = _domain_tokens(domains, test_index)
     pc, pt = tokens.probe_data(cal), tokens.probe_data(test)
     routing = pt.routing.get(compare.ROUTING_FEATURE)
     t0 = time.perf_counter()

@@ -5,9 +5,11 @@
 
 From Python: `routecal.pipeline.lm_study.run(config, workdir)`. Plan (`lm_plan.LMPlan`), then
 stages (`lm_stages`), each stored in `W/stages/` and skipped when done (a killed study redoes
-nothing it finished: train/predict per run, one stage per diagnostics cell, power per cell,
-probes per run), then `W/results.json` (every number, with config, versions, wall time and peak
-RSS) and the report (`routecal.report.lm`).
+nothing it finished: train/predict per run, one stage per diagnostics cell, power per cell of the
+first `diagnostics.power_seeds` seeds, probes per run, then temperature scaling per run from the
+reloaded decoder, `lm_temperature`: a workdir of an older routecal resumes and runs only these),
+then `W/results.json` (every number, with config, versions, wall time and peak RSS) and the report
+(`routecal.report.lm`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import jax
 import ml_collections
 
 from routecal import workdir as workdir_io
-from routecal.pipeline import lm_results, lm_stages
+from routecal.pipeline import lm_results, lm_stages, lm_temperature
 from routecal.pipeline.lm_plan import LMPlan
 from routecal.pipeline.stages import Stages, record_workdir_config
 
@@ -66,7 +68,8 @@ def _run(plan: LMPlan, w: pathlib.Path, producer: lm_stages.Producer | None, t_s
         depth_rows=plan.depth_rows, domains=plan.domains)
     n_feats = len(plan.features)
     n_probes = len(plan.routed) * len(plan.seeds)
-    bar = tqdm(total=len(plan.runs) * 2 + len(plan.cells()) * (n_feats + 1) + n_probes,
+    bar = tqdm(total=len(plan.runs) * 2 + len(plan.cells()) * n_feats + len(plan.power_cells())
+               + 2 * n_probes,
                desc="lm study")
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
@@ -94,6 +97,8 @@ def _run(plan: LMPlan, w: pathlib.Path, producer: lm_stages.Producer | None, t_s
             step(name, lambda t=t, f=f, ck=ck, j=j, name=name: lm_stages.diagnose_cell(
                 t, f, key=jax.random.fold_in(ck, j), plan=plan,
                 null_path=lm_results.null_path(w, name)))
+        if (d, a, s) not in plan.power_cells():
+            continue
         step(f"power:{d}:{a}:{s}", lambda t=t, ck=ck: lm_stages.power_cell(
             t, key=jax.random.fold_in(ck, 10_000), plan=plan))
     for m in plan.routed:
@@ -101,6 +106,17 @@ def _run(plan: LMPlan, w: pathlib.Path, producer: lm_stages.Producer | None, t_s
             step(f"probes:{m.name}:{s}", lambda m=m, s=s: lm_stages.probe_run(
                 toks[m.name, s][plan.calib_split],
                 {d: toks[m.name, s][sp] for d, sp in plan.domains}, seed=s, plan=plan))
+    for m in plan.routed:  # after every older stage: an existing workdir resumes into these
+        for s in plan.seeds:
+            run_dir = w / "runs" / m.name / f"seed{s}"
+            if not lm_temperature.has_trained_model(run_dir):  # a stand-in producer's run
+                bar.update()
+                continue
+            step(f"temperature:{m.name}:{s}", lambda m=m, s=s, run_dir=run_dir:
+                 lm_temperature.temperature_run(
+                     run_dir, toks[m.name, s][plan.calib_split],
+                     {d: toks[m.name, s][sp] for d, sp in plan.domains},
+                     splits=dict(plan.domains), seed=s, plan=plan))
     bar.close()
     results = lm_results.assemble(plan, st, w)
     results["meta"].update(

@@ -122,6 +122,16 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
                          ["arch", "seed", "calib tokens", "compare s", "sweep s"],
                          [[t["arch"], t["seed"], t["n_calib"], t["compare_seconds"], t["sweep_seconds"]]
                           for t in timing]))
+    temps = results.get("probes", {}).get("temperature", [])
+    if temps:
+        out.append(Table(
+            "temperature", "Temperature scaling: T fitted on the calib tokens' recomputed logits "
+            "(multiclass NLL; its rows are the probe 'temperature' above)",
+            ["arch", "seed", "T", "at bound", "calib tokens", "calib token NLL before",
+             "after", "stage s"],
+            [[t["arch"], t["seed"], t["temperature"], t["at_bound"], t["n_calib"],
+              t["calib_token_nll"]["before"], t["calib_token_nll"]["after"], t.get("seconds")]
+             for t in temps]))
     return out
 
 

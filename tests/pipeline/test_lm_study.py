@@ -120,3 +120,20 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert again["meta"]["wall_seconds"] is None  # a resumed run has no fresh wall time
     assert json.dumps(_numbers(again), sort_keys=True) == json.dumps(_numbers(ref),
                                                                      sort_keys=True)
+
+
+def test_power_seeds_selects_the_first_seeds_cells(cfg):
+    from routecal.pipeline.lm_plan import LMPlan
+
+    cfg.diagnostics.power_seeds = 1
+    plan = LMPlan.from_config(cfg)
+    assert plan.power_seeds == (0,)
+    assert plan.power_cells() == [c for c in plan.cells() if c[2] == 0]
+    assert len(plan.power_cells()) == len(plan.cells()) // 2
+    cfg.diagnostics.power_seeds = 2
+    assert LMPlan.from_config(cfg).power_cells() == plan.cells()
+    for bad in (0, 3, 1.5, True):
+        with cfg.ignore_type():
+            cfg.diagnostics.power_seeds = bad
+        with pytest.raises(ValueError, match="diagnostics.power_seeds"):
+            LMPlan.from_config(cfg)

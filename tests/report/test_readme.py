@@ -97,3 +97,16 @@ def test_script_rewrites_then_checks(tmp_path, experiment_script):
     assert script.main([*args, "--check"]) == 0
     with pytest.raises(SystemExit, match="no results.json"):
         script.main(["--workdir", str(tmp_path / "nope"), "--readme", str(path)])
+
+
+def test_named_blocks_are_rewritten_independently():
+    res = _results()
+    lm_begin, lm_end = readme.markers("found-lm")
+    text = _readme() + f"\n{lm_begin}\nold lm\n{lm_end}\n"
+    lm_block = readme.found_block(res, command="lm", source="s", name="found-lm")
+    assert lm_block.startswith(lm_begin) and lm_block.endswith(lm_end)
+    out = readme.replace_block(text, lm_block, "found-lm")
+    assert "old lm" not in out and lm_block in out
+    assert out.split(lm_begin)[0] == text.split(lm_begin)[0]  # the digits block untouched
+    with pytest.raises(ValueError, match="name"):
+        readme.markers("bad name")
