@@ -4,8 +4,9 @@
 
 Per seed: an MoE decoder (`routecal.models.decoder`) is pretrained on the embedded stdlib corpus
 (next-token loss) and fine-tuned on the embedded continuation MCQA (`routecal.data.mcqa`: choose
-the true next bytes of a context among 4; the answer letter's logit restricted to A-D is the
-option score), once per router (from scratch: both phases with that router). Each `*_retrofit`
+the true next bytes of a context among 4; option scores by `experiment.scoring`: the answer
+letter's logit restricted to A-D, or the length-normalised option log-likelihood, see
+`vmoer_lm_data.py`), once per router (from scratch: both phases with that router). Each `*_retrofit`
 router copies the fine-tuned `det` model (`vmoer.retrofit_from`) and trains only its routing
 posterior (`routers.RETROFIT_TRAINABLE`, optax through `nnx.Optimizer(wrt=...)`) on the same
 MCQA; fixed_temp has nothing to fit and is evaluated as copied. Evaluation is in
@@ -29,49 +30,19 @@ import optax
 from flax import nnx
 
 from routecal import optim
-from routecal.data import mcqa as mcqa_data
-from routecal.data.text import ByteTokenizer, make_split
+from routecal.data.text import ByteTokenizer
 from routecal.models import decoder, routers, vmoer
 from routecal.models.decoder_config import DecoderConfig
+from routecal.pipeline.vmoer_lm_data import (
+    DOMAINS,
+    build_data,
+    check_scoring,
+    option_outputs,
+    option_scores,
+    take,
+)
 
-DOMAINS = ("in", "near", "far")
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------
-
-
-def build_data(dcfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Corpus LM rows and MCQA prompts: {"lm": [N, T + 1], "mcqa": {split: (ids, answers)},
-    "letters": [K], "tokenizer"}; split in train, in, near, far."""
-    from routecal.data.text import stdlib
-
-    tok = ByteTokenizer()
-    docs = {
-        "train": [b for _, b in stdlib.corpus_texts("in", "train", seed=int(dcfg.corpus_seed))],
-        "in": [b for _, b in stdlib.corpus_texts("in", "test", seed=int(dcfg.corpus_seed))],
-        "near": [b for _, b in stdlib.corpus_texts("near")],
-        "far": [b for _, b in stdlib.corpus_texts("far")],
-    }
-    lm = make_split(
-        docs["train"], "in", tok, int(dcfg.lm_seq_len), int(dcfg.lm_max_bytes), "train"
-    ).ids.astype(np.int32)
-    sets = {}
-    for i, split in enumerate(("train", *DOMAINS)):
-        n = int(dcfg.n_train_items if split == "train" else dcfg.n_eval_items)
-        ds = mcqa_data.continuation_mcqa(
-            docs[split],
-            n_items=n,
-            seed=int(dcfg.mcqa_seed) * 10 + i,
-            context_len=int(dcfg.context_len),
-            option_len=int(dcfg.option_len),
-            domain=split,
-        )
-        prompts = [mcqa_data.format_prompt(q, o) for q, o in ds.items()]
-        ids = mcqa_data.encode_prompts(prompts, tok, int(dcfg.max_prompt_len))
-        sets[split] = (ids, ds.answers.astype(np.int32))
-    return {"lm": lm, "mcqa": sets, "letters": mcqa_data.letter_ids(tok, 4), "tokenizer": tok}
+__all__ = ["DOMAINS", "build_data", "fit", "make_model", "model_config", "run", "train_router"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,12 +89,12 @@ def _steps(trainable: str, pad: int):
         return _update(model, optimizer, loss_fn)
 
     @nnx.jit
-    def mcqa_step(model, optimizer, ids_BxT, answers_B, letters_K):
+    def mcqa_step(model, optimizer, batch, letters_K):
         def loss_fn(m):
-            out = m(ids_BxT, train=True)
-            opt_logits = out.logits[:, -1, :][:, letters_K]
-            ce = optax.softmax_cross_entropy_with_integer_labels(opt_logits, answers_B).mean()
-            return ce + out.aux_loss, ce
+            outs, out = option_outputs(m, batch, train=True)
+            scores_BxK = option_scores(outs, letters_K)
+            ce = optax.softmax_cross_entropy_with_integer_labels(scores_BxK, batch["answers"])
+            return ce.mean() + out.aux_loss, ce.mean()
 
         return _update(model, optimizer, loss_fn)
 
@@ -162,18 +133,16 @@ def fit(
     lm_step, mcqa_step = _steps(trainable, int(data["tokenizer"].pad))
     optimizer = nnx.Optimizer(model, _tx(tcfg, steps, lr), wrt=optim.trainable_filter(trainable))
     rng = np.random.default_rng(seed)
-    bs = int(tcfg.batch_size)
+    bs = int(tcfg.batch_size if phase == "lm" else tcfg.get("mcqa_batch_size", tcfg.batch_size))
     losses = []
     for _ in range(steps):
         if phase == "lm":
             rows = data["lm"][rng.integers(0, len(data["lm"]), bs)]
             loss, task = lm_step(model, optimizer, jnp.asarray(rows))
         else:
-            ids, ans = data["mcqa"]["train"]
-            idx = rng.integers(0, len(ids), bs)
-            loss, task = mcqa_step(
-                model, optimizer, jnp.asarray(ids[idx]), jnp.asarray(ans[idx]), data["letters"]
-            )
+            train = data["mcqa"]["train"]
+            batch = take(train, rng.integers(0, len(train["answers"]), bs))
+            loss, task = mcqa_step(model, optimizer, batch, data["letters"])
         losses.append(float(task))
     if not np.all(np.isfinite(losses)):
         raise FloatingPointError(f"{phase}: non-finite training loss {losses[-5:]}")
@@ -218,7 +187,8 @@ def train_router(cfg, data, router: str, seed: int, det_model=None) -> tuple[nnx
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains and evaluates every (router, seed) of `cfg.experiment`; writes
+    """Trains and evaluates every (router, seed) of `cfg.experiment` under its option scoring
+    (`experiment.scoring`, `vmoer_lm_data.SCORINGS`); writes
     `workdir/vmoer_lm_results.json` and `workdir/tables/vmoer.csv` (one row per router).
 
     Each finished seed is saved as `workdir/seed<s>.json` and loaded instead of retrained, so
@@ -230,6 +200,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from routecal.pipeline import vmoer_lm_eval as ev
 
     e = cfg.experiment
+    scoring = check_scoring(str(e.get("scoring", "letter")))
     names = list(e.routers)
     if "det" not in names:
         raise ValueError("experiment.routers: must include 'det' (the baseline)")
@@ -237,8 +208,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         routers.canonical(n.removesuffix("_retrofit"))
     wd = pathlib.Path(workdir)
     (wd / "tables").mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    data = None if e.get("assemble_only", False) else build_data(cfg.data)
+    t0, c0 = time.perf_counter(), time.process_time()
+    data = None if e.get("assemble_only", False) else build_data(cfg.data, scoring)
     per_run: dict[str, dict[int, dict[str, float]]] = {n: {} for n in names}
     for seed in e.seeds:
         seed_file = wd / f"seed{int(seed)}.json"
@@ -251,11 +222,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             continue
         det, runs = None, {}
         for name in ["det", *[n for n in names if n != "det"]]:
+            w0, p0 = time.perf_counter(), time.process_time()
             model, log = train_router(cfg, data, name, int(seed), det)
             if name == "det":
                 det = model
             res = ev.evaluate(model, data, e, seed=int(seed))
             res["train_time_s"] = log["time_s"]
+            # train + eval of this router (compilation included: first seed of a process)
+            res["wall_s"] = time.perf_counter() - w0
+            res["cpu_s"] = time.process_time() - p0
             res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
             runs[name] = per_run[name][int(seed)] = res
             print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
@@ -271,7 +246,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "table": table,
         "markdown": ev.to_markdown(table, names),
         "paper_claims": ev.PAPER_CLAIMS,
-        "time_s": time.perf_counter() - t0,
+        "scoring": scoring,
+        "seeds": [int(x) for x in e.seeds],
+        "time_s": time.perf_counter() - t0,  # this call (an assembling call trains nothing)
+        "cpu_time_s": time.process_time() - c0,
+        # summed over every (router, seed) run, whichever process trained it
+        "runs_wall_s": sum(r.get("wall_s", 0.0) for v in per_run.values() for r in v.values()),
+        "runs_cpu_s": sum(r.get("cpu_s", 0.0) for v in per_run.values() for r in v.values()),
         "config": json.loads(cfg.to_json_best_effort()),
     }
     (wd / "vmoer_lm_results.json").write_text(json.dumps(out, indent=2, default=float) + "\n")

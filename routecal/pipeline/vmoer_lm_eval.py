@@ -1,12 +1,15 @@
 """Evaluation and the table of the VMoER language-model experiment (`vmoer_lm.py`).
 
-Per trained model, on the embedded MCQA (option probabilities from the answer letter's logit
-restricted to A-D; calibration over options, `routecal.stats.mcqa`):
+Per trained model, on the embedded MCQA (option probabilities by `experiment.scoring`: the answer
+letter's logit restricted to A-D, or the length-normalised option log-likelihood through
+`mcqa.loglik_option_probs`; calibration over options, `routecal.stats.mcqa`; for loglik every
+token-level score below runs over the item's K option sequences):
   accuracy, ece, mce, nll, brier          in-domain test items
   stability_<sigma>                       mean over MoE layers of the Jaccard of top-K sets, clean
                                           vs N(0, sigma^2 I) added to every MoE layer's input
-                                          hidden state (`vmoer.set_hidden_noise`), in-domain
-                                          prompts, every token; the model is cloned so both runs
+                                          hidden state (`vmoer.set_hidden_noise`), the first
+                                          `experiment.stability_items` in-domain items, every
+                                          token; the model is cloned so both runs
                                           share the routing-noise draws (a stochastic router's
                                           score measures input sensitivity, 1 at sigma = 0);
                                           `stability_layers_<sigma>` keeps the per-layer values
@@ -34,6 +37,7 @@ from flax import nnx
 
 from routecal import flops
 from routecal.models import routers, vmoer
+from routecal.pipeline.vmoer_lm_data import option_outputs
 from routecal.stats import mcqa, seeds, uncertainty
 
 PAPER_CLAIMS = {"stability": "+38%", "ece": "-94%", "ood_auroc": "+12%", "flops": "<1%"}
@@ -61,38 +65,57 @@ CLAIM_OF = {"stability": "stability", "ece": "ece", "ood_auroc_near": "ood_auroc
 
 
 @nnx.jit
-def _forward(model, ids_BxT):
-    out = model(ids_BxT, return_traces=True)
+def _forward(model, batch):
+    outs, out = option_outputs(model, batch, return_traces=True)
     keep = ("experts", "router_probs", "router_logit_var")
-    return out.logits[:, -1, :], [{k: t[k] for k in keep if k in t} for t in out.traces["mlp"]]
+    return outs, [{k: t[k] for k in keep if k in t} for t in out.traces["mlp"]]
 
 
-def predict(model: nnx.Module, ids_NxT: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """Last-position logits [N, V] and per-MoE-layer traces (lists of [N, T, ...]) in fixed-size
-    batches (the last one padded by repetition, so one compile serves every batch)."""
-    n = len(ids_NxT)
-    logits, traces = [], []
+def _inputs(items: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model inputs of an MCQA split: {"ids"} (+ "mask" for loglik); a bare [N, T] array is
+    read as letter prompts."""
+    if not isinstance(items, dict):
+        return {"ids": np.asarray(items)}
+    return {k: v for k, v in items.items() if k in ("ids", "mask")}
+
+
+def predict(model: nnx.Module, items: Any, batch_size: int) -> dict[str, Any]:
+    """Per-item option outputs (`vmoer_lm_data.option_outputs`: last-position logits [N, V], or
+    option log-likelihood sums and lengths [N, K]) and per-MoE-layer traces (lists of
+    [N, T, ...]; [N, K * T, ...] for loglik) in fixed-size batches (the last one padded by
+    repetition, so one compile serves every batch)."""
+    batch_all = _inputs(items)
+    n = len(batch_all["ids"])
+    outs, traces = [], []
     for i in range(0, n, batch_size):
-        chunk = ids_NxT[i : i + batch_size]
-        m = len(chunk)
+        chunk = {k: v[i : i + batch_size] for k, v in batch_all.items()}
+        m = len(chunk["ids"])
         if m < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, 0)])
-        lg, tr = _forward(model, jnp.asarray(chunk))
-        logits.append(np.asarray(lg)[:m])
+            chunk = {
+                k: np.concatenate([v, np.repeat(v[-1:], batch_size - m, 0)])
+                for k, v in chunk.items()
+            }
+        o, tr = _forward(model, {k: jnp.asarray(v) for k, v in chunk.items()})
+        outs.append({k: np.asarray(v)[:m] for k, v in o.items()})
         traces.append([{k: np.asarray(v)[:m] for k, v in t.items()} for t in tr])
     layers = [
         {k: np.concatenate([b[j][k] for b in traces]) for k in traces[0][j]}
         for j in range(len(traces[0]))
     ]
-    return {"logits": np.concatenate(logits), "layers": layers}
+    return {"outs": {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, "layers": layers}
 
 
 def _option_probs(pred: dict[str, Any], letters: np.ndarray) -> np.ndarray:
-    return mcqa.letter_option_probs(pred["logits"], letters)
+    """Option probabilities [N, K] under the scoring the outputs came from."""
+    o = pred["outs"]
+    if "last_logits" in o:
+        return mcqa.letter_option_probs(o["last_logits"], letters)
+    return mcqa.loglik_option_probs(o["sums"], o["lengths"])
 
 
-def stability(model, ids, sigmas, bs: int, seed: int) -> dict[str, Any]:
-    """stability_<sigma> (mean over layers) and stability_layers_<sigma> (per layer).
+def stability(model, items, sigmas, bs: int, seed: int) -> dict[str, Any]:
+    """stability_<sigma> (mean over layers) and stability_layers_<sigma> (per layer), over every
+    token of `items` (letter prompts [N, T], or an MCQA split's dict: its option sequences).
 
     The clean run is the same graph with noise std 0 (x + 0 * eps = x exactly), so clean and
     noisy runs share one compiled forward pass."""
@@ -100,7 +123,7 @@ def stability(model, ids, sigmas, bs: int, seed: int) -> dict[str, Any]:
     def experts(std: float) -> list[np.ndarray]:
         m = nnx.clone(model)
         vmoer.set_hidden_noise(m, std, seed=1000 + seed, keep_zero=True)
-        return [t["experts"] for t in predict(m, ids, bs)["layers"]]
+        return [t["experts"] for t in predict(m, items, bs)["layers"]]
 
     clean = experts(0.0)
     out: dict[str, Any] = {}
@@ -112,11 +135,11 @@ def stability(model, ids, sigmas, bs: int, seed: int) -> dict[str, Any]:
     return out
 
 
-def _sampled_probs(model, ids, letters, n: int, bs: int) -> np.ndarray | None:
+def _sampled_probs(model, items, letters, n: int, bs: int) -> np.ndarray | None:
     m = nnx.clone(model)
     if vmoer.set_router_sampling(m, True) == 0:
         return None
-    return np.stack([_option_probs(predict(m, ids, bs), letters) for _ in range(n)])
+    return np.stack([_option_probs(predict(m, items, bs), letters) for _ in range(n)])
 
 
 def _scores(pred: dict[str, Any], probs: np.ndarray, mc: np.ndarray | None) -> dict[str, Any]:
@@ -141,10 +164,11 @@ def evaluate(model: nnx.Module, data: dict[str, Any], e: ml_collections.ConfigDi
     res: dict[str, Any] = {}
     scores = {}
     for dom in ("in", "near", "far"):
-        ids, ans = data["mcqa"][dom]
-        pred = predict(nnx.clone(model), ids, bs)
+        items = _inputs(data["mcqa"][dom])
+        ans = data["mcqa"][dom]["answers"]
+        pred = predict(nnx.clone(model), items, bs)
         probs = _option_probs(pred, letters)
-        mc = _sampled_probs(model, ids, letters, int(e.mc_samples), bs)
+        mc = _sampled_probs(model, items, letters, int(e.mc_samples), bs)
         scores[dom] = _scores(pred, probs, mc)
         if dom == "in":
             res.update(mcqa.mcqa_metrics(probs, ans, n_bins=int(e.n_bins)))
@@ -154,7 +178,9 @@ def evaluate(model: nnx.Module, data: dict[str, Any], e: ml_collections.ConfigDi
         for k, v in scores[dom].items():
             res[f"ood_auroc_{dom}_{k}"] = uncertainty.ood_auroc(scores["in"][k], v)
         res[f"ood_auroc_{dom}"] = res[f"ood_auroc_{dom}_entropy"]
-    res.update(stability(model, data["mcqa"]["in"][0], e.sigmas, bs, seed))
+    n_stab = int(e.get("stability_items", 0)) or None  # the first items (0: all)
+    in_items = {k: v[:n_stab] for k, v in _inputs(data["mcqa"]["in"]).items()}
+    res.update(stability(model, in_items, e.sigmas, bs, seed))
     res["stability"] = res[f"stability_{float(e.stability_sigma):g}"]
     return res
 
@@ -240,3 +266,54 @@ def to_markdown(table: dict[str, dict[str, Any]], names: list[str]) -> str:
     return (
         "\n".join(lines) + f"\n\nPaper's claims (relative to the deterministic router): {claims}."
     )
+
+
+def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured on `n` items (`scipy.stats.binomtest`)."""
+    from scipy import stats
+
+    k = int(round(accuracy * n))
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def report(out: dict[str, Any]) -> str:
+    """The markdown section of a finished run (`vmoer_lm_results.json`): setting, seeds, time,
+    det's accuracy with its binomial interval, per-router time, the table and, per paper claim,
+    what each VMoER router shows."""
+    cfg, names, table = out["config"], list(out["table"]), out["table"]
+    n = int(cfg["data"]["n_eval_items"])
+    seeds_ = sorted({s for runs in out["per_run"].values() for s in map(int, runs)})
+    lines = [
+        f"Scoring: {out.get('scoring', 'letter')}; seeds {seeds_}; {n} items per domain; "
+        f"train+eval of every (router, seed): {out.get('runs_wall_s', 0) / 60:.1f} min wall, "
+        f"{out.get('runs_cpu_s', 0) / 60:.1f} CPU-min (process CPU time, compilation included).",
+        "",
+        "det accuracy (in-domain, chance 0.25), Wilson 95% interval per seed: "
+        + "; ".join(
+            f"seed {s}: {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+            for s, r in sorted(out["per_run"]["det"].items(), key=lambda x: int(x[0]))
+            for lo, hi in [accuracy_interval(r["accuracy"], n)]
+        ),
+        "",
+        "| router | wall s / seed | CPU s / seed |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        runs = list(out["per_run"][name].values())
+        w = np.mean([r.get("wall_s", np.nan) for r in runs])
+        c = np.mean([r.get("cpu_s", np.nan) for r in runs])
+        lines.append(f"| {name} | {w:.0f} | {c:.0f} |")
+    lines += ["", out["markdown"], "", "What we see beside each claim (relative change vs det):"]
+    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in ("mfvr", "lowrank", "fcvr",
+                                                                        "vtsr")]  # fmt: skip
+    for metric, claim in CLAIM_OF.items():
+        cells = []
+        for name in vmoer_names:
+            b = table[name].get(metric, {})
+            if "rel_change_pct" in b:
+                cells.append(f"{name} {b['rel_change_pct']:+.1f}% ({b['verdict']})")
+            elif metric in table[name]:
+                cells.append(f"{name} {table[name][metric]['mean']:.3f}")
+        lines.append(f"- {metric} (paper {claim} {PAPER_CLAIMS[claim]}): " + "; ".join(cells))
+    return "\n".join(lines) + "\n"
