@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="configs/study.py")
     s.add_argument("--workdir", required=True)
     s.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    s.add_argument("--worker", action="store_true",
+                   help="LM study only: a second process sharing a running study's analysis "
+                        "stages (start it once the study's models are trained)")
 
     r = sub.add_parser("report", help="write report.md and report.html from W/results.json")
     r.add_argument("--workdir", required=True)
@@ -148,8 +151,12 @@ def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None
     elif args.command == "study":
         from routecal.pipeline import lm_study, study
 
-        runner = lm_study.run if lm_study.is_lm_config(cfg) else study.run
-        runner(cfg, args.workdir, write_report=not args.no_report)
+        if lm_study.is_lm_config(cfg):
+            lm_study.run(cfg, args.workdir, write_report=not args.no_report, worker=args.worker)
+        elif args.worker:
+            raise SystemExit("routecal study: --worker is for the LM study (configs/study_lm.py)")
+        else:
+            study.run(cfg, args.workdir, write_report=not args.no_report)
     elif args.command == "report":
         from routecal.report import lm, write_report
 

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from routecal import workdir as workdir_io
 from routecal.pipeline import token_tests, tokens
 from routecal.pipeline.lm_plan import LMModel, LMPlan
 from routecal.probes import compare
@@ -136,11 +137,9 @@ def diagnose_cell(
     res = token_tests.run_cell(t["confidence"], t["correct"], feats[feature], t["seq_id"],
                                key=key, settings=plan.tests)
     nulls = {test: r.pop("null") for test, r in res.items() if "null" in r}
-    if nulls:
-        null_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = null_path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **nulls)
-        tmp.replace(null_path)
+    if nulls:  # atomic, with a unique temp name (a study worker may write the same cell)
+        with workdir_io.atomic_path(null_path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **nulls)
     return {"n": int(len(t["confidence"])), "n_sequences": int(len(np.unique(t["seq_id"]))),
             "tests": res}
 

@@ -137,3 +137,25 @@ def test_power_seeds_selects_the_first_seeds_cells(cfg):
             cfg.diagnostics.power_seeds = bad
         with pytest.raises(ValueError, match="diagnostics.power_seeds"):
             LMPlan.from_config(cfg)
+
+
+@pytest.mark.slow
+def test_worker_computes_pending_stages_in_reverse_with_the_same_numbers(cfg, tmp_path):
+    ref = lm_study.run(cfg, tmp_path / "ref", producer=produce, write_report=False)
+    w = tmp_path / "w"
+    with pytest.raises(ValueError, match="has not finished its runs"):
+        lm_study.run(cfg, w, worker=True)  # nothing trained yet (and no config recorded)
+    lm_study.run(cfg, w, producer=produce, write_report=False)
+    stages = w / "stages"
+    analysis = sorted(p for p in stages.glob("*.json")
+                      if p.name.startswith(("diag_", "power_", "probes_")))
+    removed = analysis[::2]  # every other analysis stage, as if the study had not reached it
+    for p in removed:
+        p.unlink()
+    (w / "results.json").unlink()
+    out = lm_study.run(cfg, w, worker=True)
+    assert {n.replace(":", "_") for n in out["stages"]} == {p.stem for p in removed}
+    assert not (w / "results.json").exists()  # the worker writes no results
+    again = lm_study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
+                         write_report=False)
+    assert _numbers(again) == _numbers(ref)
