@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     w = pathlib.Path(args.workdir)
     path = w / "results.json"
+    if not path.exists() and (w / "vmoer_lm_results.json").exists():  # the VMoER LM experiment
+        path = w / "vmoer_lm_results.json"
+        out = json.loads(path.read_text())
+        command = args.command or f"python experiments/vmoer_lm.py --workdir {w}"
+        block = readme.vmoer_lm_block(out, command=command, source=f"{w.name}/{path.name}",
+                                      machine=args.machine, name=args.block)
+        return _write(pathlib.Path(args.readme), block, args.block, args.check, path)
     if not path.exists():
         raise SystemExit(f"readme_numbers: workdir: no results.json in {w} (run the study first)")
     results = json.loads(path.read_text())
@@ -54,18 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or meta.get("command") or f"routecal study --workdir {w}"
     block = readme.found_block(results, command=command, source=f"{w.name}/results.json",
                                machine=args.machine, name=args.block)
-    readme_path = pathlib.Path(args.readme)
+    return _write(pathlib.Path(args.readme), block, args.block, args.check, path)
+
+
+def _write(readme_path: pathlib.Path, block: str, name: str, check: bool,
+           path: pathlib.Path) -> int:
+    """Swaps `block` into the README (or, with `check`, exits 1 if it differs)."""
     if not readme_path.exists():
         raise SystemExit(f"readme_numbers: readme: no such file {str(readme_path)!r}")
     old = readme_path.read_text()
-    new = readme.replace_block(old, block, args.block)
-    if args.check:
+    new = readme.replace_block(old, block, name)
+    if check:
         if new != old:
-            print(f"{readme_path}: the {args.block} block differs from {path}", file=sys.stderr)
+            print(f"{readme_path}: the {name} block differs from {path}", file=sys.stderr)
             return 1
         return 0
     readme_path.write_text(new)
-    print(f"{readme_path}: {args.block} block rewritten from {path}")
+    print(f"{readme_path}: {name} block rewritten from {path}")
     return 0
 
 

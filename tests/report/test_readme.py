@@ -110,3 +110,27 @@ def test_named_blocks_are_rewritten_independently():
     assert out.split(lm_begin)[0] == text.split(lm_begin)[0]  # the digits block untouched
     with pytest.raises(ValueError, match="name"):
         readme.markers("bad name")
+
+
+def test_vmoer_lm_block_from_a_results_json():
+    from statsmodels.stats.proportion import proportion_confint
+
+    from routecal.pipeline import vmoer_lm_eval as ev
+
+    metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
+               "flops_infer_pct")
+    per_run = {name: {s: {m: 0.3 + 0.01 * s + 0.1 * k + 0.05 * (name == "mfvr")
+                          for k, m in enumerate(metrics)} for s in (0, 1)}
+               for name in ("det", "mfvr")}
+    table = ev.summarize(per_run)
+    out = {"config": {"data": {"n_eval_items": 100}}, "per_run": per_run, "table": table,
+           "markdown": ev.to_markdown(table, ["det", "mfvr"]), "scoring": "loglik"}
+    block = readme.vmoer_lm_block(out, command="c", source="s")
+    begin, end = readme.markers("found-vmoer-lm")
+    assert block.startswith(begin) and block.endswith(end)
+    assert not any(line.startswith("|") for line in block.splitlines())  # no tables
+    lo, hi = proportion_confint(30, 100, method="wilson")
+    assert f"seed 0: 0.300 [{lo:.3f}, {hi:.3f}]" in block
+    assert "stability (paper stability +38%): mfvr" in block
+    with pytest.raises(ValueError, match="vmoer_lm_results"):
+        readme.vmoer_lm_block({"verdicts": {}}, command="c", source="s")
