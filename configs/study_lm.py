@@ -14,10 +14,12 @@ test's minimum detectable gap at 80% power); every probe fitted on calib tokens 
 domain with the NW bandwidth sweep; the report with power curves, reliability diagrams, nulls,
 bandwidth sensitivity and depth-attention heatmaps per domain.
 
-Measured: quick, 5 min 51 s wall from a fresh workdir on the 2-core CPU shared with other jobs
-(load average about 25; 113 s of CPU time; peak RSS 1.6 GB); its decoders reach about 4.4 bits per
-byte. The default was not run to completion: about three hours on an idle 2-core CPU, estimated
-from its parts' measured rates (README, "The study at language-model scale").
+Measured (2-core CPU): the quick variant in 1 min 39 s wall from a fresh workdir on the idle
+machine (136 CPU-s, peak RSS 1.5 GB), its decoders at about 4.4 bits per byte (not evidence). The
+default's time, models and verdicts: the README block generated from our run (`routecal:found-lm`,
+`experiments/readme_numbers.py --block found-lm`) and benchmarks/RESULTS.md, "The LM study,
+default config". A second process, `routecal study ... --worker`, shares the analysis stages once
+the decoders are trained.
 
 Override anything, e.g. `--config.seeds="(0,1,2,3,4)"`, `--config.diagnostics.max_tokens=50000`,
 `--config.model_overrides="('predict.every=4',)"` (thinning, if the LM config names it so).
