@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default="", help='e.g. "2-core CPU, idle"')
     p.add_argument("--check", action="store_true", help="exit 1 if the README block differs")
     p.add_argument("--block", default="found",
-                   help='the README block to rewrite: "found" (digits study), "found-lm" (LM)')
+                   help='the README block to rewrite: "found" (digits study), "found-lm" (LM study), '
+                        '"found-vmoer-lm" (VMoER LM experiment)')
     args = p.parse_args(argv)
     w = pathlib.Path(args.workdir)
     path = w / "results.json"
