@@ -209,8 +209,8 @@ def bench_token_predict(s: dict, rows: list, cfg, model) -> None:
     """`token_predict.predict_split` (forward with traces, per-token records, shards on disk)."""
     import tempfile
 
-    from routecal import token_predict
     from routecal.data.text import TextSplit
+    from routecal.training import token_predict
 
     n, t = s["predict_rows"], cfg.max_len
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size - 1, (n, t + 1), dtype=np.int32)

@@ -3,7 +3,7 @@
     python benchmarks/attnres_overhead.py [--d-model 64 --n-layers 4 --batch 64 --steps 30 --repeats 5]
 
 All three models have the same width, depth, heads and MLP width and run the same jit-compiled
-AdamW train step (`routecal.train`) on the same batch of digits-shaped tokens (16 tokens x 4). Timing
+AdamW train step (`routecal.training.train`) on the same batch of digits-shaped tokens (16 tokens x 4). Timing
 rounds are interleaved across the residual modes (so background load hits all alike); the best
 (minimum) round, the usual estimate under background load (as `timeit` does), and the median round
 are reported; compile time is excluded.
@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from routecal import train
 from routecal.models.transformer import ModelConfig, Transformer
+from routecal.training import train
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
    denominator.
 2. Training: the default `configs/lm_stdlib.py` shape (d 128, 4 layers, SwiGLU 384, T = 256,
    batch 16) for residual standard / full / block (and moe), timed in interleaved rounds of `--steps`
-   jit-compiled AdamW steps (`routecal.lm.make_lm_train_step`) so background load hits every mode
+   jit-compiled AdamW steps (`routecal.training.lm.make_lm_train_step`) so background load hits every mode
    alike; best and median round reported, compile excluded. Model FLOPs per token: 6 x (non-
    embedding parameters + tied head) + 12 x layers x T x D for attention scores and values
    (forward 2 x 2 x T x D per layer, backward twice that; the full T x T square, as computed).
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from routecal import lm, optim
 from routecal.config import load_config
+from routecal.training import lm, optim
 
 CONFIG = "configs/lm_stdlib.py"
 
@@ -115,8 +115,8 @@ def peak_rss_mb() -> float:
 
 def _predict_child(n_tokens: int, model_kind: str) -> None:
     """Runs in a child process: streams n_tokens records, prints throughput JSON."""
-    from routecal import token_predict
     from routecal.data.text import load_text_dataset
+    from routecal.training import token_predict
 
     over = ["data.max_bytes=None", "model.residual='block'"]
     if model_kind == "quick":
@@ -131,7 +131,7 @@ def _predict_child(n_tokens: int, model_kind: str) -> None:
             model, split, f"{tmp}/p", pad=ds.tokenizer.pad, batch_size=32, max_tokens=n_tokens
         )
         wall = time.perf_counter() - t
-        from routecal import predictions
+        from routecal.files import predictions
 
         got = predictions.load(out)
         n = len(got["confidence"])

@@ -20,7 +20,7 @@ Measured on the 2-core CPU of the development machine (shared with other jobs, l
     block      98.1 %     98.6 %      0.067      42 s
     standard   97.5 %     98.1 %      0.065      32 s
 
-Expected: >= 95 % test accuracy for all three (tests/test_train.py, marked slow).
+Expected: >= 95 % test accuracy for all three (tests/training/test_train.py, marked slow).
 
 `quick` (d_model 32, 2 layers, 400 steps of batch 32): 89.4 % test accuracy (full, seed 0), 23.5 s
 of CPU time in all (22.4 s user + 1.1 s sys, start-up and compile included), i.e. well under 60 s

@@ -108,7 +108,7 @@ def moe(model: ml_collections.ConfigDict, **overrides: object) -> ml_collections
 
 
 def train(**overrides: object) -> ml_collections.ConfigDict:
-    """optax AdamW with warm-up/cosine (`routecal.train`); every key explicit."""
+    """optax AdamW with warm-up/cosine (`routecal.training.train`); every key explicit."""
     block = ml_collections.ConfigDict({
         "steps": 800,
         "batch_size": 64,

@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.train.update(trainable="vrouter", steps=300, warmup=20, checkpoint_every=300,
                          eval_every=300)
 
-    # Settings of routecal.pipeline.vmoer.run_vmoer_experiment (ignored by `routecal train`).
+    # Settings of routecal.study.vmoer.run_vmoer_experiment (ignored by `routecal train`).
     cfg.experiment = ml_collections.ConfigDict({
         "seeds": (0, 1, 2),
         "methods": ("det", "logit", "temp", "logit_retrofit", "temp_retrofit"),

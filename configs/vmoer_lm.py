@@ -11,7 +11,7 @@ each from scratch and retrofitted on the fine-tuned det model (`*_retrofit`, onl
 posterior trained); writes `tables/vmoer.csv` (one row per router) and `vmoer_lm_results.json`.
 SWAG is not implemented (it needs the weight trajectory).
 
-Scoring (`experiment.scoring`, `routecal.pipeline.vmoer_lm_data`): "loglik" (default) scores
+Scoring (`experiment.scoring`, `routecal.study.vmoer_lm_data`): "loglik" (default) scores
 each option by its length-normalised log-likelihood given the context (lm-eval-harness
 acc_norm); "letter" is the paper's rule (the answer letter's logit after the prompt, restricted
 to A-D). The default is loglik because this tiny decoder does not learn letter scoring (det,
@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     cfg.experiment = ml_collections.ConfigDict()
     cfg.experiment.seeds = (0, 1, 2)
-    # option scoring (routecal.pipeline.vmoer_lm_data.SCORINGS): "loglik" = length-normalised
+    # option scoring (routecal.study.vmoer_lm_data.SCORINGS): "loglik" = length-normalised
     # option log-likelihood given the context (lm-eval-harness acc_norm); "letter" = the
     # paper's rule, the answer letter's logit after the prompt restricted to A-D
     cfg.experiment.scoring = "loglik"

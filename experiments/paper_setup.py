@@ -11,7 +11,7 @@ import pathlib
 from collections.abc import Sequence
 
 from routecal.config import load_config
-from routecal.pipeline import study
+from routecal.study import run as study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@
         --workdir runs/paper1_cifar10 [--seeds 0,1,2,3,4] [--steps 20000] [--permutations 10000]
 
 Prepare the data once on a machine with internet: `tfds build cifar10 --data_dir ~/tensorflow_datasets`
-(or mnist / fashion_mnist). Runs `routecal.pipeline.study.run` with every AttnRes model trained on that
+(or mnist / fashion_mnist). Runs `routecal.study.run.run` with every AttnRes model trained on that
 dataset, the full diagnostic grid (B permutations per test) and every probe, then writes the report.
 Large: hours on a CPU, minutes on an accelerator; the study resumes if interrupted.
 """

@@ -16,7 +16,7 @@ import pathlib
 import sys
 
 from routecal import config
-from routecal.pipeline import vmoer_lm, vmoer_lm_eval
+from routecal.study import vmoer_lm, vmoer_lm_eval
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
 
 Prepare the data once on a machine with internet: `tfds build cifar10 --data_dir ...`. Trains the
 deterministic MoE and both variational routers (from scratch and retrofitted) per seed through
-`routecal.pipeline.study.run` (VMoER stage only) and writes the paper's table into the report.
+`routecal.study.run.run` (VMoER stage only) and writes the paper's table into the report.
 """
 
 from __future__ import annotations

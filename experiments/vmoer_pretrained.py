@@ -48,8 +48,8 @@ from routecal.models import routers, vmoer
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
 from routecal.models.pretrained.retrofit import RetrofitConfig, retrofit
-from routecal.pipeline import vmoer_lm_eval
 from routecal.stats import mcqa, uncertainty
+from routecal.study import vmoer_lm_eval
 
 
 def load_split(spec: str, domain: str, n_options: int | None, limit: int) -> mcqa_data.MCQA:

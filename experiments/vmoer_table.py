@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from routecal import config
-from routecal.pipeline import vmoer as vmoer_eval
+from routecal.study import vmoer as vmoer_eval
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Public name -> module. The statistics live in `routecal.stats`, the pipelines in
-# `routecal.pipeline`; the short names (`rc.calibration`, `rc.diagnostics`, ...) are the API contract.
+# `routecal.study`; the short names (`rc.calibration`, `rc.diagnostics`, ...) are the API contract.
 _SUBMODULES = {
     "calibration": "routecal.stats.calibration",
     "cli": "routecal.cli",
@@ -31,17 +31,16 @@ _SUBMODULES = {
     "kernels": "routecal.stats.kernels",
     "models": "routecal.models",
     "parallel": "routecal.parallel",
-    "pipeline": "routecal.pipeline",
-    "predict": "routecal.predict",
+    "predict": "routecal.training.predict",
     "pretrained": "routecal.models.pretrained",
-    "predictions": "routecal.predictions",
+    "predictions": "routecal.files.predictions",
     "probes": "routecal.probes",
     "report": "routecal.report",
     "simulation": "routecal.stats.simulation",
     "stats": "routecal.stats",
-    "study": "routecal.pipeline.study",
-    "traces": "routecal.traces",
-    "train": "routecal.train",
+    "study": "routecal.study.run",
+    "traces": "routecal.training.traces",
+    "train": "routecal.training.train",
     "uncertainty": "routecal.stats.uncertainty",
 }
 

@@ -128,18 +128,18 @@ def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None
         raise ValueError(f"unrecognised arguments {list(extra)}")
 
     if args.command == "train":
-        from routecal import train
+        from routecal.training import train
 
         train.train_and_evaluate(cfg, args.workdir)
     elif args.command == "predict":
-        from routecal import predict
+        from routecal.training import predict
 
         lm_options = dict(
             every=args.every, min_position=args.min_position, max_tokens=args.max_tokens
         )
         predict.predict_workdir(args.workdir, lm_options=lm_options)
     elif args.command == "diagnose":
-        from routecal.pipeline import diagnose
+        from routecal.study import diagnose
 
         diagnose.diagnose_predictions(
             args.predictions,
@@ -149,7 +149,8 @@ def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None
             seed=args.seed,
         )
     elif args.command == "study":
-        from routecal.pipeline import lm_study, study
+        from routecal.study import lm_study
+        from routecal.study import run as study
 
         if lm_study.is_lm_config(cfg):
             lm_study.run(cfg, args.workdir, write_report=not args.no_report, worker=args.worker)

@@ -77,8 +77,8 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from routecal import predict, train
     from routecal.stats import diagnostics, kernels
+    from routecal.training import predict, train
 
     assert jax.process_count() == int(n) and jax.device_count() == int(n) * DEVICES_PER_PROCESS
     mesh = parallel.make_mesh()  # every device of every process

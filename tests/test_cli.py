@@ -8,7 +8,8 @@ import socket
 import numpy as np
 import pytest
 
-from routecal import cli, workdir
+from routecal import cli
+from routecal.files import workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICK = str(ROOT / "configs" / "attnres_digits.py") + ":block,tiny"
@@ -36,9 +37,9 @@ def test_bad_overrides_end_in_one_line_before_any_write(tmp_path, override, mess
 
 
 def test_invalid_override_then_valid_one_on_the_same_workdir(tmp_path, monkeypatch):
-    from routecal import train
+    from routecal.training import train
 
-    # The training loop itself is not under test here (tests/test_train.py runs it after a
+    # The training loop itself is not under test here (tests/training/test_train.py runs it after a
     # rejected config): stop where it would start, after every check and the config.json write.
     monkeypatch.setattr(train, "_loop", lambda *a, **k: {"step": 0, "finished": False})
     w = tmp_path / "w"

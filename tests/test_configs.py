@@ -60,7 +60,7 @@ def test_quick_is_not_tiny():
 @pytest.mark.slow
 def test_quick_attnres_learns(tmp_path):
     """configs/attnres_digits.py:quick reaches >= 85% test accuracy on digits (the docstring's claim)."""
-    from routecal import train
+    from routecal.training import train
 
     final = train.train_and_evaluate(load_config(str(CONFIGS / "attnres_digits.py:quick")),
                                      tmp_path)

@@ -21,10 +21,11 @@ import jax
 import numpy as np
 import pytest
 
-from routecal import parallel, predict, train
+from routecal import parallel
 from routecal.data import load_dataset
-from routecal.predictions import concat_predictions
+from routecal.files.predictions import concat_predictions
 from routecal.stats import diagnostics, kernels
+from routecal.training import predict, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import multihost_worker as worker  # noqa: E402

@@ -5,7 +5,7 @@ Every probe is fitted on a calibration split and maps new examples to a calibrat
 functions (`*_fit` -> NamedTuple params, `*_apply`) with a thin class on top (`fit` then
 `predict`; `predict` before `fit` raises ValueError); classes accept a `ProbeData` or arrays.
 
-  data.py             ProbeData (from `routecal.predictions`) and the input coercions
+  data.py             ProbeData (from `routecal.files.predictions`) and the input coercions
   scaling.py          TemperatureScaling, PlattScaling, HistogramBinning, IsotonicCalibration
   nadaraya_watson.py  NadarayaWatsonProbe (confidence; AR-CondCal; entropy control)
   mlp.py              MLPProbe (full, capacity-matched, shuffled)

@@ -2,7 +2,7 @@
 
 Shapes: N examples, C classes, S routed sublayers (S = 0 for a standard model), D probe features.
 
-`ProbeData.from_predictions` reads predictions through the one schema (`routecal.predictions`):
+`ProbeData.from_predictions` reads predictions through the one schema (`routecal.files.predictions`):
 confidence and correctness from `confidence_correct`, the scalar routing features from
 `routing_features` (`H_mean`, `depth_var_mean`, `depth_mean_mean`, `H_mid`, `H_last`,
 `routing_<name>`: the same names the diagnostics use) plus the per-sublayer entropy profile `H`
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from routecal import _checks
-from routecal.predictions import confidence_correct, load_predictions, routing_features
+from routecal.files.predictions import confidence_correct, load_predictions, routing_features
 from routecal.stats.uncertainty import predictive_entropy
 
 PROFILE = "H"  # the [N, S] routing profile kept whole (per-sublayer routing entropy)
@@ -81,7 +81,7 @@ class ProbeData:
 
     @classmethod
     def from_predictions(cls, predictions: Any) -> ProbeData:
-        """Builds ProbeData from a predictions mapping or `.npz` path (`routecal.predictions`).
+        """Builds ProbeData from a predictions mapping or `.npz` path (`routecal.files.predictions`).
 
         Args:
           predictions: keys probs [N, C], labels [N] and optionally H / H_norm / depth_var /

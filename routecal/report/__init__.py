@@ -1,7 +1,7 @@
 """The report: verdicts computed from numbers (`verdicts`), tables and md/html (`render`), figures
 (`figures`). It draws only from a results dict (`W/results.json`)."""
 
-from routecal.pipeline.stages import dumps, to_json
+from routecal.files.records import dumps, to_json
 from routecal.report.figures import figures
 from routecal.report.render import Table, _fmt, tables, write_report  # noqa: F401
 from routecal.report.verdicts import (

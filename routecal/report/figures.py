@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from routecal import workdir as workdir_io
+from routecal.files import workdir as workdir_io
 
 # ----------------------------------------------------------------------------------------------
 

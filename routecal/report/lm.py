@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from routecal import workdir as workdir_io
+from routecal.files import workdir as workdir_io
 from routecal.report import render
 from routecal.report.figures import _plt, fig_bandwidth, fig_depth, fig_nulls, fig_reliability
 from routecal.report.lm_verdicts import verdict_items, verdicts

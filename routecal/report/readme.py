@@ -167,7 +167,7 @@ def vmoer_lm_block(out: Mapping[str, Any], *, command: str, source: str, machine
     `vmoer_lm_eval.report`'s lines without its tables (setting, seeds, time, det's accuracy with
     its interval, and per paper claim what each variational router shows); the table itself
     stays in `W/tables/vmoer.csv` and `benchmarks/RESULTS.md`."""
-    from routecal.pipeline import vmoer_lm_eval
+    from routecal.study import vmoer_lm_eval
 
     if "table" not in out or "per_run" not in out:
         raise ValueError("results: not a vmoer_lm_results.json (no 'table' / 'per_run')")

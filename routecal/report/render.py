@@ -1,7 +1,7 @@
 """results.json -> report.md, report.html (self-contained), tables (CSV) and figures (PNG).
 
-`write_report(workdir)` reads `W/results.json` (written by `routecal.pipeline.study.run` or
-`routecal.pipeline.diagnose.diagnose_predictions`; everything drawn, nulls and sweeps included, is in
+`write_report(workdir)` reads `W/results.json` (written by `routecal.study.run.run` or
+`routecal.study.diagnose.diagnose_predictions`; everything drawn, nulls and sweeps included, is in
 it) and writes
 
     W/report.md      tables and verdicts, figures linked from W/figures/
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from routecal import workdir as workdir_io
+from routecal.files import workdir as workdir_io
 from routecal.report.figures import figures
 from routecal.report.verdicts import verdicts
 from routecal.stats.seeds import RULE

@@ -179,7 +179,7 @@ def model_routing_stability(
     """
     from flax import nnx
 
-    from routecal import predict
+    from routecal.training import predict
 
     def experts_fn(x: np.ndarray) -> list[np.ndarray]:
         out = predict.predict_arrays(nnx.clone(model), x, batch_size=batch_size)

@@ -196,8 +196,8 @@ def _tiny_model(mlp_type, **kw):
 
 
 def test_moe_transformer_traces_flow_to_predictions():
-    from routecal import predict, traces
     from routecal.data import Split
+    from routecal.training import predict, traces
 
     model = _tiny_model("moe")
     x = np.random.default_rng(0).normal(size=(5, 4, 3)).astype(np.float32)
@@ -220,8 +220,8 @@ def test_moe_transformer_traces_flow_to_predictions():
 
 
 def test_vmoer_transformer_aux_and_trainable_filter():
-    from routecal import train
     from routecal.models import vmoer
+    from routecal.training import train
 
     model = _tiny_model("vmoer_logit", vmoer=(("beta", 0.5), ("rank", 1)))
     out = nnx.jit(lambda m, x: m(x, train=True))(model, jnp.ones((2, 4, 3)))

@@ -26,7 +26,7 @@ def simulate_probe_data(n: int, effect: float, seed: int, n_layers: int = 3) -> 
 
 
 def predictions_dict(n: int, s: int, seed: int) -> dict:
-    """A predictions dict (`routecal.predictions` schema) with S routed sublayers (S may be 0)."""
+    """A predictions dict (`routecal.files.predictions` schema) with S routed sublayers (S may be 0)."""
     rng = np.random.default_rng(seed)
     logits = 2.0 * rng.normal(size=(n, 4))
     probs = scipy.special.softmax(logits, axis=1)

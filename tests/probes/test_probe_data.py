@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from routecal import predictions as rc_predictions
 from routecal import probes
+from routecal.files import predictions as rc_predictions
 
 
 def test_from_predictions_uses_the_schema(tmp_path, predictions):

@@ -41,7 +41,7 @@ def test_disk_full_during_the_report_keeps_the_old_one_and_names_the_file(
 ):
     import errno
 
-    from routecal import workdir
+    from routecal.files import workdir
 
     (tmp_path / "results.json").write_text(report.dumps(results(np.random.default_rng(2))))
     out = report.write_report(tmp_path)

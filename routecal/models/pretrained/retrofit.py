@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from routecal.models.vmoer import VROUTER_PATH
-from routecal.optim import trainable_filter
+from routecal.training.optim import trainable_filter
 
 Array = jax.Array
 Batch = dict[str, Any]

@@ -118,7 +118,7 @@ def test_every_router_imports_and_selects_its_retrofit_parameters(checkpoint):
     checkpoint's, fresh parameters are only posterior ones, and the retrofit selection is
     non-empty exactly when the registry says the router has something to fit."""
     from routecal.models import routers
-    from routecal.optim import trainable_filter
+    from routecal.training.optim import trainable_filter
 
     d, _, t = checkpoint("olmoe", num_hidden_layers=1)
     ids = np.random.default_rng(0).integers(0, V, (1, 5))

@@ -1,0 +1,180 @@
+"""The one predictions schema: load, validate, derive confidence/correct and routing features.
+
+Every stage after `predict` reads predictions through this module, whatever model made them.
+
+Predictions files (`.npz`):
+
+    probs      [N, C] float   predicted class probabilities (rows sum to 1)
+    labels     [N]    int     true labels in [0, C)
+    H          [N, S] float   per-sublayer routing entropy (natural log)          (optional)
+    H_norm     [N, S] float   H / log(number of sources)                          (optional)
+    depth_mean [N, S] float   routing depth D_l = sum_i i alpha_i                 (optional)
+    depth_var  [N, S] float   routing-depth variance V_l = sum_i alpha_i (i-D_l)^2 (optional)
+    routing_<name> [N] float  any other per-example routing scalar                (optional)
+
+Token-level predictions of language models (`routecal.training.token_predict`) are a sharded directory
+(`routecal.files.shards`: index.json + shard_*/<column>.npy) with one row per token: confidence,
+correct, entropy, label, seq_id, position, domain, nll and the routing columns.
+
+`load(path)` reads either kind and returns one mapping with at least `confidence`, `correct` and
+`label` (and, for tokens, `entropy`, `seq_id`, `position`, `domain` and the routing summaries);
+for shards the mapping is lazy (a column is read when first accessed).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from routecal import _checks
+from routecal.files import workdir
+
+_PER_SUBLAYER = ("H", "H_norm", "depth_mean", "depth_var")
+
+
+def load_predictions(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Loads and validates a predictions `.npz` (keys in the module docstring).
+
+    Raises:
+      ValueError: naming the file: missing, not an npz (a `.npy`, text, pickle), truncated or
+        corrupt (bad zip, bad CRC), a required array missing, or an array failing its check.
+    """
+    p = pathlib.Path(path)
+    d = workdir.load_npz(p, "predictions")
+    for k in ("probs", "labels"):
+        if k not in d:
+            raise ValueError(f"predictions: {str(p)!r} has no {k!r} array (has {sorted(d)})")
+    try:
+        probs = _checks.check_probs(d["probs"], "probs")
+        labels = _checks.check_labels(d["labels"], probs.shape[1], "labels")
+        _checks.check_same_length(probs=probs, labels=labels)
+        for k in _PER_SUBLAYER:
+            if k in d and d[k].size:
+                _checks.as_array(d[k], k, ndim=2)
+                _checks.check_same_length(probs=probs, **{k: d[k]})
+    except ValueError as e:
+        raise ValueError(f"predictions: {str(p)!r}: {e}") from e
+    d["probs"], d["labels"] = probs, labels
+    return d
+
+
+def load(path: str | pathlib.Path) -> Mapping[str, np.ndarray]:
+    """Predictions at `path` as a mapping of arrays: a sharded directory (lazy, token-level) or a
+    per-example `.npz` (validated by `load_predictions`, plus `confidence`, `correct`, `label`).
+
+    Raises:
+      ValueError: missing path, a directory without index.json, or an invalid npz (named).
+    """
+    from routecal.files import shards
+
+    p = pathlib.Path(path)
+    if p.is_dir():
+        return shards.ShardedColumns(p)
+    d = load_predictions(p)
+    conf, correct = confidence_correct(d)
+    d.update(confidence=conf, correct=correct.astype(bool), label=d["labels"])
+    return d
+
+
+def routing_features(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-example routing scalars [N] from a predictions dict.
+
+    From per-sublayer summaries [N, S] (S >= 1): `H_mean` (mean normalised entropy over sublayers),
+    `depth_var_mean`, `depth_mean_mean`, and two single sublayers: `H_mid` (sublayer S // 2) and
+    `H_last` (the last sublayer, the depth-aggregating readout for AttnRes models). Sublayers whose
+    entropy is constant (a single source) are skipped when picking single layers. Plus every
+    `routing_<name>` array in the file, as `<name>`.
+    """
+    out: dict[str, np.ndarray] = {}
+    H = preds.get("H_norm", preds.get("H"))
+    if H is not None and np.asarray(H).size:
+        H = np.asarray(H, np.float64)
+        out["H_mean"] = H.mean(axis=1)
+        varying = [j for j in range(H.shape[1]) if np.ptp(H[:, j]) > 0]
+        if varying:
+            out["H_mid"] = H[:, varying[len(varying) // 2]]
+            out["H_last"] = H[:, varying[-1]]
+    for k in ("depth_var", "depth_mean"):
+        v = preds.get(k)
+        if v is not None and np.asarray(v).size:
+            out[f"{k}_mean"] = np.asarray(v, np.float64).mean(axis=1)
+    for k, v in preds.items():
+        if k.startswith("routing_"):
+            out[k[len("routing_"):]] = _checks.as_array(v, k, ndim=1)
+    return out
+
+
+def confidence_correct(preds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(preds["probs"], np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(preds["labels"])).astype(np.float64)
+    return conf, correct
+
+
+def concat_predictions(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenates predictions dicts along examples (keys present in every part with N rows)."""
+    n = [len(p["labels"]) for p in parts]
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    out = {}
+    for k in keys:
+        arrs = [np.asarray(p[k]) for p in parts]
+        if all(a.ndim >= 1 and a.shape[0] == m for a, m in zip(arrs, n, strict=True)):
+            out[k] = np.concatenate(arrs, axis=0)
+        else:
+            out[k] = arrs[0]
+    return out
+
+
+def check_compatible(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], names: tuple[str, str]
+) -> None:
+    """Raises ValueError unless two predictions dicts (e.g. calib and test) can be compared.
+
+    They must have the same number of classes C (probs [N, C]) and the same routing arrays: the
+    same per-sublayer summaries with the same number of sublayers S, and the same `routing_<name>`
+    arrays. `names` names the two in the message (e.g. file paths).
+    """
+    ca, cb = np.shape(a["probs"])[1], np.shape(b["probs"])[1]
+    if ca != cb:
+        raise ValueError(
+            f"predictions: {names[0]} has {ca} classes but {names[1]} has {cb}; calibration and "
+            "test predictions must come from the same task"
+        )
+
+    def routing(p: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(np.shape(v)[1:]) for k, v in p.items()
+                if (k in _PER_SUBLAYER and np.size(v)) or k.startswith("routing_")}
+
+    ra, rb = routing(a), routing(b)
+    if ra != rb:
+        diff = sorted(k for k in set(ra) | set(rb) if ra.get(k) != rb.get(k))
+        detail = ", ".join(f"{k}: {ra.get(k, 'missing')} vs {rb.get(k, 'missing')}" for k in diff)
+        raise ValueError(
+            f"predictions: {names[0]} and {names[1]} have different routing arrays ({detail}; "
+            "per-example shapes after N); they must come from the same model"
+        )
+
+
+def constant_features(features: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the routing features [N] that do not vary over the examples (or are not finite).
+
+    Such a feature can neither split a confidence bin nor feed a kernel probe; callers skip it with
+    a note (`routing_predictions` keeps the rest).
+    """
+    return sorted(
+        k for k, v in features.items()
+        if not (np.all(np.isfinite(v)) and np.ptp(np.asarray(v, np.float64)) > 0)
+    )
+
+
+def routing_predictions(
+    preds: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """probs and labels of `preds` with `features` as `routing_<name>` arrays (and nothing else).
+
+    `routing_features` of the result returns exactly `features`, under the same names.
+    """
+    return {"probs": preds["probs"], "labels": preds["labels"],
+            **{f"routing_{k}": np.asarray(v) for k, v in features.items()}}

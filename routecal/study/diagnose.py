@@ -1,0 +1,128 @@
+"""Bring your own traces: the diagnostic grid and the probe comparison on any model's npz.
+
+    routecal diagnose --predictions calib.npz [--test-predictions test.npz] [--out DIR]
+
+From Python: `routecal.study.diagnose.diagnose_predictions(path, test_path=None)`. The files
+follow the one schema in `routecal.files.predictions` (probs, labels and any routing summaries).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from routecal import report
+from routecal.files.predictions import (
+    check_compatible,
+    confidence_correct,
+    constant_features,
+    load_predictions,
+    routing_features,
+    routing_predictions,
+)
+from routecal.probes.compare import probe_comparison, summarise_probes
+from routecal.probes.data import PROFILE
+from routecal.study import grid
+from routecal.study.stages import to_json, versions, write_json
+
+BANDWIDTH_RULES = ("scott", "cv_nll", "oracle_ece")
+SWEEP_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def split_predictions(
+    preds: Mapping[str, np.ndarray], *, seed: int, fraction: float = 0.5
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Splits a predictions dict into (first, second) parts of the examples, at random (seeded).
+
+    Arrays with N rows are split; everything else is copied to both parts.
+    """
+    n = len(preds["labels"])
+    idx = np.random.default_rng(seed).permutation(n)
+    cut = int(round(fraction * n))
+    parts = []
+    for sel in (np.sort(idx[:cut]), np.sort(idx[cut:])):
+        parts.append({
+            k: (np.asarray(v)[sel] if np.ndim(v) >= 1 and np.shape(v)[0] == n else v)
+            for k, v in preds.items()
+        })
+    return parts[0], parts[1]
+
+
+def _without(preds: Mapping[str, np.ndarray], skip: list[str]) -> dict[str, np.ndarray]:
+    """`preds` reduced to probs, labels and its routing features not in `skip` (see
+    `predictions.routing_predictions`), keeping the H profile when none of its features is skipped."""
+    keep = {f: v for f, v in routing_features(preds).items() if f not in skip}
+    out = routing_predictions(preds, keep)
+    if PROFILE in preds and not {"H_mean", "H_mid", "H_last"} & set(skip):
+        out[PROFILE] = preds[PROFILE]
+    return out
+
+
+def diagnose_predictions(
+    path: str | pathlib.Path, test_path: str | pathlib.Path | None = None,
+    out_dir: str | pathlib.Path | None = None, n_permutations: int = 2000, seed: int = 0,
+    n_bins: int = 15, n_groups: int = 3, alpha: float = 0.05,
+) -> dict[str, Any]:
+    """The diagnostic grid on every routing feature of `path`, then the probe comparison.
+
+    Args:
+      path: predictions npz; the diagnostics run on all of it.
+      test_path: optional held-out predictions npz: the probes are fitted on `path` and scored on
+        it. Without it, `path` is split in two halves at random (seeded): probes are fitted on one
+        and scored on the other.
+      out_dir: where results.json and the report go (default: `<path stem>_routecal/` beside it).
+    Returns:
+      the results dict (also written to `out_dir/results.json`, with report.md / report.html).
+      A routing feature that does not vary is skipped, with a note in `meta.notes`.
+
+    Raises:
+      ValueError: a file that is not a readable predictions npz (named), no routing summaries,
+        or calib and test predictions that disagree (classes, routing arrays).
+    """
+    p = pathlib.Path(path)
+    out = pathlib.Path(out_dir) if out_dir else p.with_name(p.stem + "_routecal")
+    preds = load_predictions(p)
+    held_out = None if test_path is None else load_predictions(test_path)
+    if held_out is not None:  # same task and same routing arrays, or the probes compare nothing
+        check_compatible(preds, held_out, (str(p), str(test_path)))
+    conf, correct = confidence_correct(preds)
+    rf = routing_features(preds)
+    if not rf:
+        raise ValueError(
+            f"predictions: {p.name} has no routing summaries (H, H_norm, depth_var, depth_mean or "
+            "routing_<name> arrays)"
+        )
+    fit, test = (preds, held_out) if held_out is not None else split_predictions(preds, seed=seed)
+    const = sorted({f for d in (preds, fit, test) for f in constant_features(routing_features(d))})
+    notes = [f"routing feature {f!r} does not vary over the examples (or is not finite): skipped"
+             for f in const]
+    for note in notes:
+        print(f"routecal diagnose: {p.name}: {note}", file=sys.stderr)
+    if const:  # the probes see only the varying features (and the H profile if all of it varies)
+        fit, test = (_without(d, const) for d in (fit, test))
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [grid.Cell("model", 0, f, conf, correct, v) for f, v in rf.items() if f not in const]
+    settings = grid.GridSettings(n_permutations, n_bins, n_groups, alpha, seed)
+    diag = grid.diagnostic_grid(cells, settings)
+    probes_out: dict[str, Any] = {}
+    if len(fit["labels"]) >= 2 * n_bins and len(test["labels"]) >= 2 * n_bins:
+        pc = probe_comparison(fit, test, seed=seed, bandwidth_rules=BANDWIDTH_RULES,
+                              sweep_multiples=SWEEP_MULTIPLES, n_bins=n_bins)
+        rows = [{**r, "arch": "model", "seed": 0} for r in pc["rows"]]
+        sweep = {"multiples": list(SWEEP_MULTIPLES), "ece": {k: [v] for k, v in pc["sweep"].items()}}
+        probes_out = {"rows": rows, "summary": summarise_probes(rows),
+                      "reliability": pc["reliability"], "bandwidth_sweep": {"model": sweep}}
+    results = {
+        "meta": {"title": f"routecal diagnose: {p.name}", "versions": versions(),
+                 "source": str(p), "n_examples": int(len(conf)), "notes": notes},
+        "diagnostics": diag,
+        "probes": probes_out,
+    }
+    results["verdicts"] = report.verdicts(to_json(results))
+    results = write_json(out / "results.json", results)
+    report.write_report(out)
+    return results

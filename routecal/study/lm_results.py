@@ -1,0 +1,182 @@
+"""The LM study's results.json: every stage's numbers gathered, adjusted and summarised.
+
+    meta          title, config, versions, seeds, wall_seconds (fresh runs), stage_seconds,
+                  peak_rss_mb, devices
+    runs          per (arch, seed): tokens, accuracy, ECE per split; train/predict seconds
+    diagnostics   tests: one row per (test, domain, arch, seed, feature) with p, Holm and BH
+                  p-values (per (test, domain) family) and, for the `n_null_figures` smallest
+                  p-values of each test, the permutation null [B]; summary: rejection counts and
+                  seed bands per (test, domain, arch, feature); settings
+    power         one row per (test, domain, arch, seed): minimum detectable gap, power curve
+    probes        per domain: rows, summary (seed bands, `probes.compare.summarise_probes`),
+                  bandwidth sweep, reliability curves (first seed), NW seconds; temperature:
+                  T per (arch, seed) (its rows, probe "temperature", sit with the others)
+    depth_attention  per domain per arch: mean depth weights (first seed) when predictions hold them
+    verdicts      `routecal.report.lm.verdicts(results)`
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from routecal.probes import compare
+from routecal.study import token_tests
+from routecal.study.lm_plan import LMPlan
+from routecal.study.stages import Stages, versions, write_json
+
+
+def null_path(workdir: pathlib.Path, stage: str) -> pathlib.Path:
+    """Where a diagnostics stage keeps its permutation nulls."""
+    return workdir / "stages" / "nulls" / (stage.replace(":", "_") + ".npz")
+
+
+def stage_seconds(st: Stages) -> dict[str, float]:
+    out = {}
+    for p in sorted(st.dir.glob("*.json")):
+        v = st.load(p.stem)
+        if isinstance(v, dict) and isinstance(v.get("seconds"), int | float):
+            out[p.stem] = float(v["seconds"])
+    return out
+
+
+def _diagnostics(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
+    rows = []
+    for d, a, s in plan.cells():
+        for f in plan.features:
+            name = f"diag:{d}:{a}:{s}:{f}"
+            cell = st.load(name)
+            for test, r in cell["tests"].items():
+                rows.append({"test": test, "domain": d, "arch": a, "seed": s, "feature": f,
+                             "n": cell["n"], "n_sequences": cell["n_sequences"], **r,
+                             "_stage": name})
+    summary = token_tests.adjust(rows, plan.tests.alpha)
+    for test in plan.tests.tests:
+        mine = sorted((r for r in rows if r["test"] == test), key=lambda r: r["p_value"])
+        for r in mine[: plan.n_null_figures]:
+            path = null_path(w, r["_stage"])
+            if path.exists():
+                with np.load(path) as z:
+                    if test in z.files:
+                        r["null"] = z[test].tolist()
+    for r in rows:
+        r.pop("_stage")
+    t = plan.tests
+    return {"tests": rows, "summary": summary, "alpha": t.alpha, "n_permutations":
+            t.n_permutations, "n_bins": t.n_bins, "n_groups": t.n_groups,
+            "labels": {k: token_tests.LABELS[k] for k in t.tests}, "families": "test x domain"}
+
+
+def _power(plan: LMPlan, st: Stages) -> list[dict[str, Any]]:
+    rows = []
+    for d, a, s in plan.power_cells():
+        for test, p in st.load(f"power:{d}:{a}:{s}")["power"].items():
+            rows.append({"test": test, "domain": d, "arch": a, "seed": s, **p})
+    return rows
+
+
+def _probes(plan: LMPlan, st: Stages) -> dict[str, Any]:
+    per_domain: dict[str, Any] = {}
+    for m in plan.routed:
+        for i, s in enumerate(plan.seeds):
+            out = st.load(f"probes:{m.name}:{s}")
+            for r in out["rows"]:
+                dom = per_domain.setdefault(r["domain"], {"rows": [], "sweep": {},
+                                                          "reliability": {}, "n_test": 0})
+                dom["rows"].append({**r, "arch": m.name, "seed": s})
+            for d, sw in out["sweep"].items():
+                entry = per_domain[d]["sweep"].setdefault(
+                    m.name, {"multiples": list(plan.sweep_multiples), "ece": {}})
+                for probe, eces in sw.items():
+                    entry["ece"].setdefault(probe, []).append(eces)
+            for d in out["n_test"]:
+                per_domain[d]["n_test"] = out["n_test"][d]
+                if i == 0:
+                    per_domain[d]["reliability"][m.name] = out["reliability"][d]
+            per_domain.setdefault("_seconds", []).append(
+                {"arch": m.name, "seed": s, "n_calib": out["n_calib"],
+                 "compare_seconds": out["seconds_compare"],
+                 "sweep_seconds": out["seconds_sweep"]})
+    timing = per_domain.pop("_seconds", [])
+    temperature = _temperature(plan, st, per_domain)
+    for dom in per_domain.values():
+        dom["summary"] = compare.summarise_probes(dom["rows"])
+    return {"domains": per_domain, "seconds": timing, "temperature": temperature}
+
+
+def _temperature(plan: LMPlan, st: Stages, per_domain: dict[str, Any]) -> list[dict[str, Any]]:
+    """Merges the `temperature:<arch>:<seed>` stages (`lm_temperature`) into the probe rows, each
+    right after its run's uncalibrated row, and the first seed's reliability curves; returns T
+    per (arch, seed). Runs without the stage (a stand-in producer trains no decoder) are absent."""
+    out = []
+    for m in plan.routed:
+        for i, s in enumerate(plan.seeds):
+            name = f"temperature:{m.name}:{s}"
+            if not st.done(name):
+                continue
+            t = st.load(name)
+            for r in t["rows"]:
+                rows = per_domain[r["domain"]]["rows"]
+                at = next((j + 1 for j, x in enumerate(rows) if x["probe"] == "uncalibrated" and
+                           (x["arch"], x["seed"]) == (m.name, s)), len(rows))
+                rows.insert(at, {**r, "arch": m.name, "seed": s})
+                if i == 0:  # the curve next to the uncalibrated one
+                    rel = per_domain[r["domain"]]["reliability"]
+                    curve, new = t["reliability"][r["domain"]], {}
+                    for k, v in rel.get(m.name, {}).items():
+                        new |= {k: v, "temperature": curve} if k == "uncalibrated" else {k: v}
+                    rel[m.name] = new | {"temperature": curve}
+            out.append({"arch": m.name, "seed": s, "temperature": t["temperature"],
+                        "at_bound": t["at_bound"], "n_calib": t["n_calib"],
+                        "calib_token_nll": t["calib_token_nll"], "seconds": t.get("seconds")})
+    return out
+
+
+def _depth(plan: LMPlan, st: Stages) -> dict[str, Any]:
+    """{domain: {arch: depth-attention means}} of the first seed (`lm_stages.depth_attention`)."""
+    out: dict[str, Any] = {}
+    for m in plan.routed:
+        for d, v in (st.load(f"run:{m.name}:{plan.seeds[0]}").get("depth_attention") or {}
+                     ).items():
+            out.setdefault(d, {})[m.name] = v
+    return out
+
+
+def assemble(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
+    """The results dict (without verdicts) from the finished stages."""
+    runs = []
+    for m, s in plan.runs:
+        r = st.load(f"run:{m.name}:{s}")
+        summ = st.load(f"summary:{m.name}:{s}")
+        metrics = r.get("metrics") or {}
+        runs.append({
+            "arch": m.name, "seed": s, "routed": m.routed,
+            "splits": {k: v for k, v in summ.items() if k != "seconds"},
+            "test_accuracy": summ[plan.domains[0][1]]["accuracy"],  # the first (in) domain
+            "test_bits_per_byte": next((v for k, v in metrics.items() if "bits_per" in k
+                                        and isinstance(v, int | float)), None),
+            "train_seconds": r.get("train_seconds"), "predict_seconds": r.get("predict_seconds"),
+        })
+    return {
+        "meta": {"title": plan.title, "study": "lm", "config": plan.config,
+                 "versions": versions(), "seeds": list(plan.seeds),
+                 "domains": dict(plan.domains), "calib_split": plan.calib_split,
+                 "jax_backend": jax.default_backend()},
+        "runs": runs,
+        "diagnostics": _diagnostics(plan, st, w),
+        "power": _power(plan, st),
+        "probes": _probes(plan, st),
+        "depth_attention": _depth(plan, st),
+    }
+
+
+def write(w: pathlib.Path, results: dict[str, Any]) -> None:
+    """Adds the verdicts and writes W/results.json atomically."""
+    from routecal import report
+    from routecal.report import lm as lm_report
+
+    results["verdicts"] = lm_report.verdicts(report.to_json(results))
+    write_json(w / "results.json", results)

@@ -1,0 +1,319 @@
+"""Evaluation and the table of the VMoER language-model experiment (`vmoer_lm.py`).
+
+Per trained model, on the embedded MCQA (option probabilities by `experiment.scoring`: the answer
+letter's logit restricted to A-D, or the length-normalised option log-likelihood through
+`mcqa.loglik_option_probs`; calibration over options, `routecal.stats.mcqa`; for loglik every
+token-level score below runs over the item's K option sequences):
+  accuracy, ece, mce, nll, brier          in-domain test items
+  stability_<sigma>                       mean over MoE layers of the Jaccard of top-K sets, clean
+                                          vs N(0, sigma^2 I) added to every MoE layer's input
+                                          hidden state (`vmoer.set_hidden_noise`), the first
+                                          `experiment.stability_items` in-domain items, every
+                                          token; the model is cloned so both runs
+                                          share the routing-noise draws (a stochastic router's
+                                          score measures input sensitivity, 1 at sigma = 0);
+                                          `stability_layers_<sigma>` keeps the per-layer values
+  ood_auroc_<domain>_<score>              in-domain vs near / far, scores: entropy, max_prob
+                                          (1 - max prob), mi (S sampled passes; stochastic
+                                          routers), gating_entropy and router_logit_variance
+                                          (token means over layers); ood_auroc_<domain> = entropy
+  flops_*_pct                             XLA-counted router overhead at the realistic layer
+The table: per metric and router the seed band (mean, std, min, max, n; `stats.seeds.seed_band`),
+the relative change of the mean against `det` and the seed-band verdict against `det`
+(`stats.seeds.compare_bands`: better / worse only when the [min, max] bands do not overlap),
+beside the paper's claims.
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from routecal import flops
+from routecal.models import routers, vmoer
+from routecal.stats import mcqa, seeds, uncertainty
+from routecal.study.vmoer_lm_data import option_outputs
+
+PAPER_CLAIMS = {"stability": "+38%", "ece": "-94%", "ood_auroc": "+12%", "flops": "<1%"}
+TABLE_METRICS = (
+    "stability",
+    "ece",
+    "ood_auroc_near",
+    "ood_auroc_far",
+    "flops_infer_pct",
+    "accuracy",
+    "mce",
+    "nll",
+    "brier",
+    "ood_auroc_near_router_logit_variance",
+    "ood_auroc_far_router_logit_variance",
+    "ood_auroc_near_gating_entropy",
+    "ood_auroc_far_gating_entropy",
+    "ood_auroc_near_mi",
+    "ood_auroc_far_mi",
+    "flops_train_pct",
+)
+LOWER_IS_BETTER = {"ece", "mce", "nll", "brier", "flops_infer_pct", "flops_train_pct"}
+CLAIM_OF = {"stability": "stability", "ece": "ece", "ood_auroc_near": "ood_auroc",
+            "ood_auroc_far": "ood_auroc", "flops_infer_pct": "flops"}  # fmt: skip
+
+
+@nnx.jit
+def _forward(model, batch):
+    outs, out = option_outputs(model, batch, return_traces=True)
+    keep = ("experts", "router_probs", "router_logit_var")
+    return outs, [{k: t[k] for k in keep if k in t} for t in out.traces["mlp"]]
+
+
+def _inputs(items: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model inputs of an MCQA split: {"ids"} (+ "mask" for loglik); a bare [N, T] array is
+    read as letter prompts."""
+    if not isinstance(items, dict):
+        return {"ids": np.asarray(items)}
+    return {k: v for k, v in items.items() if k in ("ids", "mask")}
+
+
+def predict(model: nnx.Module, items: Any, batch_size: int) -> dict[str, Any]:
+    """Per-item option outputs (`vmoer_lm_data.option_outputs`: last-position logits [N, V], or
+    option log-likelihood sums and lengths [N, K]) and per-MoE-layer traces (lists of
+    [N, T, ...]; [N, K * T, ...] for loglik) in fixed-size batches (the last one padded by
+    repetition, so one compile serves every batch)."""
+    batch_all = _inputs(items)
+    n = len(batch_all["ids"])
+    outs, traces = [], []
+    for i in range(0, n, batch_size):
+        chunk = {k: v[i : i + batch_size] for k, v in batch_all.items()}
+        m = len(chunk["ids"])
+        if m < batch_size:
+            chunk = {
+                k: np.concatenate([v, np.repeat(v[-1:], batch_size - m, 0)])
+                for k, v in chunk.items()
+            }
+        o, tr = _forward(model, {k: jnp.asarray(v) for k, v in chunk.items()})
+        outs.append({k: np.asarray(v)[:m] for k, v in o.items()})
+        traces.append([{k: np.asarray(v)[:m] for k, v in t.items()} for t in tr])
+    layers = [
+        {k: np.concatenate([b[j][k] for b in traces]) for k in traces[0][j]}
+        for j in range(len(traces[0]))
+    ]
+    return {"outs": {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, "layers": layers}
+
+
+def _option_probs(pred: dict[str, Any], letters: np.ndarray) -> np.ndarray:
+    """Option probabilities [N, K] under the scoring the outputs came from."""
+    o = pred["outs"]
+    if "last_logits" in o:
+        return mcqa.letter_option_probs(o["last_logits"], letters)
+    return mcqa.loglik_option_probs(o["sums"], o["lengths"])
+
+
+def stability(model, items, sigmas, bs: int, seed: int) -> dict[str, Any]:
+    """stability_<sigma> (mean over layers) and stability_layers_<sigma> (per layer), over every
+    token of `items` (letter prompts [N, T], or an MCQA split's dict: its option sequences).
+
+    The clean run is the same graph with noise std 0 (x + 0 * eps = x exactly), so clean and
+    noisy runs share one compiled forward pass."""
+
+    def experts(std: float) -> list[np.ndarray]:
+        m = nnx.clone(model)
+        vmoer.set_hidden_noise(m, std, seed=1000 + seed, keep_zero=True)
+        return [t["experts"] for t in predict(m, items, bs)["layers"]]
+
+    clean = experts(0.0)
+    out: dict[str, Any] = {}
+    for s in sigmas:
+        noisy = experts(float(s))
+        st = uncertainty.routing_stability(clean, noisy)
+        out[f"stability_{s:g}"] = st.overall
+        out[f"stability_layers_{s:g}"] = [float(x) for x in st.per_layer]
+    return out
+
+
+def _sampled_probs(model, items, letters, n: int, bs: int) -> np.ndarray | None:
+    m = nnx.clone(model)
+    if vmoer.set_router_sampling(m, True) == 0:
+        return None
+    return np.stack([_option_probs(predict(m, items, bs), letters) for _ in range(n)])
+
+
+def _scores(pred: dict[str, Any], probs: np.ndarray, mc: np.ndarray | None) -> dict[str, Any]:
+    layers = pred["layers"]
+    s = {
+        "entropy": uncertainty.ood_score(probs, "entropy"),
+        "max_prob": uncertainty.ood_score(probs, "max_prob"),
+        "gating_entropy": uncertainty.gating_entropy([t["router_probs"] for t in layers]),
+    }
+    if all("router_logit_var" in t for t in layers):
+        s["router_logit_variance"] = uncertainty.router_logit_variance(
+            [t["router_logit_var"] for t in layers]
+        )
+    if mc is not None:
+        s["mi"] = uncertainty.mutual_information(mc)
+    return s
+
+
+def evaluate(model: nnx.Module, data: dict[str, Any], e: ml_collections.ConfigDict, *, seed: int):
+    """Every per-run metric of the module docstring for one trained model."""
+    bs, letters = int(e.eval_batch_size), data["letters"]
+    res: dict[str, Any] = {}
+    scores = {}
+    for dom in ("in", "near", "far"):
+        items = _inputs(data["mcqa"][dom])
+        ans = data["mcqa"][dom]["answers"]
+        pred = predict(nnx.clone(model), items, bs)
+        probs = _option_probs(pred, letters)
+        mc = _sampled_probs(model, items, letters, int(e.mc_samples), bs)
+        scores[dom] = _scores(pred, probs, mc)
+        if dom == "in":
+            res.update(mcqa.mcqa_metrics(probs, ans, n_bins=int(e.n_bins)))
+        else:
+            res[f"accuracy_{dom}"] = float(np.mean(probs.argmax(1) == ans))
+    for dom in ("near", "far"):
+        for k, v in scores[dom].items():
+            res[f"ood_auroc_{dom}_{k}"] = uncertainty.ood_auroc(scores["in"][k], v)
+        res[f"ood_auroc_{dom}"] = res[f"ood_auroc_{dom}_entropy"]
+    n_stab = int(e.get("stability_items", 0)) or None  # the first items (0: all)
+    in_items = {k: v[:n_stab] for k, v in _inputs(data["mcqa"]["in"]).items()}
+    res.update(stability(model, in_items, e.sigmas, bs, seed))
+    res["stability"] = res[f"stability_{float(e.stability_sigma):g}"]
+    return res
+
+
+def one_line(res: dict[str, Any]) -> str:
+    keys = ("accuracy", "ece", "stability", "ood_auroc_near", "ood_auroc_far")
+    return " ".join(f"{k}={res[k]:.4f}" for k in keys if k in res)
+
+
+def flop_overheads(cfg: ml_collections.ConfigDict, names: list[str]) -> dict[str, dict[str, float]]:
+    """Per router name (retrofits share their router's): flops_train_pct, flops_infer_pct at the
+    realistic layer (`flops.REALISTIC_LAYER`, S = experiment's vmoer samples)."""
+    bases = sorted({routers.canonical(n.removesuffix("_retrofit")) for n in names})
+    over = flops.router_overheads(flops.REALISTIC_LAYER, tuple(bases))
+    return {
+        n: {f"flops_{m}_pct": over[routers.canonical(n.removesuffix("_retrofit"))][f"{m}_pct"]
+            for m in ("train", "infer")}
+        for n in names
+    }  # fmt: skip
+
+
+def summarize(per_run: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """per_run[router][seed][metric] -> table[router][metric] = seed band (+ rel_change_pct)."""
+    table: dict[str, dict[str, Any]] = {}
+    for name, runs in per_run.items():
+        row = {}
+        for metric in TABLE_METRICS:
+            vals = [r[metric] for r in runs.values() if r.get(metric) is not None]
+            if vals:
+                row[metric] = seeds.seed_band(vals)
+        table[name] = row
+    base = table.get("det", {})
+    for name, row in table.items():
+        for metric, band in row.items():
+            b = base.get(metric, {}).get("mean")
+            if name != "det" and b not in (None, 0.0) and np.isfinite(b):
+                band["rel_change_pct"] = 100.0 * (band["mean"] / b - 1.0)
+                band["verdict"] = seeds.compare_bands(
+                    band, base[metric], higher_is_better=metric not in LOWER_IS_BETTER
+                )
+    return table
+
+
+def write_csv(table: dict[str, dict[str, Any]], names: list[str], path: pathlib.Path) -> None:
+    """One row per router: <metric>_mean, _std, _min, _max, _rel_pct, n_seeds, paper claims."""
+    header = ["router", "n_seeds"]
+    for m in TABLE_METRICS:
+        header += [f"{m}_{k}" for k in ("mean", "std", "min", "max", "rel_pct", "verdict")]
+    header += [f"paper_{k}" for k in PAPER_CLAIMS]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for name in names:
+            row = table[name]
+            cells: list[Any] = [name, max((b["n"] for b in row.values()), default=0)]
+            for m in TABLE_METRICS:
+                b = row.get(m, {})
+                keys = ("mean", "std", "min", "max", "rel_change_pct", "verdict")
+                cells += [b.get(k, "") for k in keys]
+            cells += list(PAPER_CLAIMS.values())
+            w.writerow(cells)
+
+
+def to_markdown(table: dict[str, dict[str, Any]], names: list[str]) -> str:
+    """The paper's table: mean ± std [min, max] (relative change vs det) per router."""
+    cols = list(CLAIM_OF) + ["accuracy"]
+    lines = ["| router | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name in names:
+        cells = []
+        for m in cols:
+            b = table[name].get(m)
+            if not b:
+                cells.append("n/a")
+                continue
+            c = f"{b['mean']:.4f} ± {b['std']:.4f} [{b['min']:.4f}, {b['max']:.4f}]"
+            if "rel_change_pct" in b:
+                c += f" ({b['rel_change_pct']:+.1f}%, {b['verdict']})"
+            cells.append(c)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(seeds.RULE + ".")
+    claims = ", ".join(f"{CLAIM_OF.get(k, k)} {v}" for k, v in PAPER_CLAIMS.items())
+    return (
+        "\n".join(lines) + f"\n\nPaper's claims (relative to the deterministic router): {claims}."
+    )
+
+
+def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured on `n` items (`scipy.stats.binomtest`)."""
+    from scipy import stats
+
+    k = int(round(accuracy * n))
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def report(out: dict[str, Any]) -> str:
+    """The markdown section of a finished run (`vmoer_lm_results.json`): setting, seeds, time,
+    det's accuracy with its binomial interval, per-router time, the table and, per paper claim,
+    what each VMoER router shows."""
+    cfg, names, table = out["config"], list(out["table"]), out["table"]
+    n = int(cfg["data"]["n_eval_items"])
+    seeds_ = sorted({s for runs in out["per_run"].values() for s in map(int, runs)})
+    lines = [
+        f"Scoring: {out.get('scoring', 'letter')}; seeds {seeds_}; {n} items per domain; "
+        f"train+eval of every (router, seed): {out.get('runs_wall_s', 0) / 60:.1f} min wall, "
+        f"{out.get('runs_cpu_s', 0) / 60:.1f} CPU-min (process CPU time, compilation included).",
+        "",
+        "det accuracy (in-domain, chance 0.25), Wilson 95% interval per seed: "
+        + "; ".join(
+            f"seed {s}: {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+            for s, r in sorted(out["per_run"]["det"].items(), key=lambda x: int(x[0]))
+            for lo, hi in [accuracy_interval(r["accuracy"], n)]
+        ),
+        "",
+        "| router | wall s / seed | CPU s / seed |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        runs = list(out["per_run"][name].values())
+        w = np.mean([r.get("wall_s", np.nan) for r in runs])
+        c = np.mean([r.get("cpu_s", np.nan) for r in runs])
+        lines.append(f"| {name} | {w:.0f} | {c:.0f} |")
+    lines += ["", out["markdown"], "", "What we see beside each claim (relative change vs det):"]
+    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in ("mfvr", "lowrank", "fcvr",
+                                                                        "vtsr")]  # fmt: skip
+    for metric, claim in CLAIM_OF.items():
+        cells = []
+        for name in vmoer_names:
+            b = table[name].get(metric, {})
+            if "rel_change_pct" in b:
+                cells.append(f"{name} {b['rel_change_pct']:+.1f}% ({b['verdict']})")
+            elif metric in table[name]:
+                cells.append(f"{name} {table[name][metric]['mean']:.3f}")
+        lines.append(f"- {metric} (paper {claim} {PAPER_CLAIMS[claim]}): " + "; ".join(cells))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,213 @@
+"""Token-level predictions of a causal LM, streamed to disk in shards (memory constant in N).
+
+    token_predict.predict_split(model, split, out_dir, pad=258, every=4, min_position=16)
+
+For every evaluated position t of a packed row (input ids row[:t+1], target row[t+1]), one record:
+
+  confidence   max_v p(v)             correct   argmax_v p(v) == label
+  entropy      -sum_v p(v) log p(v)   label     the target id
+  seq_id       the row index in the split, position  t (0-based), domain  0 in / 1 near / 2 far
+  nll          -log p(label)
+
+and, for AttnRes models, per depth-attention site l (L sublayers then the readout; columns S):
+  H [S], H_norm [S], depth_mean [S], depth_var [S]   (`traces.py` definitions, per token)
+and, for MoE / VMoER models, per MoE layer m (columns M) with K experts per token:
+  router_entropy [M], router_entropy_norm [M], top1_margin [M], router_logit_spread [M]
+  (variance over experts of the router logits), experts [M, K] int16, gates [M, K], and, for
+  VMoER logit routers, router_logit_var [M] (the router's `router_logit_var` trace, else the
+  square of its mean posterior std `router_sigma`).
+
+Thinning: `every` keeps positions t with t % every == 0, `min_position` keeps t >= p (short contexts
+are atypical), `max_tokens` stops after that many records. PAD targets are never recorded. The
+forward pass runs in fixed-size batches; each batch's records are appended to a `shards.ShardWriter`,
+so no [N, T, S] array is ever held: peak memory is one batch plus one shard.
+
+Letters: B batch, T tokens, V vocabulary, S depth sites, M MoE layers, K experts per token.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from routecal.data.text import DOMAIN_CODES, TextSplit
+from routecal.files.shards import ShardWriter
+from routecal.training import traces
+
+TOKEN_KEYS = ("confidence", "correct", "entropy", "label", "seq_id", "position", "domain", "nll")
+
+
+@nnx.jit
+def _token_stats(model: nnx.Module, rows_BxT1: jax.Array) -> dict[str, jax.Array]:
+    """Per-token statistics of one batch of packed rows: arrays [B, T, ...]."""
+    ids = rows_BxT1.astype(jnp.int32)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    out = model(inputs, return_traces=True)
+    logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
+    p = jnp.exp(logp)
+    pred = jnp.argmax(logp, axis=-1)
+    rec = {
+        "confidence": jnp.max(p, axis=-1),
+        "correct": pred == targets,
+        "entropy": -jnp.sum(p * logp, axis=-1),
+        "nll": -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0],
+    }
+    alphas = out.traces["alpha"]
+    if alphas:
+        fns = {
+            "H": traces.entropy,
+            "H_norm": traces.normalized_entropy,
+            "depth_mean": traces.depth_mean,
+            "depth_var": traces.depth_var,
+        }
+        for k, fn in fns.items():
+            rec[k] = jnp.stack([fn(a) for a in alphas], axis=-1)
+    mlp = out.traces["mlp"]
+    if mlp:
+        probs = [tr["router_probs"].astype(jnp.float32) for tr in mlp]
+        n_exp = probs[0].shape[-1]
+        ent = jnp.stack([traces.entropy(q) for q in probs], axis=-1)
+        rec["router_entropy"] = ent
+        rec["router_entropy_norm"] = ent / jnp.log(jnp.float32(n_exp)) if n_exp > 1 else 0 * ent
+        top2 = [jax.lax.top_k(q, min(2, n_exp))[0] for q in probs]
+        rec["top1_margin"] = jnp.stack(
+            [t[..., 0] - (t[..., 1] if n_exp > 1 else 0.0) for t in top2], axis=-1
+        )
+        rec["router_logit_spread"] = jnp.stack(
+            [jnp.var(tr["router_logits"].astype(jnp.float32), axis=-1) for tr in mlp], axis=-1
+        )
+        rec["experts"] = jnp.stack([tr["experts"] for tr in mlp], axis=2).astype(jnp.int16)
+        rec["gates"] = jnp.stack([tr["gates"].astype(jnp.float32) for tr in mlp], axis=2)
+        if all("router_logit_var" in tr or "router_sigma" in tr for tr in mlp):
+            rec["router_logit_var"] = jnp.stack([_logit_var(tr) for tr in mlp], axis=-1)
+    return rec
+
+
+def _logit_var(tr: dict[str, jax.Array]) -> jax.Array:
+    """Posterior router-logit variance per token: the router's own `router_logit_var` trace if it
+    gives one, else the square of `router_sigma` (the mean posterior std over experts that
+    `vmoer.LogitVariationalRouter` traces)."""
+    if "router_logit_var" in tr:
+        return tr["router_logit_var"].astype(jnp.float32)
+    return jnp.square(tr["router_sigma"].astype(jnp.float32))
+
+
+def _check_thinning(every: int, min_position: int, max_tokens: int | None) -> None:
+    for name, v, lo in (("every", every, 1), ("min_position", min_position, 0)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise ValueError(f"{name}: must be an integer >= {lo}, got {v!r}")
+    if max_tokens is not None and (not isinstance(max_tokens, int | np.integer) or max_tokens < 1):
+        raise ValueError(f"max_tokens: must be a positive integer or None, got {max_tokens!r}")
+
+
+def predict_split(
+    model: nnx.Module,
+    split: TextSplit,
+    out_dir: str | os.PathLike,
+    *,
+    pad: int,
+    batch_size: int = 32,
+    every: int = 1,
+    min_position: int = 0,
+    max_tokens: int | None = None,
+    shard_tokens: int = 1 << 18,
+    meta: dict | None = None,
+) -> pathlib.Path:
+    """Writes the token records of `model` on `split` as shards under `out_dir` (see module doc).
+
+    Args:
+      model: a `Decoder` (any model whose call returns `.logits` and `.traces` works).
+      split: packed rows [N, T + 1].
+      out_dir: output directory (replaced if it holds sharded predictions).
+      pad: PAD id (targets equal to it are skipped).
+      batch_size: rows per forward pass (fixed; the last batch is PAD-filled).
+      every, min_position, max_tokens: thinning (see module doc).
+      shard_tokens: records per shard.
+      meta: extra metadata for index.json.
+
+    Returns:
+      The output directory (read it with `routecal.files.predictions.load`).
+    """
+    _check_thinning(every, min_position, max_tokens)
+    rows = split.ids
+    t = rows.shape[1] - 1
+    if min_position >= t:
+        raise ValueError(f"min_position: {min_position} leaves no position of rows with T={t}")
+    cfg = getattr(model, "cfg", None)
+    info = {
+        "kind": "tokens",
+        "domain": split.domain,
+        "domain_codes": DOMAIN_CODES,
+        "every": every,
+        "min_position": min_position,
+        "seq_len": t,
+        "bytes_per_token": split.bytes_per_token,
+        "sublayer_names": list(getattr(cfg, "sublayer_names", ()) or ()),
+        "moe_layers": list(getattr(cfg, "moe_layers", ()) or ()),
+        **(meta or {}),
+    }
+    writer = ShardWriter(out_dir, shard_rows=shard_tokens, meta=info)
+    pos_T = np.arange(t)
+    keep_pos = (pos_T % every == 0) & (pos_T >= min_position)
+    code = np.int8(DOMAIN_CODES[split.domain])
+    written = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        b = len(chunk)
+        if b < batch_size:
+            chunk = np.concatenate([chunk, np.full((batch_size - b, t + 1), pad, rows.dtype)])
+        stats = jax.device_get(_token_stats(model, jnp.asarray(chunk)))
+        labels = chunk[:b, 1:].astype(np.int32)
+        keep = keep_pos[None, :] & (labels != pad)
+        bi, ti = np.nonzero(keep)
+        if max_tokens is not None:
+            bi, ti = bi[: max_tokens - written], ti[: max_tokens - written]
+        rec: dict[str, Any] = {k: np.asarray(v)[:b][bi, ti] for k, v in stats.items()}
+        rec["correct"] = rec["correct"].astype(np.bool_)
+        rec["label"] = labels[bi, ti]
+        rec["seq_id"] = (start + bi).astype(np.int64)
+        rec["position"] = ti.astype(np.int32)
+        rec["domain"] = np.full(len(bi), code, np.int8)
+        writer.append(rec)
+        written += len(bi)
+        if max_tokens is not None and written >= max_tokens:
+            break
+    return writer.close()
+
+
+def predict_lm(
+    model: nnx.Module,
+    dataset: Any,
+    workdir: str | os.PathLike,
+    *,
+    splits: tuple[str, ...] | None = None,
+    batch_size: int = 32,
+    every: int = 1,
+    min_position: int = 0,
+    max_tokens: int | None = None,
+    shard_tokens: int = 1 << 18,
+) -> dict[str, pathlib.Path]:
+    """Token records of every evaluation split of a `TextDataset` (default: all but train) under
+    W/predictions/tokens/<split>/; returns split name -> directory."""
+    names = splits if splits is not None else tuple(s for s in dataset.splits if s != "train")
+    out = {}
+    for name in names:
+        out[name] = predict_split(
+            model,
+            dataset.split(name),
+            pathlib.Path(workdir) / "predictions" / "tokens" / name,
+            pad=int(dataset.tokenizer.pad),
+            batch_size=batch_size,
+            every=every,
+            min_position=min_position,
+            max_tokens=max_tokens,
+            shard_tokens=shard_tokens,
+            meta={"split": name, "tokenizer": dataset.tokenizer.name},
+        )
+    return out

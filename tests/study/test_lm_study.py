@@ -1,0 +1,161 @@
+"""The LM study end to end on synthetic token predictions (a stand-in producer replaces training):
+stages, results, report, and a kill during diagnostics followed by a rerun."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from routecal.config import load_config
+from routecal.stats import diagnostics
+from routecal.study import lm_stages, lm_study, tokens
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SPLITS = ("calib", "test", "far")
+
+
+def _write(path, *, seed, routed, n_seq=16, seq_len=24, n_sub=3):
+    rng = np.random.default_rng(seed)
+    n = n_seq * seq_len
+    conf = rng.uniform(0.1, 0.95, n)
+    d = {"confidence": conf, "correct": (rng.random(n) < conf).astype(np.int8),
+         "entropy": rng.gamma(2, 1, n), "seq_id": np.repeat(np.arange(n_seq), seq_len),
+         "position": np.tile(np.arange(seq_len), n_seq)}
+    if routed:
+        d |= {"H_norm": rng.uniform(0, 1, (n, n_sub)), "depth_var": rng.gamma(2, 1, (n, n_sub)),
+              "depth_mean": rng.uniform(0, 2, (n, n_sub))}
+    np.savez(path, **d)
+
+
+def produce(model, seed, run_dir):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for k, split in enumerate(SPLITS):
+        paths[split] = str(run_dir / f"{split}.npz")
+        _write(paths[split], seed=10 * seed + k + 3 * model.routed, routed=model.routed)
+    alpha = np.tril(np.full((3, 3), 1 / 3))  # 3 sites over up to 3 sources
+    depth = {d: {"alpha_mean": alpha.tolist(), "n_sources": [1, 2, 3],
+                 "sublayer_names": ["a", "b", "readout"]} for d in ("in", "far")}
+    return {"paths": paths, "metrics": {"test_bits_per_byte": 2.5}, "train_seconds": 0.0,
+            "depth_attention": depth if model.routed else {}}
+
+
+@pytest.fixture
+def cfg():
+    return load_config(f"{ROOT}/configs/study_lm.py:quick", [
+        "seeds=(0, 1)", "domains=('in:test', 'far:far')", "diagnostics.features=('H_mean', 'depth_var_mean_vs_seq')",
+        "diagnostics.n_permutations=99", "diagnostics.max_tokens=300",
+        "diagnostics.power_kwargs.n_datasets=10", "diagnostics.paper_power_datasets=10",
+        "diagnostics.paper_power_permutations=19",
+        "probes.bandwidth_rules=('scott', 'cv_nll')", "probes.sweep_multiples=(1.0,)",
+    ])
+
+
+def _numbers(obj):
+    """Everything but meta and timings (wall-clock seconds differ between runs)."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()
+                if k != "meta" and "seconds" not in k}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
+    ref = lm_study.run(cfg, tmp_path / "ref", producer=produce)
+    # Every cell's numbers: an independent call of the engine on the same thinned tokens.
+    row = ref["diagnostics"]["tests"][0]
+    t = lm_stages.load_tokens(tmp_path / "ref/runs/full/seed0/test.npz", "t")
+    t = tokens.subset(t, tokens.thin_sequences(t["seq_id"], 300, seed=0))
+    cell_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)  # cell 0, feat 0
+    direct = diagnostics.within_bin_permutation_test(
+        t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"],
+        key=jax.random.fold_in(cell_key, 0), n_permutations=99)
+    assert (row["domain"], row["arch"], row["seed"], row["feature"]) == ("in", "full", 0,
+                                                                         "H_mean")
+    assert row["p_value"] == pytest.approx(float(direct.p_value))
+    assert row["statistic"] == pytest.approx(float(direct.statistic))
+    # tests x domains x models x seeds x features
+    assert len(ref["diagnostics"]["tests"]) == 2 * 2 * 2 * 2 * 2
+    rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "recommended"][0]
+    direct = diagnostics.conditional_calibration_test(
+        t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"], clusters=t["seq_id"],
+        key=jax.random.fold_in(cell_key, 1), n_permutations=99)
+    assert rec["p_value"] == pytest.approx(direct.p_value)
+    assert {p["test"] for p in ref["power"]} == {"paper", "recommended"}
+    assert set(ref["probes"]["domains"]) == {"in", "far"}
+    assert ref["meta"]["wall_seconds"] > 0 and ref["meta"]["peak_rss_mb"] > 0
+    v = ref["verdicts"]
+    assert "control:" in v["diagnostics"] and "power:" in v["diagnostics"]
+    assert "Seed-band rule" in v["diagnostics"] and "Seed-band rule" in v["probes"]
+    html = (tmp_path / "ref/report.html").read_text()
+    assert html.index("At a glance") < html.index("Verdicts") and "data:image/png" in html
+    assert set(ref["depth_attention"]) == {"in", "far"}
+    assert {p.name for p in (tmp_path / "ref/figures").iterdir()} >= {
+        "power.png", "nulls_paper.png", "reliability_in.png", "bandwidth_far.png", "depth_far.png"}
+
+    calls = {"n": 0}
+    real = lm_stages.diagnose_cell
+
+    def dies_after_five(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt("killed during diagnostics")
+        return real(*a, **k)
+
+    monkeypatch.setattr(lm_stages, "diagnose_cell", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        lm_study.run(cfg, tmp_path / "w", producer=produce)
+    assert not (tmp_path / "w/results.json").exists()
+    calls["n"] = 0
+    monkeypatch.setattr(lm_stages, "diagnose_cell", lambda *a, **k: (
+        calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
+    again = lm_study.run(cfg, tmp_path / "w", producer=produce)
+    assert calls["n"] == 16 - 5  # only the unfinished cells ran (each runs both tests)
+    assert again["meta"]["wall_seconds"] is None  # a resumed run has no fresh wall time
+    assert json.dumps(_numbers(again), sort_keys=True) == json.dumps(_numbers(ref),
+                                                                     sort_keys=True)
+
+
+def test_power_seeds_selects_the_first_seeds_cells(cfg):
+    from routecal.study.lm_plan import LMPlan
+
+    cfg.diagnostics.power_seeds = 1
+    plan = LMPlan.from_config(cfg)
+    assert plan.power_seeds == (0,)
+    assert plan.power_cells() == [c for c in plan.cells() if c[2] == 0]
+    assert len(plan.power_cells()) == len(plan.cells()) // 2
+    cfg.diagnostics.power_seeds = 2
+    assert LMPlan.from_config(cfg).power_cells() == plan.cells()
+    for bad in (0, 3, 1.5, True):
+        with cfg.ignore_type():
+            cfg.diagnostics.power_seeds = bad
+        with pytest.raises(ValueError, match="diagnostics.power_seeds"):
+            LMPlan.from_config(cfg)
+
+
+@pytest.mark.slow
+def test_worker_computes_pending_stages_in_reverse_with_the_same_numbers(cfg, tmp_path):
+    ref = lm_study.run(cfg, tmp_path / "ref", producer=produce, write_report=False)
+    w = tmp_path / "w"
+    with pytest.raises(ValueError, match="has not finished its runs"):
+        lm_study.run(cfg, w, worker=True)  # nothing trained yet (and no config recorded)
+    lm_study.run(cfg, w, producer=produce, write_report=False)
+    stages = w / "stages"
+    analysis = sorted(p for p in stages.glob("*.json")
+                      if p.name.startswith(("diag_", "power_", "probes_")))
+    removed = analysis[::2]  # every other analysis stage, as if the study had not reached it
+    for p in removed:
+        p.unlink()
+    (w / "results.json").unlink()
+    out = lm_study.run(cfg, w, worker=True)
+    assert {n.replace(":", "_") for n in out["stages"]} == {p.stem for p in removed}
+    assert not (w / "results.json").exists()  # the worker writes no results
+    again = lm_study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
+                         write_report=False)
+    assert _numbers(again) == _numbers(ref)

@@ -1,0 +1,107 @@
+"""routecal.study.token_tests: the token grid's tests, adjustment and power plumbing."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from statsmodels.stats.multitest import multipletests
+
+from routecal.stats import diagnostics
+from routecal.study import token_tests
+
+
+def _cell(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    conf = rng.uniform(0.2, 0.95, n)
+    return conf, (rng.random(n) < conf).astype(float), rng.normal(size=n), np.repeat(
+        np.arange(n // 20), 20)
+
+
+def test_paper_test_is_the_stats_engine_on_the_cells_key():
+    conf, y, r, cl = _cell()
+    s = token_tests.TestSettings(tests=("paper",), n_permutations=199)
+    key = jax.random.key(3)
+    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["paper"]
+    ref = diagnostics.within_bin_permutation_test(conf, y, r, key=jax.random.fold_in(key, 0),
+                                                  n_permutations=199)
+    assert out["statistic"] == pytest.approx(float(ref.statistic))
+    assert out["p_value"] == pytest.approx(float(ref.p_value))
+    np.testing.assert_allclose(out["null"], np.asarray(ref.null, np.float32))
+    assert out["null_mean"] == pytest.approx(float(np.mean(out["null"])))
+
+
+def test_recommended_test_is_the_conditional_engine_with_clusters():
+    conf, y, r, cl = _cell()
+    s = token_tests.TestSettings(tests=("recommended",), n_permutations=99)
+    key = jax.random.key(1)
+    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["recommended"]
+    ref = diagnostics.conditional_calibration_test(conf, y, r, key=jax.random.fold_in(key, 1),
+                                                   clusters=cl, n_permutations=99)
+    assert out["p_value"] == pytest.approx(ref.p_value) and out["n_units"] == len(set(cl))
+    assert out["statistic"] == pytest.approx(ref.statistic)
+
+
+def test_missing_engine_is_named(monkeypatch):
+    monkeypatch.setitem(token_tests._NEEDS, "recommended", "no_such_engine")
+    conf, y, r, cl = _cell()
+    with pytest.raises(ValueError, match="no_such_engine"):
+        token_tests.run_cell(conf, y, r, cl, key=jax.random.key(0),
+                             settings=token_tests.TestSettings())
+
+
+def test_adjust_matches_statsmodels_per_family():
+    rng = np.random.default_rng(0)
+    rows = [{"test": t, "domain": d, "arch": a, "seed": s, "feature": f,
+             "statistic": float(rng.random()), "p_value": float(rng.random() ** 3)}
+            for t in ("paper", "recommended") for d in ("in", "far") for a in ("full", "block")
+            for s in (0, 1, 2) for f in ("H_mean", "depth_var_mean")]
+    summary = token_tests.adjust(rows, 0.05)
+    for t in ("paper", "recommended"):
+        for d in ("in", "far"):
+            fam = [r for r in rows if r["test"] == t and r["domain"] == d]
+            ps = [r["p_value"] for r in fam]
+            np.testing.assert_allclose([r["p_holm"] for r in fam],
+                                       multipletests(ps, method="holm")[1], atol=1e-12)
+            np.testing.assert_allclose([r["p_bh"] for r in fam],
+                                       multipletests(ps, method="fdr_bh")[1], atol=1e-12)
+    assert len(summary) == 2 * 2 * 2 * 2
+    s = summary[0]
+    ts = [r for r in rows if (r["test"], r["domain"], r["arch"], r["feature"])
+          == (s["test"], s["domain"], s["arch"], s["feature"])]
+    assert s["n_seeds"] == 3 and s["n_reject_raw"] == sum(r["p_value"] < 0.05 for r in ts)
+    assert s["min_p"] == min(r["p_value"] for r in ts) and "vs_null" not in s
+
+
+def test_detectable_gap_interpolates_the_running_maximum():
+    gaps = [0.01, 0.02, 0.04, 0.08]
+    # power 0.5 at 0.02 and 0.9 at 0.04 (the dip at 0.08 is ignored): 0.8 is 3/4 of the way in log.
+    got = token_tests.detectable_gap(gaps, [0.1, 0.5, 0.9, 0.7], 0.8)
+    assert got == pytest.approx(np.exp(np.log(0.02) + 0.75 * (np.log(0.04) - np.log(0.02))))
+    assert token_tests.detectable_gap(gaps, [0.1, 0.2, 0.3, 0.4], 0.8) is None
+    assert token_tests.detectable_gap(gaps, [0.85, 0.9, 1, 1], 0.8) == 0.01
+
+
+def test_power_of_both_tests_on_one_grid():
+    pytest.importorskip("routecal.stats.power")
+    conf, y, _, cl = _cell(n=400)
+    s = token_tests.TestSettings(n_permutations=99, paper_power_datasets=10,
+                                 paper_power_permutations=49,
+                                 power_kwargs=(("n_datasets", 20),))
+    out = token_tests.power(conf, y, cl, key=jax.random.key(0), settings=s)
+    grid = out["recommended"]["curve"]["gap"]
+    assert out["paper"]["curve"]["gap"] == grid and len(out["paper"]["curve"]["power"]) == len(grid)
+    # Planted gaps the size of the grid's top are detected by both tests (power rises with gap).
+    for test in ("paper", "recommended"):
+        pw = out[test]["curve"]["power"]
+        assert pw[-1] >= 0.8 and pw[-1] >= pw[0]
+        assert out[test]["mdg"] == token_tests.detectable_gap(grid, pw, 0.8)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"tests": ("paper", "bogus")}, "diagnostics.tests"), ({"tests": ()}, "diagnostics.tests"),
+    ({"n_permutations": 0}, "n_permutations"), ({"alpha": 1.5}, "alpha"),
+])
+def test_bad_settings_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        token_tests.TestSettings(**kw)

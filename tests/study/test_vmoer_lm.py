@@ -1,0 +1,234 @@
+"""Tests for the VMoER LM experiment: stability under per-layer hidden-state noise (1 per layer at
+sigma = 0), the config's router names, the table and its CSV; the whole quick run is slow."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from routecal import config
+from routecal.models import routers
+from routecal.study import vmoer_lm, vmoer_lm_eval
+
+
+def _tiny_cfg():
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
+    cfg.model.d_model = 8
+    cfg.model.mlp_dim = 8
+    cfg.model.moe_hidden = 8
+    cfg.model.vmoer.head_hidden = 8
+    return cfg
+
+
+@pytest.mark.parametrize("router", ["mfvr", "vtsr"])
+def test_stability_is_one_per_layer_at_zero_noise_and_drops_with_noise(router):
+    cfg = _tiny_cfg()
+    model = vmoer_lm.make_model(cfg, router, seed=0, max_len=24)
+    for layer in model.layers:  # sharp routers: logits dominate the routing noise
+        p = layer.mlp.router.proj
+        p.kernel[...] = p.kernel[...] * 100
+    ids = np.random.default_rng(0).integers(0, 256, size=(12, 24)).astype(np.int32)
+    out = vmoer_lm_eval.stability(model, ids, (0.0, 0.5), bs=8, seed=0)
+    assert out["stability_layers_0"] == [1.0] * cfg.model.n_layers
+    assert out["stability_0"] == 1.0
+    # hidden-state noise moves some top-K sets (Jaccard itself is tested in tests/stats)
+    assert 0.0 < out["stability_0.5"] < 1.0
+    assert len(out["stability_layers_0.5"]) == cfg.model.n_layers
+
+
+def test_config_names_every_router_and_its_retrofit():
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
+    names = set(cfg.experiment.routers)
+    assert set(routers.ROUTERS) <= names
+    assert {f"{r}_retrofit" for r in routers.ROUTERS if r != "det"} <= names
+    assert "det_retrofit" not in names
+    with pytest.raises(ValueError, match="variant"):
+        config.load_config("configs/vmoer_lm.py:fast")
+    for name in names:
+        vmoer_lm.model_config(cfg, name.removesuffix("_retrofit"), max_len=32)
+
+
+def test_summary_bands_relative_change_and_csv(tmp_path):
+    per_run = {
+        "det": {0: {"ece": 0.2, "stability": 0.5}, 1: {"ece": 0.4, "stability": 0.7}},
+        "mfvr": {0: {"ece": 0.1, "stability": 0.9}, 1: {"ece": 0.2, "stability": 0.7}},
+        "fcvr": {0: {"ece": 0.01, "stability": 0.4}, 1: {"ece": 0.02, "stability": 0.45}},
+    }
+    table = vmoer_lm_eval.summarize(per_run)
+    b = table["mfvr"]["ece"]
+    assert b["mean"] == pytest.approx(0.15) and b["std"] == pytest.approx(
+        np.std([0.1, 0.2], ddof=1)
+    )
+    assert b["rel_change_pct"] == pytest.approx(100 * (0.15 / 0.3 - 1))
+    assert "rel_change_pct" not in table["det"]["ece"]
+    # bands [0.1, 0.2] vs [0.2, 0.4] touch: within the seed band; stability [0.7, 0.9] vs
+    # [0.5, 0.7] touch too
+    assert table["mfvr"]["ece"]["verdict"] == "within seed band"
+    # disjoint bands: lower ECE is better, lower stability is worse
+    assert table["fcvr"]["ece"]["verdict"] == "better"
+    assert table["fcvr"]["stability"]["verdict"] == "worse"
+    path = tmp_path / "vmoer.csv"
+    vmoer_lm_eval.write_csv(table, ["det", "mfvr"], path)
+    rows = list(csv.DictReader(open(path)))
+    assert [r["router"] for r in rows] == ["det", "mfvr"]
+    assert float(rows[1]["stability_mean"]) == pytest.approx(0.8)
+    assert rows[1]["paper_ece"] == "-94%" and rows[1]["ece_verdict"] == "within seed band"
+    assert "mfvr" in vmoer_lm_eval.to_markdown(table, ["det", "mfvr"])
+
+
+@pytest.mark.slow
+def test_quick_experiment_runs_end_to_end(tmp_path):
+    cfg = _tiny_cfg()
+    cfg.experiment.seeds = (0,)
+    cfg.experiment.routers = ("det", "fcvr", "vtsr", "fcvr_retrofit", "fixed_temp_retrofit")
+    cfg.train.pretrain_steps = cfg.train.finetune_steps = cfg.train.retrofit_steps = 3
+    cfg.data.n_train_items = cfg.data.n_eval_items = 32
+    out = vmoer_lm.run(cfg, str(tmp_path))
+    assert (tmp_path / "tables" / "vmoer.csv").exists()
+    for name in cfg.experiment.routers:
+        r = out["per_run"][name][0]
+        assert 0 <= r["ece"] <= 1 and 0 <= r["stability"] <= 1 and 0 <= r["ood_auroc_far"] <= 1
+    assert "ood_auroc_far_router_logit_variance" in out["per_run"]["fcvr"][0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Option log-likelihood scoring (experiment.scoring = "loglik")
+# ----------------------------------------------------------------------------------------------
+
+_CONTEXTS = ["def f(x):\n    return", "import os\nimport", "for i in range(10):\n   "]
+_OPTIONS = [
+    [" x + 1", " None", " self.value", "pass"],
+    [" sys", " re\n", " collections", " json"],
+    [" print(i)", " break", "x = 1", " continue"],
+]  # different lengths: the padding and the length normalisation both matter
+
+
+def _loglik_items():
+    from routecal.data.text import ByteTokenizer
+    from routecal.study import vmoer_lm_data
+
+    tok = ByteTokenizer()
+    ids, mask = vmoer_lm_data.encode_continuations(_CONTEXTS, _OPTIONS, tok, max_len=40)
+    return tok, {"ids": ids, "mask": mask}
+
+
+def _numpy_loglik_probs(model, tok):
+    """Reference: every context + option in one batch filled on the right with random bytes
+    (a causal model cannot see them), numpy log-softmax, the option tokens' log-probabilities
+    summed by hand and divided by the option length, softmax over options."""
+    from scipy import special
+
+    seqs = [
+        (tok.encode(c.encode()), tok.encode(o.encode()))
+        for c, opts in zip(_CONTEXTS, _OPTIONS, strict=True)
+        for o in opts
+    ]
+    t = max(len(c) + len(e) for c, e in seqs)
+    batch = np.random.default_rng(0).integers(0, 256, (len(seqs), t)).astype(np.int32)
+    for i, (c, e) in enumerate(seqs):
+        batch[i, : len(c) + len(e)] = np.concatenate([c, e])
+    logits = np.asarray(model(batch).logits, np.float64)
+    logp = logits - special.logsumexp(logits, axis=-1, keepdims=True)
+    scores = [
+        np.mean([logp[i, len(c) - 1 + j, e[j]] for j in range(len(e))])
+        for i, (c, e) in enumerate(seqs)
+    ]
+    return special.softmax(np.reshape(scores, (len(_CONTEXTS), -1)), axis=1)
+
+
+def test_loglik_option_probs_match_a_numpy_reference_from_the_models_logits():
+    cfg = _tiny_cfg()
+    model = vmoer_lm.make_model(cfg, "det", seed=0, max_len=40)
+    tok, items = _loglik_items()
+    pred = vmoer_lm_eval.predict(model, items, batch_size=2)  # 3 items: a padded last batch
+    probs = vmoer_lm_eval._option_probs(pred, letters=None)
+    np.testing.assert_allclose(probs, _numpy_loglik_probs(model, tok), rtol=1e-4, atol=1e-6)
+    assert pred["outs"]["lengths"].tolist() == [
+        [len(o.encode()) for o in opts] for opts in _OPTIONS
+    ]
+    # the traces of an item cover its K option sequences: [N, K * T, ...]
+    n, k, t = items["ids"].shape
+    assert pred["layers"][0]["experts"].shape[:2] == (n, k * t)
+
+
+def test_loglik_option_probs_follow_the_options_when_reordered():
+    from routecal.study import vmoer_lm_data
+
+    cfg = _tiny_cfg()
+    model = vmoer_lm.make_model(cfg, "det", seed=1, max_len=40)  # a deterministic router
+    tok, items = _loglik_items()
+    perm = [[2, 0, 3, 1], [1, 3, 0, 2], [3, 2, 1, 0]]
+    shuffled = [[opts[j] for j in p] for opts, p in zip(_OPTIONS, perm, strict=True)]
+    ids, mask = vmoer_lm_data.encode_continuations(_CONTEXTS, shuffled, tok, max_len=40)
+    p0 = vmoer_lm_eval._option_probs(vmoer_lm_eval.predict(model, items, 4), None)
+    p1 = vmoer_lm_eval._option_probs(
+        vmoer_lm_eval.predict(model, {"ids": ids, "mask": mask}, 4), None
+    )
+    np.testing.assert_allclose(p1, np.take_along_axis(p0, np.asarray(perm), axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("scoring", ["loglik", "letter"])
+def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scoring):
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from routecal.data import mcqa as mcqa_data
+    from routecal.study import vmoer_lm_data
+
+    cfg = _tiny_cfg()
+    model = vmoer_lm.make_model(cfg, "det", seed=0, max_len=64)
+    tok, batch = _loglik_items()
+    if scoring == "letter":
+        prompts = [mcqa_data.format_prompt(c, o) for c, o in zip(_CONTEXTS, _OPTIONS, strict=True)]
+        batch = {"ids": mcqa_data.encode_prompts(prompts, tok, 64)}
+    batch["answers"] = np.asarray([0, 2, 3], np.int32)
+    letters = mcqa_data.letter_ids(tok, 4)
+
+    def option_ce():
+        outs, _ = vmoer_lm_data.option_outputs(model, batch)
+        scores = vmoer_lm_data.option_scores(outs, jnp.asarray(letters))
+        ce = optax.softmax_cross_entropy_with_integer_labels(scores, batch["answers"])
+        return float(ce.mean())
+
+    _, mcqa_step = vmoer_lm._steps("all", tok.pad)
+    optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+    before = option_ce()
+    mcqa_step(model, optimizer, batch, letters)
+    assert option_ce() < before
+
+
+def test_unknown_scoring_is_a_value_error_naming_it(tmp_path):
+    from routecal.study import vmoer_lm_data
+
+    cfg = config.load_config("configs/vmoer_lm.py:quick", ["experiment.scoring=logprob"])
+    with pytest.raises(ValueError, match="experiment.scoring.*'logprob'"):
+        vmoer_lm.run(cfg, str(tmp_path))
+    with pytest.raises(ValueError, match="experiment.scoring"):
+        vmoer_lm_data.build_data(cfg.data, "acc_norm")
+    assert set(vmoer_lm_data.SCORINGS) == {"letter", "loglik"}
+
+
+def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = vmoer_lm_eval.accuracy_interval(0.375, 512)
+    ref = proportion_confint(192, 512, alpha=0.05, method="wilson")
+    np.testing.assert_allclose((lo, hi), ref, rtol=1e-9)
+    per_run = {
+        "det": {"0": {"accuracy": 0.375, "ece": 0.2, "wall_s": 10.0, "cpu_s": 18.0}},
+        "mfvr": {"0": {"accuracy": 0.4, "ece": 0.1, "wall_s": 12.0, "cpu_s": 20.0}},
+    }
+    out = {
+        "per_run": per_run,
+        "table": vmoer_lm_eval.summarize(per_run),
+        "markdown": "TABLE",
+        "config": {"data": {"n_eval_items": 512}},
+        "scoring": "loglik",
+        "runs_wall_s": 22.0,
+        "runs_cpu_s": 38.0,
+    }
+    text = vmoer_lm_eval.report(out)
+    assert f"seed 0: 0.375 [{ref[0]:.3f}, {ref[1]:.3f}]" in text
+    assert "| mfvr | 12 | 20 |" in text and "TABLE" in text
+    assert "mfvr -50.0% (one seed: no band)" in text  # ECE 0.1 vs 0.2
