@@ -36,19 +36,37 @@ from routecal.study.lm_plan import LMModel, LMPlan
 Producer = Callable[[LMModel, int, pathlib.Path], Mapping[str, Any]]
 
 
-def load_tokens(path: str | pathlib.Path, name: str) -> dict[str, np.ndarray]:
+def load_tokens(path: str | pathlib.Path, name: str,
+                fingerprint: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Token arrays of one split's predictions, validated by `tokens.token_arrays`: a shard
     directory (`routecal.files.predictions.load`, what `routecal predict` writes for LMs) or an `.npz`
-    of token arrays (bring your own)."""
-    from routecal.files import predictions
+    of token arrays (bring your own).
+
+    Args:
+      fingerprint: what the shards' index must record (`shards.check_fingerprint`: config hash,
+        checkpoint step, split of the run the study expects); None checks nothing.
+    Raises:
+      ValueError: one line naming the file: missing, unreadable, written by another run, or
+        arrays failing their checks.
+    """
+    from routecal.files import predictions, shards
 
     p = pathlib.Path(path)
     if p.is_dir():
-        return tokens.token_arrays(predictions.load(p), name)
-    if not p.exists():
-        raise ValueError(f"predictions: no such file or shard directory {str(p)!r}")
-    with np.load(p, allow_pickle=False) as z:
-        return tokens.token_arrays({k: z[k] for k in z.files}, name)
+        cols = predictions.load(p)
+        if isinstance(cols, shards.ShardedColumns):
+            shards.check_fingerprint(cols, fingerprint)
+        return tokens.token_arrays(cols, f"{name} ({p})")
+    return tokens.token_arrays(workdir_io.load_npz(p, "predictions"), f"{name} ({p})")
+
+
+def fingerprints(paths: Mapping[str, str | pathlib.Path]) -> dict[str, Any]:
+    """{split: fingerprint recorded in its shards' index.json} for the shard directories among
+    `paths` (what a run stage stores, so every later load checks it reads the same run)."""
+    from routecal.files import shards
+
+    return {sp: shards.ShardedColumns(p).fingerprint for sp, p in paths.items()
+            if shards.is_sharded(p)}
 
 
 def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path, *,
@@ -66,7 +84,8 @@ def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path, *,
     t2 = time.perf_counter()
     depth = depth_attention(run_dir, domains, depth_rows) if model.routed and depth_rows else {}
     return {"metrics": metrics, "train_seconds": t1 - t0, "predict_seconds": t2 - t1,
-            "paths": {k: str(v) for k, v in paths.items()}, "depth_attention": depth}
+            "paths": {k: str(v) for k, v in paths.items()}, "fingerprints": fingerprints(paths),
+            "depth_attention": depth}
 
 
 def relative_paths(out: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, Any]:

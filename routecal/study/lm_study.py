@@ -72,8 +72,9 @@ def _splits(plan: LMPlan) -> list[str]:
 
 def _load_tokens(plan: LMPlan, w: pathlib.Path, out: dict[str, Any], m: str, s: int
                  ) -> dict[str, Any]:
+    fps = out.get("fingerprints") or {}  # recorded when the run was predicted
     return {sp: lm_stages.load_tokens(workdir_io.from_relative(out["paths"][sp], w),
-                                      f"{m}/seed{s}/{sp}") for sp in _splits(plan)}
+                                      f"{m}/seed{s}/{sp}", fps.get(sp)) for sp in _splits(plan)}
 
 
 def _analysis(plan: LMPlan, w: pathlib.Path, toks: dict[tuple[str, int], Any]

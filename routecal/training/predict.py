@@ -125,9 +125,13 @@ def predict_workdir(
     if cfg.get("task", "classify") == "lm":
         if extra_splits:
             raise ValueError("extra_splits: not supported for LM runs (use token_predict)")
-        from routecal.training import token_predict
+        from routecal.training import checkpoints, token_predict
 
-        return token_predict.predict_lm(model, dataset, workdir, **(lm_options or {}))
+        mngr = checkpoints.manager(pathlib.Path(workdir))
+        step = mngr.latest_step()
+        mngr.close()
+        return token_predict.predict_lm(model, dataset, workdir, **(lm_options or {}),
+                                        fingerprint=token_predict.run_fingerprint(cfg, step))
     out_dir = pathlib.Path(workdir) / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = {name: dataset.split(name) for name in splits}

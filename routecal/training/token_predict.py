@@ -27,6 +27,8 @@ Letters: B batch, T tokens, V vocabulary, S depth sites, M MoE layers, K experts
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 from typing import Any
@@ -118,6 +120,7 @@ def predict_split(
     max_tokens: int | None = None,
     shard_tokens: int = 1 << 18,
     meta: dict | None = None,
+    fingerprint: dict | None = None,
 ) -> pathlib.Path:
     """Writes the token records of `model` on `split` as shards under `out_dir` (see module doc).
 
@@ -130,6 +133,7 @@ def predict_split(
       every, min_position, max_tokens: thinning (see module doc).
       shard_tokens: records per shard.
       meta: extra metadata for index.json.
+      fingerprint: the producing run's identity stored in index.json (`run_fingerprint`).
 
     Returns:
       The output directory (read it with `routecal.files.predictions.load`).
@@ -152,7 +156,7 @@ def predict_split(
         "moe_layers": list(getattr(cfg, "moe_layers", ()) or ()),
         **(meta or {}),
     }
-    writer = ShardWriter(out_dir, shard_rows=shard_tokens, meta=info)
+    writer = ShardWriter(out_dir, shard_rows=shard_tokens, meta=info, fingerprint=fingerprint)
     pos_T = np.arange(t)
     keep_pos = (pos_T % every == 0) & (pos_T >= min_position)
     code = np.int8(DOMAIN_CODES[split.domain])
@@ -192,9 +196,11 @@ def predict_lm(
     min_position: int = 0,
     max_tokens: int | None = None,
     shard_tokens: int = 1 << 18,
+    fingerprint: dict | None = None,
 ) -> dict[str, pathlib.Path]:
     """Token records of every evaluation split of a `TextDataset` (default: all but train) under
-    W/predictions/tokens/<split>/; returns split name -> directory."""
+    W/predictions/tokens/<split>/; returns split name -> directory. Each index records
+    `fingerprint` (`run_fingerprint`) with the split added."""
     names = splits if splits is not None else tuple(s for s in dataset.splits if s != "train")
     out = {}
     for name in names:
@@ -209,5 +215,16 @@ def predict_lm(
             max_tokens=max_tokens,
             shard_tokens=shard_tokens,
             meta={"split": name, "tokenizer": dataset.tokenizer.name},
+            fingerprint=None if fingerprint is None else {**fingerprint, "split": name},
         )
     return out
+
+
+def run_fingerprint(config: Any, step: int | None) -> dict[str, Any]:
+    """{"config_hash", "step"}: the identity of a trained run that token shards record (the split
+    is added per directory). `config_hash` is the sha256 (first 16 hex digits) of the config as
+    sorted JSON, so another seed, model or data option gives another hash."""
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    return {"config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "step": None if step is None else int(step)}

@@ -159,3 +159,30 @@ def test_worker_computes_pending_stages_in_reverse_with_the_same_numbers(cfg, tm
     again = lm_study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
                          write_report=False)
     assert _numbers(again) == _numbers(ref)
+
+
+def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
+    """A calib shard from another seed (same length, other values) is refused by the fingerprint
+    the run stage recorded; the one it recorded loads."""
+    from routecal.files import shards
+    from routecal.training.token_predict import run_fingerprint
+
+    def write(path, seed):
+        with np.load(tmp_path / f"src{seed}.npz") as z:
+            w = shards.ShardWriter(path, fingerprint={
+                **run_fingerprint({"seed": seed, "model": "full"}, 100), "split": "calib"})
+            w.append({k: z[k] for k in z.files})
+            return w.close()
+
+    for seed in (0, 1):
+        _write(tmp_path / f"src{seed}.npz", seed=seed, routed=True)
+    mine, theirs = write(tmp_path / "mine", 0), write(tmp_path / "theirs", 1)
+    recorded = lm_stages.fingerprints({"calib": mine})
+    assert recorded["calib"]["config_hash"] != shards.ShardedColumns(theirs).fingerprint[
+        "config_hash"]
+    assert len(lm_stages.load_tokens(mine, "calib", recorded["calib"])["confidence"]) == 16 * 24
+    with pytest.raises(ValueError, match="written by another run .config_hash") as e:
+        lm_stages.load_tokens(theirs, "calib", recorded["calib"])
+    assert str(theirs / "index.json") in str(e.value)
+    with pytest.raises(ValueError, match=r"split: 'calib' \(expected 'test'\)"):
+        lm_stages.load_tokens(mine, "test", {**recorded["calib"], "split": "test"})
