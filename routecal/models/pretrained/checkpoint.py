@@ -30,14 +30,18 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(d, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint_dir: no config.json in {d!r}")
-    with open(path) as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"checkpoint_dir: {path} is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"checkpoint_dir: {path} is not valid JSON ({_one_line(e)})") from e
     if not isinstance(cfg, dict):
         raise ValueError(f"checkpoint_dir: {path} must hold a JSON object")
     return cfg
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _normalise(index: Index | None, shape: Sequence[int]) -> tuple[slice, ...]:
@@ -74,8 +78,13 @@ class Checkpoint:
         self._handles: dict[str, Any] = {}
         index_path = os.path.join(self.directory, INDEX_FILE)
         if os.path.isfile(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f).get("weight_map")
+            try:
+                with open(index_path, encoding="utf-8") as f:
+                    index = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+                raise ValueError(f"checkpoint_dir: {index_path} is not valid JSON "
+                                 f"({_one_line(e)})") from e
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"checkpoint_dir: {index_path} has no weight_map")
             for shard in sorted(set(weight_map.values())):
@@ -103,7 +112,11 @@ class Checkpoint:
 
     def _handle(self, path: str) -> Any:
         if path not in self._handles:
-            self._handles[path] = safe_open(path, framework="numpy")
+            try:
+                self._handles[path] = safe_open(path, framework="numpy")
+            except Exception as e:  # safetensors raises its own SafetensorError for bad headers
+                raise ValueError(f"checkpoint: {path} is not a readable safetensors file "
+                                 f"(truncated or corrupt: {_one_line(e)})") from e
         return self._handles[path]
 
     def close(self) -> None:
@@ -129,6 +142,10 @@ class Checkpoint:
             )
         return handle.get_slice(name)
 
+    def file_of(self, name: str) -> str:
+        """The shard file holding tensor `name`."""
+        return self._files[name]
+
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of tensor `name` (from the shard header; no data is read)."""
         return tuple(int(n) for n in self._slice(name).get_shape())
@@ -141,4 +158,8 @@ class Checkpoint:
         """Reads tensor `name`, or only `index` (a tuple of unit-step slices) of it, as numpy."""
         sl = self._slice(name)
         full = _normalise(index, self.shape(name))
-        return np.asarray(sl[full])
+        try:
+            return np.asarray(sl[full])
+        except Exception as e:  # a shard cut after its header: safetensors' own error type
+            raise ValueError(f"checkpoint: tensor {name!r} cannot be read from "
+                             f"{self._files[name]} (truncated or corrupt: {_one_line(e)})") from e

@@ -118,6 +118,8 @@ class Family:
       unsupported: config.json key -> the only value routecal supports (others raise).
       tensors: the MoE tensor table (`PER_EXPERT_MOE_TENSORS`, `GRANITE_MOE_TENSORS`, ...), used
         after `COMMON_TENSORS`.
+      tensor_dtypes: the float safetensors dtypes a weight may be stored in (cast to the load
+        dtype); any other (an int32 or bool tensor where a weight belongs) is refused, never cast.
     """
 
     model_type: str
@@ -128,6 +130,7 @@ class Family:
     fixed: tuple[tuple[str, Any], ...]
     unsupported: tuple[tuple[str, Any], ...]
     tensors: tuple[tuple[str, str, str], ...]
+    tensor_dtypes: tuple[str, ...] = ("BF16", "F16", "F32", "F64")
 
     def decoder_kwargs(self, hf: dict[str, Any]) -> dict[str, Any]:
         """DecoderConfig keyword arguments from a `config.json` dict (ValueError naming the key)."""

@@ -170,7 +170,7 @@ def load_hf(
         shapes = {_dotted(k): tuple(v.shape) for k, v in flat.items()}
         fresh = {p for p in shapes if VROUTER_PATH in p.split(".")}
         sources = family.sources([p for p in shapes if p not in fresh], cfg.n_experts)
-        ignored = _check_tensors(ckpt, sources, shapes, cfg)
+        ignored = _check_tensors(ckpt, sources, shapes, cfg, family.tensor_dtypes)
         shardings = specs = None
         if mesh is not None:
             mesh = _auto_axes(mesh)
@@ -212,10 +212,11 @@ def load_hf(
 
 
 def _check_tensors(
-    ckpt: Checkpoint, sources: dict[str, Source], shapes: dict[str, tuple], cfg: DecoderConfig
+    ckpt: Checkpoint, sources: dict[str, Source], shapes: dict[str, tuple], cfg: DecoderConfig,
+    dtypes: tuple[str, ...],
 ) -> list[str]:
-    """Every mapped tensor exists with the right shape, and every checkpoint tensor is used (or
-    deliberately ignored); returns the ignored ones."""
+    """Every mapped tensor exists with the right shape and one of the family's `dtypes`, and every
+    checkpoint tensor is used (or deliberately ignored); returns the ignored ones."""
     used: set[str] = set()
     for path, src in sources.items():
         for n in src.names:
@@ -223,6 +224,11 @@ def _check_tensors(
                 raise ValueError(
                     f"checkpoint: tensor {n!r} (for parameter {path}) is missing from "
                     f"{ckpt.directory!r}"
+                )
+            if ckpt.dtype(n) not in dtypes:
+                raise ValueError(
+                    f"checkpoint: tensor {n!r} in {ckpt.file_of(n)} is {ckpt.dtype(n)}, but "
+                    f"parameter {path} expects one of {list(dtypes)} (refused, not cast)"
                 )
         got = src.shape(ckpt)
         if tuple(got) != tuple(shapes[path]):

@@ -271,3 +271,48 @@ def test_logits_match_a_numpy_reference(checkpoint, model_type, extra):
         np.testing.assert_allclose(np.asarray(out.logits[b]), ref_logits, atol=1e-4, rtol=1e-4)
         for tr, r in zip(out.traces["mlp"], ref_router, strict=True):
             np.testing.assert_allclose(np.asarray(tr["router_logits"][b]), r, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["truncated", "random_bytes", "empty"])
+def test_unreadable_safetensors_names_file(checkpoint, how):
+    d, _, _ = checkpoint("olmoe", n_shards=2)
+    f = os.path.join(d, "model-00002-of-00002.safetensors")
+    data = open(f, "rb").read()
+    bad = {"truncated": data[: len(data) // 2],
+           "random_bytes": np.random.default_rng(0).bytes(len(data)), "empty": b""}[how]
+    with open(f, "wb") as fh:
+        fh.write(bad)
+    with pytest.raises(ValueError, match="not a readable safetensors file") as e:
+        load_hf(d)
+    assert f in str(e.value) and "\n" not in str(e.value)
+
+
+def test_safetensors_cut_inside_data_names_file_and_tensor(checkpoint):
+    """Header intact, data cut short: safetensors checks the size at open, named either way."""
+    d, _, _ = checkpoint("olmoe", index=False)
+    f = os.path.join(d, "model.safetensors")
+    data = open(f, "rb").read()
+    with open(f, "wb") as fh:
+        fh.write(data[:-64])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_hf(d)
+
+
+def test_corrupt_index_json_names_file(checkpoint):
+    d, _, _ = checkpoint("olmoe", n_shards=2)
+    f = os.path.join(d, "model.safetensors.index.json")
+    with open(f, "wb") as fh:
+        fh.write(b'{"weight_map": {"a": \xff')
+    with pytest.raises(ValueError, match="model.safetensors.index.json is not valid JSON"):
+        load_hf(d)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.int8])
+def test_non_float_tensor_refused_not_cast(checkpoint, dtype):
+    t = hf_tensors(hf_config("olmoe"))
+    name = "model.layers.0.mlp.gate.weight"
+    t[name] = np.ones_like(t[name]).astype(dtype)
+    d, _, _ = checkpoint("olmoe", tensors=t)
+    with pytest.raises(ValueError, match=rf"{name}' in .*model.safetensors is (I32|BOOL|I8).*"
+                                         "refused, not cast"):
+        load_hf(d)
