@@ -43,7 +43,7 @@ from flax import nnx
 
 from routecal import flops
 from routecal.data import mcqa as mcqa_data
-from routecal.data import mcqa_tfds
+from routecal.data import mcqa_formats, mcqa_tfds
 from routecal.models import routers, vmoer
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
@@ -64,7 +64,7 @@ def load_split(spec: str, domain: str, n_options: int | None, limit: int) -> mcq
         path, _, fmt = item.rpartition(":")
         if not path:
             raise ValueError(f"--{domain}: expected PATH:FORMAT, got {item!r}")
-        parts.append(mcqa_data.load_mcqa_file(path, fmt, n_options=n_options, domain=domain))
+        parts.append(mcqa_formats.load_mcqa_file(path, fmt, n_options=n_options, domain=domain))
     q = [x for p in parts for x in p.questions][: limit or None]
     o = [x for p in parts for x in p.options][: limit or None]
     a = np.concatenate([p.answers for p in parts])[: limit or None]

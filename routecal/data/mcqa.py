@@ -1,21 +1,17 @@
-"""Multiple-choice QA data: a validated item set, prompt encoding, loaders for the published
-benchmark files, and an embedded offline MCQA built from the stdlib text corpus.
+"""Multiple-choice QA data: a validated item set, prompt encoding, and an embedded offline MCQA
+built from the stdlib text corpus.
 
-    ds = load_mcqa_file("/data/obqa/test.jsonl", "openbookqa")      # nothing is downloaded
+    ds = routecal.data.mcqa_formats.load_mcqa_file("/data/obqa/test.jsonl", "openbookqa")
     ds = continuation_mcqa(docs, n_items=512, seed=0, domain="near")
     ids_NxT = encode_prompts([format_prompt(q, o) for q, o in ds.items()], tokenizer, max_len)
 
-Published formats (Li & Wicker, arXiv:2603.09453, Sec. 5, evaluate on OpenBookQA in-domain, ARC-E/C
-near and MedMCQA far; SciQ as in the thesis), JSONL / JSON / parquet as the publishers ship them:
-  openbookqa, arc   {"question": {"stem", "choices": [{"text", "label"}]}, "answerKey"} (AI2 JSONL)
-                    or {"question_stem" | "question", "choices": {"text": [], "label": []},
-                    "answerKey"} (the Hugging Face parquet);
-  sciq              {"question", "correct_answer", "distractor1..3"}: options shuffled by `seed`;
-  medmcqa           {"question", "opa".."opd", "cop"}: cop 1-based in the original JSON,
-                    0-based in the Hugging Face parquet (`answer_base`, "auto" decides by range).
-ARC mixes 3-, 4- and 5-option items; `n_options` keeps one count (default: the most common).
-Where TFDS has a builder (ai2_arc, openbookqa), `routecal.data.mcqa_tfds.load_mcqa_tfds` reads the
-prepared TFDS data instead.
+The published benchmark files are read by `routecal.data.mcqa_formats` (per-format answer
+conventions) and `routecal.data.mcqa_tfds`; both hand their parsed items, each with its location in
+the file, to `from_parsed`, which checks them and resolves option counts: items with different
+counts are an error naming the file and where each count first occurs, unless the caller asks for
+one count (`n_options`: the others are dropped and counted in `MCQA.n_dropped`) or for padding
+(`pad`: short items get placeholder options, masked out by `option_mask` and counted in
+`MCQA.n_padded`).
 
 Letters: N items, K options, T tokens.
 """
@@ -23,16 +19,12 @@ Letters: N items, K options, T tokens.
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 LETTERS = "ABCDEFGHIJ"
-FORMATS = ("openbookqa", "arc", "sciq", "medmcqa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +34,8 @@ class MCQA:
     Attributes:
       questions: N non-empty strings. options: N tuples of K non-empty strings.
       answers: [N] int, the index of the correct option. name, domain: labels for tables.
+      option_mask: [N, K] bool, False for a padding option (None: every option is real).
+      n_padded: items that were padded. n_dropped: items of the source left out (another count).
     """
 
     questions: tuple[str, ...]
@@ -49,9 +43,19 @@ class MCQA:
     answers: np.ndarray
     name: str = "mcqa"
     domain: str = "in"
+    option_mask: np.ndarray | None = None
+    n_padded: int = 0
+    n_dropped: int = 0
 
     def __post_init__(self) -> None:
         check_items(self.questions, self.options, self.answers)
+        if self.option_mask is not None:
+            m = np.asarray(self.option_mask)
+            if m.shape != (len(self), self.n_options) or m.dtype != bool:
+                raise ValueError(f"option_mask: expected bool [{len(self)}, {self.n_options}], "
+                                 f"got {m.dtype} {m.shape}")
+            if not m[np.arange(len(self)), self.answers].all():
+                raise ValueError("option_mask: an answer points at a padding option")
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -138,113 +142,68 @@ def encode_prompts(texts: Sequence[str], tokenizer: Any, max_len: int) -> np.nda
 
 
 # ----------------------------------------------------------------------------------------------
-# Published benchmark files
+# Parsed items of a file -> MCQA (option counts resolved)
 # ----------------------------------------------------------------------------------------------
 
-
-def read_records(path: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json (a list, or {"data": [...]}) or .parquet file."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ValueError(f"path: MCQA file not found: {p} (nothing is downloaded; place it there)")
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(p).to_pylist()
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if p.suffix == ".json":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:  # one object per line under a .json name (MedMCQA's release)
-            obj = None
-        if isinstance(obj, dict) and "data" in obj:
-            obj = obj["data"]
-        if isinstance(obj, list):
-            return obj
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ValueError(f"path: {p} is not JSONL, JSON or parquet ({e})") from e
+PAD_OPTION = "(no option)"
 
 
-def _ai2(row: dict[str, Any]) -> tuple[str, list[str], int]:
-    q = row.get("question")
-    if isinstance(q, dict):  # AI2 JSONL
-        stem, choices = q["stem"], q["choices"]
-        texts, labels = [c["text"] for c in choices], [c["label"] for c in choices]
-    else:  # Hugging Face parquet
-        stem = row["question_stem"] if "question_stem" in row else row["question"]
-        texts, labels = list(row["choices"]["text"]), list(row["choices"]["label"])
-    labels = [str(x) for x in labels]
-    return stem, texts, labels.index(str(row["answerKey"]))
-
-
-def _sciq(row: dict[str, Any], rng: np.random.Generator) -> tuple[str, list[str], int]:
-    opts = [row["correct_answer"], row["distractor1"], row["distractor2"], row["distractor3"]]
-    perm = rng.permutation(4)
-    return row["question"], [opts[j] for j in perm], int(np.argmax(perm == 0))
-
-
-def _medmcqa(row: dict[str, Any], base: int) -> tuple[str, list[str], int]:
-    return row["question"], [row[k] for k in ("opa", "opb", "opc", "opd")], int(row["cop"]) - base
-
-
-def load_mcqa_file(
-    path: str | pathlib.Path,
-    fmt: str,
-    *,
-    n_options: int | None = None,
-    seed: int = 0,
-    answer_base: str | int = "auto",
-    domain: str = "in",
-) -> MCQA:
-    """Loads one published benchmark file (`FORMATS`; see the module docstring).
-
-    Args:
-      path: a .jsonl, .json or .parquet file (ValueError naming it if missing).
-      fmt: "openbookqa", "arc", "sciq" or "medmcqa".
-      n_options: keep only items with this many options (default: the most common count).
-      seed: SciQ option shuffle. answer_base: MedMCQA "cop" base (0, 1 or "auto").
-      domain: label for tables ("in", "near", "far").
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt: unknown MCQA format {fmt!r}; expected one of {FORMATS}")
-    rows = read_records(path)
-    if not rows:
-        raise ValueError(f"path: {path} holds no rows")
-    rng = np.random.default_rng(seed)
-    parse: Callable[[dict[str, Any]], tuple[str, list[str], int]]
-    if fmt in ("openbookqa", "arc"):
-        parse = _ai2
-    elif fmt == "sciq":
-        parse = lambda r: _sciq(r, rng)  # noqa: E731
-    else:
-        cops = [int(r["cop"]) for r in rows]
-        base = (0 if 0 in cops else 1) if answer_base == "auto" else answer_base
-        if base not in (0, 1):
-            raise ValueError(f"answer_base: must be 0, 1 or 'auto', got {answer_base!r}")
-        parse = lambda r: _medmcqa(r, int(base))  # noqa: E731
-    try:
-        parsed = [parse(r) for r in rows]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"path: {path} does not look like {fmt} ({type(e).__name__}: {e})") from e
-    return from_parsed(parsed, n_options, name=fmt, domain=domain, where=str(path))
+def _first_at(parsed: Sequence[tuple[str, Sequence[str], int, str]]) -> dict[int, tuple[int, str]]:
+    """{option count: (items with it, location of the first)} in file order."""
+    out: dict[int, tuple[int, str]] = {}
+    for _, o, _, loc in parsed:
+        n, first = out.get(len(o), (0, loc))
+        out[len(o)] = (n + 1, first)
+    return out
 
 
 def from_parsed(
-    parsed: Sequence[tuple[str, Sequence[str], int]], n_options: int | None, *, name: str,
-    domain: str, where: str,
+    parsed: Sequence[tuple[str, Sequence[str], int, str]], n_options: int | None = None, *,
+    pad: bool = False, name: str, domain: str, where: str,
 ) -> MCQA:
-    """An `MCQA` of the parsed (question, options, answer) items that have `n_options` options
-    (default: the most common count); ValueError naming `where` if none has."""
-    k = n_options or Counter(len(o) for _, o, _ in parsed).most_common(1)[0][0]
-    kept = [(q, o, a) for q, o, a in parsed if len(o) == k]
+    """An `MCQA` of parsed (question, options, answer, location) items, checked item by item.
+
+    Args:
+      parsed: items in file order; `location` is "line 12" / "item 3" / "record 7".
+      n_options: keep only items with this many options (the rest are counted in `n_dropped`).
+        None: every item must have the same count, unless `pad`.
+      pad: pad items with fewer options (than `n_options`, default the largest count) with
+        `PAD_OPTION`, masked out in `option_mask`; items with more are dropped (counted).
+      where: the file (or TFDS split), named in every error.
+    Raises:
+      ValueError: naming `where` and the item's location: an empty question or option, an answer
+        outside the item's options, mixed option counts (with the count of each and where it
+        first occurs), or no item left.
+    """
+    if not parsed:
+        raise ValueError(f"{where}: holds no items")
+    for q, o, a, loc in parsed:
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"{where} {loc}: empty question")
+        bad = [LETTERS[i] if i < len(LETTERS) else str(i) for i, x in enumerate(o)
+               if not isinstance(x, str) or not x.strip()]
+        if bad:
+            raise ValueError(f"{where} {loc}: empty option(s) {bad}")
+        if not 0 <= a < len(o):
+            raise ValueError(f"{where} {loc}: answer index {a} outside its {len(o)} options")
+    counts = _first_at(parsed)
+    if len(counts) > 1 and n_options is None and not pad:
+        detail = "; ".join(f"{k} options: {n} item(s), first at {loc}"
+                           for k, (n, loc) in sorted(counts.items(), key=lambda x: -x[1][0]))
+        raise ValueError(
+            f"{where}: items have different option counts ({detail}); pass n_options=K to keep "
+            f"only the K-option items, or pad=True to pad to {max(counts)} masked options")
+    k = n_options or max(counts)
+    kept = [(q, tuple(o), a) for q, o, a, _ in parsed if len(o) == k or (pad and len(o) < k)]
     if not kept:
-        raise ValueError(f"n_options: no item of {where} has {k} options")
+        raise ValueError(f"{where}: no item has {k} options (counts: "
+                         f"{ {c: n for c, (n, _) in sorted(counts.items())} })")
+    mask = np.array([[j < len(o) for j in range(k)] for _, o, _ in kept])
     q, o, a = zip(*kept, strict=True)
-    return make_mcqa(q, o, a, name=name, domain=domain)
+    o = tuple(x + (PAD_OPTION,) * (k - len(x)) for x in o)
+    return MCQA(tuple(q), o, np.asarray(a, np.int64), name, domain,
+                option_mask=mask if pad else None, n_padded=int((~mask).any(axis=1).sum()),
+                n_dropped=len(parsed) - len(kept))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ ARC-E/C near-domain):
                position among the item's labels);
   openbookqa   question {stem, choice_A..choice_D}, answerKey (ClassLabel over A-D).
 SciQ and MedMCQA have no TFDS builder: read their published files with
-`routecal.data.mcqa.load_mcqa_file`. Nothing is downloaded: the data must be prepared in
+`routecal.data.mcqa_formats.load_mcqa_file`. Nothing is downloaded: the data must be prepared in
 `data_dir` (array_record, readable without TensorFlow; `routecal.data.tfds.open_builder` raises a
 ValueError naming the dataset, the directory and how to prepare it).
 """
@@ -52,6 +52,7 @@ def load_mcqa_tfds(
     *,
     data_dir: str | os.PathLike | None = None,
     n_options: int | None = None,
+    pad: bool = False,
     domain: str = "in",
 ) -> MCQA:
     """One split of a prepared TFDS MCQA benchmark as an `MCQA` (see the module docstring).
@@ -60,26 +61,31 @@ def load_mcqa_tfds(
       name: "ai2_arc/ARC-Easy", "ai2_arc/ARC-Challenge" or "openbookqa" (optionally with a
         ":<version>"). split: a split of the prepared data ("train", "validation", "test").
       data_dir: the TFDS data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets).
-      n_options: keep only items with this many options (default: the most common count).
+      n_options: keep only items with this many options (`MCQA.n_dropped` counts the rest);
+        None: mixed counts (ARC) are an error naming them, unless `pad` (`mcqa.from_parsed`).
       domain: label for tables ("in", "near", "far").
     Raises:
       ValueError: no TFDS builder for `name` (SciQ, MedMCQA), data not prepared (naming the
-        directory), an unknown split, or a record that does not parse.
+        directory), an unknown split, or a record that does not parse (named by its 1-based
+        number).
     """
     base = name.split("/")[0].split(":")[0]
     if base not in TFDS_BUILDERS:
         raise ValueError(f"name: no TFDS builder for {name!r} (TFDS has {TFDS_BUILDERS}); read "
-                         f"SciQ and MedMCQA files with routecal.data.mcqa.load_mcqa_file")
+                         f"SciQ and MedMCQA files with routecal.data.mcqa_formats.load_mcqa_file")
     builder = tfds_io.open_builder(name, data_dir)
     splits: Sequence[str] = list(builder.info.splits)
     if split not in splits:
         raise ValueError(f"split: {name} has no split {split!r} (prepared: {sorted(splits)})")
     source = builder.as_data_source(split=split)
     where = f"TFDS {name}[{split}]"
-    try:
-        parsed = [parse_record(name, source[i]) for i in range(len(source))]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{where}: a record does not parse ({type(e).__name__}: {e})") from e
+    parsed = []
+    for i in range(len(source)):
+        try:
+            parsed.append((*parse_record(name, source[i]), f"record {i + 1}"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where} record {i + 1}: does not parse ({type(e).__name__}: {e})"
+                             ) from e
     if not parsed:
         raise ValueError(f"{where}: holds no records")
-    return from_parsed(parsed, n_options, name=base, domain=domain, where=where)
+    return from_parsed(parsed, n_options, pad=pad, name=base, domain=domain, where=where)

@@ -42,6 +42,23 @@ def letter_option_probs(logits_NxV: Any, letter_ids_K: Any) -> np.ndarray:
     return special.softmax(logits[:, ids], axis=1)
 
 
+def mask_options(probs_NxK: Any, mask_NxK: Any | None) -> np.ndarray:
+    """Option probabilities [N, K] with padding options (mask False) set to 0 and each row
+    renormalised over its real options: p'_k = m_k p_k / sum_j m_j p_j. None: `probs_NxK` as is.
+
+    Raises:
+      ValueError: shapes differ, or a row has no real option.
+    """
+    p = _checks.as_array(probs_NxK, "probs_NxK", ndim=2)
+    if mask_NxK is None:
+        return p
+    m = np.asarray(mask_NxK, bool)
+    if m.shape != p.shape or not m.any(axis=1).all():
+        raise ValueError(f"mask_NxK: expected {p.shape} with a real option per row, got {m.shape}")
+    q = np.where(m, p, 0.0)
+    return q / q.sum(axis=1, keepdims=True)
+
+
 def loglik_option_probs(
     logprob_sums_NxK: Any, lengths_NxK: Any, *, normalize: bool = True
 ) -> np.ndarray:

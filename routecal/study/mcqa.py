@@ -27,13 +27,15 @@ def _logits(model: Any, ids_BxT: np.ndarray) -> np.ndarray:
 
 def letter_probs(model: Any, ds: mcqa_data.MCQA, tokenizer: Any, *, max_len: int = 512,
                  batch_size: int = 32) -> np.ndarray:  # fmt: skip
-    """p [N, K] = softmax of the next-token logits after `format_prompt`, restricted to A, B, ..."""
+    """p [N, K] = softmax of the next-token logits after `format_prompt`, restricted to A, B, ...
+    (and, for a padded set, to each item's real options: `stats.mcqa.mask_options`)."""
     prompts = [mcqa_data.format_prompt(q, o) for q, o in ds.items()]
     ids = mcqa_data.encode_prompts(prompts, tokenizer, max_len)
     last = np.concatenate(
         [_logits(model, ids[i : i + batch_size])[:, -1] for i in range(0, len(ids), batch_size)]
     )
-    return mcqa_stats.letter_option_probs(last, mcqa_data.letter_ids(tokenizer, ds.n_options))
+    p = mcqa_stats.letter_option_probs(last, mcqa_data.letter_ids(tokenizer, ds.n_options))
+    return mcqa_stats.mask_options(p, ds.option_mask)  # padded items: real options only
 
 
 def option_loglik(
@@ -64,4 +66,5 @@ def loglik_probs(
     pairs = [option_loglik(model, q, o, tokenizer) for q, o in ds.items()]
     sums = np.stack([s for s, _ in pairs])
     lens = np.stack([n for _, n in pairs])
-    return mcqa_stats.loglik_option_probs(np.minimum(sums, 0.0), lens, normalize=normalize)
+    p = mcqa_stats.loglik_option_probs(np.minimum(sums, 0.0), lens, normalize=normalize)
+    return mcqa_stats.mask_options(p, ds.option_mask)

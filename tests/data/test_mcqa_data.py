@@ -1,7 +1,5 @@
-"""Tests for routecal.data.mcqa: validation, prompt encoding, published-format loaders, the
+"""Tests for routecal.data.mcqa: validation, prompt encoding, option counts of parsed items, the
 embedded continuation MCQA."""
-
-import json
 
 import numpy as np
 import pytest
@@ -33,88 +31,21 @@ def test_prompt_and_encoding():
     np.testing.assert_array_equal(ids, [[tok.pad, 97, 98], [98, 99, 100]])
 
 
-def _write(tmp_path, name, rows):
-    p = tmp_path / name
-    p.write_text("\n".join(json.dumps(r) for r in rows))
-    return p
-
-
-def test_loaders_parse_the_published_formats(tmp_path):
-    obqa = {
-        "id": "1",
-        "question": {
-            "stem": "Sun is a?",
-            "choices": [
-                {"text": "star", "label": "A"},
-                {"text": "moon", "label": "B"},
-                {"text": "rock", "label": "C"},
-                {"text": "gas", "label": "D"},
-            ],
-        },
-        "answerKey": "A",
-    }
-    arc5 = {
-        "question": {
-            "stem": "x?",
-            "choices": [{"text": t, "label": str(i + 1)} for i, t in enumerate("abcde")],
-        },
-        "answerKey": "3",
-    }
-    arc4 = {
-        "question": {
-            "stem": "y?",
-            "choices": [{"text": t, "label": str(i + 1)} for i, t in enumerate("abcd")],
-        },
-        "answerKey": "4",
-    }
-    ds = mcqa.load_mcqa_file(_write(tmp_path, "obqa.jsonl", [obqa]), "openbookqa")
-    assert ds.questions == ("Sun is a?",) and ds.options[0][0] == "star" and ds.answers[0] == 0
-    ds = mcqa.load_mcqa_file(_write(tmp_path, "arc.jsonl", [arc5, arc4, arc4]), "arc")
-    assert len(ds) == 2 and ds.n_options == 4 and list(ds.answers) == [3, 3]
-    ds5 = mcqa.load_mcqa_file(tmp_path / "arc.jsonl", "arc", n_options=5)
-    assert len(ds5) == 1 and ds5.answers[0] == 2
-    sciq = [
-        {
-            "question": f"q{i}",
-            "correct_answer": "right",
-            "distractor1": "w1",
-            "distractor2": "w2",
-            "distractor3": "w3",
-            "support": "",
-        }
-        for i in range(20)
-    ]
-    ds = mcqa.load_mcqa_file(_write(tmp_path, "sciq.jsonl", sciq), "sciq", seed=1)
-    assert all(o[a] == "right" for o, a in zip(ds.options, ds.answers, strict=True))
-    assert len(set(ds.answers.tolist())) > 1  # shuffled, not always position 0
-    med = [
-        {"question": "m?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": c}
-        for c in (1, 4, 2)
-    ]
-    ds = mcqa.load_mcqa_file(_write(tmp_path, "med.json", med), "medmcqa")
-    assert list(ds.answers) == [0, 3, 1]  # 1-based cop in the original JSON
-    pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow as pa
-
-    hf = [
-        {
-            "question_stem": "Sun?",
-            "choices": {"text": ["a", "b", "c", "d"], "label": ["A", "B", "C", "D"]},
-            "answerKey": "C",
-        }
-    ]
-    pq.write_table(pa.Table.from_pylist(hf), tmp_path / "obqa.parquet")
-    ds = mcqa.load_mcqa_file(tmp_path / "obqa.parquet", "openbookqa")
-    assert ds.answers[0] == 2 and ds.questions[0] == "Sun?"
-
-
-def test_loader_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match="not found.*missing.jsonl"):
-        mcqa.load_mcqa_file(tmp_path / "missing.jsonl", "arc")
-    with pytest.raises(ValueError, match="fmt"):
-        mcqa.load_mcqa_file(tmp_path / "missing.jsonl", "mmlu")
-    with pytest.raises(ValueError, match="does not look like sciq"):
-        mcqa.load_mcqa_file(_write(tmp_path, "x.jsonl", [{"a": 1}]), "sciq")
+def test_from_parsed_pads_and_masks_only_when_asked():
+    parsed = [("q1", ["a", "b", "c", "d"], 3, "line 1"), ("q2", ["a", "b", "c"], 2, "line 2"),
+              ("q3", ["a", "b", "c", "d"], 0, "line 3")]
+    with pytest.raises(ValueError, match=r"f.jsonl: .*4 options: 2 item\(s\), first at line 1; "
+                                         r"3 options: 1 item\(s\), first at line 2"):
+        mcqa.from_parsed(parsed, name="x", domain="in", where="f.jsonl")
+    four = mcqa.from_parsed(parsed, 4, name="x", domain="in", where="f.jsonl")
+    assert len(four) == 2 and four.n_dropped == 1 and four.option_mask is None
+    padded = mcqa.from_parsed(parsed, pad=True, name="x", domain="in", where="f.jsonl")
+    assert padded.n_padded == 1 and padded.n_dropped == 0 and padded.n_options == 4
+    assert padded.options[1][3] == mcqa.PAD_OPTION
+    np.testing.assert_array_equal(padded.option_mask[:, 3], [True, False, True])
+    with pytest.raises(ValueError, match="f.jsonl line 2: empty question"):
+        mcqa.from_parsed([parsed[0], ("", ["a", "b"], 0, "line 2")], name="x", domain="in",
+                         where="f.jsonl")
 
 
 def test_continuation_mcqa_is_deterministic_and_well_formed():

@@ -55,9 +55,15 @@ def test_arc_answer_is_the_keys_position_among_labels(monkeypatch, tmp_path):
     _prepared(monkeypatch)
     rows = _arc_rows()
     with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **_: rows):
-        ds = mcqa_tfds.load_mcqa_tfds("ai2_arc/ARC-Easy", "test", data_dir=tmp_path)
+        with pytest.raises(ValueError, match=r"ARC-Easy\[test\]: .*3 options: 1 item\(s\), "
+                                             "first at record 3"):
+            mcqa_tfds.load_mcqa_tfds("ai2_arc/ARC-Easy", "test", data_dir=tmp_path)
+        ds = mcqa_tfds.load_mcqa_tfds("ai2_arc/ARC-Easy", "test", data_dir=tmp_path, n_options=4)
         three = mcqa_tfds.load_mcqa_tfds("ai2_arc/ARC-Easy", data_dir=tmp_path, n_options=3)
-    assert ds.questions == ("Which is a gas?", "Which is wet?")  # the 3-option item dropped
+        padded = mcqa_tfds.load_mcqa_tfds("ai2_arc/ARC-Easy", data_dir=tmp_path, pad=True)
+    assert ds.questions == ("Which is a gas?", "Which is wet?") and ds.n_dropped == 1
+    assert len(padded) == 3 and padded.n_padded == 1 and padded.option_mask[2].tolist() == [
+        True, True, True, False]
     assert ds.options[1] == ("sand", "salt", "dust", "water")
     np.testing.assert_array_equal(ds.answers, [1, 3])
     assert three.questions == ("Three options?",) and three.answers.tolist() == [0]
@@ -75,7 +81,7 @@ def test_errors_name_the_problem(monkeypatch, tmp_path):
     bad = _arc_rows()[:1]
     bad[0]["answerKey"] = np.array(4)
     with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **_: bad):
-        with pytest.raises(ValueError, match="not among the item's labels"):
+        with pytest.raises(ValueError, match="ARC-Challenge.test. record 1: .*not among the item"):
             mcqa_tfds.load_mcqa_tfds("ai2_arc/ARC-Challenge", data_dir=tmp_path)
 
 
