@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from routecal.data.mcqa import MCQA, from_parsed
+from routecal.files import workdir as workdir_io
 
 FORMATS = ("openbookqa", "arc", "sciq", "medmcqa")
 # MedMCQA's `cop` base by how the file was published (see the module docstring).
@@ -42,16 +43,8 @@ ANSWER_BASE = {".json": 1, ".jsonl": 1, ".parquet": 0}
 Record = tuple[str, dict[str, Any]]  # (location such as "line 3", the record)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise ValueError(f"duplicate key(s) {dup}")
-    return dict(pairs)
-
-
 def _loads(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_no_duplicates)
+    return json.loads(text, object_pairs_hook=workdir_io.reject_duplicate_keys)
 
 
 def _decode(p: pathlib.Path) -> str:

@@ -232,14 +232,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise ValueError(f"duplicate key(s) {dup}")
-    return dict(pairs)
-
-
 def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -256,7 +248,7 @@ def read_index(index_path: pathlib.Path) -> dict[str, Any]:
 
     try:
         text = index_path.read_bytes().decode("utf-8")
-        index = json.loads(text, object_pairs_hook=_no_duplicates)
+        index = json.loads(text, object_pairs_hook=workdir_io.reject_duplicate_keys)
     except UnicodeDecodeError as e:
         raise bad(f"is not UTF-8 text ({_one_line(e)})") from e
     except ValueError as e:  # JSONDecodeError, duplicate keys

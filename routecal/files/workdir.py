@@ -127,6 +127,16 @@ def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> pat
 # ----------------------------------------------------------------------------------------------
 
 
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads(..., object_pairs_hook=reject_duplicate_keys)`: a JSON object whose key repeats
+    is a ValueError (plain `json` keeps the last value silently)."""
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate key(s) {dup}")
+    return dict(pairs)
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Parses the JSON file `path`.
 
