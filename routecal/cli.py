@@ -2,7 +2,7 @@
 
     routecal train   --config configs/attnres_digits.py[:quick] --workdir W [--config.key=value ...]
     routecal predict --workdir W
-    routecal diagnose --predictions file.npz [--out DIR]
+    routecal diagnose --predictions file.npz|shard_dir/ [--out DIR]
     routecal study   --config configs/study.py[:quick] --workdir W [--config.key=value ...]
     routecal report  --workdir W
 
@@ -62,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-position", type=int, default=0, help="LM: keep positions >= p")
     pr.add_argument("--max-tokens", type=int, default=None, help="LM: records per split at most")
 
-    d = sub.add_parser("diagnose", help="diagnostics and probes on any model's predictions (.npz)")
-    d.add_argument("--predictions", required=True, help="npz with probs, labels, routing summaries")
+    d = sub.add_parser("diagnose", help="diagnostics and probes on any model's traces (npz or "
+                       "token shards)")
+    d.add_argument("--predictions", required=True,
+                   help="npz with probs, labels and routing summaries; or per-token / per-example "
+                        "traces: an npz with confidence, correct, routing_<name> (optional doc_id "
+                        "/ seq_id clusters) or a token-shard directory")
     d.add_argument(
         "--test-predictions", default=None,
         help="held-out npz on which the probes are scored (default: a random half of --predictions)",

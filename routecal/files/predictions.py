@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,14 +51,80 @@ def load_predictions(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         probs = _checks.check_probs(d["probs"], "probs")
         labels = _checks.check_labels(d["labels"], probs.shape[1], "labels")
         _checks.check_same_length(probs=probs, labels=labels)
-        for k in _PER_SUBLAYER:
-            if k in d and d[k].size:
-                _checks.as_array(d[k], k, ndim=2)
-                _checks.check_same_length(probs=probs, **{k: d[k]})
+        _check_routing(d, len(labels))
     except ValueError as e:
         raise ValueError(f"predictions: {str(p)!r}: {e}") from e
     d["probs"], d["labels"] = probs, labels
     return d
+
+
+def _check_routing(d: Mapping[str, np.ndarray], n: int) -> None:
+    """Per-sublayer summaries [N, S] and `routing_<name>` [N]: finite, N rows (ValueError naming
+    the array; callers add the file)."""
+    for k, v in d.items():
+        if k in _PER_SUBLAYER and np.size(v):
+            _checks.check_same_length(rows=np.zeros(n), **{k: _checks.as_array(v, k, ndim=2)})
+        elif k.startswith("routing_"):
+            _checks.check_same_length(rows=np.zeros(n), **{k: _checks.as_array(v, k, ndim=1)})
+
+
+CLUSTER_KEYS = ("doc_id", "seq_id")  # the cluster column, first present wins
+
+
+def load_traces(path: str | pathlib.Path) -> dict[str, Any]:
+    """Confidence, correctness, routing and clusters of any traces file, for `routecal diagnose`.
+
+    Reads a token-shard directory (`shards`), a predictions npz (probs, labels: the schema above)
+    or any npz of per-token or per-example columns: `confidence` [N] in [0, 1], `correct` [N]
+    0/1, routing as in the schema (H / H_norm / depth_mean / depth_var [N, S], `routing_<name>`
+    [N]) and optionally `doc_id` / `seq_id` [N] integer cluster ids (`doc_id` is preferred:
+    dependent rows share a document).
+
+    Returns:
+      {"confidence" [N] float64, "correct" [N] float64, "routing": the routing arrays (checked;
+      with `seq_id` when present; `routing_features` or `study.tokens.routing_table` of it gives
+      the features), "clusters" [N] int64 or None, "cluster_key": the column used or None,
+      "predictions": the validated predictions dict when the file has probs and labels, else
+      None}.
+    Raises:
+      ValueError: one line naming the file: unreadable, no confidence/correct (nor probs/labels),
+        values out of range, NaN/inf in any column, or columns of different lengths.
+    """
+    p = pathlib.Path(path)
+    if p.is_dir():
+        cols: Mapping[str, Any] = load(p)  # ShardedColumns: the index is checked on open
+    else:
+        cols = workdir.load_npz(p, "predictions")
+        if "probs" in cols and "labels" in cols:
+            preds = load_predictions(p)
+            conf, correct = confidence_correct(preds)
+            return {"confidence": conf, "correct": correct, "routing": preds, "clusters": None,
+                    "cluster_key": None, "predictions": preds}
+    if "confidence" not in cols or "correct" not in cols:
+        raise ValueError(f"predictions: {str(p)!r} has neither confidence and correct nor probs "
+                         f"and labels (has {sorted(cols)})")
+    try:
+        conf = _checks.check_unit_interval(
+            _checks.as_array(cols["confidence"], "confidence", ndim=1), "confidence")
+        correct = _checks.check_binary(np.asarray(cols["correct"]), "correct")
+        _checks.check_same_length(confidence=conf, correct=correct)
+        _check_routing({k: cols[k] for k in cols}, len(conf))
+        key = next((k for k in CLUSTER_KEYS if k in cols), None)
+        clusters = None
+        if key is not None:
+            ids = np.asarray(cols[key])
+            if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"{key}: expected [N] integer ids, got {ids.dtype} {ids.shape}")
+            _checks.check_same_length(confidence=conf, **{key: ids})
+            clusters = ids.astype(np.int64)
+        routing = {k: np.asarray(cols[k]) for k in cols
+                   if k in _PER_SUBLAYER or k.startswith("routing_")}
+        if "seq_id" in cols:
+            routing["seq_id"] = _checks.as_array(cols["seq_id"], "seq_id", ndim=1, dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"predictions: {str(p)!r}: {e}") from e
+    return {"confidence": conf, "correct": np.asarray(correct, np.float64), "routing": routing,
+            "clusters": clusters, "cluster_key": key, "predictions": None}
 
 
 def load(path: str | pathlib.Path) -> Mapping[str, np.ndarray]:

@@ -1,9 +1,15 @@
-"""Bring your own traces: the diagnostic grid and the probe comparison on any model's npz.
+"""Bring your own traces: the diagnostic grid and the probe comparison on any model's traces.
 
     routecal diagnose --predictions calib.npz [--test-predictions test.npz] [--out DIR]
+    routecal diagnose --predictions W/predictions/tokens/test/        # token shards
+    routecal diagnose --predictions traces.npz    # confidence, correct, routing_*, doc_id
 
-From Python: `routecal.study.diagnose.diagnose_predictions(path, test_path=None)`. The files
-follow the one schema in `routecal.files.predictions` (probs, labels and any routing summaries).
+From Python: `routecal.study.diagnose.diagnose_predictions(path, test_path=None)`. Inputs
+(`routecal.files.predictions.load_traces`): a predictions npz (probs, labels and routing
+summaries: the grid and the probes), or per-token / per-example traces, a token-shard directory or
+an npz with `confidence`, `correct`, routing columns and optional `doc_id` / `seq_id` cluster ids
+(the grid, with the recommended test and the detectable gap clustered by `doc_id`, else `seq_id`;
+the probes need probabilities and are skipped with a note).
 """
 
 from __future__ import annotations
@@ -18,15 +24,14 @@ import numpy as np
 from routecal import report
 from routecal.files.predictions import (
     check_compatible,
-    confidence_correct,
     constant_features,
-    load_predictions,
+    load_traces,
     routing_features,
     routing_predictions,
 )
 from routecal.probes.compare import probe_comparison, summarise_probes
 from routecal.probes.data import PROFILE
-from routecal.study import grid
+from routecal.study import grid, tokens
 from routecal.study.stages import to_json, versions, write_json
 
 BANDWIDTH_RULES = ("scott", "cv_nll", "oracle_ece")
@@ -70,46 +75,65 @@ def diagnose_predictions(
     """The diagnostic grid on every routing feature of `path`, then the probe comparison.
 
     Args:
-      path: predictions npz; the diagnostics run on all of it.
+      path: a predictions npz, a traces npz or a token-shard directory (module docstring); the
+        diagnostics run on all of it.
       test_path: optional held-out predictions npz: the probes are fitted on `path` and scored on
         it. Without it, `path` is split in two halves at random (seeded): probes are fitted on one
-        and scored on the other.
+        and scored on the other. (Traces without probabilities: no probes.)
       out_dir: where results.json and the report go (default: `<path stem>_routecal/` beside it).
     Returns:
       the results dict (also written to `out_dir/results.json`, with report.md / report.html).
       A routing feature that does not vary is skipped, with a note in `meta.notes`.
 
     Raises:
-      ValueError: a file that is not a readable predictions npz (named), no routing summaries,
-        or calib and test predictions that disagree (classes, routing arrays).
+      ValueError: one line naming the file: not readable traces (missing, corrupt, NaN in a
+        column, lengths that differ), no routing summaries, or calib and test predictions that
+        disagree (classes, routing arrays).
     """
     p = pathlib.Path(path)
     out = pathlib.Path(out_dir) if out_dir else p.with_name(p.stem + "_routecal")
-    preds = load_predictions(p)
-    held_out = None if test_path is None else load_predictions(test_path)
-    if held_out is not None:  # same task and same routing arrays, or the probes compare nothing
+    traces = load_traces(p)
+    held = None if test_path is None else load_traces(test_path)
+    preds = traces["predictions"]
+    held_out = None if held is None else held["predictions"]
+    if preds is not None and held_out is not None:  # same task and routing arrays, or no probes
         check_compatible(preds, held_out, (str(p), str(test_path)))
-    conf, correct = confidence_correct(preds)
-    rf = routing_features(preds)
+    conf, correct = traces["confidence"], traces["correct"]
+    routing = traces["routing"]
+    rf = (tokens.routing_table(routing) if "seq_id" in routing and preds is None
+          else routing_features(routing))
     if not rf:
         raise ValueError(
             f"predictions: {p.name} has no routing summaries (H, H_norm, depth_var, depth_mean or "
             "routing_<name> arrays)"
         )
-    fit, test = (preds, held_out) if held_out is not None else split_predictions(preds, seed=seed)
-    const = sorted({f for d in (preds, fit, test) for f in constant_features(routing_features(d))})
+    const = set(constant_features(rf))
+    notes = []
+    fit = test = None
+    if preds is not None and (test_path is None or held_out is not None):
+        fit, test = (preds, held_out) if held_out is not None else split_predictions(preds,
+                                                                                     seed=seed)
+        const |= {f for d in (fit, test) for f in constant_features(routing_features(d))}
+    else:
+        notes.append("probes skipped: they need probabilities (probs and labels) in "
+                     + ("both files" if test_path is not None else "the file"))
+    const = sorted(const)
     notes = [f"routing feature {f!r} does not vary over the examples (or is not finite): skipped"
-             for f in const]
+             for f in const] + notes
+    if traces["cluster_key"] is not None:
+        notes.append(f"clusters: {traces['cluster_key']} ({len(np.unique(traces['clusters']))} "
+                     "clusters; the recommended test and the detectable gap flip signs per cluster)")
     for note in notes:
         print(f"routecal diagnose: {p.name}: {note}", file=sys.stderr)
-    if const:  # the probes see only the varying features (and the H profile if all of it varies)
+    if const and fit is not None:  # the probes see only the varying features (and the profile)
         fit, test = (_without(d, const) for d in (fit, test))
     out.mkdir(parents=True, exist_ok=True)
-    cells = [grid.Cell("model", 0, f, conf, correct, v) for f, v in rf.items() if f not in const]
+    cells = [grid.Cell("model", 0, f, conf, correct, rf[f], traces["clusters"])
+             for f in sorted(rf) if f not in const]  # cell i's key: by name, not column order
     settings = grid.GridSettings(n_permutations, n_bins, n_groups, alpha, seed)
     diag = grid.diagnostic_grid(cells, settings)
     probes_out: dict[str, Any] = {}
-    if len(fit["labels"]) >= 2 * n_bins and len(test["labels"]) >= 2 * n_bins:
+    if fit is not None and min(len(fit["labels"]), len(test["labels"])) >= 2 * n_bins:
         pc = probe_comparison(fit, test, seed=seed, bandwidth_rules=BANDWIDTH_RULES,
                               sweep_multiples=SWEEP_MULTIPLES, n_bins=n_bins)
         rows = [{**r, "arch": "model", "seed": 0} for r in pc["rows"]]
@@ -118,7 +142,8 @@ def diagnose_predictions(
                       "reliability": pc["reliability"], "bandwidth_sweep": {"model": sweep}}
     results = {
         "meta": {"title": f"routecal diagnose: {p.name}", "versions": versions(),
-                 "source": str(p), "n_examples": int(len(conf)), "notes": notes},
+                 "source": str(p), "n_examples": int(len(conf)), "notes": notes,
+                 "clusters": traces["cluster_key"]},
         "diagnostics": diag,
         "probes": probes_out,
     }

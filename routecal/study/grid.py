@@ -27,7 +27,8 @@ from routecal.stats.seeds import compare_bands, seed_band
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One cell of the grid: a model, a seed and one routing feature, with its arrays [N]."""
+    """One cell of the grid: a model, a seed and one routing feature, with its arrays [N], and
+    optionally cluster ids [N] (documents or sequences: dependent rows; None = independent)."""
 
     arch: str
     seed: int
@@ -35,6 +36,7 @@ class Cell:
     confidence: np.ndarray
     correct: np.ndarray
     routing: np.ndarray
+    clusters: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +53,12 @@ class GridSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TestSpec:
-    """A test of one cell: `run(confidence, correct, routing, key, settings)` -> numbers."""
+    """A test of one cell: `run(confidence, correct, routing, key, settings)` -> numbers; a
+    `clustered` spec is also passed `clusters=` (the cell's cluster ids [N] or None)."""
 
     name: str
-    run: Callable[[np.ndarray, np.ndarray, np.ndarray, jax.Array, GridSettings], Mapping[str, Any]]
+    run: Callable[..., Mapping[str, Any]]
+    clustered: bool = False
 
 
 def _within_bin(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
@@ -71,10 +75,10 @@ def _stratum_size(n: int) -> int:
     return max(3, min(50, n // 4))
 
 
-def _conditional(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+def _conditional(conf, correct, routing, key, s: GridSettings, clusters=None) -> dict[str, Any]:
     res = diagnostics.conditional_calibration_test(
         conf, correct, routing, key=key, n_permutations=s.n_permutations,
-        stratum_size=_stratum_size(len(conf)),
+        stratum_size=_stratum_size(len(conf)), clusters=clusters,
     )
     # |Z| against |Z*| (the test is two-sided), so the seed-band comparison with the null's mean
     # reads "larger = more evidence" as for the weighted gap; the signed Z and slope are kept.
@@ -83,10 +87,12 @@ def _conditional(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]
             "slope": float(res.slope)}
 
 
-def _detectable_gap(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+def _detectable_gap(conf, correct, routing, key, s: GridSettings, clusters=None
+                    ) -> dict[str, Any]:
     del routing  # the power analysis plants its own routing on this confidence and correctness
     m = diagnostics.minimum_detectable_gap(
-        conf, correct, key=key, alpha=s.alpha, stratum_size=_stratum_size(len(conf))
+        conf, correct, key=key, alpha=s.alpha, stratum_size=_stratum_size(len(conf)),
+        clusters=clusters,
     )
     gap = float(m.gap) if np.isfinite(m.gap) else None  # None: beyond the simulated grid
     return {"minimum_detectable_gap": gap, "power_target": m.target,
@@ -98,8 +104,8 @@ def _detectable_gap(conf, correct, routing, key, s: GridSettings) -> dict[str, A
 # the recommended test detects with 80% power on each cell's confidence and correctness.
 TESTS: tuple[TestSpec, ...] = (
     TestSpec("within_bin_permutation", _within_bin),
-    TestSpec("conditional", _conditional),
-    TestSpec("minimum_detectable_gap", _detectable_gap),
+    TestSpec("conditional", _conditional, clustered=True),
+    TestSpec("minimum_detectable_gap", _detectable_gap, clustered=True),
 )
 
 
@@ -122,11 +128,14 @@ def diagnostic_grid(
     for spec in tests:
         rows = []
         for i, c in enumerate(cells):
+            kw = {"clusters": c.clusters} if spec.clustered else {}
             res = dict(spec.run(c.confidence, c.correct, c.routing, jax.random.fold_in(key, i),
-                                settings))
+                                settings, **kw))
             null = res.pop("null", None)
             row = {"test": spec.name, "arch": c.arch, "seed": c.seed, "feature": c.feature,
                    "n": int(len(c.confidence)), **res}
+            if c.clusters is not None:
+                row["n_clusters"] = int(len(np.unique(c.clusters)))
             if null is not None:
                 row["null_mean"] = float(np.mean(null))
                 row["null"] = null

@@ -94,3 +94,103 @@ def test_constant_routing_features_are_skipped_with_a_note(tmp_path, capsys):
     probes = {r["probe"] for r in res["probes"]["rows"]}
     assert {"uncalibrated", "temperature", "nw_confidence"} <= probes
     assert (tmp_path / "p_routecal" / "report.html").exists()  # the run is not lost
+
+
+def _token_traces(rng, n_docs=40, per_doc=15, effect=0.3):
+    """Per-token traces as a user writes them from any framework: confidence, correct, routing
+    columns, doc_id (and seq_id, a finer split of each document)."""
+    n = n_docs * per_doc
+    doc = np.repeat(np.arange(n_docs), per_doc)
+    conf = rng.uniform(0.3, 0.95, n)
+    routing = rng.normal(size=n_docs)[doc] + 0.5 * rng.normal(size=n)
+    correct = rng.uniform(size=n) < np.clip(conf + effect * np.tanh(routing) * (1 - conf), 0, 1)
+    return {"confidence": conf.astype(np.float32), "correct": correct,
+            "routing_planted": routing, "routing_noise": rng.normal(size=n),
+            "doc_id": doc, "seq_id": np.arange(n) // 5}
+
+
+def test_token_traces_round_trip_matches_the_diagnostic_functions(tmp_path):
+    """`routecal diagnose` on a user's npz of (confidence, correct, routing, doc_id) gives the
+    statistics and p-values of `routecal.stats.diagnostics` called directly on the same numbers
+    (clusters = doc_id, preferred over seq_id), and a token-shard directory of them gives the same."""
+    import jax
+
+    from routecal import cli
+    from routecal.files import shards
+    from routecal.stats import diagnostics
+    from routecal.study import grid
+
+    t = _token_traces(np.random.default_rng(5))
+    np.savez(tmp_path / "traces.npz", **t)
+    assert cli.main(["diagnose", "--predictions", str(tmp_path / "traces.npz"), "--out",
+                     str(tmp_path / "out"), "--n-permutations", "199", "--seed", "3"]) in (0, None)
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["meta"]["clusters"] == "doc_id" and res["probes"] == {}
+    rows = {(r["test"], r["feature"]): r for r in res["diagnostics"]["tests"]}
+    conf, correct = t["confidence"].astype(np.float64), t["correct"].astype(np.float64)
+    cells = [r["feature"] for r in res["diagnostics"]["tests"] if r["test"] == "conditional"]
+    assert cells == ["noise", "planted"]  # sorted by name, whatever the file's column order
+    for i, f in enumerate(cells):  # cell i's tests use fold_in(key(seed), i)
+        key = jax.random.fold_in(jax.random.key(3), i)
+        paper = diagnostics.within_bin_permutation_test(
+            conf, correct, t[f"routing_{f}"], key=key, n_permutations=199, n_bins=15, n_groups=3)
+        rec = diagnostics.conditional_calibration_test(
+            conf, correct, t[f"routing_{f}"], key=key, n_permutations=199,
+            stratum_size=grid._stratum_size(len(conf)), clusters=t["doc_id"])
+        got_paper, got_rec = rows["within_bin_permutation", f], rows["conditional", f]
+        assert got_paper["statistic"] == pytest.approx(float(paper.statistic), rel=1e-6)
+        assert got_paper["p_value"] == float(paper.p_value)
+        assert got_rec["z"] == pytest.approx(float(rec.statistic), rel=1e-6)
+        assert got_rec["p_value"] == float(rec.p_value)
+        assert got_rec["n_clusters"] == 40 and got_rec["n"] == len(conf)
+    assert rows["conditional", "planted"]["p_value"] < 0.05
+    w = shards.ShardWriter(tmp_path / "shards", shard_rows=256)
+    w.append(t)
+    via_shards = diagnose.diagnose_predictions(w.close(), out_dir=tmp_path / "out2",
+                                               n_permutations=199, seed=3)
+    for r in via_shards["diagnostics"]["tests"]:
+        if "p_value" in r:
+            assert r["p_value"] == rows[r["test"], r["feature"]]["p_value"]
+
+
+def test_diagnose_reads_a_token_shard_directory_not_no_such_file(tmp_path):
+    from routecal.files import shards
+
+    t = _token_traces(np.random.default_rng(6), n_docs=20)
+    del t["doc_id"]
+    w = shards.ShardWriter(tmp_path / "tokens" / "test", shard_rows=100)
+    w.append(t)
+    w.close()
+    res = diagnose.diagnose_predictions(tmp_path / "tokens" / "test", n_permutations=49)
+    assert res["meta"]["clusters"] == "seq_id" and (tmp_path / "tokens" / "test_routecal").is_dir()
+    assert {r["feature"] for r in res["diagnostics"]["tests"]} == {"planted", "noise"}
+
+
+@pytest.mark.parametrize("which", ["calib", "test"])
+def test_nan_in_a_routing_feature_names_the_file(tmp_path, which):
+    rng = np.random.default_rng(7)
+    _planted_npz(tmp_path / "calib.npz", rng, n=200)
+    _planted_npz(tmp_path / "test.npz", rng, n=200)
+    with np.load(tmp_path / f"{which}.npz") as z:
+        d = {k: z[k] for k in z.files}
+    d["routing_noise"][5] = np.nan
+    np.savez(tmp_path / f"{which}.npz", **d)
+    with pytest.raises(ValueError, match=rf"{which}\.npz'.*routing_noise: contains 1 NaN"):
+        diagnose.diagnose_predictions(tmp_path / "calib.npz", test_path=tmp_path / "test.npz",
+                                      out_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.pop("correct"), "neither confidence and correct nor probs"),
+    (lambda t: t.update(confidence=t["confidence"] * 2), "confidence"),
+    (lambda t: t.update(doc_id=t["doc_id"].astype(float)), "doc_id: expected .N. integer ids"),
+    (lambda t: t.update(doc_id=t["doc_id"][:-1]), "doc_id"),
+    (lambda t: t.update(routing_noise=t["routing_noise"][:-3]), "routing_noise"),
+])
+def test_bad_traces_name_the_file(tmp_path, edit, match):
+    t = _token_traces(np.random.default_rng(8), n_docs=10)
+    edit(t)
+    np.savez(tmp_path / "traces.npz", **t)
+    with pytest.raises(ValueError, match=match) as e:
+        diagnose.diagnose_predictions(tmp_path / "traces.npz", n_permutations=9)
+    assert str(tmp_path / "traces.npz") in str(e.value)
