@@ -44,6 +44,7 @@ from flax import nnx
 from routecal import flops
 from routecal.data import mcqa as mcqa_data
 from routecal.data import mcqa_formats, mcqa_tfds
+from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
@@ -179,7 +180,7 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
     cell = pathlib.Path(args.workdir) / router / f"seed{seed}"
     done = cell / "metrics.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return workdir_io.read_json(done, "cell")
     t0 = time.time()
     mesh = _mesh(args.mesh)
     overrides = None if router == "det" else {"mlp_type": f"vmoer_{router}"}
@@ -203,7 +204,7 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
            "param_gib_per_device": info.param_bytes_per_device / 2**30,
            "wall_s": time.time() - t0}
     cell.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(res, indent=1))
+    workdir_io.write_text(done, json.dumps(res, indent=1))
     return res
 
 
@@ -261,8 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = pathlib.Path(args.workdir)
     vmoer_lm_eval.write_csv(table, names, out / "vmoer.csv")
     md = vmoer_lm_eval.to_markdown(table, names)
-    (out / "table.md").write_text(md + "\n")
-    (out / "results.json").write_text(json.dumps(
+    workdir_io.write_text(out / "table.md", md + "\n")
+    workdir_io.write_text(out / "results.json", json.dumps(
         {"args": vars(args), "per_run": per_run, "table": table}, indent=1, default=float))
     print(md)
     return {"per_run": per_run, "table": table, "markdown": md}

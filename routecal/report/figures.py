@@ -98,7 +98,7 @@ def fig_power(tests: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    workdir_io.save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 

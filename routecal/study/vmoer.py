@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -81,7 +82,7 @@ def run_config(cfg: ml_collections.ConfigDict, method: str, seed: int, det_workd
         if det_workdir is None:
             raise ValueError(f"experiment.methods: {method} needs 'det' trained first")
         e = cfg.experiment
-        rc.train.init_from = str(det_workdir)
+        rc.train.init_from = str(det_workdir)  # relative: read from the run's workdir
         rc.train.trainable = vmoer.VROUTER_PATH
         rc.train.steps = int(e.retrofit_steps)
         rc.train.lr = float(e.retrofit_lr)
@@ -225,7 +226,7 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
         det_dir = workdir / f"seed{seed}" / "det"
         for method in ["det", *[m for m in methods if m != "det"]]:
             wd = workdir / f"seed{seed}" / method
-            rc = run_config(cfg, method, seed, str(det_dir))
+            rc = run_config(cfg, method, seed, os.path.relpath(det_dir, wd))  # in-workdir
             final = train.train_and_evaluate(rc, wd)
             model, _, ds = train.load_trained(wd)
             res = evaluate_model(model, ds, ecfg)

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 from routecal.data.text import ByteTokenizer
+from routecal.files import workdir as workdir_io
 from routecal.models import decoder, routers, vmoer
 from routecal.models.decoder_config import DecoderConfig
 from routecal.study.vmoer_lm_data import (
@@ -213,7 +214,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     per_run: dict[str, dict[int, dict[str, float]]] = {n: {} for n in names}
     for seed in e.seeds:
         seed_file = wd / f"seed{int(seed)}.json"
-        done = json.loads(seed_file.read_text()) if seed_file.exists() else {}
+        done = workdir_io.read_json(seed_file, "vmoer_lm") if seed_file.exists() else {}
         if set(done) >= set(names) or e.get("assemble_only", False):
             # finished earlier (or by a parallel process), or only assembling: no training
             for name in names:
@@ -234,7 +235,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
             runs[name] = per_run[name][int(seed)] = res
             print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
-            seed_file.write_text(json.dumps(runs, default=float) + "\n")  # after every router
+            workdir_io.write_text(seed_file, json.dumps(runs, default=float) + "\n")  # atomic
     flops = ev.flop_overheads(cfg, names)
     for name in names:
         for r in per_run[name].values():
@@ -255,5 +256,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "runs_cpu_s": sum(r.get("cpu_s", 0.0) for v in per_run.values() for r in v.values()),
         "config": json.loads(cfg.to_json_best_effort()),
     }
-    (wd / "vmoer_lm_results.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    workdir_io.write_text(wd / "vmoer_lm_results.json",
+                          json.dumps(out, indent=2, default=float) + "\n")
     return out

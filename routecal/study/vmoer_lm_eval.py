@@ -27,6 +27,7 @@ beside the paper's claims.
 from __future__ import annotations
 
 import csv
+import io
 import pathlib
 from typing import Any
 
@@ -36,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from routecal import flops
+from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
 from routecal.stats import mcqa, seeds, uncertainty
 from routecal.study.vmoer_lm_data import option_outputs
@@ -230,18 +232,19 @@ def write_csv(table: dict[str, dict[str, Any]], names: list[str], path: pathlib.
     for m in TABLE_METRICS:
         header += [f"{m}_{k}" for k in ("mean", "std", "min", "max", "rel_pct", "verdict")]
     header += [f"paper_{k}" for k in PAPER_CLAIMS]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for name in names:
-            row = table[name]
-            cells: list[Any] = [name, max((b["n"] for b in row.values()), default=0)]
-            for m in TABLE_METRICS:
-                b = row.get(m, {})
-                keys = ("mean", "std", "min", "max", "rel_change_pct", "verdict")
-                cells += [b.get(k, "") for k in keys]
-            cells += list(PAPER_CLAIMS.values())
-            w.writerow(cells)
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(header)
+    for name in names:
+        row = table[name]
+        cells: list[Any] = [name, max((b["n"] for b in row.values()), default=0)]
+        for m in TABLE_METRICS:
+            b = row.get(m, {})
+            keys = ("mean", "std", "min", "max", "rel_change_pct", "verdict")
+            cells += [b.get(k, "") for k in keys]
+        cells += list(PAPER_CLAIMS.values())
+        w.writerow(cells)
+    workdir_io.write_text(path, f.getvalue())  # whole, atomically
 
 
 def to_markdown(table: dict[str, dict[str, Any]], names: list[str]) -> str:

@@ -161,7 +161,16 @@ def _finished(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> dict[str
     return final if final.get("step") == int(cfg.train.steps) else None
 
 
-def check_config(cfg: ml_collections.ConfigDict, n_devices: int = 1, task: Any = None) -> Any:
+def init_from_dir(init_from: str, workdir: str | pathlib.Path | None) -> pathlib.Path:
+    """The run `train.init_from` names: an absolute path as is; a relative one (what a study
+    stores, e.g. "../det", so a copied or moved study still points inside itself) is read from
+    the run's own `workdir` (from the current directory when no workdir is known yet)."""
+    p = pathlib.Path(init_from)
+    return p if p.is_absolute() or workdir is None else pathlib.Path(workdir) / p
+
+
+def check_config(cfg: ml_collections.ConfigDict, n_devices: int = 1, task: Any = None,
+                 workdir: str | pathlib.Path | None = None) -> Any:
     """Checks a training config whole, writing nothing: what `train_and_evaluate` checks first.
 
     Seed, train settings (for a mesh of `n_devices`), the task and its data, the model (built
@@ -170,7 +179,8 @@ def check_config(cfg: ml_collections.ConfigDict, n_devices: int = 1, task: Any =
 
     Args:
       cfg: the training config; n_devices: the mesh size; task: `make_task(cfg)` if the caller
-        has it already (made otherwise).
+        has it already (made otherwise); workdir: the run's directory (a relative
+        `train.init_from` is read from it, `init_from_dir`).
     Returns:
       the task (its data loaded once; `train_and_evaluate` reuses it).
 
@@ -190,8 +200,11 @@ def check_config(cfg: ml_collections.ConfigDict, n_devices: int = 1, task: Any =
     eval_bs = int(tcfg.get("eval_batch_size", bs))
     if eval_bs % n_devices:
         raise ValueError(f"train.eval_batch_size: {eval_bs} not divisible by {n_devices} devices")
-    if tcfg.get("init_from") and not (pathlib.Path(tcfg.init_from) / "config.json").exists():
-        raise ValueError(f"train.init_from: {tcfg.init_from!r} is not a routecal training run")
+    if tcfg.get("init_from"):
+        src = init_from_dir(str(tcfg.init_from), workdir)
+        if not (src / "config.json").exists():
+            raise ValueError(f"train.init_from: {tcfg.init_from!r} ({src}) is not a routecal "
+                             "training run")
     return task
 
 
@@ -201,11 +214,11 @@ def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | No
     if final is not None:
         return final
     # --- everything checked before the first write -----------------------------------------
-    task = check_config(cfg, mesh.size)
+    task = check_config(cfg, mesh.size, workdir=workdir)
     model = task.build_model()
     optimizer = nnx.Optimizer(model, make_tx(tcfg), wrt=trainable_filter(str(tcfg.trainable)))
     if tcfg.get("init_from"):  # a checkpoint, if any, overwrites it below
-        src = str(tcfg.init_from)
+        src = init_from_dir(str(tcfg.init_from), workdir)
         checkpoints.copy_params(model, load_trained(src)[0], f"train.init_from ({src})")
     eval_bs = int(tcfg.get("eval_batch_size", tcfg.batch_size))
     record_workdir_config(workdir, json.loads(cfg.to_json_best_effort()), "config.json", "run")

@@ -105,10 +105,20 @@ def test_one_device_matches_eight_devices(reference_run, tmp_path):
 
 
 def test_trainable_filter_and_init_from(reference_run, tmp_path):
+    """init_from relative to the run's workdir (as a study stores it): a copied study still
+    reads its own source run, and the copy's config.json is unchanged."""
     wd_ref, _ = reference_run
-    cfg = _cfg("train.trainable='head'", f"train.init_from='{wd_ref}'", variant="block,tiny")
-    train.train_and_evaluate(cfg, tmp_path)
-    new, ref = (nnx.traversals.flatten_mapping(p) for p in (_params(tmp_path), _params(wd_ref)))
+    shutil.copytree(wd_ref, tmp_path / "study" / "ref")
+    cfg = _cfg("train.trainable='head'", "train.init_from='../ref'", variant="block,tiny")
+    run = tmp_path / "study" / "run"
+    train.train_and_evaluate(cfg, run)
+    assert json.loads((run / "config.json").read_text())["train"]["init_from"] == "../ref"
+    shutil.copytree(tmp_path / "study", tmp_path / "copy")
+    assert train.init_from_dir("../ref", tmp_path / "copy" / "run") == tmp_path / "copy/run/../ref"
+    train.train_and_evaluate(cfg, tmp_path / "copy" / "run")  # finished: same config, no error
+    with pytest.raises(ValueError, match=r"init_from: '../ref' \(.*elsewhere/../ref\) is not"):
+        train.train_and_evaluate(cfg, tmp_path / "elsewhere")
+    new, ref = (nnx.traversals.flatten_mapping(p) for p in (_params(run), _params(wd_ref)))
     assert new.keys() == ref.keys()
     changed = {"/".join(map(str, k)) for k in new if not np.array_equal(new[k], ref[k])}
     assert changed and all(name.startswith("head/") for name in changed)

@@ -36,6 +36,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from routecal.files import workdir as workdir_io
 from routecal.models.vmoer import VROUTER_PATH
 from routecal.training.optim import trainable_filter
 
@@ -291,5 +292,6 @@ def _truncate(path: pathlib.Path, after_step: int) -> None:
     """Drops metric lines past `after_step` (left by a run killed between checkpoints)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= after_step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    records, _ = workdir_io.read_jsonl(path, "retrofit metrics")  # a killed append: dropped
+    keep = [r for r in records if r["step"] <= after_step]
+    workdir_io.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))  # atomic

@@ -133,3 +133,16 @@ def test_every_router_imports_and_selects_its_retrofit_parameters(checkpoint):
         pattern = routers.RETROFIT_TRAINABLE[name]
         n = 0 if pattern is None else len(_flat(model, trainable_filter(pattern)))
         assert (n > 0) == (pattern is not None), name
+
+
+def test_metrics_truncate_drops_a_killed_append_and_rewrites_atomically(tmp_path):
+    """A kill mid-append leaves a partial last line: the resume keeps the steps up to the
+    checkpoint and rewrites the log whole (temp file + rename, no leftover)."""
+    from routecal.models.pretrained import retrofit as retrofit_mod
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3))
+                    + '{"step": 4, "lo')
+    retrofit_mod._truncate(path, 2)
+    assert [json.loads(ln)["step"] for ln in path.read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
