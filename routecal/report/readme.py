@@ -164,17 +164,17 @@ def replace_block(text: str, block: str, name: str = "found") -> str:
 def vmoer_lm_block(out: Mapping[str, Any], *, command: str, source: str, machine: str = "",
                    name: str = "found-vmoer-lm") -> str:
     """The README block of the VMoER language-model experiment (`W/vmoer_lm_results.json`):
-    `vmoer_lm_eval.report`'s lines without its tables (setting, seeds, time, det's accuracy with
+    `report.vmoer_lm.report`'s lines without its tables (setting, seeds, time, det's accuracy with
     its interval, and per paper claim what each variational router shows); the table itself
     stays in `W/tables/vmoer.csv` and `benchmarks/RESULTS.md`."""
-    from routecal.study import vmoer_lm_eval
+    from routecal.report import vmoer_lm
 
     if "table" not in out or "per_run" not in out:
         raise ValueError("results: not a vmoer_lm_results.json (no 'table' / 'per_run')")
     begin, end = markers(name)
     where = f" on {machine}" if machine else ""
     lines = [begin, "", f"From `{command}` (numbers from `{source}`{where}):", ""]
-    body = [x for x in vmoer_lm_eval.report(dict(out)).splitlines() if not x.startswith("|")]
+    body = [x for x in vmoer_lm.report(dict(out)).splitlines() if not x.startswith("|")]
     lines += [x if not x or x.startswith("- ") else f"- {x}" for x in body if x]
     lines += ["", end]
     return "\n".join(lines)
