@@ -13,6 +13,7 @@ PAPER_CLAIMS = {"stability": "+38%", "ece": "-94%", "ood_auroc": "+12%", "flops"
 # table metric -> the paper claim it is read against
 CLAIM_OF = {"stability": "stability", "ece": "ece", "ood_auroc_near": "ood_auroc",
             "ood_auroc_far": "ood_auroc", "flops_infer_pct": "flops"}  # fmt: skip
+VMOER_ROUTERS = ("mfvr", "lowrank", "fcvr", "vtsr")  # the variational routers (and *_retrofit)
 
 
 def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -52,8 +53,7 @@ def report(out: dict[str, Any]) -> str:
         c = np.mean([r.get("cpu_s", np.nan) for r in runs])
         lines.append(f"| {name} | {w:.0f} | {c:.0f} |")
     lines += ["", out["markdown"], "", "What we see beside each claim (relative change vs det):"]
-    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in ("mfvr", "lowrank", "fcvr",
-                                                                        "vtsr")]  # fmt: skip
+    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in VMOER_ROUTERS]
     for metric, claim in CLAIM_OF.items():
         cells = []
         for name in vmoer_names:
