@@ -105,24 +105,27 @@ def models_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return _table(header, rows)
 
 
+_SHORT_TESTS = {"conditional": "recommended", "within_bin_permutation": "paper"}
+
+
 def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
     """(question, answer) rows of the digits study: each test's rejections, the detectable gap,
     AR-CondCal and the MLP probes against their controls, by the seed-band rule."""
-    from routecal.report.verdicts import _TEST_NAMES, _by_test, _finite, _lookup, _test_counts
+    from routecal.report.verdicts import _by_test, _finite, _lookup, _test_counts
 
     rows = []
     diag = results.get("diagnostics", {})
     alpha = float(diag.get("alpha", 0.05))
     for name, ts in _by_test([t for t in diag.get("tests", []) if "p_value" in t]).items():
         r, h, b = _test_counts(ts, alpha)
-        rows.append([f"{_TEST_NAMES.get(name, name)} test rejects (alpha {alpha})",
-                     f"{r} of {len(ts)} (Holm {h}, BH {b}; about {alpha * len(ts):.1f} by chance)"])
+        rows.append([f"{_SHORT_TESTS.get(name, name)} test: rejections at alpha {alpha}",
+                     f"{r} of {len(ts)} (Holm {h}, BH {b}; {alpha * len(ts):.1f} by chance)"])
     mdg = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t]
     gaps = [t["minimum_detectable_gap"] for t in mdg]
     found = [g for g in gaps if g is not None]
     if found:
         target = mdg[0].get("power_target", 0.8)
-        rows.append([f"gap detectable at power {target} (median, range)",
+        rows.append([f"detectable gap at power {target} (median, range)",
                      f"{np.median(found):.3f} ({min(found):.3f}-{max(found):.3f}) over {len(gaps)} cells"])  # fmt: skip
     look = _lookup(results.get("probes", {}).get("summary", []))
     for arch in sorted({a for a, _, _ in look}):
@@ -136,7 +139,7 @@ def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
         if full and cap and shuf and all(_finite(x["ece"]) for x in (full, cap, shuf)):
             vs = [_short(seeds.compare_bands(full["ece"], o["ece"], higher_is_better=False))
                   for o in (cap, shuf)]  # fmt: skip
-            rows.append([f"{arch}: MLP full vs capacity-matched / shuffled ECE",
+            rows.append([f"{arch}: MLP full vs matched / shuffled ECE",
                          f"{full['ece']['mean']:.4f} vs {cap['ece']['mean']:.4f} / "
                          f"{shuf['ece']['mean']:.4f}: {vs[0]} / {vs[1]}"])
     return rows

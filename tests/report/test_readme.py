@@ -68,9 +68,9 @@ def test_block_is_compact_tables_of_the_numbers():
     assert "routecal study --config c.py" in block and "W/results.json" in block
     assert "routecal 0.1" in block and "numpy" not in block
     # p < 0.05: 2 of 4 raw, Holm 1 (0.004), BH 2; chance 0.05 * 4 = 0.2.
-    assert "| conditional (recommended) test rejects (alpha 0.05) | 2 of 4 (Holm 1, BH 2; about 0.2" in block
-    assert "| within-bin permutation (paper) test rejects (alpha 0.05) | 0 of 2 (Holm 0, BH 0" in block
-    assert "| gap detectable at power 0.8 (median, range) | 0.060 (0.050-0.070) over 3 cells |" in block
+    assert "| recommended test: rejections at alpha 0.05 | 2 of 4 (Holm 1, BH 2; 0.2 by chance)" in block
+    assert "| paper test: rejections at alpha 0.05 | 0 of 2 (Holm 0, BH 0" in block
+    assert "| detectable gap at power 0.8 (median, range) | 0.060 (0.050-0.070) over 3 cells |" in block
     # bands [0.013, 0.016] and [0.025, 0.035] do not overlap, AR-CondCal lower ECE: better.
     assert "| full: AR-CondCal vs NW-confidence ECE | 0.0144 vs 0.0300: better |" in block
     # stability 0.6 vs 0.5: +20.0%, bands apart (better); ECE 0.095 vs 0.1: -5.0%, bands overlap.
@@ -183,3 +183,22 @@ def test_vmoer_lm_block_from_a_results_json():
     assert "| router vs det | stability (+38%) | ece (-94%) |" in block
     with pytest.raises(ValueError, match="vmoer_lm_results"):
         readme.vmoer_lm_block({"verdicts": {}}, command="c", source="s")
+
+
+def test_the_repository_readme_is_short_and_its_blocks_compact():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    text = (root / "README.md").read_text()
+    assert len(text) < 12_000
+    for name in ("found", "found-lm", "found-vmoer-lm"):
+        begin, end = readme.markers(name)
+        i, j = text.index(begin.split(" (")[0]), text.index(end) + len(end)
+        readme.check_block(text[i:j])
+    # The two commands a person needs; CI (.ci/run) installs and tests exactly the same way.
+    tests = 'python -m pytest -m "not slow" -n 2 -q'
+    assert 'pip install -e ".[test]" && ' + tests in text
+    assert "pip install -e . && routecal study --config configs/study.py --workdir runs/study" in text
+    ci = (root / ".ci" / "run").read_text()
+    assert tests in ci and 'pip install -q -e ".[test]"' in ci
+    assert "\n## Pretrained MoE checkpoints\n" in text
