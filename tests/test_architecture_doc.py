@@ -105,3 +105,16 @@ def test_the_checker_reads_nesting_and_names_the_line_to_add():
     assert "after adding its folder routecal/other/ first" in missing_line(
         "routecal/other/x.py", doc
     )
+
+
+def test_recipes_name_code_that_exists():
+    """Every `path.py:NAME` the document cites (the recipes' exact places) is defined there."""
+    refs = re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.py):([A-Za-z_][A-Za-z0-9_]*)`", DOC.read_text())
+    assert len(refs) >= 5  # the recipes cite their registries
+    missing = []
+    for path, name in refs:
+        file = next((f for f in (ROOT / path, ROOT / "routecal" / path) if f.is_file()), None)
+        text = file.read_text() if file else ""
+        if not re.search(rf"^\s*(def |class )?{name}\b\s*[(:=]", text, re.M):
+            missing.append(f"{path} (under the repository or routecal/) defines no {name}")
+    assert not missing, "docs/ARCHITECTURE.md cites:\n" + "\n".join(missing)
