@@ -1,11 +1,12 @@
-"""Rewrites the README's "what we found" block from a study workdir's results.json.
+"""Rewrites a README "what we found" block (compact tables) from a study workdir's results.json.
 
     routecal study --config configs/study.py --workdir runs/study
     python experiments/readme_numbers.py --workdir runs/study \
         --command "routecal study --config configs/study.py" --machine "2-core CPU"
     python experiments/readme_numbers.py --workdir runs/study --check   # exit 1 if README differs
     python experiments/readme_numbers.py --workdir runs/study_lm --block found-lm \
-        --command "routecal study --config configs/study_lm.py"          # the LM study's block
+        --command "routecal study --config configs/study_lm.py" \
+        --note "rows as clusters; being redone with documents as clusters (issue 22)"  # LM block
 
 Each block lives between its markers (`routecal.report.readme.markers`); everything in it is generated
 from `W/results.json` (and the stage times in `W/stages/*.json` when results.json has no wall
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", default=None,
                    help="the command that made the run (default: from results meta)")
     p.add_argument("--machine", default="", help='e.g. "2-core CPU, idle"')
+    p.add_argument("--note", default="", help="a caveat printed in bold on the block's first line")
     p.add_argument("--check", action="store_true", help="exit 1 if the README block differs")
     p.add_argument("--block", default="found",
                    help='the README block to rewrite: "found" (digits study), "found-lm" (LM study), '
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         out = json.loads(path.read_text())
         command = args.command or f"python experiments/vmoer_lm.py --workdir {w}"
         block = readme.vmoer_lm_block(out, command=command, source=f"{w.name}/{path.name}",
-                                      machine=args.machine, name=args.block)
+                                      machine=args.machine, name=args.block, note=args.note)
         return _write(pathlib.Path(args.readme), block, args.block, args.check, path)
     if not path.exists():
         raise SystemExit(f"readme_numbers: workdir: no results.json in {w} (run the study first)")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["stage_seconds"] = stage_seconds(w)
     command = args.command or meta.get("command") or f"routecal study --workdir {w}"
     block = readme.found_block(results, command=command, source=f"{w.name}/results.json",
-                               machine=args.machine, name=args.block)
+                               machine=args.machine, name=args.block, note=args.note)
     return _write(pathlib.Path(args.readme), block, args.block, args.check, path)
 
 

@@ -16,7 +16,8 @@ import pathlib
 import sys
 
 from routecal import config
-from routecal.study import vmoer_lm, vmoer_lm_eval
+from routecal.report import vmoer_lm as vmoer_lm_report
+from routecal.study import vmoer_lm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         path = pathlib.Path(args.workdir) / "vmoer_lm_results.json"
         if not path.is_file():
             raise ValueError(f"--workdir: no results file {path} (run the experiment first)")
-        print(vmoer_lm_eval.report(json.loads(path.read_text())), end="")
+        print(vmoer_lm_report.report(json.loads(path.read_text())), end="")
         return 0
     cfg = config.load_config(args.config, args.overrides)
     out = vmoer_lm.run(cfg, args.workdir)
     print(f"\nVMoER LM table ({len(cfg.experiment.seeds)} seeds; {out['time_s']:.0f} s wall)")
-    print(vmoer_lm_eval.report(out), end="")
+    print(vmoer_lm_report.report(out), end="")
     return 0
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from routecal._version import __version__
 
 # Public name -> module. The statistics live in `routecal.stats`, the pipelines in
 # `routecal.study`; the short names (`rc.calibration`, `rc.diagnostics`, ...) are the API contract.

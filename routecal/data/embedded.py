@@ -27,7 +27,7 @@ from sklearn.datasets import load_digits as _sk_load_digits
 from sklearn.model_selection import train_test_split
 
 from routecal._checks import check_positive_int
-from routecal.data import Dataset, Split
+from routecal.data.splits import Dataset, Split
 
 DIGITS_NAME = "routecal_digits"
 DEFAULT_DATA_DIR = "~/.cache/routecal/tfds"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from routecal._checks import check_nonnegative
-from routecal.data import Dataset, Split
+from routecal.data.splits import Dataset, Split
 
 OOD_KINDS = ("pixel_noise", "invert", "held_out_classes")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from routecal._checks import check_nonnegative, check_positive_int
-from routecal.data import Dataset, Split
+from routecal.data.splits import Dataset, Split
 
 # Defaults used when a key is missing from the data config.
 SYNTHETIC_DEFAULTS = dict(

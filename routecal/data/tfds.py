@@ -34,8 +34,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from routecal._checks import check_positive_int
-from routecal.data import Dataset, Split
 from routecal.data.embedded import _check_patch, images_to_patches, quiet_tfds, resolve_data_dir
+from routecal.data.splits import Dataset, Split
 
 # Defaults used when a key is missing from the data config (data_dir None: $TFDS_DATA_DIR or
 # ~/tensorflow_datasets, as in TFDS itself; max_examples None: no cap).

@@ -112,7 +112,7 @@ def versions() -> dict[str, str]:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             if pkg == "routecal":
-                import routecal
+                from routecal._version import __version__
 
-                out[pkg] = routecal.__version__
+                out[pkg] = __version__
     return out

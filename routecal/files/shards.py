@@ -136,10 +136,6 @@ class ShardWriter:
         return self.path
 
 
-def is_sharded(path: str | os.PathLike) -> bool:
-    return (pathlib.Path(path) / "index.json").is_file()
-
-
 class ShardedColumns(Mapping):
     """Read-only lazy mapping over a sharded directory (see the module docstring).
 

@@ -1,18 +1,20 @@
-"""The README's "what we found" block, generated from a study's results.json (never typed by hand).
+"""The README's generated blocks: compact tables from a study's results.json (never typed by hand).
 
 The README holds such blocks between two markers each (`markers(name)`: "found" for the digits
-study, "found-lm" for the LM study):
+study, "found-lm" for the LM study, "found-vmoer-lm" for the VMoER LM experiment):
 
     <!-- routecal:found:begin ... -->
     ...generated lines...
     <!-- routecal:found:end -->
 
-`found_block(results, ...)` renders the block from a results dict (the study's `W/results.json`):
-what ran (title, command, seeds, models), how long it took (`meta.wall_seconds` when the study
-recorded it, else the sum of its stages' compute seconds, labelled as such), each model's test
-accuracy range, and every verdict of `results["verdicts"]` word for word (the verdicts are
-themselves computed from the numbers by `routecal.report`). `replace_block(text, block)` swaps it
-into the README text; `experiments/readme_numbers.py` is the command that does both.
+A block is one provenance line (command, results file, time, versions, an optional note) and
+compact markdown tables of the headline numbers: the models, then per question the counts and
+seed-band verdicts (`found_block`; the LM study's rows are `report.lm.glance`), or the VMoER LM
+table against `det` (`vmoer_lm_block`). The sentences behind each number (controls, power, the
+seed-band rule) are in the report and `benchmarks/RESULTS.md`. Every block is at most
+`MAX_BLOCK_CHARS` characters with no line over `MAX_LINE_CHARS` (`check_block`).
+`replace_block(text, block)` swaps a block into the README text; `experiments/readme_numbers.py`
+is the command that does both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
+
+from routecal.stats import seeds
+
+MAX_BLOCK_CHARS = 1500
+MAX_LINE_CHARS = 300
 
 
 def markers(name: str = "found") -> tuple[str, str]:
@@ -32,13 +41,6 @@ def markers(name: str = "found") -> tuple[str, str]:
 
 
 BEGIN, END = markers()
-
-_VERDICT_TITLES = {
-    "diagnostics": "Diagnostics",
-    "probes": "Probes",
-    "vmoer": "VMoER",
-}
-
 
 def _duration(seconds: float) -> str:
     """'6 min 17 s' / '42 s' / '1 h 02 min' for a non-negative number of seconds."""
@@ -74,70 +76,171 @@ def wall_time(results: Mapping[str, Any]) -> tuple[float | None, str]:
     return None, ""
 
 
-def _runs_line(runs: Sequence[Mapping[str, Any]]) -> str | None:
-    if not runs:
-        return None
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Markdown table lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+
+
+def _short(verdict: str) -> str:
+    """A seed-band verdict in a table cell ("within seed band" -> "within band")."""
+    return {"within seed band": "within band", "one seed: no band": "one seed"}.get(verdict, verdict)
+
+
+def models_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per model: seeds, test accuracy range (%), bits per byte (LMs), training seconds."""
     by_arch: dict[str, list[Mapping[str, Any]]] = {}
     for r in runs:
         by_arch.setdefault(str(r["arch"]), []).append(r)
-    parts = []
+    lm = any(r.get("test_bits_per_byte") is not None for r in runs)
+    rows = []
     for arch, rs in by_arch.items():
-        acc = _range([100.0 * r["test_accuracy"] for r in rs if "test_accuracy" in r], "{:.1f}")
-        bits = f"{arch} {acc}% test accuracy"
-        bpb = [r["test_bits_per_byte"] for r in rs if r.get("test_bits_per_byte") is not None]
-        if bpb:
-            bits += f", {_range(bpb, '{:.2f}')} bits per byte"
-        secs = [r["train_seconds"] for r in rs if r.get("train_seconds") is not None]
-        if secs:
-            bits += f" ({_range(secs, '{:.0f}')} s to train)"
-        parts.append(bits)
-    n = len({r["seed"] for r in runs})
-    return f"Models ({n} seed{'s' if n != 1 else ''} each): " + "; ".join(parts) + "."
+        row = [arch, str(len({r["seed"] for r in rs})),
+               _range([100.0 * r["test_accuracy"] for r in rs if "test_accuracy" in r], "{:.1f}")]
+        if lm:
+            row.append(_range([r.get("test_bits_per_byte") for r in rs], "{:.2f}"))
+        row.append(_range([r.get("train_seconds") for r in rs], "{:.0f}"))
+        rows.append(row)
+    header = ["model", "seeds", "test accuracy %", *(["bits per byte"] if lm else []), "train s"]
+    return _table(header, rows)
+
+
+_SHORT_TESTS = {"conditional": "recommended", "within_bin_permutation": "paper"}
+
+
+def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
+    """(question, answer) rows of the digits study: each test's rejections, the detectable gap,
+    AR-CondCal and the MLP probes against their controls, by the seed-band rule."""
+    from routecal.report.verdicts import _by_test, _finite, _lookup, _test_counts
+
+    rows = []
+    diag = results.get("diagnostics", {})
+    alpha = float(diag.get("alpha", 0.05))
+    for name, ts in _by_test([t for t in diag.get("tests", []) if "p_value" in t]).items():
+        r, h, b = _test_counts(ts, alpha)
+        rows.append([f"{_SHORT_TESTS.get(name, name)} test: rejections at alpha {alpha}",
+                     f"{r} of {len(ts)} (Holm {h}, BH {b}; {alpha * len(ts):.1f} by chance)"])
+    mdg = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t]
+    gaps = [t["minimum_detectable_gap"] for t in mdg]
+    found = [g for g in gaps if g is not None]
+    if found:
+        target = mdg[0].get("power_target", 0.8)
+        rows.append([f"detectable gap at power {target} (median, range)",
+                     f"{np.median(found):.3f} ({min(found):.3f}-{max(found):.3f}) over {len(gaps)} cells"])  # fmt: skip
+    look = _lookup(results.get("probes", {}).get("summary", []))
+    for arch in sorted({a for a, _, _ in look}):
+        ar, cf = look.get((arch, "nw_ar_condcal", "cv_nll")), look.get((arch, "nw_confidence", "cv_nll"))
+        if ar and cf and _finite(ar["ece"]) and _finite(cf["ece"]):
+            v = seeds.compare_bands(ar["ece"], cf["ece"], higher_is_better=False)
+            rows.append([f"{arch}: AR-CondCal vs NW-confidence ECE",
+                         f"{ar['ece']['mean']:.4f} vs {cf['ece']['mean']:.4f}: {_short(v)}"])
+        full, cap, shuf = (look.get((arch, f"mlp_{k}", "-"))
+                           for k in ("full", "capacity_matched", "shuffled"))  # fmt: skip
+        if full and cap and shuf and all(_finite(x["ece"]) for x in (full, cap, shuf)):
+            vs = [_short(seeds.compare_bands(full["ece"], o["ece"], higher_is_better=False))
+                  for o in (cap, shuf)]  # fmt: skip
+            rows.append([f"{arch}: MLP full vs matched / shuffled ECE",
+                         f"{full['ece']['mean']:.4f} vs {cap['ece']['mean']:.4f} / "
+                         f"{shuf['ece']['mean']:.4f}: {vs[0]} / {vs[1]}"])
+    return rows
+
+
+def _vmoer_rows(vmoer: Mapping[str, Any]) -> list[list[str]]:
+    """Each router against the deterministic one: relative change of the mean (seed-band verdict)
+    for stability, ECE, OOD AUROC, and the FLOP overhead."""
+    from routecal.report.verdicts import _VMOER_DIRECTION, _finite
+
+    rows = vmoer.get("rows", [])
+    base = next((r for r in rows if r["router"] == "deterministic"), None)
+    out = []
+    for r in rows:
+        if base is None or r is base:
+            continue
+        cells = [r["router"]]
+        for metric, higher in _VMOER_DIRECTION:
+            m, b = r.get(metric), base.get(metric)
+            if not (_finite(m) and _finite(b)) or b["mean"] == 0:
+                cells.append("-")
+                continue
+            rel = 100.0 * (m["mean"] - b["mean"]) / abs(b["mean"])
+            cells.append(f"{rel:+.1f}% ({_short(seeds.compare_bands(m, b, higher_is_better=higher))})")
+        flops = r.get("flops_overhead_percent")
+        cells.append("-" if flops is None else f"{flops:.2f}%")
+        out.append(cells)
+    return out
+
+
+def check_block(block: str) -> str:
+    """`block` if it is compact (at most MAX_BLOCK_CHARS, no line over MAX_LINE_CHARS).
+
+    Raises:
+      ValueError: naming the limit and the offending line.
+    """
+    if len(block) > MAX_BLOCK_CHARS:
+        raise ValueError(f"block: {len(block)} characters, more than {MAX_BLOCK_CHARS}")
+    for i, line in enumerate(block.splitlines()):
+        if len(line) > MAX_LINE_CHARS:
+            raise ValueError(f"block: line {i + 1} has {len(line)} characters (> {MAX_LINE_CHARS})")
+    return block
+
+
+def _provenance(command: str, source: str, results: Mapping[str, Any], machine: str,
+                note: str) -> str:
+    meta = results.get("meta", {})
+    bits = [f"`{source}`"]
+    secs, how = wall_time(results)
+    if secs is not None:
+        bits.append(f"{_duration(secs)} {how}" + (f" on {machine}" if machine else ""))
+    versions = meta.get("versions", {})
+    pins = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("routecal", "jax"))
+    if pins:
+        bits.append(pins)
+    if note:
+        bits.append(f"**{note}**")
+    return f"From `{command}` ({'; '.join(bits)}):"
 
 
 def found_block(
     results: Mapping[str, Any], *, command: str, source: str, machine: str = "",
-    name: str = "found",
+    name: str = "found", note: str = "",
 ) -> str:
-    """The README block (markers included) for one study's results.
+    """The README block (markers included) for one study's results: compact tables.
 
     Args:
-      results: a study's results dict (`W/results.json`).
+      results: a study's results dict (`W/results.json`, digits or LM study).
       command: the command that produced it (printed as is).
       source: where the numbers came from (e.g. the results.json path), printed as provenance.
       machine: optional description of the machine the run used ("2-core CPU, idle").
       name: the block's name (`markers`).
+      note: optional caveat printed in bold on the provenance line.
     Returns:
       markdown text starting with the begin marker and ending with the end marker (no trailing
-      newline).
+      newline), checked by `check_block`.
     Raises:
-      ValueError: results without a "verdicts" dict (not a study's results.json).
+      ValueError: results without a "verdicts" dict (not a study's results.json), or a block
+        that is not compact.
     """
+    from routecal.report import lm
+
     verdicts = results.get("verdicts")
     if not isinstance(verdicts, Mapping) or not verdicts:
         raise ValueError("results: no 'verdicts' (expected a study's results.json)")
-    meta = results.get("meta", {})
-    title = meta.get("title", "routecal study")
     begin, end = markers(name)
-    lines = [begin, "", f"From `{command}` ({title}; numbers from `{source}`):", ""]
-    secs, how = wall_time(results)
-    if secs is not None:
-        where = f" on {machine}" if machine else ""
-        lines.append(f"- Time: **{_duration(secs)}** ({how}{where}).")
-    runs = _runs_line(results.get("runs", []))
-    if runs:
-        lines.append(f"- {runs}")
-    for key, text in verdicts.items():
-        if not text:
-            continue
-        label = _VERDICT_TITLES.get(key, key.replace("_", " ").capitalize())
-        lines.append(f"- {label}: {text}")
-    versions = meta.get("versions", {})
-    if versions:
-        pins = ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("routecal", "jax"))
-        lines.append(f"- Made with {pins}. Your numbers are in your report; these are ours.")
-    lines += ["", end]
-    return "\n".join(lines)
+    lines = [begin, "", _provenance(command, source, results, machine, note), ""]
+    if results.get("runs"):
+        lines += [*models_table(results["runs"]), ""]
+    glance = lm.glance(results) if results.get("meta", {}).get("domains") else None
+    if glance is not None:
+        lines += [glance.markdown(), ""]
+    else:
+        rows = _digits_rows(results)
+        if rows:
+            lines += [*_table(["question", "answer"], rows), ""]
+        vm = _vmoer_rows(results.get("vmoer", {}))
+        if vm:
+            lines += [*_table(["router vs det", "stability", "ECE", "OOD AUROC", "FLOPs"], vm), ""]
+    lines.append(end)
+    return check_block("\n".join(lines))
 
 
 def replace_block(text: str, block: str, name: str = "found") -> str:
@@ -162,19 +265,41 @@ def replace_block(text: str, block: str, name: str = "found") -> str:
 
 
 def vmoer_lm_block(out: Mapping[str, Any], *, command: str, source: str, machine: str = "",
-                   name: str = "found-vmoer-lm") -> str:
+                   name: str = "found-vmoer-lm", note: str = "") -> str:
     """The README block of the VMoER language-model experiment (`W/vmoer_lm_results.json`):
-    `vmoer_lm_eval.report`'s lines without its tables (setting, seeds, time, det's accuracy with
-    its interval, and per paper claim what each variational router shows); the table itself
-    stays in `W/tables/vmoer.csv` and `benchmarks/RESULTS.md`."""
-    from routecal.study import vmoer_lm_eval
+    det's accuracy with its Wilson interval per seed, then per variational router (VMoER's four,
+    from scratch and retrofitted; the baselines are in the full table) the relative
+    change against det (seed-band verdict) of each claimed metric and the FLOP overhead; the full
+    table stays in `W/tables/vmoer.csv` and `benchmarks/RESULTS.md`."""
+    from routecal.report import vmoer_lm
 
     if "table" not in out or "per_run" not in out:
         raise ValueError("results: not a vmoer_lm_results.json (no 'table' / 'per_run')")
     begin, end = markers(name)
-    where = f" on {machine}" if machine else ""
-    lines = [begin, "", f"From `{command}` (numbers from `{source}`{where}):", ""]
-    body = [x for x in vmoer_lm_eval.report(dict(out)).splitlines() if not x.startswith("|")]
-    lines += [x if not x or x.startswith("- ") else f"- {x}" for x in body if x]
+    cfg, table = out["config"], out["table"]
+    n = int(cfg["data"]["n_eval_items"])
+    where = f"; on {machine}" if machine else ""
+    caveat = f"; **{note}**" if note else ""
+    lines = [begin, "", f"From `{command}` (`{source}`; scoring {out.get('scoring', 'letter')}; "
+             f"{n} items per domain{where}{caveat}):", ""]  # fmt: skip
+    det = sorted(out["per_run"]["det"].items(), key=lambda x: int(x[0]))
+    acc = "; ".join(f"seed {s} {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" for s, r in det
+                    for lo, hi in [vmoer_lm.accuracy_interval(r["accuracy"], n)])  # fmt: skip
+    lines += [f"det accuracy (chance 0.25), Wilson 95%: {acc}.", ""]
+    metrics = [m for m in vmoer_lm.CLAIM_OF if m != "flops_infer_pct"]
+    rows = []
+    for router, row in table.items():
+        if router.removesuffix("_retrofit") not in vmoer_lm.VMOER_ROUTERS:
+            continue  # det is the reference; the baselines' rows are in the full table
+        cells = [router]
+        for m in metrics:
+            b = row.get(m, {})
+            cells.append(f"{b['rel_change_pct']:+.1f}% ({_short(b['verdict'])})"
+                         if "rel_change_pct" in b else "-")  # fmt: skip
+        flops = row.get("flops_infer_pct", {}).get("mean")
+        cells.append("-" if flops is None else f"{flops:.2f}%")
+        rows.append(cells)
+    claims = [f"{m} ({vmoer_lm.PAPER_CLAIMS[vmoer_lm.CLAIM_OF[m]]})" for m in metrics]
+    lines += _table(["router vs det", *claims, "FLOPs (<1%)"], rows)
     lines += ["", end]
-    return "\n".join(lines)
+    return check_block("\n".join(lines))

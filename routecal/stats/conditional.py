@@ -63,8 +63,13 @@ from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
 from routecal.stats.binning import mass_bins
-from routecal.stats.diagnostics import _TIE_RTOL, _resolve_chunk, engine_args
-from routecal.stats.random_bits import _uniform_bits, chunk_seeds
+from routecal.stats.random_bits import (
+    _TIE_RTOL,
+    _resolve_chunk,
+    _uniform_bits,
+    chunk_seeds,
+    engine_args,
+)
 
 _W = 32  # units signed by one random word
 

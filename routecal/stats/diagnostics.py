@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -55,8 +56,16 @@ from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
 from routecal.stats.binning import mass_bins, width_bins
-from routecal.stats.multiple_testing import GridRow, adjust_pvalues, permutation_grid
-from routecal.stats.random_bits import _uniform_bits, chunk_seeds
+from routecal.stats.multiple_testing import GridRow, adjust_pvalues
+from routecal.stats.random_bits import (  # noqa: F401  (engine pieces re-exported)
+    _CHUNK,
+    _TIE_RTOL,
+    _resolve_chunk,
+    _uniform_bits,
+    chunk_seeds,
+    default_chunk_size,
+    engine_args,
+)
 from routecal.stats.subgroups import (
     _L,
     SubgroupGaps,
@@ -78,43 +87,6 @@ __all__ = [
     "subgroup_gaps",
     "within_bin_permutation_test",
 ]
-_CHUNK = 128  # permutations per chunk (lanes) on CPU
-
-
-def default_chunk_size(n_permutations: int) -> int:
-    """Lanes per chunk for this backend (`parallel.engine_sizes`): 128 on CPU, 8192 on GPU/TPU.
-
-    On CPU 128 keeps each scan step's fused kernels below XLA:CPU's cost threshold for splitting a
-    kernel across the intra-op thread pool; split kernels pay a fork-join per step that costs more
-    than it gains (measured: ~2x the CPU time at 256-1024 lanes on one device). Parallelism comes
-    from sharding chunks over devices instead; B = 10,000 gives 79 chunks. The chunk size never
-    changes the null: lane b's random stream depends only on (key, b).
-    """
-    del n_permutations
-    return parallel.engine_sizes().permutation_lanes
-
-
-def _resolve_chunk(chunk_size: int | None, n_permutations: int) -> int:
-    if chunk_size is None:
-        chunk_size = default_chunk_size(n_permutations)
-    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
-    return min(chunk_size, n_permutations)
-
-
-_TIE_RTOL = 1e-10
-
-
-def engine_args(key: Any, n_permutations: Any, chunk_size: Any, mesh: Mesh | None):
-    """Checked (key, B, chunk size, 1-D mesh; default all local devices) for a sharded engine."""
-    key = _checks.check_key(key)
-    n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    if len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: must be 1-D, got axes {mesh.axis_names}")
-    lanes = parallel.engine_sizes(mesh).permutation_lanes  # by backend; never changes the null
-    chunk_size = _resolve_chunk(lanes if chunk_size is None else chunk_size, n_permutations)
-    return key, n_permutations, chunk_size, mesh
-
 # ------------------------------------------------------------------------------------------------
 # Jittable cores (call under `jax.enable_x64(True)`: the null uses float64 lanes)
 # ------------------------------------------------------------------------------------------------
@@ -364,6 +336,44 @@ def permutation_test_batch(
             n_bins=n_bins, n_groups=n_groups, chunk_size=chunk_size, binning=binning,
         )
         return PermutationTestResult(np.asarray(stat), np.asarray(p), np.asarray(null))
+
+
+def permutation_grid(
+    cells: Mapping[Any, Sequence[Any]],
+    *,
+    key: jax.Array,
+    n_permutations: int = 10_000,
+    n_bins: int = 15,
+    n_groups: int = 3,
+    mesh: Mesh | None = None,
+    binning: str = "width",
+) -> list[GridRow]:
+    """Tests many (routing feature x seed x model) cells in one call, with Holm and BH adjustment.
+
+    Args:
+      cells: mapping name -> (confidence, correct, routing), each [N_cell]. Cell i (in mapping order)
+        uses key `fold_in(key, i)`.
+    Returns:
+      a list of GridRow(name, statistic, p_value, p_holm, p_bh), one per cell, in mapping order.
+    """
+    if not isinstance(cells, Mapping) or not cells:
+        raise ValueError("cells: must be a non-empty mapping name -> (confidence, correct, routing)")
+    names, stats, ps = [], [], []
+    for i, (name, arrays) in enumerate(cells.items()):
+        if len(arrays) != 3:
+            raise ValueError(f"cells[{name!r}]: expected (confidence, correct, routing)")
+        res = within_bin_permutation_test(
+            *arrays, key=jax.random.fold_in(key, i), n_permutations=n_permutations,
+            n_bins=n_bins, n_groups=n_groups, mesh=mesh, binning=binning,
+        )
+        names.append(name)
+        stats.append(res.statistic)
+        ps.append(res.p_value)
+    holm, bh = adjust_pvalues(ps, "holm"), adjust_pvalues(ps, "bh")
+    return [
+        GridRow(n, s, p, float(h), float(b))
+        for n, s, p, h, b in zip(names, stats, ps, holm, bh, strict=True)
+    ]
 
 
 # The recommended test (`stats.conditional`) and the power analysis (`stats.power`) import this

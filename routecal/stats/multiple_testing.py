@@ -1,16 +1,14 @@
-"""Multiple testing (Holm, Benjamini-Hochberg) and the permutation-test grid runner.
+"""Multiple testing (Holm, Benjamini-Hochberg) and the rows of a test grid
+(`diagnostics.permutation_grid` runs the within-bin permutation test on every cell).
 
 Shapes: `m` p-values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from routecal import _checks
 
@@ -48,44 +46,3 @@ class GridRow(NamedTuple):
     p_value: float
     p_holm: float
     p_bh: float
-
-
-def permutation_grid(
-    cells: Mapping[Any, Sequence[Any]],
-    *,
-    key: jax.Array,
-    n_permutations: int = 10_000,
-    n_bins: int = 15,
-    n_groups: int = 3,
-    mesh: Mesh | None = None,
-    binning: str = "width",
-) -> list[GridRow]:
-    """Tests many (routing feature x seed x model) cells in one call, with Holm and BH adjustment.
-
-    Args:
-      cells: mapping name -> (confidence, correct, routing), each [N_cell]. Cell i (in mapping order)
-        uses key `fold_in(key, i)`.
-    Returns:
-      a list of GridRow(name, statistic, p_value, p_holm, p_bh), one per cell, in mapping order.
-    """
-    if not isinstance(cells, Mapping) or not cells:
-        raise ValueError("cells: must be a non-empty mapping name -> (confidence, correct, routing)")
-    from routecal.stats.diagnostics import within_bin_permutation_test  # it re-exports this module
-
-    names, stats, ps = [], [], []
-    for i, (name, arrays) in enumerate(cells.items()):
-        if len(arrays) != 3:
-            raise ValueError(f"cells[{name!r}]: expected (confidence, correct, routing)")
-        res = within_bin_permutation_test(
-            *arrays, key=jax.random.fold_in(key, i), n_permutations=n_permutations,
-            n_bins=n_bins, n_groups=n_groups, mesh=mesh, binning=binning,
-        )
-        names.append(name)
-        stats.append(res.statistic)
-        ps.append(res.p_value)
-    holm, bh = adjust_pvalues(ps, "holm"), adjust_pvalues(ps, "bh")
-    return [
-        GridRow(n, s, p, float(h), float(b))
-        for n, s, p, h, b in zip(names, stats, ps, holm, bh, strict=True)
-    ]
-

@@ -167,30 +167,6 @@ def routing_stability_under_noise(
     return routing_stability(experts_fn(x), experts_fn(x + np.float32(noise_std) * noise))
 
 
-def model_routing_stability(
-    model: Any, tokens_NxTxP: Any, noise_std: float, *, seed: int = 0, batch_size: int = 256
-) -> RoutingStability:
-    """Routing stability of a routecal `Transformer` with MoE layers under Gaussian input noise.
-
-    Runs the model (inference mode) on clean and on noisy tokens and compares the selected experts
-    of every MoE layer. The model is cloned for each run, so a stochastic router (VMoER logit
-    router averaging S samples) sees the same routing-noise draws on both inputs: the score
-    measures sensitivity to the input alone (1 at `noise_std = 0`).
-    """
-    from flax import nnx
-
-    from routecal.training import predict
-
-    def experts_fn(x: np.ndarray) -> list[np.ndarray]:
-        out = predict.predict_arrays(nnx.clone(model), x, batch_size=batch_size)
-        layers = [np.asarray(tr["experts"]) for tr in out["mlp"] if "experts" in tr]
-        if not layers:
-            raise ValueError("model: has no MoE layer (no 'experts' traces)")
-        return layers
-
-    return routing_stability_under_noise(experts_fn, tokens_NxTxP, noise_std, seed=seed)
-
-
 # ------------------------------------------------------------------------------------------------
 # Router-internal OOD scores (VMoER, arXiv:2603.09453, Sec. 5: router-logit variance vs gating
 # entropy), averaged over tokens (optionally masked) and MoE layers -> one score per example.

@@ -1,4 +1,5 @@
-"""Evaluation and the table of the VMoER language-model experiment (`vmoer_lm.py`).
+"""Evaluation and the table of the VMoER language-model experiment (`vmoer_lm.py`); its markdown
+section is drawn by `routecal.report.vmoer_lm` (re-exported here).
 
 Per trained model, on the embedded MCQA (option probabilities by `experiment.scoring`: the answer
 letter's logit restricted to A-D, or the length-normalised option log-likelihood through
@@ -39,10 +40,15 @@ from flax import nnx
 from routecal import flops
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
+from routecal.report.vmoer_lm import (  # noqa: F401  (the section's text lives in report/)
+    CLAIM_OF,
+    PAPER_CLAIMS,
+    accuracy_interval,
+    report,
+)
 from routecal.stats import mcqa, seeds, uncertainty
 from routecal.study.vmoer_lm_data import option_outputs
 
-PAPER_CLAIMS = {"stability": "+38%", "ece": "-94%", "ood_auroc": "+12%", "flops": "<1%"}
 TABLE_METRICS = (
     "stability",
     "ece",
@@ -62,8 +68,6 @@ TABLE_METRICS = (
     "flops_train_pct",
 )
 LOWER_IS_BETTER = {"ece", "mce", "nll", "brier", "flops_infer_pct", "flops_train_pct"}
-CLAIM_OF = {"stability": "stability", "ece": "ece", "ood_auroc_near": "ood_auroc",
-            "ood_auroc_far": "ood_auroc", "flops_infer_pct": "flops"}  # fmt: skip
 
 
 @nnx.jit
@@ -269,54 +273,3 @@ def to_markdown(table: dict[str, dict[str, Any]], names: list[str]) -> str:
     return (
         "\n".join(lines) + f"\n\nPaper's claims (relative to the deterministic router): {claims}."
     )
-
-
-def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of an accuracy measured on `n` items (`scipy.stats.binomtest`)."""
-    from scipy import stats
-
-    k = int(round(accuracy * n))
-    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def report(out: dict[str, Any]) -> str:
-    """The markdown section of a finished run (`vmoer_lm_results.json`): setting, seeds, time,
-    det's accuracy with its binomial interval, per-router time, the table and, per paper claim,
-    what each VMoER router shows."""
-    cfg, names, table = out["config"], list(out["table"]), out["table"]
-    n = int(cfg["data"]["n_eval_items"])
-    seeds_ = sorted({s for runs in out["per_run"].values() for s in map(int, runs)})
-    lines = [
-        f"Scoring: {out.get('scoring', 'letter')}; seeds {seeds_}; {n} items per domain; "
-        f"train+eval of every (router, seed): {out.get('runs_wall_s', 0) / 60:.1f} min wall, "
-        f"{out.get('runs_cpu_s', 0) / 60:.1f} CPU-min (process CPU time, compilation included).",
-        "",
-        "det accuracy (in-domain, chance 0.25), Wilson 95% interval per seed: "
-        + "; ".join(
-            f"seed {s}: {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
-            for s, r in sorted(out["per_run"]["det"].items(), key=lambda x: int(x[0]))
-            for lo, hi in [accuracy_interval(r["accuracy"], n)]
-        ),
-        "",
-        "| router | wall s / seed | CPU s / seed |",
-        "|---|---|---|",
-    ]
-    for name in names:
-        runs = list(out["per_run"][name].values())
-        w = np.mean([r.get("wall_s", np.nan) for r in runs])
-        c = np.mean([r.get("cpu_s", np.nan) for r in runs])
-        lines.append(f"| {name} | {w:.0f} | {c:.0f} |")
-    lines += ["", out["markdown"], "", "What we see beside each claim (relative change vs det):"]
-    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in ("mfvr", "lowrank", "fcvr",
-                                                                        "vtsr")]  # fmt: skip
-    for metric, claim in CLAIM_OF.items():
-        cells = []
-        for name in vmoer_names:
-            b = table[name].get(metric, {})
-            if "rel_change_pct" in b:
-                cells.append(f"{name} {b['rel_change_pct']:+.1f}% ({b['verdict']})")
-            elif metric in table[name]:
-                cells.append(f"{name} {table[name][metric]['mean']:.3f}")
-        lines.append(f"- {metric} (paper {claim} {PAPER_CLAIMS[claim]}): " + "; ".join(cells))
-    return "\n".join(lines) + "\n"

@@ -19,10 +19,36 @@ def _results(wall: float | None = 377.0) -> dict:
     meta = {"title": "a study", "versions": {"routecal": "0.1", "jax": "0.4", "numpy": "2"}}
     if wall is not None:
         meta["wall_seconds"] = wall
+    # 4 conditional cells (p 0.001, 0.01, 0.2, 0.5; Holm rejects 1, BH 2) and 2 paper cells.
+    tests = [
+        {"test": "conditional", "arch": "full", "feature": f"f{i}", "p_value": p, "p_holm": h,
+         "p_bh": b}
+        for i, (p, h, b) in enumerate([(0.001, 0.004, 0.004), (0.01, 0.03 * 2, 0.02),
+                                       (0.2, 0.4, 0.27), (0.5, 0.5, 0.5)])
+    ] + [{"test": "within_bin_permutation", "arch": "full", "feature": "f0", "p_value": 0.3,
+          "p_holm": 0.6, "p_bh": 0.3}] * 2
+    tests += [{"test": "minimum_detectable_gap", "minimum_detectable_gap": g, "power_target": 0.8}
+              for g in (0.05, 0.07, 0.06)]
+    band = lambda m, lo, hi: {"mean": m, "min": lo, "max": hi, "std": 0.0, "n": 2}  # noqa: E731
+    summary = [
+        {"arch": "full", "probe": "nw_ar_condcal", "bandwidth_rule": "cv_nll",
+         "ece": band(0.0144, 0.013, 0.016)},
+        {"arch": "full", "probe": "nw_confidence", "bandwidth_rule": "cv_nll",
+         "ece": band(0.0300, 0.025, 0.035)},
+    ]
+    vmoer = {"rows": [{"router": "deterministic", "stability": band(0.5, 0.49, 0.51),
+                       "ece": band(0.1, 0.09, 0.11), "ood_auroc": band(0.8, 0.79, 0.81)},
+                      {"router": "logit", "stability": band(0.6, 0.59, 0.61),
+                       "ece": band(0.095, 0.09, 0.1), "ood_auroc": band(0.7, 0.69, 0.71),
+                       "flops_overhead_percent": 42.0}]}
     return {
         "meta": meta,
         "runs": runs,
-        "verdicts": {"diagnostics": "0 of 30 tests reject.", "probes": "inside the band."},
+        "diagnostics": {"alpha": 0.05, "tests": tests},
+        "probes": {"summary": summary},
+        "vmoer": vmoer,
+        "verdicts": {"diagnostics": "0 of 30 tests reject, a long sentence." * 50,
+                     "probes": "inside the band."},
     }
 
 
@@ -30,26 +56,46 @@ def _readme(middle: str = "old numbers\n") -> str:
     return f"# title\n\nintro\n\n{readme.BEGIN}\n{middle}{readme.END}\n\n## next\n"
 
 
-def test_block_carries_every_verdict_and_the_numbers_word_for_word():
+def test_block_is_compact_tables_of_the_numbers():
     res = _results()
     block = readme.found_block(res, command="routecal study --config c.py", source="W/results.json")
     assert block.startswith(readme.BEGIN) and block.endswith(readme.END)
-    for text in res["verdicts"].values():
-        assert text in block
-    # 377 s = 6 min 17 s; full accuracies 96.9-98.6 (min, max of the runs), block one value.
-    assert "6 min 17 s" in block and "wall time from a fresh workdir" in block
-    assert "full 96.9-98.6% test accuracy" in block and "block 97.5% test accuracy" in block
-    assert "(14-33 s to train)" in block
+    assert readme.check_block(block) == block and len(block) <= readme.MAX_BLOCK_CHARS
+    assert "long sentence" not in block  # verdict prose stays in the report
+    # 377 s = 6 min 17 s; full accuracies 96.9-98.6 (min, max of 2 seeds), block one value.
+    assert "6 min 17 s wall time from a fresh workdir" in block
+    assert "| full | 2 | 96.9-98.6 | 14-33 |" in block and "| block | 1 | 97.5 | 20 |" in block
     assert "routecal study --config c.py" in block and "W/results.json" in block
-    assert "routecal 0.1" in block and "numpy" not in block.split("Made with")[1]
+    assert "routecal 0.1" in block and "numpy" not in block
+    # p < 0.05: 2 of 4 raw, Holm 1 (0.004), BH 2; chance 0.05 * 4 = 0.2.
+    assert "| recommended test: rejections at alpha 0.05 | 2 of 4 (Holm 1, BH 2; 0.2 by chance)" in block
+    assert "| paper test: rejections at alpha 0.05 | 0 of 2 (Holm 0, BH 0" in block
+    assert "| detectable gap at power 0.8 (median, range) | 0.060 (0.050-0.070) over 3 cells |" in block
+    # bands [0.013, 0.016] and [0.025, 0.035] do not overlap, AR-CondCal lower ECE: better.
+    assert "| full: AR-CondCal vs NW-confidence ECE | 0.0144 vs 0.0300: better |" in block
+    # stability 0.6 vs 0.5: +20.0%, bands apart (better); ECE 0.095 vs 0.1: -5.0%, bands overlap.
+    assert "| logit | +20.0% (better) | -5.0% (within band) | -12.5% (worse) | 42.00% |" in block
+    assert all(len(x) <= readme.MAX_LINE_CHARS for x in block.splitlines())
+
+
+def test_check_block_rejects_long_blocks_and_lines():
+    with pytest.raises(ValueError, match="characters, more than"):
+        readme.check_block("x\n" * readme.MAX_BLOCK_CHARS)
+    with pytest.raises(ValueError, match="line 2 has 301"):
+        readme.check_block("ok\n" + "y" * 301)
+
+
+def test_note_is_printed_on_the_provenance_line():
+    block = readme.found_block(_results(), command="c", source="s", note="rows as clusters")
+    assert "**rows as clusters**" in block.splitlines()[2]
 
 
 def test_summed_stage_time_is_labelled_as_such():
     res = _results(wall=None)
     res["meta"]["stage_seconds"] = {"train": 60.0, "probes": 5.0}
     block = readme.found_block(res, command="c", source="s")
-    assert "1 min 05 s" in block and "summed stage time" in block
-    assert "Time:" not in readme.found_block(_results(wall=None), command="c", source="s")
+    assert "1 min 05 s summed stage time" in block
+    assert " s wall" not in readme.found_block(_results(wall=None), command="c", source="s")
 
 
 def test_replace_block_keeps_the_rest_and_is_idempotent():
@@ -93,7 +139,7 @@ def test_script_rewrites_then_checks(tmp_path, experiment_script):
     assert script.main([*args, "--check"]) == 1
     assert script.main(args) == 0
     text = path.read_text()
-    assert "0 of 30 tests reject." in text and "42 s" in text and "summed stage time" in text
+    assert "| full | 2 | 96.9-98.6 | 14-33 |" in text and "42 s summed stage time" in text
     assert script.main([*args, "--check"]) == 0
     with pytest.raises(SystemExit, match="no results.json"):
         script.main(["--workdir", str(tmp_path / "nope"), "--readme", str(path)])
@@ -115,7 +161,7 @@ def test_named_blocks_are_rewritten_independently():
 def test_vmoer_lm_block_from_a_results_json():
     from statsmodels.stats.proportion import proportion_confint
 
-    from routecal.study import vmoer_lm_eval as ev
+    from routecal.study import vmoer_lm_eval as ev  # the experiment's table (study side)
 
     metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
                "flops_infer_pct")
@@ -128,9 +174,31 @@ def test_vmoer_lm_block_from_a_results_json():
     block = readme.vmoer_lm_block(out, command="c", source="s")
     begin, end = readme.markers("found-vmoer-lm")
     assert block.startswith(begin) and block.endswith(end)
-    assert not any(line.startswith("|") for line in block.splitlines())  # no tables
+    assert readme.check_block(block) == block
     lo, hi = proportion_confint(30, 100, method="wilson")
-    assert f"seed 0: 0.300 [{lo:.3f}, {hi:.3f}]" in block
-    assert "stability (paper stability +38%): mfvr" in block
+    assert f"seed 0 0.300 [{lo:.3f}, {hi:.3f}]" in block
+    # mfvr's means are det's + 0.05 on every metric: stability (k = 1) 0.405 vs 0.455.
+    rel = 100.0 * (0.455 / 0.405 - 1.0)
+    assert f"| mfvr | {rel:+.1f}% (" in block
+    assert "| router vs det | stability (+38%) | ece (-94%) |" in block
     with pytest.raises(ValueError, match="vmoer_lm_results"):
         readme.vmoer_lm_block({"verdicts": {}}, command="c", source="s")
+
+
+def test_the_repository_readme_is_short_and_its_blocks_compact():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    text = (root / "README.md").read_text()
+    assert len(text) < 12_000
+    for name in ("found", "found-lm", "found-vmoer-lm"):
+        begin, end = readme.markers(name)
+        i, j = text.index(begin.split(" (")[0]), text.index(end) + len(end)
+        readme.check_block(text[i:j])
+    # The two commands a person needs; CI (.ci/run) installs and tests exactly the same way.
+    tests = 'python -m pytest -m "not slow" -n 2 -q'
+    assert 'pip install -e ".[test]" && ' + tests in text
+    assert "pip install -e . && routecal study --config configs/study.py --workdir runs/study" in text
+    ci = (root / ".ci" / "run").read_text()
+    assert tests in ci and 'pip install -q -e ".[test]"' in ci
+    assert "\n## Pretrained MoE checkpoints\n" in text

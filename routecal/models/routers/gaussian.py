@@ -35,11 +35,6 @@ def _kl_from_parts(trace: Array, maha: Array, logdet: Array, e: int, prior_sigma
     return 0.5 * ((trace + maha) / sp2 - e + e * math.log(sp2) - logdet)
 
 
-def kl_diag(delta_BxTxE: Array, sigma_BxTxE: Array, prior_sigma: float = 1.0) -> Array:
-    """Per-token KL(N(m + delta, diag(sigma^2)) || N(m, s_p^2 I)) -> [B, T] (MFVR)."""
-    return kl_lowrank(delta_BxTxE, sigma_BxTxE, None, prior_sigma)
-
-
 def kl_lowrank(
     delta_BxTxE: Array, sigma_BxTxE: Array, v_BxTxExR: Array | None, prior_sigma: float = 1.0
 ) -> Array:

@@ -1,0 +1,110 @@
+"""Compare two results.json leaf by leaf: do two runs give the same numbers?
+
+    python benchmarks/compare_results.py A/results.json B/results.json            # exact
+    python benchmarks/compare_results.py A/results.json B/results.json --rtol 1e-6 --atol 1e-12
+
+A leaf is a number, string, bool or null at a path such as `diagnostics.tests[3].p_value`. Numbers
+are equal when |a - b| <= atol + rtol * |b| (default: exactly equal; NaN equals NaN); other leaves
+must be identical; a path present on one side only is a difference. Fields that record *when, where
+and with what* a run was made rather than what it found are skipped wherever they occur (`IGNORED`,
+plus `--ignore KEY`): wall and CPU times, peak memory, package versions, devices and backend, and
+`config_dir` (the checkout's absolute path). Prints the number of leaves compared, then every
+difference with its path; exits 1 when there is any difference, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+# Keys skipped at any depth: timing, host and version fields.
+IGNORED = frozenset({
+    # timing
+    "seconds", "time_s", "train_time_s", "train_seconds", "wall_seconds", "stage_seconds",
+    "compare_seconds", "sweep_seconds", "seconds_compare", "seconds_sweep", "wall_s", "cpu_s",
+    "runs_wall_s", "runs_cpu_s",
+    # host and versions
+    "versions", "devices", "jax_backend", "peak_rss_mb", "config_dir",
+})  # fmt: skip
+
+
+def leaves(value: Any, path: str = "", ignored: frozenset[str] = IGNORED) -> Iterator[tuple[str, Any]]:
+    """(path, leaf) for every leaf of a JSON value, skipping keys in `ignored`."""
+    if isinstance(value, dict):
+        for k in sorted(value):
+            if k not in ignored:
+                yield from leaves(value[k], f"{path}.{k}" if path else str(k), ignored)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from leaves(v, f"{path}[{i}]", ignored)
+    else:
+        yield path, value
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def same(a: Any, b: Any, *, rtol: float = 0.0, atol: float = 0.0) -> bool:
+    """Leaf equality: numbers within atol + rtol * |b| (NaN == NaN, inf == inf), others identical."""
+    if _is_number(a) and _is_number(b):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        if math.isinf(a) or math.isinf(b):
+            return a == b
+        return abs(a - b) <= atol + rtol * abs(b)
+    return type(a) is type(b) and a == b
+
+
+def compare(
+    a: Any, b: Any, *, rtol: float = 0.0, atol: float = 0.0, ignored: frozenset[str] = IGNORED
+) -> tuple[int, list[str]]:
+    """(number of leaves compared, differences as "path: a -> b" lines) of two JSON values."""
+    la, lb = dict(leaves(a, ignored=ignored)), dict(leaves(b, ignored=ignored))
+    diffs = []
+    for path in sorted(la.keys() | lb.keys()):
+        if path not in lb:
+            diffs.append(f"{path}: only in A ({la[path]!r})")
+        elif path not in la:
+            diffs.append(f"{path}: only in B ({lb[path]!r})")
+        elif not same(la[path], lb[path], rtol=rtol, atol=atol):
+            diffs.append(f"{path}: {la[path]!r} -> {lb[path]!r}")
+    return len(la.keys() & lb.keys()), diffs
+
+
+def _load(path: str) -> Any:
+    p = pathlib.Path(path)
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read a JSON file ({e})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", help="first results.json")
+    ap.add_argument("b", help="second results.json")
+    ap.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
+    ap.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0: exact)")
+    ap.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                    help=f"skip KEY at any depth, besides {sorted(IGNORED)}")  # fmt: skip
+    args = ap.parse_args(argv)
+    if args.rtol < 0 or args.atol < 0:
+        ap.error("--rtol / --atol: must be >= 0")
+    n, diffs = compare(
+        _load(args.a), _load(args.b), rtol=args.rtol, atol=args.atol,
+        ignored=IGNORED | set(args.ignore),
+    )  # fmt: skip
+    print(f"{n} leaves compared (rtol={args.rtol:g}, atol={args.atol:g}); {len(diffs)} differ")
+    for d in diffs:
+        print(f"  {d}")
+    return 1 if diffs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
