@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal.report.validity_note import paper_test_caveat
 from routecal.stats import seeds
 
 RULE_SENTENCE = seeds.RULE[0].upper() + seeds.RULE[1:]
@@ -16,6 +17,7 @@ CONTROLS = {
     "bins; tokens of one sequence are not, so its level is not controlled here: compare its "
     "power curve at the smallest planted gap with alpha)",
     "recommended": "control: the null of the recommended test with whole sequences as clusters",
+    "omnibus": "control: the omnibus test's null (the same sign flips of whole sequences)",
 }
 
 
@@ -73,6 +75,8 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                 + f"; {CONTROLS.get(test, 'control: ' + test)}; "
                 + _mdg_text(power, test, domain, level) + band + "."
             )
+    if any(r["test"] == "paper" for r in rows):
+        parts.append(paper_test_caveat())
     return parts + [RULE_SENTENCE + "."]
 
 
