@@ -9,7 +9,7 @@ Default: standard / Full AttnRes / Block AttnRes byte-level decoders (`configs/l
 x 3 seeds; token-level predictions for the calib split and three test domains (in: held-out stdlib
 modules, near: `Lib/test` files, far: pydoc prose), >= 200k tokens each; the diagnostic grid
 (7 routing summaries incl. two position-aware ones x 3 seeds x 2 AttnRes models x 3 domains, the
-paper's test and the recommended test with sequences as clusters, B = 10,000, Holm and BH, each
+paper's test and the recommended test with documents as clusters, B = 10,000, Holm and BH, each
 test's minimum detectable gap at 80% power); every probe fitted on calib tokens and scored per
 domain with the NW bandwidth sweep; the report with power curves, reliability diagrams, nulls,
 bandwidth sensitivity and depth-attention heatmaps per domain.
@@ -87,6 +87,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diagnostics.power_seeds = 1
     c.diagnostics.paper_power_datasets = 40
     c.diagnostics.paper_power_permutations = 100
+    # The recommended test's clusters (independent units): "document" (each token's source file
+    # or page, `doc_id`; rows cut from one document share its style and difficulty) or "row" (the
+    # packed 256-byte row, `seq_id`: anti-conservative, benchmarks/RESULTS.md "Token clusters").
+    c.diagnostics.cluster_unit = "document"
     c.diagnostics.seed = 0
     c.diagnostics.max_tokens = 0  # tokens per cell, whole sequences (0 = all)
     c.diagnostics.n_null_figures = 8

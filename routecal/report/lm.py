@@ -44,6 +44,7 @@ def glance(results: Mapping[str, Any]) -> Table | None:
     tests = list(dict.fromkeys(r["test"] for r in rows))
     alpha = float(results.get("diagnostics", {}).get("alpha", 0.05))
     probes = results.get("probes", {}).get("domains", {})
+    clusters = results.get("diagnostics", {}).get("clusters", {})
     body = []
     for d, split in domains.items():
         runs = [r["splits"][split] for r in results["runs"] if split in r.get("splits", {})]
@@ -65,11 +66,26 @@ def glance(results: Mapping[str, Any]) -> Table | None:
                 v = seeds.compare_bands(ar["ece"], cf["ece"], higher_is_better=False)
                 verdict.append(f"{arch}: {v}")
         cells.append("; ".join(verdict) or "-")
+        cells.insert(3, cluster_text(clusters.get(d)))
         body.append(cells)
-    head = ["domain", "accuracy", "ECE", *[f"{t} test: Holm rejections; MDG" for t in tests],
+    head = ["domain", "accuracy", "ECE", "clusters: unit, number (effective)",
+            *[f"{t} test: Holm rejections; MDG" for t in tests],
             "AR-CondCal vs NW-confidence (seed-band rule)"]
     return Table("glance", "At a glance (means over models and seeds; MDG = minimum detectable "
                  "gap at the target power, median)", head, body)
+
+
+def cluster_text(c: Mapping[str, Any] | None) -> str:
+    """"document: 12 (effective 8.3)" from a domain's `diagnostics.clusters` entry (ranges over
+    cells when they differ); "-" when absent (results of an older routecal)."""
+    if not c:
+        return "-"
+
+    def rng(v: Sequence[float], fmt: str) -> str:
+        return format(v[0], fmt) if v[0] == v[1] else f"{v[0]:{fmt}}-{v[1]:{fmt}}"
+
+    return (f"{c['cluster_unit']}: {rng(c['n_clusters'], 'd')} "
+            f"(effective {rng(c['n_eff_clusters'], '.1f')})")
 
 
 def is_lm_results(workdir: str | pathlib.Path) -> bool:

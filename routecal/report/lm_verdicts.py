@@ -16,8 +16,9 @@ CONTROLS = {
     "paper": "control: the within-bin permutation null (tokens exchangeable within confidence "
     "bins; tokens of one sequence are not, so its level is not controlled here: compare its "
     "power curve at the smallest planted gap with alpha)",
-    "recommended": "control: the null of the recommended test with whole sequences as clusters",
-    "omnibus": "control: the omnibus test's null (the same sign flips of whole sequences)",
+    "recommended": "control: the null of the recommended test with whole clusters (documents or "
+    "packed rows, diagnostics.cluster_unit) flipped together",
+    "omnibus": "control: the omnibus test's null (the same sign flips of whole clusters)",
 }
 
 
@@ -67,6 +68,10 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                         "null's seed band (seed-band rule)")
             elif summ:
                 band = "; one seed, so no seed band (seed-band rule)"
+            cl = diag.get("clusters", {}).get(domain) if test == "recommended" else None
+            if cl:
+                band += (f"; clusters: {cl['cluster_unit']}s, {cl['n_clusters'][0]} (effective "
+                         f"{cl['n_eff_clusters'][0]:.1f})")
             parts.append(
                 f"{domain} domain, {test} test: {head}: {raw} of {len(ts)} reject at alpha = "
                 f"{alpha} (about {alpha * len(ts):.1f} expected under the null), {holm} after "

@@ -86,6 +86,7 @@ class LMPlan:
                 power_kwargs=tuple(sorted(d.power_kwargs.to_dict().items())),
                 paper_power_datasets=int(d.paper_power_datasets),
                 paper_power_permutations=int(d.paper_power_permutations),
+                cluster_unit=str(d.get("cluster_unit", "document")),
             ),
             diag_seed=int(d.seed),
             diag_max_tokens=_optional_int(d.max_tokens, "diagnostics.max_tokens"),

@@ -4,9 +4,11 @@
                   peak_rss_mb, devices
     runs          per (arch, seed): tokens, accuracy, ECE per split; train/predict seconds
     diagnostics   tests: one row per (test, domain, arch, seed, feature) with p, Holm and BH
-                  p-values (per (test, domain) family) and, for the `n_null_figures` smallest
+                  p-values (per (test, domain) family), the cluster unit, number of clusters and
+                  effective number (sum n)^2 / sum n^2 and, for the `n_null_figures` smallest
                   p-values of each test, the permutation null [B]; summary: rejection counts and
-                  seed bands per (test, domain, arch, feature); settings
+                  seed bands per (test, domain, arch, feature); clusters: per domain the unit
+                  and the range over cells of the cluster count and effective count; settings
     power         one row per (test, domain, arch, seed): minimum detectable gap, power curve
     probes        per domain: rows, summary (seed bands, `probes.compare.summarise_probes`),
                   bandwidth sweep, reliability curves (first seed), NW seconds; temperature:
@@ -27,6 +29,8 @@ from routecal.probes import compare
 from routecal.study import token_tests
 from routecal.study.lm_plan import LMPlan
 from routecal.study.stages import Stages, versions, write_json
+
+CLUSTER_KEYS = ("cluster_unit", "n_clusters", "n_eff_clusters")  # per diagnostics cell
 
 
 def null_path(workdir: pathlib.Path, stage: str) -> pathlib.Path:
@@ -51,8 +55,8 @@ def _diagnostics(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
             cell = st.load(name)
             for test, r in cell["tests"].items():
                 rows.append({"test": test, "domain": d, "arch": a, "seed": s, "feature": f,
-                             "n": cell["n"], "n_sequences": cell["n_sequences"], **r,
-                             "_stage": name})
+                             "n": cell["n"], "n_sequences": cell["n_sequences"],
+                             **{k: cell.get(k) for k in CLUSTER_KEYS}, **r, "_stage": name})
     summary = token_tests.adjust(rows, plan.tests.alpha)
     for test in plan.tests.tests:
         mine = sorted((r for r in rows if r["test"] == test), key=lambda r: r["p_value"])
@@ -67,7 +71,23 @@ def _diagnostics(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
     t = plan.tests
     return {"tests": rows, "summary": summary, "alpha": t.alpha, "n_permutations":
             t.n_permutations, "n_bins": t.n_bins, "n_groups": t.n_groups,
-            "labels": {k: token_tests.LABELS[k] for k in t.tests}, "families": "test x domain"}
+            "labels": {k: token_tests.LABELS[k] for k in t.tests}, "families": "test x domain",
+            "cluster_unit": t.cluster_unit, "clusters": cluster_summary(rows)}
+
+
+def cluster_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per domain: the cluster unit and [min, max] over its cells of the number of clusters and
+    their effective number (cells of one domain share their tokens unless thinned per run)."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in dict.fromkeys(r["domain"] for r in rows):
+        mine = [r for r in rows if r["domain"] == d and r.get("n_clusters") is not None]
+        if not mine:
+            continue
+        out[d] = {"cluster_unit": mine[0]["cluster_unit"], "n_tokens": [
+            min(r["n"] for r in mine), max(r["n"] for r in mine)]}
+        for k in ("n_clusters", "n_eff_clusters"):
+            out[d][k] = [min(r[k] for r in mine), max(r[k] for r in mine)]
+    return out
 
 
 def _power(plan: LMPlan, st: Stages) -> list[dict[str, Any]]:

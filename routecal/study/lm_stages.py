@@ -4,6 +4,8 @@ Shapes: N tokens, S routed sublayers, B permutations.
 
     train_predict   one (model, seed): train (orbax resume) and write token predictions per split
     diagnose_cell   one (domain, model, seed, routing summary): the paper and recommended tests
+                    (clusters: documents or rows, `diagnostics.cluster_unit`; with their number
+                    and effective number)
     power_cell      one (domain, model, seed): each test's minimum detectable gap and power curve
     probe_run       one (model, seed): probes fitted on calib tokens, scored per domain
     temperature_run one (model, seed): temperature scaling on the same tokens, from the trained
@@ -139,9 +141,16 @@ def run_summary(toks: Mapping[str, Mapping[str, np.ndarray]], n_bins: int) -> di
     return out
 
 
-def cell_tokens(t: Mapping[str, np.ndarray], plan: LMPlan) -> dict[str, np.ndarray]:
-    """The diagnostics' tokens of one split: whole sequences up to `diag_max_tokens` (seeded)."""
-    idx = tokens.thin_sequences(t["seq_id"], plan.diag_max_tokens, seed=plan.diag_seed)
+def cell_tokens(t: Mapping[str, np.ndarray], plan: LMPlan, name: str = "predictions"
+                ) -> dict[str, np.ndarray]:
+    """The diagnostics' tokens of one split: whole clusters (`diagnostics.cluster_unit`: documents
+    or rows) up to `diag_max_tokens` (seeded), so a cluster is never cut.
+
+    Raises:
+      ValueError: document clusters on predictions without `doc_id` (`tokens.cluster_ids`).
+    """
+    clusters = tokens.cluster_ids(t, plan.tests.cluster_unit, name)
+    idx = tokens.thin_sequences(clusters, plan.diag_max_tokens, seed=plan.diag_seed)
     return tokens.subset(t, idx)
 
 
@@ -153,19 +162,23 @@ def diagnose_cell(
     feats = tokens.routing_table(t)
     if feature not in feats:
         raise ValueError(f"diagnostics.features: {feature!r} not available (have {sorted(feats)})")
-    res = token_tests.run_cell(t["confidence"], t["correct"], feats[feature], t["seq_id"],
+    clusters = tokens.cluster_ids(t, plan.tests.cluster_unit)
+    res = token_tests.run_cell(t["confidence"], t["correct"], feats[feature], clusters,
                                key=key, settings=plan.tests)
     nulls = {test: r.pop("null") for test, r in res.items() if "null" in r}
     if nulls:  # atomic, with a unique temp name (a study worker may write the same cell)
         with workdir_io.atomic_path(null_path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **nulls)
     return {"n": int(len(t["confidence"])), "n_sequences": int(len(np.unique(t["seq_id"]))),
+            "cluster_unit": plan.tests.cluster_unit, **tokens.cluster_sizes(clusters),
             "tests": res}
 
 
 def power_cell(t: Mapping[str, np.ndarray], *, key: jax.Array, plan: LMPlan) -> dict[str, Any]:
-    """Each configured test's minimum detectable gap (and power curve) on one cell's tokens."""
-    return {"power": token_tests.power(t["confidence"], t["correct"], t["seq_id"], key=key,
+    """Each configured test's minimum detectable gap (and power curve) on one cell's tokens, with
+    the diagnostics' clusters (`diagnostics.cluster_unit`)."""
+    clusters = tokens.cluster_ids(t, plan.tests.cluster_unit)
+    return {"power": token_tests.power(t["confidence"], t["correct"], clusters, key=key,
                                        settings=plan.tests)}
 
 

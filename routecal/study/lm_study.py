@@ -10,6 +10,12 @@ first `diagnostics.power_seeds` seeds, probes per run, then temperature scaling 
 reloaded decoder, `lm_temperature`: a workdir of an older routecal resumes and runs only these),
 then `W/results.json` (every number, with config, versions, wall time and peak RSS) and the report
 (`routecal.report.lm`).
+
+The recommended test's clusters are documents by default (`diagnostics.cluster_unit`, "document" or
+"row"). A workdir written before that key existed does not resume (its recorded study config
+differs: the config guard names `diagnostics`; use a new workdir), and token predictions without
+`doc_id` stop the diagnostics with an error naming them and the fix (re-predict, or
+`diagnostics.cluster_unit=row`): nothing is silently clustered by rows.
 """
 
 from __future__ import annotations
@@ -86,7 +92,8 @@ def _analysis(plan: LMPlan, w: pathlib.Path, toks: dict[tuple[str, int], Any]
 
     @functools.lru_cache(maxsize=2)
     def cell(d: str, a: str, s: int) -> dict[str, Any]:
-        return lm_stages.cell_tokens(toks[a, s][dict(plan.domains)[d]], plan)
+        split = dict(plan.domains)[d]
+        return lm_stages.cell_tokens(toks[a, s][split], plan, f"{a}/seed{s}/{split}")
 
     for i, (d, a, s) in enumerate(plan.cells()):
         ck = jax.random.fold_in(key, i)

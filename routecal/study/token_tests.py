@@ -1,5 +1,5 @@
 """The token-level diagnostic tests: the paper's test and the recommended test side by side, with
-sequences as clusters, multiple-testing adjustment, and each test's power.
+documents (or packed rows) as clusters, multiple-testing adjustment, and each test's power.
 
 Shapes: N tokens, B permutations, G planted gaps of a power curve.
 
@@ -8,8 +8,11 @@ Two tests per cell (domain, model, seed, routing summary):
   * "paper": the seed paper's within-bin permutation test
     (`stats.diagnostics.within_bin_permutation_test`); it treats tokens as independent, which
     tokens of one sequence are not (its level under clustered nulls is measured in the stats issue).
-  * "recommended": `stats.diagnostics.conditional_calibration_test(..., clusters=seq_id)`, the
-    library's test valid with routing that tracks confidence, ties and dependent tokens.
+  * "recommended": `stats.diagnostics.conditional_calibration_test(..., clusters=...)`, the
+    library's test valid with routing that tracks confidence, ties and dependent tokens. The
+    clusters are `diagnostics.cluster_unit` (`TestSettings.cluster_unit`): "document" (default,
+    `doc_id`: rows cut from one file share its style, difficulty and routing, so rows are not
+    independent; benchmarks/RESULTS.md, "Token clusters") or "row" (`seq_id`, the packed row).
 
 `run_cell` runs the configured tests on one cell (one stage of the study, so a killed study keeps
 every finished cell); `adjust` adds Holm and Benjamini-Hochberg p-values per (test, domain) family;
@@ -32,9 +35,10 @@ from routecal.stats.seeds import compare_bands, seed_band
 TESTS = ("paper", "recommended", "omnibus")
 LABELS = {
     "paper": "paper's within-bin permutation test (tokens as iid)",
-    "recommended": "recommended conditional calibration test (sequences as clusters)",
-    "omnibus": "omnibus conditional calibration test (non-monotone effects; sequences as clusters)",
+    "recommended": "recommended conditional calibration test (clusters: diagnostics.cluster_unit)",
+    "omnibus": "omnibus conditional calibration test (non-monotone effects; clusters: diagnostics.cluster_unit)",
 }
+CLUSTER_UNITS = ("document", "row")  # `tokens.CLUSTER_UNITS` maps each to its id column
 _NEEDS = {
     "recommended": "conditional_calibration_test",
     "omnibus": "conditional_calibration_test",
@@ -54,8 +58,12 @@ class TestSettings:
     power_kwargs: tuple[tuple[str, Any], ...] = ()  # extra minimum_detectable_gap arguments
     paper_power_datasets: int = 50  # planted datasets per gap for the paper test's power
     paper_power_permutations: int = 200  # its permutations per planted dataset
+    cluster_unit: str = "document"  # the recommended test's clusters: "document" or "row"
 
     def __post_init__(self):
+        if self.cluster_unit not in CLUSTER_UNITS:
+            raise ValueError(f"diagnostics.cluster_unit: expected one of {CLUSTER_UNITS}, got "
+                             f"{self.cluster_unit!r}")
         unknown = [t for t in self.tests if t not in TESTS]
         if unknown or not self.tests:
             raise ValueError(f"diagnostics.tests: expected a subset of {TESTS}, got {self.tests}")
@@ -102,7 +110,7 @@ def run_cell(
     """Every configured test on one cell's tokens.
 
     Args:
-      confidence, correct, routing, clusters: [N] arrays (clusters = sequence ids).
+      confidence, correct, routing, clusters: [N] arrays (clusters = document or row ids).
       key: the cell's PRNG key (test t uses `fold_in(key, t)`).
     Returns:
       {test: {statistic, p_value, null [B] (float32, when the test has a permutation null),
@@ -187,7 +195,8 @@ def power(
     its power curve, on the same planted design (`stats.power`: routing with a per-sequence level,
     correctness moved by gap / 2 in each routing half, observed dependence kept).
 
-    recommended: `stats.diagnostics.minimum_detectable_gap(..., clusters=seq_id)`.
+    recommended: `stats.diagnostics.minimum_detectable_gap(..., clusters=...)` (documents or
+      rows, `diagnostics.cluster_unit`).
     omnibus: the same with `alternative="omnibus"` (its own detectable gap).
     paper: the same planted datasets (`stats.power.plant_gap`, common random numbers across
       gaps) through the within-bin test (`diagnostics.permutation_test_batch`), on the

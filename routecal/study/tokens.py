@@ -4,8 +4,11 @@ Shapes: N tokens, S routed sublayers, Q sequences.
 
 Token predictions (`routecal.files.predictions.load` of the LM predict shards) hold per token at least
 `confidence`, `correct`, `entropy`, `seq_id`, `position` and the routing summaries `H` / `H_norm` /
-`depth_mean` / `depth_var` [N, S] (AttnRes models; S = 0 for the standard residual). Tokens of one
-sequence are dependent, so everything here works on whole sequences:
+`depth_mean` / `depth_var` [N, S] (AttnRes models; S = 0 for the standard residual), and `doc_id`
+(the document of each token, `routecal.training.token_predict`; predictions written before it
+existed lack it). Tokens of one sequence are dependent, so everything here works on whole sequences;
+rows of one document share its style and difficulty, so the diagnostics' clusters are documents by
+default (`cluster_ids`, `CLUSTER_UNITS`):
 
   * `routing_table`: the paper's scalar routing summaries (`predictions.routing_features`) plus the
     position-aware ones: `<f>_vs_seq` = the token's summary minus its sequence's mean of it (how
@@ -15,6 +18,8 @@ sequence are dependent, so everything here works on whole sequences:
     rank in another sequence (a seeded cyclic derangement of sequences), the control that breaks
     the sequence <-> correctness link while keeping within-sequence routing structure.
   * `probe_data`: a `routecal.probes.ProbeData` from token arrays (no [N, V] probabilities needed).
+  * `cluster_ids`, `cluster_sizes`: the independent units of the tests ("document": `doc_id`;
+    "row": `seq_id`, the packed row) and their number Q and effective number (sum n)^2 / sum n^2.
 """
 
 from __future__ import annotations
@@ -30,6 +35,50 @@ from routecal.probes.data import PROFILE, ProbeData
 
 POSITION_AWARE = ("H_mean", "depth_var_mean", "depth_mean_mean")  # get a `<f>_vs_seq` twin
 TOKEN_KEYS = ("confidence", "correct", "entropy", "seq_id", "position")
+ID_KEYS = ("seq_id", "doc_id")  # integer ids >= 0, validated alike; doc_id optional
+CLUSTER_UNITS = {"document": "doc_id", "row": "seq_id"}  # diagnostics.cluster_unit -> id column
+
+
+def _check_ids(x: Any, name: str) -> np.ndarray:
+    """[N] int64 ids from integer-valued, non-negative values (a ValueError naming `name`)."""
+    a = np.asarray(x).reshape(-1)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(
+            a.dtype, np.floating)):
+        raise ValueError(f"{name}: expected integer ids, got dtype {a.dtype}")
+    if a.size and (not np.all(np.isfinite(a)) or np.any(a != np.round(a)) or a.min() < 0):
+        raise ValueError(f"{name}: expected integer ids >= 0 (finite, whole numbers)")
+    return a.astype(np.int64)
+
+
+def cluster_ids(tokens: Mapping[str, np.ndarray], unit: str, name: str = "predictions"
+                ) -> np.ndarray:
+    """[N] cluster ids of the tokens for `unit` ("document" -> `doc_id`, "row" -> `seq_id`).
+
+    Raises:
+      ValueError: an unknown unit (naming `diagnostics.cluster_unit`), or "document" on token
+        predictions without `doc_id` (written before routecal tracked documents: re-run
+        `routecal predict --workdir RUN` on the run, or choose `diagnostics.cluster_unit=row`).
+    """
+    if unit not in CLUSTER_UNITS:
+        raise ValueError(f"diagnostics.cluster_unit: unknown {unit!r}; expected one of "
+                         f"{sorted(CLUSTER_UNITS)}")
+    key = CLUSTER_UNITS[unit]
+    if key not in tokens:
+        raise ValueError(
+            f"{name}: token predictions have no {key!r} column, needed for "
+            f"diagnostics.cluster_unit={unit!r} (predictions written before routecal tracked "
+            "documents): re-run `routecal predict --workdir RUN` on that run, or set "
+            "diagnostics.cluster_unit=row")
+    return np.asarray(tokens[key], np.int64)
+
+
+def cluster_sizes(clusters_N: np.ndarray) -> dict[str, float]:
+    """Number of clusters Q and their effective number (sum_q n_q)^2 / sum_q n_q^2 (Kish's
+    effective sample size of cluster sizes n_q: Q when balanced, near 1 when one dominates)."""
+    dense, q = _dense_ids(np.asarray(clusters_N))
+    n = np.bincount(dense, minlength=q).astype(np.float64)
+    return {"n_clusters": int(q),
+            "n_eff_clusters": float(n.sum() ** 2 / np.sum(n**2)) if q else 0.0}
 
 
 def _dense_ids(seq_id: np.ndarray) -> tuple[np.ndarray, int]:
@@ -51,10 +100,11 @@ def token_arrays(preds: Mapping[str, Any], name: str = "predictions") -> dict[st
 
     Returns:
       {confidence [N] float64, correct [N] float64, entropy [N] float64, seq_id [N] int64,
-       position [N] int64} plus the routing summaries [N, S] present (H, H_norm, depth_mean,
+       position [N] int64, doc_id [N] int64 (when present)} plus the routing summaries [N, S] present (H, H_norm, depth_mean,
        depth_var) and any routing_<name> [N].
     Raises:
-      ValueError: a missing key (named) or arrays of different lengths.
+      ValueError: a missing key (named), ids that are not integers >= 0, or arrays of different
+        lengths.
     """
     missing = [k for k in TOKEN_KEYS if k not in preds]
     if missing:
@@ -65,9 +115,11 @@ def token_arrays(preds: Mapping[str, Any], name: str = "predictions") -> dict[st
             f"{name}['confidence']"),
         "correct": _checks.check_binary(preds["correct"], f"{name}['correct']"),
         "entropy": _checks.as_array(preds["entropy"], f"{name}['entropy']", ndim=1),
-        "seq_id": np.asarray(preds["seq_id"], np.int64).reshape(-1),
         "position": np.asarray(preds["position"], np.int64).reshape(-1),
     }
+    for k in ID_KEYS:
+        if k in preds:
+            out[k] = _check_ids(preds[k], f"{name}[{k!r}]")
     for k in ("H", "H_norm", "depth_mean", "depth_var"):
         if k in preds and np.size(preds[k]):
             out[k] = _checks.as_array(preds[k], f"{name}[{k!r}]", ndim=2)
@@ -173,16 +225,18 @@ def probe_data(tokens: Mapping[str, np.ndarray], *, shuffle_seed: int | None = N
 
 def concat_tokens(parts: Sequence[Mapping[str, np.ndarray]], *, offset_ids: bool = True
                   ) -> dict[str, np.ndarray]:
-    """Concatenates token dicts (keys common to all); sequence ids are offset per part so that
-    sequences from different parts never share an id."""
+    """Concatenates token dicts (keys common to all); sequence and document ids are offset per
+    part so that sequences (documents) from different parts never share an id."""
     parts = [per_token(p) for p in parts]
     keys = [k for k in parts[0] if all(k in p for p in parts)]
     out = {k: np.concatenate([p[k] for p in parts]) for k in keys}
-    if offset_ids and "seq_id" in out:
+    for key in ID_KEYS if offset_ids else ():
+        if key not in out:
+            continue
         ids, base = [], 0
         for p in parts:
-            s = np.asarray(p["seq_id"], np.int64)
+            s = np.asarray(p[key], np.int64)
             ids.append(s - (s.min() if s.size else 0) + base)
             base = int(ids[-1].max()) + 1 if s.size else base
-        out["seq_id"] = np.concatenate(ids)
+        out[key] = np.concatenate(ids)
     return out

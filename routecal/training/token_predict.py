@@ -8,6 +8,10 @@ For every evaluated position t of a packed row (input ids row[:t+1], target row[
   entropy      -sum_v p(v) log p(v)   label     the target id
   seq_id       the row index in the split, position  t (0-based), domain  0 in / 1 near / 2 far
   nll          -log p(label)
+  doc_id       the document of the target token (`TextSplit.doc[seq_id, t + 1]`: the index of the
+               document in its split's list, as packed; a row spanning two documents gives its
+               tokens both ids, token by token: `routecal.data.text.packing`). Absent only for a
+               `TextSplit` built without documents (`doc=None`).
 
 and, for AttnRes models, per depth-attention site l (L sublayers then the readout; columns S):
   H [S], H_norm [S], depth_mean [S], depth_var [S]   (`traces.py` definitions, per token)
@@ -42,7 +46,8 @@ from routecal.data.text import DOMAIN_CODES, TextSplit
 from routecal.files.shards import ShardWriter
 from routecal.training import traces
 
-TOKEN_KEYS = ("confidence", "correct", "entropy", "label", "seq_id", "position", "domain", "nll")
+TOKEN_KEYS = ("confidence", "correct", "entropy", "label", "seq_id", "position", "domain", "nll",
+              "doc_id")
 
 
 @nnx.jit
@@ -152,6 +157,7 @@ def predict_split(
         "min_position": min_position,
         "seq_len": t,
         "bytes_per_token": split.bytes_per_token,
+        "n_documents": None if split.doc is None else int(split.doc.max()) + 1,
         "sublayer_names": list(getattr(cfg, "sublayer_names", ()) or ()),
         "moe_layers": list(getattr(cfg, "moe_layers", ()) or ()),
         **(meta or {}),
@@ -178,6 +184,8 @@ def predict_split(
         rec["seq_id"] = (start + bi).astype(np.int64)
         rec["position"] = ti.astype(np.int32)
         rec["domain"] = np.full(len(bi), code, np.int8)
+        if split.doc is not None:
+            rec["doc_id"] = split.doc[start + bi, ti + 1].astype(np.int64)
         writer.append(rec)
         written += len(bi)
         if max_tokens is not None and written >= max_tokens:

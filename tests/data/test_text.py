@@ -48,6 +48,26 @@ def test_pack_documents_matches_the_stream_definition(seq_len):
         np.testing.assert_array_equal(r[: len(seg)], seg)
 
 
+@pytest.mark.parametrize("seq_len", [1, 4, 9])
+def test_document_ids_follow_every_token_to_its_document(seq_len):
+    rng = np.random.default_rng(seq_len)
+    docs = [rng.integers(0, 256, rng.integers(0, 15)) for _ in range(7)]
+    rows = packing.pack_documents(docs, seq_len, bos=256, eos=257, pad=258, vocab_size=259)
+    doc = packing.document_ids([len(d) for d in docs], seq_len)
+    assert doc.shape == rows.shape and doc.dtype == np.int32
+    np.testing.assert_array_equal(doc == -1, rows == 258)  # PAD and only PAD has no document
+    # independent: the targets of document k, in order, are its tokens framed by BOS/EOS (the
+    # first document's BOS is never a target)
+    tgt, tdoc = rows[:, 1:].reshape(-1), doc[:, 1:].reshape(-1)
+    for k, d in enumerate(docs):
+        want = np.r_[256, d, 257][1 if k == 0 else 0:]
+        np.testing.assert_array_equal(tgt[tdoc == k], want)
+    with pytest.raises(ValueError, match="lengths: must be >= 0"):
+        packing.document_ids([3, -1], seq_len)
+    with pytest.raises(ValueError, match="docs: the corpus is empty"):
+        packing.document_ids([], seq_len)
+
+
 def test_pack_documents_bad_input():
     kw = dict(bos=256, eos=257, pad=258, vocab_size=259)
     with pytest.raises(ValueError, match="docs: the corpus is empty"):
@@ -120,8 +140,22 @@ def test_load_stdlib_dataset_splits_domains_and_bits_per_byte_denominator():
     # byte tokenizer: targets = bytes + one EOS per document (+ BOS of later documents)
     assert ds.train.n_targets >= ds.train.n_bytes
     assert ds.manifest["python_version"] and ds.manifest["seq_len"] == 32
+    # documents: the split's doc index against the corpus files, read independently
+    far = [b for _, b in stdlib.corpus_texts("far")]
+    _assert_documents(ds.split("far"), far, 3000)
     with pytest.raises(ValueError, match="split: unknown split"):
         ds.split("val")
+
+
+def _assert_documents(split, files, max_bytes):
+    """The text bytes of the targets of document k are file k's (up to the split's byte cap)."""
+    tgt, tdoc = split.ids[:, 1:].reshape(-1), split.doc[:, 1:].reshape(-1)
+    assert np.all(split.doc[split.ids != 258] >= 0) and np.all(split.doc[split.ids == 258] == -1)
+    left = max_bytes if max_bytes is not None else sum(len(f) for f in files)
+    for k in range(int(split.doc.max()) + 1):
+        assert tgt[(tdoc == k) & (tgt < 256)].astype(np.uint8).tobytes() == files[k][:left]
+        left -= len(files[k][:left])
+    assert left == 0
 
 
 def test_user_sources_text_dir_and_jsonl(tmp_path):
@@ -132,6 +166,9 @@ def test_user_sources_text_dir_and_jsonl(tmp_path):
     (d / ".hidden").write_text("skip me")
     ds = load_text_dataset({"name": "text_dir", "path": str(d), "seq_len": 8})
     assert ds.manifest["n_documents"] == 10
+    train_files = stdlib.split_by_file([f"f{i}.txt" for i in range(10)], 0, 0.1, 0.1)["train"]
+    _assert_documents(ds.train, [(d / f).read_bytes() for f in train_files], None)
+    assert ds.train.doc.max() + 1 == len(train_files) == 8
     total = sum(ds.split(s).n_bytes for s in ("train", "calib", "test"))
     assert total == sum((d / f"f{i}.txt").stat().st_size for i in range(10))
     j = tmp_path / "docs.jsonl"

@@ -18,13 +18,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SPLITS = ("calib", "test", "far")
 
 
-def _write(path, *, seed, routed, n_seq=16, seq_len=24, n_sub=3):
+def _write(path, *, seed, routed, n_seq=16, seq_len=24, n_sub=3, doc_id=True):
     rng = np.random.default_rng(seed)
     n = n_seq * seq_len
     conf = rng.uniform(0.1, 0.95, n)
     d = {"confidence": conf, "correct": (rng.random(n) < conf).astype(np.int8),
          "entropy": rng.gamma(2, 1, n), "seq_id": np.repeat(np.arange(n_seq), seq_len),
          "position": np.tile(np.arange(seq_len), n_seq)}
+    if doc_id:  # documents of 1, 2 or 3 rows, cut at row 5 mid-row (rows span documents)
+        d["doc_id"] = np.minimum(np.repeat(np.arange(n_seq), seq_len) * 2 // 3, n_seq)
+        d["doc_id"][5 * seq_len + seq_len // 2:] += 1
     if routed:
         d |= {"H_norm": rng.uniform(0, 1, (n, n_sub)), "depth_var": rng.gamma(2, 1, (n, n_sub)),
               "depth_mean": rng.uniform(0, 2, (n, n_sub))}
@@ -71,7 +74,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     # Every cell's numbers: an independent call of the engine on the same thinned tokens.
     row = ref["diagnostics"]["tests"][0]
     t = lm_stages.load_tokens(tmp_path / "ref/runs/full/seed0/test.npz", "t")
-    t = tokens.subset(t, tokens.thin_sequences(t["seq_id"], 300, seed=0))
+    t = tokens.subset(t, tokens.thin_sequences(t["doc_id"], 300, seed=0))  # whole documents
     cell_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)  # cell 0, feat 0
     direct = diagnostics.within_bin_permutation_test(
         t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"],
@@ -84,9 +87,13 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert len(ref["diagnostics"]["tests"]) == 2 * 2 * 2 * 2 * 2
     rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "recommended"][0]
     direct = diagnostics.conditional_calibration_test(
-        t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"], clusters=t["seq_id"],
+        t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"], clusters=t["doc_id"],
         key=jax.random.fold_in(cell_key, 1), n_permutations=99)
     assert rec["p_value"] == pytest.approx(direct.p_value)
+    sizes = np.unique(t["doc_id"], return_counts=True)[1]
+    assert rec["cluster_unit"] == "document" and rec["n_clusters"] == len(sizes)
+    assert rec["n_eff_clusters"] == pytest.approx(sizes.sum() ** 2 / np.sum(sizes**2.0))
+    assert ref["diagnostics"]["clusters"]["in"]["n_clusters"] == [len(sizes)] * 2
     assert {p["test"] for p in ref["power"]} == {"paper", "recommended"}
     assert set(ref["probes"]["domains"]) == {"in", "far"}
     assert ref["meta"]["wall_seconds"] > 0 and ref["meta"]["peak_rss_mb"] > 0
@@ -186,3 +193,36 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
     assert str(theirs / "index.json") in str(e.value)
     with pytest.raises(ValueError, match=r"split: 'calib' \(expected 'test'\)"):
         lm_stages.load_tokens(mine, "test", {**recorded["calib"], "split": "test"})
+
+
+def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
+    from routecal.study.lm_plan import LMPlan
+
+    assert LMPlan.from_config(cfg).tests.cluster_unit == "document"  # the default
+    cfg.diagnostics.cluster_unit = "file"
+    with pytest.raises(ValueError, match=r"diagnostics.cluster_unit.*'file'"):
+        LMPlan.from_config(cfg)
+    cfg.diagnostics.cluster_unit = "row"
+    rows_plan = LMPlan.from_config(cfg)
+    cfg.diagnostics.cluster_unit = "document"
+    doc_plan = LMPlan.from_config(cfg)
+    _write(tmp_path / "old.npz", seed=0, routed=True, doc_id=False)  # predictions before doc_id
+    old = lm_stages.load_tokens(tmp_path / "old.npz", "old")
+    with pytest.raises(ValueError, match=r"old.*no 'doc_id'.*routecal predict.*cluster_unit=row"):
+        lm_stages.cell_tokens(old, doc_plan, "old")
+    cell = lm_stages.diagnose_cell(lm_stages.cell_tokens(old, rows_plan), "H_mean",
+                                   key=jax.random.key(0), plan=rows_plan,
+                                   null_path=tmp_path / "n.npz")
+    assert (cell["cluster_unit"], cell["n_clusters"]) == ("row", 12)  # 300 tokens: 12 rows of 24
+    assert cell["n_eff_clusters"] == pytest.approx(12.0)
+
+
+def test_a_workdir_from_before_cluster_unit_does_not_resume(cfg, tmp_path):
+    from routecal.study.lm_plan import LMPlan
+    from routecal.study.stages import record_workdir_config
+
+    old = LMPlan.from_config(cfg).config
+    del old["diagnostics"]["cluster_unit"]
+    record_workdir_config(tmp_path, old, "study_config.json", "study")
+    with pytest.raises(ValueError, match=r"different config \(differs in \['diagnostics'\]"):
+        lm_study.run(cfg, tmp_path, producer=produce)

@@ -105,3 +105,26 @@ def test_power_of_both_tests_on_one_grid():
 def test_bad_settings_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         token_tests.TestSettings(**kw)
+
+
+def test_documents_as_clusters_hold_the_level_where_rows_do_not():
+    """Issue 22 in miniature: 24 documents of 6 rows, a per-document calibration offset (sd 0.15)
+    and a routing feature constant per document, drawn independently (H0 true). With documents as
+    clusters the recommended test rejects about alpha of 40 draws; with rows (which split each
+    document into 6 'independent' units) far more. benchmarks/token_clusters.py does this on
+    real token predictions."""
+    rng = np.random.default_rng(0)
+    n_draws, n_docs, rows, t = 40, 24, 6, 40
+    doc = np.repeat(np.arange(n_docs), rows * t)
+    row = np.repeat(np.arange(n_docs * rows), t)
+    conf = rng.uniform(0.2, 0.9, (n_draws, len(doc)))
+    offset = rng.normal(0, 0.15, (n_draws, n_docs))[:, doc]
+    y = (rng.random(conf.shape) < np.clip(conf + offset, 0, 1)).astype(float)
+    r = rng.normal(size=(n_draws, n_docs))[:, doc]
+    rejections = {}
+    for unit, cl in (("document", doc), ("row", row)):
+        res = diagnostics.conditional_test_batch(conf, y, r, key=0, n_permutations=199,
+                                                 clusters=np.broadcast_to(cl, conf.shape))
+        rejections[unit] = int(np.sum(np.asarray(res.p_value) < 0.05))
+    # nominal 2 of 40; P(Binomial(40, 0.05) >= 7) < 0.005, and rows reject at a rate > 0.25
+    assert rejections["document"] <= 6 < 10 <= rejections["row"], rejections

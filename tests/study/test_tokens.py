@@ -95,3 +95,43 @@ def test_token_arrays_names_what_is_wrong():
         tokens.token_arrays({**t, "confidence": t["confidence"] + 1.0})
     with pytest.raises(ValueError):
         tokens.token_arrays({**t, "H_norm": t["H_norm"][:-1]})
+
+
+def test_cluster_sizes_and_ids_against_numpy():
+    rng = np.random.default_rng(3)
+    ids = rng.choice([4, 9, 11, 40, 41], size=500, p=[0.5, 0.2, 0.2, 0.05, 0.05])
+    n = np.array([np.sum(ids == k) for k in np.unique(ids)], float)
+    got = tokens.cluster_sizes(ids)
+    assert got["n_clusters"] == len(n) == 5
+    assert got["n_eff_clusters"] == pytest.approx(n.sum() ** 2 / (n**2).sum(), rel=1e-12)
+    assert tokens.cluster_sizes(np.repeat(np.arange(7), 3))["n_eff_clusters"] == pytest.approx(7)
+    t = _tokens()
+    t["doc_id"] = t["seq_id"] // 10
+    arr = tokens.token_arrays(t, "p")
+    np.testing.assert_array_equal(tokens.cluster_ids(arr, "document"), t["seq_id"] // 10)
+    np.testing.assert_array_equal(tokens.cluster_ids(arr, "row"), t["seq_id"])
+    with pytest.raises(ValueError, match="diagnostics.cluster_unit: unknown 'file'"):
+        tokens.cluster_ids(arr, "file")
+    del t["doc_id"]
+    with pytest.raises(ValueError, match=r"p: token predictions have no 'doc_id'"):
+        tokens.cluster_ids(tokens.token_arrays(t, "p"), "document", "p")
+
+
+@pytest.mark.parametrize("bad", [-1, 0.5, np.nan, True])
+def test_token_arrays_validate_doc_id_like_seq_id(bad):
+    for key in ("doc_id", "seq_id"):
+        t = _tokens()
+        t[key] = np.zeros(len(t["seq_id"]), type(bad) if bad is not True else bool)
+        t[key][0] = bad
+        with pytest.raises(ValueError, match=rf"p\['{key}'\]: expected integer ids"):
+            tokens.token_arrays(t, "p")
+
+
+def test_concat_tokens_offsets_document_ids_per_part():
+    a, b = _tokens(seed=1), _tokens(seed=2)
+    a["doc_id"], b["doc_id"] = a["seq_id"] // 10, b["seq_id"] // 10
+    out = tokens.concat_tokens([a, b])
+    na = len(a["seq_id"])
+    assert set(out["doc_id"][:na]).isdisjoint(out["doc_id"][na:])
+    assert len(np.unique(out["doc_id"])) == len(np.unique(a["doc_id"])) + len(
+        np.unique(b["doc_id"]))

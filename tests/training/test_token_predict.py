@@ -188,3 +188,31 @@ def test_vmoer_logit_router_gives_router_logit_variance(tmp_path):
     assert var.shape == (len(got["label"]), 2) and np.all(var > 0)
     # at initialisation every posterior std is vmoer_init_sigma = 0.3 (zero-initialised heads)
     np.testing.assert_allclose(var, 0.3**2, rtol=1e-3)
+
+
+def test_doc_id_is_the_document_of_each_target_token_from_the_files(tmp_path):
+    from routecal.data.text import load_text_dataset, stdlib
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):  # documents shorter and longer than a row, so rows span documents
+        (corpus / f"f{i:02d}.txt").write_bytes(bytes(rng.integers(97, 123, 3 + 9 * i).tolist()))
+    ds = load_text_dataset({"name": "text_dir", "path": str(corpus), "seq_len": 16})
+    model, _ = _setup()
+    out = token_predict.predict_split(model, ds.train, tmp_path / "p", pad=PAD, batch_size=4,
+                                      every=3, min_position=1)
+    cols = predictions.load(out)
+    # independent: the stream [BOS, file bytes, EOS] per training file, in split_by_file order
+    names = stdlib.split_by_file(sorted(p.name for p in corpus.iterdir()), 0, 0.1, 0.1)["train"]
+    stream, owner = [], []
+    for k, name in enumerate(names):
+        data = list((corpus / name).read_bytes())
+        stream += [256, *data, 257]
+        owner += [k] * (len(data) + 2)
+    at = np.asarray(cols["seq_id"]) * 16 + np.asarray(cols["position"]) + 1  # target's index
+    np.testing.assert_array_equal(np.asarray(stream)[at], cols["label"])
+    np.testing.assert_array_equal(np.asarray(owner)[at], cols["doc_id"])
+    assert cols["doc_id"].dtype == np.int64 and cols.meta["n_documents"] == len(names)
+    pairs = np.unique(np.stack([cols["seq_id"], cols["doc_id"]]), axis=1)
+    assert len(np.unique(pairs[1])) == len(names) and len(np.unique(pairs[0])) < pairs.shape[1]

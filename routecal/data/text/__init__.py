@@ -63,12 +63,15 @@ class TextSplit:
       domain: "in", "near" or "far" (`DOMAIN_CODES` gives the integer code).
       n_bytes: text bytes the split holds (for bits per byte).
       n_targets: non-PAD target tokens.
+      doc: [N, T + 1] int32 document index of each token in this split's document list (after
+        `max_bytes`), -1 on PAD (`packing.document_ids`); None for rows built without documents.
     """
 
     ids: np.ndarray
     domain: str
     n_bytes: int
     n_targets: int
+    doc: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -124,8 +127,9 @@ def make_split(
         docs = kept
     if not docs or not any(len(d) for d in docs):
         raise ValueError(f"data: split {label!r} of the corpus is empty (no text)")
+    encoded = [tok.encode(d) for d in docs]
     ids = packing.pack_documents(
-        (tok.encode(d) for d in docs),
+        encoded,
         seq_len,
         bos=tok.bos,
         eos=tok.eos,
@@ -133,7 +137,8 @@ def make_split(
         vocab_size=tok.vocab_size,
     )
     n_targets = int(np.sum(ids[:, 1:] != tok.pad))
-    return TextSplit(ids, domain, int(sum(len(d) for d in docs)), n_targets)
+    doc = packing.document_ids([len(e) for e in encoded], seq_len)
+    return TextSplit(ids, domain, int(sum(len(d) for d in docs)), n_targets, doc)
 
 
 def load_text_dataset(data_cfg: Any) -> TextDataset:
