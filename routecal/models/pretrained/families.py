@@ -21,7 +21,15 @@ per-expert / fused-legacy layout below, which is also what the published checkpo
   `logits_scaling`; router top-k on the logits, then softmax over the k selected logits; experts
   stored fused: `input_linear` [E, 2F, D] (gate rows first, then up), `output_linear` [E, D, F].
 
-All three: pre-norm RMSNorm, RoPE in the rotate-half layout with `rope_theta` (no rope scaling),
+* Mixtral (`MixtralForCausalLM`): softmax top-2 renormalised; experts `block_sparse_moe.experts.
+  {j}.w1` (gate), `w3` (up), `w2` (down). Qwen3-MoE: Qwen2-MoE's layer rule, no shared expert,
+  q/k RMSNorm per head (`head_dim` features), `num_experts` (or `num_local_experts`).
+* DeepSeek-MoE v1 (`deepseek`, remote code) and DeepSeek-V2 (`deepseek_v2`): softmax top-k
+  (greedy or group-limited), gates times `routed_scaling_factor` (V2), `n_shared_experts` ungated
+  shared experts; layer i is MoE iff i >= `first_k_dense_replace` and i % `moe_layer_freq` == 0;
+  V2 uses multi-head latent attention (`routecal.models.mla`).
+
+All: pre-norm RMSNorm, RoPE in the rotate-half layout with `rope_theta` (no rope scaling),
 SwiGLU experts with SiLU, untied output head unless `tie_word_embeddings`.
 """
 
