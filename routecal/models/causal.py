@@ -22,16 +22,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from routecal.models import dispatch as moe_dispatch
 from routecal.models import moe
 
 Array = jax.Array
 
 
-def rope(x_BxTxNxK: Array, positions_T: Array, theta: float) -> Array:
+def rope(x_BxTxNxK: Array, positions_T: Array, theta: float, *, interleaved: bool = False) -> Array:
     """Rotary position embedding, "rotate half" layout (RoFormer eq. 34; HF `apply_rotary_pos_emb`).
 
-    Pairs feature i with feature i + K/2 and rotates the pair by angle p / theta^(2i/K) at
-    position p. Computed in float32, returned in the input dtype.
+    Pairs feature i with feature i + K/2 (`interleaved`: feature 2i with 2i + 1, DeepSeek-V2's
+    complex layout) and rotates the pair by angle p / theta^(2i/K) at position p. The interleaved
+    output lists the rotated first members, then the second ones (a fixed permutation of the
+    features, which leaves every q . k score unchanged). Computed in float32, returned in the
+    input dtype.
     """
     k = x_BxTxNxK.shape[-1]
     inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))  # [K/2]
@@ -39,12 +43,15 @@ def rope(x_BxTxNxK: Array, positions_T: Array, theta: float) -> Array:
     cos = jnp.cos(ang_TxK2)[None, :, None, :]
     sin = jnp.sin(ang_TxK2)[None, :, None, :]
     x = x_BxTxNxK.astype(jnp.float32)
-    x1, x2 = x[..., : k // 2], x[..., k // 2 :]
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    else:
+        x1, x2 = x[..., : k // 2], x[..., k // 2 :]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BxTxNxK.dtype)
 
 
-def _linear(d_in: int, d_out: int, bias: bool, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
+def linear(d_in: int, d_out: int, bias: bool, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(
         d_in,
         d_out,
@@ -69,23 +76,27 @@ class CausalAttention(nnx.Module):
         self.n_heads, self.kv_heads, self.head_width = h, g, k
         self.rope_theta = float(cfg.rope_theta)
         self.scale = float(cfg.attention_scale)
-        self.q_proj = _linear(d, h * k, cfg.qkv_bias, dt, rngs)
-        self.k_proj = _linear(d, g * k, cfg.qkv_bias, dt, rngs)
-        self.v_proj = _linear(d, g * k, cfg.qkv_bias, dt, rngs)
-        self.o_proj = _linear(h * k, d, cfg.attention_out_bias, dt, rngs)
-        if cfg.qk_norm:
-            self.q_norm = nnx.RMSNorm(h * k, epsilon=cfg.norm_eps, dtype=dt, rngs=rngs)
-            self.k_norm = nnx.RMSNorm(g * k, epsilon=cfg.norm_eps, dtype=dt, rngs=rngs)
+        self.q_proj = linear(d, h * k, cfg.qkv_bias, dt, rngs)
+        self.k_proj = linear(d, g * k, cfg.qkv_bias, dt, rngs)
+        self.v_proj = linear(d, g * k, cfg.qkv_bias, dt, rngs)
+        self.o_proj = linear(h * k, d, cfg.attention_out_bias, dt, rngs)
+        self.qk_norm_per_head = bool(getattr(cfg, "qk_norm_per_head", False))
+        if cfg.qk_norm:  # over the whole projection (OLMoE) or each head (Qwen3-MoE)
+            qn, kn = (k, k) if self.qk_norm_per_head else (h * k, g * k)
+            self.q_norm = nnx.RMSNorm(qn, epsilon=cfg.norm_eps, dtype=dt, rngs=rngs)
+            self.k_norm = nnx.RMSNorm(kn, epsilon=cfg.norm_eps, dtype=dt, rngs=rngs)
         else:
             self.q_norm = self.k_norm = None
 
     def __call__(self, x_BxTxD: Array) -> Array:
         b, t, _ = x_BxTxD.shape
         q, k, v = self.q_proj(x_BxTxD), self.k_proj(x_BxTxD), self.v_proj(x_BxTxD)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_norm_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
         q_BxTxHxK = q.reshape(b, t, self.n_heads, self.head_width)
         k_BxTxGxK = k.reshape(b, t, self.kv_heads, self.head_width)
+        if self.q_norm is not None and self.qk_norm_per_head:
+            q_BxTxHxK, k_BxTxGxK = self.q_norm(q_BxTxHxK), self.k_norm(k_BxTxGxK)
         v_BxTxGxK = v.reshape(b, t, self.kv_heads, self.head_width)
         pos_T = jnp.arange(t)
         q_BxTxHxK = rope(q_BxTxHxK, pos_T, self.rope_theta)
@@ -102,9 +113,9 @@ class SwiGLU(nnx.Module):
     """SwiGLU MLP (MLP sublayer protocol of `layers.py`): down(silu(gate(x)) * up(x))."""
 
     def __init__(self, d_model: int, hidden: int, dtype: Any, *, rngs: nnx.Rngs):
-        self.gate_proj = _linear(d_model, hidden, False, dtype, rngs)
-        self.up_proj = _linear(d_model, hidden, False, dtype, rngs)
-        self.down_proj = _linear(hidden, d_model, False, dtype, rngs)
+        self.gate_proj = linear(d_model, hidden, False, dtype, rngs)
+        self.up_proj = linear(d_model, hidden, False, dtype, rngs)
+        self.down_proj = linear(hidden, d_model, False, dtype, rngs)
 
     def __call__(
         self, x_BxTxD: Array, *, train: bool = False
@@ -117,9 +128,10 @@ class SwiGLU(nnx.Module):
 class DecoderMoE(moe.MoEMLP):
     """MoE MLP sublayer of the decoder: `moe.MoEMLP` (router, experts, aux losses) plus
 
-    * a dropless path when `capacity_factor <= 0` (HF MoE LMs drop nothing): every expert runs on
-      every token and the outputs are mixed with the [B, T, E] combine weights (E times the MLP
-      FLOPs, but no [B, T, E, C=T] dispatch tensor, whose einsums cost O(T^2));
+    * a dropless path when `capacity_factor <= 0` (HF MoE LMs drop nothing), computed by
+      `dispatch` (`routecal.models.dispatch`): "sparse_blocks" / "ragged" run only the selected
+      (token, expert) pairs, "dense" every expert on every token (E / K times the FLOPs), "auto"
+      picks by backend; all give the same outputs;
     * an optional shared expert (Qwen2-MoE): + sigmoid(w_g . x) * SwiGLU_shared(x) when
       `shared_expert_gate`, else + SwiGLU_shared(x);
     * the router logits in the trace (`router_logits` [B, T, E], for router-logit variance).
@@ -136,17 +148,19 @@ class DecoderMoE(moe.MoEMLP):
         shared_hidden: int = 0,
         shared_gate: bool = False,
         router: nnx.Module | None = None,
+        dispatch: str = "auto",
         rngs: nnx.Rngs,
     ):
         super().__init__(moe_cfg, router=router, rngs=rngs)
         self.dtype = moe_cfg.dtype
+        self.dispatch = moe_dispatch.check_dispatch(dispatch)
         self.shared_expert = (
             SwiGLU(moe_cfg.d_model, shared_hidden, moe_cfg.dtype, rngs=rngs)
             if shared_hidden
             else None
         )
         self.shared_expert_gate = (
-            _linear(moe_cfg.d_model, 1, False, jnp.float32, rngs)
+            linear(moe_cfg.d_model, 1, False, jnp.float32, rngs)
             if shared_hidden and shared_gate
             else None
         )
@@ -163,14 +177,14 @@ class DecoderMoE(moe.MoEMLP):
             r = self.router(x_BxTxD, train=train)
             logits = r.logits_BxTxE
             b, t, d = x_BxTxD.shape
-            x_BxExTxD = jnp.broadcast_to(x_BxTxD[:, None], (b, self.n_experts, t, d))
-            y_BxExTxD = self.experts(x_BxExTxD).astype(jnp.float32)
-            combine_BxTxE = jnp.sum(
-                jax.nn.one_hot(r.experts_BxTxK, self.n_experts, dtype=jnp.float32)
-                * r.gates_BxTxK[..., None],
-                axis=2,
+            y_NxD = moe_dispatch.dropless_moe(
+                x_BxTxD.reshape(b * t, d).astype(self.dtype),
+                r.experts_BxTxK.reshape(b * t, self.top_k),
+                r.gates_BxTxK.reshape(b * t, self.top_k),
+                self.experts.weights(),
+                self.dispatch,
             )
-            y = jnp.einsum("betd,bte->btd", y_BxExTxD, combine_BxTxE).astype(x_BxTxD.dtype)
+            y = y_NxD.reshape(b, t, d).astype(x_BxTxD.dtype)
             aux = {
                 "moe_lb": self.lb_coef * moe.load_balancing_loss(r.probs_BxTxE, r.experts_BxTxK),
                 "moe_z": self.z_coef * moe.router_z_loss(r.logits_BxTxE),

@@ -26,11 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from routecal.models import attnres, causal
+from routecal.models import attnres, causal, mla
 from routecal.models.decoder_config import DecoderConfig
 
 Array = jax.Array
 __all__ = ["Decoder", "DecoderConfig", "DecoderOutput", "check_ids"]
+
+
+# DecoderConfig.attention -> the attention sublayer class.
+ATTENTIONS = {"standard": causal.CausalAttention, "mla": mla.MultiHeadLatentAttention}
 
 
 def check_ids(ids: Any, vocab_size: int, max_len: int, name: str = "ids") -> None:
@@ -91,6 +95,9 @@ def _moe_config(cfg: DecoderConfig) -> Any:
         dtype=cfg.compute_dtype,
         expert_type="swiglu",
         normalize_gates=cfg.normalize_gates,
+        n_group=cfg.n_group,
+        topk_group=cfg.topk_group,
+        routed_scaling=cfg.routed_scaling,
         **opts,
     )
 
@@ -109,6 +116,7 @@ def make_decoder_mlp(cfg: DecoderConfig, layer: int, *, rngs: nnx.Rngs) -> nnx.M
         shared_hidden=cfg.shared_expert_hidden,
         shared_gate=cfg.shared_expert_gate,
         router=router,
+        dispatch=cfg.dispatch,
         rngs=rngs,
     )
 
@@ -119,7 +127,7 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: DecoderConfig, layer: int, *, rngs: nnx.Rngs):
         dt = cfg.compute_dtype
         self.attn_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dt, rngs=rngs)
-        self.attn = causal.CausalAttention(cfg, rngs=rngs)
+        self.attn = ATTENTIONS[cfg.attention](cfg, rngs=rngs)
         self.mlp_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dt, rngs=rngs)
         self.mlp = make_decoder_mlp(cfg, layer, rngs=rngs)
 

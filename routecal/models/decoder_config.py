@@ -12,10 +12,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from routecal.models import attnres
+from routecal.models import attnres, dispatch
 from routecal.models.transformer import MLP_TYPES  # "dense", "moe", "vmoer_<router>"
 
 ROUTER_ORDERS = ("softmax_topk", "topk_softmax")
+ATTENTIONS = ("standard", "mla")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -54,6 +55,14 @@ class DecoderConfig:
       shared_expert_hidden: width of an always-on shared SwiGLU expert (0 = none; Qwen2-MoE);
         shared_expert_gate: multiply it by a sigmoid scalar gate sigmoid(w . x).
       vmoer: VMoER options as sorted (key, value) pairs (`vmoer.VMoERConfig` names).
+      qk_norm_per_head: the q / k RMSNorms act on each head's K features (Qwen3-MoE).
+      attention: "standard" (RoPE, grouped-query) or "mla" (multi-head latent attention,
+        DeepSeek-V2, `mla.py`) with kv_lora_rank, q_lora_rank (0: queries straight from x),
+        qk_nope_head_dim, qk_rope_head_dim (even) and v_head_dim.
+      n_group, topk_group, routed_scaling: DeepSeek-V2 group-limited top-k and gate scale
+        (`moe.top_k_gates`; 1, 1, 1.0: plain top-k).
+      dispatch: how dropless MoE layers compute their experts (`routecal.models.dispatch`):
+        "auto" (by backend), "dense" (all experts), "sparse_blocks" (CPU) or "ragged" (GPU/TPU).
     """
 
     vocab_size: int = 259
@@ -92,6 +101,17 @@ class DecoderConfig:
     shared_expert_hidden: int = 0
     shared_expert_gate: bool = False
     vmoer: tuple[tuple[str, Any], ...] = ()
+    dispatch: str = "auto"
+    qk_norm_per_head: bool = False
+    attention: str = "standard"
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_dim"):
@@ -180,6 +200,20 @@ class DecoderConfig:
                 f"model.router_order: unknown {self.router_order!r}; expected one of "
                 f"{ROUTER_ORDERS}"
             )
+        dispatch.check_dispatch(self.dispatch, "model.dispatch")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(
+                f"model.attention: unknown {self.attention!r}; expected one of {ATTENTIONS}"
+            )
+        if self.attention == "mla":
+            for name in ("kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+                _positive_int(getattr(self, name), name)
+            for name in ("q_lora_rank", "qk_nope_head_dim"):
+                _positive_int(getattr(self, name), name, minimum=0)
+            if self.qk_rope_head_dim % 2:
+                raise ValueError(f"model.qk_rope_head_dim: RoPE needs an even width, got "
+                                 f"{self.qk_rope_head_dim}")
+        _positive_float(self.routed_scaling, "routed_scaling")
         if self.vmoer:
             from routecal.models import vmoer
 
@@ -204,6 +238,8 @@ class DecoderConfig:
     def attention_scale(self) -> float:
         if self.attention_multiplier is not None:
             return float(self.attention_multiplier)
+        if self.attention == "mla":
+            return 1.0 / math.sqrt(self.qk_nope_head_dim + self.qk_rope_head_dim)
         return 1.0 / math.sqrt(self.head_width)
 
     @property

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from routecal.models import dispatch
+
 Array = jax.Array
 EXPERT_TYPES = ("gelu", "swiglu")
 
@@ -57,6 +59,11 @@ class MoEConfig:
       dtype: computation dtype of the experts (the router always runs in float32).
       expert_type: "gelu" (D -> F -> D) or "swiglu" (gate/up/down projections).
       normalize_gates: renormalise the K selected gates to sum to 1 (Mixtral style) if True.
+      n_group, topk_group: group-limited greedy selection (DeepSeek-V2): the E experts form
+        n_group equal groups and each token picks its top K among the topk_group groups of
+        highest max probability (1, 1: plain top-k).
+      routed_scaling: the selected gates are multiplied by it (DeepSeek-V2
+        `routed_scaling_factor`).
     """
 
     d_model: int = 64
@@ -69,6 +76,9 @@ class MoEConfig:
     dtype: Any = jnp.float32
     expert_type: str = "gelu"
     normalize_gates: bool = False
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling: float = 1.0
 
     def __post_init__(self) -> None:
         validate_moe_config(self)
@@ -89,6 +99,18 @@ def validate_moe_config(cfg: Any) -> None:
     cf = getattr(cfg, "capacity_factor", 0.0)
     if not (isinstance(cf, int | float) and math.isfinite(cf)):
         raise ValueError(f"capacity_factor: must be a finite number, got {cf!r}")
+    n_group, topk_group = getattr(cfg, "n_group", 1), getattr(cfg, "topk_group", 1)
+    if not (isinstance(n_group, int) and n_group >= 1 and cfg.n_experts % n_group == 0):
+        raise ValueError(f"n_group: must be a positive divisor of n_experts={cfg.n_experts}, "
+                         f"got {n_group!r}")
+    if not (isinstance(topk_group, int) and 1 <= topk_group <= n_group):
+        raise ValueError(f"topk_group: must lie in [1, n_group={n_group}], got {topk_group!r}")
+    if topk_group * (cfg.n_experts // n_group) < cfg.top_k:
+        raise ValueError(f"topk_group: {topk_group} groups of {cfg.n_experts // n_group} experts "
+                         f"hold fewer than top_k={cfg.top_k}")
+    rs = getattr(cfg, "routed_scaling", 1.0)
+    if not (isinstance(rs, int | float) and math.isfinite(rs) and rs > 0):
+        raise ValueError(f"routed_scaling: must be a finite number > 0, got {rs!r}")
     et = getattr(cfg, "expert_type", "gelu")
     if et not in EXPERT_TYPES:
         raise ValueError(f"expert_type: unknown {et!r}; expected one of {EXPERT_TYPES}")
@@ -122,11 +144,33 @@ class RouterOutput(NamedTuple):
     trace: dict[str, Array]
 
 
-def top_k_gates(probs_BxTxE: Array, top_k: int, *, normalize: bool = False) -> tuple[Array, Array]:
-    """Top-k experts by probability and their gate values: -> experts [B,T,K] int32, gates [B,T,K]."""
+def top_k_gates(
+    probs_BxTxE: Array,
+    top_k: int,
+    *,
+    normalize: bool = False,
+    n_group: int = 1,
+    topk_group: int = 1,
+    scale: float = 1.0,
+) -> tuple[Array, Array]:
+    """Top-k experts by probability and their gate values: -> experts [B,T,K] int32, gates [B,T,K].
+
+    With n_group > 1, DeepSeek-V2's `group_limited_greedy` (DeepSeek-AI 2024, arXiv:2405.04434,
+    sec. 2.1.2 "device-limited routing"; HF `DeepseekV2TopkRouter`): a group's score is its largest
+    probability, the topk_group best groups are kept and the other groups' probabilities set to 0
+    before the top-k. Gates are renormalised to sum to 1 if `normalize`, then times `scale`.
+    """
+    if n_group > 1:
+        b, t, e = probs_BxTxE.shape
+        grouped = probs_BxTxE.reshape(b, t, n_group, e // n_group)
+        _, best_BxTxG = jax.lax.top_k(jnp.max(grouped, axis=-1), topk_group)
+        keep_BxTxG = jnp.sum(jax.nn.one_hot(best_BxTxG, n_group, dtype=jnp.bool_), axis=2) > 0
+        probs_BxTxE = jnp.where(keep_BxTxG[..., None], grouped, 0.0).reshape(b, t, e)
     gates, experts = jax.lax.top_k(probs_BxTxE, top_k)
     if normalize:
         gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
+    if scale != 1.0:
+        gates = gates * scale
     return experts.astype(jnp.int32), gates
 
 
@@ -138,6 +182,9 @@ class TopKRouter(nnx.Module):
         self.n_experts = cfg.n_experts
         self.top_k = cfg.top_k
         self.normalize_gates = bool(getattr(cfg, "normalize_gates", False))
+        self.n_group = int(getattr(cfg, "n_group", 1))
+        self.topk_group = int(getattr(cfg, "topk_group", 1))
+        self.routed_scaling = float(getattr(cfg, "routed_scaling", 1.0))
         self.proj = nnx.Linear(
             cfg.d_model,
             cfg.n_experts,
@@ -156,7 +203,14 @@ class TopKRouter(nnx.Module):
         del train
         logits = self.logits(x_BxTxD)
         probs = jax.nn.softmax(logits, axis=-1)
-        experts, gates = top_k_gates(probs, self.top_k, normalize=self.normalize_gates)
+        experts, gates = top_k_gates(
+            probs,
+            self.top_k,
+            normalize=self.normalize_gates,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            scale=self.routed_scaling,
+        )
         return RouterOutput(logits, probs, experts, gates, {}, {})
 
 
@@ -226,6 +280,15 @@ class Experts(nnx.Module):
         else:
             self.b_in_ExF = nnx.Param(jnp.zeros((e, f), jnp.float32))
         self.w_out_ExFxD = nnx.Param(init(rngs.params(), (e, f, d), jnp.float32))
+
+    def weights(self) -> dispatch.ExpertWeights:
+        """The stacked expert weights in the compute dtype (for `dispatch`'s grouped matmuls)."""
+        dt = self.dtype
+        gate = self.w_gate_ExDxF[...].astype(dt) if self.expert_type == "swiglu" else None
+        bias = None if self.expert_type == "swiglu" else self.b_in_ExF[...].astype(dt)
+        return dispatch.ExpertWeights(
+            self.w_in_ExDxF[...].astype(dt), self.w_out_ExFxD[...].astype(dt), gate, bias
+        )
 
     def __call__(self, x_BxExCxD: Array) -> Array:
         dt = self.dtype

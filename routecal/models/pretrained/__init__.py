@@ -1,4 +1,4 @@
-"""Import pretrained Hugging Face MoE language models (OLMoE, Qwen2-MoE, Granite-MoE) into routecal.
+"""Import pretrained Hugging Face MoE LMs (OLMoE, Qwen2/3-MoE, Granite, Mixtral, DeepSeek).
 
     import routecal as rc
     model, info = rc.pretrained.load_hf("/ckpt/OLMoE-1B-7B-0924", dtype="bfloat16", mesh=mesh)

@@ -21,7 +21,15 @@ per-expert / fused-legacy layout below, which is also what the published checkpo
   `logits_scaling`; router top-k on the logits, then softmax over the k selected logits; experts
   stored fused: `input_linear` [E, 2F, D] (gate rows first, then up), `output_linear` [E, D, F].
 
-All three: pre-norm RMSNorm, RoPE in the rotate-half layout with `rope_theta` (no rope scaling),
+* Mixtral (`MixtralForCausalLM`): softmax top-2 renormalised; experts `block_sparse_moe.experts.
+  {j}.w1` (gate), `w3` (up), `w2` (down). Qwen3-MoE: Qwen2-MoE's layer rule, no shared expert,
+  q/k RMSNorm per head (`head_dim` features), `num_experts` (or `num_local_experts`).
+* DeepSeek-MoE v1 (`deepseek`, remote code) and DeepSeek-V2 (`deepseek_v2`): softmax top-k
+  (greedy or group-limited), gates times `routed_scaling_factor` (V2), `n_shared_experts` ungated
+  shared experts; layer i is MoE iff i >= `first_k_dense_replace` and i % `moe_layer_freq` == 0;
+  V2 uses multi-head latent attention (`routecal.models.mla`).
+
+All: pre-norm RMSNorm, RoPE in the rotate-half layout with `rope_theta` (no rope scaling),
 SwiGLU experts with SiLU, untied output head unless `tie_word_embeddings`.
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 from routecal.models.pretrained.sources import Source
@@ -70,6 +79,31 @@ GRANITE_MOE_TENSORS = (
      "half1_T"),
     ("layers.{i}.mlp.experts.w_out_ExFxD",
      "model.layers.{i}.block_sparse_moe.output_linear.weight", "T"),
+)
+MIXTRAL_TENSORS = (
+    ("layers.{i}.mlp.router.proj.kernel", "model.layers.{i}.block_sparse_moe.gate.weight", "T"),
+    ("layers.{i}.mlp.experts.w_gate_ExDxF", "model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight",
+     "stack_T"),
+    ("layers.{i}.mlp.experts.w_in_ExDxF", "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight",
+     "stack_T"),
+    ("layers.{i}.mlp.experts.w_out_ExFxD", "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight",
+     "stack_T"),
+)
+# DeepSeek: ungated shared experts, stored as one SwiGLU of width n_shared_experts * F.
+DEEPSEEK_SHARED_TENSORS = (
+    ("layers.{i}.mlp.shared_expert.{p}_proj.kernel",
+     "model.layers.{i}.mlp.shared_experts.{p}_proj.weight", "T"),
+)
+# Multi-head latent attention (`routecal.models.mla`); q_proj and o_proj come from COMMON_TENSORS.
+MLA_TENSORS = (
+    ("layers.{i}.attn.q_a_proj.kernel", "model.layers.{i}.self_attn.q_a_proj.weight", "T"),
+    ("layers.{i}.attn.q_a_norm.scale", "model.layers.{i}.self_attn.q_a_layernorm.weight", "copy"),
+    ("layers.{i}.attn.q_b_proj.kernel", "model.layers.{i}.self_attn.q_b_proj.weight", "T"),
+    ("layers.{i}.attn.kv_a_proj.kernel", "model.layers.{i}.self_attn.kv_a_proj_with_mqa.weight",
+     "T"),
+    ("layers.{i}.attn.kv_a_norm.scale", "model.layers.{i}.self_attn.kv_a_layernorm.weight",
+     "copy"),
+    ("layers.{i}.attn.kv_b_proj.kernel", "model.layers.{i}.self_attn.kv_b_proj.weight", "T"),
 )
 # Checkpoint tensors that carry no parameter (old checkpoints saved RoPE's inverse frequencies).
 IGNORED_TENSORS = (r".*\.rotary_emb\.inv_freq",)
@@ -120,6 +154,8 @@ class Family:
         after `COMMON_TENSORS`.
       tensor_dtypes: the float safetensors dtypes a weight may be stored in (cast to the load
         dtype); any other (an int32 or bool tensor where a weight belongs) is refused, never cast.
+      derived: config.json dict -> DecoderConfig fields computed from several keys (DeepSeek's
+        dense layers, shared width and top-k method), or None.
     """
 
     model_type: str
@@ -131,6 +167,7 @@ class Family:
     unsupported: tuple[tuple[str, Any], ...]
     tensors: tuple[tuple[str, str, str], ...]
     tensor_dtypes: tuple[str, ...] = ("BF16", "F16", "F32", "F64")
+    derived: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def decoder_kwargs(self, hf: dict[str, Any]) -> dict[str, Any]:
         """DecoderConfig keyword arguments from a `config.json` dict (ValueError naming the key)."""
@@ -145,18 +182,22 @@ class Family:
             raise ValueError(f"config.json: hidden_act={hf['hidden_act']!r} is not supported "
                              "(only 'silu', the SwiGLU experts)")
         out: dict[str, Any] = {}
-        for field, key in (*COMMON_KEYS, *self.keys):
-            if key in hf and hf[key] is not None:
-                out[field] = hf[key]
-            elif key in defaults:
-                out[field] = defaults[key]
+        for field, keys in (*COMMON_KEYS, *self.keys):
+            names = keys.split("|")  # alternative spellings, the first one present wins
+            present = [k for k in names if hf.get(k) is not None]
+            if present:
+                out[field] = hf[present[0]]
+            elif names[0] in defaults:
+                out[field] = defaults[names[0]]
             else:
-                raise ValueError(f"config.json: required key {key!r} is missing")
+                raise ValueError(f"config.json: required key {names[0]!r} is missing")
         if out.get("n_kv_heads") is None:
             out["n_kv_heads"] = out["n_heads"]
         if "dense_layers" in out:
             out["dense_layers"] = tuple(int(i) for i in out["dense_layers"] or ())
         out["rope_theta"] = rope_theta(hf)
+        if self.derived is not None:
+            out.update(self.derived(hf))
         return {**out, **dict(COMMON_FIXED), **dict(self.fixed)}
 
     def sources(self, paths: list[str], n_experts: int) -> dict[str, Source]:
@@ -258,8 +299,94 @@ FAMILIES: dict[str, Family] = {
         tensors=GRANITE_MOE_TENSORS,
     ),
 }
-# DeepSeek (V2 / V2-Lite: multi-head latent attention; DeepSeekMoE 16B: remote code with ungated
-# shared experts and a dense first layer) is not imported: see the README.
+
+
+def deepseek_moe(hf: dict[str, Any]) -> dict[str, Any]:
+    """DeepSeek's MoE layout (remote `modeling_deepseek.py`): layer i is MoE iff
+    i >= first_k_dense_replace and i % moe_layer_freq == 0; the n_shared_experts shared experts are
+    one ungated SwiGLU of width n_shared_experts * moe_intermediate_size; `topk_method` "greedy"
+    or "group_limited_greedy" (n_group, topk_group)."""
+    n, first = hf["num_hidden_layers"], hf.get("first_k_dense_replace") or 0
+    freq = hf.get("moe_layer_freq") or 1
+    out: dict[str, Any] = {
+        "dense_layers": tuple(i for i in range(n) if not (i >= first and i % freq == 0)),
+        "shared_expert_hidden": hf["moe_intermediate_size"] * (hf.get("n_shared_experts") or 0),
+    }
+    method = hf.get("topk_method") or "greedy"
+    if method == "group_limited_greedy":
+        out.update(n_group=int(hf["n_group"]), topk_group=int(hf["topk_group"]))
+    elif method != "greedy":
+        raise ValueError(f"config.json: topk_method={method!r} is not supported (only 'greedy' "
+                         "and 'group_limited_greedy')")
+    return out
+
+
+DEEPSEEK_KEYS = (
+    ("mlp_dim", "intermediate_size"),
+    ("moe_hidden", "moe_intermediate_size"),
+    ("n_experts", "n_routed_experts"),
+)
+DEEPSEEK_UNSUPPORTED = (("scoring_func", "softmax"), ("attention_bias", False), ("mlp_bias", False))
+FAMILIES.update({
+    "mixtral": Family(
+        model_type="mixtral",
+        architecture="MixtralForCausalLM",
+        example="mistralai/Mixtral-8x7B-v0.1",
+        keys=(("mlp_dim", "intermediate_size"), ("moe_hidden", "intermediate_size"),
+              ("n_experts", "num_local_experts")),
+        defaults=(),
+        fixed=(("router_order", "topk_softmax"),),
+        unsupported=(("sliding_window", None),),
+        tensors=MIXTRAL_TENSORS,
+    ),
+    "qwen3_moe": Family(
+        model_type="qwen3_moe",
+        architecture="Qwen3MoeForCausalLM",
+        example="Qwen/Qwen3-30B-A3B",
+        keys=(
+            ("mlp_dim", "intermediate_size"),
+            ("moe_hidden", "moe_intermediate_size"),
+            ("n_experts", "num_experts|num_local_experts"),
+            ("moe_every", "decoder_sparse_step"),
+            ("dense_layers", "mlp_only_layers"),
+            *ATTENTION_BIAS_KEYS,
+        ),
+        defaults=(("decoder_sparse_step", 1), ("mlp_only_layers", ())),
+        fixed=(("qk_norm", True), ("qk_norm_per_head", True), ("router_order", "softmax_topk")),
+        unsupported=(("use_sliding_window", False),),
+        tensors=PER_EXPERT_MOE_TENSORS,
+    ),
+    "deepseek": Family(
+        model_type="deepseek",
+        architecture="DeepseekForCausalLM",
+        example="deepseek-ai/deepseek-moe-16b-base",
+        keys=DEEPSEEK_KEYS,
+        defaults=(),
+        fixed=(("router_order", "softmax_topk"),),
+        unsupported=(*DEEPSEEK_UNSUPPORTED, ("topk_method", "greedy")),
+        tensors=PER_EXPERT_MOE_TENSORS + DEEPSEEK_SHARED_TENSORS,
+        derived=deepseek_moe,
+    ),
+    "deepseek_v2": Family(
+        model_type="deepseek_v2",
+        architecture="DeepseekV2ForCausalLM",
+        example="deepseek-ai/DeepSeek-V2-Lite",
+        keys=(
+            *DEEPSEEK_KEYS,
+            ("kv_lora_rank", "kv_lora_rank"),
+            ("q_lora_rank", "q_lora_rank"),
+            ("qk_nope_head_dim", "qk_nope_head_dim"),
+            ("qk_rope_head_dim", "qk_rope_head_dim"),
+            ("v_head_dim", "v_head_dim"),
+            ("routed_scaling", "routed_scaling_factor"),
+        ),
+        defaults=(("q_lora_rank", 0), ("routed_scaling_factor", 1.0)),
+        fixed=(("router_order", "softmax_topk"), ("attention", "mla")),
+        unsupported=DEEPSEEK_UNSUPPORTED,
+        tensors=PER_EXPERT_MOE_TENSORS + DEEPSEEK_SHARED_TENSORS + MLA_TENSORS,
+        derived=deepseek_moe,
+    ),
+})
 
 
 def family_for(hf: dict[str, Any]) -> Family:

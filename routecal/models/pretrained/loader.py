@@ -141,7 +141,7 @@ def load_hf(
     overrides: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> tuple[Decoder, ImportInfo]:
-    """Imports a Hugging Face MoE checkpoint (OLMoE, Qwen2-MoE, Granite-MoE) as a routecal Decoder.
+    """Imports a Hugging Face MoE checkpoint (any family of `families.FAMILIES`) as a routecal Decoder.
 
     Args:
       checkpoint_dir: directory with config.json, model.safetensors or its shards (with or without

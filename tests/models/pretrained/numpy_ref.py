@@ -1,7 +1,10 @@
-"""A numpy forward pass of the three HF MoE families, straight from the checkpoint tensors.
+"""A numpy forward pass of the HF MoE families (not DeepSeek-V2's MLA), from checkpoint tensors.
 
 Written from the PyTorch reference code (transformers 5.x `modeling_olmoe.py`,
-`modeling_qwen2_moe.py`, `modeling_granitemoe.py`), on the checkpoint's own names and [out, in]
+`modeling_qwen2_moe.py`, `modeling_granitemoe.py`, `modeling_mixtral.py`, `modeling_qwen3_moe.py`;
+DeepSeek-MoE v1: the remote `modeling_deepseek.py` of deepseek-ai/deepseek-moe-16b-base, whose
+`DeepseekMoE` adds the ungated `shared_experts` MLP to the softmax-greedy top-k experts and whose
+layer i is MoE iff i >= first_k_dense_replace and i % moe_layer_freq == 0), on the checkpoint's own names and [out, in]
 layouts, sharing nothing with routecal's loader: an independent reference the CI can run without
 torch. float64 throughout.
 """
@@ -38,7 +41,7 @@ def forward(cfg: dict, t: dict, ids: np.ndarray) -> tuple[np.ndarray, list[np.nd
     mt, eps = cfg["model_type"], cfg["rms_norm_eps"]
     d, h = cfg["hidden_size"], cfg["num_attention_heads"]
     g = cfg.get("num_key_value_heads") or h
-    k = d // h
+    k = cfg.get("head_dim") or d // h
     top = cfg["num_experts_per_tok"]
     emb_mult = cfg.get("embedding_multiplier", 1.0)
     res_mult = cfg.get("residual_multiplier", 1.0)
@@ -58,8 +61,12 @@ def forward(cfg: dict, t: dict, ids: np.ndarray) -> tuple[np.ndarray, list[np.nd
         if mt == "olmoe":  # RMSNorm over the whole projection, before the heads are split
             q = _rms(q, t[p + "self_attn.q_norm.weight"], eps)
             kk = _rms(kk, t[p + "self_attn.k_norm.weight"], eps)
-        q = _rope(q.reshape(n, h, k), cfg["rope_theta"])
-        kk = np.repeat(_rope(kk.reshape(n, g, k), cfg["rope_theta"]), h // g, axis=1)
+        q, kk = q.reshape(n, h, k), kk.reshape(n, g, k)
+        if mt == "qwen3_moe":  # Qwen3: RMSNorm over each head's features
+            q = _rms(q, t[p + "self_attn.q_norm.weight"], eps)
+            kk = _rms(kk, t[p + "self_attn.k_norm.weight"], eps)
+        q = _rope(q, cfg["rope_theta"])
+        kk = np.repeat(_rope(kk, cfg["rope_theta"]), h // g, axis=1)
         v = np.repeat(v.reshape(n, g, k), h // g, axis=1)
         s = np.einsum("thk,shk->hts", q, kk) * scale
         s = np.where(np.tril(np.ones((n, n), bool))[None], s, -np.inf)
@@ -82,6 +89,17 @@ def forward(cfg: dict, t: dict, ids: np.ndarray) -> tuple[np.ndarray, list[np.nd
             def expert(e, y, win=win, wout=wout, f=f):
                 hh = y @ win[e].T
                 return (_silu(hh[..., :f]) * hh[..., f:]) @ wout[e].T
+        elif mt == "mixtral":  # softmax over all experts, top-k, renormalised; w1 gate, w3 up
+            pm = p + "block_sparse_moe."
+            logits = m @ t[pm + "gate.weight"].T
+            sel = np.argsort(-logits, axis=-1)[:, :top]
+            zl = np.take_along_axis(logits, sel, -1)
+            gates = np.exp(zl - zl.max(-1, keepdims=True))
+            gates /= gates.sum(-1, keepdims=True)
+
+            def expert(e, y, pm=pm):
+                pe = pm + f"experts.{e}."
+                return _swiglu(y, t[pe + "w1.weight"], t[pe + "w3.weight"], t[pe + "w2.weight"])
         elif p + "mlp.gate.weight" not in t:  # a dense layer (Qwen's mlp_only_layers)
             x = x + res_mult * _swiglu(m, t[p + "mlp.gate_proj.weight"],
                                        t[p + "mlp.up_proj.weight"], t[p + "mlp.down_proj.weight"])
@@ -109,6 +127,10 @@ def forward(cfg: dict, t: dict, ids: np.ndarray) -> tuple[np.ndarray, list[np.nd
             y += sg * _swiglu(m, t[p + "mlp.shared_expert.gate_proj.weight"],
                               t[p + "mlp.shared_expert.up_proj.weight"],
                               t[p + "mlp.shared_expert.down_proj.weight"])
+        if p + "mlp.shared_experts.gate_proj.weight" in t:  # DeepSeek: ungated, always on
+            y += _swiglu(m, t[p + "mlp.shared_experts.gate_proj.weight"],
+                         t[p + "mlp.shared_experts.up_proj.weight"],
+                         t[p + "mlp.shared_experts.down_proj.weight"])
         x = x + res_mult * y
     x = _rms(x, t["model.norm.weight"], eps)
     head = t.get("lm_head.weight", t["model.embed_tokens.weight"])

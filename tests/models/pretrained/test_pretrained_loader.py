@@ -259,6 +259,9 @@ def test_qwen_mlp_only_layers_become_dense(checkpoint):
     ("olmoe", {}),
     ("qwen2_moe", {"mlp_only_layers": [1], "norm_topk_prob": True}),
     ("granitemoe", {"tie_word_embeddings": True}),
+    ("mixtral", {}),
+    ("qwen3_moe", {"mlp_only_layers": [1], "norm_topk_prob": False}),
+    ("deepseek", {"norm_topk_prob": True}),
 ])
 def test_logits_match_a_numpy_reference(checkpoint, model_type, extra):
     """CI parity without torch: an independent numpy forward pass on the checkpoint tensors."""

@@ -34,6 +34,18 @@ def hf_config(model_type: str, **extra) -> dict:
     elif model_type == "granitemoe":
         base.update(intermediate_size=F, num_local_experts=E, embedding_multiplier=4.0,
                     residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0)
+    elif model_type == "mixtral":
+        base.update(intermediate_size=F, num_local_experts=E, sliding_window=None)
+    elif model_type == "qwen3_moe":
+        base.update(intermediate_size=DENSE_F, moe_intermediate_size=F, num_experts=E,
+                    decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True, head_dim=6)
+    elif model_type in ("deepseek", "deepseek_v2"):
+        base.update(intermediate_size=DENSE_F, moe_intermediate_size=F, n_routed_experts=E,
+                    n_shared_experts=2, first_k_dense_replace=1, moe_layer_freq=1,
+                    norm_topk_prob=False, num_hidden_layers=3, num_key_value_heads=H)
+        if model_type == "deepseek_v2":
+            base.update(kv_lora_rank=6, q_lora_rank=5, qk_rope_head_dim=4, qk_nope_head_dim=3,
+                        v_head_dim=5, routed_scaling_factor=1.5, topk_method="greedy")
     base.update(extra)
     return base
 
@@ -57,14 +69,40 @@ def hf_tensors(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = ones_ish(D)
         t[p + "post_attention_layernorm.weight"] = ones_ish(D)
-        for name, n_out in (("q", H * K), ("k", G * K), ("v", G * K)):
-            t[p + f"self_attn.{name}_proj.weight"] = w(n_out, D)
-            if mt == "qwen2_moe":
-                t[p + f"self_attn.{name}_proj.bias"] = w(n_out)
-        t[p + "self_attn.o_proj.weight"] = w(D, H * K)
+        kh = cfg.get("head_dim") or K
+        g = cfg["num_key_value_heads"]
+        if mt == "deepseek_v2":  # multi-head latent attention: [out, in] like every Linear
+            qk = cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
+            c, r, q = cfg["kv_lora_rank"], cfg["qk_rope_head_dim"], cfg["q_lora_rank"]
+            t[p + "self_attn.q_a_proj.weight"] = w(q, D)
+            t[p + "self_attn.q_a_layernorm.weight"] = ones_ish(q)
+            t[p + "self_attn.q_b_proj.weight"] = w(H * qk, q)
+            t[p + "self_attn.kv_a_proj_with_mqa.weight"] = w(c + r, D)
+            t[p + "self_attn.kv_a_layernorm.weight"] = ones_ish(c)
+            t[p + "self_attn.kv_b_proj.weight"] = w(H * (cfg["qk_nope_head_dim"] +
+                                                         cfg["v_head_dim"]), c)
+            t[p + "self_attn.o_proj.weight"] = w(D, H * cfg["v_head_dim"])
+        else:
+            for name, n_out in (("q", H * kh), ("k", g * kh), ("v", g * kh)):
+                t[p + f"self_attn.{name}_proj.weight"] = w(n_out, D)
+                if mt == "qwen2_moe":
+                    t[p + f"self_attn.{name}_proj.bias"] = w(n_out)
+            t[p + "self_attn.o_proj.weight"] = w(D, H * kh)
         if mt == "olmoe":
             t[p + "self_attn.q_norm.weight"] = ones_ish(H * K)
             t[p + "self_attn.k_norm.weight"] = ones_ish(G * K)
+        if mt == "qwen3_moe":  # per-head norms
+            t[p + "self_attn.q_norm.weight"] = ones_ish(kh)
+            t[p + "self_attn.k_norm.weight"] = ones_ish(kh)
+        if mt == "mixtral":
+            t[p + "block_sparse_moe.gate.weight"] = w(E, D)
+            for j in range(E):
+                t[p + f"block_sparse_moe.experts.{j}.w1.weight"] = w(F, D)
+                t[p + f"block_sparse_moe.experts.{j}.w3.weight"] = w(F, D)
+                t[p + f"block_sparse_moe.experts.{j}.w2.weight"] = w(D, F)
+            continue
+        if mt.startswith("deepseek") and i < cfg["first_k_dense_replace"]:
+            dense.add(i)
         if mt == "granitemoe":
             t[p + "block_sparse_moe.router.layer.weight"] = w(E, D)
             t[p + "block_sparse_moe.input_linear.weight"] = w(E, 2 * F, D)
@@ -85,6 +123,10 @@ def hf_tensors(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
                                 ("down", (D, SHARED_F))):
                 t[p + f"mlp.shared_expert.{name}_proj.weight"] = w(*shape)
             t[p + "mlp.shared_expert_gate.weight"] = w(1, D)
+        if mt.startswith("deepseek"):  # ungated shared experts, one MLP of n_shared * F
+            sf = F * cfg["n_shared_experts"]
+            for name, shape in (("gate", (sf, D)), ("up", (sf, D)), ("down", (D, sf))):
+                t[p + f"mlp.shared_experts.{name}_proj.weight"] = w(*shape)
     return t
 
 
