@@ -68,7 +68,7 @@ def fingerprints(paths: Mapping[str, str | pathlib.Path]) -> dict[str, Any]:
     from routecal.files import shards
 
     return {sp: shards.ShardedColumns(p).fingerprint for sp, p in paths.items()
-            if shards.is_sharded(p)}
+            if (pathlib.Path(p) / "index.json").is_file()}
 
 
 def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path, *,
