@@ -25,9 +25,9 @@ from typing import Any
 # Keys skipped at any depth: timing, host and version fields.
 IGNORED = frozenset({
     # timing
-    "seconds", "time_s", "train_time_s", "train_seconds", "wall_seconds", "stage_seconds",
-    "compare_seconds", "sweep_seconds", "seconds_compare", "seconds_sweep", "wall_s", "cpu_s",
-    "runs_wall_s", "runs_cpu_s",
+    "seconds", "time_s", "train_time_s", "train_seconds", "predict_seconds", "wall_seconds",
+    "stage_seconds", "compare_seconds", "sweep_seconds", "seconds_compare", "seconds_sweep",
+    "wall_s", "cpu_s", "runs_wall_s", "runs_cpu_s",
     # host and versions
     "versions", "devices", "jax_backend", "peak_rss_mb", "config_dir",
 })  # fmt: skip
