@@ -31,6 +31,7 @@ no real checkpoint could be downloaded where this was written: no paper-scale nu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import time
@@ -69,7 +70,8 @@ def load_split(spec: str, domain: str, n_options: int | None, limit: int) -> mcq
     q = [x for p in parts for x in p.questions][: limit or None]
     o = [x for p in parts for x in p.options][: limit or None]
     a = np.concatenate([p.answers for p in parts])[: limit or None]
-    return mcqa_data.make_mcqa(q, o, a, name=spec, domain=domain)
+    ds = mcqa_data.make_mcqa(q, o, a, name=spec, domain=domain)
+    return dataclasses.replace(ds, n_dropped=sum(p.n_dropped for p in parts))  # other K: counted
 
 
 def encode(ds: mcqa_data.MCQA, tokenizer: Any, max_len: int) -> dict[str, np.ndarray]:
@@ -246,9 +248,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = load_split(args.train, "train", None, args.max_questions)
     k = train.n_options
     data = {"train": encode(train, tok, args.max_len)}
+    dropped = {"train": train.n_dropped}  # items with another option count than train's K
     for dom, spec in (("in", args.test), ("near", args.near), ("far", args.far)):
         if spec:
-            data[dom] = encode(load_split(spec, dom, k, args.max_questions), tok, args.max_len)
+            ds = load_split(spec, dom, k, args.max_questions)
+            data[dom], dropped[dom] = encode(ds, tok, args.max_len), ds.n_dropped
     letters = letter_ids(tok, k)
     cfg = decoder_config(read_config(args.checkpoint))
     shape = flops.LayerShape("checkpoint", cfg.d_model, cfg.n_experts, cfg.top_k,
@@ -264,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = vmoer_lm_eval.to_markdown(table, names)
     workdir_io.write_text(out / "table.md", md + "\n")
     workdir_io.write_text(out / "results.json", json.dumps(
-        {"args": vars(args), "per_run": per_run, "table": table}, indent=1, default=float))
+        {"args": vars(args), "per_run": per_run, "table": table, "n_options": k,
+         "n_dropped_items": dropped}, indent=1, default=float))
     print(md)
     return {"per_run": per_run, "table": table, "markdown": md}
 

@@ -261,6 +261,8 @@ def read_index(index_path: pathlib.Path) -> dict[str, Any]:
     if not isinstance(cols, dict):
         raise bad(f"has columns = {type(cols).__name__}; expected {{name: {{dtype, shape}}}}")
     for k, spec in cols.items():
+        if pathlib.PurePath(k).name != k or k.startswith("."):
+            raise bad(f"names a column {k!r} that is not a plain file name")
         shape = spec.get("shape") if isinstance(spec, dict) else None
         if not isinstance(shape, list) or not all(_is_count(x) for x in shape):
             raise bad(f"column {k!r}: spec {spec!r} needs a dtype and a shape list")

@@ -149,6 +149,7 @@ def test_index_with_bom_names_file(tmp_path):
     (lambda i: {**i, "format": "other"}, "has format 'other'"),
     (lambda i: {**i, "shards": [{"name": "../x", "n": N}]}, "shards that are not a list"),
     (lambda i: {**i, "fingerprint": "run1"}, "expected an object or null"),
+    (lambda i: {**i, "columns": {"../x": {"dtype": "<f4", "shape": []}}}, "not a plain file name"),
 ])
 def test_index_wrong_shape_names_file(tmp_path, edit, match):
     p = _write(tmp_path / "s")

@@ -196,8 +196,14 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
     summary = [s for s in ref["probes"]["domains"]["in"]["summary"] if s["probe"] == "temperature"]
     assert summary[0]["ece"]["mean"] == pytest.approx(stage["rows"][0]["ece"])
 
-    from routecal.training.train import load_trained
+    from routecal.training import checkpoints
+    from routecal.training.train import load_config_json, load_trained
     model, _, dataset = load_trained(w / "runs/full/seed0")
+    # the shards record the run that wrote them (config hash, checkpoint step 12, split)
+    step = checkpoints.manager(w / "runs/full/seed0").latest_step()
+    fp = predictions.load(w / "runs/full/seed0/predictions/tokens/calib").fingerprint
+    assert step == 12 and fp == {**token_predict.run_fingerprint(
+        load_config_json(w / "runs/full/seed0"), step), "split": "calib"}
     calib = lm_stages.load_tokens(w / "runs/full/seed0/predictions/tokens/calib", "calib")
     idx = tokens.thin_sequences(calib["seq_id"], 600, seed=0)
     z, y = _brute_logits(model, np.asarray(dataset.split("calib").ids), calib["seq_id"][idx],

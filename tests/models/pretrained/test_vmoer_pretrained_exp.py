@@ -61,6 +61,9 @@ def test_experiment_runs_end_to_end(checkpoint, tmp_path):
     assert rows["mfvr"]["flops_infer_pct"] > 0.0 and "ood_auroc_near_mi" in rows["mfvr"]
     assert (tmp_path / "w" / "mfvr" / "seed0" / "posterior").is_dir()
     assert "| mfvr |" in (tmp_path / "w" / "table.md").read_text()
+    res = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert res["n_options"] == 4 and res["n_dropped_items"] == dict.fromkeys(
+        ["train", "in", "near", "far"], 0)
     again = exp.main(argv)  # finished cells are kept: same numbers, no recomputation
     assert again["per_run"] == out["per_run"]
     with pytest.raises(ValueError, match="missing.jsonl"):
