@@ -14,7 +14,7 @@ downloads: bring the checkpoint directory (config.json, *.safetensors, tokenizer
         --far medmcqa/dev.json:medmcqa --workdir runs/vmoer_granite \
         --routers det,mfvr,fcvr,vtsr --steps 500 --seeds 0,1,2 [--mesh fsdp=8] [--dtype bfloat16]
 
-Files are PATH:FORMAT, FORMAT one of `routecal.data.mcqa.FORMATS` (openbookqa, arc, sciq, medmcqa;
+Files are PATH:FORMAT, FORMAT one of `routecal.data.mcqa_formats.FORMATS` (openbookqa, arc, sciq, medmcqa;
 JSONL, JSON or parquet as published), or tfds:NAME[:SPLIT] for data prepared with TFDS in
 $TFDS_DATA_DIR (`routecal.data.mcqa_tfds`: ai2_arc/ARC-Easy, ai2_arc/ARC-Challenge, openbookqa),
 e.g. `--near tfds:ai2_arc/ARC-Easy:test,tfds:ai2_arc/ARC-Challenge:test`. Options are scored by the next-token logits of the letters

@@ -277,12 +277,3 @@ def continuation_mcqa(
         options.append(opts)
         answers.append(ans)
     return make_mcqa(questions, options, answers, name=name, domain=domain)
-
-
-def __getattr__(name: str) -> Any:
-    """`mcqa.load_mcqa_file` and `mcqa.FORMATS` still resolve (they live in `mcqa_formats`)."""
-    if name in ("load_mcqa_file", "FORMATS", "read_records"):
-        from routecal.data import mcqa_formats
-
-        return getattr(mcqa_formats, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
