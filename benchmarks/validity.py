@@ -122,7 +122,9 @@ def main() -> None:
         scenarios = validity.ISSUE22_SCENARIOS if args.issue22 else validity.SCENARIOS
         rows = validity.run(args.seed, n_datasets=args.n_datasets,
                             n_permutations=args.n_permutations, scenarios=scenarios,
-                            batch=args.batch, power_datasets=args.power_datasets)
+                            batch=args.batch, power_datasets=args.power_datasets,
+                            on_row=lambda r: print(f"done: {r} ({time.perf_counter() - t0:.0f} s)",
+                                                   file=sys.stderr, flush=True))
         print(validity.format_table(rows), flush=True)
         for r in rows:
             if r.warning:
