@@ -253,3 +253,15 @@ def two_sided_p(z: jax.Array, null: jax.Array) -> jax.Array:
     a = jnp.abs(z)
     hits = jnp.sum(jnp.abs(null) >= (a - _TIE_RTOL * a - 1e-15)[..., None], axis=-1)
     return (1.0 + hits) / (1.0 + null.shape[-1])
+
+
+def floored_p(p: jax.Array, units: jax.Array, n_units: int) -> jax.Array:
+    """max(p, 2^(1 - K)), K the units present: the randomisation test's smallest p.
+
+    The exact sign-flip p-value counts the observed sign pattern and its negation, so it is never
+    below 2^(1 - K); B random flips could fall below it by chance (a few +-1 patterns drawn), and
+    the leverage-corrected scores make the observed Z differ slightly from the identity flip's.
+    """
+    present = jax.ops.segment_sum(jnp.ones_like(units), units, num_segments=n_units) > 0
+    k = jnp.sum(present).astype(jnp.float64)
+    return jnp.maximum(p, 2.0 ** (1.0 - k))

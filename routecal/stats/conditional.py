@@ -30,9 +30,9 @@ based improvements for inference with clustered errors", REStat; Canay, Romano &
    cross-fitted smoother); unit scores U_k: CR2-style leverage-corrected cluster sums of w_i times
    the label residuals (`cluster_inference.studentised`). Z = T / sqrt(sum_k U_k^2).
 4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1; two-sided
-   p = (1 + #{|Z*| >= |Z|}) / (1 + B) (Phipson & Smyth 2010; ties within 1e-10 relative). The
-   exact test's smallest p is 2^(1-K): fewer clusters than reach `alpha` raise a ValueError (or, with
-   `few_clusters="warn"`, a warning in the result).
+   p = max((1 + #{|Z*| >= |Z|}) / (1 + B), 2^(1-K)) (Phipson & Smyth 2010; ties within 1e-10
+   relative; the floor is the exact randomisation test's smallest p). Hence fewer clusters than
+   reach `alpha` raise a ValueError (or, with `few_clusters="warn"`, a warning in the result).
 5. `alternative="omnibus"` (`conditional_omnibus`): a basis of 4 transforms of the routing rank
    and their interactions with the confidence rank, T = max_j |Z_j|, the same signs for all columns.
 
@@ -163,7 +163,7 @@ def conditional_test_core(confidence, correct, routing, units, key, *, n_permuta
     null = lax.map(lambda sd: ci.flip_chunk(sd, wb), seeds)
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
-    return stat, ci.two_sided_p(stat, null), null, slope
+    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null, slope
 
 
 @functools.partial(
@@ -188,7 +188,7 @@ def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutat
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
     null = parallel.replicate(null, mesh)  # readable on every host
-    return stat, ci.two_sided_p(stat, null), null, slope
+    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null, slope
 
 
 # ------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def _rejects(z, w, ref, alpha, alternative):
     hits = jnp.sum(null >= stat * (1 - 1e-10) - 1e-15)
     # exact enumeration counts the identity itself; random references add it, as the test does
     p = hits / null.shape[0] if k <= ENUMERATE_K else (1.0 + hits) / (1.0 + null.shape[0])
-    return p <= alpha
+    return jnp.maximum(p, 2.0 ** (1 - k)) <= alpha  # the test's floor (`floored_p`)
 
 
 @functools.partial(

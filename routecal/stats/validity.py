@@ -120,10 +120,12 @@ def run(
     n: int | None = None,
     batch: int | None = None,
     power_datasets: int | None = None,
+    on_row: Any = None,
 ) -> list[Row]:
     """Runs every scenario; row i uses `fold_in(key, i)` for the data and the tests.
 
-    Rows with a planted effect use `power_datasets` datasets (default `n_datasets`).
+    Rows with a planted effect use `power_datasets` datasets (default `n_datasets`); `on_row` is
+    called with each finished row (progress).
 
     `n` overrides every scenario's size (one shape for all rows: fewer compilations); `batch`
     splits the datasets into vmapped batches of that many (memory), same keys per dataset.
@@ -165,6 +167,8 @@ def run(
         cells = [(counts[t], _ci(counts[t], n_sets)) if t in counts else (-1, nan)
                  for t in TESTS]
         rows.append(Row(sc.name, n_sets, *cells[0], *cells[1], *cells[2], warning))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 

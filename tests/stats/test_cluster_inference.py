@@ -93,3 +93,22 @@ def test_level_with_pareto_clusters():
     res = dg.conditional_test_batch(d.confidence, d.correct, d.routing, key=4, n_permutations=99,
                                     clusters=d.clusters)
     assert np.sum(res.p_value <= 0.05) <= HI
+
+
+@pytest.mark.parametrize("n_levels", [2, 20])
+def test_level_with_tied_levels_of_very_different_counts(n_levels):
+    """c takes 2 or 20 values with counts growing geometrically (x 30 from the rarest to the most
+    common level), P(correct | level) arbitrary, routing tracking c plus noise: still a null."""
+    rng = np.random.default_rng(n_levels)
+    n, n_sets = 1000, N_SETS
+    share = np.geomspace(1, 30, n_levels)
+    counts = np.maximum(np.round(share / share.sum() * n).astype(int), 1)
+    counts[-1] += n - counts.sum()
+    levels = np.linspace(0.3, 0.95, n_levels)
+    acc = rng.uniform(0.2, 0.95, n_levels)
+    c = np.broadcast_to(np.repeat(levels, counts), (n_sets, n))
+    y = (rng.uniform(size=(n_sets, n)) < np.repeat(acc, counts)).astype(float)
+    r = c**2 + 0.1 * rng.normal(size=(n_sets, n))
+    for alternative in ("monotone", "omnibus"):
+        res = dg.conditional_test_batch(c, y, r, key=5, n_permutations=99, alternative=alternative)
+        assert np.sum(res.p_value <= 0.05) <= HI, (n_levels, alternative)
