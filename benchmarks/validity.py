@@ -1,19 +1,99 @@
-"""Level and power of the paper test and the recommended conditional test on the issue-11 nulls.
+"""Level and power of the paper test and the recommended conditional tests (issues 11 and 22).
 
-    python benchmarks/validity.py                       # 200 datasets per row, B = 199 (minutes)
-    python benchmarks/validity.py --n-datasets 400      # tighter intervals
+    python benchmarks/validity.py                       # issue 11 table, 200 datasets, B = 199
+    python benchmarks/validity.py --issue22 --n-datasets 1000 --json routecal/report/validity.json
+    python benchmarks/validity.py --issue22 --kci --mdg --million --n-datasets 1000 \
+        --json routecal/report/validity.json            # everything in RESULTS.md (issue 22)
 
-Prints a markdown table (`routecal.stats.validity`): rejection rates at alpha = 0.05 with
-Clopper-Pearson 99% intervals over the null datasets of each design, and the power on planted
-effects, for `within_bin_permutation_test` (paper) and `conditional_calibration_test`
-(recommended; with the sequence ids in the clustered design).
+Prints markdown tables (`routecal.stats.validity`): rejection rates at alpha = 0.05 with
+Clopper-Pearson 99% intervals over the datasets of each design for `within_bin_permutation_test`
+(paper), `conditional_calibration_test` (recommended, monotone) and its `alternative="omnibus"`.
+`--json` writes the rows (and the command) for the report's verdicts (`report/validity_note.py`).
+`--kci`: the omnibus test beside KCI (causal-learn's `CIT(data, "kci")`; skipped with a message
+when causal-learn is absent; `pip install -e .[bench]`) on the two non-monotone designs, power and
+seconds per test. `--mdg`: `minimum_detectable_gap`'s stated power against the real test's
+rejection rate at K = 5, 10 and 60 clusters. `--million`: one omnibus test at N = 1,000,000.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
+
+import numpy as np
+
+
+def _kci(n_kci: int, n_datasets: int, seed: int) -> None:
+    try:
+        from causallearn.utils.cit import CIT
+    except ImportError:
+        print("KCI: skipped (causal-learn not installed; pip install causal-learn)")
+        return
+    import jax
+
+    from routecal.stats import diagnostics, simulation
+
+    print("\n| design (N = 2000) | omnibus power [99% CI] | KCI power [99% CI] | omnibus s/test "
+          "| KCI s/test |\n| --- | --- | --- | --- | --- |")
+    from routecal.stats.validity import _ci
+
+    for name, effect in (("vshape", 0.1), ("signflip", 0.08)):
+        d = simulation.design(jax.random.key(seed + 100), name, 2000, n_datasets=n_datasets,
+                              effect=effect)
+        res = diagnostics.conditional_test_batch(d.confidence, d.correct, d.routing, key=seed,
+                                                 n_permutations=999, alternative="omnibus")
+        k_omni = int(np.sum(res.p_value <= 0.05))
+        args = (d.confidence[0], d.correct[0], d.routing[0])
+        diagnostics.conditional_calibration_test(*args, key=0, n_permutations=999,
+                                                 alternative="omnibus")  # compile
+        t0 = time.perf_counter()
+        for i in range(3):
+            diagnostics.conditional_calibration_test(
+                d.confidence[i], d.correct[i], d.routing[i], key=i, n_permutations=999,
+                alternative="omnibus")
+        t_omni = (time.perf_counter() - t0) / 3
+        hits, t0 = 0, time.perf_counter()
+        for i in range(n_kci):
+            data = np.c_[d.correct[i], d.routing[i], d.confidence[i]]
+            hits += CIT(data, "kci")(0, 1, [2]) <= 0.05
+        t_kci = (time.perf_counter() - t0) / n_kci
+        co, ck = _ci(k_omni, n_datasets), _ci(int(hits), n_kci)
+        print(f"| {name} (effect {effect}) | {k_omni / n_datasets:.3f} [{co[0]:.3f}, {co[1]:.3f}] "
+              f"({n_datasets} datasets, B = 999) | {hits / n_kci:.3f} [{ck[0]:.3f}, {ck[1]:.3f}] "
+              f"({n_kci} datasets) | {t_omni:.3f} | {t_kci:.1f} |", flush=True)
+
+
+def _mdg(n_datasets: int, seed: int) -> None:
+    from routecal.stats import validity
+
+    print("\n| clusters K (N = 3000) | planted gap | stated power [99% CI] | measured rate of the "
+          "test [99% CI] | datasets |\n| --- | --- | --- | --- | --- |")
+    for k in (5, 10, 60):
+        r = validity.power_check(seed + k, k, n_datasets=n_datasets)
+        print(f"| {r.n_clusters} | {r.gap:.3f} | {r.stated:.3f} [{r.stated_ci[0]:.3f}, "
+              f"{r.stated_ci[1]:.3f}] | {r.measured:.3f} [{r.measured_ci[0]:.3f}, "
+              f"{r.measured_ci[1]:.3f}] | {r.n_datasets} |", flush=True)
+
+
+def _million(seed: int) -> None:
+    import jax
+
+    from routecal.stats import diagnostics, simulation
+
+    n = 1_000_000
+    d = simulation.design(jax.random.key(seed), "sign", n, effect=0.01)
+    clusters = np.arange(n) // 100  # 10,000 sequences of 100 tokens
+    for label, cl in (("10,000 clusters of 100", clusters), ("every token a unit", None)):
+        t0 = time.perf_counter()
+        res = diagnostics.conditional_calibration_test(
+            d.confidence[0], d.correct[0], d.routing[0], key=seed, clusters=cl,
+            n_permutations=999, alternative="omnibus")
+        print(f"omnibus test, N = 1,000,000 ({label}), B = 999: statistic {res.statistic:.2f}, "
+              f"p {res.p_value:.4f}, wall {time.perf_counter() - t0:.1f} s (incl. compile)",
+              flush=True)
 
 
 def main() -> None:
@@ -21,13 +101,46 @@ def main() -> None:
     ap.add_argument("--n-datasets", type=int, default=200)
     ap.add_argument("--n-permutations", type=int, default=199)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=250, help="datasets per vmapped batch")
+    ap.add_argument("--power-datasets", type=int, default=None, help="datasets per power row")
+    ap.add_argument("--issue22", action="store_true", help="the issue-22 rows instead of issue 11")
+    ap.add_argument("--json", default=None, help="write the rows here (the report cites them)")
+    ap.add_argument("--kci", action="store_true")
+    ap.add_argument("--kci-datasets", type=int, default=30)
+    ap.add_argument("--kci-omnibus-datasets", type=int, default=200)
+    ap.add_argument("--mdg", action="store_true")
+    ap.add_argument("--mdg-datasets", type=int, default=200)
+    ap.add_argument("--million", action="store_true")
+    ap.add_argument("--skip-table", action="store_true")
     args = ap.parse_args()
     from routecal.stats import validity
 
-    print(f"load average before: {os.getloadavg()}")
+    command = "python benchmarks/validity.py " + " ".join(sys.argv[1:])
+    print(f"`{command}`; load average before: {os.getloadavg()}", flush=True)
     t0 = time.perf_counter()
-    rows = validity.run(args.seed, n_datasets=args.n_datasets, n_permutations=args.n_permutations)
-    print(validity.format_table(rows))
+    if not args.skip_table:
+        scenarios = validity.ISSUE22_SCENARIOS if args.issue22 else validity.SCENARIOS
+        rows = validity.run(args.seed, n_datasets=args.n_datasets,
+                            n_permutations=args.n_permutations, scenarios=scenarios,
+                            batch=args.batch, power_datasets=args.power_datasets,
+                            on_row=lambda r: print(f"done: {r} ({time.perf_counter() - t0:.0f} s)",
+                                                   file=sys.stderr, flush=True))
+        print(validity.format_table(rows), flush=True)
+        for r in rows:
+            if r.warning:
+                print(f"{r.name}: {r.warning}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"command": command, "n_permutations": args.n_permutations,
+                           "rows": validity.to_json(rows)}, f, indent=1)
+            print(f"wrote {args.json}")
+        print(f"table wall {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.mdg:
+        _mdg(args.mdg_datasets, args.seed)
+    if args.million:
+        _million(args.seed)
+    if args.kci:
+        _kci(args.kci_datasets, args.kci_omnibus_datasets, args.seed)
     print(f"wall {time.perf_counter() - t0:.0f} s; load average after: {os.getloadavg()}")
 
 

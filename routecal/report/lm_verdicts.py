@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal.report.validity_note import paper_test_caveat
 from routecal.stats import seeds
 
 RULE_SENTENCE = seeds.RULE[0].upper() + seeds.RULE[1:]
@@ -17,6 +18,7 @@ CONTROLS = {
     "power curve at the smallest planted gap with alpha)",
     "recommended": "control: the null of the recommended test with whole clusters (documents or "
     "packed rows, diagnostics.cluster_unit) flipped together",
+    "omnibus": "control: the omnibus test's null (the same sign flips of whole clusters)",
 }
 
 
@@ -78,6 +80,8 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                 + f"; {CONTROLS.get(test, 'control: ' + test)}; "
                 + _mdg_text(power, test, domain, level) + band + "."
             )
+    if any(r["test"] == "paper" for r in rows):
+        parts.append(paper_test_caveat())
     return parts + [RULE_SENTENCE + "."]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal.report.validity_note import paper_test_caveat
 from routecal.stats import seeds
 
 ALPHA_DEFAULT = 0.05
@@ -26,6 +27,7 @@ def _test_counts(tests: Sequence[Mapping[str, Any]], alpha: float) -> tuple[int,
 
 _TEST_NAMES = {
     "conditional": "conditional (recommended)",
+    "conditional_omnibus": "conditional omnibus (non-monotone effects)",
     "within_bin_permutation": "within-bin permutation (paper)",
 }
 
@@ -40,15 +42,21 @@ def _by_test(tests: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, 
 
 def _detectable_text(diag: Mapping[str, Any]) -> str:
     """The minimum detectable gap beside a "no evidence" verdict (median and range over cells)."""
-    rows = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t]
+    rows = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t
+            and t.get("test", "minimum_detectable_gap") == "minimum_detectable_gap"]
+    omni = [t["minimum_detectable_gap"] for t in diag.get("tests", [])
+            if t.get("test") == "minimum_detectable_gap_omnibus"
+            and t.get("minimum_detectable_gap") is not None]
+    omni_text = (f" The omnibus variant's detectable gap (same planted design) is "
+                 f"{np.median(omni):.3f} (median over {len(omni)} cells)." if omni else "")
     if not rows:
-        return ""
+        return omni_text
     gaps = [t["minimum_detectable_gap"] for t in rows]
     finite = [g for g in gaps if g is not None]
     target = rows[0].get("power_target", 0.8)
     if not finite:
         return (f" No evidence is not evidence of absence: no simulated gap was detected with "
-                f"power {target} on these data.")
+                f"power {target} on these data." + omni_text)
     return (
         f" No evidence is not evidence of absence: the recommended test detects an accuracy gap "
         f"between high- and low-routing examples of equal confidence of {np.median(finite):.3f} "
@@ -56,7 +64,7 @@ def _detectable_text(diag: Mapping[str, Any]) -> str:
         + (f"; {len(gaps) - len(finite)} beyond the simulated grid" if len(finite) < len(gaps)
            else "")
         + f") with power {target}; smaller gaps cannot be ruled out."
-    )
+    ) + omni_text
 
 
 def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
@@ -92,6 +100,8 @@ def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
     text = f"{head}: " + "; ".join(parts) + "." + where
     if holm == 0:
         text += _detectable_text(diag)
+    if "within_bin_permutation" in by:
+        text += " " + paper_test_caveat()
     banded = [r for r in diag.get("rejections", [])
               if "vs_null" in r and r.get("test", "within_bin_permutation") == lead]
     if banded and all(r["vs_null"] != "one seed: no band" for r in banded):

@@ -17,17 +17,24 @@ based improvements for inference with clustered errors", REStat; Canay, Romano &
 
 1. s = mid-rank of routing (ties share their mean rank: invariant to the row order; robust to the
    feature's scale and tails; binary routing stays binary).
-2. Confidence strata: equal-mass bins of ~`stratum_size` examples (`binning.mass_bins`, ties kept
-   together). Inside each stratum, s and correct are residualised on (1, c) by least squares: a
-   local-linear fit of E[s | c] and P(correct | c) (Fan & Gijbels 1996) on confidence alone. The
+2. Confidence strata (`cluster_inference.strata`): equal-mass bins of ~`stratum_size` examples,
+   except that a confidence value tied >= `stratum_size` times, or every value when confidence
+   takes at most max(S, 32) distinct values, is its own stratum (a level fixed effect; issue 22).
+   Inside each stratum, s and correct are residualised on (1, c) by least squares (a local-linear
+   fit of E[s | c] and P(correct | c), Fan & Gijbels 1996; the mean in a level stratum), each
+   example's fit using the *other* units of its stratum only (cross-fitting over clusters). The
    fit removes what confidence explains, including a miscalibration that varies with c inside the
    stratum: under the null the bias of T is second order (curvature x stratum width^2), which is
    why GCM residualises *both* variables (its double robustness).
-3. T = sum_i y~_i s~_i (the partial covariance; = sum_i y_i s~_i). Unit scores
-   U_k = sum_{i in unit k} s~_i y~_i / sqrt(1 - h_i), with h_i the leverage of the stratum fit
-   (HC2, MacKinnon & White 1985: E[sum_k U_k^2] = Var T under the null). Z = T / sqrt(sum_k U_k^2).
+3. T = sum_i y~_i s~_i = sum_i w_i y_i, linear in the labels with weights w = (I - L)^T s~ (L the
+   cross-fitted smoother); unit scores U_k: CR2-style leverage-corrected cluster sums of w_i times
+   the label residuals (`cluster_inference.studentised`). Z = T / sqrt(sum_k U_k^2).
 4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1; two-sided
-   p = (1 + #{|Z*| >= |Z|}) / (1 + B) (Phipson & Smyth 2010; ties within 1e-10 relative).
+   p = max((1 + #{|Z*| >= |Z|}) / (1 + B), 2^(1-K)) (Phipson & Smyth 2010; ties within 1e-10
+   relative; the floor is the exact randomisation test's smallest p). Hence fewer clusters than
+   reach `alpha` raise a ValueError (or, with `few_clusters="warn"`, a warning in the result).
+5. `alternative="omnibus"` (`conditional_omnibus`): a basis of 4 transforms of the routing rank
+   and their interactions with the confidence rank, T = max_j |Z_j|, the same signs for all columns.
 
 Why this and not a finer within-bin permutation or the conditional permutation test of Berrett,
 Wang, Barber & Samworth (JRSS-B 2020): CPT needs a model of routing given confidence (its validity
@@ -37,9 +44,9 @@ shrink) and is invalid with clusters. Sign flips of cluster scores need neither:
 exchangeable in sign under the null when the U_k are independent and centred (asymptotically), so
 `clusters` (sequence ids) make it valid for dependent tokens while keeping every token (no thinning).
 With `clusters=None` every example is its own unit. Level and power on each null: benchmarks/
-validity.py and tests/stats/test_validity.py. It tests a monotone (rank-linear) association,
-pooled over confidence; the paper test's |gap| per bin also sees effects whose sign flips with
-confidence.
+validity.py and tests/stats/test_validity.py. The default tests a monotone (rank-linear)
+association, pooled over confidence; the omnibus alternative also sees V-shaped effects and effects
+whose sign flips with confidence.
 
 Degenerate inputs: constant routing (or routing constant within every stratum) leaves s~ = 0
 (residuals below 1e-12, i.e. rounding, are set to 0): Z = 0 and p = 1.
@@ -62,18 +69,19 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from routecal import _checks, parallel
-from routecal.stats.binning import mass_bins
-from routecal.stats.diagnostics import _TIE_RTOL, _resolve_chunk, engine_args
-from routecal.stats.random_bits import _uniform_bits, chunk_seeds
-
-_W = 32  # units signed by one random word
+from routecal.stats import cluster_inference as ci
+from routecal.stats import conditional_omnibus as omnibus
+from routecal.stats.diagnostics import _resolve_chunk, engine_args
+from routecal.stats.random_bits import chunk_seeds
 
 
 class ConditionalTestResult(NamedTuple):
     """statistic: Z = T / sqrt(sum_k U_k^2); p_value: two-sided sign-flip p; null: [B] Z*;
     slope: T / sum_i s~_i^2 with s the routing rank scaled to [0, 1] (the accuracy change from the
     lowest- to the highest-routing example at equal confidence, linear in rank);
-    n_units: K; n_strata: S."""
+    n_units: K; n_strata: S; alternative: "monotone" (statistic = signed Z) or "omnibus"
+    (statistic = max_j |Z_j|, null = [B] max_j |Z*_j|); warning: "" or why the test cannot reach
+    alpha (only with `few_clusters="warn"`)."""
 
     statistic: float
     p_value: float
@@ -81,30 +89,13 @@ class ConditionalTestResult(NamedTuple):
     slope: float
     n_units: int
     n_strata: int
+    alternative: str = "monotone"
+    warning: str = ""
 
 
 # ------------------------------------------------------------------------------------------------
 # Jittable cores (trace under `jax.enable_x64(True)`)
 # ------------------------------------------------------------------------------------------------
-
-
-def _residualise(strata, c, v, n_strata):
-    """Within-stratum least-squares residual of v on (1, c) and the fit's leverage. [N] -> [N], [N].
-
-    A stratum whose confidences are (nearly) all tied is fitted by its mean only.
-    """
-    seg = functools.partial(jax.ops.segment_sum, segment_ids=strata, num_segments=n_strata)
-    cnt = seg(jnp.ones_like(c))
-    safe = jnp.maximum(cnt, 1.0)
-    dc = c - (seg(c) / safe)[strata]
-    dv = v - (seg(v) / safe)[strata]
-    scc = seg(dc * dc)
-    ok = scc > 1e-12 * safe  # a within-stratum confidence variance above 1e-12
-    scc_safe = jnp.where(ok, scc, 1.0)
-    beta = jnp.where(ok, seg(dc * dv) / scc_safe, 0.0)
-    res = dv - beta[strata] * dc
-    lev = 1.0 / safe[strata] + jnp.where(ok[strata], dc * dc / scc_safe[strata], 0.0)
-    return res, lev
 
 
 def _mid_ranks(r: jax.Array) -> jax.Array:
@@ -115,95 +106,90 @@ def _mid_ranks(r: jax.Array) -> jax.Array:
     return (first + last).astype(jnp.float64)
 
 
-def scores(confidence, correct, routing, units, *, n_strata: int, n_units: int):
-    """Statistic and normalised unit scores of one dataset (no input checks).
+def score_matrix(confidence, correct, routing, units, *, n_strata: int, n_units: int,
+                 stratum_size: int, alternative: str = "monotone"):
+    """Per-column statistics and normalised unit scores of one dataset (no input checks).
 
     Args:
       confidence, correct, routing: [N] float64. units: [N] int32 in [0, K).
     Returns:
-      (z [], w [K] = U / sqrt(sum U^2) (0 when degenerate), slope []).
+      (z [J], w [K, J] = U / sqrt(sum_k U^2) (0 when degenerate), slope [] of the first column).
     """
     n = confidence.shape[0]
-    strata = mass_bins(confidence, n_strata)
-    s = _mid_ranks(routing) / (2.0 * max(n - 1, 1))  # rank in [0, 1]
-    s_res, _ = _residualise(strata, confidence, s, n_strata)
+    strat = ci.strata(confidence, n_strata, stratum_size)
+    scale = 2.0 * max(n - 1, 1)
+    s = _mid_ranks(routing) / scale  # rank in [0, 1]
+    feats = omnibus.features(s, _mid_ranks(confidence) / scale, alternative)
+    n_seg = n_strata + n
+    fit = ci.crossfit(strat, units, confidence, n_seg=n_seg, n_units=n_units)
+    s_res = ci.residuals(fit, feats, n_seg)
     # rounding of the stratum means (XLA may divide by multiplying with 1/n) leaves ~1e-16 where
     # routing is constant in a stratum; ranks differ by >= 1 / (2 (N - 1)), far above 1e-12
     s_res = jnp.where(jnp.abs(s_res) < 1e-12, 0.0, s_res)
-    y_res, lev = _residualise(strata, confidence, correct, n_strata)
-    t = jnp.sum(y_res * s_res)
-    keep = lev < 1.0 - 1e-9  # strata of <= 2 points (leverage 1) carry no residual
-    adj = jnp.where(keep, y_res / jnp.sqrt(jnp.where(keep, 1.0 - lev, 1.0)), 0.0)
-    u = jax.ops.segment_sum(adj * s_res, units, num_segments=n_units)
-    v = jnp.sum(u * u)
-    ok = v > 0
-    root = jnp.sqrt(jnp.where(ok, v, 1.0))
-    z = jnp.where(ok, t / root, 0.0)
-    w = jnp.where(ok, u / root, 0.0)
-    ss = jnp.sum(s_res * s_res)
-    slope = jnp.where(ss > 0, t / jnp.where(ss > 0, ss, 1.0), 0.0)
+    y_res = ci.residuals(fit, correct[:, None], n_seg)[:, 0]
+    pooled = ci.crossfit(strat, units, confidence, n_seg=n_seg, n_units=None)
+    y_pool = ci.residuals(pooled, correct[:, None], n_seg)[:, 0]
+    infl = ci.influence(fit, s_res, n_seg)
+    z, w = ci.studentised(correct, y_res, y_pool, infl, units, n_units)
+    s0 = s_res[:, 0] if alternative == "monotone" else 0.5 * s_res[:, 0]  # u = 2 s - 1
+    ss = jnp.sum(s0 * s0)
+    slope = jnp.where(ss > 0, jnp.sum(y_res * s0) / jnp.where(ss > 0, ss, 1.0), 0.0)
     return z, w, slope
 
 
-def _flip_chunk(seed: jax.Array, w_blocks: jax.Array) -> jax.Array:
-    """Sign-flip statistics of one chunk: [2, Bc] lane keys, [K/32, 32] scores -> [Bc]."""
-    bc = seed.shape[1]
-
-    def body(acc, xs):
-        blk, w = xs
-        bits = _uniform_bits(seed, blk.astype(jnp.uint32)[None])[0]  # [Bc]: 32 signs per word
-        for j in range(_W):
-            neg = ((bits >> j) & 1).astype(bool)
-            acc = acc + jnp.where(neg, -w[j], w[j])
-        return acc, None
-
-    blocks = jnp.arange(w_blocks.shape[0])
-    acc, _ = lax.scan(body, jnp.zeros((bc,), w_blocks.dtype), (blocks, w_blocks))
-    return acc
+def scores(confidence, correct, routing, units, *, n_strata: int, n_units: int,
+           stratum_size: int = 50):
+    """The monotone test's statistic, normalised unit scores [K] and slope (`score_matrix`)."""
+    z, w, slope = score_matrix(confidence, correct, routing, units, n_strata=n_strata,
+                               n_units=n_units, stratum_size=stratum_size)
+    return z[0], w[:, 0], slope
 
 
-def _blocks(w: jax.Array) -> jax.Array:
-    k = w.shape[0]
-    return jnp.pad(w, (0, parallel.pad_to_multiple(k, _W) - k)).reshape(-1, _W)
-
-
-def _two_sided_p(z: jax.Array, null: jax.Array) -> jax.Array:
-    """(1 + #{|null| >= |z|}) / (1 + B) over the last axis, ties within a relative 1e-10."""
-    a = jnp.abs(z)
-    hits = jnp.sum(jnp.abs(null) >= (a - _TIE_RTOL * a - 1e-15)[..., None], axis=-1)
-    return (1.0 + hits) / (1.0 + null.shape[-1])
+def _combine(z, null, alternative):
+    """(statistic, null [B]) of the alternative from per-column z [J] and null [B, J]."""
+    if alternative == "monotone":
+        return z[0], null[:, 0]
+    return jnp.max(jnp.abs(z)), jnp.max(jnp.abs(null), axis=1)
 
 
 def conditional_test_core(confidence, correct, routing, units, key, *, n_permutations: int,
-                          n_strata: int, n_units: int, chunk_size: int | None = None):
-    """Jittable, vmappable test on one device. Returns (z, p, null [B], slope)."""
-    z, w, slope = scores(confidence, correct, routing, units, n_strata=n_strata, n_units=n_units)
+                          n_strata: int, n_units: int, chunk_size: int | None = None,
+                          stratum_size: int = 50, alternative: str = "monotone"):
+    """Jittable, vmappable test on one device. Returns (statistic, p, null [B], slope)."""
+    z, w, slope = score_matrix(confidence, correct, routing, units, n_strata=n_strata,
+                               n_units=n_units, stratum_size=stratum_size, alternative=alternative)
     bc = _resolve_chunk(chunk_size, n_permutations)
     seeds = chunk_seeds(key, -(-n_permutations // bc), bc)
-    wb = _blocks(w)
-    null = lax.map(lambda sd: _flip_chunk(sd, wb), seeds).reshape(-1)[:n_permutations]
-    return z, _two_sided_p(z, null), null, slope
+    wb = ci.blocks(w)
+    null = lax.map(lambda sd: ci.flip_chunk(sd, wb), seeds)
+    null = null.reshape(-1, null.shape[-1])[:n_permutations]
+    stat, null = _combine(z, null, alternative)
+    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null, slope
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size", "mesh")
+    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size", "mesh",
+                              "stratum_size", "alternative")
 )
 def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutations, n_strata,
-                         n_units, chunk_size, mesh):
-    z, w, slope = scores(confidence, correct, routing, units, n_strata=n_strata, n_units=n_units)
+                         n_units, chunk_size, mesh, stratum_size, alternative):
+    z, w, slope = score_matrix(confidence, correct, routing, units, n_strata=n_strata,
+                               n_units=n_units, stratum_size=stratum_size, alternative=alternative)
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), mesh.size)
     seeds = chunk_seeds(key, n_chunks, bc)
     axis = mesh.axis_names[0]
     null = jax.shard_map(
-        lambda sd, wb: lax.map(lambda s: _flip_chunk(s, wb), sd),
+        lambda sd, wb: lax.map(lambda s: ci.flip_chunk(s, wb), sd),
         mesh=mesh,
         in_specs=(P(axis), P()),
         out_specs=P(axis),
         check_vma=False,
-    )(seeds, _blocks(w))
-    null = parallel.replicate(null.reshape(-1)[:n_permutations], mesh)  # readable on every host
-    return z, _two_sided_p(z, null), null, slope
+    )(seeds, ci.blocks(w))
+    null = null.reshape(-1, null.shape[-1])[:n_permutations]
+    stat, null = _combine(z, null, alternative)
+    null = parallel.replicate(null, mesh)  # readable on every host
+    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null, slope
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,11 +241,16 @@ def conditional_calibration_test(
     stratum_size: int = 50,
     mesh: Mesh | None = None,
     chunk_size: int | None = None,
+    alternative: str = "monotone",
+    alpha: float = 0.05,
+    few_clusters: str = "raise",
 ) -> ConditionalTestResult:
     """Tests whether routing carries calibration information beyond confidence (module docstring).
 
     Valid when routing tracks confidence and the miscalibration varies with confidence, with tied
-    or constant routing in any row order, and with dependent tokens when `clusters` is given.
+    or constant routing in any row order, with tied confidence levels of any sizes, and with
+    dependent tokens when `clusters` is given (few and unbalanced clusters included:
+    `cluster_inference`).
 
     Args:
       confidence: [N] in [0, 1]. correct: [N] 0/1. routing: [N] finite routing feature.
@@ -268,30 +259,42 @@ def conditional_calibration_test(
       n_permutations: B sign flips. stratum_size: examples per confidence stratum (>= 3).
       mesh: optional 1-D mesh (default: all devices). chunk_size: flips per chunk (default by the
         mesh's backend, `parallel.engine_sizes`); it never changes the null for a key.
+      alternative: "monotone" (rank-linear association) or "omnibus" (max over a basis that also
+        sees V-shaped and confidence-dependent effects; `conditional_omnibus`).
+      alpha: the level the p-value will be read at; only used to check that K clusters can reach
+        it (the smallest exact sign-flip p is 2^(1-K)).
+      few_clusters: "raise" (ValueError when 2^(1-K) > alpha) or "warn" (run, record the reason in
+        `result.warning`).
     Returns:
-      ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata).
+      ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata, alternative,
+      warning).
     """
     c, y, r, n_strata = check_inputs(confidence, correct, routing, stratum_size)
+    alternative = omnibus.check_alternative(alternative)
     units, n_units = _units(clusters, len(c))
+    warning = ci.check_feasible(n_units, alpha, few_clusters)
     key, n_permutations, chunk_size, mesh = engine_args(key, n_permutations, chunk_size, mesh)
     with jax.enable_x64(True):
         z, p, null, slope = _sharded_conditional(
             jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), key,
             n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
-            chunk_size=chunk_size, mesh=mesh,
+            chunk_size=chunk_size, mesh=mesh, stratum_size=stratum_size, alternative=alternative,
         )
         return ConditionalTestResult(
-            float(z), float(p), np.asarray(null), float(slope), n_units, n_strata
+            float(z), float(p), np.asarray(null), float(slope), n_units, n_strata, alternative,
+            warning,
         )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size")
+    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size",
+                              "stratum_size", "alternative")
 )
-def _batched(c, y, r, units, keys, *, n_permutations, n_strata, n_units, chunk_size):
+def _batched(c, y, r, units, keys, *, n_permutations, n_strata, n_units, chunk_size,
+             stratum_size, alternative):
     core = functools.partial(
         conditional_test_core, n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, stratum_size=stratum_size, alternative=alternative,
     )
     return jax.vmap(core)(c, y, r, units, keys)
 
@@ -306,6 +309,9 @@ def conditional_test_batch(
     n_permutations: int = 1000,
     stratum_size: int = 50,
     chunk_size: int | None = None,
+    alternative: str = "monotone",
+    alpha: float = 0.05,
+    few_clusters: str = "raise",
 ) -> ConditionalTestResult:
     """The conditional test on D datasets at once, as one vmapped computation.
 
@@ -313,6 +319,7 @@ def conditional_test_batch(
 
     Args:
       confidence, correct, routing: [D, N]. clusters: optional [D, N] integer ids.
+      alternative, alpha, few_clusters: as in `conditional_calibration_test` (K: the fewest).
     Returns:
       ConditionalTestResult whose fields are [D] (null [D, B]; n_units the largest K).
     """
@@ -323,17 +330,21 @@ def conditional_test_batch(
         raise ValueError(
             f"mismatched lengths: confidence={c.shape}, correct={y.shape}, routing={r.shape}"
         )
+    alternative = omnibus.check_alternative(alternative)
     n_strata = 0
     for d in range(c.shape[0]):
         n_strata = check_inputs(c[d], y[d], r[d], stratum_size)[3]
     if clusters is None:
         units, n_units = np.broadcast_to(np.arange(c.shape[1], dtype=np.int32), c.shape), c.shape[1]
+        fewest = n_units
     else:
         cl = _checks.as_array(clusters, "clusters", ndim=2, dtype=None)
         if cl.shape != c.shape:
             raise ValueError(f"clusters: shape {cl.shape} does not match confidence {c.shape}")
         per = [_units(cl[d], c.shape[1]) for d in range(c.shape[0])]
         units, n_units = np.stack([u for u, _ in per]), max(k for _, k in per)
+        fewest = min(k for _, k in per)
+    warning = ci.check_feasible(fewest, alpha, few_clusters)
     key = _checks.check_key(key)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
     chunk_size = _resolve_chunk(chunk_size, n_permutations)
@@ -342,8 +353,9 @@ def conditional_test_batch(
         z, p, null, slope = _batched(
             jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), keys,
             n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
-            chunk_size=chunk_size,
+            chunk_size=chunk_size, stratum_size=stratum_size, alternative=alternative,
         )
         return ConditionalTestResult(
-            np.asarray(z), np.asarray(p), np.asarray(null), np.asarray(slope), n_units, n_strata
+            np.asarray(z), np.asarray(p), np.asarray(null), np.asarray(slope), n_units, n_strata,
+            alternative, warning,
         )

@@ -16,9 +16,13 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
    = Delta wherever g +- Delta / 2 stays inside [0, 1]: "the gap" is that accuracy difference
    between high- and low-routing examples of equal confidence (the issue's P(correct) = c +
    0.08 sign(routing) is a gap of 0.16).
-3. The conditional test's statistic Z is computed (all E x R datasets in one vmapped computation)
-   and compared with its sign-flip null's normal limit (the null has mean 0 and variance exactly 1;
-   `tests/stats/test_power.py` checks the result against the full sign-flip test at one point).
+3. The conditional test's statistic is computed (all E x R datasets in one vmapped computation)
+   and compared with the test's own sign-flip null (issue 22: the normal limit claimed power 0.8
+   at K = 5 clusters where the test cannot reject at all): with K <= 12 units all 2^K sign
+   patterns (the exact randomisation p-value, so K <= 5 gives power 0 at alpha = 0.05), with
+   K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
+   covariance w^T w (exact for the monotone test's one column: N(0, 1)). `tests/stats/
+   test_power.py` and benchmarks/validity.py check the stated power against the full test.
 
 Power(Delta) is the rejection rate at `alpha`; the detectable gap is where the (running-maximum)
 power curve first reaches `power`, interpolated linearly in log Delta; inf if it never does on the
@@ -38,8 +42,9 @@ import numpy as np
 from scipy import stats
 
 from routecal import _checks
-from routecal.stats.binning import mass_bins
-from routecal.stats.conditional import _residualise, _units, check_inputs, scores
+from routecal.stats import cluster_inference as ci
+from routecal.stats.conditional import _units, check_inputs, score_matrix
+from routecal.stats.conditional_omnibus import check_alternative
 
 
 class MinimumDetectableGap(NamedTuple):
@@ -57,9 +62,12 @@ class MinimumDetectableGap(NamedTuple):
     target: float
 
 
-def _fitted(confidence, correct, n_strata):
-    """P(correct | c) fitted by the test's within-stratum local-linear fit, clipped to (0, 1)."""
-    y_res, _ = _residualise(mass_bins(confidence, n_strata), confidence, correct, n_strata)
+def _fitted(confidence, correct, n_strata, stratum_size):
+    """P(correct | c) fitted by the test's within-stratum fit (pooled), clipped to (0, 1)."""
+    strat = ci.strata(confidence, n_strata, stratum_size)
+    n_seg = n_strata + confidence.shape[0]
+    fit = ci.crossfit(strat, None, confidence, n_seg=n_seg, n_units=None)
+    y_res = ci.residuals(fit, correct[:, None], n_seg)[:, 0]
     return jnp.clip(correct - y_res, 1e-6, 1.0 - 1e-6)
 
 
@@ -79,21 +87,60 @@ def _plant(correct, g, z, u, gap):
     return jnp.where(z > 0, jnp.maximum(correct, up), correct * (1.0 - down))
 
 
+ENUMERATE_K = 12  # up to 2^12 sign patterns: the exact randomisation p-value
+FLIP_K = 256  # up to 256 units: B_FLIPS random sign flips; beyond: the Gaussian limit
+B_FLIPS = 499
+
+
+def _reference(key, n_units: int, n_cols: int):
+    """The null the simulated test compares with: [M, K] signs (exact or random), or for large K
+    [M, J] standard normals (the multiplier null's limit, coloured per dataset in `_rejects`)."""
+    if n_units <= ENUMERATE_K:
+        pats = (jnp.arange(2**n_units)[:, None] >> jnp.arange(n_units)[None, :]) & 1
+        return 1.0 - 2.0 * pats.astype(jnp.float64)
+    if n_units <= FLIP_K:
+        return jax.random.rademacher(key, (B_FLIPS, n_units), jnp.float64)
+    return jax.random.normal(key, (4 * B_FLIPS, n_cols), jnp.float64)
+
+
+def _rejects(z, w, ref, alpha, alternative):
+    """Does the test reject at `alpha`? z [J], w [K, J], ref from `_reference`."""
+    k = w.shape[0]
+    if k <= FLIP_K:
+        null = ref @ w  # [M, J]
+    else:  # Gaussian limit: Cov(Z*) = w^T w
+        null = ref @ jnp.linalg.cholesky(w.T @ w + 1e-12 * jnp.eye(w.shape[1])).T
+    if alternative == "monotone":
+        stat, null = jnp.abs(z[0]), jnp.abs(null[:, 0])
+    else:
+        stat, null = jnp.max(jnp.abs(z)), jnp.max(jnp.abs(null), axis=1)
+    hits = jnp.sum(null >= stat * (1 - 1e-10) - 1e-15)
+    # exact enumeration counts the identity itself; random references add it, as the test does
+    p = hits / null.shape[0] if k <= ENUMERATE_K else (1.0 + hits) / (1.0 + null.shape[0])
+    return jnp.maximum(p, 2.0 ** (1 - k)) <= alpha  # the test's floor (`floored_p`)
+
+
 @functools.partial(
-    jax.jit, static_argnames=("n_datasets", "n_strata", "n_units", "clustered")
+    jax.jit, static_argnames=("n_datasets", "n_strata", "n_units", "clustered", "stratum_size",
+                              "alternative")
 )
-def _power_curve(confidence, correct, units, gaps, key, z_crit, *, n_datasets, n_strata, n_units,
-                 clustered):
+def _power_curve(confidence, correct, units, gaps, key, alpha, *, n_datasets, n_strata, n_units,
+                 clustered, stratum_size, alternative):
     n = confidence.shape[0]
-    g = _fitted(confidence, correct, n_strata)
+    g = _fitted(confidence, correct, n_strata, stratum_size)
+    key, kref = jax.random.split(key)
     keys = jax.random.split(key, n_datasets)
     z, u = jax.vmap(lambda k: _draw(k, n, units, n_units, clustered))(keys)  # [R, N]
+    n_cols = 1 if alternative == "monotone" else 4
+    ref = _reference(kref, n_units, n_cols)
 
     def one_gap(gap):
         def one(zr, ur):
             y = _plant(correct, g, zr, ur, gap)
-            stat, _, _ = scores(confidence, y, zr, units, n_strata=n_strata, n_units=n_units)
-            return jnp.abs(stat) >= z_crit  # two-sided normal-limit p <= alpha
+            stat, w, _ = score_matrix(confidence, y, zr, units, n_strata=n_strata,
+                                      n_units=n_units, stratum_size=stratum_size,
+                                      alternative=alternative)
+            return _rejects(stat, w, ref, alpha, alternative)
 
         return jnp.mean(jax.vmap(one)(z, u))
 
@@ -113,7 +160,7 @@ def plant_gap(
     units, n_units = _units(clusters, len(c))
     key = _checks.check_key(key)
     with jax.enable_x64(True):
-        g = _fitted(jnp.asarray(c), jnp.asarray(y), n_strata)
+        g = _fitted(jnp.asarray(c), jnp.asarray(y), n_strata, stratum_size)
         keys = jax.random.split(key, _checks.check_positive_int(n_datasets, "n_datasets"))
         z, u = jax.vmap(
             lambda k: _draw(k, len(c), jnp.asarray(units), n_units, clusters is not None)
@@ -133,6 +180,7 @@ def minimum_detectable_gap(
     n_datasets: int = 200,
     gaps: Any = None,
     stratum_size: int = 50,
+    alternative: str = "monotone",
 ) -> MinimumDetectableGap:
     """The accuracy gap between high- and low-routing examples of equal confidence that
     `conditional_calibration_test` detects with probability `power` at level `alpha` on data with
@@ -143,12 +191,13 @@ def minimum_detectable_gap(
       alpha: test level in (0, 1). power: target power in (0, 1).
       clusters: optional [N] integer cluster ids (planted routing then has a per-cluster level).
       n_datasets: R simulated datasets per gap. gaps: optional [E] increasing grid of gaps in (0, 1].
-      stratum_size: as in the test.
+      stratum_size, alternative: as in the test.
     Returns:
       MinimumDetectableGap (the detectable gap, and the power curve with binomial intervals).
     """
     c, y, _, n_strata = check_inputs(confidence, correct, np.zeros(len(confidence)), stratum_size)
     units, n_units = _units(clusters, len(c))
+    alternative = check_alternative(alternative)
     key = _checks.check_key(key)
     for name, v in (("alpha", alpha), ("power", power)):
         if not 0.0 < float(v) < 1.0:
@@ -158,7 +207,10 @@ def minimum_detectable_gap(
         acc = min(max(y.mean(), 1.0 / len(y)), 1.0 - 1.0 / len(y))
         z_sum = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
         guess = 2.0 * z_sum * np.sqrt(acc * (1 - acc) / len(y)) / np.sqrt(0.75)
-        grid = np.minimum(guess * np.geomspace(0.25, 4.0, 16), 1.0)
+        if clusters is None:
+            grid = np.minimum(guess * np.geomspace(0.25, 4.0, 16), 1.0)
+        else:  # clustered routing and labels: a design effect of up to 16^2
+            grid = np.minimum(guess * np.geomspace(0.25, 16.0, 20), 1.0)
         grid = np.unique(grid)
     else:
         grid = _checks.as_array(gaps, "gaps", ndim=1)
@@ -168,8 +220,9 @@ def minimum_detectable_gap(
         pw = np.asarray(
             _power_curve(
                 jnp.asarray(c), jnp.asarray(y), jnp.asarray(units), jnp.asarray(grid), key,
-                float(stats.norm.ppf(1 - alpha / 2)), n_datasets=n_datasets, n_strata=n_strata, n_units=n_units,
-                clustered=clusters is not None,
+                float(alpha), n_datasets=n_datasets, n_strata=n_strata, n_units=n_units,
+                clustered=clusters is not None, stratum_size=stratum_size,
+                alternative=alternative,
             ),
             np.float64,
         )

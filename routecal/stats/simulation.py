@@ -19,6 +19,20 @@ with an optional planted effect (`effect = 0`: the null):
 * ``"sign"``: c ~ U, routing ~ N(0, 1), P(correct) = clip(c + effect * sign(routing)) (the issue's
   planted effect; at effect = 0 the exchangeable null).
 
+Issue 22's designs:
+
+* ``"pareto"``: as "clustered" with n / cluster_size clusters whose sizes are Pareto(1.1)
+  proportions (a few huge clusters, many tiny ones; empty ones drop out).
+* ``"tied"`` / ``"tied_step"``: confidence in the 5 `TIED_LEVELS` with shares `TIED_SHARES`
+  (20/20/320/320/320 at N = 1000), P(correct) = `TIED_ACCURACY` of the level (not linear in c),
+  routing = c ("tied") or 1[c >= 0.6] ("tied_step"). Effect: + effect * sign(z) on a hidden z.
+* ``"vshape"``: routing r = 2 Phi(z) - 1 ~ U(-1, 1), P = clip(c + effect (1 - 2|r|)).
+* ``"signflip"``: routing ~ N(0, 1), P = clip(c + effect sign(r) sign(c - 0.6)).
+* ``"track_square"``, ``"track_sine"``, ``"track_exp"``: routing a non-linear function of c
+  ((c - 0.7)^2, sin(12 c), exp(6 c)) plus N(0, 0.001^2) noise, with the "confounded" design's
+  miscalibration; ``"piled"``: c = 1 - (1 - conf_low) U^6 (piled near 1), routing = -log(1 - c)
+  + N(0, 0.01^2). Nulls on which the paper's within-bin test is confounded.
+
 Generative model (every draw independent across examples and datasets):
 
     confidence c ~ Uniform(conf_low, conf_high)
@@ -143,7 +157,13 @@ def planted_effect(
     return simulate(key, n, n_datasets=n_datasets, effect=effect, **kwargs)
 
 
-DESIGNS = ("confounded", "binary", "constant", "clustered", "sign")
+DESIGNS = ("confounded", "binary", "constant", "clustered", "sign", "pareto", "tied", "tied_step",
+           "vshape", "signflip", "track_square", "track_sine", "track_exp", "piled")
+# the tied designs: 5 confidence levels holding 2%, 2%, 32%, 32%, 32% of the examples (issue 22:
+# counts 20/20/320/320/320 at N = 1000) with a miscalibration that is not linear in the level
+TIED_LEVELS = (0.3, 0.45, 0.6, 0.75, 0.9)
+TIED_SHARES = (0.02, 0.02, 0.32, 0.32, 0.32)
+TIED_ACCURACY = (0.55, 0.2, 0.7, 0.5, 0.95)
 
 
 class DesignData(NamedTuple):
@@ -192,6 +212,38 @@ def design_jax(
             offset = 0.2 * jax.random.normal(ko, (n_clusters,))[ids]
             routing = level + 0.1 * z
             p = c + offset + effect * jnp.sign(routing)
+        elif design == "pareto":  # K = n / cluster_size clusters with Pareto(1.1) sizes
+            n_clusters = max(n // cluster_size, 2)
+            size = jax.random.uniform(ka, (n_clusters,), minval=1e-6) ** (-1.0 / 1.1)
+            edges = jnp.cumsum(size) / jnp.sum(size) * n
+            ids = jnp.minimum(jnp.searchsorted(edges, ids.astype(jnp.float32), side="right"),
+                              n_clusters - 1).astype(jnp.int32)
+            level = jax.random.normal(jax.random.fold_in(ka, 1), (n_clusters,))[ids]
+            offset = 0.2 * jax.random.normal(ko, (n_clusters,))[ids]
+            routing = level + 0.1 * z
+            p = c + offset + effect * jnp.sign(routing)
+        elif design in ("tied", "tied_step"):
+            edges = jnp.cumsum(jnp.asarray(TIED_SHARES)) * n
+            lvl = jnp.minimum(jnp.searchsorted(edges, ids.astype(jnp.float32), side="right"), 4)
+            c = jnp.asarray(TIED_LEVELS, jnp.float32)[lvl]
+            routing = c if design == "tied" else (c >= 0.6).astype(jnp.float32)
+            p = jnp.asarray(TIED_ACCURACY)[lvl] + effect * jnp.sign(z)
+        elif design == "vshape":  # r ~ U(-1, 1): P = c + effect (1 - 2 |r|)
+            routing = 2.0 * ndtr(z) - 1.0
+            p = c + effect * (1.0 - 2.0 * jnp.abs(routing))
+        elif design == "signflip":
+            routing = z
+            p = c + effect * jnp.sign(z) * jnp.sign(c - 0.6)
+        elif design.startswith("track") or design == "piled":
+            if design == "piled":  # confidence piled near 1, routing its log-odds
+                c = 1.0 - (1.0 - conf_low) * jax.random.uniform(kc, (n,)) ** 6
+                routing = -jnp.log1p(-jnp.minimum(c, 1.0 - 1e-6)) + 0.01 * z
+            else:
+                f = {"track_square": lambda x: (x - 0.7) ** 2,
+                     "track_sine": lambda x: jnp.sin(12.0 * x),
+                     "track_exp": lambda x: jnp.exp(6.0 * x)}[design]
+                routing = f(c) + 0.001 * z
+            p = 0.75 + 2.0 * (c - 0.8) + effect * jnp.sign(z)
         else:  # "sign"
             routing = z
             p = c + effect * jnp.sign(z)

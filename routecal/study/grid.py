@@ -71,10 +71,11 @@ def _stratum_size(n: int) -> int:
     return max(3, min(50, n // 4))
 
 
-def _conditional(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+def _conditional(conf, correct, routing, key, s: GridSettings,
+                 alternative: str = "monotone") -> dict[str, Any]:
     res = diagnostics.conditional_calibration_test(
         conf, correct, routing, key=key, n_permutations=s.n_permutations,
-        stratum_size=_stratum_size(len(conf)),
+        stratum_size=_stratum_size(len(conf)), alternative=alternative,
     )
     # |Z| against |Z*| (the test is two-sided), so the seed-band comparison with the null's mean
     # reads "larger = more evidence" as for the weighted gap; the signed Z and slope are kept.
@@ -83,23 +84,37 @@ def _conditional(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]
             "slope": float(res.slope)}
 
 
-def _detectable_gap(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+def _conditional_omnibus(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+    return _conditional(conf, correct, routing, key, s, alternative="omnibus")
+
+
+def _detectable_gap(conf, correct, routing, key, s: GridSettings,
+                    alternative: str = "monotone") -> dict[str, Any]:
     del routing  # the power analysis plants its own routing on this confidence and correctness
     m = diagnostics.minimum_detectable_gap(
-        conf, correct, key=key, alpha=s.alpha, stratum_size=_stratum_size(len(conf))
+        conf, correct, key=key, alpha=s.alpha, stratum_size=_stratum_size(len(conf)),
+        alternative=alternative,
     )
     gap = float(m.gap) if np.isfinite(m.gap) else None  # None: beyond the simulated grid
     return {"minimum_detectable_gap": gap, "power_target": m.target,
             "power_curve": {"gap": m.gaps.tolist(), "power": m.power.tolist()}}
 
 
+def _detectable_gap_omnibus(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
+    return _detectable_gap(conf, correct, routing, key, s, alternative="omnibus")
+
+
 # The paper's test (matched-confidence bins, routing groups, within-bin permutation null), the
 # recommended conditional test (valid when routing tracks confidence and with ties), and the gap
-# the recommended test detects with 80% power on each cell's confidence and correctness.
+# the recommended test detects with 80% power on each cell's confidence and correctness; then the
+# omnibus variant of the recommended test (V-shaped and confidence-dependent effects, issue 22)
+# with its own detectable gap.
 TESTS: tuple[TestSpec, ...] = (
     TestSpec("within_bin_permutation", _within_bin),
     TestSpec("conditional", _conditional),
     TestSpec("minimum_detectable_gap", _detectable_gap),
+    TestSpec("conditional_omnibus", _conditional_omnibus),
+    TestSpec("minimum_detectable_gap_omnibus", _detectable_gap_omnibus),
 )
 
 

@@ -32,14 +32,17 @@ import numpy as np
 from routecal.stats import diagnostics
 from routecal.stats.seeds import compare_bands, seed_band
 
-TESTS = ("paper", "recommended")
+TESTS = ("paper", "recommended", "omnibus")
 LABELS = {
     "paper": "paper's within-bin permutation test (tokens as iid)",
     "recommended": "recommended conditional calibration test (clusters: diagnostics.cluster_unit)",
+    "omnibus": "omnibus conditional calibration test (non-monotone effects; clusters: "
+    "diagnostics.cluster_unit)",
 }
 CLUSTER_UNITS = ("document", "row")  # `tokens.CLUSTER_UNITS` maps each to its id column
 _NEEDS = {
     "recommended": "conditional_calibration_test",
+    "omnibus": "conditional_calibration_test",
 }
 
 
@@ -47,7 +50,7 @@ _NEEDS = {
 class TestSettings:
     """The token tests' knobs (from `configs/study_lm.py` diagnostics.*)."""
 
-    tests: tuple[str, ...] = TESTS
+    tests: tuple[str, ...] = ("paper", "recommended")  # "omnibus": name it in the config
     n_permutations: int = 10_000
     n_bins: int = 15
     n_groups: int = 3
@@ -93,6 +96,8 @@ def _numbers(res: Any) -> dict[str, Any]:
     for k in ("slope", "n_units", "n_strata"):  # the recommended test's extras
         if get(k) is not None:
             out[k] = float(get(k))
+    if get("warning"):
+        out["warning"] = str(get("warning"))
     null = get("null", None)
     if null is not None:
         out["null"] = np.asarray(null, np.float32)
@@ -127,10 +132,12 @@ def run_cell(
         if test == "paper":
             res = diagnostics.within_bin_permutation_test(
                 confidence, correct, routing, key=k, **common)
-        else:
+        else:  # too few sequences to reach alpha: run, and record why (few_clusters="warn")
             res = diagnostics.conditional_calibration_test(
                 confidence, correct, routing, key=k, clusters=clusters,
-                n_permutations=settings.n_permutations)
+                n_permutations=settings.n_permutations, alpha=settings.alpha,
+                few_clusters="warn",
+                alternative="omnibus" if test == "omnibus" else "monotone")
         nums = _numbers(res)
         if "null" in nums:
             nums["null_mean"] = float(np.mean(nums["null"]))
@@ -191,6 +198,7 @@ def power(
 
     recommended: `stats.diagnostics.minimum_detectable_gap(..., clusters=...)` (documents or
       rows, `diagnostics.cluster_unit`).
+    omnibus: the same with `alternative="omnibus"` (its own detectable gap).
     paper: the same planted datasets (`stats.power.plant_gap`, common random numbers across
       gaps) through the within-bin test (`diagnostics.permutation_test_batch`), on the
       recommended test's gap grid; `paper_power_datasets` datasets per gap, `paper_power_
@@ -209,6 +217,11 @@ def power(
     out = {}
     if "recommended" in settings.tests:
         out["recommended"] = rec
+    if "omnibus" in settings.tests:
+        out["omnibus"] = _power_numbers(diagnostics.minimum_detectable_gap(
+            confidence, correct, key=jax.random.fold_in(key, 2), alpha=settings.alpha,
+            power=settings.power, clusters=clusters, alternative="omnibus",
+            **dict(settings.power_kwargs)))
     if "paper" in settings.tests:
         out["paper"] = paper_power(confidence, correct, clusters, rec["curve"]["gap"],
                                    key=jax.random.fold_in(key, 0), settings=settings)

@@ -47,8 +47,10 @@ def _results(rng):
 def test_diagnostics_verdict_counts_and_names_control_and_power():
     res = _results(np.random.default_rng(0))
     items = lm_verdicts.diagnostics_items(res)
-    assert len(items) == 2 * 2 + 1  # (domain x test) + the rule
-    for item in items[:-1]:
+    # (domain x test) + the paper test's measured inflation (issue 22) + the rule
+    assert len(items) == 2 * 2 + 2
+    assert items[-2].startswith("Caveat on the paper's within-bin test")
+    for item in items[:-2]:
         domain, test = item.split(" domain, ")[0], item.split(", ")[1].split(" test")[0]
         rows = [r for r in res["diagnostics"]["tests"] if r["domain"] == domain
                 and r["test"] == test]

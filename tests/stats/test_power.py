@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from routecal.stats import diagnostics as dg
-from routecal.stats import power, simulation
+from routecal.stats import power, simulation, validity
 
 
 def _mdg(n, seed=0, n_datasets=200):
@@ -66,3 +66,14 @@ def test_mdg_with_clusters_is_larger_on_clustered_data():
         d.confidence[0], d.correct[0], key=1, n_datasets=100, clusters=d.clusters[0]
     )
     assert clustered.gap > 1.2 * iid.gap  # measured 0.080 vs 0.054: fewer independent units
+
+
+def test_mdg_simulates_the_test_with_few_clusters():
+    """Issue 22: K = 5 clusters cannot reach alpha = 0.05 (smallest p 2^-4), so the stated power is
+    0 and no gap is detectable; at K = 10 the stated power matches the real test's rate."""
+    d = simulation.design(0, "clustered", 1500, cluster_size=300)  # K = 5
+    m = dg.minimum_detectable_gap(d.confidence[0], d.correct[0], key=1, clusters=d.clusters[0],
+                                  n_datasets=20, gaps=[0.1, 0.4, 0.9])
+    assert np.all(m.power == 0) and m.gap == float("inf")
+    check = validity.power_check(7, 10, n=1500, n_datasets=60, n_permutations=99)
+    assert abs(check.stated - check.measured) <= 0.2, check  # 60 datasets: sd ~0.065 each

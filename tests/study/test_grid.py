@@ -83,7 +83,8 @@ def test_default_grid_runs_the_recommended_test_and_the_detectable_gap():
     out = grid.diagnostic_grid(cells, s)
     names = [t["test"] for t in out["tests"]]
     assert names == ["within_bin_permutation"] * 2 + ["conditional"] * 2 + [
-        "minimum_detectable_gap"] * 2
+        "minimum_detectable_gap"] * 2 + ["conditional_omnibus"] * 2 + [
+        "minimum_detectable_gap_omnibus"] * 2
     cond = [t for t in out["tests"] if t["test"] == "conditional"]
     for i, (c, t) in enumerate(zip(cells, cond, strict=True)):
         ref = diagnostics.conditional_calibration_test(
@@ -96,4 +97,5 @@ def test_default_grid_runs_the_recommended_test_and_the_detectable_gap():
     gaps = [t for t in out["tests"] if t["test"] == "minimum_detectable_gap"]
     assert all(0 < t["minimum_detectable_gap"] < 1 and "p_holm" not in t for t in gaps)
     assert len(gaps[0]["power_curve"]["gap"]) == len(gaps[0]["power_curve"]["power"])
-    assert {r["test"] for r in out["rejections"]} == {"within_bin_permutation", "conditional"}
+    assert {r["test"] for r in out["rejections"]} == {"within_bin_permutation", "conditional",
+                                                      "conditional_omnibus"}

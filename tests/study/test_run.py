@@ -67,10 +67,13 @@ def test_results_hold_every_cell_and_independent_numbers(quick):
     routed = [a for a in cfg.architectures if cfg.models[a].routed]
     n_cells = len(feats) * len(cfg.seeds) * len(routed)
     rows = res["diagnostics"]["tests"]
-    # the paper test, the recommended conditional test and the minimum detectable gap, per cell
+    # the paper test, the recommended conditional test and the minimum detectable gap, then the
+    # omnibus variant and its detectable gap (issue 22), per cell
     assert [t["test"] for t in rows] == (["within_bin_permutation"] * n_cells
                                          + ["conditional"] * n_cells
-                                         + ["minimum_detectable_gap"] * n_cells)
+                                         + ["minimum_detectable_gap"] * n_cells
+                                         + ["conditional_omnibus"] * n_cells
+                                         + ["minimum_detectable_gap_omnibus"] * n_cells)
     assert all(0 < t["minimum_detectable_gap"] <= 1 for t in rows if "minimum_detectable_gap" in t)
     b = cfg.diagnostics.n_permutations
     for t in (t for t in rows if "p_value" in t):
