@@ -4,8 +4,9 @@
 
 W/runs/<arch>/seed<s> must hold the study's trained decoders (`routecal study` makes them there;
 or `routecal train` with the study's `model_overrides`). For each run, the token predictions of
-the study's domains are written if absent (`predict.predict_workdir` with the study's
-`predict.*`; records carry `seq_id` and `doc_id`), then every diagnostics cell of the plan
+the study's domains are written if absent (`token_predict.predict_lm` with the study's
+`predict.*`, in W/runs/<arch>/seed<s>/predictions/tokens/<split> as the study writes them;
+records carry `seq_id` and `doc_id`), then every diagnostics cell of the plan
 (domain x routed arch x seed x routing summary) is run with `lm_stages.diagnose_cell` under
 `diagnostics.cluster_unit=row` and `=document` (the same cell key for both), Holm/BH-adjusted per
 (test, domain) family (`token_tests.adjust`). Prints per domain and unit: raw / Holm / BH
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("workdir")
     p.add_argument("--config", default=str(ROOT / "configs" / "study_lm.py"))
+    p.add_argument("--predict-only", action="store_true",
+                   help="write the missing predictions and stop (run one per arch in parallel)")
     p.add_argument("overrides", nargs="*", help="study config key=value overrides")
     a = p.parse_intermixed_args(argv)
     import jax
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     from routecal.config import load_config
     from routecal.study import lm_stages, token_tests
     from routecal.study.lm_plan import LMPlan
-    from routecal.training import predict
+    from routecal.training import token_predict
+    from routecal.training.train import load_trained
 
     w = pathlib.Path(a.workdir)
     (w / "nulls").mkdir(parents=True, exist_ok=True)
@@ -56,10 +60,16 @@ def main(argv: list[str] | None = None) -> dict:
             run = w / "runs" / m.name / f"seed{s}"
             tok_dir = run / "predictions" / "tokens"
             if not all((tok_dir / sp / "index.json").is_file() for _, sp in plan.domains):
-                predict.predict_workdir(str(run), lm_options=dict(plan.predict_options))
+                model, _, dataset = load_trained(run)  # the domains' splits only (not calib)
+                token_predict.predict_lm(model, dataset, run, splits=tuple(
+                    sp for _, sp in plan.domains), **plan.predict_options)
+            if a.predict_only:
+                continue
             toks[m.name, s] = {d: lm_stages.load_tokens(tok_dir / sp, f"{m.name}/seed{s}/{sp}")
                                for d, sp in plan.domains}
     t1 = time.perf_counter()
+    if a.predict_only:
+        return {"seconds": {"predict": t1 - t0}}
     rows: dict[str, list] = {u: [] for u in units}
     key = jax.random.key(plan.diag_seed)
     for i, (d, arch, s) in enumerate(plan.cells()):

@@ -121,6 +121,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.diagnostics.paper_power_datasets = 20
         c.diagnostics.paper_power_permutations = 100
         c.diagnostics.max_tokens = 20_000
+        # lm_stdlib's quick evaluation splits are 2 kB, one document each: rows are the only
+        # clusters there are (the smoke run checks the pipeline, not the level).
+        c.diagnostics.cluster_unit = "row"
         c.probes.bandwidth_rules = ("scott", "cv_nll", "oracle_ece")
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)
         c.probes.max_calib_tokens = 10_000

@@ -147,10 +147,18 @@ def cell_tokens(t: Mapping[str, np.ndarray], plan: LMPlan, name: str = "predicti
     or rows) up to `diag_max_tokens` (seeded), so a cluster is never cut.
 
     Raises:
-      ValueError: document clusters on predictions without `doc_id` (`tokens.cluster_ids`).
+      ValueError: document clusters on predictions without `doc_id` (`tokens.cluster_ids`), or
+        fewer than 2 clusters.
     """
-    clusters = tokens.cluster_ids(t, plan.tests.cluster_unit, name)
+    unit = plan.tests.cluster_unit
+    clusters = tokens.cluster_ids(t, unit, name)
     idx = tokens.thin_sequences(clusters, plan.diag_max_tokens, seed=plan.diag_seed)
+    n_clusters = len(np.unique(clusters[idx]))
+    if n_clusters < 2:
+        raise ValueError(
+            f"diagnostics.cluster_unit: the {name} tokens hold {n_clusters} {unit}; the "
+            "recommended test needs at least 2 clusters (evaluate more documents: raise "
+            "data.max_bytes in model_overrides, or set diagnostics.cluster_unit=row)")
     return tokens.subset(t, idx)
 
 

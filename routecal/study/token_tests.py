@@ -36,7 +36,8 @@ TESTS = ("paper", "recommended", "omnibus")
 LABELS = {
     "paper": "paper's within-bin permutation test (tokens as iid)",
     "recommended": "recommended conditional calibration test (clusters: diagnostics.cluster_unit)",
-    "omnibus": "omnibus conditional calibration test (non-monotone effects; clusters: diagnostics.cluster_unit)",
+    "omnibus": "omnibus conditional calibration test (non-monotone effects; clusters: "
+    "diagnostics.cluster_unit)",
 }
 CLUSTER_UNITS = ("document", "row")  # `tokens.CLUSTER_UNITS` maps each to its id column
 _NEEDS = {

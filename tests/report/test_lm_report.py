@@ -87,3 +87,10 @@ def test_report_files_and_glance_first(tmp_path):
     assert (tmp_path / "figures" / "power.png").exists()
     glance = lm.glance(res)
     assert [r[0] for r in glance.rows] == ["in", "far"] and glance.rows[0][-1] == "full: better"
+    assert glance.rows[0][3] == "-"  # results of an older routecal: no cluster counts
+    res["diagnostics"]["clusters"] = {"in": {"cluster_unit": "document", "n_clusters": [12, 12],
+                                             "n_eff_clusters": [8.25, 9.0]}}
+    glance = lm.glance(res)
+    assert glance.header[3].startswith("clusters") and glance.rows[1][3] == "-"
+    assert glance.rows[0][3] == "document: 12 (effective 8.2-9.0)"
+    assert "clusters: documents, 12 (effective 8.2)" in lm_verdicts.diagnostics_items(res)[1]

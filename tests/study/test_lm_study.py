@@ -55,6 +55,7 @@ def cfg():
         "diagnostics.power_kwargs.n_datasets=10", "diagnostics.paper_power_datasets=10",
         "diagnostics.paper_power_permutations=19",
         "probes.bandwidth_rules=('scott', 'cv_nll')", "probes.sweep_multiples=(1.0,)",
+        "diagnostics.cluster_unit=document",  # quick's 2 kB splits cluster by rows
     ])
 
 
@@ -198,7 +199,8 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
 def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
     from routecal.study.lm_plan import LMPlan
 
-    assert LMPlan.from_config(cfg).tests.cluster_unit == "document"  # the default
+    assert load_config(f"{ROOT}/configs/study_lm.py").diagnostics.cluster_unit == "document"
+    assert LMPlan.from_config(cfg).tests.cluster_unit == "document"
     cfg.diagnostics.cluster_unit = "file"
     with pytest.raises(ValueError, match=r"diagnostics.cluster_unit.*'file'"):
         LMPlan.from_config(cfg)
@@ -210,6 +212,9 @@ def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
     old = lm_stages.load_tokens(tmp_path / "old.npz", "old")
     with pytest.raises(ValueError, match=r"old.*no 'doc_id'.*routecal predict.*cluster_unit=row"):
         lm_stages.cell_tokens(old, doc_plan, "old")
+    one = {k: v[:24] for k, v in old.items()}  # one row (and one document)
+    with pytest.raises(ValueError, match=r"cluster_unit: the one tokens hold 1 row.*at least 2"):
+        lm_stages.cell_tokens(one, rows_plan, "one")
     cell = lm_stages.diagnose_cell(lm_stages.cell_tokens(old, rows_plan), "H_mean",
                                    key=jax.random.key(0), plan=rows_plan,
                                    null_path=tmp_path / "n.npz")
