@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from routecal import _checks
-from routecal.files.predictions import routing_features
+from routecal.files.predictions import ROUTER_SUMMARIES, routing_features
 from routecal.probes.data import PROFILE, ProbeData
 
 POSITION_AWARE = ("H_mean", "depth_var_mean", "depth_mean_mean")  # get a `<f>_vs_seq` twin
@@ -52,7 +52,7 @@ def token_arrays(preds: Mapping[str, Any], name: str = "predictions") -> dict[st
     Returns:
       {confidence [N] float64, correct [N] float64, entropy [N] float64, seq_id [N] int64,
        position [N] int64} plus the routing summaries [N, S] present (H, H_norm, depth_mean,
-       depth_var) and any routing_<name> [N].
+       depth_var; MoE router summaries [N, M]), doc_id [N] if present and any routing_<name> [N].
     Raises:
       ValueError: a missing key (named) or arrays of different lengths.
     """
@@ -68,9 +68,11 @@ def token_arrays(preds: Mapping[str, Any], name: str = "predictions") -> dict[st
         "seq_id": np.asarray(preds["seq_id"], np.int64).reshape(-1),
         "position": np.asarray(preds["position"], np.int64).reshape(-1),
     }
-    for k in ("H", "H_norm", "depth_mean", "depth_var"):
+    for k in ("H", "H_norm", "depth_mean", "depth_var", *ROUTER_SUMMARIES):
         if k in preds and np.size(preds[k]):
             out[k] = _checks.as_array(preds[k], f"{name}[{k!r}]", ndim=2)
+    if "doc_id" in preds:  # the packed document of each token (text packing)
+        out["doc_id"] = np.asarray(preds["doc_id"], np.int64).reshape(-1)
     for k in preds:
         if k.startswith("routing_"):
             out[k] = _checks.as_array(preds[k], f"{name}[{k!r}]", ndim=1)

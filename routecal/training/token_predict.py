@@ -7,7 +7,7 @@ For every evaluated position t of a packed row (input ids row[:t+1], target row[
   confidence   max_v p(v)             correct   argmax_v p(v) == label
   entropy      -sum_v p(v) log p(v)   label     the target id
   seq_id       the row index in the split, position  t (0-based), domain  0 in / 1 near / 2 far
-  nll          -log p(label)
+  nll          -log p(label)          doc_id    the packed document of the target (`doc_ids`)
 
 and, for AttnRes models, per depth-attention site l (L sublayers then the readout; columns S):
   H [S], H_norm [S], depth_mean [S], depth_var [S]   (`traces.py` definitions, per token)
@@ -89,6 +89,16 @@ def _token_stats(model: nnx.Module, rows_BxT1: jax.Array) -> dict[str, jax.Array
     return rec
 
 
+def doc_ids(rows_NxT1: np.ndarray, bos: int) -> np.ndarray:
+    """[N, T] int64: the document of each target token of packed rows (`data.text.packing`: row i
+    holds stream[iT : iT + T + 1], every document starts with BOS): the number of BOS tokens in
+    the stream up to and including the target, minus 1 (a BOS target opens its own document)."""
+    t = rows_NxT1.shape[1] - 1
+    stream = np.concatenate([rows_NxT1[:, :t].reshape(-1), rows_NxT1[-1:, t]])
+    count = np.cumsum(stream == bos) - 1
+    return count[1:].reshape(rows_NxT1.shape[0], t).astype(np.int64)
+
+
 def _logit_var(tr: dict[str, jax.Array]) -> jax.Array:
     """Posterior router-logit variance per token: the router's own `router_logit_var` trace if it
     gives one, else the square of `router_sigma` (the mean posterior std over experts that
@@ -118,6 +128,7 @@ def predict_split(
     max_tokens: int | None = None,
     shard_tokens: int = 1 << 18,
     meta: dict | None = None,
+    bos: int | None = None,
 ) -> pathlib.Path:
     """Writes the token records of `model` on `split` as shards under `out_dir` (see module doc).
 
@@ -130,6 +141,8 @@ def predict_split(
       every, min_position, max_tokens: thinning (see module doc).
       shard_tokens: records per shard.
       meta: extra metadata for index.json.
+      bos: the BOS id that starts every packed document; given, each record also gets `doc_id`,
+        the index of the document its target token belongs to (`doc_ids`).
 
     Returns:
       The output directory (read it with `routecal.files.predictions.load`).
@@ -156,6 +169,7 @@ def predict_split(
     pos_T = np.arange(t)
     keep_pos = (pos_T % every == 0) & (pos_T >= min_position)
     code = np.int8(DOMAIN_CODES[split.domain])
+    docs_NxT = None if bos is None else doc_ids(rows, bos)
     written = 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -174,6 +188,8 @@ def predict_split(
         rec["seq_id"] = (start + bi).astype(np.int64)
         rec["position"] = ti.astype(np.int32)
         rec["domain"] = np.full(len(bi), code, np.int8)
+        if docs_NxT is not None:
+            rec["doc_id"] = docs_NxT[start + bi, ti]
         writer.append(rec)
         written += len(bi)
         if max_tokens is not None and written >= max_tokens:
@@ -209,5 +225,6 @@ def predict_lm(
             max_tokens=max_tokens,
             shard_tokens=shard_tokens,
             meta={"split": name, "tokenizer": dataset.tokenizer.name},
+            bos=int(dataset.tokenizer.bos),
         )
     return out
