@@ -216,6 +216,12 @@ class DecoderConfig:
                 raise ValueError(f"model.qk_rope_head_dim: RoPE needs an even width, got "
                                  f"{self.qk_rope_head_dim}")
         _positive_float(self.routed_scaling, "routed_scaling")
+        if self.mlp_type.startswith("vmoer") and (self.n_group > 1 or self.routed_scaling != 1):
+            raise ValueError(
+                f"model.mlp_type: {self.mlp_type} routers select plain top-k; group-limited "
+                f"top-k (n_group={self.n_group}) and routed_scaling={self.routed_scaling} are "
+                "supported by the deterministic router only"
+            )
         if self.rope_scaling:
             if self.attention != "mla":
                 raise ValueError("model.rope_scaling: YaRN is supported with attention='mla' only")
