@@ -16,7 +16,7 @@ def test_moe_dispatch_benchmark_smoke():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "moe_dispatch.py"), "--smoke", "--repeats", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = re.findall(r"^(\w+)\s+(dense|sparse_blocks)\s+[\d.]+ ms\s+[\d.]+ tokens/s\s+max\S+ (\S+)$",
+    rows = re.findall(r"^(\w+)\s+(dense|sparse_blocks)\s+[\d.]+ ms\s+[\d.]+ tokens/s\s+max\|y - y_first\| (\S+)$",
                       proc.stdout, re.M)
     assert {(s, m) for s, m, _ in rows} == {
         (s, m) for s in ("olmoe", "deepseek_v2_lite") for m in ("dense", "sparse_blocks")

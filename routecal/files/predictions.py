@@ -145,14 +145,20 @@ def load(path: str | pathlib.Path) -> Mapping[str, np.ndarray]:
     return d
 
 
+# Per-token MoE router summaries [N, M] (one column per MoE layer) written by `token_predict`.
+ROUTER_SUMMARIES = ("router_entropy_norm", "top1_margin", "router_logit_spread")
+
+
 def routing_features(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-example routing scalars [N] from a predictions dict.
 
     From per-sublayer summaries [N, S] (S >= 1): `H_mean` (mean normalised entropy over sublayers),
     `depth_var_mean`, `depth_mean_mean`, and two single sublayers: `H_mid` (sublayer S // 2) and
     `H_last` (the last sublayer, the depth-aggregating readout for AttnRes models). Sublayers whose
-    entropy is constant (a single source) are skipped when picking single layers. Plus every
-    `routing_<name>` array in the file, as `<name>`.
+    entropy is constant (a single source) are skipped when picking single layers. From the MoE
+    router summaries [N, M] of `ROUTER_SUMMARIES` (`token_predict`): `<k>_mean` over the M MoE
+    layers and `<k>_l<m>` for MoE layer m (e.g. `router_entropy_norm_mean`, `top1_margin_l0`).
+    Plus every `routing_<name>` array in the file, as `<name>`.
     """
     out: dict[str, np.ndarray] = {}
     H = preds.get("H_norm", preds.get("H"))
@@ -167,6 +173,13 @@ def routing_features(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         v = preds.get(k)
         if v is not None and np.asarray(v).size:
             out[f"{k}_mean"] = np.asarray(v, np.float64).mean(axis=1)
+    for k in ROUTER_SUMMARIES:  # MoE router summaries [N, M]: mean over layers, and per layer
+        v = preds.get(k)
+        if v is not None and np.asarray(v).size:
+            v = np.asarray(v, np.float64)
+            out[f"{k}_mean"] = v.mean(axis=1)
+            for m in range(v.shape[1]):
+                out[f"{k}_l{m}"] = v[:, m]
     for k, v in preds.items():
         if k.startswith("routing_"):
             out[k[len("routing_"):]] = _checks.as_array(v, k, ndim=1)

@@ -28,20 +28,30 @@ from routecal.models import moe
 Array = jax.Array
 
 
-def rope(x_BxTxNxK: Array, positions_T: Array, theta: float, *, interleaved: bool = False) -> Array:
+def rope(
+    x_BxTxNxK: Array,
+    positions_T: Array,
+    theta: float,
+    *,
+    interleaved: bool = False,
+    inv_freq: Any = None,
+    cos_scale: float = 1.0,
+) -> Array:
     """Rotary position embedding, "rotate half" layout (RoFormer eq. 34; HF `apply_rotary_pos_emb`).
 
     Pairs feature i with feature i + K/2 (`interleaved`: feature 2i with 2i + 1, DeepSeek-V2's
     complex layout) and rotates the pair by angle p / theta^(2i/K) at position p. The interleaved
     output lists the rotated first members, then the second ones (a fixed permutation of the
-    features, which leaves every q . k score unchanged). Computed in float32, returned in the
-    input dtype.
+    features, which leaves every q . k score unchanged). `inv_freq` [K/2] replaces the inverse
+    frequencies and `cos_scale` multiplies cos and sin (YaRN, `routecal.models.yarn`). Computed in
+    float32, returned in the input dtype.
     """
     k = x_BxTxNxK.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))  # [K/2]
-    ang_TxK2 = positions_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
-    cos = jnp.cos(ang_TxK2)[None, :, None, :]
-    sin = jnp.sin(ang_TxK2)[None, :, None, :]
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))  # [K/2]
+    ang_TxK2 = positions_T.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]
+    cos = cos_scale * jnp.cos(ang_TxK2)[None, :, None, :]
+    sin = cos_scale * jnp.sin(ang_TxK2)[None, :, None, :]
     x = x_BxTxNxK.astype(jnp.float32)
     if interleaved:
         x1, x2 = x[..., 0::2], x[..., 1::2]

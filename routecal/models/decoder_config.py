@@ -12,7 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from routecal.models import attnres, dispatch
+from routecal.models import attnres, dispatch, yarn
 from routecal.models.transformer import MLP_TYPES  # "dense", "moe", "vmoer_<router>"
 
 ROUTER_ORDERS = ("softmax_topk", "topk_softmax")
@@ -59,6 +59,7 @@ class DecoderConfig:
       attention: "standard" (RoPE, grouped-query) or "mla" (multi-head latent attention,
         DeepSeek-V2, `mla.py`) with kv_lora_rank, q_lora_rank (0: queries straight from x),
         qk_nope_head_dim, qk_rope_head_dim (even) and v_head_dim.
+      rope_scaling: YaRN parameters as sorted (key, value) pairs (`yarn.KEYS`; "mla" only).
       n_group, topk_group, routed_scaling: DeepSeek-V2 group-limited top-k and gate scale
         (`moe.top_k_gates`; 1, 1, 1.0: plain top-k).
       dispatch: how dropless MoE layers compute their experts (`routecal.models.dispatch`):
@@ -109,6 +110,7 @@ class DecoderConfig:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
     n_group: int = 1
     topk_group: int = 1
     routed_scaling: float = 1.0
@@ -214,6 +216,16 @@ class DecoderConfig:
                 raise ValueError(f"model.qk_rope_head_dim: RoPE needs an even width, got "
                                  f"{self.qk_rope_head_dim}")
         _positive_float(self.routed_scaling, "routed_scaling")
+        if self.mlp_type.startswith("vmoer") and (self.n_group > 1 or self.routed_scaling != 1):
+            raise ValueError(
+                f"model.mlp_type: {self.mlp_type} routers select plain top-k; group-limited "
+                f"top-k (n_group={self.n_group}) and routed_scaling={self.routed_scaling} are "
+                "supported by the deterministic router only"
+            )
+        if self.rope_scaling:
+            if self.attention != "mla":
+                raise ValueError("model.rope_scaling: YaRN is supported with attention='mla' only")
+            yarn.check_params(dict(self.rope_scaling), "model.rope_scaling")
         if self.vmoer:
             from routecal.models import vmoer
 
@@ -289,6 +301,8 @@ class DecoderConfig:
             raise ValueError(f"model: unknown key(s) {unknown}; valid: {sorted(valid)}")
         if "dense_layers" in d:
             d["dense_layers"] = tuple(d["dense_layers"] or ())
+        if "rope_scaling" in d:
+            d["rope_scaling"] = tuple(sorted(dict(d["rope_scaling"] or {}).items()))
         if "vmoer" in d:
             d["vmoer"] = tuple(sorted(dict(d["vmoer"] or {}).items()))
         return cls(**d)

@@ -9,7 +9,9 @@ concatenated after the nope parts. Queries come from x directly (`q_proj`) or, w
 through their own latent: q = W_UQ RMSNorm(W_DQ x) (eqs. 12-13). Scale 1 / sqrt(nope + rope width)
 unless `attention_multiplier` is set. RoPE here pairs features (2i, 2i + 1) (HF `apply_rotary_emb`
 on complex views; the remote-code permutation gives the same scores). The two latent RMSNorms use
-epsilon 1e-6, as `DeepseekV2RMSNorm`'s default in the reference code (not `rms_norm_eps`).
+epsilon 1e-6, as `DeepseekV2RMSNorm`'s default in the reference code (not `rms_norm_eps`). With
+`rope_scaling` (YaRN, `routecal.models.yarn`) the rope frequencies, cos / sin and the softmax
+scale change as in the reference.
 
 Parameter names follow the checkpoint's (`q_a_proj` -> q_a_proj, `q_a_layernorm` -> q_a_norm,
 `kv_a_proj_with_mqa` -> kv_a_proj, `kv_a_layernorm` -> kv_a_norm, `kv_b_proj`, `o_proj`).
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from routecal.models import yarn
 from routecal.models.causal import linear, rope
 
 Array = jax.Array
@@ -46,6 +49,13 @@ class MultiHeadLatentAttention(nnx.Module):
         self.kv_rank = cfg.kv_lora_rank
         self.rope_theta = float(cfg.rope_theta)
         self.scale = float(cfg.attention_scale)
+        self.inv_freq, self.cos_scale = None, 1.0
+        scaling = dict(getattr(cfg, "rope_scaling", ()) or ())
+        if scaling:  # YaRN (DeepSeek-V2-Lite / V2): `routecal.models.yarn`
+            self.inv_freq = tuple(yarn.inv_freq(self.rope_dim, self.rope_theta, scaling).tolist())
+            self.cos_scale = yarn.cos_sin_scale(scaling)
+            if cfg.attention_multiplier is None:
+                self.scale *= yarn.softmax_scale_factor(scaling)
         qk = self.nope + self.rope_dim
         if cfg.q_lora_rank:
             self.q_proj = None
@@ -74,8 +84,9 @@ class MultiHeadLatentAttention(nnx.Module):
         k_rope_BxTx1xR = latent[..., self.kv_rank :].reshape(b, t, 1, r)
         kv_BxTxHxNV = self.kv_b_proj(c_BxTxC).reshape(b, t, h, n + self.v_dim)
         pos_T = jnp.arange(t)
-        q_rope = rope(q_BxTxHxNR[..., n:], pos_T, self.rope_theta, interleaved=True)
-        k_rope = rope(k_rope_BxTx1xR, pos_T, self.rope_theta, interleaved=True)
+        kw = dict(interleaved=True, inv_freq=self.inv_freq, cos_scale=self.cos_scale)
+        q_rope = rope(q_BxTxHxNR[..., n:], pos_T, self.rope_theta, **kw)
+        k_rope = rope(k_rope_BxTx1xR, pos_T, self.rope_theta, **kw)
         q_BxTxHxNR = jnp.concatenate([q_BxTxHxNR[..., :n], q_rope], axis=-1)
         k_BxSxHxNR = jnp.concatenate(
             [kv_BxTxHxNV[..., :n], jnp.broadcast_to(k_rope, (b, t, h, r))], axis=-1

@@ -74,13 +74,18 @@ def fingerprints(paths: Mapping[str, str | pathlib.Path]) -> dict[str, Any]:
 def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path, *,
                   predict_options: Mapping[str, Any], depth_rows: int,
                   domains: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Trains `model` for `seed` in `run_dir` (resuming), writes its token predictions
+    """Trains `model` for `seed` in `run_dir` (resuming; an `hf`-source model is imported instead,
+    `lm_pretrained`), writes its token predictions
     (`predict.predict_workdir(..., lm_options=predict_options)`: thinning, token caps) and, for
     AttnRes models, the mean depth-attention weights per domain (`depth_attention`)."""
+    from routecal.study import lm_pretrained
     from routecal.training import predict, train
 
+    cfg = model.load(seed)
+    if lm_pretrained.is_pretrained(cfg):  # an imported checkpoint: nothing to train
+        return lm_pretrained.import_predict(cfg, run_dir, predict_options=predict_options)
     t0 = time.perf_counter()
-    metrics = train.train_and_evaluate(model.load(seed), str(run_dir))
+    metrics = train.train_and_evaluate(cfg, str(run_dir))
     t1 = time.perf_counter()
     paths = predict.predict_workdir(str(run_dir), lm_options=dict(predict_options))
     t2 = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from routecal import _checks
-from routecal.files.predictions import routing_features
+from routecal.files.predictions import ROUTER_SUMMARIES, routing_features
 from routecal.probes.data import PROFILE, ProbeData
 
 POSITION_AWARE = ("H_mean", "depth_var_mean", "depth_mean_mean")  # get a `<f>_vs_seq` twin
@@ -100,8 +100,9 @@ def token_arrays(preds: Mapping[str, Any], name: str = "predictions") -> dict[st
 
     Returns:
       {confidence [N] float64, correct [N] float64, entropy [N] float64, seq_id [N] int64,
-       position [N] int64, doc_id [N] int64 (when present)} plus the routing summaries [N, S] present (H, H_norm, depth_mean,
-       depth_var) and any routing_<name> [N].
+       position [N] int64, doc_id [N] int64 (when present)} plus the routing summaries [N, S]
+       present (H, H_norm, depth_mean, depth_var; MoE router summaries [N, M]) and any
+       routing_<name> [N].
     Raises:
       ValueError: a missing key (named), ids that are not integers >= 0, or arrays of different
         lengths.
@@ -120,7 +121,7 @@ def token_arrays(preds: Mapping[str, Any], name: str = "predictions") -> dict[st
     for k in ID_KEYS:
         if k in preds:
             out[k] = _check_ids(preds[k], f"{name}[{k!r}]")
-    for k in ("H", "H_norm", "depth_mean", "depth_var"):
+    for k in ("H", "H_norm", "depth_mean", "depth_var", *ROUTER_SUMMARIES):
         if k in preds and np.size(preds[k]):
             out[k] = _checks.as_array(preds[k], f"{name}[{k!r}]", ndim=2)
     for k in preds:

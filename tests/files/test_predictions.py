@@ -77,3 +77,16 @@ def test_constant_features_are_found_and_the_rest_kept():
     p = routing_predictions(_arrays(n=30), kept)
     assert routing_features(p).keys() == {"b"}
     np.testing.assert_array_equal(routing_features(p)["b"], feats["b"])
+
+
+def test_router_summaries_give_layer_means_and_per_layer_columns():
+    from routecal.files.predictions import routing_features
+
+    rng = np.random.default_rng(0)
+    ent, margin = rng.uniform(size=(7, 3)), rng.uniform(size=(7, 3))
+    f = routing_features({"router_entropy_norm": ent, "top1_margin": margin})
+    np.testing.assert_allclose(f["router_entropy_norm_mean"], (ent[:, 0] + ent[:, 1] + ent[:, 2]) / 3)
+    np.testing.assert_allclose(f["top1_margin_mean"], margin.sum(axis=1) / 3)
+    for m in range(3):
+        np.testing.assert_array_equal(f[f"top1_margin_l{m}"], margin[:, m])
+    assert "router_logit_spread_mean" not in f  # absent column, no feature

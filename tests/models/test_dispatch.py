@@ -90,7 +90,7 @@ def test_auto_picks_ragged_on_accelerators_and_blocks_on_cpu():
         DecoderConfig(dispatch="blocks")
 
 
-@pytest.mark.parametrize("mlp_type", ["moe", "vmoer_logit"])
+@pytest.mark.parametrize("mlp_type", ["vmoer_logit"])  # a variational router: its extra traces too
 def test_decoder_sparse_equals_dense_on_logits_gates_and_traces(mlp_type):
     base = dict(vocab_size=40, max_len=16, d_model=16, n_layers=2, n_heads=2, mlp_dim=12,
                 mlp_type=mlp_type, n_experts=6, top_k=3, norm_topk_prob=True,
@@ -108,3 +108,12 @@ def test_decoder_sparse_equals_dense_on_logits_gates_and_traces(mlp_type):
             assert set(a) == set(b)
             for key in a:
                 np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=1e-5, err_msg=key)
+
+
+def test_vmoer_routers_refuse_deepseek_group_limited_routing():
+    base = dict(mlp_type="vmoer_mfvr", n_experts=4, top_k=2)
+    with pytest.raises(ValueError, match="n_group"):
+        DecoderConfig(**base, n_group=2, topk_group=1)
+    with pytest.raises(ValueError, match="routed_scaling"):
+        DecoderConfig(**base, routed_scaling=16.0)
+    assert DecoderConfig(mlp_type="moe", n_experts=4, top_k=2, n_group=2).n_group == 2

@@ -234,3 +234,23 @@ def test_vmoer_transformer_aux_and_trainable_filter():
     assert (
         got == names and len(names) == 6
     )  # MFVR, MLP heads: trunk, delta_mu, sigma (kernel + bias)
+
+
+def test_group_limited_top_k_and_routed_scaling_by_hand():
+    """DeepSeek-V2 group_limited_greedy: 6 experts in 3 groups {0,1}, {2,3}, {4,5}; group scores
+    (max prob) 0.30, 0.25, 0.28 -> keep groups 0 and 2 (topk_group 2); the top-2 among experts
+    0, 1, 4, 5 are 0 (0.30) and 4 (0.28), although expert 2 (0.25) beats 5 (0.02); gates x 2."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from routecal.models import moe
+
+    probs = jnp.asarray([[[0.30, 0.05, 0.25, 0.10, 0.28, 0.02]]], jnp.float32)
+    experts, gates = moe.top_k_gates(probs, 2, n_group=3, topk_group=2, scale=2.0)
+    np.testing.assert_array_equal(np.asarray(experts)[0, 0], [0, 4])
+    np.testing.assert_allclose(np.asarray(gates)[0, 0], [0.60, 0.56], rtol=1e-6)
+    plain, _ = moe.top_k_gates(probs, 3)
+    np.testing.assert_array_equal(np.asarray(plain)[0, 0], [0, 4, 2])  # 2 is excluded above
+    experts, gates = moe.top_k_gates(probs, 2, n_group=3, topk_group=1, normalize=True)
+    np.testing.assert_array_equal(np.asarray(experts)[0, 0], [0, 1])  # group 0 alone
+    np.testing.assert_allclose(np.asarray(gates)[0, 0], [0.30 / 0.35, 0.05 / 0.35], rtol=1e-6)

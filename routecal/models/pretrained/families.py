@@ -2,14 +2,13 @@
 
 Each `Family` says how its `config.json` maps onto `DecoderConfig`, which tensor of the checkpoint
 fills each routecal parameter (with its layout change, `sources.KINDS`), and its gating convention.
-Read from the reference PyTorch code (transformers 5.x `modeling_olmoe.py`, `modeling_qwen2_moe.py`,
-`modeling_granitemoe.py`); the checkpoint names are the on-disk ones (`save_pretrained` writes the
-per-expert / fused-legacy layout below, which is also what the published checkpoints hold).
+Read from the reference PyTorch code (transformers 5.x `modeling_<family>.py`; DeepSeek-MoE v1:
+its remote `modeling_deepseek.py`); checkpoint names are the on-disk ones (`save_pretrained` writes
+the per-expert / fused-legacy hub layout below, which the published checkpoints hold).
 
-* OLMoE (`OlmoeForCausalLM`, e.g. allenai/OLMoE-1B-7B-0924): `q_norm` / `k_norm` are RMSNorms over
-  the *full* q and k projections (H*K and G*K features, before the heads are split); router
-  softmax over all E experts, then top-k (8 of 64) with no renormalisation (`norm_topk_prob`
-  false); every layer is MoE; optional `clip_qkv` is not supported (must be null).
+* OLMoE (`OlmoeForCausalLM`): `q_norm` / `k_norm` are RMSNorms over the *full* q and k projections
+  (H*K and G*K features, before the heads are split); router softmax over all E experts, then
+  top-k with no renormalisation; every layer is MoE; `clip_qkv` is not supported (must be null).
 * Qwen2-MoE (`Qwen2MoeForCausalLM`, e.g. Qwen/Qwen1.5-MoE-A2.7B): biases on q, k, v (`qkv_bias`,
   not on o); softmax then top-k, renormalised iff `norm_topk_prob`; a shared SwiGLU expert of width
   `shared_expert_intermediate_size` added to every MoE output, gated by sigmoid(w . x); layer i is
@@ -27,7 +26,7 @@ per-expert / fused-legacy layout below, which is also what the published checkpo
 * DeepSeek-MoE v1 (`deepseek`, remote code) and DeepSeek-V2 (`deepseek_v2`): softmax top-k
   (greedy or group-limited), gates times `routed_scaling_factor` (V2), `n_shared_experts` ungated
   shared experts; layer i is MoE iff i >= `first_k_dense_replace` and i % `moe_layer_freq` == 0;
-  V2 uses multi-head latent attention (`routecal.models.mla`).
+  V2 uses multi-head latent attention (`routecal.models.mla`) and optionally YaRN RoPE scaling.
 
 All: pre-norm RMSNorm, RoPE in the rotate-half layout with `rope_theta` (no rope scaling),
 SwiGLU experts with SiLU, untied output head unless `tie_word_embeddings`.
@@ -40,6 +39,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from routecal.models import yarn
 from routecal.models.pretrained.sources import Source
 
 # --- tensor tables: (routecal parameter path, checkpoint name, kind); {i} layer, {p} a projection
@@ -122,7 +122,7 @@ COMMON_KEYS = (
     ("top_k", "num_experts_per_tok"),
     ("norm_topk_prob", "norm_topk_prob"),
 )
-# Defaults of absent keys shared by the three families (transformers 5.x class defaults).
+# Defaults of absent keys shared by the families (transformers 5.x class defaults).
 COMMON_DEFAULTS = (("tie_word_embeddings", False), ("norm_topk_prob", False),
                    ("num_key_value_heads", None), ("head_dim", None), ("attention_bias", False))
 # OLMoE and Granite: one `attention_bias` flag for q, k, v and o.
@@ -168,6 +168,7 @@ class Family:
     tensors: tuple[tuple[str, str, str], ...]
     tensor_dtypes: tuple[str, ...] = ("BF16", "F16", "F32", "F64")
     derived: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    yarn: bool = False  # YaRN rope_scaling supported (`routecal.models.yarn`)
 
     def decoder_kwargs(self, hf: dict[str, Any]) -> dict[str, Any]:
         """DecoderConfig keyword arguments from a `config.json` dict (ValueError naming the key)."""
@@ -195,7 +196,9 @@ class Family:
             out["n_kv_heads"] = out["n_heads"]
         if "dense_layers" in out:
             out["dense_layers"] = tuple(int(i) for i in out["dense_layers"] or ())
-        out["rope_theta"] = rope_theta(hf)
+        out["rope_theta"] = rope_theta(hf, yarn_ok=self.yarn)
+        if self.yarn and yarn.from_hf_config(hf):
+            out["rope_scaling"] = yarn.from_hf_config(hf)
         if self.derived is not None:
             out.update(self.derived(hf))
         return {**out, **dict(COMMON_FIXED), **dict(self.fixed)}
@@ -229,11 +232,14 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def rope_theta(hf: dict[str, Any]) -> float:
-    """RoPE base from `rope_parameters` (transformers >= 5) or `rope_theta`; scaled RoPE raises."""
+def rope_theta(hf: dict[str, Any], yarn_ok: bool = False) -> float:
+    """RoPE base from `rope_parameters` (transformers >= 5) or `rope_theta`; scaled RoPE raises
+    (except YaRN where `yarn_ok`: `yarn.from_hf_config`)."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling")
     rope_type = params.get("rope_type", "default")
+    if yarn_ok and yarn.from_hf_config(hf):
+        scaling, rope_type = None, "default"
     if scaling or rope_type not in ("default", None):
         raise ValueError(
             f"config.json: RoPE scaling ({scaling or rope_type!r}) is not supported; only the "
@@ -321,11 +327,8 @@ def deepseek_moe(hf: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-DEEPSEEK_KEYS = (
-    ("mlp_dim", "intermediate_size"),
-    ("moe_hidden", "moe_intermediate_size"),
-    ("n_experts", "n_routed_experts"),
-)
+DEEPSEEK_KEYS = (("mlp_dim", "intermediate_size"), ("moe_hidden", "moe_intermediate_size"),
+                 ("n_experts", "n_routed_experts"))
 DEEPSEEK_UNSUPPORTED = (("scoring_func", "softmax"), ("attention_bias", False), ("mlp_bias", False))
 FAMILIES.update({
     "mixtral": Family(
@@ -385,6 +388,7 @@ FAMILIES.update({
         unsupported=DEEPSEEK_UNSUPPORTED,
         tensors=PER_EXPERT_MOE_TENSORS + DEEPSEEK_SHARED_TENSORS + MLA_TENSORS,
         derived=deepseek_moe,
+        yarn=True,
     ),
 })
 

@@ -69,8 +69,6 @@ PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "tie_word_embeddings": False,
     },
-    # Its config.json also sets YaRN `rope_scaling` (factor 40), which changes no parameter
-    # shape and which `load_hf` does not support yet (it raises): left out here.
     "deepseek-ai/DeepSeek-V2-Lite": {
         "model_type": "deepseek_v2", "vocab_size": 102400, "hidden_size": 2048,
         "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
@@ -80,7 +78,9 @@ PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
         "qk_nope_head_dim": 128, "v_head_dim": 128, "routed_scaling_factor": 1.0,
         "topk_method": "greedy", "norm_topk_prob": False, "scoring_func": "softmax",
         "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": False, "rope_scaling": {
+            "type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+            "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
     },
 }
 # Published totals (model cards / papers), in billions: (total, active per token).

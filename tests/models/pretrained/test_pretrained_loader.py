@@ -167,7 +167,9 @@ def test_unused_tensor_and_nan_raise(checkpoint):
 def test_config_errors(checkpoint, tmp_path):
     d, cfg, t = checkpoint("olmoe")
     for change, pattern in (
-        ({"model_type": "mixtral"}, "unsupported model_type 'mixtral'"),
+        ({"model_type": "dbrx"}, "unsupported model_type 'dbrx'"),
+        ({"rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8}},
+         "RoPE scaling"),  # YaRN only where the family supports it (deepseek_v2)
         ({"clip_qkv": 8.0}, "clip_qkv"),
         ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE scaling"),
         ({"hidden_act": "gelu"}, "hidden_act"),

@@ -55,6 +55,15 @@ CASES = {
                                qk_nope_head_dim=8, v_head_dim=6, first_k_dense_replace=0,
                                topk_method="group_limited_greedy", n_group=4, topk_group=2,
                                num_key_value_heads=4)),
+    "deepseek_v2_yarn": ("DeepseekV2Config", "DeepseekV2ForCausalLM",
+                         dict(intermediate_size=24, moe_intermediate_size=16,
+                              num_hidden_layers=2, n_routed_experts=8, n_shared_experts=2,
+                              kv_lora_rank=12, q_lora_rank=None, qk_rope_head_dim=8,
+                              qk_nope_head_dim=6, v_head_dim=5, first_k_dense_replace=1,
+                              num_key_value_heads=4, rope_parameters={
+                                  "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                  "original_max_position_embeddings": 8, "beta_fast": 32,
+                                  "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})),
 }
 
 
@@ -62,9 +71,12 @@ def _reference(name: str, tmp_path):
     cfg_cls, model_cls, extra = CASES[name]
     kwargs = {**COMMON, **extra}
     theta = kwargs.pop("rope_theta", None)
+    rope_parameters = kwargs.pop("rope_parameters", None)
     config = getattr(transformers, cfg_cls)(**kwargs)
     if theta is not None:
         config.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    if rope_parameters is not None:
+        config.rope_parameters = rope_parameters
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(config).eval()

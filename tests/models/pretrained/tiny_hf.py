@@ -61,9 +61,10 @@ def hf_tensors(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     def ones_ish(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    t = {"model.embed_tokens.weight": w(V, D), "model.norm.weight": ones_ish(D)}
+    v = cfg["vocab_size"]
+    t = {"model.embed_tokens.weight": w(v, D), "model.norm.weight": ones_ish(D)}
     if not cfg.get("tie_word_embeddings"):
-        t["lm_head.weight"] = w(V, D)
+        t["lm_head.weight"] = w(v, D)
     dense = set(cfg.get("mlp_only_layers", []))
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
