@@ -146,16 +146,12 @@ class Family:
       model_type, architecture: `config.json`'s "model_type" and "architectures" entry.
       example: a published checkpoint of the family.
       keys: (DecoderConfig field, config.json key) pairs beyond `COMMON_KEYS`.
-      defaults: config.json key -> value used when the key is absent (the transformers defaults),
-        beyond `COMMON_DEFAULTS`.
+      defaults: config.json key -> value when absent (transformers' defaults; + COMMON_DEFAULTS).
       fixed: DecoderConfig fields the family fixes (its gating and attention conventions).
       unsupported: config.json key -> the only value routecal supports (others raise).
-      tensors: the MoE tensor table (`PER_EXPERT_MOE_TENSORS`, `GRANITE_MOE_TENSORS`, ...), used
-        after `COMMON_TENSORS`.
-      tensor_dtypes: the float safetensors dtypes a weight may be stored in (cast to the load
-        dtype); any other (an int32 or bool tensor where a weight belongs) is refused, never cast.
-      derived: config.json dict -> DecoderConfig fields computed from several keys (DeepSeek's
-        dense layers, shared width and top-k method), or None.
+      tensors: the MoE tensor table (`PER_EXPERT_MOE_TENSORS`, ...), used after `COMMON_TENSORS`.
+      tensor_dtypes: float safetensors dtypes a weight may have (cast); others refused, never cast.
+      derived: config.json -> DecoderConfig fields computed from several keys (DeepSeek), or None.
     """
 
     model_type: str
