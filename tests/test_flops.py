@@ -40,7 +40,7 @@ def test_expert_and_router_flops_near_analytic():
     # logit router (train), MLP heads of width H = 64: + trunk [N, D] x [D, H] and the delta_mu
     # and log-sigma heads (two [N, H] x [H, E]), plus O(1) work per hidden unit / logit (GELU,
     # threefry normal noise, exp, KL terms): < 250 FLOPs per logit and 30 per hidden unit
-    logit = flops.router_flops(SHAPE, "logit", train=True)
+    logit = flops.router_flops(SHAPE, "mfvr", train=True)
     heads = flops.matmul_flops(32, 64, 64) + 2 * flops.matmul_flops(32, 4, 64)
     assert heads <= logit - det <= heads + 250 * 32 * 4 + 30 * 32 * 64
 
@@ -53,9 +53,9 @@ def test_vmoer_overhead_realistic_under_one_percent():
     # analytic extra: trunk 2 N D H + two heads 2 * 2 N H E (H = 64) over the layer ~ 0.5 %
     extra = flops.matmul_flops(640, 64, 1536) + 2 * flops.matmul_flops(640, 40, 64)
     analytic_pct = 100 * extra / out["layer_det"]
-    assert out["overhead_logit_train_pct"] == pytest.approx(analytic_pct, rel=0.15)
-    assert 0 < out["overhead_logit_infer_pct"] < 1.0
-    assert 0 <= out["overhead_temp_infer_pct"] < out["overhead_logit_infer_pct"]
+    assert out["overhead_mfvr_train_pct"] == pytest.approx(analytic_pct, rel=0.15)
+    assert 0 < out["overhead_mfvr_infer_pct"] < 1.0
+    assert 0 <= out["overhead_vtsr_infer_pct"] < out["overhead_mfvr_infer_pct"]
 
 
 def test_every_router_overhead_at_the_realistic_layer():

@@ -107,7 +107,7 @@ def test_model_routing_stability_logit_router_is_one_at_zero_noise():
         n_heads=2,
         mlp_dim=8,
         residual="standard",
-        mlp_type="vmoer_logit",
+        mlp_type="vmoer_mfvr",
         n_experts=4,
         top_k=2,
         vmoer=(("init_sigma", 2.0), ("samples", 2)),

@@ -57,8 +57,11 @@ def test_experiment_runs_end_to_end(checkpoint, tmp_path):
     for r in rows.values():
         assert 0.0 <= r["ece"] <= 1.0 and 0.0 <= r["stability"] <= 1.0
         assert 0.0 <= r["ood_auroc_far"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
-    assert rows["det"]["flops_infer_pct"] == 0.0 and "ood_auroc_near_mi" not in rows["det"]
+    assert rows["det"]["flops_infer_pct"] == 0.0 and rows["det"]["ood_auroc_near_mi"] == 0.5
     assert rows["mfvr"]["flops_infer_pct"] > 0.0 and "ood_auroc_near_mi" in rows["mfvr"]
+    for r in rows.values():  # every OOD score named, for every router (issue 24 item 1)
+        for name in ("entropy", "max_prob", "mi", "gating_entropy", "router_logit_variance"):
+            assert f"ood_auroc_far_{name}" in r
     assert (tmp_path / "w" / "mfvr" / "seed0" / "posterior").is_dir()
     assert "| mfvr |" in (tmp_path / "w" / "table.md").read_text()
     again = exp.main(argv)  # finished cells are kept: same numbers, no recomputation
