@@ -68,3 +68,18 @@ def test_every_router_overhead_at_the_realistic_layer():
     assert extra <= got <= 3 * extra, (got, extra)
     assert out["mfvr"]["infer_pct"] < out["fcvr"]["infer_pct"] < 1.0
     assert 0 <= out["fixed_temp"]["infer_pct"] < 0.05  # softmax(l / T0) and Gumbel noise only
+
+
+def test_ensemble_and_swag_are_in_the_flop_table():
+    """Issue 24: both baselines are counted. At inference the ensemble adds M - 1 router matmuls
+    and SWAG S weight samples (2 D E K each for D_hat z2) and S router matmuls, both per call."""
+    out = flops.router_overheads(SHAPE, ("det", "ensemble", "swag"))
+    n, d, e = SHAPE.n_tokens, SHAPE.d_model, SHAPE.n_experts
+    mm = flops.matmul_flops(n, e, d)
+    ens = out["ensemble"]["infer"] - out["det"]["infer"]
+    assert (SHAPE.vmoer_ensemble - 1) * mm <= ens <= 3 * SHAPE.vmoer_ensemble * mm
+    s, k = SHAPE.vmoer_samples, SHAPE.vmoer_swag_rank
+    swag = out["swag"]["infer"] - out["det"]["infer"]
+    low = (s - 1) * mm + s * flops.matmul_flops(1, d * e, k)
+    assert low <= swag <= 3 * (low + mm) + 50 * s * d * e, (swag, low)
+    assert out["swag"]["train"] == pytest.approx(out["det"]["infer"], rel=0.01)  # det in training
