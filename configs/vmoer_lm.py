@@ -5,7 +5,7 @@
     PYTHONPATH=. python experiments/vmoer_lm.py --workdir W --report    # markdown of W's results
 
 An MoE byte-level decoder (`routecal.models.decoder`, dropless top-2 of 8 SwiGLU experts in every
-layer; default d_model 128, 4 layers, 64-byte rows, 1500 LM + 500 MCQA steps) pretrained on the
+layer; default d_model 64, 2 layers, 64-byte rows, 300 LM + 200 MCQA steps) pretrained on the
 embedded stdlib corpus and fine-tuned on the embedded continuation MCQA, trained ONCE per seed
 (`det`); every router is retrofitted on it (`*_retrofit`, only its routing posterior fitted:
 mfvr, lowrank, fcvr, vtsr with beta chosen on the calib split from `experiment.beta_grid`;
@@ -24,19 +24,20 @@ seed 0, in-domain, 512 items, Wilson 95%, the former d=64 2-layer config): lette
 300 + 200 steps at 64 bytes.
 
 Variants (after the colon, comma-separated): "quick" (tiny model, few steps: a smoke test whose
-numbers are not evidence), "reduced" (the former d=64 2-layer decoder, 300 + 200 steps at 64
-bytes, retrofits only: what fits a shared 2-core machine), "scratch" (adds the from-scratch
-routers), "noretrofit" (from-scratch routers only).
-NOT YET MEASURED: the default's wall time (target <= 2 h on 2 idle cores) and whether its det
-reaches the target >= 0.55 in-domain accuracy; what ran (the "reduced" variant, 1 seed, on a
-machine at load ~27) is in benchmarks/RESULTS.md, "VMoER as the paper measures it".
-Earlier default (d=64, 2 layers, 100 + 100 steps, 3 seeds x 15 routers): 48 min wall, det
-accuracy 0.399 (seeds 0.359-0.434), 2026-11-30.
+numbers are not evidence), "reduced" (the default's model, 1 seed, det + the mfvr, vtsr,
+ensemble and SWAG retrofits: what ran on a shared machine), "large" (d_model 128, 4 layers,
+1500 + 500 steps: NOT measured), "scratch" (adds the from-scratch routers), "noretrofit"
+(from-scratch routers only).
+MEASURED (the "reduced" variant, seed 0, 2026-12-05, load 17-27 on the 2 shared cores): det
+in-domain accuracy 0.555 [0.511, 0.597] (Wilson 95%, 512 items; the former 100 + 100 steps at
+32 bytes gave 0.399 over 3 seeds), det train + eval 21 min wall, 132 CPU-s of this process
+(process_time). NOT measured: the full default's wall time (target <= 2 h on 2 idle cores) and
+its 3-seed table; what ran is in benchmarks/RESULTS.md, "VMoER as the paper measures it".
 """
 
 import ml_collections
 
-VARIANTS = ("quick", "reduced", "scratch", "noretrofit")
+VARIANTS = ("quick", "reduced", "large", "scratch", "noretrofit")
 ROUTERS = ("det", "mfvr", "lowrank", "fcvr", "vtsr", "fixed_temp", "mc_dropout", "ensemble", "swag")
 
 
@@ -60,13 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.data.n_calib_items = 256  # held out of the training items: beta selection
 
     cfg.model = ml_collections.ConfigDict()
-    cfg.model.d_model = 128
-    cfg.model.n_layers = 4
+    cfg.model.d_model = 64
+    cfg.model.n_layers = 2
     cfg.model.n_heads = 4
-    cfg.model.mlp_dim = 256
+    cfg.model.mlp_dim = 128
     cfg.model.n_experts = 8
     cfg.model.top_k = 2
-    cfg.model.moe_hidden = 128
+    cfg.model.moe_hidden = 64
     cfg.model.capacity_factor = 0.0  # dropless (HF MoE LMs)
     cfg.model.moe_every = 1
     cfg.model.lb_coef = 1e-2
@@ -101,13 +102,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train = ml_collections.ConfigDict()
     cfg.train.batch_size = 32  # LM rows per pretraining step
     cfg.train.mcqa_batch_size = 16  # items per fine-tuning / retrofit step (K sequences each)
-    cfg.train.pretrain_steps = 1500
-    cfg.train.finetune_steps = 500
-    cfg.train.retrofit_steps = 100
+    cfg.train.pretrain_steps = 300
+    cfg.train.finetune_steps = 200
+    cfg.train.retrofit_steps = 60
     cfg.train.lr = 3e-3
     cfg.train.finetune_lr = 1e-3
     cfg.train.retrofit_lr = 3e-3
-    cfg.train.member_steps = 200  # each ensemble member, fitted alone (converged flag logged)
+    cfg.train.member_steps = 60  # each ensemble member, fitted alone (converged flag logged)
     cfg.train.warmup = 50
     cfg.train.weight_decay = 0.05
     cfg.train.grad_clip = 1.0
@@ -137,10 +138,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.experiment.eval_batch_size = 64
     cfg.experiment.assemble_only = False  # True: table the saved seed<s>.json files, no training
 
-    if "reduced" in parts:  # the former d=64 2-layer decoder, trained longer
-        cfg.model.update(d_model=64, n_layers=2, mlp_dim=128, moe_hidden=64)
-        cfg.train.update(pretrain_steps=300, finetune_steps=200, retrofit_steps=60,
-                         member_steps=60)  # fmt: skip
+    if "large" in parts:  # a larger decoder trained longer (not measured)
+        cfg.model.update(d_model=128, n_layers=4, mlp_dim=256, moe_hidden=128)
+        cfg.train.update(pretrain_steps=1500, finetune_steps=500, retrofit_steps=100,
+                         member_steps=200)  # fmt: skip
+    if "reduced" in parts:  # what ran on a shared 2-core machine (benchmarks/RESULTS.md)
         cfg.experiment.seeds = (0,)
         cfg.experiment.routers = ("det", "mfvr_retrofit", "vtsr_retrofit", "ensemble_retrofit",
                                   "swag_retrofit")  # fmt: skip

@@ -111,9 +111,10 @@ def set_hidden_noise(
 ) -> int:
     """Adds N(0, std^2 I) to the input hidden state of every MoE layer of `model` (in place).
 
-    The paper's routing-stability perturbation (arXiv:2603.09453, Sec. 5): each MoE layer's
-    input u (here the normalised hidden state the layer receives) is perturbed independently;
-    layer i draws from seed + i. `std=None` (or 0, unless `keep_zero`) removes the noise;
+    The "all_moe_inputs" stability protocol: every MoE layer's input u (the normalised hidden
+    state the layer receives) is perturbed at once, independently (layer i draws from seed + i),
+    so noise compounds across layers. The paper's protocol (noise at one layer's input hidden
+    state) is `set_layer_noise`. `std=None` (or 0, unless `keep_zero`) removes the noise;
     `keep_zero=True` keeps a std-0 noise module (the identity) so the graph, hence the compiled
     function, is the same for every std. Returns the layer count.
     """
