@@ -25,7 +25,8 @@ curve in stability_layers_<sigma>; every OOD score named by --ood-scores is in t
 every router (router_logit_variance from the routers' `router_logit_var` trace; 0 for routers
 whose logits are deterministic). SWAG collects its moments over the retrofit
 (`vmoer_swag_start` onwards; not checkpointed, so a resumed SWAG cell restarts its moments from
-the resumed step).
+the resumed step). With --calib PATH:FORMAT, mfvr / lowrank / fcvr / vtsr are fitted once per
+--beta-grid value and the value with the lowest calib NLL is kept (the test splits never choose).
 
 Files are PATH:FORMAT, FORMAT one of `routecal.data.mcqa.FORMATS` (openbookqa, arc, sciq, medmcqa;
 JSONL, JSON or parquet as published), or tfds:NAME[:SPLIT] for data prepared with TFDS in
@@ -63,7 +64,7 @@ from routecal.models.pretrained.checkpoint import read_config
 from routecal.models.pretrained.retrofit import RetrofitConfig, retrofit
 from routecal.models.routers import common, swag
 from routecal.stats import mcqa
-from routecal.study import vmoer_lm_eval, vmoer_stability
+from routecal.study import vmoer_lm_eval, vmoer_lm_fit, vmoer_stability
 
 
 def load_split(spec: str, domain: str, n_options: int | None, limit: int) -> mcqa_data.MCQA:
@@ -162,15 +163,11 @@ def evaluate(model, data: dict, letters: np.ndarray, args, seed: int) -> dict[st
     return res
 
 
-def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> dict[str, Any]:
-    """Imports, retrofits (if the router has something to fit) and scores one router x seed."""
-    cell = pathlib.Path(args.workdir) / router / f"seed{seed}"
-    done = cell / "metrics.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    t0 = time.time()
+def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pathlib.Path):
+    """Imports the checkpoint with router `router` and VMoER options `opts`, and retrofits it
+    (if the router has something to fit; posterior checkpoints under `cell`)."""
     mesh = _mesh(args.mesh)
-    overrides = {"vmoer": tuple(sorted(args.vmoer.items()))}
+    overrides = {"vmoer": tuple(sorted(opts.items()))}
     if router != "det":
         overrides["mlp_type"] = f"vmoer_{router}"
     model, info = load_hf(args.checkpoint, dtype=args.dtype, mesh=mesh, seed=seed,
@@ -186,7 +183,7 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
                     "choice_ids": np.tile(letters, (len(idx), 1)), "label": train["answers"][idx]}
 
         collector = swag.SwagCollector(model) if router == "swag" else None
-        start = int(float(args.vmoer.get("swag_start", common.DEFAULTS["vmoer_swag_start"]))
+        start = int(float(opts.get("swag_start", common.DEFAULTS["vmoer_swag_start"]))
                     * args.steps)
 
         def on_step(step: int) -> None:
@@ -198,7 +195,35 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
                  trainable=trainable, on_step=on_step)
         if collector is not None:
             collector.install()
-    res = {"router": router, "seed": seed, **evaluate(model, data, letters, args, seed),
+    return model, info
+
+
+def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> dict[str, Any]:
+    """Imports, retrofits (if the router has something to fit) and scores one router x seed.
+    Routers with a beta (`vmoer_lm_fit.BETA_ROUTERS`) are fitted once per --beta-grid value when
+    a --calib split is given; the value with the lowest calib NLL is kept and recorded."""
+    cell = pathlib.Path(args.workdir) / router / f"seed{seed}"
+    done = cell / "metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    chosen: dict[str, Any] = {}
+    if router in vmoer_lm_fit.BETA_ROUTERS and args.beta_grid and "calib" in data:
+        best = None
+        nlls = []
+        for beta in args.beta_grid:
+            m, inf = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
+                          cell / f"beta{beta:g}")
+            probs = mcqa.letter_option_probs(predict(m, data["calib"], args.batch_size)["logits"],
+                                             letters)
+            nlls.append(mcqa.mcqa_metrics(probs, data["calib"]["answers"])["nll"])
+            if best is None or nlls[-1] < best[0]:
+                best = (nlls[-1], beta, m, inf)
+        _, beta, model, info = best
+        chosen = {"beta": beta, "beta_grid": list(args.beta_grid), "beta_calib_nll": nlls}
+    else:
+        model, info = _fit(args, router, seed, data, letters, args.vmoer, cell)
+    res = {"router": router, "seed": seed, **evaluate(model, data, letters, args, seed), **chosen,
            **{f"flops_{m}_pct": overheads[router][f"{m}_pct"] for m in ("train", "infer")},
            "param_gib_per_device": info.param_bytes_per_device / 2**30,
            "wall_s": time.time() - t0}
@@ -260,9 +285,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--stability-protocol", default="layer_input",
                     choices=list(vmoer.STABILITY_PROTOCOLS))
     ap.add_argument("--ood-scores", default=",".join(vmoer_lm_eval.OOD_SCORES))
+    ap.add_argument("--calib", default="", help="PATH:FORMAT[,...] calibration split (beta)")
+    ap.add_argument("--beta-grid", default="1e-4,1e-3,1e-2,1e-1",
+                    help="betas tried per router on --calib (ignored without --calib)")
     args = ap.parse_args(argv)
     args.vmoer = parse_vmoer(args.vmoer)
     args.ood_scores = tuple(x for x in args.ood_scores.split(",") if x)
+    args.beta_grid = [float(b) for b in args.beta_grid.split(",") if b]
     args.sigmas = sorted({float(s) for s in args.sigmas.split(",")} | {args.stability_sigma})
     names = [routers.canonical(r) for r in args.routers.split(",") if r]
     tok = load_tokenizer(args.checkpoint)
@@ -271,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = load_split(args.train, "train", None, args.max_questions)
     k = train.n_options
     data = {"train": encode(train, tok, args.max_len)}
-    for dom, spec in (("in", args.test), ("near", args.near), ("far", args.far)):
+    for dom, spec in (("calib", args.calib), ("in", args.test), ("near", args.near),
+                      ("far", args.far)):
         if spec:
             data[dom] = encode(load_split(spec, dom, k, args.max_questions), tok, args.max_len)
     letters = letter_ids(tok, k)
