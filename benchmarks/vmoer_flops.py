@@ -4,10 +4,10 @@
 
 For the small digits layer and the realistic MoE layer (d_model 1536, 40 SwiGLU experts of width
 512, top-8: the shape of Granite-3.0-3B-A800M) it prints, per router (det, mfvr, lowrank, fcvr,
-vtsr, fixed_temp, mc_dropout, ensemble), the FLOPs of one router call in training (one sample)
-and at inference (S = 8 samples / masks / members averaged inside the router), and the overhead
-in percent of the deterministic layer (router + experts). Posterior heads are MLPs of hidden
-width 64 (`vmoer_head_hidden`). Nothing is allocated: modules are built with `nnx.eval_shape`.
+vtsr, fixed_temp, mc_dropout, ensemble, swag), the FLOPs of one router call in training (one
+sample) and at inference (S = 8 samples / masks / SWAG weight samples, M = 4 members, averaged
+inside the router), and the overhead in percent of the deterministic layer (router + experts).
+Posterior heads are MLPs of hidden width 64 (`vmoer_head_hidden`). Nothing is allocated: modules are built with `nnx.eval_shape`.
 The LAST line is `fcvr_overhead_percent=<value>` (FCVR at inference on the realistic layer).
 """
 

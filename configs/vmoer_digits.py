@@ -2,21 +2,22 @@
 
 One model::
 
-    routecal train --config configs/vmoer_digits.py:logit --workdir /tmp/vm_logit
-    routecal train --config configs/vmoer_digits.py:temp  --workdir /tmp/vm_temp
+    routecal train --config configs/vmoer_digits.py:mfvr --workdir /tmp/vm_mfvr
+    routecal train --config configs/vmoer_digits.py:vtsr --workdir /tmp/vm_vtsr
     routecal train --config configs/vmoer_digits.py:det   --workdir /tmp/vm_det
     # retrofit: fit only the routing posterior ("vrouter" parameters) on a trained deterministic MoE
-    routecal train --config configs/vmoer_digits.py:logit,retrofit --workdir /tmp/vm_logit_rf \
+    routecal train --config configs/vmoer_digits.py:mfvr,retrofit --workdir /tmp/vm_mfvr_rf \
         --config.train.init_from=/tmp/vm_det
-    routecal predict --workdir /tmp/vm_logit
+    routecal predict --workdir /tmp/vm_mfvr
 
 The whole table (deterministic MoE vs both VMoER routers, from scratch and retrofitted, over
 `experiment.seeds`; routing stability, ECE, OOD AUROC, FLOP overhead, accuracy)::
 
     PYTHONPATH=. python experiments/vmoer_table.py [--config configs/vmoer_digits.py:quick]
 
-Variants (after the colon, comma-separated; `configs/common.py:parse_arg`): "logit" (default),
-"temp", "det"; "retrofit"; "quick" (4 experts, 400 steps of batch 32: a small MoE that learns) or
+Variants (after the colon, comma-separated; `configs/common.py:parse_arg`): "mfvr" (default),
+"vtsr", "det" (the router vocabulary of `routecal.models.routers`; the old "logit" / "temp"
+raise naming them); "retrofit"; "quick" (4 experts, 400 steps of batch 32: a small MoE that learns) or
 "tiny" (d=16, 30 steps: seconds per model, for tests).
 
 A small MoE (d_model 32, 2 layers, 8 GELU experts, top-2, every layer MoE) so that the experiment's
@@ -29,18 +30,22 @@ benchmarks/RESULTS.md, "VMoER table on digits"). quick: ~5 min wall under the sa
 import common
 import ml_collections
 
-ROUTERS = {"logit": "vmoer_logit", "temp": "vmoer_temp", "det": "moe"}
+ROUTERS = {"mfvr": "vmoer_mfvr", "vtsr": "vmoer_vtsr", "det": "moe"}
+RENAMED = {"logit": "mfvr", "temp": "vtsr"}  # issue 21: one router vocabulary
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    for tok in (t.strip() for t in (arg or "").split(",")):
+        if tok in RENAMED:
+            raise ValueError(f"config arg: router {tok!r} was renamed; use {RENAMED[tok]!r}")
     v = common.parse_arg(arg, router=tuple(ROUTERS), retrofit=False, quick=False, tiny=False)
     if v.retrofit and v.router == "det":
-        raise ValueError("config arg: retrofit needs a variational router (logit or temp)")
+        raise ValueError("config arg: retrofit needs a variational router (mfvr or vtsr)")
     model = common.moe(common.transformer(d_model=32, n_layers=2, n_heads=2, mlp_dim=64),
                        n_experts=8, mlp_type=ROUTERS[v.router])
     # VMoER options (routecal.models.vmoer.VMoERConfig, without the "vmoer_" prefix)
     model.vmoer = ml_collections.ConfigDict({
-        "beta": 1e-2,  # KL weight (logit) / log-temperature prior weight (temp)
+        "beta": 1e-2,  # KL weight (mfvr) / regulariser weight (vtsr)
         "prior_sigma": 1.0,
         "init_sigma": 0.3,
         "rank": 0,
@@ -58,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Settings of routecal.study.vmoer.run_vmoer_experiment (ignored by `routecal train`).
     cfg.experiment = ml_collections.ConfigDict({
         "seeds": (0, 1, 2),
-        "methods": ("det", "logit", "temp", "logit_retrofit", "temp_retrofit"),
+        "methods": ("det", "mfvr", "vtsr", "mfvr_retrofit", "vtsr_retrofit"),
         "retrofit_steps": 300,
         "retrofit_lr": 3e-3,
         "stability_noise_std": 0.1,  # Gaussian noise on [0, 1] pixels

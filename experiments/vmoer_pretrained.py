@@ -12,7 +12,21 @@ downloads: bring the checkpoint directory (config.json, *.safetensors, tokenizer
         --train obqa/train.jsonl:openbookqa --test obqa/test.jsonl:openbookqa \
         --near arc/ARC-Easy-Test.jsonl:arc,arc/ARC-Challenge-Test.jsonl:arc \
         --far medmcqa/dev.json:medmcqa --workdir runs/vmoer_granite \
-        --routers det,mfvr,fcvr,vtsr --steps 500 --seeds 0,1,2 [--mesh fsdp=8] [--dtype bfloat16]
+        --routers det,mfvr,fcvr,vtsr --steps 500 --seeds 0,1,2 [--mesh fsdp=8] [--dtype bfloat16] \
+        [--vmoer beta=0.01,samples=8,init_sigma=0.3,head_hidden=64,vtsr_entropy_weight=1] \
+        [--stability-protocol layer_input] [--ood-scores entropy,max_prob,mi,...]
+
+Every VMoER option (`routecal.models.routers.common.VMoERConfig`, without "vmoer_": beta, samples,
+init_sigma, head_hidden, the VTSR regulariser weights, ...) is set by --vmoer key=value pairs;
+defaults are the library's. The router names are the one vocabulary (`routecal.models.routers`;
+"logit"/"temp" raise naming "mfvr"/"vtsr"). Stability follows the paper by default (noise at one
+layer's input hidden state, that layer's Jaccard; `routecal.study.vmoer_stability`), the per-layer
+curve in stability_layers_<sigma>; every OOD score named by --ood-scores is in the table for
+every router (router_logit_variance from the routers' `router_logit_var` trace; 0 for routers
+whose logits are deterministic). SWAG collects its moments over the retrofit
+(`vmoer_swag_start` onwards; not checkpointed, so a resumed SWAG cell restarts its moments from
+the resumed step). With --calib PATH:FORMAT, mfvr / lowrank / fcvr / vtsr are fitted once per
+--beta-grid value and the value with the lowest calib NLL is kept (the test splits never choose).
 
 Files are PATH:FORMAT, FORMAT one of `routecal.data.mcqa_formats.FORMATS` (openbookqa, arc, sciq, medmcqa;
 JSONL, JSON or parquet as published), or tfds:NAME[:SPLIT] for data prepared with TFDS in
@@ -50,8 +64,9 @@ from routecal.models import routers, vmoer
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
 from routecal.models.pretrained.retrofit import RetrofitConfig, retrofit
-from routecal.stats import mcqa, uncertainty
-from routecal.study import vmoer_lm_eval
+from routecal.models.routers import common, swag
+from routecal.stats import mcqa
+from routecal.study import vmoer_lm_eval, vmoer_lm_fit, vmoer_stability
 
 
 def load_split(spec: str, domain: str, n_options: int | None, limit: int) -> mcqa_data.MCQA:
@@ -99,9 +114,8 @@ def letter_ids(tokenizer: Any, k: int) -> np.ndarray:
 @nnx.jit
 def _forward(model: nnx.Module, ids: jax.Array, pos: jax.Array):
     out = model(ids, return_traces=True)
-    keep = ("experts", "router_probs", "router_var")
     return (out.logits[jnp.arange(ids.shape[0]), pos],
-            [{k: t[k] for k in keep if k in t} for t in out.traces["mlp"]])
+            vmoer_lm_eval.keep_traces(out.traces["mlp"], vmoer_lm_eval.EVAL_TRACES))
 
 
 def predict(model: nnx.Module, d: dict[str, np.ndarray], bs: int) -> dict[str, Any]:
@@ -119,25 +133,6 @@ def predict(model: nnx.Module, d: dict[str, np.ndarray], bs: int) -> dict[str, A
     return {"logits": np.concatenate(logits), "layers": layers}
 
 
-def stability(model, d, sigmas: list[float], bs: int, seed: int) -> dict[str, float]:
-    """Mean over layers of the Jaccard of top-K sets over the real (unpadded) tokens, clean vs
-    N(0, sigma^2 I) added to every MoE layer's input (`vmoer.set_hidden_noise`, the paper's); the
-    clean run is the same graph at std 0, so one compiled forward pass serves every sigma."""
-
-    def experts(std: float) -> list[np.ndarray]:
-        m = nnx.clone(model)
-        vmoer.set_hidden_noise(m, std, seed=1000 + seed, keep_zero=True)
-        return [t["experts"] for t in predict(m, d, bs)["layers"]]
-
-    clean = experts(0.0)
-    out = {}
-    for s in sigmas:
-        per_layer = [float((uncertainty.jaccard(a, b) * d["mask"]).sum() / d["mask"].sum())
-                     for a, b in zip(clean, experts(s), strict=True)]
-        out[f"stability_{s:g}"] = float(np.mean(per_layer))
-    return out
-
-
 def evaluate(model, data: dict, letters: np.ndarray, args, seed: int) -> dict[str, Any]:
     """The metrics of `vmoer_lm_eval` (same names, so its table functions apply)."""
     res: dict[str, Any] = {}
@@ -153,39 +148,31 @@ def evaluate(model, data: dict, letters: np.ndarray, args, seed: int) -> dict[st
         if vmoer.set_router_sampling(sampled, True):
             mc = np.stack([mcqa.letter_option_probs(predict(sampled, d, args.batch_size)["logits"],
                                                     letters) for _ in range(args.samples)])
-        s = {"entropy": uncertainty.ood_score(probs, "entropy"),
-             "max_prob": uncertainty.ood_score(probs, "max_prob"),
-             "gating_entropy": uncertainty.gating_entropy(
-                 [t["router_probs"] for t in pred["layers"]], d["mask"])}
-        if all("router_var" in t for t in pred["layers"]):
-            s["router_logit_variance"] = uncertainty.router_logit_variance(
-                [t["router_var"] for t in pred["layers"]], d["mask"])
-        if mc is not None:
-            s["mi"] = uncertainty.mutual_information(mc)
+        s = vmoer_lm_eval.ood_scores(args.ood_scores, probs, pred["layers"], mc, d["mask"])
         scores[dom] = s
         if dom == "in":
             res.update(mcqa.mcqa_metrics(probs, d["answers"]))
         else:
             res[f"accuracy_{dom}"] = float(np.mean(probs.argmax(1) == d["answers"]))
-    for dom in ("near", "far"):
-        if dom in scores:
-            for k, v in scores[dom].items():
-                res[f"ood_auroc_{dom}_{k}"] = uncertainty.ood_auroc(scores["in"][k], v)
-            res[f"ood_auroc_{dom}"] = res[f"ood_auroc_{dom}_entropy"]
-    res.update(stability(model, data["in"], args.sigmas, args.batch_size, seed))
+    res.update(vmoer_lm_eval.ood_aurocs(scores))
+
+    def experts_fn(m: nnx.Module) -> list[np.ndarray]:
+        return [t["experts"] for t in predict(m, data["in"], args.batch_size)["layers"]]
+
+    res.update(vmoer_stability.stability(model, experts_fn, args.sigmas, seed=seed,
+                                         protocol=args.stability_protocol,
+                                         mask_NxT=data["in"]["mask"]))
     res["stability"] = res[f"stability_{args.stability_sigma:g}"]
     return res
 
 
-def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> dict[str, Any]:
-    """Imports, retrofits (if the router has something to fit) and scores one router x seed."""
-    cell = pathlib.Path(args.workdir) / router / f"seed{seed}"
-    done = cell / "metrics.json"
-    if done.exists():
-        return workdir_io.read_json(done, "cell")
-    t0 = time.time()
+def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pathlib.Path):
+    """Imports the checkpoint with router `router` and VMoER options `opts`, and retrofits it
+    (if the router has something to fit; posterior checkpoints under `cell`)."""
     mesh = _mesh(args.mesh)
-    overrides = None if router == "det" else {"mlp_type": f"vmoer_{router}"}
+    overrides = {"vmoer": tuple(sorted(opts.items()))}
+    if router != "det":
+        overrides["mlp_type"] = f"vmoer_{router}"
     model, info = load_hf(args.checkpoint, dtype=args.dtype, mesh=mesh, seed=seed,
                           expert_axis="expert" if mesh is not None and "expert" in mesh.shape
                           else None, overrides=overrides)
@@ -198,16 +185,73 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
             return {"ids": train["ids"][idx], "position": train["position"][idx],
                     "choice_ids": np.tile(letters, (len(idx), 1)), "label": train["answers"][idx]}
 
+        collector = swag.SwagCollector(model) if router == "swag" else None
+        start = int(float(opts.get("swag_start", common.DEFAULTS["vmoer_swag_start"]))
+                    * args.steps)
+
+        def on_step(step: int) -> None:
+            if collector is not None and step >= start:
+                collector()
+
         retrofit(model, batches, cell, RetrofitConfig(steps=args.steps, lr=args.lr,
                                                       checkpoint_every=args.checkpoint_every),
-                 trainable=trainable)
-    res = {"router": router, "seed": seed, **evaluate(model, data, letters, args, seed),
+                 trainable=trainable, on_step=on_step)
+        if collector is not None:
+            collector.install()
+    return model, info
+
+
+def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> dict[str, Any]:
+    """Imports, retrofits (if the router has something to fit) and scores one router x seed.
+    Routers with a beta (`vmoer_lm_fit.BETA_ROUTERS`) are fitted once per --beta-grid value when
+    a --calib split is given; the value with the lowest calib NLL is kept and recorded."""
+    cell = pathlib.Path(args.workdir) / router / f"seed{seed}"
+    done = cell / "metrics.json"
+    if done.exists():
+        return workdir_io.read_json(done, "cell")
+    t0 = time.time()
+    chosen: dict[str, Any] = {}
+    if router in vmoer_lm_fit.BETA_ROUTERS and args.beta_grid and "calib" in data:
+        best = None
+        nlls = []
+        for beta in args.beta_grid:
+            m, inf = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
+                          cell / f"beta{beta:g}")
+            probs = mcqa.letter_option_probs(predict(m, data["calib"], args.batch_size)["logits"],
+                                             letters)
+            nlls.append(mcqa.mcqa_metrics(probs, data["calib"]["answers"])["nll"])
+            if best is None or nlls[-1] < best[0]:
+                best = (nlls[-1], beta, m, inf)
+        _, beta, model, info = best
+        chosen = {"beta": beta, "beta_grid": list(args.beta_grid), "beta_calib_nll": nlls}
+    else:
+        model, info = _fit(args, router, seed, data, letters, args.vmoer, cell)
+    res = {"router": router, "seed": seed, **evaluate(model, data, letters, args, seed), **chosen,
            **{f"flops_{m}_pct": overheads[router][f"{m}_pct"] for m in ("train", "infer")},
            "param_gib_per_device": info.param_bytes_per_device / 2**30,
            "wall_s": time.time() - t0}
     cell.mkdir(parents=True, exist_ok=True)
     workdir_io.write_text(done, json.dumps(res, indent=1))
     return res
+
+
+def parse_vmoer(spec: str) -> dict[str, Any]:
+    """'beta=0.01,samples=8,vtsr_reg=entropy' -> {"beta": 0.01, "samples": 8, ...} (values typed
+    like the option's default); ValueError naming an unknown option or a bad pair."""
+    out: dict[str, Any] = {}
+    for pair in (p for p in spec.split(",") if p):
+        key, eq, raw = pair.partition("=")
+        name = f"vmoer_{key.removeprefix('vmoer_')}"
+        if not eq or name not in common.DEFAULTS:
+            raise ValueError(f"--vmoer: expected key=value with key in "
+                             f"{sorted(k.removeprefix('vmoer_') for k in common.DEFAULTS)}, "
+                             f"got {pair!r}")
+        default = common.DEFAULTS[name]
+        if isinstance(default, bool):
+            out[name.removeprefix("vmoer_")] = raw.lower() in ("1", "true", "yes")
+        else:
+            out[name.removeprefix("vmoer_")] = type(default)(raw)
+    return out
 
 
 def _mesh(spec: str) -> jax.sharding.Mesh | None:
@@ -239,7 +283,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--mesh", default="")
+    ap.add_argument("--vmoer", default="", help="VMoER options key=value[,key=value] "
+                    "(routecal.models.routers.common.VMoERConfig names without 'vmoer_')")
+    ap.add_argument("--stability-protocol", default="layer_input",
+                    choices=list(vmoer.STABILITY_PROTOCOLS))
+    ap.add_argument("--ood-scores", default=",".join(vmoer_lm_eval.OOD_SCORES))
+    ap.add_argument("--calib", default="", help="PATH:FORMAT[,...] calibration split (beta)")
+    ap.add_argument("--beta-grid", default="1e-4,1e-3,1e-2,1e-1",
+                    help="betas tried per router on --calib (ignored without --calib)")
     args = ap.parse_args(argv)
+    args.vmoer = parse_vmoer(args.vmoer)
+    args.ood_scores = tuple(x for x in args.ood_scores.split(",") if x)
+    args.beta_grid = [float(b) for b in args.beta_grid.split(",") if b]
     args.sigmas = sorted({float(s) for s in args.sigmas.split(",")} | {args.stability_sigma})
     names = [routers.canonical(r) for r in args.routers.split(",") if r]
     tok = load_tokenizer(args.checkpoint)
@@ -249,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     k = train.n_options
     data = {"train": encode(train, tok, args.max_len)}
     dropped = {"train": train.n_dropped}  # items with another option count than train's K
-    for dom, spec in (("in", args.test), ("near", args.near), ("far", args.far)):
+    for dom, spec in (("calib", args.calib), ("in", args.test), ("near", args.near),
+                      ("far", args.far)):
         if spec:
             ds = load_split(spec, dom, k, args.max_questions)
             data[dom], dropped[dom] = encode(ds, tok, args.max_len), ds.n_dropped

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     fl = out["flops"]
     print(
         "FLOP overhead, realistic layer (d1536, 40 experts, top-8, SwiGLU F=512): "
-        f"logit {fl['realistic_layer']['overhead_logit_infer_pct']:.3f}% (inference, S=8), "
-        f"temp {fl['realistic_layer']['overhead_temp_infer_pct']:.3f}%"
+        f"mfvr {fl['realistic_layer']['overhead_mfvr_infer_pct']:.3f}% (inference, S=8), "
+        f"vtsr {fl['realistic_layer']['overhead_vtsr_infer_pct']:.3f}%"
     )
     print("Paper claims vs det:", out["paper_claims"])
     t = out["table"]

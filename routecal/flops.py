@@ -76,6 +76,7 @@ class LayerShape:
       n_tokens: tokens per measured call (a multiple of n_experts / top_k keeps capacity exact).
       vmoer_samples: S, logit samples averaged at inference.
       vmoer_rank: rank R of the "lowrank" router's covariance factor.
+      vmoer_ensemble: members M of the ensemble router; vmoer_swag_rank: K of the SWAG router.
     """
 
     name: str
@@ -88,6 +89,8 @@ class LayerShape:
     n_tokens: int = 640
     vmoer_samples: int = 8
     vmoer_rank: int = 2
+    vmoer_ensemble: int = 4
+    vmoer_swag_rank: int = 10
 
     def config(self) -> vmoer.VMoERConfig:
         return vmoer.VMoERConfig(
@@ -99,6 +102,8 @@ class LayerShape:
             expert_type=self.expert_type,
             vmoer_samples=self.vmoer_samples,
             vmoer_rank=self.vmoer_rank,
+            vmoer_ensemble=self.vmoer_ensemble,
+            vmoer_swag_rank=self.vmoer_swag_rank,
         )
 
 
@@ -140,22 +145,22 @@ def analytic_expert_flops(shape: LayerShape) -> int:
 def vmoer_overhead(shape: LayerShape = REALISTIC_LAYER) -> dict[str, Any]:
     """FLOPs of the deterministic vs variational routers, relative to the MoE layer.
 
-    Returns a dict with per-call FLOPs (`det_router`, `logit_router_train` (1 sample),
-    `logit_router_infer` (S samples), `temp_router_train`, `temp_router_infer`, `experts`,
+    Returns a dict with per-call FLOPs (`det_router`, `mfvr_router_train` (1 sample),
+    `mfvr_router_infer` (S samples), `vtsr_router_train`, `vtsr_router_infer`, `experts`,
     `layer_det` = det_router + experts) and overheads in percent of the deterministic layer:
-    `overhead_logit_infer_pct`, `overhead_logit_train_pct`, `overhead_temp_infer_pct`,
-    `overhead_temp_train_pct`. Per-layer ratios equal whole-MoE-stack ratios (`n_layers` layers).
+    `overhead_mfvr_infer_pct`, `overhead_mfvr_train_pct`, `overhead_vtsr_infer_pct`,
+    `overhead_vtsr_train_pct`. Per-layer ratios equal whole-MoE-stack ratios (`n_layers` layers).
+    Every router (ensemble and swag included): `router_overheads`.
     """
     out: dict[str, Any] = {"shape": dataclasses.asdict(shape)}
     out["det_router"] = router_flops(shape, "det", train=False)
-    out["logit_router_train"] = router_flops(shape, "logit", train=True)
-    out["logit_router_infer"] = router_flops(shape, "logit", train=False)
-    out["temp_router_train"] = router_flops(shape, "temp", train=True)
-    out["temp_router_infer"] = router_flops(shape, "temp", train=False)
+    for r in ("mfvr", "vtsr"):
+        for mode in ("train", "infer"):
+            out[f"{r}_router_{mode}"] = router_flops(shape, r, train=mode == "train")
     out["experts"] = expert_flops(shape)
     out["experts_analytic"] = analytic_expert_flops(shape)
     out["layer_det"] = out["det_router"] + out["experts"]
-    for r in ("logit", "temp"):
+    for r in ("mfvr", "vtsr"):
         for mode in ("train", "infer"):
             extra = out[f"{r}_router_{mode}"] - out["det_router"]
             out[f"overhead_{r}_{mode}_pct"] = 100.0 * extra / out["layer_det"]
@@ -202,11 +207,13 @@ def model_flops(model_cfg: Any, batch_size: int = 1, *, train: bool = False) -> 
     return xla_flops(f, _abstract(state), x)
 
 
-def model_overhead(model_cfg: Any, batch_size: int = 1) -> dict[str, float]:
+def model_overhead(
+    model_cfg: Any, batch_size: int = 1, mlp_types: tuple[str, ...] = ("vmoer_mfvr", "vmoer_vtsr")
+) -> dict[str, float]:
     """Whole-model forward FLOPs with deterministic MoE vs each VMoER router (inference)."""
     base = dataclasses.replace(model_cfg, mlp_type="moe")
     out = {"model_moe": model_flops(base, batch_size)}
-    for t in ("vmoer_logit", "vmoer_temp"):
+    for t in mlp_types:
         out[f"model_{t}"] = model_flops(dataclasses.replace(model_cfg, mlp_type=t), batch_size)
         out[f"overhead_{t}_pct"] = 100.0 * (out[f"model_{t}"] / out["model_moe"] - 1.0)
     return out

@@ -35,7 +35,7 @@ def test_parse_arg_typed_variants():
 @pytest.mark.parametrize(
     "spec",
     ["attnres_digits.py", "attnres_digits.py:block,quick", "attnres_digits.py:standard,tiny",
-     "moe_digits.py:full,quick", "vmoer_digits.py:temp,retrofit,quick", "vmoer_digits.py:det",
+     "moe_digits.py:full,quick", "vmoer_digits.py:vtsr,retrofit,quick", "vmoer_digits.py:det",
      "study.py", "study.py:quick", "study.py:quick,tiny"],
 )
 def test_every_variant_loads_with_no_packed_strings(spec):

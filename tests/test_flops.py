@@ -40,7 +40,7 @@ def test_expert_and_router_flops_near_analytic():
     # logit router (train), MLP heads of width H = 64: + trunk [N, D] x [D, H] and the delta_mu
     # and log-sigma heads (two [N, H] x [H, E]), plus O(1) work per hidden unit / logit (GELU,
     # threefry normal noise, exp, KL terms): < 250 FLOPs per logit and 30 per hidden unit
-    logit = flops.router_flops(SHAPE, "logit", train=True)
+    logit = flops.router_flops(SHAPE, "mfvr", train=True)
     heads = flops.matmul_flops(32, 64, 64) + 2 * flops.matmul_flops(32, 4, 64)
     assert heads <= logit - det <= heads + 250 * 32 * 4 + 30 * 32 * 64
 
@@ -53,9 +53,9 @@ def test_vmoer_overhead_realistic_under_one_percent():
     # analytic extra: trunk 2 N D H + two heads 2 * 2 N H E (H = 64) over the layer ~ 0.5 %
     extra = flops.matmul_flops(640, 64, 1536) + 2 * flops.matmul_flops(640, 40, 64)
     analytic_pct = 100 * extra / out["layer_det"]
-    assert out["overhead_logit_train_pct"] == pytest.approx(analytic_pct, rel=0.15)
-    assert 0 < out["overhead_logit_infer_pct"] < 1.0
-    assert 0 <= out["overhead_temp_infer_pct"] < out["overhead_logit_infer_pct"]
+    assert out["overhead_mfvr_train_pct"] == pytest.approx(analytic_pct, rel=0.15)
+    assert 0 < out["overhead_mfvr_infer_pct"] < 1.0
+    assert 0 <= out["overhead_vtsr_infer_pct"] < out["overhead_mfvr_infer_pct"]
 
 
 def test_every_router_overhead_at_the_realistic_layer():
@@ -68,3 +68,18 @@ def test_every_router_overhead_at_the_realistic_layer():
     assert extra <= got <= 3 * extra, (got, extra)
     assert out["mfvr"]["infer_pct"] < out["fcvr"]["infer_pct"] < 1.0
     assert 0 <= out["fixed_temp"]["infer_pct"] < 0.05  # softmax(l / T0) and Gumbel noise only
+
+
+def test_ensemble_and_swag_are_in_the_flop_table():
+    """Issue 24: both baselines are counted. At inference the ensemble adds M - 1 router matmuls
+    and SWAG S weight samples (2 D E K each for D_hat z2) and S router matmuls, both per call."""
+    out = flops.router_overheads(SHAPE, ("det", "ensemble", "swag"))
+    n, d, e = SHAPE.n_tokens, SHAPE.d_model, SHAPE.n_experts
+    mm = flops.matmul_flops(n, e, d)
+    ens = out["ensemble"]["infer"] - out["det"]["infer"]
+    assert (SHAPE.vmoer_ensemble - 1) * mm <= ens <= 3 * SHAPE.vmoer_ensemble * mm
+    s, k = SHAPE.vmoer_samples, SHAPE.vmoer_swag_rank
+    swag = out["swag"]["infer"] - out["det"]["infer"]
+    low = (s - 1) * mm + s * flops.matmul_flops(1, d * e, k)
+    assert low <= swag <= 3 * (low + mm) + 50 * s * d * e, (swag, low)
+    assert out["swag"]["train"] == pytest.approx(out["det"]["infer"], rel=0.01)  # det in training

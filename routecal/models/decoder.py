@@ -130,6 +130,9 @@ class DecoderLayer(nnx.Module):
         self.attn = ATTENTIONS[cfg.attention](cfg, rngs=rngs)
         self.mlp_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dt, rngs=rngs)
         self.mlp = make_decoder_mlp(cfg, layer, rngs=rngs)
+        # Optional perturbation of the hidden state entering this layer, before attention
+        # ([B, T, D] -> [B, T, D]; `vmoer.set_layer_noise`, routing stability).
+        self.input_noise: nnx.Module | None = nnx.data(None)
 
 
 class Decoder(nnx.Module):
@@ -186,9 +189,15 @@ class Decoder(nnx.Module):
         mlp_out: list[tuple[dict[str, Array], dict[str, Array]]] = []  # (aux, trace) per layer
 
         def attn_fn(layer: DecoderLayer) -> Any:
-            return lambda h: self.dropout(
-                rm * layer.attn(layer.attn_norm(h)), deterministic=not train
-            )
+            def f(h: Array) -> Array:
+                eps = 0.0
+                if layer.input_noise is not None:  # h + eps enters the layer; the returned
+                    eps = layer.input_noise(h) - h  # eps joins the residual stream, so the
+                    h = h + eps  # standard-residual stream is h + eps from here on
+                y = self.dropout(rm * layer.attn(layer.attn_norm(h)), deterministic=not train)
+                return y + eps
+
+            return f
 
         def mlp_fn(layer: DecoderLayer) -> Any:
             def f(h: Array) -> Array:

@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from routecal.models import attnres, dispatch, yarn
-from routecal.models.transformer import MLP_TYPES  # "dense", "moe", "vmoer_<router>"
+from routecal.models.transformer import check_mlp_type  # "dense", "moe", "vmoer_<router>"
 
 ROUTER_ORDERS = ("softmax_topk", "topk_softmax")
 ATTENTIONS = ("standard", "mla")
@@ -42,7 +42,7 @@ class DecoderConfig:
       attention_multiplier: attention logit scale; None = 1 / sqrt(head_dim) (Granite sets it).
       logits_scaling: logits are divided by it (Granite).
       tie_embeddings: output head = embedding matrix transposed.
-      mlp_type: "dense", "moe", "vmoer_logit" or "vmoer_temp"; layer i gets the MoE MLP when
+      mlp_type: "dense", "moe" or "vmoer_<router>" (`routers.ROUTERS`); layer i gets the MoE MLP when
         i % moe_every == moe_every - 1 and i is not in `dense_layers` (Qwen2-MoE's
         `mlp_only_layers`).
       n_experts, top_k, moe_hidden (expert SwiGLU width; 0 = mlp_dim), capacity_factor (<= 0:
@@ -165,10 +165,7 @@ class DecoderConfig:
             _positive_float(getattr(self, name), name)
         if self.attention_multiplier is not None:
             _positive_float(self.attention_multiplier, "attention_multiplier")
-        if self.mlp_type not in MLP_TYPES:
-            raise ValueError(
-                f"model.mlp_type: unknown {self.mlp_type!r}; expected one of {MLP_TYPES}"
-            )
+        check_mlp_type(self.mlp_type)
         _positive_int(self.n_experts, "n_experts")
         _positive_int(self.moe_every, "moe_every")
         if not isinstance(self.dense_layers, tuple) or any(

@@ -35,11 +35,24 @@ MLP_TYPES = (
             "fixed_temp",
             "mc_dropout",
             "ensemble",
-            "logit",
-            "temp",
+            "swag",
         )
     ),
 )
+
+
+RENAMED_MLP_TYPES = {"vmoer_logit": "vmoer_mfvr", "vmoer_temp": "vmoer_vtsr"}  # issue 21
+
+
+def check_mlp_type(mlp_type: str) -> str:
+    """`mlp_type` if it is one of MLP_TYPES; ValueError naming the new name of an old one."""
+    if mlp_type in RENAMED_MLP_TYPES:
+        raise ValueError(
+            f"model.mlp_type: {mlp_type!r} was renamed; use {RENAMED_MLP_TYPES[mlp_type]!r}"
+        )
+    if mlp_type not in MLP_TYPES:
+        raise ValueError(f"model.mlp_type: unknown {mlp_type!r}; expected one of {MLP_TYPES}")
+    return mlp_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +120,7 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout: must lie in [0, 1), got {self.dropout}")
-        if self.mlp_type not in MLP_TYPES:
-            raise ValueError(
-                f"model.mlp_type: unknown {self.mlp_type!r}; expected one of {MLP_TYPES}"
-            )
+        check_mlp_type(self.mlp_type)
         if self.n_experts < 1 or not 1 <= self.top_k <= self.n_experts:
             raise ValueError(
                 f"model.top_k: must lie in [1, n_experts={self.n_experts}], got {self.top_k}"

@@ -1,10 +1,11 @@
 """VMoER: variational MoE routing (Li & Wicker, arXiv:2603.09453; thesis arXiv:2509.23830).
 
 Bayesian inference confined to expert selection. The routers live in `routecal.models.routers`
-(registry names: det, mfvr, lowrank, fcvr, vtsr, fixed_temp, mc_dropout, ensemble); this module
-is the model-level front: the config, the MoE sublayer with a chosen router, switching routers to
-per-pass sampling, per-layer hidden-state noise (routing stability), and the retrofit of a
-trained deterministic MoE.
+(registry names: det, mfvr, lowrank, fcvr, vtsr, fixed_temp, mc_dropout, ensemble, swag); this
+module is the model-level front: the config, the MoE sublayer with a chosen router, switching
+routers to per-pass sampling, common random numbers across an item's option sequences, hidden-state
+noise (routing stability: at one layer's input, the paper's protocol, or at every MoE input), and
+the retrofit of a trained deterministic MoE.
 
 Every router keeps the deterministic parameters (`router/proj/kernel`) and adds its own under
 `vrouter`, so (i) a deterministic MoE checkpoint loads into a VMoER model unchanged
@@ -29,7 +30,8 @@ Array = jax.Array
 VROUTER_PATH = common.VROUTER_PATH
 VMoERConfig = common.VMoERConfig
 ROUTER_NAMES = tuple(routers.ROUTERS)
-ROUTER_TYPES = tuple(n for n in ROUTER_NAMES if n != "det") + tuple(routers.ALIASES)
+ROUTER_TYPES = tuple(n for n in ROUTER_NAMES if n != "det")
+STABILITY_PROTOCOLS = ("layer_input", "all_moe_inputs")
 LogitVariationalRouter = logit.LogitVariationalRouter
 TemperatureRouter = selection.TemperatureRouter
 FixedTemperatureRouter = selection.FixedTemperatureRouter
@@ -47,7 +49,7 @@ __all__ = [
 
 
 def make_router(cfg: Any, router_type: str, *, rngs: nnx.Rngs) -> moe.TopKRouter:
-    """Router factory by registry name (`routers.ROUTERS`; "logit"/"temp" are aliases)."""
+    """Router factory by registry name (`routers.ROUTERS`; old names raise naming the new one)."""
     return routers.make(cfg, router_type, rngs=rngs)
 
 
@@ -55,7 +57,7 @@ class VMoEMLP(moe.MoEMLP):
     """MoE MLP sublayer with router `router_type` (any registry name but "det")."""
 
     def __init__(self, cfg: Any, *, router_type: str = "mfvr", rngs: nnx.Rngs):
-        if router_type not in ROUTER_TYPES:
+        if routers.canonical(router_type) not in ROUTER_TYPES:
             raise ValueError(
                 f"router_type: unknown {router_type!r}; expected one of {ROUTER_TYPES}"
             )
@@ -77,6 +79,21 @@ def set_router_sampling(model: nnx.Module, sample: bool) -> int:
     return n
 
 
+def set_common_noise(model: nnx.Module, group: int) -> int:
+    """Common random numbers: every stochastic router of `model` draws its routing noise once per
+    `group` consecutive batch rows (an MCQA item's K option sequences, flattened item-major), so
+    an item's options are scored under one routing draw. `group=1` restores independent rows.
+    Returns how many routers were set."""
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+        raise ValueError(f"group: must be an integer >= 1, got {group!r}")
+    n = 0
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, routers.STOCHASTIC):
+            m.noise_group = group
+            n += 1
+    return n
+
+
 class HiddenNoise(nnx.Module):
     """x -> x + N(0, std^2 I), a fresh draw per call from its own RNG stream."""
 
@@ -94,9 +111,10 @@ def set_hidden_noise(
 ) -> int:
     """Adds N(0, std^2 I) to the input hidden state of every MoE layer of `model` (in place).
 
-    The paper's routing-stability perturbation (arXiv:2603.09453, Sec. 5): each MoE layer's
-    input u (here the normalised hidden state the layer receives) is perturbed independently;
-    layer i draws from seed + i. `std=None` (or 0, unless `keep_zero`) removes the noise;
+    The "all_moe_inputs" stability protocol: every MoE layer's input u (the normalised hidden
+    state the layer receives) is perturbed at once, independently (layer i draws from seed + i),
+    so noise compounds across layers. The paper's protocol (noise at one layer's input hidden
+    state) is `set_layer_noise`. `std=None` (or 0, unless `keep_zero`) removes the noise;
     `keep_zero=True` keeps a std-0 noise module (the identity) so the graph, hence the compiled
     function, is the same for every std. Returns the layer count.
     """
@@ -109,6 +127,27 @@ def set_hidden_noise(
             m.input_noise = nnx.data(HiddenNoise(std, seed + n) if on else None)
             n += 1
     return n
+
+
+def set_layer_noise(model: nnx.Module, std: float | None, layer: int | None, *, seed: int = 0) -> int:
+    """Adds N(0, std^2 I) to the token hidden state entering decoder layer `layer` (before its
+    attention), and nowhere else: the routing-stability perturbation of Li & Wicker
+    (arXiv:2603.09453, Sec. 5). With the standard residual the stream is exactly h_l + eps from
+    layer `layer` on, so layers before it are untouched. Every layer gets a noise module (std 0,
+    the exact identity, except at `layer`), so one compiled graph serves every (layer, std);
+    `layer=None` removes them. Returns the number of decoder layers.
+    """
+    if std is not None and not std >= 0:
+        raise ValueError(f"std: must be >= 0, got {std}")
+    layers = list(getattr(model, "layers", []))
+    if not layers or not all(hasattr(x, "input_noise") for x in layers):
+        raise ValueError("model: expected a decoder with `layers` carrying `input_noise`")
+    if layer is not None and not 0 <= layer < len(layers):
+        raise ValueError(f"layer: must lie in [0, {len(layers)}), got {layer}")
+    for i, x in enumerate(layers):
+        noise = HiddenNoise(float(std or 0.0) if i == layer else 0.0, seed + i)
+        x.input_noise = nnx.data(None if layer is None else noise)
+    return len(layers)
 
 
 def router_posterior_param_names(model: nnx.Module, router: str = "mfvr") -> list[str]:

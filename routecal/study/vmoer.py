@@ -5,10 +5,11 @@
 
 For every seed it trains (in `workdir/seed<s>/<method>`, resuming finished runs):
   det             deterministic MoE (mlp_type "moe")
-  logit, temp     the logit-space and temperature VMoER routers, from scratch
+  mfvr, vtsr, ... any router of `routecal.models.routers` (one vocabulary), from scratch
   *_retrofit      the same routers fitted on the frozen trained `det` model: every parameter is
-                  copied from it (`train.init_from`) and only the routing posterior is trained
-                  (`train.trainable = "vrouter"`), as the paper does for pretrained models.
+                  copied from it (`train.init_from`) and only the router's
+                  `RETROFIT_TRAINABLE` selection is trained, as the paper does for pretrained
+                  models (SWAG moments are collected by the LM experiment only).
 and measures on the test split:
   accuracy, ece            top-label ECE, `experiment.n_bins` equal-width bins
   stability                routing stability: mean Jaccard of the selected-expert sets of every
@@ -41,19 +42,24 @@ from flax import nnx
 from routecal import flops
 from routecal.data import Split, load_dataset, shift
 from routecal.files import workdir as workdir_io
-from routecal.models import vmoer
+from routecal.models import routers, vmoer
 from routecal.models.transformer import ModelConfig
 from routecal.stats import calibration, uncertainty
 from routecal.stats.seeds import seed_band
 from routecal.training import predict
 
-METHODS = {
-    "det": ("moe", False),
-    "logit": ("vmoer_logit", False),
-    "temp": ("vmoer_temp", False),
-    "logit_retrofit": ("vmoer_logit", True),
-    "temp_retrofit": ("vmoer_temp", True),
-}
+
+def method_spec(method: str) -> tuple[str, bool]:
+    """A method name (`routers` vocabulary: a router name, optionally with "_retrofit") ->
+    (model mlp_type, retrofit?); ValueError for an unknown name, naming the new name of an old
+    one ("logit" -> "mfvr", "temp" -> "vtsr")."""
+    try:
+        base, retrofit = routers.split_method(method)
+    except ValueError as e:
+        raise ValueError(f"experiment.methods: {e}") from None
+    if base == "det" and retrofit:
+        raise ValueError("experiment.methods: 'det_retrofit' has nothing to fit")
+    return ("moe" if base == "det" else f"vmoer_{base}"), retrofit
 METRICS = (
     "stability",
     "ece",
@@ -70,12 +76,10 @@ PAPER_CLAIMS = {"stability": "+38%", "ece": "-94%", "ood_auroc": "+12%", "flops"
 
 def run_config(cfg: ml_collections.ConfigDict, method: str, seed: int, det_workdir: str | None):
     """The training config of one (method, seed) run, without the `experiment` section."""
-    if method not in METHODS:
-        raise ValueError(f"experiment.methods: unknown {method!r}; expected one of {list(METHODS)}")
+    mlp_type, retrofit = method_spec(method)
     d = cfg.to_dict()
     d.pop("experiment", None)
     rc = ml_collections.ConfigDict(d)
-    mlp_type, retrofit = METHODS[method]
     rc.seed = int(seed)
     rc.model.mlp_type = mlp_type
     if retrofit:
@@ -83,7 +87,8 @@ def run_config(cfg: ml_collections.ConfigDict, method: str, seed: int, det_workd
             raise ValueError(f"experiment.methods: {method} needs 'det' trained first")
         e = cfg.experiment
         rc.train.init_from = str(det_workdir)  # relative: read from the run's workdir
-        rc.train.trainable = vmoer.VROUTER_PATH
+        base = routers.split_method(method)[0]
+        rc.train.trainable = routers.RETROFIT_TRAINABLE[base] or vmoer.VROUTER_PATH
         rc.train.steps = int(e.retrofit_steps)
         rc.train.lr = float(e.retrofit_lr)
         rc.train.warmup = min(int(rc.train.warmup), max(int(e.retrofit_steps) // 10, 1))
@@ -220,7 +225,8 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
         token_dim=dataset.token_dim,
         num_classes=dataset.num_classes,
     )
-    model_flops = flops.model_overhead(mcfg, batch_size=1)
+    types = tuple(sorted({method_spec(m)[0] for m in methods} - {"moe"}))
+    model_flops = flops.model_overhead(mcfg, batch_size=1, mlp_types=types)
     realistic = flops.vmoer_overhead(flops.REALISTIC_LAYER)
     for seed in ecfg.seeds:
         det_dir = workdir / f"seed{seed}" / "det"
@@ -231,7 +237,7 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
             model, _, ds = train.load_trained(wd)
             res = evaluate_model(model, ds, ecfg)
             res["train_time_s"] = float(final.get("time_s", float("nan")))
-            mlp_type = METHODS[method][0]
+            mlp_type = method_spec(method)[0]
             res["flops_overhead_pct"] = (
                 0.0 if mlp_type == "moe" else model_flops[f"overhead_{mlp_type}_pct"]
             )

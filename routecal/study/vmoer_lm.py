@@ -6,10 +6,13 @@ Per seed: an MoE decoder (`routecal.models.decoder`) is pretrained on the embedd
 (next-token loss) and fine-tuned on the embedded continuation MCQA (`routecal.data.mcqa`: choose
 the true next bytes of a context among 4; option scores by `experiment.scoring`: the answer
 letter's logit restricted to A-D, or the length-normalised option log-likelihood, see
-`vmoer_lm_data.py`), once per router (from scratch: both phases with that router). Each `*_retrofit`
-router copies the fine-tuned `det` model (`vmoer.retrofit_from`) and trains only its routing
-posterior (`routers.RETROFIT_TRAINABLE`, optax through `nnx.Optimizer(wrt=...)`) on the same
-MCQA; fixed_temp has nothing to fit and is evaluated as copied. Evaluation is in
+`vmoer_lm_data.py`). `det` is trained once per seed and every `*_retrofit` router is fitted on
+it (the default: one shared base model per seed): the router copies the fine-tuned `det` model
+(`vmoer.retrofit_from`) and trains only its routing posterior (`routers.RETROFIT_TRAINABLE`,
+optax through `nnx.Optimizer(wrt=...)`) on the MCQA train split; beta is chosen on the calib
+split from `experiment.beta_grid`, ensemble members are fitted one by one and SWAG collects the
+router weights' moments (`vmoer_lm_fit.py`); fixed_temp has nothing to fit and is evaluated as
+copied. Routers without the suffix are trained from scratch (both phases). Evaluation is in
 `vmoer_lm_eval.py`; MCQA sets: in-domain (held-out stdlib modules), near (Lib/test), far (pydoc
 prose), all built deterministically from `data.mcqa_seed`.
 
@@ -37,6 +40,7 @@ from routecal.study.vmoer_lm_data import (
     DOMAINS,
     build_data,
     check_scoring,
+    noise_group,
     option_outputs,
     option_scores,
     take,
@@ -102,7 +106,9 @@ def _steps(trainable: str, pad: int):
     return lm_step, mcqa_step
 
 
-def _tx(tcfg: ml_collections.ConfigDict, steps: int, lr: float) -> optax.GradientTransformation:
+def _tx(
+    tcfg: ml_collections.ConfigDict, steps: int, lr: float, end_lr_fraction: float = 0.0
+) -> optax.GradientTransformation:
     return optim.make_tx(
         ml_collections.ConfigDict(
             dict(
@@ -111,6 +117,7 @@ def _tx(tcfg: ml_collections.ConfigDict, steps: int, lr: float) -> optax.Gradien
                 lr=lr,
                 weight_decay=float(tcfg.weight_decay),
                 grad_clip=float(tcfg.grad_clip),
+                end_lr_fraction=end_lr_fraction,
             )
         )
     )
@@ -126,13 +133,19 @@ def fit(
     lr: float,
     trainable: str,
     seed: int,
+    on_step: Any = None,
+    constant_lr: bool = False,
 ) -> list[float]:
     """Trains `model` in place for `steps` steps of `phase` ("lm" or "mcqa"); returns the task
-    losses (logged every step). Batches are drawn with numpy from `seed`."""
+    losses (logged every step). Batches are drawn with numpy from `seed`. MCQA steps route an
+    item's option sequences with one draw (`vmoer.set_common_noise`). `on_step(i)` runs after
+    step i (e.g. SWAG collection); `constant_lr` keeps the peak rate after warm-up."""
     if steps <= 0:
         return []
+    vmoer.set_common_noise(model, noise_group(data) if phase == "mcqa" else 1)
     lm_step, mcqa_step = _steps(trainable, int(data["tokenizer"].pad))
-    optimizer = nnx.Optimizer(model, _tx(tcfg, steps, lr), wrt=optim.trainable_filter(trainable))
+    tx = _tx(tcfg, steps, lr, end_lr_fraction=1.0 if constant_lr else 0.0)
+    optimizer = nnx.Optimizer(model, tx, wrt=optim.trainable_filter(trainable))
     rng = np.random.default_rng(seed)
     bs = int(tcfg.batch_size if phase == "lm" else tcfg.get("mcqa_batch_size", tcfg.batch_size))
     losses = []
@@ -145,39 +158,44 @@ def fit(
             batch = take(train, rng.integers(0, len(train["answers"]), bs))
             loss, task = mcqa_step(model, optimizer, batch, data["letters"])
         losses.append(float(task))
+        if on_step is not None:
+            on_step(len(losses) - 1)
     if not np.all(np.isfinite(losses)):
         raise FloatingPointError(f"{phase}: non-finite training loss {losses[-5:]}")
     return losses
 
 
+def seq_limit(cfg: ml_collections.ConfigDict) -> int:
+    return max(int(cfg.data.lm_seq_len), int(cfg.data.max_prompt_len))
+
+
 def train_router(cfg, data, router: str, seed: int, det_model=None) -> tuple[nnx.Module, dict]:
     """One trained model: from scratch (LM + MCQA with `router`) or, for "<name>_retrofit", the
-    fine-tuned `det_model` with only the routing posterior of <name> fitted on MCQA."""
+    fine-tuned `det_model` with only the routing posterior of <name> fitted on MCQA
+    (`vmoer_lm_fit.retrofit`)."""
+    from routecal.study import vmoer_lm_fit
+
     t0 = time.perf_counter()
     t = cfg.train
-    max_len = max(int(cfg.data.lm_seq_len), int(cfg.data.max_prompt_len))
-    base = router.removesuffix("_retrofit")
-    model = make_model(cfg, base, seed, max_len)
-    log: dict[str, Any] = {}
-    if router.endswith("_retrofit"):
+    base, is_retrofit = routers.split_method(router)
+    if is_retrofit:
         if det_model is None:
             raise ValueError(f"experiment.routers: {router} needs 'det' trained first")
-        vmoer.retrofit_from(model, nnx.state(det_model, nnx.Param))
-        pattern = routers.RETROFIT_TRAINABLE[routers.canonical(base)]
-        if pattern is not None:
-            log["mcqa"] = fit(
-                model, data, t, phase="mcqa", steps=int(t.retrofit_steps),
-                lr=float(t.retrofit_lr), trainable=pattern, seed=seed + 2,
-            )  # fmt: skip
+        model, log = vmoer_lm_fit.retrofit(cfg, data, base, seed, det_model)
     else:
+        model = make_model(cfg, base, seed, seq_limit(cfg))
+        log: dict[str, Any] = {}
         log["lm"] = fit(
             model, data, t, phase="lm", steps=int(t.pretrain_steps), lr=float(t.lr),
             trainable="all", seed=seed,
         )  # fmt: skip
+        collect = vmoer_lm_fit.swag_hook(model, int(t.finetune_steps)) if base == "swag" else None
         log["mcqa"] = fit(
             model, data, t, phase="mcqa", steps=int(t.finetune_steps), lr=float(t.finetune_lr),
-            trainable="all", seed=seed + 1,
+            trainable="all", seed=seed + 1, on_step=collect.hook if collect else None,
         )  # fmt: skip
+        if collect is not None:
+            collect.install()
     log["time_s"] = time.perf_counter() - t0
     return model, log
 
@@ -206,7 +224,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if "det" not in names:
         raise ValueError("experiment.routers: must include 'det' (the baseline)")
     for n in names:
-        routers.canonical(n.removesuffix("_retrofit"))
+        routers.split_method(n)  # ValueError naming the new name of an old one
     wd = pathlib.Path(workdir)
     (wd / "tables").mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -233,6 +251,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             res["wall_s"] = time.perf_counter() - w0
             res["cpu_s"] = time.process_time() - p0
             res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
+            res.update({k: v for k, v in log.items() if k not in ("lm", "mcqa", "time_s")})
             runs[name] = per_run[name][int(seed)] = res
             print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
             workdir_io.write_text(seed_file, json.dumps(runs, default=float) + "\n")  # atomic

@@ -76,7 +76,9 @@ def encode_continuations(
 
 
 def build_data(dcfg: ml_collections.ConfigDict, scoring: str = "letter") -> dict[str, Any]:
-    """Corpus LM rows [N, T + 1] and the MCQA tensors of each split (train, in, near, far):
+    """Corpus LM rows [N, T + 1] and the MCQA tensors of each split (train, calib, in, near, far;
+    calib = the last `n_calib_items` items drawn from the training documents, held out of
+    train, for choices such as beta that must never see a test split):
     {"lm", "scoring", "mcqa": {split: {"ids", "answers" [N] (+ "mask" for loglik)}},
     "letters" [K], "tokenizer"}; shapes per scoring in the module docstring."""
     from routecal.data.text import stdlib
@@ -93,8 +95,10 @@ def build_data(dcfg: ml_collections.ConfigDict, scoring: str = "letter") -> dict
         docs["train"], "in", tok, int(dcfg.lm_seq_len), int(dcfg.lm_max_bytes), "train"
     ).ids.astype(np.int32)
     sets = {}
+    n_calib = int(dcfg.get("n_calib_items", 0))
     for i, split in enumerate(("train", *DOMAINS)):
         n = int(dcfg.n_train_items if split == "train" else dcfg.n_eval_items)
+        n += n_calib if split == "train" else 0
         ds = mcqa_data.continuation_mcqa(
             docs[split],
             n_items=n,
@@ -112,8 +116,18 @@ def build_data(dcfg: ml_collections.ConfigDict, scoring: str = "letter") -> dict
                 ds.questions, ds.options, tok, int(dcfg.max_prompt_len)
             )
         sets[split] = entry
+    if n_calib:
+        train = sets["train"]
+        cut = len(train["answers"]) - n_calib
+        sets["calib"] = take(train, slice(cut, None))
+        sets["train"] = take(train, slice(0, cut))
     letters = mcqa_data.letter_ids(tok, 4)
     return {"lm": lm, "scoring": scoring, "mcqa": sets, "letters": letters, "tokenizer": tok}
+
+
+def noise_group(data: dict[str, Any]) -> int:
+    """Rows sharing one routing draw (common random numbers): K options under loglik, else 1."""
+    return int(data["mcqa"]["train"]["ids"].shape[1]) if data["scoring"] == "loglik" else 1
 
 
 def take(entry: dict[str, np.ndarray], idx: Any) -> dict[str, np.ndarray]:

@@ -6,18 +6,20 @@ letter's logit restricted to A-D, or the length-normalised option log-likelihood
 `mcqa.loglik_option_probs`; calibration over options, `routecal.stats.mcqa`; for loglik every
 token-level score below runs over the item's K option sequences):
   accuracy, ece, mce, nll, brier          in-domain test items
-  stability_<sigma>                       mean over MoE layers of the Jaccard of top-K sets, clean
-                                          vs N(0, sigma^2 I) added to every MoE layer's input
-                                          hidden state (`vmoer.set_hidden_noise`), the first
-                                          `experiment.stability_items` in-domain items, every
-                                          token; the model is cloned so both runs
-                                          share the routing-noise draws (a stochastic router's
-                                          score measures input sensitivity, 1 at sigma = 0);
-                                          `stability_layers_<sigma>` keeps the per-layer values
-  ood_auroc_<domain>_<score>              in-domain vs near / far, scores: entropy, max_prob
-                                          (1 - max prob), mi (S sampled passes; stochastic
-                                          routers), gating_entropy and router_logit_variance
-                                          (token means over layers); ood_auroc_<domain> = entropy
+  stability_<sigma>                       mean over MoE layers of the per-layer Jaccard of top-K
+                                          sets under hidden-state noise (`vmoer_stability`:
+                                          the paper's one-layer-input protocol by default),
+                                          the first `experiment.stability_items` in-domain
+                                          items; `stability_layers_<sigma>` the per-layer curve
+  ood_auroc_<domain>_<score>              in-domain vs near / far, for every score the config
+                                          names (`experiment.ood_scores`, `OOD_SCORES`):
+                                          entropy, max_prob (1 - max prob), mi (S sampled
+                                          passes; 0 for a deterministic model), gating_entropy
+                                          and router_logit_variance (token means over layers of
+                                          the `router_logit_var` trace; 0 for routers whose
+                                          logits are deterministic); ood_auroc_<domain> = entropy
+With loglik scoring an item's K option sequences share one routing draw (common random numbers,
+`vmoer.set_common_noise`), so options are compared under the same routing.
   flops_*_pct                             XLA-counted router overhead at the realistic layer
 The table: per metric and router the seed band (mean, std, min, max, n; `stats.seeds.seed_band`),
 the relative change of the mean against `det` and the seed-band verdict against `det`
@@ -47,7 +49,8 @@ from routecal.report.vmoer_lm import (  # noqa: F401  (the section's text lives 
     report,
 )
 from routecal.stats import mcqa, seeds, uncertainty
-from routecal.study.vmoer_lm_data import option_outputs
+from routecal.study import vmoer_stability
+from routecal.study.vmoer_lm_data import noise_group, option_outputs
 
 TABLE_METRICS = (
     "stability",
@@ -70,11 +73,27 @@ TABLE_METRICS = (
 LOWER_IS_BETTER = {"ece", "mce", "nll", "brier", "flops_infer_pct", "flops_train_pct"}
 
 
+# Per-token traces the MoE layers emit (`moe.MoEMLP` and every router's RouterOutput.trace).
+KNOWN_TRACES = ("router_probs", "experts", "gates", "dropped", "router_sigma",
+                "router_logit_var", "temperature")  # fmt: skip
+EVAL_TRACES = ("experts", "router_probs", "router_logit_var")
+OOD_SCORES = ("entropy", "max_prob", "mi", "gating_entropy", "router_logit_variance")
+
+
+def keep_traces(traces: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The `keys` of every MoE layer's trace (a key a router does not emit is left out);
+    ValueError for a key no MoE layer or router emits (a misspelt key never silently drops a
+    score)."""
+    unknown = sorted(set(keys) - set(KNOWN_TRACES))
+    if unknown:
+        raise ValueError(f"trace keys: unknown {unknown}; MoE layers emit {KNOWN_TRACES}")
+    return [{k: t[k] for k in keys if k in t} for t in traces]
+
+
 @nnx.jit
 def _forward(model, batch):
     outs, out = option_outputs(model, batch, return_traces=True)
-    keep = ("experts", "router_probs", "router_logit_var")
-    return outs, [{k: t[k] for k in keep if k in t} for t in out.traces["mlp"]]
+    return outs, keep_traces(out.traces["mlp"], EVAL_TRACES)
 
 
 def _inputs(items: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -111,7 +130,7 @@ def predict(model: nnx.Module, items: Any, batch_size: int) -> dict[str, Any]:
     return {"outs": {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, "layers": layers}
 
 
-def _option_probs(pred: dict[str, Any], letters: np.ndarray) -> np.ndarray:
+def option_probs(pred: dict[str, Any], letters: np.ndarray) -> np.ndarray:
     """Option probabilities [N, K] under the scoring the outputs came from."""
     o = pred["outs"]
     if "last_logits" in o:
@@ -119,76 +138,97 @@ def _option_probs(pred: dict[str, Any], letters: np.ndarray) -> np.ndarray:
     return mcqa.loglik_option_probs(o["sums"], o["lengths"])
 
 
-def stability(model, items, sigmas, bs: int, seed: int) -> dict[str, Any]:
-    """stability_<sigma> (mean over layers) and stability_layers_<sigma> (per layer), over every
-    token of `items` (letter prompts [N, T], or an MCQA split's dict: its option sequences).
-
-    The clean run is the same graph with noise std 0 (x + 0 * eps = x exactly), so clean and
-    noisy runs share one compiled forward pass."""
-
-    def experts(std: float) -> list[np.ndarray]:
-        m = nnx.clone(model)
-        vmoer.set_hidden_noise(m, std, seed=1000 + seed, keep_zero=True)
-        return [t["experts"] for t in predict(m, items, bs)["layers"]]
-
-    clean = experts(0.0)
-    out: dict[str, Any] = {}
-    for s in sigmas:
-        noisy = experts(float(s))
-        st = uncertainty.routing_stability(clean, noisy)
-        out[f"stability_{s:g}"] = st.overall
-        out[f"stability_layers_{s:g}"] = [float(x) for x in st.per_layer]
-    return out
-
-
 def _sampled_probs(model, items, letters, n: int, bs: int) -> np.ndarray | None:
     m = nnx.clone(model)
     if vmoer.set_router_sampling(m, True) == 0:
         return None
-    return np.stack([_option_probs(predict(m, items, bs), letters) for _ in range(n)])
+    return np.stack([option_probs(predict(m, items, bs), letters) for _ in range(n)])
 
 
-def _scores(pred: dict[str, Any], probs: np.ndarray, mc: np.ndarray | None) -> dict[str, Any]:
-    layers = pred["layers"]
-    s = {
-        "entropy": uncertainty.ood_score(probs, "entropy"),
-        "max_prob": uncertainty.ood_score(probs, "max_prob"),
-        "gating_entropy": uncertainty.gating_entropy([t["router_probs"] for t in layers]),
-    }
-    if all("router_logit_var" in t for t in layers):
-        s["router_logit_variance"] = uncertainty.router_logit_variance(
-            [t["router_logit_var"] for t in layers]
-        )
-    if mc is not None:
-        s["mi"] = uncertainty.mutual_information(mc)
-    return s
+def ood_scores(
+    names: Any,
+    probs_NxK: np.ndarray,
+    layers: list[dict[str, np.ndarray]],
+    mc_SxNxK: np.ndarray | None,
+    mask_NxT: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Every OOD score in `names` (`OOD_SCORES`) per item -> {name: [N]}; ValueError for an
+    unknown name. mi is 0 without sampled passes (a deterministic model); router_logit_variance
+    is 0 where no layer emits `router_logit_var` (deterministic logits: det, vtsr, fixed_temp)."""
+    names = tuple(names)
+    unknown = sorted(set(names) - set(OOD_SCORES))
+    if unknown:
+        raise ValueError(f"experiment.ood_scores: unknown {unknown}; expected {OOD_SCORES}")
+    n = len(probs_NxK)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name in ("entropy", "max_prob"):
+            out[name] = uncertainty.ood_score(probs_NxK, name)
+        elif name == "mi":
+            out[name] = np.zeros(n) if mc_SxNxK is None else uncertainty.mutual_information(mc_SxNxK)
+        elif name == "gating_entropy":
+            out[name] = uncertainty.gating_entropy([t["router_probs"] for t in layers], mask_NxT)
+        elif not any("router_logit_var" in t for t in layers):
+            out[name] = np.zeros(n)
+        else:
+            out[name] = uncertainty.router_logit_variance(
+                [t["router_logit_var"] for t in layers], mask_NxT
+            )
+    return out
+
+
+def ood_aurocs(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """ood_auroc_<domain>_<score> for every OOD domain present, and ood_auroc_<domain> (entropy)."""
+    res: dict[str, float] = {}
+    for dom in ("near", "far"):
+        if dom in scores:
+            for k, v in scores[dom].items():
+                res[f"ood_auroc_{dom}_{k}"] = uncertainty.ood_auroc(scores["in"][k], v)
+            if f"ood_auroc_{dom}_entropy" in res:
+                res[f"ood_auroc_{dom}"] = res[f"ood_auroc_{dom}_entropy"]
+    return res
 
 
 def evaluate(model: nnx.Module, data: dict[str, Any], e: ml_collections.ConfigDict, *, seed: int):
     """Every per-run metric of the module docstring for one trained model."""
     bs, letters = int(e.eval_batch_size), data["letters"]
+    vmoer.set_common_noise(model, noise_group(data))
     res: dict[str, Any] = {}
     scores = {}
+    names = tuple(e.get("ood_scores", OOD_SCORES))
     for dom in ("in", "near", "far"):
         items = _inputs(data["mcqa"][dom])
         ans = data["mcqa"][dom]["answers"]
         pred = predict(nnx.clone(model), items, bs)
-        probs = _option_probs(pred, letters)
+        probs = option_probs(pred, letters)
         mc = _sampled_probs(model, items, letters, int(e.mc_samples), bs)
-        scores[dom] = _scores(pred, probs, mc)
+        scores[dom] = ood_scores(names, probs, pred["layers"], mc)
         if dom == "in":
             res.update(mcqa.mcqa_metrics(probs, ans, n_bins=int(e.n_bins)))
         else:
             res[f"accuracy_{dom}"] = float(np.mean(probs.argmax(1) == ans))
-    for dom in ("near", "far"):
-        for k, v in scores[dom].items():
-            res[f"ood_auroc_{dom}_{k}"] = uncertainty.ood_auroc(scores["in"][k], v)
-        res[f"ood_auroc_{dom}"] = res[f"ood_auroc_{dom}_entropy"]
+    res.update(ood_aurocs(scores))
     n_stab = int(e.get("stability_items", 0)) or None  # the first items (0: all)
     in_items = {k: v[:n_stab] for k, v in _inputs(data["mcqa"]["in"]).items()}
-    res.update(stability(model, in_items, e.sigmas, bs, seed))
+
+    def experts_fn(m: nnx.Module) -> list[np.ndarray]:
+        return [t["experts"] for t in predict(m, in_items, bs)["layers"]]
+
+    res.update(vmoer_stability.stability(
+        model, experts_fn, e.sigmas, seed=seed,
+        protocol=str(e.get("stability_protocol", "layer_input")),
+    ))  # fmt: skip
     res["stability"] = res[f"stability_{float(e.stability_sigma):g}"]
     return res
+
+
+def calib_nll(model: nnx.Module, data: dict[str, Any], e: ml_collections.ConfigDict) -> float:
+    """NLL of the option distribution on the calibration split (selects beta; never test)."""
+    vmoer.set_common_noise(model, noise_group(data))
+    split = data["mcqa"]["calib"]
+    probs = option_probs(predict(nnx.clone(model), _inputs(split), int(e.eval_batch_size)),
+                         data["letters"])  # fmt: skip
+    return float(mcqa.mcqa_metrics(probs, split["answers"])["nll"])
 
 
 def one_line(res: dict[str, Any]) -> str:
@@ -273,3 +313,87 @@ def to_markdown(table: dict[str, dict[str, Any]], names: list[str]) -> str:
     return (
         "\n".join(lines) + f"\n\nPaper's claims (relative to the deterministic router): {claims}."
     )
+<<<<<<< HEAD
+=======
+
+
+def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured on `n` items (`scipy.stats.binomtest`)."""
+    from scipy import stats
+
+    k = int(round(accuracy * n))
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _settings_lines(out: dict[str, Any], names: list[str]) -> list[str]:
+    """Per router and seed: the stability curve over layers at the headline sigma, the beta
+    chosen on the calib split, ensemble members' final losses, SWAG iterates."""
+    e = out.get("config", {}).get("experiment", {})
+    if "stability_sigma" not in e:
+        return []
+    sig = f"{float(e['stability_sigma']):g}"
+    lines = [f"Stability per MoE layer at sigma = {sig} "
+             f"({e.get('stability_protocol', 'all_moe_inputs')} protocol), and the fitted "
+             "settings:", "", "| router | seed | stability per layer | fitted |", "|---|---|---|---|"]
+    for name in names:
+        for seed, r in sorted(out["per_run"][name].items(), key=lambda x: int(x[0])):
+            curve = ", ".join(f"{x:.4f}" for x in r.get(f"stability_layers_{sig}", []))
+            fitted = []
+            if "beta" in r:
+                pairs = zip(r["beta_grid"], r["beta_calib_nll"], strict=True)
+                nll = ", ".join(f"{b:g}: {v:.4f}" for b, v in pairs)
+                fitted.append(f"beta {r['beta']:g} (calib NLL {nll})")
+            if "members" in r:
+                fitted.append("members' final loss " + ", ".join(
+                    f"{m['final_loss']:.4f}{'' if m['converged'] else ' (not converged)'}"
+                    for m in r["members"]))
+            if "swag_n" in r:
+                fitted.append(f"SWAG moments over {r['swag_n']} iterates")
+            lines.append(f"| {name} | {seed} | {curve} | {'; '.join(fitted)} |")
+    return lines
+
+
+def report(out: dict[str, Any]) -> str:
+    """The markdown section of a finished run (`vmoer_lm_results.json`): setting, seeds, time,
+    det's accuracy with its binomial interval, per-router time, the table and, per paper claim,
+    what each VMoER router shows."""
+    cfg, names, table = out["config"], list(out["table"]), out["table"]
+    n = int(cfg["data"]["n_eval_items"])
+    seeds_ = sorted({s for runs in out["per_run"].values() for s in map(int, runs)})
+    lines = [
+        f"Scoring: {out.get('scoring', 'letter')}; seeds {seeds_}; {n} items per domain; "
+        f"train+eval of every (router, seed): {out.get('runs_wall_s', 0) / 60:.1f} min wall, "
+        f"{out.get('runs_cpu_s', 0) / 60:.1f} CPU-min (process CPU time, compilation included).",
+        "",
+        "det accuracy (in-domain, chance 0.25), Wilson 95% interval per seed: "
+        + "; ".join(
+            f"seed {s}: {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+            for s, r in sorted(out["per_run"]["det"].items(), key=lambda x: int(x[0]))
+            for lo, hi in [accuracy_interval(r["accuracy"], n)]
+        ),
+        "",
+        "| router | wall s / seed | CPU s / seed |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        runs = list(out["per_run"][name].values())
+        w = np.mean([r.get("wall_s", np.nan) for r in runs])
+        c = np.mean([r.get("cpu_s", np.nan) for r in runs])
+        lines.append(f"| {name} | {w:.0f} | {c:.0f} |")
+    lines += ["", out["markdown"], "", *_settings_lines(out, names)]
+    lines += ["", "What we see beside each claim (relative change vs det):"]
+    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in ("mfvr", "lowrank", "fcvr",
+                                                                        "vtsr", "ensemble",
+                                                                        "swag")]  # fmt: skip
+    for metric, claim in CLAIM_OF.items():
+        cells = []
+        for name in vmoer_names:
+            b = table[name].get(metric, {})
+            if "rel_change_pct" in b:
+                cells.append(f"{name} {b['rel_change_pct']:+.1f}% ({b['verdict']})")
+            elif metric in table[name]:
+                cells.append(f"{name} {table[name][metric]['mean']:.3f}")
+        lines.append(f"- {metric} (paper {claim} {PAPER_CLAIMS[claim]}): " + "; ".join(cells))
+    return "\n".join(lines) + "\n"
+>>>>>>> vmoer

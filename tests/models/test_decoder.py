@@ -44,7 +44,7 @@ VARIANTS = {
     ),
     # VTSR samples experts at inference by default; "mean" makes two passes comparable
     "vmoer_temp_full": dict(
-        mlp_type="vmoer_temp", top_k=2, residual="full", vmoer=(("vtsr_inference", "mean"),)
+        mlp_type="vmoer_vtsr", top_k=2, residual="full", vmoer=(("vtsr_inference", "mean"),)
     ),
     "gqa_qknorm_untied": dict(n_kv_heads=2, qk_norm=True, qkv_bias=True, tie_embeddings=False),
 }

@@ -184,7 +184,7 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="unknown key"):
         ModelConfig.from_config({"d_modle": 8}, seq_len=T, token_dim=P, num_classes=C)
     with pytest.raises(ValueError, match="model.vmoer"):
-        make_mlp(_cfg(mlp_type="vmoer_logit", vmoer=(("betta", 1.0),)), rngs=nnx.Rngs(0))
+        make_mlp(_cfg(mlp_type="vmoer_mfvr", vmoer=(("betta", 1.0),)), rngs=nnx.Rngs(0))
 
 
 def test_from_config_is_hashable_and_reads_vmoer():

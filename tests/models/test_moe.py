@@ -223,7 +223,7 @@ def test_vmoer_transformer_aux_and_trainable_filter():
     from routecal.models import vmoer
     from routecal.training import train
 
-    model = _tiny_model("vmoer_logit", vmoer=(("beta", 0.5), ("rank", 1)))
+    model = _tiny_model("vmoer_mfvr", vmoer=(("beta", 0.5), ("rank", 1)))
     out = nnx.jit(lambda m, x: m(x, train=True))(model, jnp.ones((2, 4, 3)))
     assert set(out.aux) == {"moe_lb", "moe_z", "vmoer_kl"}
     np.testing.assert_allclose(out.aux_loss, sum(out.aux.values()), rtol=1e-6)

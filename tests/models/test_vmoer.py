@@ -102,11 +102,21 @@ def test_bad_retrofit_and_router_names():
         vmoer.retrofit_from(vm, other)
     with pytest.raises(ValueError, match="router_type"):
         vmoer.VMoEMLP(vmoer.VMoERConfig(**CFG), router_type="det", rngs=nnx.Rngs(0))
-    assert routers.canonical("logit") == "mfvr" and routers.canonical("temp") == "vtsr"
+    # issue 21: one vocabulary; an old name raises naming its new one
+    for old, new in (("logit", "mfvr"), ("temp", "vtsr")):
+        with pytest.raises(ValueError, match=f"use '{new}'"):
+            routers.canonical(old)
+        with pytest.raises(ValueError, match=f"use '{new}'"):
+            routers.split_method(f"{old}_retrofit")
+    assert routers.split_method("swag_retrofit") == ("swag", True)
+    from routecal.models.transformer import ModelConfig
+
+    with pytest.raises(ValueError, match="'vmoer_mfvr'"):
+        ModelConfig(seq_len=4, token_dim=2, num_classes=2, mlp_type="vmoer_logit")
 
 
 def test_transformer_mlp_types_cover_the_registry():
     from routecal.models import transformer
 
     types = {t.removeprefix("vmoer_") for t in transformer.MLP_TYPES if t.startswith("vmoer_")}
-    assert types == (set(routers.ROUTERS) - {"det"}) | set(routers.ALIASES)
+    assert types == set(routers.ROUTERS) - {"det"}

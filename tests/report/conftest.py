@@ -49,7 +49,7 @@ def results_dict(rng, n_reject_holm=0):
         "vmoer": {"rows": [
             {"router": "deterministic", **{m: report.seed_band([0.5, 0.6]) for m in
                                             ("accuracy", "stability", "ece", "ood_auroc")}},
-            {"router": "vmoer_logit", **{m: report.seed_band([0.7, 0.8]) for m in
+            {"router": "vmoer_mfvr", **{m: report.seed_band([0.7, 0.8]) for m in
                                           ("accuracy", "stability", "ece", "ood_auroc")},
              "flops_overhead_percent": 0.5}]},
     }

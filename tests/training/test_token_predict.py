@@ -182,7 +182,7 @@ def test_load_image_npz_gives_confidence_correct_label(tmp_path):
 
 
 def test_vmoer_logit_router_gives_router_logit_variance(tmp_path):
-    model, split = _setup(mlp_type="vmoer_logit", top_k=2)
+    model, split = _setup(mlp_type="vmoer_mfvr", top_k=2)
     got = predictions.load(token_predict.predict_split(model, split, tmp_path / "v", pad=PAD))
     var = got["router_logit_var"]
     assert var.shape == (len(got["label"]), 2) and np.all(var > 0)

@@ -228,6 +228,7 @@ def retrofit(
     *,
     loss_fn: LossFn = choice_loss,
     trainable: str = VROUTER_PATH,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Trains the routing posterior of `model` in place; resumes from `workdir` if it has one.
 
@@ -239,6 +240,8 @@ def retrofit(
       trainable: regex over "/"-joined parameter paths of what trains (`optim.trainable_filter`;
         default the `vrouter` heads; `routers.RETROFIT_TRAINABLE[name]` for the baselines, e.g.
         the MC-dropout router retrains `router/proj`).
+      on_step: called with the 0-based step after each update (e.g. SWAG moment collection;
+        what it accumulates is not checkpointed).
 
     Returns:
       {"step", "start_step", "last": last step's metrics, "n_posterior_params"}.
@@ -267,6 +270,8 @@ def retrofit(
         last: dict[str, float] = {}
         for step in range(start, cfg.steps):
             m = step_fn(model, optimizer, batches(step))
+            if on_step is not None:
+                on_step(step)
             last = {k: float(v) for k, v in m.items()}
             if not all(map(jnp.isfinite, last.values())):
                 raise FloatingPointError(f"retrofit: non-finite metrics at step {step + 1}: {last}")

@@ -8,9 +8,13 @@
   fixed_temp   Sample-K at a fixed temperature (baseline)    (routers.selection)
   mc_dropout   MC-dropout router (baseline)                  (routers.baselines)
   ensemble     deep-ensemble router (baseline)               (routers.baselines)
+  swag         SWAG router (baseline, Maddox et al. 2019)    (routers.swag)
 
-"logit" and "temp" are kept as aliases of "mfvr" and "vtsr". A retrofit trains only the
-parameters matching `RETROFIT_TRAINABLE[name]` (None: the router has nothing to fit).
+A method name is a router name, or a router name plus `RETROFIT_SUFFIX` ("mfvr_retrofit": the
+router fitted on a trained deterministic model). This is the one vocabulary (configs, tables,
+FLOP counts, model `mlp_type` "vmoer_<name>"): the old names "logit" and "temp" raise a
+ValueError naming "mfvr" and "vtsr". A retrofit trains only the parameters matching
+`RETROFIT_TRAINABLE[name]` (None: the router has nothing to fit).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from flax import nnx
 
 from routecal.models import moe
-from routecal.models.routers import baselines, common, logit, selection
+from routecal.models.routers import baselines, common, logit, selection, swag
 
 ROUTERS: dict[str, Callable[..., moe.TopKRouter]] = {
     "det": moe.TopKRouter,
@@ -33,8 +37,10 @@ ROUTERS: dict[str, Callable[..., moe.TopKRouter]] = {
     "fixed_temp": selection.FixedTemperatureRouter,
     "mc_dropout": baselines.MCDropoutRouter,
     "ensemble": baselines.EnsembleRouter,
+    "swag": swag.SwagRouter,
 }
-ALIASES = {"logit": "mfvr", "temp": "vtsr"}
+RENAMED = {"logit": "mfvr", "temp": "vtsr"}  # old name -> the registry name (issue 21)
+RETROFIT_SUFFIX = "_retrofit"
 RETROFIT_TRAINABLE: dict[str, str | None] = {
     "det": None,
     "mfvr": common.VROUTER_PATH,
@@ -43,7 +49,10 @@ RETROFIT_TRAINABLE: dict[str, str | None] = {
     "vtsr": common.VROUTER_PATH,
     "fixed_temp": None,
     "mc_dropout": r"router/proj",
+    # members 1..M-1 fitted jointly on the frozen model (imported checkpoints, digits); the LM
+    # study fits every member alone from a perturbed det router (`vmoer_lm_fit.fit_ensemble`)
     "ensemble": common.VROUTER_PATH,
+    "swag": r"router/proj",  # + the moments of its trajectory (`swag.SwagCollector`)
 }
 STOCHASTIC = (
     logit.LogitVariationalRouter,
@@ -51,17 +60,24 @@ STOCHASTIC = (
     selection.FixedTemperatureRouter,
     baselines.MCDropoutRouter,
     baselines.EnsembleRouter,
+    swag.SwagRouter,
 )
 
 
 def canonical(name: str) -> str:
-    """The registry name of `name` (aliases resolved); ValueError if unknown."""
-    name = ALIASES.get(name, name)
+    """`name` if it is a registry name; ValueError naming the new name of an old one."""
+    if name in RENAMED:
+        raise ValueError(f"router: {name!r} was renamed; use {RENAMED[name]!r}")
     if name not in ROUTERS:
-        raise ValueError(
-            f"router: unknown {name!r}; expected one of {sorted(ROUTERS)} or {sorted(ALIASES)}"
-        )
+        raise ValueError(f"router: unknown {name!r}; expected one of {sorted(ROUTERS)}")
     return name
+
+
+def split_method(method: str) -> tuple[str, bool]:
+    """A method name -> (router registry name, retrofit?); ValueError if unknown or renamed
+    ("mfvr_retrofit" -> ("mfvr", True); "logit" -> ValueError naming "mfvr")."""
+    base = method.removesuffix(RETROFIT_SUFFIX)
+    return canonical(base), base != method
 
 
 def make(cfg: Any, name: str, *, rngs: nnx.Rngs) -> moe.TopKRouter:

@@ -5,12 +5,13 @@ inference and then take top-k, so the experts run once (as the logit-space route
 MC-dropout ("mc_dropout", Gal & Ghahramani 2016): dropout of rate p on the router input u,
   l = W_r (m * u / (1 - p)), m ~ Bernoulli(1 - p)^D; one mask in training, S masks averaged at
   inference. Its posterior is the router weight W_r itself (a retrofit trains `router/proj`).
-Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, member 0 being
-  the deterministic `router/proj` and members 1..M-1 under `vrouter/members` (initialised
-  N(0, 0.02^2) independently, as the deterministic router). In training every token is routed
-  by one member drawn uniformly (each member gets task gradient from its own tokens); at
-  inference s = (1/M) sum_m softmax(l_m). A retrofit trains members 1..M-1 on the frozen model.
-SWAG (Maddox et al. 2019) is not implemented: it needs the weight trajectory of training.
+Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, member 0 in
+  `router/proj` and members 1..M-1 under `vrouter/members`; at inference
+  s = (1/M) sum_m softmax(l_m). The retrofit (`vmoer_lm_fit.fit_ensemble`) fits each member
+  alone to convergence, from the deterministic router plus an N(0, s^2) perturbation with its
+  own seed and the same objective, and records its loss; from scratch, every token is routed by
+  one member drawn uniformly in training (members 1..M-1 initialised N(0, 0.02^2)).
+SWAG (Maddox et al. 2019): `routers.swag`.
 
 Traces: `router_logit_var` [B, T] = mean over experts of the variance of the logits over the S masks
 (resp. M members).
@@ -49,11 +50,16 @@ class MCDropoutRouter(moe.TopKRouter):
             raise ValueError(f"vmoer_samples: must be >= 1, got {self.n_samples}")
         self.rngs = common.router_stream(rngs)
         self.sample = False
+        self.noise_group = 1  # common random numbers (`vmoer.set_common_noise`)
 
     def __call__(self, x_BxTxD: Array, *, train: bool = False) -> moe.RouterOutput:
         u = x_BxTxD.astype(jnp.float32)
         n = 1 if (train or self.sample) else self.n_samples
-        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, (n, *u.shape))
+
+        def bernoulli(k: Array, shape: tuple[int, ...]) -> Array:
+            return jax.random.bernoulli(k, 1.0 - self.rate, shape)
+
+        keep = common.common_draws(self.rngs(), bernoulli, (n, *u.shape), 1, self.noise_group)
         u_S = jnp.where(keep, u[None] / (1.0 - self.rate), 0.0)
         l_S = self.proj(u_S)
         probs, experts, gates = _average_and_select(self, l_S)
@@ -88,6 +94,7 @@ class EnsembleRouter(moe.TopKRouter):
         self.rngs = common.router_stream(rngs)
         self.aux_to_posterior = bool(common.opt(cfg, "vmoer_aux_to_posterior"))
         self.sample = False
+        self.noise_group = 1  # common random numbers (`vmoer.set_common_noise`)
 
     def member_logits(self, x_BxTxD: Array) -> Array:
         """Logits of every member: [B, T, D] -> [M, B, T, E] (member 0 = deterministic)."""
@@ -98,7 +105,10 @@ class EnsembleRouter(moe.TopKRouter):
     def __call__(self, x_BxTxD: Array, *, train: bool = False) -> moe.RouterOutput:
         l_M = self.member_logits(x_BxTxD)
         if train or self.sample:
-            pick = jax.random.randint(self.rngs(), l_M.shape[1:3], 0, self.n_members)
+            def randint(k: Array, shape: tuple[int, ...]) -> Array:
+                return jax.random.randint(k, shape, 0, self.n_members)
+
+            pick = common.common_draws(self.rngs(), randint, l_M.shape[1:3], 0, self.noise_group)
             onehot = jax.nn.one_hot(pick, self.n_members, axis=0, dtype=jnp.float32)
             l_S = jnp.sum(onehot[..., None] * l_M, axis=0)[None]
         else:

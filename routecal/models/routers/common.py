@@ -45,6 +45,12 @@ class VMoERConfig(moe.MoEConfig):
       vmoer_fixed_temperature: T of the fixed temperature-sampling baseline.
       vmoer_dropout: rate of the MC-dropout router.
       vmoer_ensemble: members M of the deep-ensemble router.
+      vmoer_ensemble_perturb: std of the N(0, s^2) perturbation added to the deterministic
+        router's weights before a retrofitted ensemble member is fitted (its own seed).
+      vmoer_swag_rank: K, columns of the SWAG low-rank deviation matrix (Maddox et al. 2019).
+      vmoer_swag_start: fraction of the retrofit steps after which SWAG collects moments.
+      vmoer_vtsr_entropy_weight, vmoer_vtsr_logt_weight: weights a, b of the VTSR "entropy"
+        regulariser -a H(s) - b log T (the paper's: 1 and 1).
       vmoer_aux_to_posterior: whether the load-balance and z losses send gradient to the
         posterior heads (False: their values are unchanged, their gradient reaches only the
         deterministic router, so a retrofit is driven by the task loss and the KL alone).
@@ -66,6 +72,11 @@ class VMoERConfig(moe.MoEConfig):
     vmoer_fixed_temperature: float = 1.0
     vmoer_dropout: float = 0.1
     vmoer_ensemble: int = 4
+    vmoer_ensemble_perturb: float = 0.02
+    vmoer_swag_rank: int = 10
+    vmoer_swag_start: float = 0.5
+    vmoer_vtsr_entropy_weight: float = 1.0
+    vmoer_vtsr_logt_weight: float = 1.0
     vmoer_aux_to_posterior: bool = False
 
 
@@ -105,6 +116,21 @@ def router_stream(rngs: nnx.Rngs) -> nnx.RngStream:
         if name in rngs:
             return rngs[name].fork()
     return rngs["params"].fork()
+
+
+def common_draws(
+    key: Array, sampler: Any, shape: tuple[int, ...], batch_axis: int, group: int
+) -> Array:
+    """`sampler(key, shape)` with the draw shared by each `group` consecutive indices of
+    `batch_axis` (common random numbers: an MCQA item's K option sequences are rows
+    [i K, (i + 1) K) of the flattened batch, `vmoer.set_common_noise`). group 1: independent."""
+    if group <= 1:
+        return sampler(key, shape)
+    b = shape[batch_axis]
+    if b % group:
+        raise ValueError(f"noise_group: batch axis of size {b} is not a multiple of {group}")
+    small = (*shape[:batch_axis], b // group, *shape[batch_axis + 1 :])
+    return jnp.repeat(sampler(key, small), group, axis=batch_axis)
 
 
 def softplus_inverse(y: float) -> float:

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from routecal.models.routers.common import common_draws
+
 Array = jax.Array
 
 
@@ -92,21 +94,27 @@ def sample_logits(
     *,
     v_BxTxExR: Array | None = None,
     chol_BxTxExE: Array | None = None,
+    group: int = 1,
 ) -> Array:
     """Reparameterised samples l = mu + A eps -> [S, B, T, E], eps ~ N(0, I).
+
+    `group` > 1 shares eps among each `group` consecutive batch rows (common random numbers).
 
     A = diag(sigma) (diag), [diag(sigma), V] with eps of size E + R (lowrank) or L (full). The
     first E standard normals are drawn identically in every family, so FCVR with zero
     off-diagonals reproduces MFVR sample for sample.
     """
     k_eps, k_low = jax.random.split(key)
-    eps = jax.random.normal(k_eps, (n_samples, *mu_BxTxE.shape), jnp.float32)
+    def normal(k: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.normal(k, shape, jnp.float32)
+
+    eps = common_draws(k_eps, normal, (n_samples, *mu_BxTxE.shape), 1, group)
     if chol_BxTxExE is not None:
         return mu_BxTxE[None] + jnp.einsum("btij,sbtj->sbti", chol_BxTxExE, eps)
     out = mu_BxTxE[None] + sigma_BxTxE[None] * eps
     if v_BxTxExR is not None:
         r = v_BxTxExR.shape[-1]
-        eps_r = jax.random.normal(k_low, (n_samples, *mu_BxTxE.shape[:-1], r), jnp.float32)
+        eps_r = common_draws(k_low, normal, (n_samples, *mu_BxTxE.shape[:-1], r), 1, group)
         out = out + jnp.einsum("bter,sbtr->sbte", v_BxTxExR, eps_r)
     return out
 

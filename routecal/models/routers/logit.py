@@ -103,6 +103,7 @@ class LogitVariationalRouter(moe.TopKRouter):
         if self.beta < 0:
             raise ValueError(f"vmoer_beta: must be >= 0, got {self.beta}")
         self.sample = False
+        self.noise_group = 1  # common random numbers (`vmoer.set_common_noise`)
 
     def posterior(self, x_BxTxD: Array) -> tuple[Array, Array, Array, Array | None, Array | None]:
         """-> (deterministic logits, delta_mu, sigma [B, T, E], V or None, L or None)."""
@@ -121,7 +122,7 @@ class LogitVariationalRouter(moe.TopKRouter):
         mu = logits + delta
         n = 1 if (train or self.sample) else self.n_samples
         l_SxBxTxE = gaussian.sample_logits(
-            self.rngs(), mu, sigma, n, v_BxTxExR=v, chol_BxTxExE=chol
+            self.rngs(), mu, sigma, n, v_BxTxExR=v, chol_BxTxExE=chol, group=self.noise_group
         )
         probs = jnp.mean(jax.nn.softmax(l_SxBxTxE, axis=-1), axis=0)
         experts, gates = moe.top_k_gates(probs, self.top_k, normalize=self.normalize_gates)

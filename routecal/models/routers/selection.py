@@ -8,7 +8,7 @@ AND at inference (one pass; `vmoer_vtsr_inference="mean"` takes top-k of s inste
 the selected entries of s. T(u) = softplus(head(u)) + T_min, initialised at exactly 1.
 
 Regulariser (`vmoer_vtsr_reg`), added as beta * mean over tokens:
-  "entropy"   (paper): -H(s) - log T, an entropy term plus the -log T proxy, both of which keep
+  "entropy"   (paper): -a H(s) - b log T (a = b = 1 in the paper; `vmoer_vtsr_*_weight`), an entropy term plus the -log T proxy, both of which keep
               T from collapsing to 0 (deterministic routing) under the task loss;
   "lognormal": (log T)^2 / (2 s_T^2), the MAP penalty of a log-normal prior centred on T = 1.
 
@@ -34,13 +34,18 @@ VTSR_REGS = ("entropy", "lognormal")
 VTSR_INFERENCE = ("sample", "mean")
 
 
-def gumbel_top_k(key: Array, log_probs_NxE: Array, k: int) -> Array:
+def gumbel_top_k(key: Array, log_probs_NxE: Array, k: int, group: int = 1) -> Array:
     """K distinct indices sampled without replacement with probabilities softmax(log_probs).
 
     Gumbel-top-k (Kool et al. 2019, Sec. 3): the top-k of log_probs + Gumbel noise is an ordered
     Plackett-Luce sample (sequential sampling without replacement). -> int32 [..., K].
+    `group` > 1 shares the Gumbel noise among each `group` consecutive rows of axis 0.
     """
-    g = jax.random.gumbel(key, log_probs_NxE.shape, dtype=jnp.float32)
+
+    def gumbel(k: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.gumbel(k, shape, dtype=jnp.float32)
+
+    g = common.common_draws(key, gumbel, log_probs_NxE.shape, 0, group)
     _, idx = jax.lax.top_k(log_probs_NxE.astype(jnp.float32) + g, k)
     return idx.astype(jnp.int32)
 
@@ -67,12 +72,14 @@ class _SampleKRouter(moe.TopKRouter):
         )
         self.aux_to_posterior = bool(common.opt(cfg, "vmoer_aux_to_posterior"))
         self.sample = False
+        self.noise_group = 1  # common random numbers (`vmoer.set_common_noise`)
 
     def _select(self, logits: Array, temp_BxT: Array, train: bool) -> tuple[Array, Array, Array]:
         scaled = logits / temp_BxT[..., None]
         probs = jax.nn.softmax(scaled, axis=-1)
         if train or self.sample or self.inference == "sample":
-            experts = gumbel_top_k(self.rngs(), jax.nn.log_softmax(scaled, axis=-1), self.top_k)
+            log_s = jax.nn.log_softmax(scaled, axis=-1)
+            experts = gumbel_top_k(self.rngs(), log_s, self.top_k, self.noise_group)
         else:
             experts = jax.lax.top_k(probs, self.top_k)[1].astype(jnp.int32)
         return probs, experts, common.gates_of(probs, experts, self.normalize_gates)
@@ -94,6 +101,8 @@ class TemperatureRouter(_SampleKRouter):
             common.opt(cfg, "vmoer_vtsr_reg"), "vmoer_vtsr_reg", VTSR_REGS
         )
         self.temp_prior_sigma = float(common.opt(cfg, "vmoer_temp_prior_sigma"))
+        self.entropy_weight = float(common.opt(cfg, "vmoer_vtsr_entropy_weight"))
+        self.logt_weight = float(common.opt(cfg, "vmoer_vtsr_logt_weight"))
         self._init_sampling(cfg, rngs)
 
     def temperature(self, x_BxTxD: Array) -> Array:
@@ -101,9 +110,11 @@ class TemperatureRouter(_SampleKRouter):
         return jax.nn.softplus(self.vrouter(x_BxTxD)) + self.min_temperature
 
     def regulariser(self, probs_BxTxE: Array, temp_BxT: Array) -> Array:
-        """Mean over tokens of -H(s) - log T ("entropy") or (log T)^2 / 2 s_T^2 ("lognormal")."""
+        """Mean over tokens of -a H(s) - b log T ("entropy"; a, b the `vmoer_vtsr_*_weight`s)
+        or (log T)^2 / 2 s_T^2 ("lognormal")."""
         if self.reg == "entropy":
-            return jnp.mean(-common.entropy(probs_BxTxE) - jnp.log(temp_BxT))
+            h = common.entropy(probs_BxTxE)
+            return jnp.mean(-self.entropy_weight * h - self.logt_weight * jnp.log(temp_BxT))
         return jnp.mean(jnp.square(jnp.log(temp_BxT))) / (2 * self.temp_prior_sigma**2)
 
     def __call__(self, x_BxTxD: Array, *, train: bool = False) -> moe.RouterOutput:

@@ -45,11 +45,12 @@ def test_experiment_runs_end_to_end(checkpoint, tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(pathlib.Path(d) / "tokenizer.json"))
     files = {s: _mcqa(tmp_path / f"{s}.jsonl", 6, i)
-             for i, s in enumerate(["train", "test", "near", "far"])}
+             for i, s in enumerate(["train", "test", "near", "far", "calib"])}
     exp = _experiment()
     argv = ["--checkpoint", d, "--workdir", str(tmp_path / "w"), "--routers", "det,mfvr",
             "--seeds", "0", "--steps", "2", "--batch-size", "4", "--samples", "2",
-            "--checkpoint-every", "1", "--dtype", "float32", "--sigmas", "0.001,0.05", *sum(
+            "--checkpoint-every", "1", "--dtype", "float32", "--sigmas", "0.001,0.05",
+            "--beta-grid", "0.01,0.1", *sum(
                 ([f"--{s}", p] for s, p in files.items()), [])]
     out = exp.main(argv)
     rows = {r: seeds[0] for r, seeds in out["per_run"].items()}
@@ -57,9 +58,16 @@ def test_experiment_runs_end_to_end(checkpoint, tmp_path):
     for r in rows.values():
         assert 0.0 <= r["ece"] <= 1.0 and 0.0 <= r["stability"] <= 1.0
         assert 0.0 <= r["ood_auroc_far"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
-    assert rows["det"]["flops_infer_pct"] == 0.0 and "ood_auroc_near_mi" not in rows["det"]
+    assert rows["det"]["flops_infer_pct"] == 0.0 and rows["det"]["ood_auroc_near_mi"] == 0.5
     assert rows["mfvr"]["flops_infer_pct"] > 0.0 and "ood_auroc_near_mi" in rows["mfvr"]
-    assert (tmp_path / "w" / "mfvr" / "seed0" / "posterior").is_dir()
+    for r in rows.values():  # every OOD score named, for every router (issue 24 item 1)
+        for name in ("entropy", "max_prob", "mi", "gating_entropy", "router_logit_variance"):
+            assert f"ood_auroc_far_{name}" in r
+    assert (tmp_path / "w" / "mfvr" / "seed0" / "beta0.1" / "posterior").is_dir()
+    m = rows["mfvr"]  # beta chosen on the calib split, recorded
+    assert m["beta"] in (0.01, 0.1) and len(m["beta_calib_nll"]) == 2
+    assert m["beta_calib_nll"][m["beta_grid"].index(m["beta"])] == min(m["beta_calib_nll"])
+    assert "beta" not in rows["det"]
     assert "| mfvr |" in (tmp_path / "w" / "table.md").read_text()
     res = json.loads((tmp_path / "w" / "results.json").read_text())
     assert res["n_options"] == 4 and res["n_dropped_items"] == dict.fromkeys(

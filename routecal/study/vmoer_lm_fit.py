@@ -1,0 +1,158 @@
+"""Retrofits of the VMoER language-model experiment (`vmoer_lm.py`): every router fitted on one
+trained deterministic model per seed.
+
+    model, log = retrofit(cfg, data, "mfvr", seed, det_model)
+
+* Routers with a beta (`BETA_ROUTERS`: the KL weight of mfvr / lowrank / fcvr, the regulariser
+  weight of vtsr): one retrofit per value of `experiment.beta_grid`, the value with the lowest
+  option NLL on the calib split kept (`vmoer_lm_eval.calib_nll`; the test splits are never
+  seen); the log records beta, the grid and each value's calib NLL. An empty grid keeps
+  `model.vmoer.beta`.
+* ensemble (deep ensemble, Lakshminarayanan et al. 2017): member m starts from the deterministic
+  router's weights plus N(0, s^2) noise (s = `vmoer_ensemble_perturb`, numpy seed (seed, m)) and
+  is fitted alone (only `router/proj`) with the same objective for `train.member_steps` steps,
+  its own batch order; its loss curve, final loss and a convergence flag (`converged`) are
+  logged. The members are then written into one `EnsembleRouter` per layer.
+* swag (Maddox et al. 2019): `router/proj` is fitted from the deterministic weights at a constant
+  learning rate after warm-up; from step `vmoer_swag_start * retrofit_steps` on, every iterate
+  enters the SWAG moments (`routers.swag.SwagCollector`), installed at the end.
+* the rest (fixed_temp, mc_dropout): the router's `RETROFIT_TRAINABLE` selection is fitted
+  (nothing for fixed_temp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from routecal.models import moe, routers, vmoer
+from routecal.models.routers import common, swag
+
+BETA_ROUTERS = ("mfvr", "lowrank", "fcvr", "vtsr")
+PROJ = r"router/proj"
+
+
+def converged(losses: list[float], window: float = 0.1, tol: float = 0.02) -> bool:
+    """Whether the mean loss of the last `window` fraction of steps is within `tol` (relative)
+    of the window before it (a plateau)."""
+    w = max(int(len(losses) * window), 1)
+    if len(losses) < 2 * w:
+        return False
+    last, prev = float(np.mean(losses[-w:])), float(np.mean(losses[-2 * w : -w]))
+    return abs(prev - last) <= tol * max(abs(prev), 1e-12)
+
+
+def with_vmoer(cfg: ml_collections.ConfigDict, **options: Any) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with `model.vmoer` options replaced."""
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    for k, v in options.items():
+        c.model.vmoer[k] = v
+    return c
+
+
+def _option(cfg: ml_collections.ConfigDict, name: str) -> Any:
+    return cfg.model.vmoer.get(name, common.DEFAULTS[f"vmoer_{name}"])
+
+
+def _router_list(model: nnx.Module) -> list[moe.TopKRouter]:
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, moe.TopKRouter)]
+
+
+def _copy(cfg, data, router: str, seed: int, det_model: nnx.Module) -> nnx.Module:
+    from routecal.study import vmoer_lm
+
+    model = vmoer_lm.make_model(cfg, router, seed, vmoer_lm.seq_limit(cfg))
+    vmoer.retrofit_from(model, nnx.state(det_model, nnx.Param))
+    return model
+
+
+def _fit(cfg, data, model, seed: int, trainable: str, **kw: Any) -> list[float]:
+    from routecal.study import vmoer_lm
+
+    t = cfg.train
+    steps = int(kw.pop("steps", t.retrofit_steps))
+    return vmoer_lm.fit(model, data, t, phase="mcqa", steps=steps, lr=float(t.retrofit_lr),
+                        trainable=trainable, seed=seed, **kw)  # fmt: skip
+
+
+def swag_hook(model: nnx.Module, steps: int) -> swag.SwagCollector:
+    """A `fit` callback collecting SWAG moments from step `vmoer_swag_start * steps` on."""
+    collector = swag.SwagCollector(model)
+    start = int(float(collector.routers[0].swag_start) * steps)
+
+    def hook(i: int) -> None:
+        if i >= start:
+            collector()
+
+    collector.hook = hook
+    return collector
+
+
+def fit_ensemble(cfg, data, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
+    """The ensemble retrofit (module docstring) -> (model, log with `members`)."""
+    m_count = int(_option(cfg, "ensemble"))
+    scale = float(_option(cfg, "ensemble_perturb"))
+    steps = int(cfg.train.get("member_steps", cfg.train.retrofit_steps))
+    kernels, members = [], []
+    for m in range(m_count):
+        member = _copy(cfg, data, "det", seed, det_model)
+        rng = np.random.default_rng([seed, m])
+        for r in _router_list(member):
+            w = r.proj.kernel[...]
+            r.proj.kernel[...] = w + jnp.asarray(scale * rng.standard_normal(w.shape), w.dtype)
+        losses = _fit(cfg, data, member, seed * 1000 + 100 + m, PROJ, steps=steps)
+        kernels.append([r.proj.kernel[...] for r in _router_list(member)])
+        members.append({"seed": [seed, m], "steps": steps, "losses": losses,
+                        "final_loss": float(np.mean(losses[-10:])) if losses else None,
+                        "converged": converged(losses)})  # fmt: skip
+    model = _copy(cfg, data, "ensemble", seed, det_model)
+    for j, r in enumerate(_router_list(model)):
+        r.proj.kernel[...] = kernels[0][j]
+        rest = [kernels[m][j] for m in range(1, m_count)]
+        r.vrouter.proj.kernel[...] = jnp.concatenate(rest, axis=1)
+    return model, {"members": members, "mcqa": [x for mm in members for x in mm["losses"]]}
+
+
+def fit_swag(cfg, data, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
+    """The SWAG retrofit (module docstring) -> (model, log with `swag_n` iterates collected)."""
+    model = _copy(cfg, data, "swag", seed, det_model)
+    steps = int(cfg.train.retrofit_steps)
+    collector = swag_hook(model, steps)
+    losses = _fit(cfg, data, model, seed + 2, PROJ, on_step=collector.hook, constant_lr=True)
+    collector.install()
+    return model, {"mcqa": losses, "swag_n": collector.states[0].n, "converged": converged(losses)}
+
+
+def _plain(cfg, data, base: str, seed: int, det_model) -> tuple[nnx.Module, list[float]]:
+    model = _copy(cfg, data, base, seed, det_model)
+    pattern = routers.RETROFIT_TRAINABLE[base]
+    losses = [] if pattern is None else _fit(cfg, data, model, seed + 2, pattern)
+    return model, losses
+
+
+def retrofit(cfg, data, base: str, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
+    """Router `base` fitted on the trained `det_model` (module docstring) -> (model, log)."""
+    from routecal.study import vmoer_lm_eval
+
+    if base == "ensemble":
+        return fit_ensemble(cfg, data, seed, det_model)
+    if base == "swag":
+        return fit_swag(cfg, data, seed, det_model)
+    grid = [float(b) for b in cfg.experiment.get("beta_grid", ())]
+    if base not in BETA_ROUTERS or not grid:
+        model, losses = _plain(cfg, data, base, seed, det_model)
+        return model, {"mcqa": losses}
+    if "calib" not in data["mcqa"]:
+        raise ValueError("experiment.beta_grid: needs a calib split (data.n_calib_items > 0)")
+    best, nlls = None, []
+    for beta in grid:
+        model, losses = _plain(with_vmoer(cfg, beta=beta), data, base, seed, det_model)
+        nlls.append(vmoer_lm_eval.calib_nll(model, data, cfg.experiment))
+        if best is None or nlls[-1] < best[0]:
+            best = (nlls[-1], beta, model, losses)
+    _, beta, model, losses = best
+    return model, {"mcqa": losses, "beta": beta, "beta_grid": grid, "beta_calib_nll": nlls}

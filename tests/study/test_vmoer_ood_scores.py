@@ -1,0 +1,90 @@
+"""Issue 24 item 1: every OOD score the config names is in the output for every source (a
+decoder trained here, scored by `vmoer_lm_eval`, and an imported checkpoint, scored by
+`experiments/vmoer_pretrained.py`), the router-logit variance is read from the key the routers
+emit (`router_logit_var`), and an unknown trace key raises."""
+
+import importlib.util
+import pathlib
+import types
+
+import numpy as np
+import pytest
+
+from routecal import config
+from routecal.study import vmoer_lm, vmoer_lm_eval
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+N, T = 8, 16
+
+
+def _pretrained_experiment():
+    spec = importlib.util.spec_from_file_location(
+        "vmoer_pretrained", ROOT / "experiments" / "vmoer_pretrained.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cfg():
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
+    cfg.model.update(d_model=8, mlp_dim=8, moe_hidden=8)
+    cfg.model.vmoer.head_hidden = 8
+    cfg.experiment.update(sigmas=(0.01,), stability_sigma=0.01, stability_items=4,
+                          mc_samples=2, eval_batch_size=4)  # fmt: skip
+    return cfg
+
+
+def _prompts(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(N, T)).astype(np.int32)
+
+
+def _own_source(model, cfg):
+    answers = np.arange(N) % 4
+    data = {"scoring": "letter", "letters": np.array([65, 66, 67, 68], np.int32),
+            "mcqa": {s: {"ids": _prompts(i), "answers": answers}
+                     for i, s in enumerate(("train", "in", "near", "far"))}}  # fmt: skip
+    return vmoer_lm_eval.evaluate(model, data, cfg.experiment, seed=0)
+
+
+def _imported_source(model, cfg):
+    exp = _pretrained_experiment()
+    data = {s: {"ids": _prompts(i), "position": np.full(N, T - 1, np.int32),
+                "mask": np.ones((N, T), np.float32), "answers": np.arange(N) % 4}
+            for i, s in enumerate(("in", "near", "far"))}  # fmt: skip
+    e = cfg.experiment
+    args = types.SimpleNamespace(batch_size=4, samples=2, ood_scores=tuple(e.ood_scores),
+                                 sigmas=list(e.sigmas), stability_sigma=e.stability_sigma,
+                                 stability_protocol=e.stability_protocol)  # fmt: skip
+    pred = exp.predict(model, data["in"], 4)
+    res = exp.evaluate(model, data, np.array([65, 66, 67, 68], np.int32), args, 0)
+    return res, pred
+
+
+@pytest.mark.parametrize("router", ["det", "mfvr"])
+def test_every_configured_ood_score_is_in_the_output_of_every_source(router):
+    cfg = _cfg()
+    names = tuple(cfg.experiment.ood_scores)
+    assert "router_logit_variance" in names
+    model = vmoer_lm.make_model(cfg, router, seed=0, max_len=T)
+    own = _own_source(model, cfg)
+    imported, pred = _imported_source(model, cfg)
+    for res in (own, imported):
+        for dom in ("near", "far"):
+            for name in names:
+                assert 0.0 <= res[f"ood_auroc_{dom}_{name}"] <= 1.0, (dom, name)
+        assert res["stability_protocol"] == "layer_input"
+        assert len(res["stability_layers_0.01"]) == cfg.model.n_layers
+    # the imported path reads the variance its routers emit (the bug read "router_var")
+    emitted = all("router_logit_var" in t for t in pred["layers"])
+    assert emitted == (router == "mfvr")
+    if router == "mfvr":
+        var = [t["router_logit_var"] for t in pred["layers"]]
+        assert min(float(np.min(v)) for v in var) > 0
+
+
+def test_unknown_trace_key_and_ood_score_raise():
+    with pytest.raises(ValueError, match="router_var"):
+        vmoer_lm_eval.keep_traces([{"experts": np.zeros((1, 1, 1))}], ("router_var",))
+    with pytest.raises(ValueError, match="ood_scores"):
+        vmoer_lm_eval.ood_scores(("router_var",), np.full((2, 4), 0.25), [], None)
