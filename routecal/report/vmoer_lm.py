@@ -25,6 +25,34 @@ def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[flo
     return float(ci.low), float(ci.high)
 
 
+def _settings_lines(out: dict[str, Any], names: list[str]) -> list[str]:
+    """Per router and seed: the stability curve over layers at the headline sigma, the beta
+    chosen on the calib split, ensemble members' final losses, SWAG iterates."""
+    e = out.get("config", {}).get("experiment", {})
+    if "stability_sigma" not in e:
+        return []
+    sig = f"{float(e['stability_sigma']):g}"
+    lines = [f"Stability per MoE layer at sigma = {sig} "
+             f"({e.get('stability_protocol', 'all_moe_inputs')} protocol), and the fitted "
+             "settings:", "", "| router | seed | stability per layer | fitted |", "|---|---|---|---|"]
+    for name in names:
+        for seed, r in sorted(out["per_run"][name].items(), key=lambda x: int(x[0])):
+            curve = ", ".join(f"{x:.4f}" for x in r.get(f"stability_layers_{sig}", []))
+            fitted = []
+            if "beta" in r:
+                pairs = zip(r["beta_grid"], r["beta_calib_nll"], strict=True)
+                nll = ", ".join(f"{b:g}: {v:.4f}" for b, v in pairs)
+                fitted.append(f"beta {r['beta']:g} (calib NLL {nll})")
+            if "members" in r:
+                fitted.append("members' final loss " + ", ".join(
+                    f"{m['final_loss']:.4f}{'' if m['converged'] else ' (not converged)'}"
+                    for m in r["members"]))
+            if "swag_n" in r:
+                fitted.append(f"SWAG moments over {r['swag_n']} iterates")
+            lines.append(f"| {name} | {seed} | {curve} | {'; '.join(fitted)} |")
+    return lines
+
+
 def report(out: dict[str, Any]) -> str:
     """The markdown section of a finished run (`vmoer_lm_results.json`): setting, seeds, time,
     det's accuracy with its binomial interval, per-router time, the table and, per paper claim,
@@ -52,8 +80,11 @@ def report(out: dict[str, Any]) -> str:
         w = np.mean([r.get("wall_s", np.nan) for r in runs])
         c = np.mean([r.get("cpu_s", np.nan) for r in runs])
         lines.append(f"| {name} | {w:.0f} | {c:.0f} |")
-    lines += ["", out["markdown"], "", "What we see beside each claim (relative change vs det):"]
-    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in VMOER_ROUTERS]
+    lines += ["", out["markdown"], "", *_settings_lines(out, names)]
+    lines += ["", "What we see beside each claim (relative change vs det):"]
+    vmoer_names = [x for x in names if x.removesuffix("_retrofit") in ("mfvr", "lowrank", "fcvr",
+                                                                        "vtsr", "ensemble",
+                                                                        "swag")]  # fmt: skip
     for metric, claim in CLAIM_OF.items():
         cells = []
         for name in vmoer_names:
