@@ -22,15 +22,26 @@ trained deterministic model per seed.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
-from routecal.models import moe, routers, vmoer
+from routecal.data.text import ByteTokenizer
+from routecal.models import decoder, moe, routers, vmoer
+from routecal.models.decoder_config import DecoderConfig
 from routecal.models.routers import common, swag
+from routecal.study.vmoer_lm_data import (
+    noise_group,
+    option_outputs,
+    option_scores,
+    take,
+)
+from routecal.training import optim
 
 BETA_ROUTERS = ("mfvr", "lowrank", "fcvr", "vtsr")
 PROJ = r"router/proj"
@@ -54,6 +65,120 @@ def with_vmoer(cfg: ml_collections.ConfigDict, **options: Any) -> ml_collections
     return c
 
 
+def model_config(cfg: ml_collections.ConfigDict, router: str, max_len: int) -> DecoderConfig:
+    """The decoder config with the MoE layers routed by `router` (a registry name)."""
+    name = routers.canonical(router)
+    mlp_type = "moe" if name == "det" else f"vmoer_{name}"
+    d = cfg.model.to_dict()
+    d["mlp_type"] = mlp_type
+    return DecoderConfig.from_config(d, vocab_size=ByteTokenizer.vocab_size, max_len=max_len)
+
+
+def make_model(cfg: ml_collections.ConfigDict, router: str, seed: int, max_len: int):
+    mcfg = model_config(cfg, router, max_len)
+    return decoder.Decoder(mcfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1, router=seed + 2))
+
+
+@functools.lru_cache(maxsize=16)
+def _steps(trainable: str, pad: int):
+    """Jit-compiled LM and MCQA train steps for one trainable-parameter selection (cached, so
+    one compile per model structure is reused across seeds)."""
+    wrt = optim.trainable_filter(trainable)
+
+    def _update(model, optimizer, loss_fn):
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
+        (loss, task), grads = grad_fn(model)
+        optimizer.update(model, grads)
+        return loss, task
+
+    @nnx.jit
+    def lm_step(model, optimizer, rows_BxT1):
+        def loss_fn(m):
+            out = m(rows_BxT1[:, :-1], train=True)
+            tgt = rows_BxT1[:, 1:]
+            mask = (tgt != pad).astype(jnp.float32)
+            ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, tgt)
+            ce = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+            return ce + out.aux_loss, ce
+
+        return _update(model, optimizer, loss_fn)
+
+    @nnx.jit
+    def mcqa_step(model, optimizer, batch, letters_K):
+        def loss_fn(m):
+            outs, out = option_outputs(m, batch, train=True)
+            scores_BxK = option_scores(outs, letters_K)
+            ce = optax.softmax_cross_entropy_with_integer_labels(scores_BxK, batch["answers"])
+            return ce.mean() + out.aux_loss, ce.mean()
+
+        return _update(model, optimizer, loss_fn)
+
+    return lm_step, mcqa_step
+
+
+def _tx(
+    tcfg: ml_collections.ConfigDict, steps: int, lr: float, end_lr_fraction: float = 0.0
+) -> optax.GradientTransformation:
+    return optim.make_tx(
+        ml_collections.ConfigDict(
+            dict(
+                steps=steps,
+                warmup=min(int(tcfg.warmup), max(steps // 10, 1)),
+                lr=lr,
+                weight_decay=float(tcfg.weight_decay),
+                grad_clip=float(tcfg.grad_clip),
+                end_lr_fraction=end_lr_fraction,
+            )
+        )
+    )
+
+
+def fit(
+    model: nnx.Module,
+    data: dict[str, Any],
+    tcfg: ml_collections.ConfigDict,
+    *,
+    phase: str,
+    steps: int,
+    lr: float,
+    trainable: str,
+    seed: int,
+    on_step: Any = None,
+    constant_lr: bool = False,
+) -> list[float]:
+    """Trains `model` in place for `steps` steps of `phase` ("lm" or "mcqa"); returns the task
+    losses (logged every step). Batches are drawn with numpy from `seed`. MCQA steps route an
+    item's option sequences with one draw (`vmoer.set_common_noise`). `on_step(i)` runs after
+    step i (e.g. SWAG collection); `constant_lr` keeps the peak rate after warm-up."""
+    if steps <= 0:
+        return []
+    vmoer.set_common_noise(model, noise_group(data) if phase == "mcqa" else 1)
+    lm_step, mcqa_step = _steps(trainable, int(data["tokenizer"].pad))
+    tx = _tx(tcfg, steps, lr, end_lr_fraction=1.0 if constant_lr else 0.0)
+    optimizer = nnx.Optimizer(model, tx, wrt=optim.trainable_filter(trainable))
+    rng = np.random.default_rng(seed)
+    bs = int(tcfg.batch_size if phase == "lm" else tcfg.get("mcqa_batch_size", tcfg.batch_size))
+    losses = []
+    for _ in range(steps):
+        if phase == "lm":
+            rows = data["lm"][rng.integers(0, len(data["lm"]), bs)]
+            loss, task = lm_step(model, optimizer, jnp.asarray(rows))
+        else:
+            train = data["mcqa"]["train"]
+            batch = take(train, rng.integers(0, len(train["answers"]), bs))
+            loss, task = mcqa_step(model, optimizer, batch, data["letters"])
+        losses.append(float(task))
+        if on_step is not None:
+            on_step(len(losses) - 1)
+    if not np.all(np.isfinite(losses)):
+        raise FloatingPointError(f"{phase}: non-finite training loss {losses[-5:]}")
+    return losses
+
+
+def seq_limit(cfg: ml_collections.ConfigDict) -> int:
+    return max(int(cfg.data.lm_seq_len), int(cfg.data.max_prompt_len))
+
+
 def _option(cfg: ml_collections.ConfigDict, name: str) -> Any:
     return cfg.model.vmoer.get(name, common.DEFAULTS[f"vmoer_{name}"])
 
@@ -63,19 +188,15 @@ def _router_list(model: nnx.Module) -> list[moe.TopKRouter]:
 
 
 def _copy(cfg, data, router: str, seed: int, det_model: nnx.Module) -> nnx.Module:
-    from routecal.study import vmoer_lm
-
-    model = vmoer_lm.make_model(cfg, router, seed, vmoer_lm.seq_limit(cfg))
+    model = make_model(cfg, router, seed, seq_limit(cfg))
     vmoer.retrofit_from(model, nnx.state(det_model, nnx.Param))
     return model
 
 
 def _fit(cfg, data, model, seed: int, trainable: str, **kw: Any) -> list[float]:
-    from routecal.study import vmoer_lm
-
     t = cfg.train
     steps = int(kw.pop("steps", t.retrofit_steps))
-    return vmoer_lm.fit(model, data, t, phase="mcqa", steps=steps, lr=float(t.retrofit_lr),
+    return fit(model, data, t, phase="mcqa", steps=steps, lr=float(t.retrofit_lr),
                         trainable=trainable, seed=seed, **kw)  # fmt: skip
 
 
