@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 
-def _kci(n_kci: int, n_datasets: int, seed: int, budget_s: float = float("inf")) -> None:
+def _kci(n_kci: int, n_datasets: int, seed: int, budget_s: float = float("inf"),
+         designs: tuple[str, ...] = ("vshape", "signflip"), offset: int = 0) -> None:
     try:
         from causallearn.utils.cit import CIT
     except ImportError:
@@ -41,6 +42,8 @@ def _kci(n_kci: int, n_datasets: int, seed: int, budget_s: float = float("inf"))
     from routecal.stats.validity import _ci
 
     for name, effect in (("vshape", 0.1), ("signflip", 0.08)):
+        if name not in designs:
+            continue
         d = simulation.design(jax.random.key(seed + 100), name, 2000, n_datasets=n_datasets,
                               effect=effect)
         res = diagnostics.conditional_test_batch(d.confidence, d.correct, d.routing, key=seed,
@@ -56,7 +59,7 @@ def _kci(n_kci: int, n_datasets: int, seed: int, budget_s: float = float("inf"))
                 alternative="omnibus")
         t_omni = (time.perf_counter() - t0) / 3
         hits, done, t0 = 0, 0, time.perf_counter()
-        for i in range(n_kci):  # stops early past `budget_s` (KCI is O(N^3)): `done` datasets
+        for i in range(offset, offset + n_kci):  # stops past `budget_s` (KCI is O(N^3))
             data = np.c_[d.correct[i], d.routing[i], d.confidence[i]]
             hits += CIT(data, "kci")(0, 1, [2]) <= 0.05
             done += 1
@@ -67,7 +70,7 @@ def _kci(n_kci: int, n_datasets: int, seed: int, budget_s: float = float("inf"))
         co, ck = _ci(k_omni, n_datasets), _ci(int(hits), n_kci)
         print(f"| {name} (effect {effect}) | {k_omni / n_datasets:.3f} [{co[0]:.3f}, {co[1]:.3f}] "
               f"({n_datasets} datasets, B = 999) | {hits / n_kci:.3f} [{ck[0]:.3f}, {ck[1]:.3f}] "
-              f"({n_kci} datasets) | {t_omni:.3f} | {t_kci:.1f} |", flush=True)
+              f"({n_kci} datasets from {offset}) | {t_omni:.3f} | {t_kci:.1f} |", flush=True)
 
 
 def _mdg(n_datasets: int, seed: int) -> None:
@@ -113,6 +116,8 @@ def main() -> None:
     ap.add_argument("--kci-datasets", type=int, default=30)
     ap.add_argument("--kci-omnibus-datasets", type=int, default=200)
     ap.add_argument("--kci-budget-s", type=float, default=float("inf"), help="per design")
+    ap.add_argument("--kci-designs", default="vshape,signflip")
+    ap.add_argument("--kci-offset", type=int, default=0, help="first dataset KCI tests")
     ap.add_argument("--mdg", action="store_true")
     ap.add_argument("--mdg-datasets", type=int, default=200)
     ap.add_argument("--million", action="store_true")
@@ -145,7 +150,8 @@ def main() -> None:
     if args.million:
         _million(args.seed)
     if args.kci:
-        _kci(args.kci_datasets, args.kci_omnibus_datasets, args.seed, args.kci_budget_s)
+        _kci(args.kci_datasets, args.kci_omnibus_datasets, args.seed, args.kci_budget_s,
+             tuple(args.kci_designs.split(",")), args.kci_offset)
     print(f"wall {time.perf_counter() - t0:.0f} s; load average after: {os.getloadavg()}")
 
 

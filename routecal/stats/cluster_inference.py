@@ -12,21 +12,26 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    over clusters*: the residual of an example in cluster k uses the stratum fit on the other
    clusters only (leave-one-cluster-out, the K-fold limit of Chernozhukov et al. 2018, "Double/
    debiased machine learning", Econometrics J. 21, Sec. 3, with folds = clusters, as recommended
-   for clustered data by Chiang, Kato, Ma & Sasaki 2022, JBES 40(3)). A cluster's score then uses
-   its own data only through its own labels and routing, so U_k are (conditionally) independent
-   and centred up to the GCM's second-order bias (Shah & Peters 2020, Thm 6). Without clusters
-   this is leave-one-out (the residual e_i / (1 - h_i) of the stratum fit), which replaces the HC2
-   factor the pooled version needed.
-   Reference: the studentised statistic Z = sum_k U_k / sqrt(sum_k U_k^2) with a Rademacher sign-
-   flip randomisation null (Canay, Romano & Shaikh 2017, Econometrica 85(3), Thm 3.1: exact when
-   the U_k are independent and symmetric, asymptotically valid for a *fixed* number of clusters of
-   growing size, which is the few-clusters regime). We keep exact sign flips rather than Webb's
-   6-point weights: Webb weights break ties of the bootstrap distribution but are a wild bootstrap,
-   not a randomisation test, and have no finite-K exactness; sign flips do, with the feasibility
-   limit below.
-2. *K <= 5 clusters cannot reject*: the two sign patterns +-1 always give |Z*| = |Z|, so the
-   smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5). `min_p_value` states it
-   and `check_feasible` raises a `ValueError` (or, on request, returns a warning string that the
+   for clustered data by Chiang, Kato, Ma & Sasaki 2022, JBES 40(3)); without clusters this is
+   leave-one-out. Cross-fitting alone still correlates the scores (a cluster's residual subtracts
+   the others' mean: +1/(K-1) on Var Z, measured 1.13 at K = 10), so the statistic is written as
+   what it is, a linear form in the labels, T = sum_i w_i y_i with w = (I - L)^T s~ (`influence`):
+   given routing and confidence its randomness is a sum of independent cluster terms, whatever
+   the fits share. Those terms are estimated by CR2-style leverage-corrected cluster scores
+   (`studentised`), and Z = T / sqrt(sum_k U_k^2) is referred to the sign flips of the U_k.
+   Reference: a Rademacher sign-flip randomisation null of the studentised statistic (Canay,
+   Romano & Shaikh 2017, Econometrica 85(3), Thm 3.1: exact for independent symmetric scores, and
+   asymptotically valid for a *fixed* number of clusters of growing size, the few-clusters
+   regime). We keep exact sign flips rather than Webb's 6-point weights: Webb weights break ties
+   of the bootstrap distribution but are a wild bootstrap with no finite-K exactness, and they
+   would hide the 2^(1-K) limit below instead of stating it.
+   Measured (benchmarks/RESULTS.md, issue 22): 5.0% at 10 equal clusters, 5.1% at 60, 1.9% at 6
+   (the exact limit there is 3.1%), 6.3% [4.5%, 8.5%] with 60 Pareto(1.1)-sized clusters (CR2 is
+   only approximately unbiased when a few clusters dominate).
+2. *K <= 5 clusters cannot reject*: the observed sign pattern and its negation are always in the
+   orbit, so the smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5); with B
+   random flips the p-value is floored there (`floored_p`). `min_p_value` states it and
+   `check_feasible` raises a `ValueError` (or, on request, returns a warning string that the
    result records).
 3. *Tied confidence levels of different sizes* (99% rejections of a true null with confidence in
    5 values of counts 20/20/320/320/320): an equal-mass stratum could hold three tied levels, and a

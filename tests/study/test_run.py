@@ -81,8 +81,8 @@ def test_results_hold_every_cell_and_independent_numbers(quick):
         assert t["p_value"] <= t["p_holm"] <= 1
     # the figure's nulls travel inside results: p = (1 + #{T* >= T}) / (1 + B) from the stored null
     # (|Z| against |Z*| for the two-sided conditional test)
-    shown = [t for t in rows if "null" in t]
-    assert len(shown) == 2 * min(cfg.diagnostics.n_null_figures, n_cells)
+    shown = [t for t in rows if "null" in t]  # paper, conditional and omnibus (issue 22) tests
+    assert len(shown) == 3 * min(cfg.diagnostics.n_null_figures, n_cells)
     for t in shown:
         null = np.asarray(t["null"])
         assert len(null) == b
