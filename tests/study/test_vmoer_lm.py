@@ -8,7 +8,7 @@ import pytest
 
 from routecal import config
 from routecal.models import routers
-from routecal.study import vmoer_lm, vmoer_lm_eval
+from routecal.study import vmoer_lm, vmoer_lm_eval, vmoer_lm_fit
 
 
 def _tiny_cfg():
@@ -190,7 +190,7 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
         ce = optax.softmax_cross_entropy_with_integer_labels(scores, batch["answers"])
         return float(ce.mean())
 
-    _, mcqa_step = vmoer_lm._steps("all", tok.pad)
+    _, mcqa_step = vmoer_lm_fit._steps("all", tok.pad)
     optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
     before = option_ce()
     mcqa_step(model, optimizer, batch, letters)
