@@ -5,10 +5,12 @@ processes joined over 127.0.0.1 (gloo, one CPU device each), every process runni
 `routecal` command on the same workdir. The device count is the same, so every array has the same
 per-device shape (XLA:CPU rounds a matmul by its shape: one device instead of two changes the
 predicted probabilities in the last float32 bit, which moves tokens across bins downstream) and an
-all-reduce of 2 values is the same sum in any order. The two `results.json` are compared leaf by leaf with `benchmarks/compare_results.py`
+all-reduce of 2 values is the same sum in any order. Every process sees the same CPU cores (no
+`taskset`): XLA:CPU's thread count also changes float32 rounding (pinned to one core each, the LM
+study's MLP probe differed in the last bit). The two `results.json` are compared leaf by leaf with `benchmarks/compare_results.py`
 (timing, host and version fields skipped). The quick variant (the digits study, one architecture,
-a few training steps, no VMoER) runs in CI; the `multihost` ones run the digits study with VMoER and
-the LM study.
+a few training steps, no VMoER) runs in CI; the `multihost` (and `slow`) ones run the digits study
+with VMoER and the LM study.
 """
 
 from __future__ import annotations
@@ -95,12 +97,14 @@ def test_digits_study_two_processes_equal_one(tmp_path):
 
 
 @pytest.mark.multihost
+@pytest.mark.slow
 def test_digits_study_with_vmoer_two_processes_equal_one(tmp_path):
     two = _same(DIGITS, tmp_path)
     assert two["vmoer"]
 
 
 @pytest.mark.multihost
+@pytest.mark.slow
 def test_lm_study_two_processes_equal_one(tmp_path):
     two = _same(LM, tmp_path)
     assert two["diagnostics"]["tests"]
