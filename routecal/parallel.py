@@ -96,6 +96,29 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Multi-host: waits until every process reaches the barrier `name` (no-op on one process).
+
+    Every file process 0 writes is followed by a barrier before any process reads it
+    (`jax.experimental.multihost_utils.sync_global_devices`, which also checks that every process
+    passed the same name). The processes must call it in the same order.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Multi-host: process 0's `flag` on every process (so every process takes the same branch,
+    e.g. "this stage is already stored"); `flag` itself on one process."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def process_slice(n: int) -> slice:
     """This process's contiguous part of `n` items (split as `numpy.array_split`, process order)."""
     k, i = jax.process_count(), jax.process_index()

@@ -54,15 +54,16 @@ def dumps(obj: Any) -> str:
 def write_json(path: pathlib.Path, value: Any) -> Any:
     """Writes `to_json(value)` to `path` atomically (`routecal.files.workdir.write_text`).
 
-    Multi-host: process 0 writes (`parallel.is_primary`); every process returns the same value.
+    Multi-host: process 0 writes (`parallel.is_primary`), then every process waits at a barrier
+    (`parallel.barrier`) and reads the file back, so every process returns process 0's value and
+    no process reads the file before it is written. Every process must call it, in the same order.
 
     Returns:
       the value as read back (what a resumed run will see).
     """
-    text = dumps(value)
-    if not parallel.is_primary():
-        return json.loads(text)
-    workdir_io.write_text(path, text)
+    if parallel.is_primary():
+        workdir_io.write_text(path, dumps(value))
+    parallel.barrier(f"write_json:{pathlib.Path(path).name}")
     return workdir_io.read_json(path, "results")
 
 
@@ -97,11 +98,13 @@ def record_workdir_config(
     """`check_workdir_config`, then records `config` in `workdir/filename` if absent (atomic).
 
     Call it only once the whole config is validated, so a rejected config never keys a workdir.
+    Multi-host: every process calls it; process 0 writes.
     """
     check_workdir_config(workdir, config, filename, what)
     path = pathlib.Path(workdir) / filename
-    if not path.exists():
+    if not parallel.broadcast_flag(path.exists()) and parallel.is_primary():
         workdir_io.write_json(path, dict(config))
+    parallel.barrier(f"record_workdir_config:{filename}")  # multi-host: written before it is read
 
 
 def versions() -> dict[str, str]:

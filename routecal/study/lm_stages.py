@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from routecal import parallel
 from routecal.files import workdir as workdir_io
 from routecal.probes import compare
 from routecal.probes.data import PROFILE
@@ -179,7 +180,9 @@ def diagnose_cell(
     res = token_tests.run_cell(t["confidence"], t["correct"], feats[feature], clusters,
                                key=key, settings=plan.tests)
     nulls = {test: r.pop("null") for test, r in res.items() if "null" in r}
-    if nulls:  # atomic, with a unique temp name (a study worker may write the same cell)
+    # atomic, with a unique temp name (a study worker may write the same cell); multi-host:
+    # process 0 writes (read only after the stage's own write_json barrier)
+    if nulls and parallel.is_primary():
         with workdir_io.atomic_path(null_path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **nulls)
     return {"n": int(len(t["confidence"])), "n_sequences": int(len(np.unique(t["seq_id"]))),

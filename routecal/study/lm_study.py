@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from routecal import parallel
 from routecal.files import workdir as workdir_io
 from routecal.study import lm_results, lm_stages, lm_temperature
 from routecal.study.lm_plan import LMPlan
@@ -49,12 +50,18 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     Args:
       producer: (model, seed, run_dir) -> {"paths": {split: predictions}, ...}; default trains
         and predicts (`lm_stages.train_predict`). Tests pass a synthetic one.
-      worker: a second process for a study running in `workdir` (`routecal study ... --worker`):
-        once every run (train + predict) is stored, it computes the pending analysis stages from
-        the END of the plan while the study works from the start, so two processes share the
-        stages (each stage is a deterministic function of its key, stored atomically; one both
-        happen to compute is written twice with the same numbers). It takes no lock, writes
-        neither results.json nor the report, and returns {"stages": names it computed}.
+      worker: a second, separate job for a study running in `workdir` (`routecal study ...
+        --worker`; the pattern for job arrays on a shared filesystem): once every run (train +
+        predict) is stored, it computes the pending analysis stages from the END of the plan
+        while the study works from the start, so two jobs share the stages (each stage is a
+        deterministic function of its key, stored atomically; one both happen to compute is
+        written twice with the same numbers). Lock semantics: the study holds the workdir lock
+        (`routecal.files.workdir.lock`) for its whole run; the worker takes no lock, only checks
+        the recorded study config, and writes neither results.json nor the report; it returns
+        {"stages": names it computed}. It is one process: several processes of ONE job run the
+        study itself with `routecal --distributed study ...` (process 0 holds the lock and
+        writes, every process computes every stage; docs/ARCHITECTURE.md "Processes and
+        workdirs").
     """
     t_start = time.perf_counter()
     plan = LMPlan.from_config(cfg)  # validated before anything is written
@@ -62,10 +69,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     if worker:
         check_workdir_config(w, plan.config, "study_config.json", "study")
         return _work(plan, w)
-    with workdir_io.lock(w, "study"):  # one process per workdir
+    # one job per workdir; multi-host: process 0 holds the lock for every process of the job
+    with workdir_io.lock(w, "study", enabled=parallel.is_primary()):
         record_workdir_config(w, plan.config, "study_config.json", "study")
         results = _run(plan, w, producer, t_start)
-    if write_report:
+    if write_report and parallel.is_primary():  # multi-host: process 0 writes the report
         from routecal.report import lm as lm_report
 
         lm_report.write_report(w)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from routecal import parallel
 from routecal.files import workdir as workdir_io
 from routecal.files.records import (  # noqa: F401 (re-exported for the study's stages)
     check_workdir_config,
@@ -42,6 +43,19 @@ class Stages:
     def save(self, name: str, value: Any) -> Any:
         return write_json(self.path(name), value)
 
+    def _usable(self, name: str, check: Callable[[Any], None] | None) -> bool:
+        """True when the stage's stored output exists, reads and passes `check`."""
+        if not self.done(name):
+            return False
+        try:
+            value = self.load(name)
+            if check is not None:
+                check(value)
+            return True
+        except ValueError as e:
+            print(f"routecal: stage {name}: {e}; recomputing it", file=sys.stderr)
+            return False
+
     def run(
         self, name: str, fn: Callable[[], Any], check: Callable[[Any], None] | None = None
     ) -> Any:
@@ -50,15 +64,14 @@ class Stages:
         A stored output that cannot be read (truncated, corrupt) or that `check` rejects (a
         ValueError, e.g. a path outside the workdir written by an older routecal or by the workdir
         this one was copied from) counts as not done: one line on stderr, and the stage reruns.
+
+        Multi-host: process 0 decides whether the stage is done (`parallel.broadcast_flag`), so
+        every process takes the same branch; every process computes `fn()` (its collectives span
+        every process), process 0 stores it and every process returns the stored value
+        (`write_json`: written, barrier, read back), identical on every process.
         """
-        if self.done(name):
-            try:
-                value = self.load(name)
-                if check is not None:
-                    check(value)
-                return value
-            except ValueError as e:
-                print(f"routecal: stage {name}: {e}; recomputing it", file=sys.stderr)
+        if parallel.broadcast_flag(self._usable(name, check)):  # multi-host: process 0 decides
+            return self.load(name)
         t0 = time.perf_counter()
         value = fn()
         if isinstance(value, dict):

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from routecal import flops
+from routecal import flops, parallel
 from routecal.data import Split, load_dataset, shift
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
@@ -256,9 +256,10 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
         "config": json.loads(cfg.to_json_best_effort()),
         "model_config": {k: str(v) for k, v in dataclasses.asdict(mcfg).items()},
     }
-    workdir_io.write_text(  # atomic: temp file + rename
-        workdir / "vmoer_results.json", json.dumps(out, indent=2, default=float) + "\n"
-    )
+    if parallel.is_primary():  # atomic: temp file + rename; multi-host: process 0 writes
+        workdir_io.write_text(
+            workdir / "vmoer_results.json", json.dumps(out, indent=2, default=float) + "\n"
+        )
     return out
 
 

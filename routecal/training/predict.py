@@ -105,6 +105,9 @@ def predict_workdir(
 ) -> dict[str, pathlib.Path]:
     """Writes W/predictions/<split>.npz for the trained model in `workdir`.
 
+    Multi-host: every process predicts (the model's collectives span them), process 0 writes, and
+    every process returns once the files exist (`parallel.barrier`).
+
     For an LM run (`cfg.task == "lm"`) it writes token-level shards instead,
     W/predictions/tokens/<split>/ for calib, test, near and far (`token_predict.predict_lm`, with
     `lm_options` such as every, min_position, max_tokens, batch_size).
@@ -130,8 +133,10 @@ def predict_workdir(
         mngr = checkpoints.manager(pathlib.Path(workdir))
         step = mngr.latest_step()
         mngr.close()
-        return token_predict.predict_lm(model, dataset, workdir, **(lm_options or {}),
-                                        fingerprint=token_predict.run_fingerprint(cfg, step))
+        paths = token_predict.predict_lm(model, dataset, workdir, **(lm_options or {}),
+                                         fingerprint=token_predict.run_fingerprint(cfg, step))
+        parallel.barrier("predict_workdir:lm")  # multi-host: process 0's shards are written
+        return paths
     out_dir = pathlib.Path(workdir) / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = {name: dataset.split(name) for name in splits}
@@ -147,6 +152,7 @@ def predict_workdir(
         if parallel.is_primary():  # multi-host: process 0 writes; atomic (no half file on a kill)
             workdir_io.save_npz(path, rec)
         paths[name] = path
+    parallel.barrier("predict_workdir")  # multi-host: no process reads them before they exist
     return paths
 
 

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from routecal import parallel
 from routecal.data.text import DOMAIN_CODES, TextSplit
 from routecal.files.shards import ShardWriter
 from routecal.training import traces
@@ -162,7 +163,9 @@ def predict_split(
         "moe_layers": list(getattr(cfg, "moe_layers", ()) or ()),
         **(meta or {}),
     }
-    writer = ShardWriter(out_dir, shard_rows=shard_tokens, meta=info, fingerprint=fingerprint)
+    # multi-host: every process runs the model, process 0 writes (the caller waits at a barrier)
+    writer = (ShardWriter(out_dir, shard_rows=shard_tokens, meta=info, fingerprint=fingerprint)
+              if parallel.is_primary() else None)
     pos_T = np.arange(t)
     keep_pos = (pos_T % every == 0) & (pos_T >= min_position)
     code = np.int8(DOMAIN_CODES[split.domain])
@@ -186,11 +189,12 @@ def predict_split(
         rec["domain"] = np.full(len(bi), code, np.int8)
         if split.doc is not None:
             rec["doc_id"] = split.doc[start + bi, ti + 1].astype(np.int64)
-        writer.append(rec)
+        if writer is not None:
+            writer.append(rec)
         written += len(bi)
         if max_tokens is not None and written >= max_tokens:
             break
-    return writer.close()
+    return writer.close() if writer is not None else pathlib.Path(out_dir)
 
 
 def predict_lm(

@@ -144,7 +144,9 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     mesh = mesh if mesh is not None else parallel.make_mesh()
     with workdir_io.lock(workdir, "train", enabled=jax.process_index() == 0):
-        return _train_locked(cfg, workdir, mesh, max_steps_this_run)
+        out = _train_locked(cfg, workdir, mesh, max_steps_this_run)
+    parallel.barrier("train_and_evaluate")  # multi-host: process 0's files are written
+    return out
 
 
 def _finished(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
@@ -208,6 +210,18 @@ def check_config(cfg: ml_collections.ConfigDict, n_devices: int = 1, task: Any =
     return task
 
 
+def _put(x: Any, sharding: jax.sharding.Sharding) -> Any:
+    """`jax.device_put(x, sharding)` of a state leaf, through the host (PRNG keys through their
+    data). Multi-host, `device_put` refuses a device-placed array on a sharding over other
+    processes' devices; a host array it checks is the same on every process and places."""
+    if not isinstance(x, jax.Array):
+        return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), sharding)
+
+
 def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | None):
     tcfg = cfg.train
     final = _finished(workdir, cfg)
@@ -229,7 +243,7 @@ def _train_locked(cfg, workdir: pathlib.Path, mesh, max_steps_this_run: int | No
     try:
         rep = parallel.replicated(mesh)
         for obj in (model, optimizer):
-            nnx.update(obj, jax.device_put(nnx.state(obj), rep))
+            nnx.update(obj, jax.tree.map(lambda x: _put(x, rep), nnx.state(obj)))
         position = checkpoints.restore_newest_readable(mngr, model, optimizer) or {
             "step": 0, "epoch": 0, "index": 0,
         }
