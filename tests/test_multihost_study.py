@@ -37,9 +37,9 @@ STEPS = ("train.steps={0}", "train.eval_every={0}", "train.checkpoint_every={0}"
 DIGITS = [
     "--config", "configs/study.py:quick,tiny",
     "--config.architectures=('full',)",
-    "--config.diagnostics.features=('H_mean','depth_var_mean')",
+    "--config.diagnostics.features=('H_mean',)",
     "--config.probes.bandwidth_rules=('scott',)", "--config.probes.sweep_multiples=(1.0,)",
-    f"--config.model_overrides={tuple(s.format(20) for s in STEPS)!r}",
+    f"--config.model_overrides={tuple(s.format(10) for s in STEPS)!r}",
 ]
 LM = [
     "--config", "configs/study_lm.py:quick",
@@ -89,7 +89,7 @@ def _same(args: list[str], tmp_path: pathlib.Path) -> dict:
 
 
 def test_digits_study_two_processes_equal_one(tmp_path):
-    """CI-sized: the digits study (one architecture, 20 steps, no VMoER) on 2 processes."""
+    """CI-sized: the digits study (one architecture, one feature, 10 steps, no VMoER) on 2 processes."""
     two = _same([*DIGITS, "--config.vmoer.enabled=False"], tmp_path)
     assert two["diagnostics"]["tests"] and two["runs"][0]["arch"] == "full"
     assert [f.name for f in (tmp_path / "two" / "runs" / "full" / "seed0" / "predictions").iterdir()
