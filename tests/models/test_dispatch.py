@@ -90,7 +90,7 @@ def test_auto_picks_ragged_on_accelerators_and_blocks_on_cpu():
         DecoderConfig(dispatch="blocks")
 
 
-@pytest.mark.parametrize("mlp_type", ["vmoer_logit"])  # a variational router: its extra traces too
+@pytest.mark.parametrize("mlp_type", ["vmoer_mfvr"])  # a variational router: its extra traces too
 def test_decoder_sparse_equals_dense_on_logits_gates_and_traces(mlp_type):
     base = dict(vocab_size=40, max_len=16, d_model=16, n_layers=2, n_heads=2, mlp_dim=12,
                 mlp_type=mlp_type, n_experts=6, top_k=3, norm_topk_prob=True,

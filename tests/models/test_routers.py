@@ -290,7 +290,7 @@ def test_aux_gradient_reaches_posterior_only_when_asked():
 
 def test_unknown_router_and_options_raise():
     with pytest.raises(ValueError, match="router"):
-        routers.make(vmoer.VMoERConfig(**CFG), "swag", rngs=nnx.Rngs(0))
+        routers.make(vmoer.VMoERConfig(**CFG), "laplace", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="vmoer_head"):
         routers.make(vmoer.VMoERConfig(**CFG, vmoer_head="deep"), "mfvr", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="vmoer_vtsr_reg"):
