@@ -95,3 +95,15 @@ def report(out: dict[str, Any]) -> str:
                 cells.append(f"{name} {table[name][metric]['mean']:.3f}")
         lines.append(f"- {metric} (paper {claim} {PAPER_CLAIMS[claim]}): " + "; ".join(cells))
     return "\n".join(lines) + "\n"
+
+
+def band_cell(b: dict[str, Any] | None, *, verdict: bool = False) -> str:
+    """One table cell of a seed band: "mean ± std [min, max]" plus "(+x.x%)" against det (and
+    the band verdict when `verdict`); "n/a" when the metric is absent."""
+    if not b:
+        return "n/a"
+    c = f"{b['mean']:.4f} ± {b['std']:.4f} [{b['min']:.4f}, {b['max']:.4f}]"
+    if "rel_change_pct" in b:
+        c += f" ({b['rel_change_pct']:+.1f}%, {b['verdict']})" if verdict else (
+            f" ({b['rel_change_pct']:+.1f}%)")
+    return c

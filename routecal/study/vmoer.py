@@ -44,6 +44,7 @@ from routecal.data import Split, load_dataset, shift
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
 from routecal.models.transformer import ModelConfig
+from routecal.report.vmoer_lm import band_cell
 from routecal.stats import calibration, uncertainty
 from routecal.stats.seeds import seed_band
 from routecal.training import predict
@@ -187,16 +188,7 @@ def to_markdown(table: dict[str, dict[str, Any]], methods: list[str]) -> str:
     head = "| metric | " + " | ".join(methods) + " |"
     lines = [head, "|" + "---|" * (len(methods) + 1)]
     for metric, row in table.items():
-        cells = []
-        for m in methods:
-            b = row.get(m)
-            if b is None:
-                cells.append("n/a")
-                continue
-            c = f"{b['mean']:.4f} ± {b['std']:.4f} [{b['min']:.4f}, {b['max']:.4f}]"
-            if "rel_change_pct" in b:
-                c += f" ({b['rel_change_pct']:+.1f}%)"
-            cells.append(c)
+        cells = [band_cell(row.get(m)) for m in methods]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -46,6 +46,7 @@ from routecal.report.vmoer_lm import (  # noqa: F401  (the section's text lives 
     CLAIM_OF,
     PAPER_CLAIMS,
     accuracy_interval,
+    band_cell,
     report,
 )
 from routecal.stats import mcqa, seeds, uncertainty
@@ -296,16 +297,7 @@ def to_markdown(table: dict[str, dict[str, Any]], names: list[str]) -> str:
     cols = list(CLAIM_OF) + ["accuracy"]
     lines = ["| router | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name in names:
-        cells = []
-        for m in cols:
-            b = table[name].get(m)
-            if not b:
-                cells.append("n/a")
-                continue
-            c = f"{b['mean']:.4f} ± {b['std']:.4f} [{b['min']:.4f}, {b['max']:.4f}]"
-            if "rel_change_pct" in b:
-                c += f" ({b['rel_change_pct']:+.1f}%, {b['verdict']})"
-            cells.append(c)
+        cells = [band_cell(table[name].get(m), verdict=True) for m in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(seeds.RULE + ".")
