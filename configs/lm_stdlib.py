@@ -63,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.data.data_dir = ml_collections.config_dict.placeholder(str)
     cfg.data.max_bytes = 256_000
     cfg.data.max_train_bytes = ml_collections.config_dict.placeholder(int)
+    # Evaluation documents: corpus order ("first") or a seeded sample ("shuffle"), each cut to at
+    # most max_doc_bytes leading bytes (None: whole): routecal.data.text.select_documents.
+    cfg.data.max_doc_bytes = ml_collections.config_dict.placeholder(int)
+    cfg.data.eval_doc_order = "first"
 
     cfg.model = ml_collections.ConfigDict()
     cfg.model.max_len = ml_collections.config_dict.placeholder(int)  # None: data.seq_len

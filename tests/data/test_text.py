@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -156,6 +157,34 @@ def _assert_documents(split, files, max_bytes):
         assert tgt[(tdoc == k) & (tgt < 256)].astype(np.uint8).tobytes() == files[k][:left]
         left -= len(files[k][:left])
     assert left == 0
+
+
+def test_eval_documents_seeded_sample_capped_per_document():
+    cfg = {"name": "stdlib", "seq_len": 32, "max_bytes": 6000, "max_train_bytes": 5000,
+           "max_doc_bytes": 500, "eval_doc_order": "shuffle"}
+    ds = load_text_dataset(cfg)
+    far = [b for _, b in stdlib.corpus_texts("far")]
+    order = ds.manifest["eval_documents"]["far"]
+    # each kept document is its first 500 bytes, in the sampled order; many documents, not 2
+    kept = [far[i][:500] for i in order]
+    assert len(order) == len(set(order)) and len(order) >= 6000 // 500
+    _assert_documents(ds.split("far"), kept, 6000)
+    assert ds.split("far").n_bytes == 6000 and int(ds.split("far").doc.max()) + 1 == len(order)
+    # an independent draw of the same permutation: numpy seeded by (data.seed, crc32 of the name)
+    perm = np.random.default_rng([0, zlib.crc32(b"far")]).permutation(len(far))
+    assert order == [int(i) for i in perm if len(far[i])][: len(order)]
+    # the same config gives the same split; another seed another sample; train is untouched
+    again = load_text_dataset(cfg)
+    assert np.array_equal(again.split("far").ids, ds.split("far").ids)
+    other = load_text_dataset({**cfg, "seed": 1})
+    assert other.manifest["eval_documents"]["far"] != order
+    first = load_text_dataset({k: v for k, v in cfg.items() if k != "eval_doc_order"})
+    assert first.manifest["eval_documents"]["far"] == list(range(len(first.manifest[
+        "eval_documents"]["far"])))
+    with pytest.raises(ValueError, match="eval_doc_order"):
+        load_text_dataset({**cfg, "eval_doc_order": "random"})
+    with pytest.raises(ValueError, match="max_doc_bytes"):
+        load_text_dataset({**cfg, "max_doc_bytes": 0})
 
 
 def test_user_sources_text_dir_and_jsonl(tmp_path):

@@ -13,7 +13,12 @@ Sources (`data.name`):
                   `data.path` (field `data.text_key`), split by line.
 Tokenizer (`data.tokenizer`): "bytes" (256 + BOS/EOS/PAD) or a path to a `tokenizer.json`.
 `data.max_bytes` caps every evaluation split (calib, test, near, far) and `data.max_train_bytes`
-the training split, at the first documents up to that many text bytes.
+the training split, at the first documents up to that many text bytes. An evaluation split's
+documents are its independent units (token records' `doc_id`), so a cap that keeps a few long
+files leaves a test with a few clusters: `data.eval_doc_order="shuffle"` takes the evaluation
+documents in a seeded random order (`data.seed` and the split's name) and `data.max_doc_bytes`
+keeps at most that many leading bytes of each, so a 208 kB split holds >= 208000 / max_doc_bytes
+documents when the corpus has them (the kept original indices: `manifest["eval_documents"]`).
 
 Letters: N sequences, T tokens per sequence.
 """
@@ -21,6 +26,7 @@ Letters: N sequences, T tokens per sequence.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
 import numpy as np
@@ -43,7 +49,10 @@ TEXT_DEFAULTS = dict(
     max_bytes=None,
     max_train_bytes=None,
     max_docs=None,
+    max_doc_bytes=None,
+    eval_doc_order="first",
 )
+EVAL_DOC_ORDERS = ("first", "shuffle")
 __all__ = [
     "ByteTokenizer",
     "HFTokenizer",
@@ -113,18 +122,62 @@ class TextDataset:
         return self.splits[name]
 
 
+def select_documents(
+    n_bytes: list[int],
+    max_bytes: int | None,
+    max_doc_bytes: int | None = None,
+    order: str = "first",
+    seed: int = 0,
+    label: str = "",
+) -> list[tuple[int, int]]:
+    """Which documents an evaluation split keeps, and how many leading bytes of each.
+
+    Args:
+      n_bytes: [D] text bytes of each document, in corpus order.
+      max_bytes: total text bytes kept (None: all); the last kept document is cut to fit.
+      max_doc_bytes: leading bytes kept per document (None: whole documents).
+      order: "first" (corpus order) or "shuffle" (a permutation seeded by `seed` and `label`).
+      seed, label: the permutation's seed (`data.seed`) and the split's name.
+
+    Returns:
+      [(document index, bytes kept)] in the split's order; documents of 0 bytes are skipped.
+    """
+    if order not in EVAL_DOC_ORDERS:
+        raise ValueError(f"data.eval_doc_order: expected one of {EVAL_DOC_ORDERS}, got {order!r}")
+    idx = np.arange(len(n_bytes))
+    if order == "shuffle":
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+        idx = rng.permutation(len(n_bytes))
+    kept, total = [], 0
+    for i in idx:
+        if max_bytes is not None and total >= max_bytes:
+            break
+        n = int(n_bytes[i])
+        if max_doc_bytes is not None:
+            n = min(n, max_doc_bytes)
+        if max_bytes is not None:
+            n = min(n, max_bytes - total)
+        if n > 0:
+            kept.append((int(i), n))
+            total += n
+    return kept
+
+
 def make_split(
-    docs: list[bytes], domain: str, tok: Any, seq_len: int, max_bytes: int | None, label: str
+    docs: list[bytes],
+    domain: str,
+    tok: Any,
+    seq_len: int,
+    max_bytes: int | None,
+    label: str,
+    max_doc_bytes: int | None = None,
+    order: str = "first",
+    seed: int = 0,
 ) -> TextSplit:
-    """Tokenises and packs `docs` (the first ones up to `max_bytes` text bytes, if set)."""
-    if max_bytes is not None:
-        kept, total = [], 0
-        for d in docs:
-            if total >= max_bytes:
-                break
-            kept.append(d[: max_bytes - total])
-            total += len(kept[-1])
-        docs = kept
+    """Tokenises and packs `docs`, those `select_documents` keeps (all when no cap is set)."""
+    if max_bytes is not None or max_doc_bytes is not None or order != "first":
+        docs = [docs[i][:n] for i, n in select_documents(
+            [len(d) for d in docs], max_bytes, max_doc_bytes, order, seed, label)]
     if not docs or not any(len(d) for d in docs):
         raise ValueError(f"data: split {label!r} of the corpus is empty (no text)")
     encoded = [tok.encode(d) for d in docs]
@@ -158,7 +211,7 @@ def load_text_dataset(data_cfg: Any) -> TextDataset:
     seq_len = check_positive_int(get("seq_len"), "data.seq_len")
     seed = check_positive_int(get("seed"), "data.seed", minimum=0)
     caps = {}
-    for key in ("max_bytes", "max_train_bytes"):
+    for key in ("max_bytes", "max_train_bytes", "max_doc_bytes"):
         caps[key] = get(key) if get(key) is None else check_positive_int(get(key), f"data.{key}")
     tok = load_tokenizer(get("tokenizer"))
     fracs = float(get("calib_fraction")), float(get("test_fraction"))
@@ -186,6 +239,8 @@ def load_text_dataset(data_cfg: Any) -> TextDataset:
         from routecal.data.text import sources
 
         texts, manifest = sources.load_documents(name, get, seed, fracs)
+    order = get("eval_doc_order")
+    eval_args = dict(max_doc_bytes=caps["max_doc_bytes"], order=order, seed=seed)
     splits = {
         s: make_split(
             docs,
@@ -194,9 +249,15 @@ def load_text_dataset(data_cfg: Any) -> TextDataset:
             seq_len,
             caps["max_train_bytes" if s == "train" else "max_bytes"],
             s,
+            **({} if s == "train" else eval_args),
         )
         for s, docs in texts.items()
     }
+    if order != "first" or caps["max_doc_bytes"] is not None:
+        manifest = {**manifest, "eval_documents": {
+            s: [i for i, _ in select_documents([len(d) for d in docs], caps["max_bytes"],
+                                               caps["max_doc_bytes"], order, seed, s)]
+            for s, docs in texts.items() if s != "train"}}
     manifest = {**manifest, "tokenizer": tok.name, "seq_len": seq_len}
     return TextDataset(name, tok, seq_len, splits, manifest)
 
