@@ -2,6 +2,8 @@
 
     python benchmarks/token_clusters.py WORKDIR                    # train, predict, >= 100 draws
     python benchmarks/token_clusters.py WORKDIR --run RUN_DIR      # an already trained LM run
+    python benchmarks/token_clusters.py WORKDIR --tokens DIR       # token predictions already made
+                                                                   # (e.g. a study's split)
 
 Steps (each skipped when its output exists in WORKDIR):
   1. train `configs/lm_stdlib.py` (the standard byte-level decoder) for `--steps` steps in
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-permutations", type=int, default=1000)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", default=None,
+                   help="token predictions to test (skips training and predicting), e.g. "
+                        "W/runs/full/seed0/predictions/tokens/test of an LM study")
+    p.add_argument("--units", default="document,row", help="cluster units, comma-separated")
     a = p.parse_args(argv)
     from routecal.files import predictions
     from routecal.stats import diagnostics
@@ -80,17 +86,19 @@ def main(argv: list[str] | None = None) -> dict:
     w.mkdir(parents=True, exist_ok=True)
     run = pathlib.Path(a.run) if a.run else w / "run"
     t0 = time.perf_counter()
-    if not a.run and not (run / "checkpoints").is_dir():
+    if not a.run and not a.tokens and not (run / "checkpoints").is_dir():
         train(run, a.steps)
     t1 = time.perf_counter()
-    pred_dir = w / "tokens_test"
+    pred_dir = pathlib.Path(a.tokens) if a.tokens else w / "tokens_test"
+    if a.tokens and not (pred_dir / "index.json").is_file():
+        raise SystemExit(f"--tokens: no token predictions (index.json) in {pred_dir}")
     if not (pred_dir / "index.json").is_file():
         predict_all_test(run, pred_dir)
     t2 = time.perf_counter()
     t = tokens.token_arrays(predictions.load(pred_dir), str(pred_dir))
     conf, corr = t["confidence"], t["correct"]
-    units = {"document": tokens.cluster_ids(t, "document"), "row": tokens.cluster_ids(t, "row")}
-    doc = np.unique(units["document"], return_inverse=True)[1]
+    units = {u: tokens.cluster_ids(t, u) for u in a.units.split(",")}
+    doc = np.unique(tokens.cluster_ids(t, "document"), return_inverse=True)[1]
     n_doc = int(doc.max()) + 1
     gap = np.bincount(doc, corr - conf) / np.bincount(doc)
     info = {"n_tokens": len(conf), "accuracy": float(corr.mean()),
