@@ -24,9 +24,10 @@ layer's input hidden state, that layer's Jaccard; `routecal.study.vmoer_stabilit
 curve in stability_layers_<sigma>; every OOD score named by --ood-scores is in the table for
 every router (router_logit_variance from the routers' `router_logit_var` trace; 0 for routers
 whose logits are deterministic). SWAG collects its moments over the retrofit
-(`vmoer_swag_start` onwards; the moments are NOT checkpointed: a SWAG cell stopped mid-retrofit
-resumes its weights but restarts its moments from the resumed step, `swag_n` in metrics.json
-says how many iterates entered). ensemble: each of the `vmoer_ensemble` members is fitted alone
+(`vmoer_swag_start` onwards). The moments are NOT checkpointed during the retrofit: a SWAG cell
+stopped mid-retrofit resumes its weights but restarts its moments from the resumed step
+(`swag_n` in metrics.json says how many iterates entered; none collected raises); they are
+saved once the retrofit has finished (<cell>/swag_moments.npz) and read back by a rerun. ensemble: each of the `vmoer_ensemble` members is fitted alone
 (`routers.baselines.fit_members`: the imported router plus N(0, s^2), its own batch order,
 `--steps` steps, checkpoints under <cell>/member<m>/, losses in metrics.json `members`), as the
 LM study does; the routers' per-step losses are in metrics.json `losses`. With --calib PATH:FORMAT, mfvr / lowrank / fcvr / vtsr are fitted once per
@@ -227,7 +228,15 @@ def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pa
         log["losses"] = _train(args, model, data, letters, cell, trainable, [seed],
                                collector.hook if collector is not None else None)
         if collector is not None:
-            collector.install()
+            saved = cell / "swag_moments.npz"
+            if collector.states[0].n == 0 and saved.exists():  # retrofit had finished before
+                with np.load(saved) as z:
+                    collector.states = [swag.SwagState(int(z[f"{i}/n"]), z[f"{i}/mean"],
+                                                       z[f"{i}/sq_mean"], z[f"{i}/dev"])
+                                        for i in range(len(collector.states))]  # fmt: skip
+            collector.install()  # ValueError if no iterate was collected
+            workdir_io.save_npz(saved, {f"{i}/{k}": v for i, st in enumerate(collector.states)
+                                        for k, v in st._asdict().items()})  # fmt: skip
             log["swag_n"] = collector.states[0].n
     return model, info, log
 

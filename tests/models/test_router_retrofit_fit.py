@@ -98,6 +98,8 @@ def test_collect_from_starts_at_swag_start_and_makes_swag_differ_from_det():
     # before moments the SWAG router is the deterministic one
     np.testing.assert_allclose(layer.router(X).probs_BxTxE, det(X).probs_BxTxE, rtol=1e-6)
     collector = swag.collect_from(layer, 8)
+    with pytest.raises(ValueError, match="no iterate"):
+        collector.install()  # nothing collected yet: it would act as det
     traj = []
     _sgd(layer, 8, 1.0, on_step=lambda i: (collector.hook(i),
                                             traj.append(np.asarray(layer.router.proj.kernel[...]))))

@@ -146,7 +146,12 @@ class SwagCollector:
         ]
 
     def install(self) -> None:
-        """Writes the moments into the routers (their inference then samples from them)."""
+        """Writes the moments into the routers (their inference then samples from them).
+        ValueError if no iterate was collected (the router would silently act as det)."""
+        if self.states[0].n == 0:
+            raise ValueError("SWAG: no iterate collected (e.g. a fit resumed past "
+                             "vmoer_swag_start, whose moments are not checkpointed); without "
+                             "moments the router acts as det")
         for s, r in zip(self.states, self.routers, strict=True):
             r.vrouter.mean[...] = jnp.asarray(s.mean, jnp.float32)
             r.vrouter.sq_mean[...] = jnp.asarray(s.sq_mean, jnp.float32)
