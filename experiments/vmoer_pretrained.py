@@ -24,8 +24,13 @@ layer's input hidden state, that layer's Jaccard; `routecal.study.vmoer_stabilit
 curve in stability_layers_<sigma>; every OOD score named by --ood-scores is in the table for
 every router (router_logit_variance from the routers' `router_logit_var` trace; 0 for routers
 whose logits are deterministic). SWAG collects its moments over the retrofit
-(`vmoer_swag_start` onwards; not checkpointed, so a resumed SWAG cell restarts its moments from
-the resumed step). With --calib PATH:FORMAT, mfvr / lowrank / fcvr / vtsr are fitted once per
+(`vmoer_swag_start` onwards). The moments are NOT checkpointed during the retrofit: a SWAG cell
+stopped mid-retrofit resumes its weights but restarts its moments from the resumed step
+(`swag_n` in metrics.json says how many iterates entered; none collected raises); they are
+saved once the retrofit has finished (<cell>/swag_moments.npz) and read back by a rerun. ensemble: each of the `vmoer_ensemble` members is fitted alone
+(`routers.baselines.fit_members`: the imported router plus N(0, s^2), its own batch order,
+`--steps` steps, checkpoints under <cell>/member<m>/, losses in metrics.json `members`), as the
+LM study does; the routers' per-step losses are in metrics.json `losses`. With --calib PATH:FORMAT, mfvr / lowrank / fcvr / vtsr are fitted once per
 --beta-grid value and the value with the lowest calib NLL is kept (the test splits never choose).
 
 Files are PATH:FORMAT, FORMAT one of `routecal.data.mcqa_formats.FORMATS` (openbookqa, arc, sciq, medmcqa;
@@ -63,8 +68,8 @@ from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
-from routecal.models.pretrained.retrofit import RetrofitConfig, retrofit
-from routecal.models.routers import common, swag
+from routecal.models.pretrained.retrofit import METRICS_FILE, RetrofitConfig, retrofit
+from routecal.models.routers import baselines, common, swag
 from routecal.stats import mcqa
 from routecal.study import vmoer_lm_eval, vmoer_lm_fit, vmoer_stability
 
@@ -166,39 +171,74 @@ def evaluate(model, data: dict, letters: np.ndarray, args, seed: int) -> dict[st
     return res
 
 
-def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pathlib.Path):
-    """Imports the checkpoint with router `router` and VMoER options `opts`, and retrofits it
-    (if the router has something to fit; posterior checkpoints under `cell`)."""
+def _import(args, router: str, seed: int, opts: dict) -> tuple[nnx.Module, Any]:
+    """The checkpoint imported with router `router` and VMoER options `opts` -> (model, info)."""
     mesh = _mesh(args.mesh)
     overrides = {"vmoer": tuple(sorted(opts.items()))}
     if router != "det":
         overrides["mlp_type"] = f"vmoer_{router}"
-    model, info = load_hf(args.checkpoint, dtype=args.dtype, mesh=mesh, seed=seed,
-                          expert_axis="expert" if mesh is not None and "expert" in mesh.shape
-                          else None, overrides=overrides)
+    return load_hf(args.checkpoint, dtype=args.dtype, mesh=mesh, seed=seed,
+                   expert_axis="expert" if mesh is not None and "expert" in mesh.shape
+                   else None, overrides=overrides)
+
+
+def _train(args, model, data: dict, letters, cell: pathlib.Path, trainable: str,
+           batch_seed: list[int], on_step: Any = None) -> list[float]:
+    """Retrofits the `trainable` selection of `model` in place (posterior checkpoints under
+    `cell`, batches from numpy seed (*batch_seed, step)) -> its per-step cross-entropy."""
+    train, n = data["train"], len(data["train"]["answers"])
+
+    def batches(step: int) -> dict[str, np.ndarray]:
+        idx = np.random.default_rng([*batch_seed, step]).choice(n, args.batch_size)
+        return {"ids": train["ids"][idx], "position": train["position"][idx],
+                "choice_ids": np.tile(letters, (len(idx), 1)), "label": train["answers"][idx]}
+
+    retrofit(model, batches, cell, RetrofitConfig(steps=args.steps, lr=args.lr,
+                                                  checkpoint_every=args.checkpoint_every),
+             trainable=trainable, on_step=on_step)
+    records, _ = workdir_io.read_jsonl(cell / METRICS_FILE, "retrofit metrics")
+    return [float(r["ce"]) for r in records]
+
+
+def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pathlib.Path):
+    """Imports the checkpoint with router `router` and VMoER options `opts` and retrofits it
+    (if the router has something to fit; posterior checkpoints under `cell`) -> (model, info,
+    log). ensemble: every member fitted alone (`routers.baselines.fit_members`: det router plus
+    N(0, s^2), its own batch order, under `cell/member<m>`), then installed; swag: moments over
+    the retrofit (`routers.swag.collect_from`). The log holds the losses (`members` for the
+    ensemble) and `swag_n`."""
+    if router == "ensemble":
+        def get(key: str) -> Any:
+            return opts.get(key, common.DEFAULTS[f"vmoer_{key}"])
+
+        kernels, members = baselines.fit_members(
+            lambda: _import(args, "det", seed, opts)[0],
+            lambda member, m: _train(args, member, data, letters, cell / f"member{m}",
+                                     vmoer_lm_fit.PROJ, [seed, 100 + m]),
+            int(get("ensemble")), float(get("ensemble_perturb")), seed,
+        )  # fmt: skip
+        model, info = _import(args, router, seed, opts)
+        baselines.install_members(model, kernels)
+        return model, info, {"members": members}
+    model, info = _import(args, router, seed, opts)
     trainable = routers.RETROFIT_TRAINABLE[router]
+    log: dict[str, Any] = {}
     if trainable is not None:
-        train, n = data["train"], len(data["train"]["answers"])
-
-        def batches(step: int) -> dict[str, np.ndarray]:
-            idx = np.random.default_rng([seed, step]).choice(n, args.batch_size)
-            return {"ids": train["ids"][idx], "position": train["position"][idx],
-                    "choice_ids": np.tile(letters, (len(idx), 1)), "label": train["answers"][idx]}
-
-        collector = swag.SwagCollector(model) if router == "swag" else None
-        start = int(float(opts.get("swag_start", common.DEFAULTS["vmoer_swag_start"]))
-                    * args.steps)
-
-        def on_step(step: int) -> None:
-            if collector is not None and step >= start:
-                collector()
-
-        retrofit(model, batches, cell, RetrofitConfig(steps=args.steps, lr=args.lr,
-                                                      checkpoint_every=args.checkpoint_every),
-                 trainable=trainable, on_step=on_step)
+        collector = swag.collect_from(model, args.steps) if router == "swag" else None
+        log["losses"] = _train(args, model, data, letters, cell, trainable, [seed],
+                               collector.hook if collector is not None else None)
         if collector is not None:
-            collector.install()
-    return model, info
+            saved = cell / "swag_moments.npz"
+            if collector.states[0].n == 0 and saved.exists():  # retrofit had finished before
+                with np.load(saved) as z:
+                    collector.states = [swag.SwagState(int(z[f"{i}/n"]), z[f"{i}/mean"],
+                                                       z[f"{i}/sq_mean"], z[f"{i}/dev"])
+                                        for i in range(len(collector.states))]  # fmt: skip
+            collector.install()  # ValueError if no iterate was collected
+            workdir_io.save_npz(saved, {f"{i}/{k}": v for i, st in enumerate(collector.states)
+                                        for k, v in st._asdict().items()})  # fmt: skip
+            log["swag_n"] = collector.states[0].n
+    return model, info, log
 
 
 def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> dict[str, Any]:
@@ -215,18 +255,19 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
         best = None
         nlls = []
         for beta in args.beta_grid:
-            m, inf = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
-                          cell / f"beta{beta:g}")
+            m, inf, lg = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
+                              cell / f"beta{beta:g}")
             probs = mcqa.letter_option_probs(predict(m, data["calib"], args.batch_size)["logits"],
                                              letters)
             nlls.append(mcqa.mcqa_metrics(probs, data["calib"]["answers"])["nll"])
             if best is None or nlls[-1] < best[0]:
-                best = (nlls[-1], beta, m, inf)
-        _, beta, model, info = best
+                best = (nlls[-1], beta, m, inf, lg)
+        _, beta, model, info, log = best
         chosen = {"beta": beta, "beta_grid": list(args.beta_grid), "beta_calib_nll": nlls}
     else:
-        model, info = _fit(args, router, seed, data, letters, args.vmoer, cell)
+        model, info, log = _fit(args, router, seed, data, letters, args.vmoer, cell)
     res = {"router": router, "seed": seed, **evaluate(model, data, letters, args, seed), **chosen,
+           **log,
            **{f"flops_{m}_pct": overheads[router][f"{m}_pct"] for m in ("train", "infer")},
            "param_gib_per_device": info.param_bytes_per_device / 2**30,
            "wall_s": time.time() - t0}

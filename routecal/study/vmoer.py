@@ -9,7 +9,14 @@ For every seed it trains (in `workdir/seed<s>/<method>`, resuming finished runs)
   *_retrofit      the same routers fitted on the frozen trained `det` model: every parameter is
                   copied from it (`train.init_from`) and only the router's
                   `RETROFIT_TRAINABLE` selection is trained, as the paper does for pretrained
-                  models (SWAG moments are collected by the LM experiment only).
+                  models. ensemble_retrofit and swag_retrofit are fitted in memory (`fit_alone`,
+                  the classifier task's own train step): every ensemble member alone from the
+                  det router plus N(0, s^2), its own seed and batch order, its losses recorded
+                  (`routers.baselines.fit_members`, as in the LM study); SWAG collects the
+                  router weights' moments over the retrofit (`routers.swag.collect_from`,
+                  constant learning rate after warm-up). Their metrics (and member losses)
+                  are kept in `<method>/metrics.json`, the models are not saved. `swag` from
+                  scratch raises: the trainer has no per-step hook to collect moments.
 and measures on the test split:
   accuracy, ece            top-label ECE, `experiment.n_bins` equal-width bins
   stability                routing stability: mean Jaccard of the selected-expert sets of every
@@ -43,11 +50,12 @@ from routecal import flops, parallel
 from routecal.data import Split, load_dataset, shift
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
+from routecal.models.routers import baselines, common, swag
 from routecal.models.transformer import ModelConfig
 from routecal.report.vmoer_lm import band_cell
 from routecal.stats import calibration, uncertainty
 from routecal.stats.seeds import seed_band
-from routecal.training import predict
+from routecal.training import classify, optim, predict
 
 
 def method_spec(method: str) -> tuple[str, bool]:
@@ -60,6 +68,9 @@ def method_spec(method: str) -> tuple[str, bool]:
         raise ValueError(f"experiment.methods: {e}") from None
     if base == "det" and retrofit:
         raise ValueError("experiment.methods: 'det_retrofit' has nothing to fit")
+    if base == "swag" and not retrofit:
+        raise ValueError("experiment.methods: 'swag' from scratch collects no SWAG moments here "
+                         "(the trainer has no per-step hook); use 'swag_retrofit'")
     return ("moe" if base == "det" else f"vmoer_{base}"), retrofit
 METRICS = (
     "stability",
@@ -97,6 +108,60 @@ def run_config(cfg: ml_collections.ConfigDict, method: str, seed: int, det_workd
         rc.train.eval_every = int(e.retrofit_steps)
         rc.train.log_every = min(int(rc.train.log_every), int(e.retrofit_steps))
     return rc
+
+
+FITTED_ALONE = ("ensemble", "swag")  # retrofits fitted in memory (`fit_alone`)
+PROJ = r"router/proj"
+
+
+def fit_steps(task, model: nnx.Module, tcfg: ml_collections.ConfigDict, *, steps: int,
+              seed: int, on_step: Any = None, constant_lr: bool = False) -> list[float]:
+    """Trains `router/proj` of `model` in place for `steps` steps of the classifier task's own
+    train step (AdamW, `tcfg` lr / warm-up / clipping; cosine decay unless `constant_lr`);
+    batches drawn with numpy from `seed`; `on_step(i)` after step i. Returns the task (cross-
+    entropy) losses; FloatingPointError on a non-finite one."""
+    t = ml_collections.ConfigDict(tcfg.to_dict())
+    t.steps, t.end_lr_fraction = int(steps), 1.0 if constant_lr else 0.0
+    optimizer = nnx.Optimizer(model, optim.make_tx(t), wrt=optim.trainable_filter(PROJ))
+    step_fn, rng, losses = task.train_step(PROJ), np.random.default_rng(seed), []
+    for i in range(int(steps)):
+        idx = rng.integers(0, task.n_train, int(t.batch_size))
+        losses.append(float(step_fn(model, optimizer, *task.train_batch(idx, i))["ce"]))
+        if on_step is not None:
+            on_step(i)
+    if not np.all(np.isfinite(losses)):
+        raise FloatingPointError(f"retrofit: non-finite training loss {losses[-5:]}")
+    return losses
+
+
+def fit_alone(cfg: ml_collections.ConfigDict, method: str, seed: int, det: nnx.Module,
+              dataset: Any) -> tuple[nnx.Module, dict[str, Any]]:
+    """ensemble_retrofit / swag_retrofit on the trained deterministic model `det` (module
+    docstring) -> (model, log: `members` (ensemble) or `losses`, `swag_n`, `converged`)."""
+    base = routers.split_method(method)[0]
+    rc = run_config(cfg, method, seed, "det")
+    task = classify.ClassifierTask(rc, dataset)  # the digits task (`train.make_task`)
+    model = task.build_model()
+    vmoer.retrofit_from(model, det)
+    opts, steps = cfg.model.get("vmoer", {}), int(rc.train.steps)
+    if base == "ensemble":
+        n = baselines.router_list(model)[0].n_members
+        scale = float(opts.get("ensemble_perturb", common.DEFAULTS["vmoer_ensemble_perturb"]))
+        m_steps = int(cfg.experiment.get("member_steps", steps))
+        kernels, members = baselines.fit_members(
+            lambda: nnx.clone(det),
+            lambda member, m: fit_steps(task, member, rc.train, steps=m_steps,
+                                        seed=seed * 1000 + 100 + m),
+            n, scale, seed,
+        )  # fmt: skip
+        baselines.install_members(model, kernels)
+        return model, {"members": members}
+    collector = swag.collect_from(model, steps)
+    losses = fit_steps(task, model, rc.train, steps=steps, seed=seed + 2,
+                       on_step=collector.hook, constant_lr=True)
+    collector.install()
+    return model, {"losses": losses, "swag_n": collector.states[0].n,
+                   "converged": baselines.converged(losses)}
 
 
 def _moe_experts(model: nnx.Module, tokens: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -193,6 +258,24 @@ def to_markdown(table: dict[str, dict[str, Any]], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _fitted_alone_metrics(cfg, method: str, seed: int, det_dir: pathlib.Path,
+                          wd: pathlib.Path) -> dict[str, Any]:
+    """`fit_alone` + `evaluate_model`, kept in `wd/metrics.json` (read back when present)."""
+    done = wd / "metrics.json"
+    if done.exists():
+        return workdir_io.read_json(done, "vmoer")
+    from routecal.training import train
+
+    t0 = time.perf_counter()
+    det, _, dataset = train.load_trained(det_dir)
+    model, log = fit_alone(cfg, method, seed, det, dataset)
+    log["train_time_s"] = time.perf_counter() - t0
+    res: dict[str, Any] = {**evaluate_model(model, dataset, cfg.experiment), **log}
+    if parallel.is_primary():
+        workdir_io.write_json(done, res)
+    return res
+
+
 def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains and evaluates every (method, seed) of `cfg.experiment` and returns the table.
 
@@ -224,11 +307,14 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
         det_dir = workdir / f"seed{seed}" / "det"
         for method in ["det", *[m for m in methods if m != "det"]]:
             wd = workdir / f"seed{seed}" / method
-            rc = run_config(cfg, method, seed, os.path.relpath(det_dir, wd))  # in-workdir
-            final = train.train_and_evaluate(rc, wd)
-            model, _, ds = train.load_trained(wd)
-            res = evaluate_model(model, ds, ecfg)
-            res["train_time_s"] = float(final.get("time_s", float("nan")))
+            if method_spec(method)[1] and routers.split_method(method)[0] in FITTED_ALONE:
+                res = _fitted_alone_metrics(cfg, method, int(seed), det_dir, wd)
+            else:
+                rc = run_config(cfg, method, seed, os.path.relpath(det_dir, wd))  # in-workdir
+                final = train.train_and_evaluate(rc, wd)
+                model, _, ds = train.load_trained(wd)
+                res = evaluate_model(model, ds, ecfg)
+                res["train_time_s"] = float(final.get("time_s", float("nan")))
             mlp_type = method_spec(method)[0]
             res["flops_overhead_pct"] = (
                 0.0 if mlp_type == "moe" else model_flops[f"overhead_{mlp_type}_pct"]

@@ -12,7 +12,8 @@ trained deterministic model per seed.
   router's weights plus N(0, s^2) noise (s = `vmoer_ensemble_perturb`, numpy seed (seed, m)) and
   is fitted alone (only `router/proj`) with the same objective for `train.member_steps` steps,
   its own batch order; its loss curve, final loss and a convergence flag (`converged`) are
-  logged. The members are then written into one `EnsembleRouter` per layer.
+  logged (`routers.baselines.fit_members`, shared with the digits study and imported
+  checkpoints). The members are then written into one `EnsembleRouter` per layer.
 * swag (Maddox et al. 2019): `router/proj` is fitted from the deterministic weights at a constant
   learning rate after warm-up; from step `vmoer_swag_start * retrofit_steps` on, every iterate
   enters the SWAG moments (`routers.swag.SwagCollector`), installed at the end.
@@ -32,9 +33,11 @@ import optax
 from flax import nnx
 
 from routecal.data.text import ByteTokenizer
-from routecal.models import decoder, moe, routers, vmoer
+from routecal.models import decoder, routers, vmoer
 from routecal.models.decoder_config import DecoderConfig
-from routecal.models.routers import common, swag
+from routecal.models.routers import baselines, common
+from routecal.models.routers.baselines import converged
+from routecal.models.routers.swag import collect_from as swag_hook  # the shared SWAG callback
 from routecal.study.vmoer_lm_data import (
     noise_group,
     option_outputs,
@@ -45,16 +48,6 @@ from routecal.training import optim
 
 BETA_ROUTERS = ("mfvr", "lowrank", "fcvr", "vtsr")
 PROJ = r"router/proj"
-
-
-def converged(losses: list[float], window: float = 0.1, tol: float = 0.02) -> bool:
-    """Whether the mean loss of the last `window` fraction of steps is within `tol` (relative)
-    of the window before it (a plateau)."""
-    w = max(int(len(losses) * window), 1)
-    if len(losses) < 2 * w:
-        return False
-    last, prev = float(np.mean(losses[-w:])), float(np.mean(losses[-2 * w : -w]))
-    return abs(prev - last) <= tol * max(abs(prev), 1e-12)
 
 
 def with_vmoer(cfg: ml_collections.ConfigDict, **options: Any) -> ml_collections.ConfigDict:
@@ -183,10 +176,6 @@ def _option(cfg: ml_collections.ConfigDict, name: str) -> Any:
     return cfg.model.vmoer.get(name, common.DEFAULTS[f"vmoer_{name}"])
 
 
-def _router_list(model: nnx.Module) -> list[moe.TopKRouter]:
-    return [m for _, m in nnx.iter_modules(model) if isinstance(m, moe.TopKRouter)]
-
-
 def _copy(cfg, data, router: str, seed: int, det_model: nnx.Module) -> nnx.Module:
     model = make_model(cfg, router, seed, seq_limit(cfg))
     vmoer.retrofit_from(model, nnx.state(det_model, nnx.Param))
@@ -200,41 +189,17 @@ def _fit(cfg, data, model, seed: int, trainable: str, **kw: Any) -> list[float]:
                         trainable=trainable, seed=seed, **kw)  # fmt: skip
 
 
-def swag_hook(model: nnx.Module, steps: int) -> swag.SwagCollector:
-    """A `fit` callback collecting SWAG moments from step `vmoer_swag_start * steps` on."""
-    collector = swag.SwagCollector(model)
-    start = int(float(collector.routers[0].swag_start) * steps)
-
-    def hook(i: int) -> None:
-        if i >= start:
-            collector()
-
-    collector.hook = hook
-    return collector
-
-
 def fit_ensemble(cfg, data, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
-    """The ensemble retrofit (module docstring) -> (model, log with `members`)."""
-    m_count = int(_option(cfg, "ensemble"))
-    scale = float(_option(cfg, "ensemble_perturb"))
+    """The ensemble retrofit (module docstring; `routers.baselines.fit_members`) -> (model, log
+    with `members`)."""
     steps = int(cfg.train.get("member_steps", cfg.train.retrofit_steps))
-    kernels, members = [], []
-    for m in range(m_count):
-        member = _copy(cfg, data, "det", seed, det_model)
-        rng = np.random.default_rng([seed, m])
-        for r in _router_list(member):
-            w = r.proj.kernel[...]
-            r.proj.kernel[...] = w + jnp.asarray(scale * rng.standard_normal(w.shape), w.dtype)
-        losses = _fit(cfg, data, member, seed * 1000 + 100 + m, PROJ, steps=steps)
-        kernels.append([r.proj.kernel[...] for r in _router_list(member)])
-        members.append({"seed": [seed, m], "steps": steps, "losses": losses,
-                        "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                        "converged": converged(losses)})  # fmt: skip
+    kernels, members = baselines.fit_members(
+        lambda: _copy(cfg, data, "det", seed, det_model),
+        lambda member, m: _fit(cfg, data, member, seed * 1000 + 100 + m, PROJ, steps=steps),
+        int(_option(cfg, "ensemble")), float(_option(cfg, "ensemble_perturb")), seed,
+    )  # fmt: skip
     model = _copy(cfg, data, "ensemble", seed, det_model)
-    for j, r in enumerate(_router_list(model)):
-        r.proj.kernel[...] = kernels[0][j]
-        rest = [kernels[m][j] for m in range(1, m_count)]
-        r.vrouter.proj.kernel[...] = jnp.concatenate(rest, axis=1)
+    baselines.install_members(model, kernels)
     return model, {"members": members, "mcqa": [x for mm in members for x in mm["losses"]]}
 
 

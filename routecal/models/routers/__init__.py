@@ -49,10 +49,11 @@ RETROFIT_TRAINABLE: dict[str, str | None] = {
     "vtsr": common.VROUTER_PATH,
     "fixed_temp": None,
     "mc_dropout": r"router/proj",
-    # members 1..M-1 fitted jointly on the frozen model (imported checkpoints, digits); the LM
-    # study fits every member alone from a perturbed det router (`vmoer_lm_fit.fit_ensemble`)
+    # the selection a joint fit of members 1..M-1 would train; every retrofit path (LM study,
+    # digits study, imported checkpoints) instead fits each member alone from a perturbed det
+    # router (`baselines.fit_members`), so this entry is only the fallback of a plain trainer
     "ensemble": common.VROUTER_PATH,
-    "swag": r"router/proj",  # + the moments of its trajectory (`swag.SwagCollector`)
+    "swag": r"router/proj",  # + the moments of its trajectory (`swag.collect_from`)
 }
 STOCHASTIC = (
     logit.LogitVariationalRouter,

@@ -7,10 +7,12 @@ MC-dropout ("mc_dropout", Gal & Ghahramani 2016): dropout of rate p on the route
   inference. Its posterior is the router weight W_r itself (a retrofit trains `router/proj`).
 Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, member 0 in
   `router/proj` and members 1..M-1 under `vrouter/members`; at inference
-  s = (1/M) sum_m softmax(l_m). The retrofit (`vmoer_lm_fit.fit_ensemble`) fits each member
-  alone to convergence, from the deterministic router plus an N(0, s^2) perturbation with its
-  own seed and the same objective, and records its loss; from scratch, every token is routed by
-  one member drawn uniformly in training (members 1..M-1 initialised N(0, 0.02^2)).
+  s = (1/M) sum_m softmax(l_m). A retrofit fits each member alone (`fit_members`: from the
+  deterministic router plus an N(0, s^2) perturbation, its own seed, the same objective, its loss
+  curve and a plateau flag recorded) and writes them into the router (`install_members`); the
+  LM study (`vmoer_lm_fit`), the digits study (`study.vmoer`) and imported checkpoints
+  (`experiments/vmoer_pretrained.py`) share these two functions. From scratch, every token is
+  routed by one member drawn uniformly in training (members 1..M-1 initialised N(0, 0.02^2)).
 SWAG (Maddox et al. 2019): `routers.swag`.
 
 Traces: `router_logit_var` [B, T] = mean over experts of the variance of the logits over the S masks
@@ -19,10 +21,12 @@ Traces: `router_logit_var` [B, T] = mean over experts of the variance of the log
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from routecal.models import moe
@@ -124,3 +128,76 @@ class EnsembleRouter(moe.TopKRouter):
             {},
             trace,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Members fitted alone (deep ensemble retrofit)
+# ----------------------------------------------------------------------------------------------
+
+
+def converged(losses: list[float], window: float = 0.1, tol: float = 0.02) -> bool:
+    """Whether the mean loss of the last `window` fraction of steps is within `tol` (relative)
+    of the window before it (a plateau)."""
+    w = max(int(len(losses) * window), 1)
+    if len(losses) < 2 * w:
+        return False
+    last, prev = float(np.mean(losses[-w:])), float(np.mean(losses[-2 * w : -w]))
+    return abs(prev - last) <= tol * max(abs(prev), 1e-12)
+
+
+def router_list(model: nnx.Module) -> list[moe.TopKRouter]:
+    """Every top-k router of `model` (any registry router), in module order."""
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, moe.TopKRouter)]
+
+
+def perturb_routers(model: nnx.Module, scale: float, rng: np.random.Generator) -> None:
+    """Adds N(0, scale^2) noise (numpy `rng`) to every router's `router/proj` kernel, in place."""
+    for r in router_list(model):
+        w = r.proj.kernel[...]
+        r.proj.kernel[...] = w + jnp.asarray(scale * rng.standard_normal(w.shape), w.dtype)
+
+
+def fit_members(
+    make_member: Callable[[], nnx.Module],
+    fit_member: Callable[[nnx.Module, int], list[float]],
+    n_members: int,
+    scale: float,
+    seed: int,
+) -> tuple[list[list[Array]], list[dict[str, Any]]]:
+    """Fits the M members of a deep-ensemble router one by one (Lakshminarayanan et al. 2017).
+
+    Member m: `make_member()` (a model routed by the deterministic router, copied from the
+    trained one), its router kernels perturbed by N(0, scale^2) (numpy seed (seed, m)), then
+    `fit_member(member, m)` trains it alone (its own batch order, the caller's objective) and
+    returns its task losses.
+
+    Returns:
+      (kernels[m][layer] [D, E], logs[m] = {"seed", "steps", "losses", "final_loss" (mean of the
+      last 10), "converged" (`converged`)}).
+    """
+    if n_members < 2:
+        raise ValueError(f"vmoer_ensemble: must be >= 2 members, got {n_members}")
+    kernels, logs = [], []
+    for m in range(n_members):
+        member = make_member()
+        perturb_routers(member, scale, np.random.default_rng([seed, m]))
+        losses = [float(x) for x in fit_member(member, m)]
+        kernels.append([r.proj.kernel[...] for r in router_list(member)])
+        logs.append({"seed": [seed, m], "steps": len(losses), "losses": losses,
+                     "final_loss": float(np.mean(losses[-10:])) if losses else None,
+                     "converged": converged(losses)})  # fmt: skip
+    return kernels, logs
+
+
+def install_members(model: nnx.Module, kernels: list[list[Array]]) -> None:
+    """Writes member kernels (`fit_members`) into every `EnsembleRouter` of `model`: member 0
+    into `router/proj`, members 1..M-1 into `vrouter/proj` ([D, (M - 1) E], member-major)."""
+    ens = [r for r in router_list(model) if isinstance(r, EnsembleRouter)]
+    if not ens:
+        raise ValueError("model: has no ensemble router")
+    if any(len(k) != len(ens) for k in kernels) or len(kernels) != ens[0].n_members:
+        raise ValueError(f"kernels: expected {ens[0].n_members} members x {len(ens)} layers, got "
+                         f"{len(kernels)} x {[len(k) for k in kernels]}")
+    for j, r in enumerate(ens):
+        r.proj.kernel[...] = kernels[0][j]
+        r.vrouter.proj.kernel[...] = jnp.concatenate([k[j] for k in kernels[1:]], axis=1)

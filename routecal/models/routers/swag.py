@@ -15,7 +15,9 @@ every token of a call, so an item's options share it (common random numbers by c
 
 `swag_init` / `swag_update` are pure functions on a NamedTuple (the optax state shape);
 `SwagCollector` reads the `router/proj` kernel of every SWAG router after each step and
-`install` writes the moments into the routers' `vrouter` variables.
+`install` writes the moments into the routers' `vrouter` variables; `collect_from(model, steps)`
+gives its step callback (from step `vmoer_swag_start * steps` on), the one the LM study, the
+digits study and `experiments/vmoer_pretrained.py` pass to their fitting loops.
 
 Traces: `router_logit_var` [B, T] = mean over experts of the variance of the S sampled logits.
 """
@@ -136,7 +138,7 @@ class SwagCollector:
         if not self.routers:
             raise ValueError("model: has no SWAG router")
         self.states = [swag_init(r.proj.kernel.shape, r.rank) for r in self.routers]
-        self.hook: Any = None  # a `fit(on_step=...)` callback (`vmoer_lm_fit.swag_hook`)
+        self.hook: Any = None  # a fitting loop's `on_step(i)` callback (`collect_from`)
 
     def __call__(self) -> None:
         self.states = [
@@ -144,9 +146,28 @@ class SwagCollector:
         ]
 
     def install(self) -> None:
-        """Writes the moments into the routers (their inference then samples from them)."""
+        """Writes the moments into the routers (their inference then samples from them).
+        ValueError if no iterate was collected (the router would silently act as det)."""
+        if self.states[0].n == 0:
+            raise ValueError("SWAG: no iterate collected (e.g. a fit resumed past "
+                             "vmoer_swag_start, whose moments are not checkpointed); without "
+                             "moments the router acts as det")
         for s, r in zip(self.states, self.routers, strict=True):
             r.vrouter.mean[...] = jnp.asarray(s.mean, jnp.float32)
             r.vrouter.sq_mean[...] = jnp.asarray(s.sq_mean, jnp.float32)
             r.vrouter.dev[...] = jnp.asarray(s.dev, jnp.float32)
             r.vrouter.n[...] = jnp.asarray(float(s.n), jnp.float32)
+
+
+def collect_from(model: nnx.Module, steps: int) -> SwagCollector:
+    """A collector whose `hook(i)` (call after step i of `steps`) collects from step
+    `vmoer_swag_start * steps` on; call `install()` after the last step."""
+    collector = SwagCollector(model)
+    start = int(float(collector.routers[0].swag_start) * steps)
+
+    def hook(i: int) -> None:
+        if i >= start:
+            collector()
+
+    collector.hook = hook
+    return collector

@@ -71,8 +71,37 @@ def test_experiment_runs_end_to_end(checkpoint, tmp_path):
     assert "| mfvr |" in (tmp_path / "w" / "table.md").read_text()
     res = json.loads((tmp_path / "w" / "results.json").read_text())
     assert res["n_options"] == 4 and res["n_dropped_items"] == dict.fromkeys(
-        ["train", "in", "near", "far"], 0)
+        ["train", "calib", "in", "near", "far"], 0)
     again = exp.main(argv)  # finished cells are kept: same numbers, no recomputation
     assert again["per_run"] == out["per_run"]
     with pytest.raises(ValueError, match="missing.jsonl"):
         exp.main([*argv[:-2], "--far", f"{tmp_path / 'missing.jsonl'}:medmcqa"])
+
+
+@pytest.mark.slow  # 4 members + SWAG retrofits of a 1-layer checkpoint (~1 min on a loaded CPU)
+def test_ensemble_members_fitted_alone_and_swag_collects(checkpoint, tmp_path):
+    d, _, _ = checkpoint("granitemoe", num_hidden_layers=1)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(pathlib.Path(d) / "tokenizer.json"))
+    files = {s: _mcqa(tmp_path / f"{s}.jsonl", 6, i) for i, s in enumerate(["train", "test"])}
+    argv = [
+        "--checkpoint", d, "--workdir", str(tmp_path / "w"), "--routers", "det,ensemble,swag",
+        "--seeds", "0", "--steps", "4", "--batch-size", "4", "--samples", "2",
+        "--checkpoint-every", "2", "--dtype", "float32", "--sigmas", "0.01",
+        "--vmoer", "ensemble=3", *sum(([f"--{s}", p] for s, p in files.items()), []),
+    ]  # fmt: skip
+    out = _experiment().main(argv)
+    rows = {r: seeds[0] for r, seeds in out["per_run"].items()}
+    members = rows["ensemble"]["members"]
+    assert [mm["seed"] for mm in members] == [[0, 0], [0, 1], [0, 2]]
+    for m, mm in enumerate(members):  # each fitted alone, its own cell and recorded losses
+        assert len(mm["losses"]) == 4 and np.all(np.isfinite(mm["losses"]))
+        assert (tmp_path / "w" / "ensemble" / "seed0" / f"member{m}" / "posterior").is_dir()
+    assert rows["swag"]["swag_n"] == 2 and len(rows["swag"]["losses"]) == 4  # steps 2, 3 of 4
+    assert rows["swag"]["nll"] != rows["det"]["nll"]
+    # a rerun whose retrofit had finished (metrics.json lost) reads the saved moments back
+    (tmp_path / "w" / "swag" / "seed0" / "metrics.json").unlink()
+    again = _experiment().main(argv)
+    assert again["per_run"]["swag"][0]["swag_n"] == 2
+    assert again["per_run"]["swag"][0]["nll"] == pytest.approx(rows["swag"]["nll"], rel=1e-5)

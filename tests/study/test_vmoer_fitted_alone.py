@@ -1,0 +1,84 @@
+"""The digits study's ensemble and SWAG retrofits (`routecal.study.vmoer.fit_alone`): SWAG
+collects moments and differs from det; every ensemble member is fitted alone with its losses."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from routecal import config
+from routecal.files import workdir as workdir_io
+from routecal.models.routers import baselines, swag
+from routecal.study import vmoer as vmoer_eval
+from routecal.training import classify, predict
+
+
+@pytest.fixture(scope="module")
+def det_run():
+    """An (untrained) deterministic digits model: the retrofits' starting point."""
+    cfg = config.load_config("configs/vmoer_digits.py:tiny", ["experiment.retrofit_steps=6"])
+    task = classify.ClassifierTask(vmoer_eval.run_config(cfg, "det", 0, None))
+    return cfg, task.build_model(), task.dataset
+
+
+def _probs(model, tokens):
+    return predict.predict_arrays(nnx.clone(model), tokens, batch_size=64)["probs"]
+
+
+def test_swag_retrofit_collects_moments_and_differs_from_det(det_run):
+    cfg, det, ds = det_run
+    model, log = vmoer_eval.fit_alone(cfg, "swag_retrofit", 0, det, ds)
+    assert len(log["losses"]) == 6 and np.all(np.isfinite(log["losses"]))
+    assert log["swag_n"] == 3  # steps 3..5 of 6 (vmoer_swag_start 0.5)
+    rs = swag.swag_routers(model)
+    assert len(rs) == cfg.model.n_layers
+    assert all(float(r.vrouter.n[...]) == 3 for r in rs)
+    tokens = ds.test.tokens[:64]
+    gap = np.abs(_probs(model, tokens) - _probs(det, tokens)).max()
+    assert gap > 1e-4, "SWAG acted as det"
+    with pytest.raises(ValueError, match="swag_retrofit"):
+        vmoer_eval.method_spec("swag")  # from scratch: no moments, so it refuses
+
+
+def test_ensemble_retrofit_members_fitted_alone_with_losses(det_run):
+    cfg, det, ds = det_run
+    model, log = vmoer_eval.fit_alone(cfg, "ensemble_retrofit", 0, det, ds)
+    members = log["members"]
+    ens = baselines.router_list(model)
+    assert len(members) == ens[0].n_members >= 2
+    for m, mm in enumerate(members):
+        assert mm["seed"] == [0, m] and mm["steps"] == 6
+        assert len(mm["losses"]) == 6 and np.all(np.isfinite(mm["losses"]))
+    w_det = [np.asarray(r.proj.kernel[...]) for r in baselines.router_list(det)]
+    e = ens[0].n_experts
+    for j, r in enumerate(ens):
+        w = [np.asarray(r.proj.kernel[...])]
+        rest = np.asarray(r.vrouter.proj.kernel[...])
+        w += [rest[:, i * e : (i + 1) * e] for i in range(ens[0].n_members - 1)]
+        for wm in w:  # every member moved away from det (perturbed, then fitted)
+            assert np.abs(wm - w_det[j]).max() > 1e-4
+        assert np.abs(w[0] - w[1]).max() > 1e-4  # and the members differ
+
+
+def test_fitted_alone_metrics_are_read_back_not_refitted(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("refitted")
+
+    monkeypatch.setattr(vmoer_eval, "fit_alone", boom)
+    want = {"ece": 0.1, "losses": [1.0, 0.5], "swag_n": 1}
+    workdir_io.write_json(tmp_path / "metrics.json", want)
+    assert vmoer_eval._fitted_alone_metrics(None, "swag_retrofit", 0, tmp_path, tmp_path) == want
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_experiment_records_members_and_swag(tmp_path):
+    cfg = config.load_config("configs/vmoer_digits.py:tiny", [
+        "train.steps=10", "experiment.retrofit_steps=6", "experiment.seeds=(0,)",
+        "experiment.methods=('det','swag_retrofit','ensemble_retrofit')",
+    ])  # fmt: skip
+    out = vmoer_eval.run_vmoer_experiment(cfg, tmp_path)
+    run = out["per_run"]
+    assert run["swag_retrofit"][0]["swag_n"] == 3
+    assert [len(m["losses"]) for m in run["ensemble_retrofit"][0]["members"]] == [6] * 4
+    assert (tmp_path / "seed0" / "ensemble_retrofit" / "metrics.json").exists()
+    assert set(out["table"]["ece"]) == {"det", "swag_retrofit", "ensemble_retrofit"}
