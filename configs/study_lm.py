@@ -35,6 +35,12 @@ import numpy as np
 
 _HERE = str(pathlib.Path(__file__).resolve().parent)
 
+# The quick study's VMoER section on top of vmoer_lm.py:quick (every router, fewer steps/items).
+VMOER_QUICK = ("experiment.beta_grid=(0.01,)", "experiment.sigmas=(0.01,)",
+               "experiment.stability_items=32", "data.n_eval_items=64", "data.n_train_items=256",
+               "data.n_calib_items=32", "train.finetune_steps=30", "train.retrofit_steps=10",
+               "train.member_steps=10", "model.vmoer.ensemble=2", "model.vmoer.samples=4")
+
 FEATURES = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last",
             "H_mean_vs_seq", "depth_var_mean_vs_seq")
 
@@ -106,6 +112,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes.max_test_tokens = 70_000
     c.probes.multiples = tuple(float(m) for m in np.geomspace(1 / 8, 8, 7))  # CV-NLL, oracle
 
+    # The VMoER section (Li & Wicker, arXiv:2603.09453): the study's decoders have no expert
+    # router, so the section's source is the MoE decoder of `config` (configs/vmoer_lm.py, the
+    # study's seeds, then `overrides`): det trained once per seed on the stdlib corpus and its
+    # MCQA, every router of its `experiment.routers` retrofitted on it, scored on in/near/far
+    # MCQA; W/tables/vmoer.csv holds one row per router. One stage per seed (`vmoer:<seed>`).
+    c.vmoer = ml_collections.ConfigDict()
+    c.vmoer.enabled = True
+    c.vmoer.config = "vmoer_lm.py"
+    c.vmoer.overrides = ()
+
     if v.quick:
         c.title = ("routecal LM study (quick smoke run: tiny, briefly trained decoders; it checks "
                    "the pipeline, its numbers are not evidence)")
@@ -128,4 +144,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)
         c.probes.max_calib_tokens = 10_000
         c.probes.max_test_tokens = 10_000
+        # every router retrofitted on a tiny MoE decoder (vmoer_lm's quick variant), fewer
+        # fitting steps and items, one beta: the smoke run's cost is mostly compilation
+        c.vmoer.config = "vmoer_lm.py:quick"
+        c.vmoer.overrides = VMOER_QUICK
     return c

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from routecal.files import workdir as workdir_io
-from routecal.report import render
+from routecal.report import render, vmoer_lm
 from routecal.report.figures import _plt, fig_bandwidth, fig_depth, fig_nulls, fig_reliability
 from routecal.report.lm_verdicts import verdict_items, verdicts
 from routecal.report.render import Table, _fmt_band
@@ -148,6 +148,8 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
             [[t["arch"], t["seed"], t["temperature"], t["at_bound"], t["n_calib"],
               t["calib_token_nll"]["before"], t["calib_token_nll"]["after"], t.get("seconds")]
              for t in temps]))
+    if results.get("vmoer"):  # the VMoER section (all numbers: tables/vmoer.csv)
+        out.append(vmoer_lm.section_table(results["vmoer"]))
     return out
 
 

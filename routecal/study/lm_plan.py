@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from routecal.study.plan import ModelSpec, _strings, seeds_and_models
+from routecal.study.plan import ModelSpec, _strings, load_vmoer, seeds_and_models, vmoer_section
 from routecal.study.token_tests import TestSettings
 
 
@@ -28,7 +28,8 @@ LMModel = ModelSpec
 
 @dataclasses.dataclass(frozen=True)
 class LMPlan:
-    """Runs, then per domain: diagnostics cells, power, probes; then results and the report."""
+    """Runs, then per domain: diagnostics cells, power, probes, temperature; the VMoER section
+    (an MoE decoder, every router against det, `study.vmoer_lm`); then results and the report."""
 
     title: str
     seeds: tuple[int, ...]
@@ -48,6 +49,8 @@ class LMPlan:
     probe_max_test_tokens: int | None  # per domain
     predict_options: dict[str, Any]  # `predict.predict_workdir(lm_options=...)`: thinning
     depth_rows: int  # packed rows per domain for the depth-attention heatmaps (0 = none)
+    vmoer_config: str | None  # the VMoER section's MoE decoder experiment (None: no section)
+    vmoer_overrides: tuple[str, ...]
     config: dict[str, Any] = dataclasses.field(compare=False, hash=False)
 
     @property
@@ -57,6 +60,10 @@ class LMPlan:
     @property
     def routed(self) -> list[LMModel]:
         return [m for m in self.models if m.routed]
+
+    def load_vmoer(self) -> ml_collections.ConfigDict:
+        """The VMoER section's config (`configs/vmoer_lm.py` with the study's seeds)."""
+        return load_vmoer(self.vmoer_config, self.vmoer_overrides, self.seeds)
 
     def power_cells(self) -> list[tuple[str, str, int]]:
         """The cells that get a power stage (those of `power_seeds`)."""
@@ -100,10 +107,15 @@ class LMPlan:
             predict_options={k: v for k, v in cfg.predict.to_dict().items()
                              if k != "depth_rows" and v is not None},
             depth_rows=int(cfg.predict.depth_rows),
+            **vmoer_section(cfg),
             config=json.loads(cfg.to_json_best_effort()),
         )
         for m in plan.models:  # every model config loads with its overrides (a bad key raises)
             m.load(seeds[0])
+        if plan.vmoer_config is not None:  # its config loads and names valid routers
+            from routecal.study import vmoer_lm
+
+            vmoer_lm.check_routers(plan.load_vmoer().experiment)
         return plan
 
 

@@ -66,6 +66,25 @@ def seeds_and_models(cfg: ml_collections.ConfigDict) -> tuple[tuple[int, ...], l
     return seeds, models
 
 
+def vmoer_section(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The VMoER section's plan fields from `cfg.vmoer` ({enabled, config, overrides}; the same
+    block in the digits and LM study configs): vmoer_config (absolute path[:variant], None when
+    disabled) and vmoer_overrides."""
+    v = cfg.vmoer
+    path, _, variant = str(v.config).partition(":")
+    full = str(pathlib.Path(cfg.config_dir) / path) + (f":{variant}" if variant else "")
+    return {"vmoer_config": full if v.enabled else None,
+            "vmoer_overrides": _strings(v.overrides, "vmoer.overrides")}
+
+
+def load_vmoer(config: str | None, overrides: Sequence[str], seeds: Sequence[int]
+               ) -> ml_collections.ConfigDict:
+    """The VMoER section's experiment config: `config` with the study's seeds, then `overrides`."""
+    if config is None:
+        raise ValueError("vmoer.enabled: the study's VMoER section is disabled")
+    return load_config(config, [f"experiment.seeds={tuple(seeds)}", *overrides])
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything the study will do, in order: runs, diagnostics, probes, VMoER, report."""
@@ -97,10 +116,7 @@ class Plan:
         return 2 * len(self.runs) + 1 + n_probes + int(self.vmoer_config is not None) + 1
 
     def load_vmoer(self) -> ml_collections.ConfigDict:
-        assert self.vmoer_config is not None
-        return load_config(
-            self.vmoer_config, [f"experiment.seeds={self.seeds}", *self.vmoer_overrides]
-        )
+        return load_vmoer(self.vmoer_config, self.vmoer_overrides, self.seeds)
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict) -> Plan:
@@ -117,10 +133,7 @@ class Plan:
                               float(d.alpha), int(d.seed), int(d.n_null_figures)),
             bandwidth_rules=_strings(p.bandwidth_rules, "probes.bandwidth_rules"),
             sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
-            vmoer_config=(
-                str(pathlib.Path(cfg.config_dir) / cfg.vmoer.config) if cfg.vmoer.enabled else None
-            ),
-            vmoer_overrides=_strings(cfg.vmoer.overrides, "vmoer.overrides"),
+            **vmoer_section(cfg),
             config=json.loads(cfg.to_json_best_effort()),
         )
         for m in plan.models:  # every model config loads with its overrides (a bad key raises)

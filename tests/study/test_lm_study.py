@@ -56,6 +56,7 @@ def cfg():
         "diagnostics.paper_power_permutations=19",
         "probes.bandwidth_rules=('scott', 'cv_nll')", "probes.sweep_multiples=(1.0,)",
         "diagnostics.cluster_unit=document",  # quick's 2 kB splits cluster by rows
+        "vmoer.enabled=False",  # the VMoER section: test_lm_vmoer_section.py
     ])
 
 
