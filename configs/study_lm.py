@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.domains = ("in:test", "near:near", "far:far")  # domain name : predictions split
 
     c.diagnostics = ml_collections.ConfigDict()
-    c.diagnostics.tests = ("paper", "recommended")
+    c.diagnostics.tests = ("within_bin", "conditional")
     c.diagnostics.features = FEATURES
     c.diagnostics.n_permutations = 10_000
     c.diagnostics.n_bins = 15

@@ -13,10 +13,10 @@ from routecal.stats import seeds
 
 RULE_SENTENCE = seeds.RULE[0].upper() + seeds.RULE[1:]
 CONTROLS = {
-    "paper": "control: the within-bin permutation null (tokens exchangeable within confidence "
+    "within_bin": "control: the within-bin permutation null (tokens exchangeable within confidence "
     "bins; tokens of one sequence are not, so its level is not controlled here: compare its "
     "power curve at the smallest planted gap with alpha)",
-    "recommended": "control: the null of the recommended test with whole clusters (documents or "
+    "conditional": "control: the null of the recommended test with whole clusters (documents or "
     "packed rows, diagnostics.cluster_unit) flipped together",
     "omnibus": "control: the omnibus test's null (the same sign flips of whole clusters)",
 }
@@ -68,7 +68,7 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                         "null's seed band (seed-band rule)")
             elif summ:
                 band = "; one seed, so no seed band (seed-band rule)"
-            cl = diag.get("clusters", {}).get(domain) if test == "recommended" else None
+            cl = diag.get("clusters", {}).get(domain) if test == "conditional" else None
             if cl:
                 band += (f"; clusters: {cl['cluster_unit']}s, {cl['n_clusters'][0]} (effective "
                          f"{cl['n_eff_clusters'][0]:.1f})")
@@ -80,7 +80,7 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                 + f"; {CONTROLS.get(test, 'control: ' + test)}; "
                 + _mdg_text(power, test, domain, level) + band + "."
             )
-    if any(r["test"] == "paper" for r in rows):
+    if any(r["test"] == "within_bin" for r in rows):
         parts.append(paper_test_caveat())
     return parts + [RULE_SENTENCE + "."]
 
@@ -138,7 +138,7 @@ def domains_items(results: Mapping[str, Any]) -> list[str]:
     if not runs or not domains:
         return ["No domains were evaluated."]
     rows = results.get("diagnostics", {}).get("tests", [])
-    test = "recommended" if any(r["test"] == "recommended" for r in rows) else "paper"
+    test = "conditional" if any(r["test"] == "conditional" for r in rows) else "within_bin"
     alpha = float(results.get("diagnostics", {}).get("alpha", 0.05))
     parts = []
     for domain, split in domains.items():

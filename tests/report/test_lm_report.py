@@ -12,7 +12,7 @@ from routecal.stats import seeds
 
 def _results(rng):
     tests, power = [], []
-    for test in ("paper", "recommended"):
+    for test in ("within_bin", "conditional"):
         for d in ("in", "far"):
             for a in ("full", "block"):
                 for s in (0, 1, 2):

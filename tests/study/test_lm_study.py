@@ -87,7 +87,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert row["statistic"] == pytest.approx(float(direct.statistic))
     # tests x domains x models x seeds x features
     assert len(ref["diagnostics"]["tests"]) == 2 * 2 * 2 * 2 * 2
-    rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "recommended"][0]
+    rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "conditional"][0]
     direct = diagnostics.conditional_calibration_test(
         t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"], clusters=t["doc_id"],
         key=jax.random.fold_in(cell_key, 1), n_permutations=99)
@@ -96,7 +96,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert rec["cluster_unit"] == "document" and rec["n_clusters"] == len(sizes)
     assert rec["n_eff_clusters"] == pytest.approx(sizes.sum() ** 2 / np.sum(sizes**2.0))
     assert ref["diagnostics"]["clusters"]["in"]["n_clusters"] == [len(sizes)] * 2
-    assert {p["test"] for p in ref["power"]} == {"paper", "recommended"}
+    assert {p["test"] for p in ref["power"]} == {"within_bin", "conditional"}
     assert set(ref["probes"]["domains"]) == {"in", "far"}
     assert ref["meta"]["wall_seconds"] > 0 and ref["meta"]["peak_rss_mb"] > 0
     v = ref["verdicts"]
