@@ -35,19 +35,25 @@ def _mdg_text(power: Sequence[Mapping[str, Any]], test: str, domain: str, level:
             f"[{lo:.3f}, {hi:.3f}]) with {level:.0%} power{miss}")
 
 
-def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
-    """Per domain and test: rejections (raw, Holm, BH) against the alpha * n expected under the
-    null, the test's control, its minimum detectable gap, and the seed-band comparison of the
-    statistic with its null."""
+def _mdg_median(power: Sequence[Mapping[str, Any]], test: str, domain: str) -> str:
+    """The detectable gap's median over cells ("-": not computed; "none": no gap reached)."""
+    vals = [p["mdg"] for p in power if p["test"] == test and p["domain"] == domain]
+    found = [v for v in vals if v is not None]
+    return "-" if not vals else "none" if not found else f"{float(np.median(found)):.3f}"
+
+
+def diagnostics_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One verdict row per (domain, test): {domain, test, rejections ("raw / Holm / BH of n"),
+    detectable gap (median over cells), verdict (word), sentence (the full verdict: rejections
+    against the alpha * n expected under the null, the test's control, its minimum detectable
+    gap, the seed-band comparison of the statistic with its null)}."""
     diag = results.get("diagnostics", {})
     rows = diag.get("tests", [])
-    if not rows:
-        return ["No diagnostic tests were run."]
     alpha = float(diag.get("alpha", 0.05))
     level = float(results.get("meta", {}).get("config", {}).get("diagnostics", {})
                   .get("power", 0.8))
     power = results.get("power", [])
-    parts = []
+    out = []
     for domain in dict.fromkeys(r["domain"] for r in rows):
         for test in dict.fromkeys(r["test"] for r in rows):
             ts = [r for r in rows if r["domain"] == domain and r["test"] == test]
@@ -72,7 +78,7 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
             if cl:
                 band += (f"; clusters: {cl['cluster_unit']}s, {cl['n_clusters'][0]} (effective "
                          f"{cl['n_eff_clusters'][0]:.1f})")
-            parts.append(
+            sentence = (
                 f"{domain} domain, {test} test: {head}: {raw} of {len(ts)} reject at alpha = "
                 f"{alpha} (about {alpha * len(ts):.1f} expected under the null), {holm} after "
                 f"Holm, {bh} after BH"
@@ -80,6 +86,21 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                 + f"; {CONTROLS.get(test, 'control: ' + test)}; "
                 + _mdg_text(power, test, domain, level) + band + "."
             )
+            out.append({"domain": domain, "test": test,
+                        "rejections": f"{raw} / {holm} / {bh} of {len(ts)}",
+                        "detectable_gap": _mdg_median(power, test, domain),
+                        "verdict": "evidence" if holm else "weak (BH only)" if bh else
+                        "no evidence", "sentence": sentence})
+    return out
+
+
+def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
+    """The diagnostics verdict's sentences: one per (domain, test) (`diagnostics_rows`), the
+    within-bin test's measured-inflation caveat, the seed-band rule."""
+    rows = results.get("diagnostics", {}).get("tests", [])
+    if not rows:
+        return ["No diagnostic tests were run."]
+    parts = [r["sentence"] for r in diagnostics_rows(results)]
     if any(r["test"] == "within_bin" for r in rows):
         parts.append(paper_test_caveat())
     return parts + [RULE_SENTENCE + "."]
