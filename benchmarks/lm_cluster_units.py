@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from routecal.config import load_config
     from routecal.study import lm_stages, token_tests
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
     from routecal.training import token_predict
     from routecal.training.train import load_trained
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from routecal.probes import compare
 from routecal.study import token_tests
-from routecal.study.lm_plan import LMPlan
+from routecal.study.plan import LMPlan
 from routecal.study.stages import Stages, versions, write_json
 
 CLUSTER_KEYS = ("cluster_unit", "n_clusters", "n_eff_clusters")  # per diagnostics cell

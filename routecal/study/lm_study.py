@@ -3,7 +3,7 @@
     routecal study --config configs/study_lm.py --workdir W          # the default (see config)
     routecal study --config configs/study_lm.py:quick --workdir W    # under 3 minutes
 
-From Python: `routecal.study.lm_study.run(config, workdir)`. Plan (`lm_plan.LMPlan`), then
+From Python: `routecal.study.lm_study.run(config, workdir)`. Plan (`plan.LMPlan`), then
 stages (`lm_stages`), each stored in `W/stages/` and skipped when done (a killed study redoes
 nothing it finished: train/predict per run, one stage per diagnostics cell, power per cell of the
 first `diagnostics.power_seeds` seeds, probes per run, then temperature scaling per run from the
@@ -35,7 +35,7 @@ import ml_collections
 from routecal import parallel
 from routecal.files import workdir as workdir_io
 from routecal.study import lm_results, lm_stages, lm_temperature
-from routecal.study.lm_plan import LMPlan
+from routecal.study.plan import LMPlan
 from routecal.study.stages import Stages, check_workdir_config, record_workdir_config
 
 

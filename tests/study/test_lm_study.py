@@ -132,7 +132,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
 
 
 def test_power_seeds_selects_the_first_seeds_cells(cfg):
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
 
     cfg.diagnostics.power_seeds = 1
     plan = LMPlan.from_config(cfg)
@@ -198,7 +198,7 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
 
 
 def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
 
     assert load_config(f"{ROOT}/configs/study_lm.py").diagnostics.cluster_unit == "document"
     assert LMPlan.from_config(cfg).tests.cluster_unit == "document"
@@ -224,7 +224,7 @@ def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
 
 
 def test_a_workdir_from_before_cluster_unit_does_not_resume(cfg, tmp_path):
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
     from routecal.study.stages import record_workdir_config
 
     old = LMPlan.from_config(cfg).config

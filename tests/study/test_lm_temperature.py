@@ -20,7 +20,7 @@ from routecal.models.decoder import Decoder, DecoderConfig
 from routecal.probes.scaling import TemperatureParams, temperature_fit
 from routecal.stats import calibration
 from routecal.study import lm_stages, lm_study, lm_temperature, tokens
-from routecal.study.lm_plan import LMPlan
+from routecal.study.plan import LMPlan
 from routecal.training import token_predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -39,7 +39,7 @@ def cfg():
 
 
 def test_quick_study_names_every_router_retrofitted():
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
 
     plan = LMPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick"))
     names = plan.load_vmoer().experiment.routers
