@@ -12,7 +12,9 @@ modules, near: `Lib/test` files, far: pydoc prose), >= 200k tokens each; the dia
 paper's test and the recommended test with documents as clusters, B = 10,000, Holm and BH, each
 test's minimum detectable gap at 80% power); every probe fitted on calib tokens and scored per
 domain with the NW bandwidth sweep; the report with power curves, reliability diagrams, nulls,
-bandwidth sensitivity and depth-attention heatmaps per domain.
+bandwidth sensitivity and depth-attention heatmaps per domain. The VMoER section (`vmoer.*`):
+an MoE decoder (configs/vmoer_lm.py), det against every router retrofitted on it, scored on
+MCQA; `W/tables/vmoer.csv` holds one row per router (`--config.vmoer.enabled=False` skips it).
 
 Measured (2-core CPU): the quick variant in 1 min 39 s wall from a fresh workdir on the idle
 machine (136 CPU-s, peak RSS 1.5 GB), its decoders at about 4.4 bits per byte (not evidence). The
