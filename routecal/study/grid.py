@@ -158,21 +158,28 @@ def _rejections(rows: Sequence[Mapping[str, Any]], alpha: float) -> list[dict[st
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for t in rows:
         groups.setdefault((t["test"], t["arch"], t["feature"]), []).append(t)
-    out = []
-    for (test, arch, feature), ts in groups.items():
-        row = {
-            "test": test, "arch": arch, "feature": feature, "n_seeds": len(ts),
-            "n_reject_raw": sum(t["p_value"] < alpha for t in ts),
-            "n_reject_holm": sum(t["p_holm"] < alpha for t in ts),
-            "n_reject_bh": sum(t["p_bh"] < alpha for t in ts),
-            "mean_statistic": float(np.mean([t["statistic"] for t in ts])),
-            "min_p": float(min(t["p_value"] for t in ts)),
-        }
-        if all("null_mean" in t for t in ts):
-            row["statistic_band"] = seed_band([t["statistic"] for t in ts])
-            row["null_mean_band"] = seed_band([t["null_mean"] for t in ts])
-            row["vs_null"] = compare_bands(
-                row["statistic_band"], row["null_mean_band"], higher_is_better=True
-            )
-        out.append(row)
-    return out
+    return [rejection_row({"test": test, "arch": arch, "feature": feature}, ts, alpha,
+                          banded=all("null_mean" in t for t in ts))
+            for (test, arch, feature), ts in groups.items()]
+
+
+def rejection_row(head: Mapping[str, Any], ts: Sequence[Mapping[str, Any]], alpha: float, *,
+                  banded: bool) -> dict[str, Any]:
+    """One cell group's summary across seeds (the digits grid's and the token tests'): `head`,
+    the rejection counts at `alpha` (raw, Holm, BH), mean statistic, min p and, when `banded`,
+    the seed bands of the statistic and of its null's mean with the seed-band rule's verdict
+    (`stats.seeds.compare_bands`, higher = larger gap)."""
+    row = {
+        **head, "n_seeds": len(ts),
+        "n_reject_raw": sum(t["p_value"] < alpha for t in ts),
+        "n_reject_holm": sum(t["p_holm"] < alpha for t in ts),
+        "n_reject_bh": sum(t["p_bh"] < alpha for t in ts),
+        "mean_statistic": float(np.mean([t["statistic"] for t in ts])),
+        "min_p": float(min(t["p_value"] for t in ts)),
+    }
+    if banded:
+        row["statistic_band"] = seed_band([t["statistic"] for t in ts])
+        row["null_mean_band"] = seed_band([t["null_mean"] for t in ts])
+        row["vs_null"] = compare_bands(row["statistic_band"], row["null_mean_band"],
+                                       higher_is_better=True)
+    return row

@@ -31,8 +31,7 @@ import jax
 import numpy as np
 
 from routecal.stats import diagnostics
-from routecal.stats.seeds import compare_bands, seed_band
-from routecal.study import registry
+from routecal.study import grid, registry
 
 TESTS = registry.NAMES
 LABELS = {
@@ -118,27 +117,13 @@ def adjust(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["test"], r["domain"], r["arch"], r["feature"]), []).append(r)
-    summary = []
-    for (test, domain, arch, feature), ts in groups.items():
-        s = {
-            "test": test, "domain": domain, "arch": arch, "feature": feature,
-            "n_seeds": len(ts),
-            "n_reject_raw": sum(t["p_value"] < alpha for t in ts),
-            "n_reject_holm": sum(t["p_holm"] < alpha for t in ts),
-            "n_reject_bh": sum(t["p_bh"] < alpha for t in ts),
-            "mean_statistic": float(np.mean([t["statistic"] for t in ts])),
-            "min_p": float(min(t["p_value"] for t in ts)),
-        }
-        if not registry.BY_NAME[test].signed and all(
-                t.get("null_mean") is not None for t in ts):
-            # the weighted gap against its null's mean (the conditional tests' Z is signed and
-            # standardised: their p-values carry the comparison)
-            s["statistic_band"] = seed_band([t["statistic"] for t in ts])
-            s["null_mean_band"] = seed_band([t["null_mean"] for t in ts])
-            s["vs_null"] = compare_bands(s["statistic_band"], s["null_mean_band"],
-                                         higher_is_better=True)
-        summary.append(s)
-    return summary
+    # the weighted gap against its null's mean (the conditional tests' Z is signed and
+    # standardised: their p-values carry the comparison)
+    return [grid.rejection_row(
+        {"test": test, "domain": domain, "arch": arch, "feature": feature}, ts, alpha,
+        banded=not registry.BY_NAME[test].signed and all(
+            t.get("null_mean") is not None for t in ts))
+        for (test, domain, arch, feature), ts in groups.items()]
 
 
 def power(
