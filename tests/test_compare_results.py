@@ -65,3 +65,10 @@ def test_rename_maps_keys_and_whole_string_leaves_of_a(tmp_path):
     out = subprocess.run([sys.executable, script, pa, pb, "--rename", "paper"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "OLD=NEW" in out.stderr
+
+
+def test_rename_value_leaves_keys_alone():
+    a = {"test": "minimum_detectable_gap", "minimum_detectable_gap": 0.1}
+    b = {"test": "minimum_detectable_gap_conditional", "minimum_detectable_gap": 0.1}
+    assert cr.rename(a, {}, {"minimum_detectable_gap": "minimum_detectable_gap_conditional"}) == b
+    assert cr.rename(a, {"minimum_detectable_gap": "x"}) == {"test": "x", "x": 0.1}
