@@ -17,7 +17,10 @@ an MoE decoder (configs/vmoer_lm.py), det against every router retrofitted on it
 MCQA; `W/tables/vmoer.csv` holds one row per router (`--config.vmoer.enabled=False` skips it).
 
 Measured (2-core CPU): the quick variant in 1 min 39 s wall from a fresh workdir on the idle
-machine (136 CPU-s, peak RSS 1.5 GB), its decoders at about 4.4 bits per byte (not evidence). The
+machine (136 CPU-s, peak RSS 1.5 GB) before the VMoER section, its decoders at about 4.4 bits per
+byte (not evidence); the section adds about 170 CPU-s, mostly XLA compiles (312 vs 141 CPU-s at
+load ~10, peak RSS 2.5 GB; benchmarks/RESULTS.md, "One test registry and the LM study's VMoER
+section"). The
 default's time, models and verdicts: the README block generated from our run (`routecal:found-lm`,
 `experiments/readme_numbers.py --block found-lm`) and benchmarks/RESULTS.md, "The LM study,
 default config". A second process, `routecal study ... --worker`, shares the analysis stages once
