@@ -4,9 +4,9 @@ Shapes: N examples in a cell, B permutations.
 
 The grid's specs (`TESTS`) are the registered tests (`study.registry`, one name per test for
 every unit) and their detectable gaps. A spec is a name and a function of one cell's arrays
-(confidence [N], correct [N], routing [N]) and a PRNG key returning the cell's numbers (`statistic` and
-`p_value` for a test, `null` [B] when it has a permutation null; a spec without `p_value`, e.g. a
-minimum detectable gap, is recorded per cell without adjustment). `diagnostic_grid` runs every
+(confidence [N], correct [N], routing [N]) and a PRNG key returning the cell's numbers
+(`statistic` and `p_value` for a test, `null` [B] when it has a permutation null; a spec without
+`p_value`, e.g. a minimum detectable gap, is recorded per cell without adjustment). `diagnostic_grid` runs every
 spec on every cell (cell i with `fold_in(key, i)`, as `stats.diagnostics.permutation_grid`), adds
 Holm and Benjamini-Hochberg adjusted p-values per spec across cells, and returns one dict for
 results.json in which the nulls travel: the figure's nulls are kept inside their test rows.

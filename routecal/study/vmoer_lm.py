@@ -45,8 +45,8 @@ from routecal.study.vmoer_lm_fit import (  # noqa: F401 (the model and its fit l
     seq_limit,
 )
 
-__all__ = ["DOMAINS", "assemble", "build_data", "check_routers", "fit", "make_model", "model_config",
-           "run", "run_seed", "train_router"]
+__all__ = ["DOMAINS", "assemble", "build_data", "check_routers", "check_scoring", "fit",
+           "make_model", "model_config", "run", "run_seed", "train_router"]
 
 # ----------------------------------------------------------------------------------------------
 # Models and steps

@@ -19,7 +19,8 @@ from tests.study.test_lm_study import produce
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = (  # the section on a decoder of width 8, two steps per fit: it checks the wiring only
     "model.d_model=8", "model.mlp_dim=8", "model.moe_hidden=8", "model.vmoer.head_hidden=8",
-    "model.n_layers=1", "model.vmoer.ensemble=2", "data.lm_max_bytes=20000", "data.n_train_items=32",
+    "model.n_layers=1", "model.vmoer.ensemble=2", "data.lm_max_bytes=20000",
+    "data.n_train_items=32",
     "data.n_eval_items=32", "data.n_calib_items=16", "train.finetune_steps=2",
     "train.retrofit_steps=2", "train.member_steps=2", "experiment.beta_grid=(0.01,)",
     "experiment.sigmas=(0.01,)", "experiment.stability_items=16", "experiment.eval_batch_size=32",
