@@ -2,6 +2,7 @@
 
     python benchmarks/compare_results.py A/results.json B/results.json            # exact
     python benchmarks/compare_results.py A/results.json B/results.json --rtol 1e-6 --atol 1e-12
+    python benchmarks/compare_results.py A/results.json B/results.json --rename paper=within_bin
 
 A leaf is a number, string, bool or null at a path such as `diagnostics.tests[3].p_value`. Numbers
 are equal when |a - b| <= atol + rtol * |b| (default: exactly equal; NaN equals NaN); other leaves
@@ -9,7 +10,11 @@ must be identical; a path present on one side only is a difference. Fields that 
 and with what* a run was made rather than what it found are skipped wherever they occur (`IGNORED`,
 plus `--ignore KEY`): wall and CPU times, peak memory, package versions, devices and backend, and
 `config_dir` (the checkout's absolute path). Prints the number of leaves compared, then every
-difference with its path; exits 1 when there is any difference, 0 otherwise.
+difference with its path; exits 1 when there is any difference, 0 otherwise. `--rename OLD=NEW`
+(repeatable) maps a renamed name in A before comparing: every dict key and every string leaf
+equal to OLD becomes NEW (names inside longer strings, e.g. sentences, are left as they are and
+show as differences); `--rename-value OLD=NEW` does so for string leaves only (a name that is
+also a field's key, e.g. the test "minimum_detectable_gap" beside its field of that name).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ IGNORED = frozenset({
     # timing
     "seconds", "time_s", "train_time_s", "train_seconds", "predict_seconds", "wall_seconds",
     "stage_seconds", "compare_seconds", "sweep_seconds", "seconds_compare", "seconds_sweep",
-    "wall_s", "cpu_s", "runs_wall_s", "runs_cpu_s",
+    "wall_s", "cpu_s", "runs_wall_s", "runs_cpu_s", "cpu_time_s",
     # host and versions
     "versions", "devices", "jax_backend", "peak_rss_mb", "config_dir",
 })  # fmt: skip
@@ -77,6 +82,19 @@ def compare(
     return len(la.keys() & lb.keys()), diffs
 
 
+def rename(value: Any, names: dict[str, str], values: dict[str, str] | None = None) -> Any:
+    """`value` with every dict key and string leaf found in `names`, and every string leaf found
+    in `values`, replaced by its new name."""
+    values = {**names, **(values or {})}
+    if isinstance(value, dict):
+        return {names.get(k, k): rename(v, names, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rename(v, names, values) for v in value]
+    if isinstance(value, str):
+        return values.get(value, value)
+    return value
+
+
 def _load(path: str) -> Any:
     p = pathlib.Path(path)
     try:
@@ -93,11 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0: exact)")
     ap.add_argument("--ignore", action="append", default=[], metavar="KEY",
                     help=f"skip KEY at any depth, besides {sorted(IGNORED)}")  # fmt: skip
+    ap.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                    help="in A, a dict key or string leaf equal to OLD reads as NEW")
+    ap.add_argument("--rename-value", action="append", default=[], metavar="OLD=NEW",
+                    help="in A, a string leaf (not a key) equal to OLD reads as NEW")
     args = ap.parse_args(argv)
     if args.rtol < 0 or args.atol < 0:
         ap.error("--rtol / --atol: must be >= 0")
+    maps: dict[str, dict[str, str]] = {"rename": {}, "rename_value": {}}
+    for flag, table in maps.items():
+        for item in getattr(args, flag):
+            old, sep, new = item.partition("=")
+            if not sep or not old or not new:
+                ap.error(f"--{flag.replace('_', '-')}: expected OLD=NEW, got {item!r}")
+            table[old] = new
     n, diffs = compare(
-        _load(args.a), _load(args.b), rtol=args.rtol, atol=args.atol,
+        rename(_load(args.a), maps["rename"], maps["rename_value"]), _load(args.b),
+        rtol=args.rtol, atol=args.atol,
         ignored=IGNORED | set(args.ignore),
     )  # fmt: skip
     print(f"{n} leaves compared (rtol={args.rtol:g}, atol={args.atol:g}); {len(diffs)} differ")

@@ -12,7 +12,7 @@ records carry `seq_id` and `doc_id`), then every diagnostics cell of the plan
 (test, domain) family (`token_tests.adjust`). Prints per domain and unit: raw / Holm / BH
 rejections out of the cells, the clusters and their effective number; writes
 W/cluster_units.json. Overrides are the study config's (`routecal.config`), e.g.
-`seeds=(0,)` `architectures=('full','block')` `diagnostics.tests=('recommended',)`.
+`seeds=(0,)` `architectures=('full','block')` `diagnostics.tests=('conditional',)`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from routecal.config import load_config
     from routecal.study import lm_stages, token_tests
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
     from routecal.training import token_predict
     from routecal.training.train import load_trained
 

@@ -12,10 +12,15 @@ modules, near: `Lib/test` files, far: pydoc prose), >= 200k tokens each; the dia
 paper's test and the recommended test with documents as clusters, B = 10,000, Holm and BH, each
 test's minimum detectable gap at 80% power); every probe fitted on calib tokens and scored per
 domain with the NW bandwidth sweep; the report with power curves, reliability diagrams, nulls,
-bandwidth sensitivity and depth-attention heatmaps per domain.
+bandwidth sensitivity and depth-attention heatmaps per domain. The VMoER section (`vmoer.*`):
+an MoE decoder (configs/vmoer_lm.py), det against every router retrofitted on it, scored on
+MCQA; `W/tables/vmoer.csv` holds one row per router (`--config.vmoer.enabled=False` skips it).
 
 Measured (2-core CPU): the quick variant in 1 min 39 s wall from a fresh workdir on the idle
-machine (136 CPU-s, peak RSS 1.5 GB), its decoders at about 4.4 bits per byte (not evidence). The
+machine (136 CPU-s, peak RSS 1.5 GB) before the VMoER section, its decoders at about 4.4 bits per
+byte (not evidence); the section adds about 170 CPU-s, mostly XLA compiles (312 vs 141 CPU-s at
+load ~10, peak RSS 2.5 GB; benchmarks/RESULTS.md, "One test registry and the LM study's VMoER
+section"). The
 default's time, models and verdicts: the README block generated from our run (`routecal:found-lm`,
 `experiments/readme_numbers.py --block found-lm`) and benchmarks/RESULTS.md, "The LM study,
 default config". A second process, `routecal study ... --worker`, shares the analysis stages once
@@ -34,6 +39,12 @@ import ml_collections
 import numpy as np
 
 _HERE = str(pathlib.Path(__file__).resolve().parent)
+
+# The quick study's VMoER section on top of vmoer_lm.py:quick (every router, fewer steps/items).
+VMOER_QUICK = ("experiment.beta_grid=(0.01,)", "experiment.sigmas=(0.01,)",
+               "experiment.stability_items=32", "data.n_eval_items=64", "data.n_train_items=256",
+               "data.n_calib_items=32", "train.finetune_steps=30", "train.retrofit_steps=10",
+               "train.member_steps=10", "model.vmoer.ensemble=2", "model.vmoer.samples=4")
 
 FEATURES = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last",
             "H_mean_vs_seq", "depth_var_mean_vs_seq")
@@ -75,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.diagnostics = ml_collections.ConfigDict()
     # The omnibus test (non-monotone and sign-changing effects) beside the monotone one.
-    c.diagnostics.tests = ("paper", "recommended", "omnibus")
+    c.diagnostics.tests = ("within_bin", "conditional", "omnibus")
     c.diagnostics.features = FEATURES
     c.diagnostics.n_permutations = 10_000
     c.diagnostics.n_bins = 15
@@ -110,6 +121,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes.max_test_tokens = 70_000
     c.probes.multiples = tuple(float(m) for m in np.geomspace(1 / 8, 8, 7))  # CV-NLL, oracle
 
+    # The VMoER section (Li & Wicker, arXiv:2603.09453): the study's decoders have no expert
+    # router, so the section's source is the MoE decoder of `config` (configs/vmoer_lm.py, the
+    # study's seeds, then `overrides`): det trained once per seed on the stdlib corpus and its
+    # MCQA, every router of its `experiment.routers` retrofitted on it, scored on in/near/far
+    # MCQA; W/tables/vmoer.csv holds one row per router. One stage per seed (`vmoer:<seed>`).
+    c.vmoer = ml_collections.ConfigDict()
+    c.vmoer.enabled = True
+    c.vmoer.config = "vmoer_lm.py"
+    c.vmoer.overrides = ()
+
     if v.quick:
         c.title = ("routecal LM study (quick smoke run: tiny, briefly trained decoders; it checks "
                    "the pipeline, its numbers are not evidence)")
@@ -132,4 +153,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.probes.sweep_multiples = (0.5, 1.0, 2.0)
         c.probes.max_calib_tokens = 10_000
         c.probes.max_test_tokens = 10_000
+        # every router retrofitted on a tiny MoE decoder (vmoer_lm's quick variant), fewer
+        # fitting steps and items, one beta: the smoke run's cost is mostly compilation
+        c.vmoer.config = "vmoer_lm.py:quick"
+        c.vmoer.overrides = VMOER_QUICK
     return c

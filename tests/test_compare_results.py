@@ -48,3 +48,27 @@ def test_command_line(tmp_path):
     assert out.returncode == 0 and "0 differ" in out.stdout
     out = subprocess.run([sys.executable, script, a, b, "--ignore", "x"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("0 leaves compared")
+
+
+def test_rename_maps_keys_and_whole_string_leaves_of_a(tmp_path):
+    a = {"tests": [{"test": "paper", "p": 0.1}], "labels": {"paper": "the paper's test"}}
+    b = {"tests": [{"test": "within_bin", "p": 0.1}], "labels": {"within_bin": "the paper's test"}}
+    assert cr.rename(a, {"paper": "within_bin"}) == b  # the sentence keeps its word "paper's"
+    assert cr.compare(cr.rename(a, {"paper": "within_bin"}), b) == (3, [])
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    script = str(ROOT / "benchmarks" / "compare_results.py")
+    out = subprocess.run([sys.executable, script, pa, pb, "--rename", "paper=within_bin"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "3 leaves compared" in out.stdout
+    out = subprocess.run([sys.executable, script, pa, pb, "--rename", "paper"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "OLD=NEW" in out.stderr
+
+
+def test_rename_value_leaves_keys_alone():
+    a = {"test": "minimum_detectable_gap", "minimum_detectable_gap": 0.1}
+    b = {"test": "minimum_detectable_gap_conditional", "minimum_detectable_gap": 0.1}
+    assert cr.rename(a, {}, {"minimum_detectable_gap": "minimum_detectable_gap_conditional"}) == b
+    assert cr.rename(a, {"minimum_detectable_gap": "x"}) == {"test": "x", "x": 0.1}

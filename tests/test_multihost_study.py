@@ -51,6 +51,7 @@ LM = [
     "--config.diagnostics.paper_power_permutations=19",
     "--config.probes.bandwidth_rules=('scott',)", "--config.probes.sweep_multiples=(1.0,)",
     "--config.probes.max_calib_tokens=1000", "--config.probes.max_test_tokens=1000",
+    "--config.vmoer.enabled=False",
 ]
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from routecal.files import workdir as workdir_io
-from routecal.report import render
+from routecal.report import render, vmoer_lm
 from routecal.report.figures import _plt, fig_bandwidth, fig_depth, fig_nulls, fig_reliability
-from routecal.report.lm_verdicts import verdict_items, verdicts
+from routecal.report.lm_verdicts import diagnostics_rows, verdict_items, verdicts
 from routecal.report.render import Table, _fmt_band
 from routecal.stats import seeds
 
@@ -148,6 +148,8 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
             [[t["arch"], t["seed"], t["temperature"], t["at_bound"], t["n_calib"],
               t["calib_token_nll"]["before"], t["calib_token_nll"]["after"], t.get("seconds")]
              for t in temps]))
+    if results.get("vmoer"):  # the VMoER section (all numbers: tables/vmoer.csv)
+        out.append(vmoer_lm.section_table(results["vmoer"]))
     return out
 
 
@@ -231,8 +233,14 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     rest = [t for t in tabs if t.name != "glance"]
     md = [f"# {title}", "", facts, ""]
     md += [f"## {t.title}\n\n{t.markdown()}\n" for t in top] + ["## Verdicts", ""]
+    rows = diagnostics_rows(results)
     for q, k in QUESTIONS:
-        md += [f"**{q}**", ""] + [f"- {s}" for s in items.get(k, ["-"])] + [""]
+        bullets = items.get(k, ["-"])
+        md += [f"**{q}**", ""]
+        if k == "diagnostics" and rows:  # one row per (domain, test), the sentence one click away
+            md += [_verdict_table(rows, markdown=True), ""]
+            bullets = bullets[len(rows):]
+        md += [f"- {s}" for s in bullets] + [""]
     md += [f"## {t.title}\n\n{t.markdown()}\n" for t in rest]
     md += ["## Figures", ""] + [f"![{c}](figures/{p.name})\n\n*{c}*\n" for c, p in figs]
     workdir_io.write_text(w / "report.md", "\n".join(md))
@@ -240,9 +248,12 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
          f"<style>{render._CSS}</style></head><body><h1>{html.escape(title)}</h1>",
          f"<p>{html.escape(facts)}</p>"]
     h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in top] + ["<h2>Verdicts</h2>"]
-    h += [f"<div class='verdict'><b>{html.escape(q)}</b><ul>"
-          + "".join(f"<li>{html.escape(s)}</li>" for s in items.get(k, ["-"])) + "</ul></div>"
-          for q, k in QUESTIONS]
+    for q, k in QUESTIONS:
+        bullets, table = items.get(k, ["-"]), ""
+        if k == "diagnostics" and rows:
+            table, bullets = _verdict_table(rows, markdown=False), bullets[len(rows):]
+        h.append(f"<div class='verdict'><b>{html.escape(q)}</b>{table}<ul>"
+                 + "".join(f"<li>{html.escape(s)}</li>" for s in bullets) + "</ul></div>")
     h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in rest]
     h.append("<h2>Figures</h2>")
     for cap, p in figs:
@@ -252,6 +263,24 @@ def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     workdir_io.write_text(w / "report.html", "\n".join(h) + "</body></html>")
     return {"markdown": w / "report.md", "html": w / "report.html", "figures": w / "figures",
             "tables": w / "tables"}
+
+
+def _verdict_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool) -> str:
+    """The diagnostics verdicts as a table (domain x test: rejections raw / Holm / BH, median
+    detectable gap, verdict word), each verdict's full sentence in a <details> under its word."""
+    head = ["domain", "test", "rejections (raw / Holm / BH of cells)", "detectable gap (median)",
+            "verdict"]
+    cells = [[r["domain"], r["test"], r["rejections"], r["detectable_gap"],
+              f"<details><summary>{html.escape(r['verdict'])}</summary>"
+              f"{html.escape(r['sentence'])}</details>"] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                                  for row in cells])
+    th = "".join(f"<th>{html.escape(x)}</th>" for x in head)
+    body = "".join("<tr>" + "".join(f"<td>{c if i == 4 else html.escape(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in cells)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _facts(meta: Mapping[str, Any]) -> str:

@@ -13,10 +13,10 @@ from routecal.stats import seeds
 
 RULE_SENTENCE = seeds.RULE[0].upper() + seeds.RULE[1:]
 CONTROLS = {
-    "paper": "control: the within-bin permutation null (tokens exchangeable within confidence "
+    "within_bin": "control: the within-bin permutation null (tokens exchangeable within confidence "
     "bins; tokens of one sequence are not, so its level is not controlled here: compare its "
     "power curve at the smallest planted gap with alpha)",
-    "recommended": "control: the null of the recommended test with whole clusters (documents or "
+    "conditional": "control: the null of the recommended test with whole clusters (documents or "
     "packed rows, diagnostics.cluster_unit) flipped together",
     "omnibus": "control: the omnibus test's null (the same sign flips of whole clusters)",
 }
@@ -35,19 +35,25 @@ def _mdg_text(power: Sequence[Mapping[str, Any]], test: str, domain: str, level:
             f"[{lo:.3f}, {hi:.3f}]) with {level:.0%} power{miss}")
 
 
-def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
-    """Per domain and test: rejections (raw, Holm, BH) against the alpha * n expected under the
-    null, the test's control, its minimum detectable gap, and the seed-band comparison of the
-    statistic with its null."""
+def _mdg_median(power: Sequence[Mapping[str, Any]], test: str, domain: str) -> str:
+    """The detectable gap's median over cells ("-": not computed; "none": no gap reached)."""
+    vals = [p["mdg"] for p in power if p["test"] == test and p["domain"] == domain]
+    found = [v for v in vals if v is not None]
+    return "-" if not vals else "none" if not found else f"{float(np.median(found)):.3f}"
+
+
+def diagnostics_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One verdict row per (domain, test): {domain, test, rejections ("raw / Holm / BH of n"),
+    detectable gap (median over cells), verdict (word), sentence (the full verdict: rejections
+    against the alpha * n expected under the null, the test's control, its minimum detectable
+    gap, the seed-band comparison of the statistic with its null)}."""
     diag = results.get("diagnostics", {})
     rows = diag.get("tests", [])
-    if not rows:
-        return ["No diagnostic tests were run."]
     alpha = float(diag.get("alpha", 0.05))
     level = float(results.get("meta", {}).get("config", {}).get("diagnostics", {})
                   .get("power", 0.8))
     power = results.get("power", [])
-    parts = []
+    out = []
     for domain in dict.fromkeys(r["domain"] for r in rows):
         for test in dict.fromkeys(r["test"] for r in rows):
             ts = [r for r in rows if r["domain"] == domain and r["test"] == test]
@@ -68,11 +74,11 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                         "null's seed band (seed-band rule)")
             elif summ:
                 band = "; one seed, so no seed band (seed-band rule)"
-            cl = diag.get("clusters", {}).get(domain) if test == "recommended" else None
+            cl = diag.get("clusters", {}).get(domain) if test == "conditional" else None
             if cl:
                 band += (f"; clusters: {cl['cluster_unit']}s, {cl['n_clusters'][0]} (effective "
                          f"{cl['n_eff_clusters'][0]:.1f})")
-            parts.append(
+            sentence = (
                 f"{domain} domain, {test} test: {head}: {raw} of {len(ts)} reject at alpha = "
                 f"{alpha} (about {alpha * len(ts):.1f} expected under the null), {holm} after "
                 f"Holm, {bh} after BH"
@@ -80,7 +86,22 @@ def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
                 + f"; {CONTROLS.get(test, 'control: ' + test)}; "
                 + _mdg_text(power, test, domain, level) + band + "."
             )
-    if any(r["test"] == "paper" for r in rows):
+            out.append({"domain": domain, "test": test,
+                        "rejections": f"{raw} / {holm} / {bh} of {len(ts)}",
+                        "detectable_gap": _mdg_median(power, test, domain),
+                        "verdict": "evidence" if holm else "weak (BH only)" if bh else
+                        "no evidence", "sentence": sentence})
+    return out
+
+
+def diagnostics_items(results: Mapping[str, Any]) -> list[str]:
+    """The diagnostics verdict's sentences: one per (domain, test) (`diagnostics_rows`), the
+    within-bin test's measured-inflation caveat, the seed-band rule."""
+    rows = results.get("diagnostics", {}).get("tests", [])
+    if not rows:
+        return ["No diagnostic tests were run."]
+    parts = [r["sentence"] for r in diagnostics_rows(results)]
+    if any(r["test"] == "within_bin" for r in rows):
         parts.append(paper_test_caveat())
     return parts + [RULE_SENTENCE + "."]
 
@@ -138,7 +159,7 @@ def domains_items(results: Mapping[str, Any]) -> list[str]:
     if not runs or not domains:
         return ["No domains were evaluated."]
     rows = results.get("diagnostics", {}).get("tests", [])
-    test = "recommended" if any(r["test"] == "recommended" for r in rows) else "paper"
+    test = "conditional" if any(r["test"] == "conditional" for r in rows) else "within_bin"
     alpha = float(results.get("diagnostics", {}).get("alpha", 0.05))
     parts = []
     for domain, split in domains.items():

@@ -105,7 +105,7 @@ def models_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return _table(header, rows)
 
 
-_SHORT_TESTS = {"conditional": "recommended", "within_bin_permutation": "paper"}
+_SHORT_TESTS = {"conditional": "recommended", "within_bin": "paper"}
 
 
 def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:

@@ -25,10 +25,11 @@ def _test_counts(tests: Sequence[Mapping[str, Any]], alpha: float) -> tuple[int,
     return raw, holm, bh
 
 
+MDG = "minimum_detectable_gap_conditional"  # the grid's row of the conditional test's gap
 _TEST_NAMES = {
     "conditional": "conditional (recommended)",
-    "conditional_omnibus": "conditional omnibus (non-monotone effects)",
-    "within_bin_permutation": "within-bin permutation (paper)",
+    "omnibus": "conditional omnibus (non-monotone effects)",
+    "within_bin": "within-bin permutation (paper)",
 }
 
 
@@ -36,14 +37,14 @@ def _by_test(tests: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, 
     """Test rows grouped by test name, the recommended test first (rows without a name: paper)."""
     by: dict[str, list[Mapping[str, Any]]] = {}
     for t in tests:
-        by.setdefault(t.get("test", "within_bin_permutation"), []).append(t)
+        by.setdefault(t.get("test", "within_bin"), []).append(t)
     return dict(sorted(by.items(), key=lambda kv: kv[0] != "conditional"))
 
 
 def _detectable_text(diag: Mapping[str, Any]) -> str:
     """The minimum detectable gap beside a "no evidence" verdict (median and range over cells)."""
     rows = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t
-            and t.get("test", "minimum_detectable_gap") == "minimum_detectable_gap"]
+            and t.get("test", MDG) == MDG]
     omni = [t["minimum_detectable_gap"] for t in diag.get("tests", [])
             if t.get("test") == "minimum_detectable_gap_omnibus"
             and t.get("minimum_detectable_gap") is not None]
@@ -100,10 +101,10 @@ def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
     text = f"{head}: " + "; ".join(parts) + "." + where
     if holm == 0:
         text += _detectable_text(diag)
-    if "within_bin_permutation" in by:
+    if "within_bin" in by:
         text += " " + paper_test_caveat()
     banded = [r for r in diag.get("rejections", [])
-              if "vs_null" in r and r.get("test", "within_bin_permutation") == lead]
+              if "vs_null" in r and r.get("test", "within_bin") == lead]
     if banded and all(r["vs_null"] != "one seed: no band" for r in banded):
         above = [f"{r['arch']}/{r['feature']}" for r in banded if r["vs_null"] == "better"]
         text += (

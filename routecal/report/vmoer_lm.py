@@ -107,3 +107,27 @@ def band_cell(b: dict[str, Any] | None, *, verdict: bool = False) -> str:
         c += f" ({b['rel_change_pct']:+.1f}%, {b['verdict']})" if verdict else (
             f" ({b['rel_change_pct']:+.1f}%)")
     return c
+
+
+def section_table(out: dict[str, Any]) -> Any:
+    """The VMoER section of a study's report (`results["vmoer"]`): one row per router with det's
+    in-domain accuracy interval, each paper-claim metric as a seed-band cell against det (verdict
+    by the seed-band rule) and the router's wall seconds per seed."""
+    from routecal.report.render import Table
+
+    names, table = list(out["table"]), out["table"]
+    n = int(out["config"]["data"]["n_eval_items"])
+    cols = [*CLAIM_OF, "accuracy"]
+    rows = []
+    for name in names:
+        runs = list(out["per_run"][name].values())
+        acc = np.mean([r["accuracy"] for r in runs])
+        lo, hi = accuracy_interval(float(acc), n)
+        rows.append([name, *[band_cell(table[name].get(m), verdict=True) for m in cols],
+                     f"{acc:.3f} [{lo:.3f}, {hi:.3f}]",
+                     f"{np.mean([r.get('wall_s', np.nan) for r in runs]):.0f}"])
+    title = (f"VMoER: det vs every router on an MoE decoder, MCQA ({out.get('scoring')} scoring, "
+             f"{n} items per domain, seeds {out.get('seeds')}); mean ± std [min, max] over seeds "
+             f"(change vs det, seed-band rule); paper claims {PAPER_CLAIMS}")
+    return Table("vmoer_summary", title,
+                 ["router", *cols, "accuracy (seed mean, Wilson 95%)", "wall s / seed"], rows)

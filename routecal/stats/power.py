@@ -230,13 +230,19 @@ def minimum_detectable_gap(
     ci = stats.binomtest  # Clopper-Pearson (exact) intervals
     bounds = np.array([ci(int(k), n_datasets).proportion_ci(0.95) for k in hits])
     return MinimumDetectableGap(
-        _crossing(grid, pw, float(power)), grid, pw, bounds[:, 0], bounds[:, 1], n_datasets,
+        crossing_gap(grid, pw, float(power)), grid, pw, bounds[:, 0], bounds[:, 1], n_datasets,
         float(alpha), float(power),
     )
 
 
-def _crossing(grid: np.ndarray, pw: np.ndarray, target: float) -> float:
-    """First gap where the running-maximum power reaches `target` (log-linear interpolation)."""
+def crossing_gap(grid: np.ndarray, pw: np.ndarray, target: float) -> float:
+    """First gap where the running-maximum power reaches `target`, linear in log gap between
+    grid points; inf if it never does. The one detectable-gap rule (the study's within-bin power
+    reads its curve with it too).
+
+    Args:
+      grid: [G] increasing gaps. pw: [G] power at each gap. target: the power to reach.
+    """
     mono = np.maximum.accumulate(pw)
     above = np.flatnonzero(mono >= target)
     if above.size == 0:

@@ -2,14 +2,15 @@
 
 Shapes: N examples in a cell, B permutations.
 
-A test is one `TestSpec` entry in `TESTS`: a name and a function of one cell's arrays (confidence
-[N], correct [N], routing [N]) and a PRNG key returning the cell's numbers (`statistic` and
-`p_value` for a test, `null` [B] when it has a permutation null; a spec without `p_value`, e.g. a
-minimum detectable gap, is recorded per cell without adjustment). `diagnostic_grid` runs every
+The grid's specs (`TESTS`) are the registered tests (`study.registry`, one name per test for
+every unit) and their detectable gaps. A spec is a name and a function of one cell's arrays
+(confidence [N], correct [N], routing [N]) and a PRNG key returning the cell's numbers
+(`statistic` and `p_value` for a test, `null` [B] when it has a permutation null; a spec without
+`p_value`, e.g. a minimum detectable gap, is recorded per cell without adjustment). `diagnostic_grid` runs every
 spec on every cell (cell i with `fold_in(key, i)`, as `stats.diagnostics.permutation_grid`), adds
 Holm and Benjamini-Hochberg adjusted p-values per spec across cells, and returns one dict for
 results.json in which the nulls travel: the figure's nulls are kept inside their test rows.
-Adding a test to the study is one more `TestSpec` in `TESTS` (or in the `tests=` argument).
+Adding a test to the study is one `registry.Test` (or a `TestSpec` in the `tests=` argument).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from routecal.stats import diagnostics
 from routecal.stats.seeds import compare_bands, seed_band
+from routecal.study import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,8 @@ class GridSettings:
     alpha: float
     seed: int
     n_null_figures: int = 8
+    power: float = 0.8  # the detectable gaps' target power
+    power_kwargs: tuple[tuple[str, Any], ...] = ()  # extra minimum_detectable_gap arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,67 +65,45 @@ class TestSpec:
     clustered: bool = False
 
 
-def _within_bin(conf, correct, routing, key, s: GridSettings) -> dict[str, Any]:
-    res = diagnostics.within_bin_permutation_test(
-        conf, correct, routing, key=key, n_permutations=s.n_permutations, n_bins=s.n_bins,
-        n_groups=s.n_groups,
-    )
-    return {"statistic": float(res.statistic), "p_value": float(res.p_value),
-            "null": np.asarray(res.null, np.float32)}
+def _row_numbers(test: registry.Test):
+    """A registered test as a grid spec: its numbers, with a signed statistic (the conditional
+    tests' Z, two-sided) as |Z| against |Z*| so the seed-band comparison with the null's mean
+    reads "larger = more evidence" as for the weighted gap; the signed Z and slope are kept."""
+
+    def run(conf, correct, routing, key, s: GridSettings, clusters=None) -> dict[str, Any]:
+        nums = test.run(conf, correct, routing, key=key, clusters=clusters, s=s)
+        if not test.signed:
+            return nums
+        keep = {k: nums[k] for k in ("warning",) if k in nums}
+        return {"statistic": abs(nums["statistic"]), "p_value": nums["p_value"],
+                "null": np.abs(nums["null"]), "z": nums["statistic"], "slope": nums["slope"],
+                **keep}
+
+    return run
 
 
-def _stratum_size(n: int) -> int:
-    """The conditional test's strata: 50 examples, fewer on tiny cells (at least 3)."""
-    return max(3, min(50, n // 4))
+def _detectable_gap(test: registry.Test):
+    """A registered test's minimum detectable gap on each cell's confidence and correctness (the
+    power analysis plants its own routing), as a grid measurement (no p-value)."""
+
+    def run(conf, correct, routing, key, s: GridSettings, clusters=None) -> dict[str, Any]:
+        del routing
+        p = test.power(conf, correct, key=key, clusters=clusters, s=s)
+        return {"minimum_detectable_gap": p["mdg"], "power_target": s.power,
+                "power_curve": {"gap": p["curve"]["gap"], "power": p["curve"]["power"]}}
+
+    return run
 
 
-def _conditional(conf, correct, routing, key, s: GridSettings, clusters=None,
-                 alternative: str = "monotone") -> dict[str, Any]:
-    res = diagnostics.conditional_calibration_test(
-        conf, correct, routing, key=key, n_permutations=s.n_permutations,
-        stratum_size=_stratum_size(len(conf)), clusters=clusters, alternative=alternative,
-    )
-    # |Z| against |Z*| (the test is two-sided), so the seed-band comparison with the null's mean
-    # reads "larger = more evidence" as for the weighted gap; the signed Z and slope are kept.
-    return {"statistic": abs(res.statistic), "p_value": float(res.p_value),
-            "null": np.abs(np.asarray(res.null, np.float32)), "z": float(res.statistic),
-            "slope": float(res.slope)}
-
-
-def _conditional_omnibus(conf, correct, routing, key, s: GridSettings, clusters=None
-                         ) -> dict[str, Any]:
-    return _conditional(conf, correct, routing, key, s, clusters, alternative="omnibus")
-
-
-def _detectable_gap(conf, correct, routing, key, s: GridSettings, clusters=None,
-                    alternative: str = "monotone") -> dict[str, Any]:
-    del routing  # the power analysis plants its own routing on this confidence and correctness
-    m = diagnostics.minimum_detectable_gap(
-        conf, correct, key=key, alpha=s.alpha, stratum_size=_stratum_size(len(conf)),
-        clusters=clusters, alternative=alternative,
-    )
-    gap = float(m.gap) if np.isfinite(m.gap) else None  # None: beyond the simulated grid
-    return {"minimum_detectable_gap": gap, "power_target": m.target,
-            "power_curve": {"gap": m.gaps.tolist(), "power": m.power.tolist()}}
-
-
-def _detectable_gap_omnibus(conf, correct, routing, key, s: GridSettings, clusters=None
-                            ) -> dict[str, Any]:
-    return _detectable_gap(conf, correct, routing, key, s, clusters, alternative="omnibus")
-
-
-# The paper's test (matched-confidence bins, routing groups, within-bin permutation null), the
-# recommended conditional test (valid when routing tracks confidence and with ties), and the gap
-# the recommended test detects with 80% power on each cell's confidence and correctness; then the
-# omnibus variant of the recommended test (V-shaped and confidence-dependent effects, issue 22)
-# with its own detectable gap.
-TESTS: tuple[TestSpec, ...] = (
-    TestSpec("within_bin_permutation", _within_bin),
-    TestSpec("conditional", _conditional, clustered=True),
-    TestSpec("minimum_detectable_gap", _detectable_gap, clustered=True),
-    TestSpec("conditional_omnibus", _conditional_omnibus, clustered=True),
-    TestSpec("minimum_detectable_gap_omnibus", _detectable_gap_omnibus, clustered=True),
-)
+# Every registered test (`study.registry`: within_bin, conditional, omnibus), each followed by
+# its minimum detectable gap at `power` ("minimum_detectable_gap_<test>") when its power needs no
+# other test's gap grid (within_bin's does: the LM study computes it, the grid does not).
+TESTS: tuple[TestSpec, ...] = tuple(
+    spec for t in registry.TESTS for spec in (
+        TestSpec(t.name, _row_numbers(t), clustered=True),
+        *(() if t.power_on_gaps else (
+            TestSpec(f"minimum_detectable_gap_{t.name}", _detectable_gap(t), clustered=True),)),
+    ))
 
 
 def diagnostic_grid(
@@ -176,21 +158,28 @@ def _rejections(rows: Sequence[Mapping[str, Any]], alpha: float) -> list[dict[st
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for t in rows:
         groups.setdefault((t["test"], t["arch"], t["feature"]), []).append(t)
-    out = []
-    for (test, arch, feature), ts in groups.items():
-        row = {
-            "test": test, "arch": arch, "feature": feature, "n_seeds": len(ts),
-            "n_reject_raw": sum(t["p_value"] < alpha for t in ts),
-            "n_reject_holm": sum(t["p_holm"] < alpha for t in ts),
-            "n_reject_bh": sum(t["p_bh"] < alpha for t in ts),
-            "mean_statistic": float(np.mean([t["statistic"] for t in ts])),
-            "min_p": float(min(t["p_value"] for t in ts)),
-        }
-        if all("null_mean" in t for t in ts):
-            row["statistic_band"] = seed_band([t["statistic"] for t in ts])
-            row["null_mean_band"] = seed_band([t["null_mean"] for t in ts])
-            row["vs_null"] = compare_bands(
-                row["statistic_band"], row["null_mean_band"], higher_is_better=True
-            )
-        out.append(row)
-    return out
+    return [rejection_row({"test": test, "arch": arch, "feature": feature}, ts, alpha,
+                          banded=all("null_mean" in t for t in ts))
+            for (test, arch, feature), ts in groups.items()]
+
+
+def rejection_row(head: Mapping[str, Any], ts: Sequence[Mapping[str, Any]], alpha: float, *,
+                  banded: bool) -> dict[str, Any]:
+    """One cell group's summary across seeds (the digits grid's and the token tests'): `head`,
+    the rejection counts at `alpha` (raw, Holm, BH), mean statistic, min p and, when `banded`,
+    the seed bands of the statistic and of its null's mean with the seed-band rule's verdict
+    (`stats.seeds.compare_bands`, higher = larger gap)."""
+    row = {
+        **head, "n_seeds": len(ts),
+        "n_reject_raw": sum(t["p_value"] < alpha for t in ts),
+        "n_reject_holm": sum(t["p_holm"] < alpha for t in ts),
+        "n_reject_bh": sum(t["p_bh"] < alpha for t in ts),
+        "mean_statistic": float(np.mean([t["statistic"] for t in ts])),
+        "min_p": float(min(t["p_value"] for t in ts)),
+    }
+    if banded:
+        row["statistic_band"] = seed_band([t["statistic"] for t in ts])
+        row["null_mean_band"] = seed_band([t["null_mean"] for t in ts])
+        row["vs_null"] = compare_bands(row["statistic_band"], row["null_mean_band"],
+                                       higher_is_better=True)
+    return row

@@ -14,6 +14,8 @@
                   bandwidth sweep, reliability curves (first seed), NW seconds; temperature:
                   T per (arch, seed) (its rows, probe "temperature", sit with the others)
     depth_attention  per domain per arch: mean depth weights (first seed) when predictions hold them
+    vmoer         the VMoER section (`study.vmoer_lm.assemble`: per_run[router][seed], table of
+                  seed bands vs det, markdown, paper claims, config; {} when disabled)
     verdicts      `routecal.report.lm.verdicts(results)`
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 
 from routecal.probes import compare
 from routecal.study import token_tests
-from routecal.study.lm_plan import LMPlan
+from routecal.study.plan import LMPlan
 from routecal.study.stages import Stages, versions, write_json
 
 CLUSTER_KEYS = ("cluster_unit", "n_clusters", "n_eff_clusters")  # per diagnostics cell
@@ -190,7 +192,27 @@ def assemble(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
         "power": _power(plan, st),
         "probes": _probes(plan, st),
         "depth_attention": _depth(plan, st),
+        "vmoer": _vmoer(plan, st, w),
     }
+
+
+def _vmoer(plan: LMPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
+    """The VMoER section's results (`vmoer_lm.assemble` of the `vmoer:<seed>` stages; {} when
+    disabled); writes W/tables/vmoer.csv, one row per router."""
+    if plan.vmoer_config is None:
+        return {}
+    from routecal import parallel
+    from routecal.study import vmoer_lm
+
+    vcfg = plan.load_vmoer()
+    names = vmoer_lm.check_routers(vcfg.experiment)
+    seeds = [int(s) for s in vcfg.experiment.seeds]
+    stored = {s: st.load(f"vmoer:{s}") for s in seeds}
+    per_run = {n: {s: stored[s]["runs"][n] for s in seeds} for n in names}
+    out = vmoer_lm.assemble(vcfg, per_run, w / "tables" / "vmoer.csv",
+                            write=parallel.is_primary())
+    out["stage_seconds"] = {s: stored[s].get("seconds") for s in seeds}
+    return out
 
 
 def write(w: pathlib.Path, results: dict[str, Any]) -> None:

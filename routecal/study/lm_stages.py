@@ -33,10 +33,10 @@ from routecal.probes.mlp import MLPProbe
 from routecal.probes.nadaraya_watson import FEATURE_SETS, NadarayaWatsonProbe
 from routecal.stats import calibration
 from routecal.study import token_tests, tokens
-from routecal.study.lm_plan import LMModel, LMPlan
+from routecal.study.plan import LMPlan, ModelSpec
 
 # (model, seed, run_dir) -> {"paths": {split: predictions path}, ...}: swapped in tests.
-Producer = Callable[[LMModel, int, pathlib.Path], Mapping[str, Any]]
+Producer = Callable[[ModelSpec, int, pathlib.Path], Mapping[str, Any]]
 
 
 def load_tokens(path: str | pathlib.Path, name: str,
@@ -72,7 +72,7 @@ def fingerprints(paths: Mapping[str, str | pathlib.Path]) -> dict[str, Any]:
             if (pathlib.Path(p) / "index.json").is_file()}
 
 
-def train_predict(model: LMModel, seed: int, run_dir: pathlib.Path, *,
+def train_predict(model: ModelSpec, seed: int, run_dir: pathlib.Path, *,
                   predict_options: Mapping[str, Any], depth_rows: int,
                   domains: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Trains `model` for `seed` in `run_dir` (resuming; an `hf`-source model is imported instead,

@@ -3,11 +3,12 @@
     routecal study --config configs/study_lm.py --workdir W          # the default (see config)
     routecal study --config configs/study_lm.py:quick --workdir W    # under 3 minutes
 
-From Python: `routecal.study.lm_study.run(config, workdir)`. Plan (`lm_plan.LMPlan`), then
+From Python: `routecal.study.lm_study.run(config, workdir)`. Plan (`plan.LMPlan`), then
 stages (`lm_stages`), each stored in `W/stages/` and skipped when done (a killed study redoes
 nothing it finished: train/predict per run, one stage per diagnostics cell, power per cell of the
 first `diagnostics.power_seeds` seeds, probes per run, then temperature scaling per run from the
-reloaded decoder, `lm_temperature`: a workdir of an older routecal resumes and runs only these),
+reloaded decoder, `lm_temperature`, then the VMoER section per seed when `vmoer.enabled`: an MoE
+decoder's det router against every router, `study.vmoer_lm`, its table in `W/tables/vmoer.csv`),
 then `W/results.json` (every number, with config, versions, wall time and peak RSS) and the report
 (`routecal.report.lm`).
 
@@ -34,7 +35,7 @@ import ml_collections
 from routecal import parallel
 from routecal.files import workdir as workdir_io
 from routecal.study import lm_results, lm_stages, lm_temperature
-from routecal.study.lm_plan import LMPlan
+from routecal.study.plan import LMPlan
 from routecal.study.stages import Stages, check_workdir_config, record_workdir_config
 
 
@@ -129,7 +130,22 @@ def _analysis(plan: LMPlan, w: pathlib.Path, toks: dict[tuple[str, int], Any]
                               run_dir, toks[m.name, s][plan.calib_split],
                               {d: toks[m.name, s][sp] for d, sp in plan.domains},
                               splits=dict(plan.domains), seed=s, plan=plan)))
-    return tasks
+    return tasks + _vmoer_tasks(plan)
+
+
+def _vmoer_tasks(plan: LMPlan) -> list[tuple[str, Callable[[], Any]]]:
+    """The VMoER section, one stage per seed (`vmoer:<seed>`: det trained, then every router of
+    `experiment.routers` from scratch or retrofitted on it, `vmoer_lm.run_seed`); the MCQA data
+    are built once, when the first of these stages runs."""
+    if plan.vmoer_config is None:
+        return []
+    from routecal.study import vmoer_lm
+
+    vcfg = plan.load_vmoer()
+    data = functools.cache(lambda: vmoer_lm.build_data(
+        vcfg.data, vmoer_lm.check_scoring(str(vcfg.experiment.scoring))))
+    return [(f"vmoer:{int(s)}", lambda s=int(s): {"runs": vmoer_lm.run_seed(vcfg, data(), s)})
+            for s in vcfg.experiment.seeds]
 
 
 def _work(plan: LMPlan, w: pathlib.Path) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from routecal.probes import compare
 from routecal.probes.scaling import TemperatureParams, temperature_apply, temperature_fit
 from routecal.stats import calibration
 from routecal.study import lm_stages, tokens
-from routecal.study.lm_plan import LMPlan
+from routecal.study.plan import LMPlan
 
 BATCH_ROWS = 32  # packed rows per forward pass (fixed: one compile per model)
 CONFIDENCE_TOLERANCE = 1e-3  # |recomputed - stored| confidence at T = 1 before refusing

@@ -22,6 +22,7 @@ Letters: B batch, T tokens, V vocabulary, K options.
 from __future__ import annotations
 
 import json
+import pathlib
 import time
 from typing import Any
 
@@ -44,7 +45,8 @@ from routecal.study.vmoer_lm_fit import (  # noqa: F401 (the model and its fit l
     seq_limit,
 )
 
-__all__ = ["DOMAINS", "build_data", "fit", "make_model", "model_config", "run", "train_router"]
+__all__ = ["DOMAINS", "assemble", "build_data", "check_routers", "check_scoring", "fit",
+           "make_model", "model_config", "run", "run_seed", "train_router"]
 
 # ----------------------------------------------------------------------------------------------
 # Models and steps
@@ -85,6 +87,81 @@ def train_router(cfg, data, router: str, seed: int, det_model=None) -> tuple[nnx
 # ----------------------------------------------------------------------------------------------
 
 
+def check_routers(e: ml_collections.ConfigDict) -> list[str]:
+    """`experiment.routers` as a list; ValueError without 'det' or for an unknown/old name."""
+    names = list(e.routers)
+    if "det" not in names:
+        raise ValueError("experiment.routers: must include 'det' (the baseline)")
+    for n in names:
+        routers.split_method(n)  # ValueError naming the new name of an old one
+    return names
+
+
+def run_seed(cfg: ml_collections.ConfigDict, data: dict[str, Any], seed: int,
+             on_router: Any = None) -> dict[str, dict[str, Any]]:
+    """Every router of `experiment.routers` for one seed: `det` first (trained), then each
+    router from scratch or retrofitted on it, each evaluated (`vmoer_lm_eval.evaluate`) with its
+    train time, wall and CPU seconds (compilation included) and fitted settings.
+
+    Args:
+      on_router: called as `on_router(runs)` after each router (the experiment saves its seed
+        file there).
+    Returns:
+      {router: metrics}.
+    """
+    from routecal.study import vmoer_lm_eval as ev
+
+    names = check_routers(cfg.experiment)
+    det, runs = None, {}
+    for name in ["det", *[n for n in names if n != "det"]]:
+        w0, p0 = time.perf_counter(), time.process_time()
+        model, log = train_router(cfg, data, name, int(seed), det)
+        if name == "det":
+            det = model
+        res = ev.evaluate(model, data, cfg.experiment, seed=int(seed))
+        res["train_time_s"] = log["time_s"]
+        res["wall_s"] = time.perf_counter() - w0
+        res["cpu_s"] = time.process_time() - p0
+        res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
+        res.update({k: v for k, v in log.items() if k not in ("lm", "mcqa", "time_s")})
+        runs[name] = res
+        print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
+        if on_router is not None:
+            on_router(runs)
+    return runs
+
+
+def assemble(cfg: ml_collections.ConfigDict, per_run: dict[str, dict[int, dict[str, Any]]],
+             csv_path: pathlib.Path, write: bool = True) -> dict[str, Any]:
+    """The experiment's results from per_run[router][seed] (FLOP overheads added in place):
+    {per_run, table (seed bands), markdown, paper_claims, scoring, seeds, runs_wall_s, runs_cpu_s,
+    config}; writes `csv_path` (one row per router, `vmoer_lm_eval.write_csv`) when `write`
+    (multi-host: process 0)."""
+    from routecal.study import vmoer_lm_eval as ev
+
+    names = check_routers(cfg.experiment)
+    flops = ev.flop_overheads(cfg, names)
+    for name in names:
+        for r in per_run[name].values():
+            r.update(flops[name])
+    table = ev.summarize(per_run)
+    if write:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        ev.write_csv(table, names, csv_path)
+    return {
+        "per_run": per_run,
+        "table": table,
+        "markdown": ev.to_markdown(table, names),
+        "paper_claims": ev.PAPER_CLAIMS,
+        "scoring": check_scoring(str(cfg.experiment.get("scoring", "letter"))),
+        "seeds": [int(x) for x in cfg.experiment.seeds],
+        # summed over every (router, seed) run, whichever process trained it
+        "runs_wall_s": sum(r.get("wall_s", 0.0) for v in per_run.values() for r in v.values()),
+        "runs_cpu_s": sum(r.get("cpu_s", 0.0) for v in per_run.values() for r in v.values()),
+        "config": json.loads(cfg.to_json_best_effort()),
+    }
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates every (router, seed) of `cfg.experiment` under its option scoring
     (`experiment.scoring`, `vmoer_lm_data.SCORINGS`); writes
@@ -93,18 +170,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Each finished seed is saved as `workdir/seed<s>.json` and loaded instead of retrained, so
     seeds can run in parallel processes (`experiment.seeds=(s,)` each) and a last call with all
     seeds only assembles the table (`experiment.assemble_only=True` also tables partial seeds).
-    The file is rewritten after every router; a seed found incomplete is retrained from `det`."""
-    import pathlib
-
-    from routecal.study import vmoer_lm_eval as ev
-
+    The file is rewritten after every router; a seed found incomplete is retrained from `det`.
+    The LM study runs the same pieces as its VMoER section (`run_seed`, `assemble`)."""
     e = cfg.experiment
     scoring = check_scoring(str(e.get("scoring", "letter")))
-    names = list(e.routers)
-    if "det" not in names:
-        raise ValueError("experiment.routers: must include 'det' (the baseline)")
-    for n in names:
-        routers.split_method(n)  # ValueError naming the new name of an old one
+    names = check_routers(e)
     wd = pathlib.Path(workdir)
     (wd / "tables").mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -119,42 +189,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if name in done:
                     per_run[name][int(seed)] = done[name]
             continue
-        det, runs = None, {}
-        for name in ["det", *[n for n in names if n != "det"]]:
-            w0, p0 = time.perf_counter(), time.process_time()
-            model, log = train_router(cfg, data, name, int(seed), det)
-            if name == "det":
-                det = model
-            res = ev.evaluate(model, data, e, seed=int(seed))
-            res["train_time_s"] = log["time_s"]
-            # train + eval of this router (compilation included: first seed of a process)
-            res["wall_s"] = time.perf_counter() - w0
-            res["cpu_s"] = time.process_time() - p0
-            res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
-            res.update({k: v for k, v in log.items() if k not in ("lm", "mcqa", "time_s")})
-            runs[name] = per_run[name][int(seed)] = res
-            print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
+
+        def save(runs: dict[str, Any], seed_file: pathlib.Path = seed_file) -> None:
             workdir_io.write_text(seed_file, json.dumps(runs, default=float) + "\n")  # atomic
-    flops = ev.flop_overheads(cfg, names)
-    for name in names:
-        for r in per_run[name].values():
-            r.update(flops[name])
-    table = ev.summarize(per_run)
-    ev.write_csv(table, names, wd / "tables" / "vmoer.csv")
-    out = {
-        "per_run": per_run,
-        "table": table,
-        "markdown": ev.to_markdown(table, names),
-        "paper_claims": ev.PAPER_CLAIMS,
-        "scoring": scoring,
-        "seeds": [int(x) for x in e.seeds],
-        "time_s": time.perf_counter() - t0,  # this call (an assembling call trains nothing)
-        "cpu_time_s": time.process_time() - c0,
-        # summed over every (router, seed) run, whichever process trained it
-        "runs_wall_s": sum(r.get("wall_s", 0.0) for v in per_run.values() for r in v.values()),
-        "runs_cpu_s": sum(r.get("cpu_s", 0.0) for v in per_run.values() for r in v.values()),
-        "config": json.loads(cfg.to_json_best_effort()),
-    }
+
+        for name, res in run_seed(cfg, data, int(seed), on_router=save).items():
+            per_run[name][int(seed)] = res
+    out = assemble(cfg, per_run, wd / "tables" / "vmoer.csv")
+    out["time_s"] = time.perf_counter() - t0  # this call (an assembling call trains nothing)
+    out["cpu_time_s"] = time.process_time() - c0
     workdir_io.write_text(wd / "vmoer_lm_results.json",
                           json.dumps(out, indent=2, default=float) + "\n")
     return out

@@ -12,7 +12,7 @@ from routecal.stats import seeds
 
 def _results(rng):
     tests, power = [], []
-    for test in ("paper", "recommended"):
+    for test in ("within_bin", "conditional"):
         for d in ("in", "far"):
             for a in ("full", "block"):
                 for s in (0, 1, 2):
@@ -94,3 +94,26 @@ def test_report_files_and_glance_first(tmp_path):
     assert glance.header[3].startswith("clusters") and glance.rows[1][3] == "-"
     assert glance.rows[0][3] == "document: 12 (effective 8.2-9.0)"
     assert "clusters: documents, 12 (effective 8.2)" in lm_verdicts.diagnostics_items(res)[1]
+
+
+def test_diagnostics_verdicts_are_table_rows_with_the_sentence_in_details(tmp_path):
+    res = _results(np.random.default_rng(3))
+    res["meta"]["study"] = "lm"
+    rows = lm_verdicts.diagnostics_rows(res)
+    items = lm_verdicts.diagnostics_items(res)
+    assert [r["sentence"] for r in rows] == items[:len(rows)]  # one computation, two views
+    for r in rows:
+        ts = [t for t in res["diagnostics"]["tests"] if (t["domain"], t["test"]) ==
+              (r["domain"], r["test"])]
+        raw, holm, bh = (sum(t[k] < 0.05 for t in ts) for k in ("p_value", "p_holm", "p_bh"))
+        assert r["rejections"] == f"{raw} / {holm} / {bh} of {len(ts)}"
+        assert r["verdict"] == ("evidence" if holm else "weak (BH only)" if bh else "no evidence")
+        mdg = [p["mdg"] for p in res["power"] if (p["domain"], p["test"]) ==
+               (r["domain"], r["test"])]
+        assert r["detectable_gap"] == f"{np.median(mdg):.3f}"
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    paths = lm.write_report(tmp_path)
+    for text in (paths["markdown"].read_text(), paths["html"].read_text()):
+        assert text.count("<details><summary>") == len(rows)
+        assert "rejections (raw / Holm / BH of cells)" in text
+        assert "- " + rows[0]["sentence"] not in text  # the sentence is no longer a bullet

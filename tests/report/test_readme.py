@@ -25,9 +25,9 @@ def _results(wall: float | None = 377.0) -> dict:
          "p_bh": b}
         for i, (p, h, b) in enumerate([(0.001, 0.004, 0.004), (0.01, 0.03 * 2, 0.02),
                                        (0.2, 0.4, 0.27), (0.5, 0.5, 0.5)])
-    ] + [{"test": "within_bin_permutation", "arch": "full", "feature": "f0", "p_value": 0.3,
+    ] + [{"test": "within_bin", "arch": "full", "feature": "f0", "p_value": 0.3,
           "p_holm": 0.6, "p_bh": 0.3}] * 2
-    tests += [{"test": "minimum_detectable_gap", "minimum_detectable_gap": g, "power_target": 0.8}
+    tests += [{"test": "minimum_detectable_gap_conditional", "minimum_detectable_gap": g, "power_target": 0.8}
               for g in (0.05, 0.07, 0.06)]
     band = lambda m, lo, hi: {"mean": m, "min": lo, "max": hi, "std": 0.0, "n": 2}  # noqa: E731
     summary = [

@@ -59,9 +59,9 @@ def test_diagnostics_verdict_across_seeds_names_the_rule(results):
 def test_no_evidence_verdict_states_the_detectable_gap_and_both_tests(results):
     res = results(np.random.default_rng(0), n_reject_holm=0)
     diag = res["diagnostics"]
-    base = [dict(t, test="within_bin_permutation") for t in diag["tests"]]
+    base = [dict(t, test="within_bin") for t in diag["tests"]]
     cond = [dict(t, test="conditional", p_value=0.5, p_holm=1.0, p_bh=1.0) for t in base]
-    gaps = [{"test": "minimum_detectable_gap", "arch": t["arch"], "seed": t["seed"],
+    gaps = [{"test": "minimum_detectable_gap_conditional", "arch": t["arch"], "seed": t["seed"],
              "feature": t["feature"], "minimum_detectable_gap": g, "power_target": 0.8}
             for t, g in zip(base, np.linspace(0.1, 0.3, len(base)), strict=True)]
     diag["tests"] = base + cond + gaps

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from routecal.study import diagnose
+from routecal.study import diagnose, registry
 
 
 def _planted_npz(path, rng, n=1500, effect=0.35):
@@ -28,9 +28,9 @@ def test_diagnose_bring_your_own_traces(tmp_path):
     res = diagnose.diagnose_predictions(tmp_path / "calib.npz", test_path=tmp_path / "test.npz",
                                      out_dir=tmp_path / "out", n_permutations=500)
     by = {(t["test"], t["feature"]): t for t in res["diagnostics"]["tests"]}
-    assert by["within_bin_permutation", "planted"]["p_value"] < 0.01
+    assert by["within_bin", "planted"]["p_value"] < 0.01
     assert by["conditional", "planted"]["p_value"] < 0.01  # the recommended test, side by side
-    assert 0 < by["minimum_detectable_gap", "planted"]["minimum_detectable_gap"] < 0.5
+    assert 0 < by["minimum_detectable_gap_conditional", "planted"]["minimum_detectable_gap"] < 0.5
     assert (tmp_path / "out" / "report.html").exists()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["diagnostics"]
 
@@ -86,7 +86,7 @@ def test_constant_routing_features_are_skipped_with_a_note(tmp_path, capsys):
     # every test spec of the grid ran on the one varying feature only
     assert {t["feature"] for t in res["diagnostics"]["tests"]} == {"gate"}
     specs = {t["test"] for t in res["diagnostics"]["tests"]}
-    assert len(res["diagnostics"]["tests"]) == len(specs) and "within_bin_permutation" in specs
+    assert len(res["diagnostics"]["tests"]) == len(specs) and "within_bin" in specs
     skipped = ["H_mean", "depth_mean_mean", "depth_var_mean"]
     assert len(res["meta"]["notes"]) == len(skipped)
     for f, note in zip(skipped, res["meta"]["notes"], strict=True):
@@ -118,7 +118,6 @@ def test_token_traces_round_trip_matches_the_diagnostic_functions(tmp_path):
     from routecal import cli
     from routecal.files import shards
     from routecal.stats import diagnostics
-    from routecal.study import grid
 
     t = _token_traces(np.random.default_rng(5))
     np.savez(tmp_path / "traces.npz", **t)
@@ -136,8 +135,8 @@ def test_token_traces_round_trip_matches_the_diagnostic_functions(tmp_path):
             conf, correct, t[f"routing_{f}"], key=key, n_permutations=199, n_bins=15, n_groups=3)
         rec = diagnostics.conditional_calibration_test(
             conf, correct, t[f"routing_{f}"], key=key, n_permutations=199,
-            stratum_size=grid._stratum_size(len(conf)), clusters=t["doc_id"])
-        got_paper, got_rec = rows["within_bin_permutation", f], rows["conditional", f]
+            stratum_size=registry.stratum_size(len(conf)), clusters=t["doc_id"])
+        got_paper, got_rec = rows["within_bin", f], rows["conditional", f]
         assert got_paper["statistic"] == pytest.approx(float(paper.statistic), rel=1e-6)
         assert got_paper["p_value"] == float(paper.p_value)
         assert got_rec["z"] == pytest.approx(float(rec.statistic), rel=1e-6)

@@ -56,8 +56,8 @@ def test_adding_a_test_is_one_spec():
         return {"statistic": float(np.mean(routing)), "p_value": 0.5}
 
     out = grid.diagnostic_grid(cells, s, tests=(grid.TESTS[0], grid.TestSpec("fixed", fixed)))
-    assert [t["test"] for t in out["tests"]] == ["within_bin_permutation"] * 2 + ["fixed"] * 2
-    assert {r["test"] for r in out["rejections"]} == {"within_bin_permutation", "fixed"}
+    assert [t["test"] for t in out["tests"]] == ["within_bin"] * 2 + ["fixed"] * 2
+    assert {r["test"] for r in out["rejections"]} == {"within_bin", "fixed"}
     # adjusted within its own test only: Holm of (0.5, 0.5) is (1, 1), BH is (0.5, 0.5)
     fixed_rows = [t for t in out["tests"] if t["test"] == "fixed"]
     assert [(t["p_holm"], t["p_bh"]) for t in fixed_rows] == [(1.0, 0.5), (1.0, 0.5)]
@@ -82,8 +82,8 @@ def test_default_grid_runs_the_recommended_test_and_the_detectable_gap():
     s = grid.GridSettings(n_permutations=100, n_bins=10, n_groups=3, alpha=0.05, seed=4)
     out = grid.diagnostic_grid(cells, s)
     names = [t["test"] for t in out["tests"]]
-    assert names == ["within_bin_permutation"] * 2 + ["conditional"] * 2 + [
-        "minimum_detectable_gap"] * 2 + ["conditional_omnibus"] * 2 + [
+    assert names == ["within_bin"] * 2 + ["conditional"] * 2 + [
+        "minimum_detectable_gap_conditional"] * 2 + ["omnibus"] * 2 + [
         "minimum_detectable_gap_omnibus"] * 2
     cond = [t for t in out["tests"] if t["test"] == "conditional"]
     for i, (c, t) in enumerate(zip(cells, cond, strict=True)):
@@ -94,8 +94,8 @@ def test_default_grid_runs_the_recommended_test_and_the_detectable_gap():
         assert t["z"] == ref.statistic and t["p_value"] == ref.p_value
         assert t["statistic"] == abs(ref.statistic)
     assert cond[0]["p_value"] < 0.05  # the planted cell
-    gaps = [t for t in out["tests"] if t["test"] == "minimum_detectable_gap"]
+    gaps = [t for t in out["tests"] if t["test"] == "minimum_detectable_gap_conditional"]
     assert all(0 < t["minimum_detectable_gap"] < 1 and "p_holm" not in t for t in gaps)
     assert len(gaps[0]["power_curve"]["gap"]) == len(gaps[0]["power_curve"]["power"])
-    assert {r["test"] for r in out["rejections"]} == {"within_bin_permutation", "conditional",
-                                                      "conditional_omnibus"}
+    assert {r["test"] for r in out["rejections"]} == {"within_bin", "conditional",
+                                                      "omnibus"}

@@ -56,7 +56,8 @@ def cfg():
         "diagnostics.paper_power_permutations=19",
         "probes.bandwidth_rules=('scott', 'cv_nll')", "probes.sweep_multiples=(1.0,)",
         "diagnostics.cluster_unit=document",  # quick's 2 kB splits cluster by rows
-        "diagnostics.tests=('paper', 'recommended')",  # the omnibus test: tests/stats, tokens
+        "diagnostics.tests=('within_bin', 'conditional')",  # omnibus: tests/stats, tokens
+        "vmoer.enabled=False",  # the VMoER section: test_lm_vmoer_section.py
     ])
 
 
@@ -87,7 +88,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert row["statistic"] == pytest.approx(float(direct.statistic))
     # tests x domains x models x seeds x features
     assert len(ref["diagnostics"]["tests"]) == 2 * 2 * 2 * 2 * 2
-    rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "recommended"][0]
+    rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "conditional"][0]
     direct = diagnostics.conditional_calibration_test(
         t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"], clusters=t["doc_id"],
         key=jax.random.fold_in(cell_key, 1), n_permutations=99)
@@ -96,7 +97,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert rec["cluster_unit"] == "document" and rec["n_clusters"] == len(sizes)
     assert rec["n_eff_clusters"] == pytest.approx(sizes.sum() ** 2 / np.sum(sizes**2.0))
     assert ref["diagnostics"]["clusters"]["in"]["n_clusters"] == [len(sizes)] * 2
-    assert {p["test"] for p in ref["power"]} == {"paper", "recommended"}
+    assert {p["test"] for p in ref["power"]} == {"within_bin", "conditional"}
     assert set(ref["probes"]["domains"]) == {"in", "far"}
     assert ref["meta"]["wall_seconds"] > 0 and ref["meta"]["peak_rss_mb"] > 0
     v = ref["verdicts"]
@@ -132,7 +133,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
 
 
 def test_power_seeds_selects_the_first_seeds_cells(cfg):
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
 
     cfg.diagnostics.power_seeds = 1
     plan = LMPlan.from_config(cfg)
@@ -198,7 +199,7 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
 
 
 def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
 
     assert load_config(f"{ROOT}/configs/study_lm.py").diagnostics.cluster_unit == "document"
     assert LMPlan.from_config(cfg).tests.cluster_unit == "document"
@@ -224,7 +225,7 @@ def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
 
 
 def test_a_workdir_from_before_cluster_unit_does_not_resume(cfg, tmp_path):
-    from routecal.study.lm_plan import LMPlan
+    from routecal.study.plan import LMPlan
     from routecal.study.stages import record_workdir_config
 
     old = LMPlan.from_config(cfg).config

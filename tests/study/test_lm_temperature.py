@@ -20,7 +20,7 @@ from routecal.models.decoder import Decoder, DecoderConfig
 from routecal.probes.scaling import TemperatureParams, temperature_fit
 from routecal.stats import calibration
 from routecal.study import lm_stages, lm_study, lm_temperature, tokens
-from routecal.study.lm_plan import LMPlan
+from routecal.study.plan import LMPlan
 from routecal.training import token_predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
         "diagnostics.power_kwargs.n_datasets=10", "diagnostics.paper_power_datasets=10",
         "diagnostics.paper_power_permutations=19", "probes.bandwidth_rules=('scott',)",
         "probes.sweep_multiples=(1.0,)", "probes.max_calib_tokens=600",
-        "probes.max_test_tokens=500"])
+        "probes.max_test_tokens=500", "vmoer.enabled=False"])
     w = tmp_path / "w"
     ref = lm_study.run(cfg, w, write_report=False)
     stage = json.loads((w / "stages/temperature_full_0.json").read_text())

@@ -69,10 +69,10 @@ def test_results_hold_every_cell_and_independent_numbers(quick):
     rows = res["diagnostics"]["tests"]
     # the paper test, the recommended conditional test and the minimum detectable gap, then the
     # omnibus variant and its detectable gap (issue 22), per cell
-    assert [t["test"] for t in rows] == (["within_bin_permutation"] * n_cells
+    assert [t["test"] for t in rows] == (["within_bin"] * n_cells
                                          + ["conditional"] * n_cells
-                                         + ["minimum_detectable_gap"] * n_cells
-                                         + ["conditional_omnibus"] * n_cells
+                                         + ["minimum_detectable_gap_conditional"] * n_cells
+                                         + ["omnibus"] * n_cells
                                          + ["minimum_detectable_gap_omnibus"] * n_cells)
     assert all(0 < t["minimum_detectable_gap"] <= 1 for t in rows if "minimum_detectable_gap" in t)
     b = cfg.diagnostics.n_permutations

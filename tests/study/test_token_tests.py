@@ -8,6 +8,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from routecal.stats import diagnostics
+from routecal.stats.power import crossing_gap
 from routecal.study import token_tests
 
 
@@ -20,9 +21,9 @@ def _cell(n=600, seed=0):
 
 def test_paper_test_is_the_stats_engine_on_the_cells_key():
     conf, y, r, cl = _cell()
-    s = token_tests.TestSettings(tests=("paper",), n_permutations=199)
+    s = token_tests.TestSettings(tests=("within_bin",), n_permutations=199)
     key = jax.random.key(3)
-    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["paper"]
+    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["within_bin"]
     ref = diagnostics.within_bin_permutation_test(conf, y, r, key=jax.random.fold_in(key, 0),
                                                   n_permutations=199)
     assert out["statistic"] == pytest.approx(float(ref.statistic))
@@ -33,31 +34,31 @@ def test_paper_test_is_the_stats_engine_on_the_cells_key():
 
 def test_recommended_test_is_the_conditional_engine_with_clusters():
     conf, y, r, cl = _cell()
-    s = token_tests.TestSettings(tests=("recommended",), n_permutations=99)
+    s = token_tests.TestSettings(tests=("conditional",), n_permutations=99)
     key = jax.random.key(1)
-    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["recommended"]
+    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["conditional"]
     ref = diagnostics.conditional_calibration_test(conf, y, r, key=jax.random.fold_in(key, 1),
                                                    clusters=cl, n_permutations=99)
     assert out["p_value"] == pytest.approx(ref.p_value) and out["n_units"] == len(set(cl))
     assert out["statistic"] == pytest.approx(ref.statistic)
 
 
-def test_missing_engine_is_named(monkeypatch):
-    monkeypatch.setitem(token_tests._NEEDS, "recommended", "no_such_engine")
-    conf, y, r, cl = _cell()
-    with pytest.raises(ValueError, match="no_such_engine"):
-        token_tests.run_cell(conf, y, r, cl, key=jax.random.key(0),
-                             settings=token_tests.TestSettings())
+@pytest.mark.parametrize("old, new", [("paper", "within_bin"), ("recommended", "conditional"),
+                                      ("within_bin_permutation", "within_bin"),
+                                      ("conditional_omnibus", "omnibus")])
+def test_old_test_names_raise_naming_the_new_ones(old, new):
+    with pytest.raises(ValueError, match=f"diagnostics.tests.*{old}.*{new}"):
+        token_tests.TestSettings(tests=(old,))
 
 
 def test_adjust_matches_statsmodels_per_family():
     rng = np.random.default_rng(0)
     rows = [{"test": t, "domain": d, "arch": a, "seed": s, "feature": f,
              "statistic": float(rng.random()), "p_value": float(rng.random() ** 3)}
-            for t in ("paper", "recommended") for d in ("in", "far") for a in ("full", "block")
+            for t in ("within_bin", "conditional") for d in ("in", "far") for a in ("full", "block")
             for s in (0, 1, 2) for f in ("H_mean", "depth_var_mean")]
     summary = token_tests.adjust(rows, 0.05)
-    for t in ("paper", "recommended"):
+    for t in ("within_bin", "conditional"):
         for d in ("in", "far"):
             fam = [r for r in rows if r["test"] == t and r["domain"] == d]
             ps = [r["p_value"] for r in fam]
@@ -74,12 +75,12 @@ def test_adjust_matches_statsmodels_per_family():
 
 
 def test_detectable_gap_interpolates_the_running_maximum():
-    gaps = [0.01, 0.02, 0.04, 0.08]
+    gaps = np.array([0.01, 0.02, 0.04, 0.08])
     # power 0.5 at 0.02 and 0.9 at 0.04 (the dip at 0.08 is ignored): 0.8 is 3/4 of the way in log.
-    got = token_tests.detectable_gap(gaps, [0.1, 0.5, 0.9, 0.7], 0.8)
+    got = crossing_gap(gaps, np.array([0.1, 0.5, 0.9, 0.7]), 0.8)
     assert got == pytest.approx(np.exp(np.log(0.02) + 0.75 * (np.log(0.04) - np.log(0.02))))
-    assert token_tests.detectable_gap(gaps, [0.1, 0.2, 0.3, 0.4], 0.8) is None
-    assert token_tests.detectable_gap(gaps, [0.85, 0.9, 1, 1], 0.8) == 0.01
+    assert crossing_gap(gaps, np.array([0.1, 0.2, 0.3, 0.4]), 0.8) == np.inf
+    assert crossing_gap(gaps, np.array([0.85, 0.9, 1, 1]), 0.8) == 0.01
 
 
 def test_power_of_both_tests_on_one_grid():
@@ -89,17 +90,18 @@ def test_power_of_both_tests_on_one_grid():
                                  paper_power_permutations=49,
                                  power_kwargs=(("n_datasets", 20),))
     out = token_tests.power(conf, y, cl, key=jax.random.key(0), settings=s)
-    grid = out["recommended"]["curve"]["gap"]
-    assert out["paper"]["curve"]["gap"] == grid and len(out["paper"]["curve"]["power"]) == len(grid)
+    grid = out["conditional"]["curve"]["gap"]
+    wb = out["within_bin"]["curve"]
+    assert wb["gap"] == grid and len(wb["power"]) == len(grid)
     # Planted gaps the size of the grid's top are detected by both tests (power rises with gap).
-    for test in ("paper", "recommended"):
+    for test in ("within_bin", "conditional"):
         pw = out[test]["curve"]["power"]
         assert pw[-1] >= 0.8 and pw[-1] >= pw[0]
-        assert out[test]["mdg"] == token_tests.detectable_gap(grid, pw, 0.8)
+        assert out[test]["mdg"] == crossing_gap(np.array(grid), np.array(pw), 0.8)
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"tests": ("paper", "bogus")}, "diagnostics.tests"), ({"tests": ()}, "diagnostics.tests"),
+    ({"tests": ("within_bin", "bogus")}, "diagnostics.tests"), ({"tests": ()}, "diagnostics.tests"),
     ({"n_permutations": 0}, "n_permutations"), ({"alpha": 1.5}, "alpha"),
 ])
 def test_bad_settings_raise(kw, match):
