@@ -62,6 +62,11 @@ from routecal.stats.binning import split_index
 from routecal.stats.random_bits import _TIE_RTOL, _uniform_bits
 
 _W = 32  # units signed by one random word
+_PARTS = 4  # partial sums per word in `flip_chunk`
+# XLA:CPU emits 256-bit vectors by default; the sign-flip kernel is instruction-bound and runs
+# ~1.4x faster with 512-bit ones where the CPU has them (measured on AMD EPYC, issue 26); other
+# CPUs and backends ignore the option. It changes no result: the kernel is elementwise per lane.
+COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 MIN_LEVELS = 32  # confidence with at most max(S, 32) distinct values: one stratum per level
 
 
@@ -228,22 +233,35 @@ def studentised(y, y_loco, y_pool, w, units, n_units: int):
 def flip_chunk(seed: jax.Array, w_blocks: jax.Array) -> jax.Array:
     """Sign-flip statistics of one chunk: [2, Bc] lane keys, [K/32, 32, J] scores -> [Bc, J].
 
-    Unit k of flip b takes bit k % 32 of word k // 32 of lane b; all J columns share the signs.
+    Unit k of flip b takes bit k % 32 of word k // 32 of lane b (set: eps = -1); all J columns
+    share the signs. Computed as sum_k eps_k w_k = sum_k w_k - 2 sum_{k: bit set} w_k, so each unit
+    costs one bit test and one masked add per lane (no select between +w and -w); the 32 units of a
+    word go to `_PARTS` interleaved partial sums (shorter add chains). Issue 26: 1.5x fewer
+    instructions than the select form; the sums are the same up to float64 rounding.
     """
     bc = seed.shape[1]
 
-    def body(acc, xs):
+    def tree(terms):
+        parts = [None] * _PARTS
+        for i, term in enumerate(terms):
+            q = i % _PARTS
+            parts[q] = term if parts[q] is None else parts[q] + term
+        while len(parts) > 1:
+            parts = [parts[q] + parts[q + 1] for q in range(0, len(parts), 2)]
+        return parts[0]
+
+    def body(carry, xs):
+        acc, tot = carry
         blk, w = xs
         bits = _uniform_bits(seed, blk.astype(jnp.uint32)[None])[0]  # [Bc]: 32 signs per word
-        for i in range(_W):
-            neg = ((bits >> i) & 1).astype(bool)[:, None]
-            acc = acc + jnp.where(neg, -w[i][None, :], w[i][None, :])
-        return acc, None
+        set_ = tree([jnp.where(((bits & jnp.uint32(1 << i)) != 0)[:, None], w[i][None, :], 0.0)
+                     for i in range(_W)])
+        return (acc + set_, tot + tree([w[i] for i in range(_W)])), None
 
     blocks = jnp.arange(w_blocks.shape[0])
     init = jnp.zeros((bc, w_blocks.shape[2]), w_blocks.dtype)
-    acc, _ = lax.scan(body, init, (blocks, w_blocks))
-    return acc
+    (flipped, total), _ = lax.scan(body, (init, init[0]), (blocks, w_blocks))
+    return total[None, :] - 2.0 * flipped  # sums in a fixed order: the same on every backend
 
 
 def blocks(w: jax.Array) -> jax.Array:
