@@ -261,14 +261,17 @@ def flip_chunk(seed: jax.Array, w_blocks: jax.Array) -> jax.Array:
     blocks = jnp.arange(w_blocks.shape[0])
     init = jnp.zeros((bc, w_blocks.shape[2]), w_blocks.dtype)
     (flipped, total), _ = lax.scan(body, (init, init[0]), (blocks, w_blocks))
-    return total[None, :] - 2.0 * flipped  # sums in a fixed order: the same on every backend
+    # sums in a fixed order, no multiply (so no FMA contraction): the same for any lane count
+    return total[None, :] - (flipped + flipped)
 
 
 def blocks(w: jax.Array) -> jax.Array:
-    """[K, J] -> [K/32, 32, J] zero-padded."""
+    """[K, J] -> [K/32, 32, J] zero-padded, behind an optimization barrier: XLA may compute the
+    scores' divisions differently when they fuse with the flips (e.g. when the chunk loop has one
+    trip), and the null must see the same scores for every chunk size and device count."""
     k = w.shape[0]
     w = jnp.pad(w, ((0, parallel.pad_to_multiple(k, _W) - k), (0, 0)))
-    return w.reshape(-1, _W, w.shape[1])
+    return lax.optimization_barrier(w.reshape(-1, _W, w.shape[1]))
 
 
 def two_sided_p(z: jax.Array, null: jax.Array) -> jax.Array:
