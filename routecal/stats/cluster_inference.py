@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from routecal import parallel
+from routecal.stats import ranks
 from routecal.stats.binning import split_index
 from routecal.stats.random_bits import _TIE_RTOL, _uniform_bits
 
@@ -108,32 +109,23 @@ def strata(c: jax.Array, n_strata: int, stratum_size: int) -> jax.Array:
     Ids below S are equal-mass bins of the (rarely tied) confidences; id S + l is level l.
     """
     n = c.shape[0]
-    sc = jnp.sort(c)
-    first = jnp.searchsorted(sc, c, side="left")
-    count = jnp.searchsorted(sc, c, side="right") - first
-    new = jnp.concatenate([jnp.ones((1,), bool), sc[1:] != sc[:-1]])
-    level_of_pos = jnp.cumsum(new.astype(jnp.int32)) - 1
-    level = level_of_pos[first]
-    few_levels = level_of_pos[-1] + 1 <= max(n_strata, MIN_LEVELS)
+    first, last, level, n_levels = ranks.tie_levels(c)
+    count = last + 1 - first
+    few_levels = n_levels <= max(n_strata, MIN_LEVELS)
     own = few_levels | (count >= stratum_size)
     return jnp.where(own, n_strata + level, split_index(first, n, n_strata)).astype(jnp.int32)
 
 
 def _groups(strat: jax.Array, units: jax.Array, n_units: int) -> jax.Array:
     """Dense id in [0, N) of each example's (stratum, unit) pair. [N] -> [N] int32."""
-    key = strat.astype(jnp.int64) * n_units + units.astype(jnp.int64)
-    order = jnp.argsort(key)
-    sk = key[order]
-    new = jnp.concatenate([jnp.ones((1,), bool), sk[1:] != sk[:-1]])
-    gid = jnp.cumsum(new.astype(jnp.int32)) - 1
-    return jnp.zeros_like(gid).at[order].set(gid)
+    return ranks.tie_levels(strat.astype(jnp.int64) * n_units + units.astype(jnp.int64))[2]
 
 
 class _Fit(NamedTuple):
     """The leave-unit-out stratum fit of each example: [N] ids and sums over the others."""
 
     strat: jax.Array  # stratum id
-    grp: jax.Array | None  # (stratum, unit) id; None: pooled
+    grp: jax.Array | str | None  # (stratum, unit) id; None: pooled; "own": every example its own
     dc: jax.Array  # confidence centred by its stratum mean
     m: jax.Array  # points in the fit
     mc: jax.Array  # their mean (centred) confidence
@@ -144,7 +136,9 @@ class _Fit(NamedTuple):
 def _sums(fit: _Fit, cols: jax.Array, n_seg: int) -> jax.Array:
     """Sum of cols [N, M] over each example's fit set (its stratum without its unit)."""
     tot = jax.ops.segment_sum(cols, fit.strat, num_segments=n_seg)[fit.strat]
-    if fit.grp is not None:
+    if isinstance(fit.grp, str):  # each (stratum, unit) pair is one example: leave it out
+        tot = tot - cols
+    elif fit.grp is not None:
         tot = tot - jax.ops.segment_sum(cols, fit.grp, num_segments=cols.shape[0])[fit.grp]
     return tot
 
@@ -159,7 +153,12 @@ def crossfit(strat, units, c, *, n_seg: int, n_units: int | None) -> _Fit:
     seg = functools.partial(jax.ops.segment_sum, segment_ids=strat, num_segments=n_seg)
     one = jnp.ones_like(c)
     dc = c - (seg(c) / jnp.maximum(seg(one), 1.0))[strat]  # centred per stratum: stable sums
-    grp = None if n_units is None else _groups(strat, units, n_units)
+    if n_units is None:
+        grp = None
+    elif n_units == c.shape[0]:  # K = N: every example is its own unit (no segment sums)
+        grp = "own"
+    else:
+        grp = _groups(strat, units, n_units)
     fit = _Fit(strat, grp, dc, one, one, one, one > 0)
     tot = _sums(fit, jnp.stack([one, dc, dc * dc], 1), n_seg)
     m = tot[:, 0]

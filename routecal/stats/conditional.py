@@ -72,6 +72,7 @@ from jax.sharding import PartitionSpec as P
 from routecal import _checks, parallel
 from routecal.stats import cluster_inference as ci
 from routecal.stats import conditional_omnibus as omnibus
+from routecal.stats import ranks
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
 
 
@@ -100,9 +101,7 @@ class ConditionalTestResult(NamedTuple):
 
 def _mid_ranks(r: jax.Array) -> jax.Array:
     """2 x mid-rank (first + last sorted position) of each value: exact integers in float64."""
-    sr = jnp.sort(r)
-    first = jnp.searchsorted(sr, r, side="left")
-    last = jnp.searchsorted(sr, r, side="right") - 1
+    first, last, _ = ranks.tie_blocks(r)
     return (first + last).astype(jnp.float64)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from jax import lax
 
 from routecal import _checks
+from routecal.stats import ranks
 from routecal.stats.binning import bin_index, split_index
 
 _L = 16  # examples per scan step of the permutation engine (unrolled; keeps loop overhead low)
@@ -86,7 +87,8 @@ def _layout(
     n = bins.shape[0]
     f = confidence.dtype
     iota = jnp.arange(n, dtype=jnp.int32)
-    sb, _, idx = lax.sort((bins, routing, iota), num_keys=2, is_stable=True)
+    idx = ranks.stable_order(bins, routing, n_bins)
+    sb = bins[idx]
     c_s, y_s = confidence[idx], correct[idx]
     res_s = y_s - c_s
     b_ids = jnp.arange(n_bins, dtype=sb.dtype)
