@@ -26,6 +26,27 @@ def order_key(x: jax.Array) -> jax.Array:
     return b ^ ((b >> 63) & jnp.int64(0x7FFFFFFFFFFFFFFF))
 
 
+def _argsort_keys(k: jax.Array) -> jax.Array | None:
+    """Stable argsort of [N] int64 keys by two one-operand sorts, or None when N > 2^21.
+
+    With b = bits of N - 1: sort (key with its low b bits replaced by the row) -> runs of equal
+    high bits in key order; then sort (run id, the key's low b bits, row), 3b <= 63 bits, which
+    orders by the full key, ties by row. Two 0.05 s sorts at N = 1M instead of a sort and two
+    binary searches (`searchsorted`: 0.15 s each).
+    """
+    n = k.shape[0]
+    b = max(1, (n - 1).bit_length())
+    if 3 * b > 63:
+        return None
+    low = jnp.int64((1 << b) - 1)
+    rows = jnp.arange(n, dtype=jnp.int64)
+    p1 = jnp.sort(((k >> b) << b) | rows) & low  # rows by (high bits, row)
+    high = (k >> b)[p1]
+    run = jnp.cumsum(jnp.concatenate([jnp.zeros((1,), jnp.int64),
+                                      (high[1:] != high[:-1]).astype(jnp.int64)]))
+    return (jnp.sort((run << (2 * b)) | ((k[p1] & low) << b) | p1) & low).astype(jnp.int32)
+
+
 def tie_blocks(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """First and last sorted position of each value's tie block, and the sorted keys.
 
@@ -36,9 +57,21 @@ def tie_blocks(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
       last = #{x_j <= x_i} - 1.
     """
     k = order_key(x)
-    sk = jnp.sort(k)
-    first = jnp.searchsorted(sk, k, side="left").astype(jnp.int32)
-    last = jnp.searchsorted(sk, k, side="right").astype(jnp.int32) - 1
+    order = _argsort_keys(k)
+    if order is None:  # N > 2^21: binary searches in the sorted keys
+        sk = jnp.sort(k)
+        first = jnp.searchsorted(sk, k, side="left").astype(jnp.int32)
+        last = jnp.searchsorted(sk, k, side="right").astype(jnp.int32) - 1
+        return first, last, sk
+    n = k.shape[0]
+    sk = k[order]
+    pos = jnp.arange(n, dtype=jnp.int32)
+    new = jnp.concatenate([jnp.ones((1,), bool), sk[1:] != sk[:-1]])
+    end = jnp.concatenate([sk[1:] != sk[:-1], jnp.ones((1,), bool)])
+    first_s = lax.cummax(jnp.where(new, pos, 0))
+    last_s = lax.cummin(jnp.where(end, pos, n - 1), reverse=True)
+    first = jnp.zeros((n,), jnp.int32).at[order].set(first_s, unique_indices=True)
+    last = jnp.zeros((n,), jnp.int32).at[order].set(last_s, unique_indices=True)
     return first, last, sk
 
 
