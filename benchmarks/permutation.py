@@ -3,6 +3,7 @@
     python benchmarks/permutation.py                      # N = 10k, 100k; B = 10k (a few minutes)
     python benchmarks/permutation.py --n-permutations 1000 --sizes 10000   # quick
     python benchmarks/permutation.py --only conditional   # paper vs conditional test, N = 100k
+    python benchmarks/permutation.py --only coin --sizes 100000 1000000   # vs R coin (issue 26)
 
 Runs a worker subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=2 that times, in one
 process: the numpy loop (per-bin `rng.permutation` of the residuals, the direct way to write the
@@ -11,6 +12,14 @@ resident memory (ru_maxrss) of a test at N = 1M; a third times top-label ECE on 
 numpy vs the jitted `calibration.ece_from_probs_jax` on device-resident arrays.
 Wall-clock times (best of `--repeats`), plus process CPU time; the machine's load average is
 printed because other jobs share the CPU.
+
+`--only coin` compares with R's coin package (Hothorn et al. 2006, "A Lego system for conditional
+inference", Am. Stat. 60(3)): `independence_test(res ~ r | bin, distribution = approximate(nresample
+= B))`, the stratified (within-bin) permutation test an R user would pick, on residuals res =
+correct - confidence, the routing feature r and the 15 width bins as strata. R runs in a subprocess
+(`Rscript`) on data written to a temporary CSV; only `independence_test` is timed, inside R. coin is
+a benchmark tool, not a routecal dependency: without `Rscript` or coin the comparison is skipped with
+a message (Debian: `apt-get install r-base-core r-cran-coin`). coin needs >= 2 examples per bin.
 """
 
 from __future__ import annotations
@@ -194,6 +203,110 @@ def worker_ece(n, n_classes, repeats):
                           ece_jax=float(e_jx))))
 
 
+_COIN_R = r"""
+suppressMessages(library(coin))
+args <- commandArgs(trailingOnly = TRUE)
+d <- read.csv(args[1]); d$bin <- factor(d$bin)
+B <- as.integer(args[2]); repeats <- as.integer(args[3])
+best <- Inf
+for (i in seq_len(repeats)) {
+  set.seed(i)
+  t0 <- proc.time()[["elapsed"]]
+  it <- independence_test(res ~ r | bin, data = d, distribution = approximate(nresample = B))
+  best <- min(best, proc.time()[["elapsed"]] - t0)
+}
+cat(sprintf("COIN %.6f %.8f %s\n", best, pvalue(it), packageVersion("coin")))
+"""
+
+
+def coin_missing() -> str:
+    """'' when `Rscript` and R's coin package are installed, else why the comparison is skipped."""
+    import shutil
+
+    if shutil.which("Rscript") is None:
+        return "Rscript not found (Debian: apt-get install r-base-core r-cran-coin)"
+    out = subprocess.run(["Rscript", "-e", "suppressMessages(library(coin))"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return f"R package coin not installed ({out.stderr.strip().splitlines()[-1:]})"
+    return ""
+
+
+def time_coin(n, n_perm, repeats, n_bins=15):
+    """coin's stratified permutation test on `_data(n)`: (best wall s inside R, p, coin version)."""
+    import tempfile
+
+    import numpy as np
+
+    c, y, r = _data(n)
+    b = np.clip(np.ceil(c * n_bins).astype(int) - 1, 0, n_bins - 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv, script = pathlib.Path(tmp) / "data.csv", pathlib.Path(tmp) / "coin.R"
+        np.savetxt(csv, np.c_[y - c, r, b], delimiter=",", header="res,r,bin", comments="",
+                   fmt=["%.17g", "%.17g", "%d"])
+        script.write_text(_COIN_R)
+        out = subprocess.run(["Rscript", str(script), str(csv), str(n_perm), str(repeats)],
+                             capture_output=True, text=True, check=True)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("COIN "))
+    _, wall, p, version = line.split()
+    return float(wall), float(p), version
+
+
+def worker_coin_side(sizes, n_perm, repeats):
+    """routecal's paper and recommended tests on the coin data, 1 and 2 devices (best wall s, p)."""
+    import jax
+
+    from routecal import parallel
+    from routecal.stats import diagnostics
+
+    tests = {
+        "paper": diagnostics.within_bin_permutation_test,
+        "recommended": diagnostics.conditional_calibration_test,
+    }
+    rows = []
+    for n in sizes:
+        c, y, r = _data(n)
+        row = dict(n=n, B=n_perm)
+        for name, test in tests.items():
+            for n_dev in (1, 2):
+                mesh = parallel.make_mesh(n_dev)
+
+                def run(test=test, mesh=mesh, c=c, y=y, r=r):
+                    return test(c, y, r, key=jax.random.key(0), n_permutations=n_perm, mesh=mesh)
+
+                run()  # compile
+                wall, cpu, res = _timed(run, repeats)
+                row[f"{name}_{n_dev}dev"] = (wall, cpu, res.p_value)
+        rows.append(row)
+    print(json.dumps(rows))
+
+
+def coin_comparison(sizes, n_perm, repeats, coin_repeats):
+    """Prints coin vs routecal's paper and recommended tests (markdown table) or why it is skipped."""
+    missing = coin_missing()
+    if missing:
+        print(f"\nR coin comparison skipped: {missing}")
+        return
+    rows = _spawn(["--worker", "coin", "--sizes", *map(str, sizes), "--n-permutations",
+                   str(n_perm), "--repeats", str(repeats)], 2)
+    print(f"\nR coin vs routecal, B = {n_perm:,}: best wall s (coin: of {coin_repeats}, inside R; "
+          f"routecal: of {repeats}, 1 device / 2 devices); ratio = coin / routecal (best)")
+    print("| N | R coin | paper test 1 dev / 2 dev | coin / paper | recommended 1 dev / 2 dev | "
+          "coin / recommended | p: coin, paper, recommended |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        load = os.getloadavg()
+        wall, p_coin, version = time_coin(row["n"], n_perm, coin_repeats)
+        pap = min(row["paper_1dev"][0], row["paper_2dev"][0])
+        rec = min(row["recommended_1dev"][0], row["recommended_2dev"][0])
+        print(f"| {row['n']:,} | {wall:.2f} | {row['paper_1dev'][0]:.2f} / "
+              f"{row['paper_2dev'][0]:.2f} | {wall / pap:.1f}x | "
+              f"{row['recommended_1dev'][0]:.3f} / {row['recommended_2dev'][0]:.3f} | "
+              f"{wall / rec:.1f}x | {p_coin:.4f}, {row['paper_1dev'][2]:.4f}, "
+              f"{row['recommended_1dev'][2]:.4f} |")
+        print(f"  (coin {version}; load average before coin: {load[0]:.2f})")
+
+
 def _spawn(args, n_devices):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
@@ -212,10 +325,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--memory-n", type=int, default=1_000_000)
     ap.add_argument("--memory-permutations", type=int, default=1_000)
-    ap.add_argument("--worker", choices=["speed", "memory", "ece", "conditional"], default=None)
-    ap.add_argument("--only", choices=["all", "conditional"], default="all",
-                    help="'conditional': only the paper-vs-conditional timing at the largest size")
+    ap.add_argument("--coin-repeats", type=int, default=1, help="coin runs (best is reported)")
+    ap.add_argument("--worker", choices=["speed", "memory", "ece", "conditional", "coin"],
+                    default=None)
+    ap.add_argument("--only", choices=["all", "conditional", "coin"], default="all",
+                    help="'conditional': only the paper-vs-conditional timing at the largest size; "
+                         "'coin': only the comparison with R's coin at every size")
     args = ap.parse_args()
+    if args.worker == "coin":
+        return worker_coin_side(args.sizes, args.n_permutations, args.repeats)
     if args.worker == "speed":
         return worker_speed(args.sizes, args.n_permutations, args.repeats)
     if args.worker == "memory":
@@ -226,6 +344,10 @@ def main() -> None:
         return worker_conditional(max(args.sizes), args.n_permutations, args.repeats)
 
     print(f"load average before: {os.getloadavg()}")
+    if args.only == "coin":
+        coin_comparison(args.sizes, args.n_permutations, args.repeats, args.coin_repeats)
+        print(f"load average after: {os.getloadavg()}")
+        return
     cond = _spawn(["--worker", "conditional", "--sizes", str(max(args.sizes)), "--n-permutations",
                    str(args.n_permutations), "--repeats", str(args.repeats)], 2)
     print(f"\npaper test vs conditional test at N = {cond['n']:,}, B = {cond['B']:,}: wall s (CPU s)")
@@ -268,6 +390,7 @@ def main() -> None:
           f"{ece['numpy_wall'] / ece['jax_wall']:.1f}x; public ece_from_probs (host checks + "
           f"transfer) {ece['public_ece_from_probs_wall'] * 1e3:.0f} ms; values "
           f"{ece['ece_numpy']:.6f} vs {ece['ece_jax']:.6f}")
+    coin_comparison(args.sizes, args.n_permutations, args.repeats, args.coin_repeats)
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -169,13 +169,13 @@ class EngineSizes:
     bandwidth_chunk: int
 
 
-# CPU: 128 lanes keep each scan step under XLA:CPU's threshold for splitting a fused kernel over
+# CPU: 192 lanes keep each scan step under XLA:CPU's threshold for splitting a fused kernel over
 # the intra-op pool (split kernels pay a fork-join per step: ~2x the CPU time, measured at
-# 256-1024 lanes); the sharded program's memory grew with bandwidths per call (2.4 GB for 32 at
+# 256-1024 lanes; 192 ran the paper test ~10% faster than 128, issue 26); the sharded program's memory grew with bandwidths per call (2.4 GB for 32 at
 # N = 100k), hence 4. GPU/TPU: a step is one kernel launch, so more lanes and longer steps amortise
 # it (a GPU needs >= 10^4 threads per kernel); tiles of 4096^2 floats are 64 MiB.
 _ENGINE_SIZES = {
-    "cpu": EngineSizes(128, 16, 512, 8192, 4),
+    "cpu": EngineSizes(192, 16, 512, 8192, 4),
     "gpu": EngineSizes(8192, 128, 4096, 16384, 8),
     "tpu": EngineSizes(8192, 128, 4096, 16384, 8),
 }

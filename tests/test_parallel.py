@@ -16,7 +16,7 @@ def test_engine_sizes_by_backend():
     assert parallel.engine_sizes("cpu") == parallel.engine_sizes()  # the tests run on CPU
     assert parallel.engine_sizes("cuda") == parallel.engine_sizes("gpu")
     cpu, gpu = parallel.engine_sizes("cpu"), parallel.engine_sizes("gpu")
-    assert (cpu.permutation_lanes, cpu.scan_block) == (128, 16)
+    assert (cpu.permutation_lanes, cpu.scan_block) == (192, 16)
     assert gpu.permutation_lanes > cpu.permutation_lanes and gpu.scan_block > cpu.scan_block
     with pytest.raises(ValueError, match="backend"):
         parallel.engine_sizes("abacus")
@@ -71,7 +71,7 @@ def _numpy_null(c, y, r, n_perm, n_bins, seed):
 
 
 def test_null_is_the_same_for_every_strategy(monkeypatch):
-    """CPU strategy (128 lanes, 16 examples a step), GPU/TPU strategy (8192 lanes, 128 a step) and
+    """CPU strategy (192 lanes, 16 examples a step), GPU/TPU strategy (8192 lanes, 128 a step) and
     other lane counts and device counts give the same null bit for bit for one key; and that null
     follows the permutation law (two-sample KS against numpy's permutations)."""
     c, y, r = _data(300, 4)

@@ -53,7 +53,8 @@ Degenerate inputs: constant routing (or routing constant within every stratum) l
 
 Engine: like the paper test's (`diagnostics`), chunks of `Bc` lanes, counter-based random bits
 (`random_bits`; one 32-bit word signs 32 units), lanes vectorised, chunks sharded over a 1-D mesh
-with `jax.shard_map`; the result depends on the key and chunk size, never on the device count.
+with `jax.shard_map`; flip b's signs depend on (key, b) only, so the result never depends on the
+chunk size or the device count.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from jax.sharding import PartitionSpec as P
 from routecal import _checks, parallel
 from routecal.stats import cluster_inference as ci
 from routecal.stats import conditional_omnibus as omnibus
+from routecal.stats import ranks
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
 
 
@@ -99,9 +101,7 @@ class ConditionalTestResult(NamedTuple):
 
 def _mid_ranks(r: jax.Array) -> jax.Array:
     """2 x mid-rank (first + last sorted position) of each value: exact integers in float64."""
-    sr = jnp.sort(r)
-    first = jnp.searchsorted(sr, r, side="left")
-    last = jnp.searchsorted(sr, r, side="right") - 1
+    first, last, _ = ranks.tie_blocks(r)
     return (first + last).astype(jnp.float64)
 
 
@@ -168,7 +168,8 @@ def conditional_test_core(confidence, correct, routing, units, key, *, n_permuta
 
 @functools.partial(
     jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size", "mesh",
-                              "stratum_size", "alternative")
+                              "stratum_size", "alternative"),
+    compiler_options=ci.COMPILER_OPTIONS,
 )
 def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutations, n_strata,
                          n_units, chunk_size, mesh, stratum_size, alternative):
@@ -287,7 +288,8 @@ def conditional_calibration_test(
 
 @functools.partial(
     jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size",
-                              "stratum_size", "alternative")
+                              "stratum_size", "alternative"),
+    compiler_options=ci.COMPILER_OPTIONS,
 )
 def _batched(c, y, r, units, keys, *, n_permutations, n_strata, n_units, chunk_size,
              stratum_size, alternative):

@@ -27,15 +27,17 @@ residuals (correct - confidence) in the top and bottom groups are needed. Each p
 walks the examples bin by bin and draws every example's label sequentially with probability
 proportional to the labels still unassigned (urn sampling without replacement, which yields exactly
 the uniform arrangement). A draw is j = floor(U * remaining) with U = 32 random bits / 2^32, computed
-exactly in float64, so each label probability is rounded to a multiple of 2^-32: the total-variation
-distance to the exact permutation law is at most n_b * 2^-32 per bin (exact arithmetic holds for bins
-of up to 2^21 members; beyond that the float64 rounding adds < 2^-52 relative error). Lanes are
-independent and vectorise; there is no sort and no gather, just O(N) streaming work per permutation
-(about 15 vector operations per example and permutation). Random bits come from a counter-based
-generator (two keyed rounds of a 32-bit integer hash over the example's (bin, routing) rank) whose
-key for permutation b is drawn with `jax.random` (threefry) from `fold_in(key, b)`, so the result
-depends only on the key: never on the chunk size, the scan step, the device or process count or the
-backend. Chunks of `Bc` lanes bound the working set (sizes by backend, `parallel.engine_sizes`);
+exactly in integers as (bits * remaining) >> 32, so each label probability is rounded to a multiple
+of 2^-32: the total-variation distance to the exact permutation law is at most n_b * 2^-32 per bin
+(bins of up to 2^32 members). Lanes are independent and vectorise; there is no sort and no gather,
+just O(N) streaming work per permutation (about 20 integer vector operations per example and
+permutation, half of them the random word). Random bits come from a counter-based generator
+(`random_bits._lane_bits`: one keyed round of a 32-bit integer hash over a per-lane Weyl sequence of
+the example's (bin, routing) rank) whose two key words for permutation b are drawn with
+`jax.random` (threefry) from `fold_in(key, b)`, so the result depends only on the key: never on the
+chunk size, the scan step, the device or process count or the backend. (Issue 26 replaced a
+two-round hash and float64 draws: the same key gives other nulls than before that change.)
+Chunks of `Bc` lanes bound the working set (sizes by backend, `parallel.engine_sizes`);
 chunks are sharded over the devices of a 1-D mesh with `jax.shard_map`, the null replicated so every
 process of a multi-host mesh reads it.
 """
@@ -60,6 +62,7 @@ from routecal.stats.multiple_testing import GridRow, adjust_pvalues
 from routecal.stats.random_bits import (  # noqa: F401  (engine pieces re-exported)
     _CHUNK,
     _TIE_RTOL,
+    _lane_bits,
     _resolve_chunk,
     _uniform_bits,
     chunk_seeds,
@@ -109,11 +112,11 @@ def _null_chunk(seed: jax.Array, lay: _Layout) -> jax.Array:
     def body(carry, xs):
         rt, s, acc, stat = carry
         ctr, a_top, a_bot, rem, first, kt, ks, w = xs
-        # [L, Bc] draws j = floor(U * remaining), U = bits / 2^32: uniform on [0, remaining) up to
-        # 2^-32 (exact in float64); materialised once so the three chains below share them. The
+        # [L, Bc] draws j = floor(bits * remaining / 2^32), exact in uint64: uniform on
+        # [0, remaining) up to 2^-32; materialised once so the three chains below share them. The
         # counter is the example's (bin, routing) rank, so draws do not depend on L.
-        bits = _uniform_bits(seed, ctr)
-        j = jnp.floor(bits.astype(f) * rem[:, None]).astype(jnp.int32)
+        bits = _lane_bits(seed, ctr).astype(jnp.uint64)
+        j = ((bits * rem.astype(jnp.uint64)[:, None]) >> 32).astype(jnp.int32)
         j = lax.optimization_barrier(j)
         keep = (first == 0).astype(jnp.int32)
         rt, s = rt * keep + kt.astype(jnp.int32), s * keep + ks.astype(jnp.int32)

@@ -16,6 +16,7 @@ import numpy as np
 from jax import lax
 
 from routecal import _checks
+from routecal.stats import ranks
 from routecal.stats.binning import bin_index, split_index
 
 _L = 16  # examples per scan step of the permutation engine (unrolled; keeps loop overhead low)
@@ -60,7 +61,7 @@ class _Layout(NamedTuple):
     weighted_gap: jax.Array  # scalar
     a_top: jax.Array  # [n_blocks, L] residual / n_top of the example's bin (0 on padding)
     a_bot: jax.Array  # [n_blocks, L] residual / n_bottom
-    rem: jax.Array  # [n_blocks, L] (examples of the bin not yet visited) * 2^-32
+    rem: jax.Array  # [n_blocks, L] uint32 examples of the bin not yet visited (1 on padding)
     first: jax.Array  # [n_blocks] 1 on a bin's first block
     k_top: jax.Array  # [n_blocks] n_top on a bin's first block, else 0
     k_topmid: jax.Array  # [n_blocks] n_b - n_bottom on a bin's first block, else 0
@@ -86,7 +87,8 @@ def _layout(
     n = bins.shape[0]
     f = confidence.dtype
     iota = jnp.arange(n, dtype=jnp.int32)
-    sb, _, idx = lax.sort((bins, routing, iota), num_keys=2, is_stable=True)
+    idx = ranks.stable_order(bins, routing, n_bins)
+    sb = bins[idx]
     c_s, y_s = confidence[idx], correct[idx]
     res_s = y_s - c_s
     b_ids = jnp.arange(n_bins, dtype=sb.dtype)
@@ -129,7 +131,7 @@ def _layout(
 
     a_top = scatter(0.0, res_s / kt_f[sb])
     a_bot = scatter(0.0, res_s / kb_f[sb])
-    rem = scatter(2.0**-32, (nbe - rank).astype(f) * 2.0**-32)
+    rem = scatter(1, (nbe - rank).astype(jnp.uint32), jnp.uint32)
     first_idx = jnp.where(valid, blk_start, n_blocks)
     last_idx = jnp.where(valid, blk_start + nblk - 1, n_blocks)
 
