@@ -40,7 +40,7 @@ def test_quick_study_on_an_imported_checkpoint(checkpoint, tmp_path):
     saved = json.loads((tmp_path / "W" / "results.json").read_text())
     rows = saved["diagnostics"]["tests"]
     features = set(cfg.diagnostics.features)
-    assert {r["test"] for r in rows} == {"within_bin", "conditional"}
+    assert {r["test"] for r in rows} == set(cfg.diagnostics.tests)  # omnibus too (default)
     assert {r["feature"] for r in rows} == features  # router features only
     assert {r["domain"] for r in rows} == {"in", "near", "far"}
     assert all(0.0 <= r["p_value"] <= 1.0 for r in rows)
