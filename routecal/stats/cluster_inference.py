@@ -67,7 +67,10 @@ _PARTS = 4  # partial sums per word in `flip_chunk`
 # XLA:CPU emits 256-bit vectors by default; the sign-flip kernel is instruction-bound and runs
 # ~1.4x faster with 512-bit ones where the CPU has them (measured on AMD EPYC, issue 26); other
 # CPUs and backends ignore the option. It changes no result: the kernel is elementwise per lane.
-COMPILER_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
+# OFF: with it, a fresh-clone CI run segfaulted inside XLA's compile of `minimum_detectable_gap`
+# (pytest -n 2, tests/study/test_run.py, twice); suspected, not proven. Re-enable with
+# {"xla_cpu_prefer_vector_width": 512} once that is understood.
+COMPILER_OPTIONS: dict[str, int] = {}
 MIN_LEVELS = 32  # confidence with at most max(S, 32) distinct values: one stratum per level
 
 
