@@ -90,6 +90,7 @@ def _plant(correct, g, z, u, gap):
 ENUMERATE_K = 12  # up to 2^12 sign patterns: the exact randomisation p-value
 FLIP_K = 256  # up to 256 units: B_FLIPS random sign flips; beyond: the Gaussian limit
 B_FLIPS = 499
+BATCH_ELEMENTS = 2**24  # simulated datasets per vmapped batch: this many examples x columns
 
 
 def _reference(key, n_units: int, n_cols: int):
@@ -130,19 +131,22 @@ def _power_curve(confidence, correct, units, gaps, key, alpha, *, n_datasets, n_
     g = _fitted(confidence, correct, n_strata, stratum_size)
     key, kref = jax.random.split(key)
     keys = jax.random.split(key, n_datasets)
-    z, u = jax.vmap(lambda k: _draw(k, n, units, n_units, clustered))(keys)  # [R, N]
     n_cols = 1 if alternative == "monotone" else 4
     ref = _reference(kref, n_units, n_cols)
+    # datasets vmapped in batches of about BATCH_ELEMENTS (examples x columns): at 200k tokens
+    # the omnibus scores of 200 datasets at once need ~16 GB; same keys, same draws
+    batch = max(1, min(n_datasets, BATCH_ELEMENTS // (n * n_cols)))
 
     def one_gap(gap):
-        def one(zr, ur):
+        def one(k):
+            zr, ur = _draw(k, n, units, n_units, clustered)  # the same draw for every gap
             y = _plant(correct, g, zr, ur, gap)
             stat, w, _ = score_matrix(confidence, y, zr, units, n_strata=n_strata,
                                       n_units=n_units, stratum_size=stratum_size,
                                       alternative=alternative)
             return _rejects(stat, w, ref, alpha, alternative)
 
-        return jnp.mean(jax.vmap(one)(z, u))
+        return jnp.mean(jax.lax.map(one, keys, batch_size=batch))
 
     return jax.lax.map(one_gap, gaps)
 

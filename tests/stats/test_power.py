@@ -77,3 +77,21 @@ def test_mdg_simulates_the_test_with_few_clusters():
     assert np.all(m.power == 0) and m.gap == float("inf")
     check = validity.power_check(7, 10, n=1500, n_datasets=60, n_permutations=99)
     assert abs(check.stated - check.measured) <= 0.2, check  # 60 datasets: sd ~0.065 each
+
+
+@pytest.mark.parametrize("alternative", ["monotone", "omnibus"])
+def test_mdg_batched_over_datasets_equals_one_batch(monkeypatch, alternative):
+    """Large N vmaps the simulated datasets in batches (memory): the same keys give the same
+    power curve whatever the batch size, remainder batch included (R = 30, batches of 7)."""
+    import jax
+
+    d = simulation.design(0, "sign", 600)
+    kw = dict(key=4, n_datasets=30, alternative=alternative, clusters=np.arange(600) // 20)
+    whole = dg.minimum_detectable_gap(d.confidence[0], d.correct[0], **kw)
+    n_cols = 1 if alternative == "monotone" else 4
+    monkeypatch.setattr(power, "BATCH_ELEMENTS", 7 * 600 * n_cols)
+    jax.clear_caches()  # the batch size is fixed when the function is traced
+    batched = dg.minimum_detectable_gap(d.confidence[0], d.correct[0], **kw)
+    np.testing.assert_array_equal(batched.gaps, whole.gaps)
+    np.testing.assert_allclose(batched.power, whole.power, atol=1.5 / 30)  # at most one dataset
+    assert np.mean(batched.power == whole.power) >= 0.9
