@@ -204,3 +204,35 @@ def nw_tiles(row_tile: int | None, col_tile: int | None, mesh: Mesh | None) -> t
             raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
         out.append(default if v is None else int(v))
     return out[0], out[1]
+
+
+MAX_MAPS = 20_000  # memory mappings before `release_compiled` drops the compiled executables
+
+
+def memory_maps() -> int | None:
+    """Memory mappings of this process (`/proc/self/maps` lines); None where there is no procfs."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def release_compiled(max_maps: int = MAX_MAPS) -> bool:
+    """Drops JAX's compiled executables (`jax.clear_caches`) once this process holds more than
+    `max_maps` memory mappings; True if it did.
+
+    Every executable XLA:CPU compiles keeps ~3 mappings until it is freed, and Linux refuses new
+    ones past `vm.max_map_count` (65,530 by default): a long process that compiles ~19,000
+    programs (a pytest worker running half the suite, a notebook running many studies) then dies
+    with a segfault or abort inside XLA's compiler. Called between study stages and test modules;
+    the cost is recompiling what a later stage reuses.
+    """
+    n = memory_maps()
+    if n is None or n <= max_maps:
+        return False
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
+    return True

@@ -76,4 +76,5 @@ class Stages:
         value = fn()
         if isinstance(value, dict):
             value = {**value, "seconds": time.perf_counter() - t0}
+        parallel.release_compiled()  # a long study stays under the kernel's memory-map limit
         return self.save(name, value)
