@@ -49,7 +49,9 @@ association, pooled over confidence; the omnibus alternative also sees V-shaped 
 whose sign flips with confidence.
 
 Degenerate inputs: constant routing (or routing constant within every stratum) leaves s~ = 0
-(residuals below 1e-12, i.e. rounding, are set to 0): Z = 0 and p = 1.
+(residuals below 1e-12, i.e. rounding, are set to 0): Z = 0 and p = 1, and the single test's
+`warning` says so (`NO_INFORMATION`): e.g. routing that is a function of confidence when confidence
+takes few tied values (each level is its own stratum), where no test can separate the two.
 
 Engine: like the paper test's (`diagnostics`), chunks of `Bc` lanes, counter-based random bits
 (`random_bits`; one 32-bit word signs 32 units), lanes vectorised, chunks sharded over a 1-D mesh
@@ -74,6 +76,9 @@ from routecal.stats import cluster_inference as ci
 from routecal.stats import conditional_omnibus as omnibus
 from routecal.stats import ranks
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
+
+NO_INFORMATION = ("routing is constant within every confidence stratum (or tied confidence level): "
+                  "the data hold no information on routing beyond confidence (Z = 0, p = 1)")
 
 
 class ConditionalTestResult(NamedTuple):
@@ -280,6 +285,8 @@ def conditional_calibration_test(
             n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
             chunk_size=chunk_size, mesh=mesh, stratum_size=stratum_size, alternative=alternative,
         )
+        if float(z) == 0.0 and not np.any(np.asarray(null)):
+            warning = "; ".join(w for w in (warning, NO_INFORMATION) if w)
         return ConditionalTestResult(
             float(z), float(p), np.asarray(null), float(slope), n_units, n_strata, alternative,
             warning,

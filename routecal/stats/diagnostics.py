@@ -385,6 +385,7 @@ _LAZY = {
     "ConditionalTestResult": "routecal.stats.conditional",
     "conditional_calibration_test": "routecal.stats.conditional",
     "conditional_test_batch": "routecal.stats.conditional",
+    "NO_INFORMATION": "routecal.stats.conditional",
     "MinimumDetectableGap": "routecal.stats.power",
     "minimum_detectable_gap": "routecal.stats.power",
 }

@@ -86,6 +86,18 @@ def test_invariant_to_row_order_and_constant_routing_gives_p_one():
     assert moved.statistic == pytest.approx(base.statistic, rel=1e-9, abs=1e-12)
     const = dg.conditional_calibration_test(c, y, np.zeros(800), key=0, n_permutations=99)
     assert const.statistic == 0.0 and const.p_value == 1.0 and np.all(const.null == 0)
+    assert const.warning == dg.NO_INFORMATION and base.warning == ""
+
+
+def test_routing_a_function_of_tied_confidence_is_flagged_as_no_information():
+    """Issue 22's tied design (levels 20/20/320/320/320, r = 1[c >= 0.6]): each level is its own
+    stratum, so Z = 0, p = 1, and the warning says the data cannot tell routing from confidence."""
+    rng = np.random.default_rng(0)
+    c = np.repeat([0.3, 0.5, 0.6, 0.7, 0.9], [20, 20, 320, 320, 320])
+    y = (rng.uniform(size=c.size) < c).astype(float)
+    for r in (c, (c >= 0.6).astype(float)):
+        res = dg.conditional_calibration_test(c, y, r, key=0, n_permutations=99)
+        assert res.p_value == 1.0 and "no information" in res.warning
 
 
 def test_eight_devices_match_one_and_batch_matches_single(clustered):
