@@ -42,15 +42,20 @@ def _settings_lines(out: dict[str, Any], names: list[str]) -> list[str]:
             if "beta" in r:
                 pairs = zip(r["beta_grid"], r["beta_calib_nll"], strict=True)
                 nll = ", ".join(f"{b:g}: {v:.4f}" for b, v in pairs)
-                fitted.append(f"beta {r['beta']:g} (calib NLL {nll})")
+                edge = r.get("beta_at_edge")
+                flag = f" **at the grid's {edge} value**" if edge else ""
+                fitted.append(f"beta {r['beta']:g}{flag} (calib NLL {nll})")
             if "members" in r:
-                fitted.append("members' final loss " + ", ".join(
-                    f"{m['final_loss']:.4f}{'' if m['converged'] else ' (not converged)'}"
-                    for m in r["members"]))
+                fitted.append("members' final loss (steps) " + ", ".join(
+                    f"{m['final_loss']:.4f} ({m['steps']}"
+                    f"{'' if m['converged'] else ', not converged'})" for m in r["members"]))
             if "swag_n" in r:
                 fitted.append(f"SWAG moments over {r['swag_n']} iterates")
             lines.append(f"| {name} | {seed} | {curve} | {'; '.join(fitted)} |")
-    return lines
+    warned = [f"- {name}, seed {seed}: {w}" for name in names
+              for seed, r in sorted(out["per_run"][name].items(), key=lambda x: int(x[0]))
+              for w in r.get("warnings", [])]  # fmt: skip
+    return lines + (["", "Warnings:", *warned] if warned else [])
 
 
 def report(out: dict[str, Any]) -> str:
