@@ -9,7 +9,8 @@ layer; default d_model 64, 2 layers, 64-byte rows, 300 LM + 200 MCQA steps) pret
 embedded stdlib corpus and fine-tuned on the embedded continuation MCQA, trained ONCE per seed
 (`det`); every router is retrofitted on it (`*_retrofit`, only its routing posterior fitted:
 mfvr, lowrank, fcvr, vtsr with beta chosen on the calib split from `experiment.beta_grid`;
-fixed_temp, mc_dropout; the ensemble's members each fitted alone from a perturbed det router;
+fixed_temp, mc_dropout; the ensemble's members each fitted alone from a perturbed det router
+until their loss plateaus (capped);
 SWAG from the moments of the router weights' trajectory); the "scratch" variant adds every
 router trained from scratch. Writes `tables/vmoer.csv` (one row per router) and
 `vmoer_lm_results.json`. Stability follows the paper (`experiment.stability_protocol`), an
@@ -38,6 +39,12 @@ Against det, by the seed-band rule: stability +0.6% to +2.7% for the four VMoER 
 0.53-0.98%. The table and the baselines: benchmarks/RESULTS.md, "VMoER as the paper measures
 it: the default, 3 seeds". NOT measured: the "large" base model, the "scratch" routers, the wall
 time on an idle machine. ("reduced", seed 0, 2026-12-05, load 17-27: det 0.555 [0.511, 0.597].)
+That run predates the plateau rule for members, the beta grid below 1e-4 and independent
+from-scratch ensemble members; a rerun of this config is needed for their numbers. Members
+alone (seed 0, det + ensemble_retrofit, 4 members x 800 steps at the constant rate, load
+7-15, 10 min wall / 192 CPU-s): the plateau rule (first check 200, every 50) stops them at
+250, 350, 200, 250 steps; their loss is flat from the start within the batch noise
+(benchmarks/RESULTS.md, "Ensemble members until their plateau").
 """
 
 import ml_collections

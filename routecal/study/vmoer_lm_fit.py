@@ -6,14 +6,19 @@ trained deterministic model per seed.
 * Routers with a beta (`BETA_ROUTERS`: the KL weight of mfvr / lowrank / fcvr, the regulariser
   weight of vtsr): one retrofit per value of `experiment.beta_grid`, the value with the lowest
   option NLL on the calib split kept (`vmoer_lm_eval.calib_nll`; the test splits are never
-  seen); the log records beta, the grid and each value's calib NLL. An empty grid keeps
-  `model.vmoer.beta`.
+  seen; `choose_beta`); the log records beta, the grid, each value's calib NLL and whether
+  the choice is the grid's lowest or highest value (`beta_at_edge`, with a sentence in
+  `warnings`). An empty grid keeps `model.vmoer.beta`.
 * ensemble (deep ensemble, Lakshminarayanan et al. 2017): member m starts from the deterministic
   router's weights plus N(0, s^2) noise (s = `vmoer_ensemble_perturb`, numpy seed (seed, m)) and
-  is fitted alone (only `router/proj`) with the same objective for `train.member_steps` steps,
-  its own batch order; its loss curve, final loss and a convergence flag (`converged`) are
+  is fitted alone (only `router/proj`) with the same objective at a constant rate after
+  warm-up, its own batch order, until its loss plateaus (`routers.baselines.Plateau`: checked
+  after `train.member_steps` steps and every `train.member_check_every` after, at most
+  `train.member_max_steps`); its loss curve, steps used, final loss and plateau flag are
   logged (`routers.baselines.fit_members`, shared with the digits study and imported
-  checkpoints). The members are then written into one `EnsembleRouter` per layer.
+  checkpoints). The members are then written into one `EnsembleRouter` per layer. From
+  scratch (`fit_ensemble(scratch=True)`) the members start from the router's initialiser
+  N(0, 0.02^2) instead.
 * swag (Maddox et al. 2019): `router/proj` is fitted from the deterministic weights at a constant
   learning rate after warm-up; from step `vmoer_swag_start * retrofit_steps` on, every iterate
   enters the SWAG moments (`routers.swag.SwagCollector`), installed at the end.

@@ -158,11 +158,14 @@ def test_experiment_records_members_and_swag(tmp_path):
     cfg = config.load_config("configs/vmoer_digits.py:tiny", [
         "train.steps=10", "experiment.retrofit_steps=6", "experiment.seeds=(0,)",
         "experiment.member_steps=6", "experiment.member_max_steps=6",
-        "experiment.methods=('det','swag_retrofit','ensemble_retrofit')",
+        "experiment.methods=('det','swag_retrofit','ensemble_retrofit','ensemble')",
     ])  # fmt: skip
     out = vmoer_eval.run_vmoer_experiment(cfg, tmp_path)
     run = out["per_run"]
     assert run["swag_retrofit"][0]["swag_n"] == 3
     assert [len(m["losses"]) for m in run["ensemble_retrofit"][0]["members"]] == [6] * 4
-    assert (tmp_path / "seed0" / "ensemble_retrofit" / "metrics.json").exists()
-    assert set(out["table"]["ece"]) == {"det", "swag_retrofit", "ensemble_retrofit"}
+    assert [m["steps"] for m in run["ensemble"][0]["members"]] == [6] * 4  # alone, scratch
+    for method in ("swag_retrofit", "ensemble_retrofit", "ensemble"):  # metrics + the model
+        assert (tmp_path / "seed0" / method / "metrics.json").exists()
+        assert (tmp_path / "seed0" / method / "checkpoints").is_dir()
+    assert set(out["table"]["ece"]) == {"det", "swag_retrofit", "ensemble_retrofit", "ensemble"}
