@@ -272,6 +272,9 @@ def test_default_beta_grid_reaches_1e6_and_the_report_shows_edges_and_member_ste
     assert "beta 1e-06 **at the grid's lowest value**" in text
     assert "- mfvr_retrofit, seed 0: beta 1e-06 is the grid's lowest value" in text
     assert "0.9000 (350), 1.0000 (1000, not converged)" in text
+    assert report.fitted_cell(out["per_run"]["mfvr_retrofit"]) == "beta 1e-06 (grid's lowest)"
+    assert report.fitted_cell(out["per_run"]["ensemble_retrofit"]) == (
+        "members plateaued 1/2, steps 350-1000")
 
 
 def test_scratch_ensemble_fits_members_alone_on_det(monkeypatch):
