@@ -213,9 +213,10 @@ def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pa
 
         kernels, members = baselines.fit_members(
             lambda: _import(args, "det", seed, opts)[0],
-            lambda member, m: _train(args, member, data, letters, cell / f"member{m}",
-                                     vmoer_lm_fit.PROJ, [seed, 100 + m]),
+            lambda member, m, _: _train(args, member, data, letters, cell / f"member{m}",
+                                        vmoer_lm_fit.PROJ, [seed, 100 + m]),
             int(get("ensemble")), float(get("ensemble_perturb")), seed,
+            baselines.Plateau(args.steps, args.steps, 1),  # fixed --steps (resumable cells)
         )  # fmt: skip
         model, info = _import(args, router, seed, opts)
         baselines.install_members(model, kernels)
@@ -252,18 +253,14 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
     t0 = time.time()
     chosen: dict[str, Any] = {}
     if router in vmoer_lm_fit.BETA_ROUTERS and args.beta_grid and "calib" in data:
-        best = None
-        nlls = []
-        for beta in args.beta_grid:
-            m, inf, lg = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
-                              cell / f"beta{beta:g}")
-            probs = mcqa.letter_option_probs(predict(m, data["calib"], args.batch_size)["logits"],
-                                             letters)
-            nlls.append(mcqa.mcqa_metrics(probs, data["calib"]["answers"])["nll"])
-            if best is None or nlls[-1] < best[0]:
-                best = (nlls[-1], beta, m, inf, lg)
-        _, beta, model, info, log = best
-        chosen = {"beta": beta, "beta_grid": list(args.beta_grid), "beta_calib_nll": nlls}
+        def fit_one(beta: float) -> tuple[float, tuple]:
+            fitted = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
+                          cell / f"beta{beta:g}")
+            logits = predict(fitted[0], data["calib"], args.batch_size)["logits"]
+            probs = mcqa.letter_option_probs(logits, letters)
+            return mcqa.mcqa_metrics(probs, data["calib"]["answers"])["nll"], fitted
+
+        (model, info, log), chosen = vmoer_lm_fit.choose_beta(args.beta_grid, fit_one)
     else:
         model, info, log = _fit(args, router, seed, data, letters, args.vmoer, cell)
     res = {"router": router, "seed": seed, **evaluate(model, data, letters, args, seed), **chosen,
@@ -330,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     choices=list(vmoer.STABILITY_PROTOCOLS))
     ap.add_argument("--ood-scores", default=",".join(vmoer_lm_eval.OOD_SCORES))
     ap.add_argument("--calib", default="", help="PATH:FORMAT[,...] calibration split (beta)")
-    ap.add_argument("--beta-grid", default="1e-4,1e-3,1e-2,1e-1",
+    ap.add_argument("--beta-grid", default="1e-6,1e-5,1e-4,1e-3,1e-2,1e-1",
                     help="betas tried per router on --calib (ignored without --calib)")
     args = ap.parse_args(argv)
     args.vmoer = parse_vmoer(args.vmoer)

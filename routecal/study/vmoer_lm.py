@@ -56,14 +56,24 @@ __all__ = ["DOMAINS", "assemble", "build_data", "check_routers", "check_scoring"
 def train_router(cfg, data, router: str, seed: int, det_model=None) -> tuple[nnx.Module, dict]:
     """One trained model: from scratch (LM + MCQA with `router`) or, for "<name>_retrofit", the
     fine-tuned `det_model` with only the routing posterior of <name> fitted on MCQA
-    (`vmoer_lm_fit.retrofit`)."""
+    (`vmoer_lm_fit.retrofit`).
+
+    "ensemble" from scratch: a router ensemble shares the experts, so its members cannot be
+    trained as independent whole models; the backbone is trained from scratch with one router
+    (LM + MCQA at this seed: exactly `det_model`'s training, so `det_model` is reused) and every
+    member is then fitted alone from the router's own initialiser N(0, 0.02^2), its own seed,
+    the same MCQA objective (`vmoer_lm_fit.fit_ensemble(scratch=True)`), not drawn per token
+    in a joint fit."""
     t0 = time.perf_counter()
     t = cfg.train
     base, is_retrofit = routers.split_method(router)
-    if is_retrofit:
+    if is_retrofit or base == "ensemble":
         if det_model is None:
             raise ValueError(f"experiment.routers: {router} needs 'det' trained first")
-        model, log = vmoer_lm_fit.retrofit(cfg, data, base, seed, det_model)
+        if is_retrofit:
+            model, log = vmoer_lm_fit.retrofit(cfg, data, base, seed, det_model)
+        else:  # independent members from the router's initialiser on the scratch backbone
+            model, log = vmoer_lm_fit.fit_ensemble(cfg, data, seed, det_model, scratch=True)
     else:
         model = make_model(cfg, base, seed, seq_limit(cfg))
         log: dict[str, Any] = {}

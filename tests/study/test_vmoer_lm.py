@@ -70,10 +70,10 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
 def test_quick_experiment_runs_end_to_end(tmp_path):
     cfg = _tiny_cfg()
     cfg.experiment.seeds = (0,)
-    cfg.experiment.routers = ("det", "fcvr", "vtsr", "fcvr_retrofit", "fixed_temp_retrofit",
-                              "ensemble_retrofit", "swag_retrofit")  # fmt: skip
+    cfg.experiment.routers = ("det", "fcvr", "vtsr", "ensemble", "fcvr_retrofit",
+                              "fixed_temp_retrofit", "ensemble_retrofit", "swag_retrofit")
     cfg.train.pretrain_steps = cfg.train.finetune_steps = cfg.train.retrofit_steps = 3
-    cfg.train.member_steps = 3
+    cfg.train.member_steps = cfg.train.member_max_steps = 3
     cfg.data.n_train_items = cfg.data.n_eval_items = 32
     cfg.data.n_calib_items = 16
     out = vmoer_lm.run(cfg, str(tmp_path))
@@ -87,6 +87,7 @@ def test_quick_experiment_runs_end_to_end(tmp_path):
     assert fc["beta_calib_nll"][fc["beta_grid"].index(fc["beta"])] == min(fc["beta_calib_nll"])
     members = out["per_run"]["ensemble_retrofit"][0]["members"]
     assert len(members) == cfg.model.vmoer.ensemble and all(len(m["losses"]) == 3 for m in members)
+    assert len(out["per_run"]["ensemble"][0]["members"]) == cfg.model.vmoer.ensemble
     assert out["per_run"]["swag_retrofit"][0]["swag_n"] > 0
 
 
@@ -231,3 +232,61 @@ def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
     assert f"seed 0: 0.375 [{ref[0]:.3f}, {ref[1]:.3f}]" in text
     assert "| mfvr | 12 | 20 |" in text and "TABLE" in text
     assert "mfvr -50.0% (one seed: no band)" in text  # ECE 0.1 vs 0.2
+
+
+# ----------------------------------------------------------------------------------------------
+# beta on the calib split: the grid's edges flagged (issue 24)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimum, edge", [(-7.0, "lowest"), (-3.2, None), (0.5, "highest")])
+def test_choose_beta_keeps_the_lowest_calib_nll_and_flags_a_grid_edge(optimum, edge):
+    grid = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    nll = {b: (np.log10(b) - optimum) ** 2 for b in grid}  # a bowl in log10(beta)
+    fitted, rec = vmoer_lm_fit.choose_beta(grid, lambda b: (nll[b], f"model@{b:g}"))
+    want = min(grid, key=lambda b: abs(np.log10(b) - optimum))  # the grid value nearest
+    assert rec["beta"] == want and fitted == f"model@{want:g}"
+    assert rec["beta_calib_nll"] == [nll[b] for b in grid]
+    assert rec["beta_at_edge"] == edge
+    assert bool(rec["warnings"]) == (edge is not None)
+    if edge:
+        assert f"{edge} value" in rec["warnings"][0]
+        assert ("below" if edge == "lowest" else "above") in rec["warnings"][0]
+    with pytest.raises(ValueError, match="experiment.beta_grid"):
+        vmoer_lm_fit.choose_beta([], lambda b: (0.0, None))
+    assert vmoer_lm_fit.beta_edge([1e-2], 1e-2) is None  # one value: nothing was chosen
+
+
+def test_default_beta_grid_reaches_1e6_and_the_report_shows_edges_and_member_steps():
+    from routecal.report import vmoer_lm as report
+
+    cfg = config.load_config("configs/vmoer_lm.py")
+    assert min(cfg.experiment.beta_grid) <= 1e-6
+    run = {"beta": 1e-6, "beta_grid": [1e-6, 1e-5], "beta_calib_nll": [1.0, 1.1],
+           "beta_at_edge": "lowest", "warnings": ["beta 1e-06 is the grid's lowest value"]}
+    ens = {"members": [{"final_loss": 0.9, "steps": 350, "converged": True},
+                       {"final_loss": 1.0, "steps": 1000, "converged": False}]}
+    out = {"config": {"experiment": {"stability_sigma": 0.01}},
+           "per_run": {"mfvr_retrofit": {"0": run}, "ensemble_retrofit": {"0": ens}}}
+    text = "\n".join(report._settings_lines(out, ["mfvr_retrofit", "ensemble_retrofit"]))
+    assert "beta 1e-06 **at the grid's lowest value**" in text
+    assert "- mfvr_retrofit, seed 0: beta 1e-06 is the grid's lowest value" in text
+    assert "0.9000 (350), 1.0000 (1000, not converged)" in text
+    assert report.fitted_cell(out["per_run"]["mfvr_retrofit"]) == "beta 1e-06 (grid's lowest)"
+    assert report.fitted_cell(out["per_run"]["ensemble_retrofit"]) == (
+        "members plateaued 1/2, steps 350-1000")
+
+
+def test_scratch_ensemble_fits_members_alone_on_det(monkeypatch):
+    calls = []
+
+    def fake(cfg, data, seed, det_model, scratch=False):
+        calls.append((seed, det_model, scratch))
+        return "model", {"members": []}
+
+    monkeypatch.setattr(vmoer_lm_fit, "fit_ensemble", fake)
+    det = object()
+    model, log = vmoer_lm.train_router(_tiny_cfg(), None, "ensemble", 3, det)
+    assert model == "model" and calls == [(3, det, True)]  # members alone, from the initialiser
+    with pytest.raises(ValueError, match="needs 'det'"):
+        vmoer_lm.train_router(_tiny_cfg(), None, "ensemble", 3, None)
