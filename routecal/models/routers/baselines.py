@@ -10,7 +10,7 @@ Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, 
   s = (1/M) sum_m softmax(l_m). A retrofit fits each member alone (`fit_members`: from the
   deterministic router plus an N(0, s^2) perturbation, its own seed, the same objective, its loss
   curve and a plateau flag recorded) and writes them into the router (`install_members`); the
-  LM study (`vmoer_lm_fit`), the digits study (`study.vmoer`) and imported checkpoints
+  LM study (`vmoer_decoder_fit`), the digits study (`study.vmoer`) and imported checkpoints
   (`experiments/vmoer_pretrained.py`) share these two functions. From scratch, every token is
   routed by one member drawn uniformly in training (members 1..M-1 initialised N(0, 0.02^2)).
 SWAG (Maddox et al. 2019): `routers.swag`.

@@ -1,11 +1,11 @@
-"""Retrofits of the VMoER language-model experiment (`vmoer_lm.py`): every router fitted on one
+"""Retrofits of the VMoER language-model experiment (`vmoer_decoder.py`): every router fitted on one
 trained deterministic model per seed.
 
     model, log = retrofit(cfg, data, "mfvr", seed, det_model)
 
 * Routers with a beta (`BETA_ROUTERS`: the KL weight of mfvr / lowrank / fcvr, the regulariser
   weight of vtsr): one retrofit per value of `experiment.beta_grid`, the value with the lowest
-  option NLL on the calib split kept (`vmoer_lm_eval.calib_nll`; the test splits are never
+  option NLL on the calib split kept (`vmoer_decoder_eval.calib_nll`; the test splits are never
   seen); the log records beta, the grid and each value's calib NLL. An empty grid keeps
   `model.vmoer.beta`.
 * ensemble (deep ensemble, Lakshminarayanan et al. 2017): member m starts from the deterministic
@@ -38,7 +38,7 @@ from routecal.models.decoder_config import DecoderConfig
 from routecal.models.routers import baselines, common
 from routecal.models.routers.baselines import converged
 from routecal.models.routers.swag import collect_from as swag_hook  # the shared SWAG callback
-from routecal.study.vmoer_lm_data import (
+from routecal.study.vmoer_decoder_data import (
     noise_group,
     option_outputs,
     option_scores,
@@ -222,7 +222,7 @@ def _plain(cfg, data, base: str, seed: int, det_model) -> tuple[nnx.Module, list
 
 def retrofit(cfg, data, base: str, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
     """Router `base` fitted on the trained `det_model` (module docstring) -> (model, log)."""
-    from routecal.study import vmoer_lm_eval
+    from routecal.study import vmoer_decoder_eval
 
     if base == "ensemble":
         return fit_ensemble(cfg, data, seed, det_model)
@@ -237,7 +237,7 @@ def retrofit(cfg, data, base: str, seed: int, det_model: nnx.Module) -> tuple[nn
     best, nlls = None, []
     for beta in grid:
         model, losses = _plain(with_vmoer(cfg, beta=beta), data, base, seed, det_model)
-        nlls.append(vmoer_lm_eval.calib_nll(model, data, cfg.experiment))
+        nlls.append(vmoer_decoder_eval.calib_nll(model, data, cfg.experiment))
         if best is None or nlls[-1] < best[0]:
             best = (nlls[-1], beta, model, losses)
     _, beta, model, losses = best
