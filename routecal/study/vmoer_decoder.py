@@ -1,6 +1,6 @@
 """VMoER on a language model, scored on multiple-choice QA (Li & Wicker, arXiv:2603.09453, Sec. 5).
 
-    out = run(cfg, workdir)          # cfg: configs/vmoer_decoder.py; writes workdir/tables/vmoer.csv
+    out = run(cfg, workdir)          # cfg: configs/vmoer_lm.py; writes workdir/tables/vmoer.csv
 
 Per seed: an MoE decoder (`routecal.models.decoder`) is pretrained on the embedded stdlib corpus
 (next-token loss) and fine-tuned on the embedded continuation MCQA (`routecal.data.mcqa`: choose

@@ -55,7 +55,7 @@ def test_quick_study_names_every_router_retrofitted():
 def test_study_writes_one_vmoer_row_per_router_and_resumes(cfg, tmp_path, monkeypatch):
     w = tmp_path / "w"
     res = study.run(cfg, w, producer=produce)
-    names = list(load_config(f"{ROOT}/configs/vmoer_decoder.py:quick").experiment.routers)
+    names = list(load_config(f"{ROOT}/configs/vmoer_lm.py:quick").experiment.routers)
     for base in ("det", "mfvr", "fcvr", "lowrank", "vtsr", "fixed_temp", "mc_dropout",
                  "ensemble", "swag"):
         assert base in names or f"{base}_retrofit" in names

@@ -217,6 +217,25 @@ def test_copied_or_moved_workdir_reads_only_its_own_files(quick, tmp_path):
     assert [r["test_accuracy"] for r in res_a["runs"]] != [r["test_accuracy"] for r in res["runs"]]
 
 
+def test_worker_computes_only_the_pending_analysis_stages(quick, tmp_path):
+    """The study worker (one driver for every unit) on the example unit: a stage it recomputes
+    holds the same numbers, and it computes nothing else."""
+    w, cfg, res, _, _ = quick
+    b = tmp_path / "b"
+    shutil.copytree(w, b)
+    probes = b / "stages" / "probes_full_0.json"
+    stored = json.loads(probes.read_text())
+    probes.unlink()
+    assert study.run(cfg, b, worker=True) == {"stages": ["probes:full:0"]}
+    again = json.loads(probes.read_text())
+    assert again.pop("seconds") >= 0 and stored.pop("seconds") >= 0
+    assert again == stored
+    assert study.run(cfg, b, worker=True) == {"stages": []}
+    (b / "stages" / "predict_full_0.json").unlink()
+    with pytest.raises(ValueError, match="has not finished its runs"):
+        study.run(cfg, b, worker=True)
+
+
 def test_unreadable_or_foreign_stage_is_recomputed_with_a_message(quick, tmp_path, capsys):
     w, cfg, res, _, _ = quick
     b = tmp_path / "b"

@@ -15,7 +15,7 @@ K, T = 4, 12
 
 
 def _model(router: str):
-    cfg = config.load_config("configs/vmoer_decoder.py:quick")
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
     cfg.model.update(d_model=8, mlp_dim=8, moe_hidden=8)
     cfg.model.vmoer.update(head_hidden=8, init_sigma=3.0, dropout=0.5, swag_rank=2)
     model = vmoer_decoder.make_model(cfg, router, seed=0, max_len=T)

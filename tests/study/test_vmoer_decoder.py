@@ -12,7 +12,7 @@ from routecal.study import vmoer_decoder, vmoer_decoder_eval, vmoer_decoder_fit
 
 
 def _tiny_cfg():
-    cfg = config.load_config("configs/vmoer_decoder.py:quick")
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
     cfg.model.d_model = 8
     cfg.model.mlp_dim = 8
     cfg.model.moe_hidden = 8
@@ -23,17 +23,17 @@ def _tiny_cfg():
 def test_config_names_every_router_and_its_retrofit():
     from routecal.models.routers import common
 
-    cfg = config.load_config("configs/vmoer_decoder.py:quick")
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
     names = set(cfg.experiment.routers)
     # default: det trained once, every router retrofitted on it; "scratch" adds the others
     assert {f"{r}_retrofit" for r in routers.ROUTERS if r != "det"} | {"det"} == names
-    scratch = set(config.load_config("configs/vmoer_decoder.py:scratch").experiment.routers)
+    scratch = set(config.load_config("configs/vmoer_lm.py:scratch").experiment.routers)
     assert set(routers.ROUTERS) | names == scratch
     # every VMoER setting is in the config (issue 24 item 6)
     assert {f"vmoer_{k}" for k in cfg.model.vmoer} == set(common.DEFAULTS)
     assert "det_retrofit" not in names
     with pytest.raises(ValueError, match="variant"):
-        config.load_config("configs/vmoer_decoder.py:fast")
+        config.load_config("configs/vmoer_lm.py:fast")
     for name in names:
         vmoer_decoder.model_config(cfg, name.removesuffix("_retrofit"), max_len=32)
 
@@ -200,7 +200,7 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
 def test_unknown_scoring_is_a_value_error_naming_it(tmp_path):
     from routecal.study import vmoer_decoder_data
 
-    cfg = config.load_config("configs/vmoer_decoder.py:quick", ["experiment.scoring=logprob"])
+    cfg = config.load_config("configs/vmoer_lm.py:quick", ["experiment.scoring=logprob"])
     with pytest.raises(ValueError, match="experiment.scoring.*'logprob'"):
         vmoer_decoder.run(cfg, str(tmp_path))
     with pytest.raises(ValueError, match="experiment.scoring"):

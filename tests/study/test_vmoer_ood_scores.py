@@ -27,7 +27,7 @@ def _pretrained_experiment():
 
 
 def _cfg():
-    cfg = config.load_config("configs/vmoer_decoder.py:quick")
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
     cfg.model.update(d_model=8, mlp_dim=8, moe_hidden=8)
     cfg.model.vmoer.head_hidden = 8
     cfg.experiment.update(sigmas=(0.01,), stability_sigma=0.01, stability_items=4,

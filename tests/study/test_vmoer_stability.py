@@ -13,7 +13,7 @@ N_LAYERS = 3
 
 
 def _model(router: str):
-    cfg = config.load_config("configs/vmoer_decoder.py:quick")
+    cfg = config.load_config("configs/vmoer_lm.py:quick")
     cfg.model.update(d_model=8, mlp_dim=8, moe_hidden=8, n_layers=N_LAYERS)
     cfg.model.vmoer.head_hidden = 8
     model = vmoer_decoder.make_model(cfg, router, seed=0, max_len=24)
