@@ -16,7 +16,7 @@ router trained from scratch. Writes `tables/vmoer.csv` (one row per router) and
 `vmoer_lm_results.json`. Stability follows the paper (`experiment.stability_protocol`), an
 item's options share one routing draw (common random numbers).
 
-Scoring (`experiment.scoring`, `routecal.study.vmoer_lm_data`): "loglik" (default) scores
+Scoring (`experiment.scoring`, `routecal.study.vmoer_decoder_data`): "loglik" (default) scores
 each option by its length-normalised log-likelihood given the context (lm-eval-harness
 acc_norm); "letter" is the paper's rule (the answer letter's logit after the prompt, restricted
 to A-D). The default is loglik because a small decoder does not learn letter scoring (det,
@@ -132,7 +132,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     cfg.experiment = ml_collections.ConfigDict()
     cfg.experiment.seeds = (0, 1, 2)
-    # option scoring (routecal.study.vmoer_lm_data.SCORINGS): "loglik" = length-normalised
+    # option scoring (routecal.study.vmoer_decoder_data.SCORINGS): "loglik" = length-normalised
     # option log-likelihood given the context (lm-eval-harness acc_norm); "letter" = the
     # paper's rule, the answer letter's logit after the prompt restricted to A-D
     cfg.experiment.scoring = "loglik"

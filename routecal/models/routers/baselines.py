@@ -12,7 +12,7 @@ Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, 
   initialiser N(0, 0.02^2) on a backbone trained from scratch (`reset_routers`); its own seed,
   the same objective, until its loss plateaus (`Plateau`, capped), its loss curve, steps and
   plateau flag recorded) and writes them into the router (`install_members`); the LM study
-  (`vmoer_lm_fit`), the digits study (`study.vmoer`) and imported checkpoints
+  (`vmoer_decoder_fit`), the digits study (`study.vmoer`) and imported checkpoints
   (`experiments/vmoer_pretrained.py`, a fixed step count) share these functions. A plain
   trainer given an ensemble router (no study) routes every token by one member drawn
   uniformly in training (members 1..M-1 initialised N(0, 0.02^2)): a joint fit, the fallback.

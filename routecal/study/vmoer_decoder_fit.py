@@ -1,11 +1,11 @@
-"""Retrofits of the VMoER language-model experiment (`vmoer_lm.py`): every router fitted on one
+"""Retrofits of the VMoER language-model experiment (`vmoer_decoder.py`): every router fitted on one
 trained deterministic model per seed.
 
     model, log = retrofit(cfg, data, "mfvr", seed, det_model)
 
 * Routers with a beta (`BETA_ROUTERS`: the KL weight of mfvr / lowrank / fcvr, the regulariser
   weight of vtsr): one retrofit per value of `experiment.beta_grid`, the value with the lowest
-  option NLL on the calib split kept (`vmoer_lm_eval.calib_nll`; the test splits are never
+  option NLL on the calib split kept (`vmoer_decoder_eval.calib_nll`; the test splits are never
   seen; `choose_beta`); the log records beta, the grid, each value's calib NLL and whether
   the choice is the grid's lowest or highest value (`beta_at_edge`, with a sentence in
   `warnings`). An empty grid keeps `model.vmoer.beta`.
@@ -43,7 +43,7 @@ from routecal.models.decoder_config import DecoderConfig
 from routecal.models.routers import baselines, common
 from routecal.models.routers.baselines import converged
 from routecal.models.routers.swag import collect_from as swag_hook  # the shared SWAG callback
-from routecal.study.vmoer_lm_data import (
+from routecal.study.vmoer_decoder_data import (
     noise_group,
     option_outputs,
     option_scores,
@@ -242,7 +242,7 @@ def _plain(cfg, data, base: str, seed: int, det_model) -> tuple[nnx.Module, list
 
 def retrofit(cfg, data, base: str, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
     """Router `base` fitted on the trained `det_model` (module docstring) -> (model, log)."""
-    from routecal.study import vmoer_lm_eval
+    from routecal.study import vmoer_decoder_eval
 
     if base == "ensemble":
         return fit_ensemble(cfg, data, seed, det_model)
@@ -257,7 +257,7 @@ def retrofit(cfg, data, base: str, seed: int, det_model: nnx.Module) -> tuple[nn
 
     def fit_one(beta: float) -> tuple[float, tuple[nnx.Module, list[float]]]:
         fitted = _plain(with_vmoer(cfg, beta=beta), data, base, seed, det_model)
-        return vmoer_lm_eval.calib_nll(fitted[0], data, cfg.experiment), fitted
+        return vmoer_decoder_eval.calib_nll(fitted[0], data, cfg.experiment), fitted
 
     (model, losses), record = choose_beta(grid, fit_one)
     return model, {"mcqa": losses, **record}
