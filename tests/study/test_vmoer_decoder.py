@@ -286,7 +286,7 @@ def test_scratch_ensemble_fits_members_alone_on_det(monkeypatch):
 
     monkeypatch.setattr(vmoer_decoder_fit, "fit_ensemble", fake)
     det = object()
-    model, log = vmoer_lm.train_router(_tiny_cfg(), None, "ensemble", 3, det)
+    model, log = vmoer_decoder.train_router(_tiny_cfg(), None, "ensemble", 3, det)
     assert model == "model" and calls == [(3, det, True)]  # members alone, from the initialiser
     with pytest.raises(ValueError, match="needs 'det'"):
-        vmoer_lm.train_router(_tiny_cfg(), None, "ensemble", 3, None)
+        vmoer_decoder.train_router(_tiny_cfg(), None, "ensemble", 3, None)
