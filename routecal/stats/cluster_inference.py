@@ -244,12 +244,13 @@ def flip_chunk(seed: jax.Array, w_blocks: jax.Array, total: jax.Array) -> jax.Ar
     XLA:CPU then emits one masked vector add per unit (shift, compare, masked add) where the earlier
     `part + where(bit, w_k, 0)` needed a zeroing load and a separate add (issue 26: ~1.25x less CPU
     time at N = 1M). Two words per loop iteration (`_UNROLL`) halve the per-iteration overhead; the
-    total sum_k w_k is computed once for all chunks (`block_total`). The accumulators are [J, Bc],
-    lanes minor: with [Bc, J] XLA:CPU vectorised over the J = 4 omnibus columns only, not at all in
-    practice (scalar code, ~10x slower per column than J = 1). The same additions in the same
-    order: the null is bit-for-bit unchanged.
+    total sum_k w_k is computed once for all chunks (`block_total`). With several columns the
+    accumulators are [J, Bc], lanes minor: with [Bc, J] XLA:CPU emitted scalar code for the J = 4
+    omnibus columns (~5x slower); with one column [Bc, 1] is ~1.2x faster than [1, Bc]. The same
+    additions in the same order: the null is bit-for-bit unchanged.
     """
-    bc = seed.shape[1]
+    bc, n_cols = seed.shape[1], w_blocks.shape[2]
+    lanes_minor = n_cols > 1  # [J, Bc] accumulators; [Bc, 1] for one column (measured faster)
 
     def body(acc, xs):
         blk, w = xs
@@ -257,17 +258,19 @@ def flip_chunk(seed: jax.Array, w_blocks: jax.Array, total: jax.Array) -> jax.Ar
         parts: list = [None] * _PARTS
         for i in range(_W):
             q = i % _PARTS
-            set_ = ((bits << jnp.uint32(_W - 1 - i)).view(jnp.int32) < 0)[None, :]  # bit i
-            wi = w[i][:, None]
+            set_ = (bits << jnp.uint32(_W - 1 - i)).view(jnp.int32) < 0  # bit i
+            set_, wi = (set_[None, :], w[i][:, None]) if lanes_minor else (set_[:, None], w[i][None])
             parts[q] = (jnp.where(set_, wi, 0.0) if parts[q] is None
                         else jnp.where(set_, parts[q] + wi, parts[q]))
         return acc + _pairwise(parts), None
 
     blocks = jnp.arange(w_blocks.shape[0])
-    init = jnp.zeros((w_blocks.shape[2], bc), w_blocks.dtype)  # [J, Bc]: lanes minor
+    init = jnp.zeros((n_cols, bc) if lanes_minor else (bc, n_cols), w_blocks.dtype)
     flipped, _ = lax.scan(body, init, (blocks, w_blocks), unroll=_UNROLL)
     # sums in a fixed order, no multiply (so no FMA contraction): the same for any lane count
-    return (total[:, None] - (flipped + flipped)).T
+    if lanes_minor:
+        return (total[:, None] - (flipped + flipped)).T
+    return total[None, :] - (flipped + flipped)
 
 
 def block_total(w_blocks: jax.Array) -> jax.Array:
