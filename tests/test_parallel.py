@@ -125,5 +125,5 @@ def test_release_compiled_frees_the_mappings_of_compiled_programs():
         jax.jit(lambda x, i=i: jnp.cumsum(x) * i)(jnp.ones(i + 1)).block_until_ready()
     before = parallel.memory_maps()
     assert not parallel.release_compiled(max_maps=before + 10_000)
-    assert parallel.release_compiled(max_maps=before - 1)
+    assert parallel.release_compiled(max_maps=0)  # any process is past 0 mappings
     assert parallel.memory_maps() < before - 60  # ~3 mappings per program freed
