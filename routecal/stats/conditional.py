@@ -49,9 +49,8 @@ association, pooled over confidence; the omnibus alternative also sees V-shaped 
 whose sign flips with confidence.
 
 Degenerate inputs: constant routing (or routing constant within every stratum) leaves s~ = 0
-(residuals below 1e-12, i.e. rounding, are set to 0): Z = 0 and p = 1, and the single test's
-`warning` says so (`NO_INFORMATION`): e.g. routing that is a function of confidence when confidence
-takes few tied values (each level is its own stratum), where no test can separate the two.
+(residuals below 1e-12, i.e. rounding, are set to 0): Z = 0, p = 1, `warning` = `NO_INFORMATION`
+(e.g. routing a function of few tied confidence levels: no test can separate the two).
 
 Engine: the scores are computed once, on one device (`_sharded_conditional`); then, like the paper
 test's engine (`diagnostics`), chunks of `Bc` lanes, counter-based random bits (`random_bits`; one
@@ -78,8 +77,7 @@ from routecal.stats import conditional_omnibus as omnibus
 from routecal.stats import ranks
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
 
-NO_INFORMATION = ("routing is constant within every confidence stratum (or tied confidence level): "
-                  "the data hold no information on routing beyond confidence (Z = 0, p = 1)")
+NO_INFORMATION = "routing is constant within every confidence stratum or tied level: no information"
 
 
 class ConditionalTestResult(NamedTuple):
@@ -215,10 +213,8 @@ def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutat
                          n_units, chunk_size, mesh, stratum_size, alternative):
     """The test on a 1-D mesh: (statistic, p, null [B], slope).
 
-    The scores are computed once, on one device of the mesh (sorts and segment sums: one device's
-    work, run by every process on its own device with the same result), and only the sign flips
-    are sharded. Inside one jit over the mesh XLA would compute the replicated scores on every
-    device, which on a 2-device CPU doubles their CPU time (issue 26: 0.5 of 2.1 CPU s at N = 1M).
+    Scores once on one local device per process, only the flips sharded (in one jit over the mesh
+    XLA computed the replicated scores on every device: issue 26, 0.5 of 2.1 CPU s at N = 1M).
     """
     dev = _local_device(mesh)
     inputs = jax.device_put((confidence, correct, routing, units), dev)
