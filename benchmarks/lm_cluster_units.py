@@ -7,7 +7,7 @@ or `routecal train` with the study's `model_overrides`). For each run, the token
 the study's domains are written if absent (`token_predict.predict_lm` with the study's
 `predict.*`, in W/runs/<arch>/seed<s>/predictions/tokens/<split> as the study writes them;
 records carry `seq_id` and `doc_id`), then every diagnostics cell of the plan
-(domain x routed arch x seed x routing summary) is run with `lm_stages.diagnose_cell` under
+(domain x routed arch x seed x routing summary) is run with `token_stages.diagnose_cell` under
 `diagnostics.cluster_unit=row` and `=document` (the same cell key for both), Holm/BH-adjusted per
 (test, domain) family (`token_tests.adjust`). Prints per domain and unit: raw / Holm / BH
 rejections out of the cells, the clusters and their effective number; writes
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
 
     from routecal.config import load_config
-    from routecal.study import lm_stages, token_tests
-    from routecal.study.plan import LMPlan
+    from routecal.study import token_stages, token_tests
+    from routecal.study.plan import TokenPlan
     from routecal.training import token_predict
     from routecal.training.train import load_trained
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     units = ("row", "document")
     plans = {}
     for u in units:
-        plans[u] = LMPlan.from_config(load_config(a.config, [*a.overrides,
+        plans[u] = TokenPlan.from_config(load_config(a.config, [*a.overrides,
                                                              f"diagnostics.cluster_unit={u}"]))
     plan = plans["document"]
     t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                     sp for _, sp in plan.domains), **plan.predict_options)
             if a.predict_only:
                 continue
-            toks[m.name, s] = {d: lm_stages.load_tokens(tok_dir / sp, f"{m.name}/seed{s}/{sp}")
+            toks[m.name, s] = {d: token_stages.load_tokens(tok_dir / sp, f"{m.name}/seed{s}/{sp}")
                                for d, sp in plan.domains}
     t1 = time.perf_counter()
     if a.predict_only:
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     for i, (d, arch, s) in enumerate(plan.cells()):
         ck = jax.random.fold_in(key, i)
         for u in units:
-            cell = lm_stages.cell_tokens(toks[arch, s][d], plans[u], f"{arch}/{s}/{d}")
+            cell = token_stages.cell_tokens(toks[arch, s][d], plans[u], f"{arch}/{s}/{d}")
             for j, f in enumerate(plan.features):
-                out = lm_stages.diagnose_cell(cell, f, key=jax.random.fold_in(ck, j),
+                out = token_stages.diagnose_cell(cell, f, key=jax.random.fold_in(ck, j),
                                               plan=plans[u], null_path=w / "nulls" / f"{u}.npz")
                 for test, r in out["tests"].items():
                     rows[u].append({"test": test, "domain": d, "arch": arch, "seed": s,

@@ -44,7 +44,7 @@ _HERE = str(pathlib.Path(__file__).resolve().parent)
 VMOER_QUICK = ("experiment.beta_grid=(0.01,)", "experiment.sigmas=(0.01,)",
                "experiment.stability_items=32", "data.n_eval_items=64", "data.n_train_items=256",
                "data.n_calib_items=32", "train.finetune_steps=30", "train.retrofit_steps=10",
-               "train.member_steps=10", "model.vmoer.ensemble=2", "model.vmoer.samples=4")
+               "train.member_steps=10", "train.member_max_steps=10", "model.vmoer.ensemble=2", "model.vmoer.samples=4")
 
 FEATURES = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last",
             "H_mean_vs_seq", "depth_var_mean_vs_seq")

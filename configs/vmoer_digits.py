@@ -66,6 +66,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "methods": ("det", "mfvr", "vtsr", "mfvr_retrofit", "vtsr_retrofit"),
         "retrofit_steps": 300,
         "retrofit_lr": 3e-3,
+        # ensemble members (from scratch or retrofit) are fitted alone until their loss
+        # plateaus (`routers.baselines.Plateau`): checked after member_steps steps and every
+        # member_check_every after, at most member_max_steps
+        "member_steps": 300,
+        "member_max_steps": 1200,
+        "member_check_every": 50,
         "stability_noise_std": 0.1,  # Gaussian noise on [0, 1] pixels
         "ood_kinds": ("invert", "pixel_noise"),
         "ood_noise_std": 0.5,
@@ -77,10 +83,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.model.update(mlp_dim=32, n_experts=4)
         cfg.train.update(steps=400, batch_size=32, warmup=40, checkpoint_every=400,
                          eval_every=400, log_every=50)
-        cfg.experiment.update(seeds=(0, 1), retrofit_steps=50, mc_samples=3)
+        cfg.experiment.update(seeds=(0, 1), retrofit_steps=50, mc_samples=3, member_steps=50,
+                              member_max_steps=200)
     if v.tiny:  # test-size: seconds, does not learn (tests and pipeline smoke checks only)
         cfg.model.update(d_model=16, mlp_dim=16, n_experts=4)
         cfg.train.update(steps=30, batch_size=16, warmup=2, checkpoint_every=30, eval_every=30,
                          log_every=10)
-        cfg.experiment.update(seeds=(0, 1), retrofit_steps=10, mc_samples=3)
+        cfg.experiment.update(seeds=(0, 1), retrofit_steps=10, mc_samples=3, member_steps=10,
+                              member_max_steps=10)
     return cfg

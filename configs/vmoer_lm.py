@@ -9,13 +9,14 @@ layer; default d_model 64, 2 layers, 64-byte rows, 300 LM + 200 MCQA steps) pret
 embedded stdlib corpus and fine-tuned on the embedded continuation MCQA, trained ONCE per seed
 (`det`); every router is retrofitted on it (`*_retrofit`, only its routing posterior fitted:
 mfvr, lowrank, fcvr, vtsr with beta chosen on the calib split from `experiment.beta_grid`;
-fixed_temp, mc_dropout; the ensemble's members each fitted alone from a perturbed det router;
+fixed_temp, mc_dropout; the ensemble's members each fitted alone from a perturbed det router
+until their loss plateaus (capped);
 SWAG from the moments of the router weights' trajectory); the "scratch" variant adds every
 router trained from scratch. Writes `tables/vmoer.csv` (one row per router) and
 `vmoer_lm_results.json`. Stability follows the paper (`experiment.stability_protocol`), an
 item's options share one routing draw (common random numbers).
 
-Scoring (`experiment.scoring`, `routecal.study.vmoer_lm_data`): "loglik" (default) scores
+Scoring (`experiment.scoring`, `routecal.study.vmoer_decoder_data`): "loglik" (default) scores
 each option by its length-normalised log-likelihood given the context (lm-eval-harness
 acc_norm); "letter" is the paper's rule (the answer letter's logit after the prompt, restricted
 to A-D). The default is loglik because a small decoder does not learn letter scoring (det,
@@ -38,6 +39,12 @@ Against det, by the seed-band rule: stability +0.6% to +2.7% for the four VMoER 
 0.53-0.98%. The table and the baselines: benchmarks/RESULTS.md, "VMoER as the paper measures
 it: the default, 3 seeds". NOT measured: the "large" base model, the "scratch" routers, the wall
 time on an idle machine. ("reduced", seed 0, 2026-12-05, load 17-27: det 0.555 [0.511, 0.597].)
+That run predates the plateau rule for members, the beta grid below 1e-4 and independent
+from-scratch ensemble members; a rerun of this config is needed for their numbers. Members
+alone (seed 0, det + ensemble_retrofit, 4 members x 800 steps at the constant rate, load
+7-15, 10 min wall / 192 CPU-s): the plateau rule (first check 200, every 50) stops them at
+250, 350, 200, 250 steps; their loss is flat from the start within the batch noise
+(benchmarks/RESULTS.md, "Ensemble members until their plateau").
 """
 
 import ml_collections
@@ -113,14 +120,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train.lr = 3e-3
     cfg.train.finetune_lr = 1e-3
     cfg.train.retrofit_lr = 3e-3
-    cfg.train.member_steps = 200  # each ensemble member, fitted alone (converged flag logged)
+    # each ensemble member is fitted alone at a constant rate (after warm-up) until its loss
+    # plateaus (`routers.baselines.Plateau`: checked after member_steps steps and every
+    # member_check_every after), at most member_max_steps; steps used + flag recorded
+    cfg.train.member_steps = 200
+    cfg.train.member_max_steps = 1000
+    cfg.train.member_check_every = 50
     cfg.train.warmup = 50
     cfg.train.weight_decay = 0.05
     cfg.train.grad_clip = 1.0
 
     cfg.experiment = ml_collections.ConfigDict()
     cfg.experiment.seeds = (0, 1, 2)
-    # option scoring (routecal.study.vmoer_lm_data.SCORINGS): "loglik" = length-normalised
+    # option scoring (routecal.study.vmoer_decoder_data.SCORINGS): "loglik" = length-normalised
     # option log-likelihood given the context (lm-eval-harness acc_norm); "letter" = the
     # paper's rule, the answer letter's logit after the prompt restricted to A-D
     cfg.experiment.scoring = "loglik"
@@ -129,8 +141,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     retro = () if "noretrofit" in parts else tuple(f"{r}_retrofit" for r in ROUTERS[1:])
     scratch = ROUTERS[1:] if ("scratch" in parts or "noretrofit" in parts) else ()
     cfg.experiment.routers = ("det",) + scratch + retro
-    # chosen per router on the calib split (the reduced run chose the grid's lower edge 1e-3)
-    cfg.experiment.beta_grid = (1e-4, 1e-3, 1e-2, 1e-1)
+    # chosen per router on the calib split; a choice at either end is flagged (beta_at_edge,
+    # warnings). The 3-seed run chose the then lowest value 1e-4 in 7 of 12 fits, so the grid
+    # goes down to 1e-6
+    cfg.experiment.beta_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     cfg.experiment.ood_scores = ("entropy", "max_prob", "mi", "gating_entropy",
                                  "router_logit_variance")  # fmt: skip
     # "layer_input" (the paper's: noise at one layer's input hidden state, that layer's Jaccard)
@@ -151,7 +165,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "reduced" in parts:  # what ran on a shared 2-core machine (benchmarks/RESULTS.md)
         cfg.experiment.seeds = (0,)
         cfg.experiment.beta_grid = (1e-3, 1e-2, 1e-1)
-        cfg.train.member_steps = 60
+        cfg.train.member_steps = cfg.train.member_max_steps = 60  # fixed, as it ran
         cfg.experiment.routers = ("det", "mfvr_retrofit", "vtsr_retrofit", "ensemble_retrofit",
                                   "swag_retrofit")  # fmt: skip
     if "quick" in parts:
@@ -170,7 +184,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.train.pretrain_steps = 0  # no LM phase: one compile less per router
         cfg.train.finetune_steps = 40
         cfg.train.retrofit_steps = 15
-        cfg.train.member_steps = 15
+        cfg.train.member_steps = cfg.train.member_max_steps = 15
         cfg.data.n_calib_items = 64
         cfg.experiment.beta_grid = (1e-2, 1e-1)
         cfg.train.warmup = 3

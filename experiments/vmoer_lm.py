@@ -17,7 +17,7 @@ import sys
 
 from routecal import config
 from routecal.report import vmoer_lm as vmoer_lm_report
-from routecal.study import vmoer_lm
+from routecal.study import vmoer_decoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(vmoer_lm_report.report(json.loads(path.read_text())), end="")
         return 0
     cfg = config.load_config(args.config, args.overrides)
-    out = vmoer_lm.run(cfg, args.workdir)
+    out = vmoer_decoder.run(cfg, args.workdir)
     print(f"\nVMoER LM table ({len(cfg.experiment.seeds)} seeds; {out['time_s']:.0f} s wall)")
     print(vmoer_lm_report.report(out), end="")
     return 0

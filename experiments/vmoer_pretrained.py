@@ -71,7 +71,7 @@ from routecal.models.pretrained.checkpoint import read_config
 from routecal.models.pretrained.retrofit import METRICS_FILE, RetrofitConfig, retrofit
 from routecal.models.routers import baselines, common, swag
 from routecal.stats import mcqa
-from routecal.study import vmoer_lm_eval, vmoer_lm_fit, vmoer_stability
+from routecal.study import vmoer_decoder_eval, vmoer_decoder_fit, vmoer_stability
 
 
 def load_split(spec: str, domain: str, n_options: int | None, limit: int) -> mcqa_data.MCQA:
@@ -120,7 +120,7 @@ def letter_ids(tokenizer: Any, k: int) -> np.ndarray:
 def _forward(model: nnx.Module, ids: jax.Array, pos: jax.Array):
     out = model(ids, return_traces=True)
     return (out.logits[jnp.arange(ids.shape[0]), pos],
-            vmoer_lm_eval.keep_traces(out.traces["mlp"], vmoer_lm_eval.EVAL_TRACES))
+            vmoer_decoder_eval.keep_traces(out.traces["mlp"], vmoer_decoder_eval.EVAL_TRACES))
 
 
 def predict(model: nnx.Module, d: dict[str, np.ndarray], bs: int) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def predict(model: nnx.Module, d: dict[str, np.ndarray], bs: int) -> dict[str, A
 
 
 def evaluate(model, data: dict, letters: np.ndarray, args, seed: int) -> dict[str, Any]:
-    """The metrics of `vmoer_lm_eval` (same names, so its table functions apply)."""
+    """The metrics of `vmoer_decoder_eval` (same names, so its table functions apply)."""
     res: dict[str, Any] = {}
     scores = {}
     for dom in ("in", "near", "far"):
@@ -153,13 +153,13 @@ def evaluate(model, data: dict, letters: np.ndarray, args, seed: int) -> dict[st
         if vmoer.set_router_sampling(sampled, True):
             mc = np.stack([mcqa.letter_option_probs(predict(sampled, d, args.batch_size)["logits"],
                                                     letters) for _ in range(args.samples)])
-        s = vmoer_lm_eval.ood_scores(args.ood_scores, probs, pred["layers"], mc, d["mask"])
+        s = vmoer_decoder_eval.ood_scores(args.ood_scores, probs, pred["layers"], mc, d["mask"])
         scores[dom] = s
         if dom == "in":
             res.update(mcqa.mcqa_metrics(probs, d["answers"]))
         else:
             res[f"accuracy_{dom}"] = float(np.mean(probs.argmax(1) == d["answers"]))
-    res.update(vmoer_lm_eval.ood_aurocs(scores))
+    res.update(vmoer_decoder_eval.ood_aurocs(scores))
 
     def experts_fn(m: nnx.Module) -> list[np.ndarray]:
         return [t["experts"] for t in predict(m, data["in"], args.batch_size)["layers"]]
@@ -213,9 +213,10 @@ def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pa
 
         kernels, members = baselines.fit_members(
             lambda: _import(args, "det", seed, opts)[0],
-            lambda member, m: _train(args, member, data, letters, cell / f"member{m}",
-                                     vmoer_lm_fit.PROJ, [seed, 100 + m]),
+            lambda member, m, _: _train(args, member, data, letters, cell / f"member{m}",
+                                        vmoer_decoder_fit.PROJ, [seed, 100 + m]),
             int(get("ensemble")), float(get("ensemble_perturb")), seed,
+            baselines.Plateau(args.steps, args.steps, 1),  # fixed --steps (resumable cells)
         )  # fmt: skip
         model, info = _import(args, router, seed, opts)
         baselines.install_members(model, kernels)
@@ -243,7 +244,7 @@ def _fit(args, router: str, seed: int, data: dict, letters, opts: dict, cell: pa
 
 def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> dict[str, Any]:
     """Imports, retrofits (if the router has something to fit) and scores one router x seed.
-    Routers with a beta (`vmoer_lm_fit.BETA_ROUTERS`) are fitted once per --beta-grid value when
+    Routers with a beta (`vmoer_decoder_fit.BETA_ROUTERS`) are fitted once per --beta-grid value when
     a --calib split is given; the value with the lowest calib NLL is kept and recorded."""
     cell = pathlib.Path(args.workdir) / router / f"seed{seed}"
     done = cell / "metrics.json"
@@ -251,19 +252,15 @@ def run_cell(args, router: str, seed: int, data: dict, letters, overheads) -> di
         return workdir_io.read_json(done, "cell")
     t0 = time.time()
     chosen: dict[str, Any] = {}
-    if router in vmoer_lm_fit.BETA_ROUTERS and args.beta_grid and "calib" in data:
-        best = None
-        nlls = []
-        for beta in args.beta_grid:
-            m, inf, lg = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
-                              cell / f"beta{beta:g}")
-            probs = mcqa.letter_option_probs(predict(m, data["calib"], args.batch_size)["logits"],
-                                             letters)
-            nlls.append(mcqa.mcqa_metrics(probs, data["calib"]["answers"])["nll"])
-            if best is None or nlls[-1] < best[0]:
-                best = (nlls[-1], beta, m, inf, lg)
-        _, beta, model, info, log = best
-        chosen = {"beta": beta, "beta_grid": list(args.beta_grid), "beta_calib_nll": nlls}
+    if router in vmoer_decoder_fit.BETA_ROUTERS and args.beta_grid and "calib" in data:
+        def fit_one(beta: float) -> tuple[float, tuple]:
+            fitted = _fit(args, router, seed, data, letters, {**args.vmoer, "beta": beta},
+                          cell / f"beta{beta:g}")
+            logits = predict(fitted[0], data["calib"], args.batch_size)["logits"]
+            probs = mcqa.letter_option_probs(logits, letters)
+            return mcqa.mcqa_metrics(probs, data["calib"]["answers"])["nll"], fitted
+
+        (model, info, log), chosen = vmoer_decoder_fit.choose_beta(args.beta_grid, fit_one)
     else:
         model, info, log = _fit(args, router, seed, data, letters, args.vmoer, cell)
     res = {"router": router, "seed": seed, **evaluate(model, data, letters, args, seed), **chosen,
@@ -328,9 +325,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "(routecal.models.routers.common.VMoERConfig names without 'vmoer_')")
     ap.add_argument("--stability-protocol", default="layer_input",
                     choices=list(vmoer.STABILITY_PROTOCOLS))
-    ap.add_argument("--ood-scores", default=",".join(vmoer_lm_eval.OOD_SCORES))
+    ap.add_argument("--ood-scores", default=",".join(vmoer_decoder_eval.OOD_SCORES))
     ap.add_argument("--calib", default="", help="PATH:FORMAT[,...] calibration split (beta)")
-    ap.add_argument("--beta-grid", default="1e-4,1e-3,1e-2,1e-1",
+    ap.add_argument("--beta-grid", default="1e-6,1e-5,1e-4,1e-3,1e-2,1e-1",
                     help="betas tried per router on --calib (ignored without --calib)")
     args = ap.parse_args(argv)
     args.vmoer = parse_vmoer(args.vmoer)
@@ -359,10 +356,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in names:
         for s in (int(x) for x in args.seeds.split(",")):
             per_run.setdefault(r, {})[s] = run_cell(args, r, s, data, letters, overheads)
-    table = vmoer_lm_eval.summarize(per_run)
+    table = vmoer_decoder_eval.summarize(per_run)
     out = pathlib.Path(args.workdir)
-    vmoer_lm_eval.write_csv(table, names, out / "vmoer.csv")
-    md = vmoer_lm_eval.to_markdown(table, names)
+    vmoer_decoder_eval.write_csv(table, names, out / "vmoer.csv")
+    md = vmoer_decoder_eval.to_markdown(table, names)
     workdir_io.write_text(out / "table.md", md + "\n")
     workdir_io.write_text(out / "results.json", json.dumps(
         {"args": vars(args), "per_run": per_run, "table": table, "n_options": k,

@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", required=True)
     s.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     s.add_argument("--worker", action="store_true",
-                   help="LM study only: a second process sharing a running study's analysis "
-                        "stages (start it once the study's models are trained)")
+                   help="a second process sharing a running study's analysis stages "
+                        "(start it once the study's models are trained and predicted)")
 
     r = sub.add_parser("report", help="write report.md and report.html from W/results.json")
     r.add_argument("--workdir", required=True)
@@ -153,15 +153,9 @@ def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None
             seed=args.seed,
         )
     elif args.command == "study":
-        from routecal.study import lm_study
         from routecal.study import run as study
 
-        if lm_study.is_lm_config(cfg):
-            lm_study.run(cfg, args.workdir, write_report=not args.no_report, worker=args.worker)
-        elif args.worker:
-            raise SystemExit("routecal study: --worker is for the LM study (configs/study_lm.py)")
-        else:
-            study.run(cfg, args.workdir, write_report=not args.no_report)
+        study.run(cfg, args.workdir, write_report=not args.no_report, worker=args.worker)
     elif args.command == "report":
         from routecal.report import lm, write_report
 

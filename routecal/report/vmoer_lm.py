@@ -1,5 +1,5 @@
 """The VMoER language-model experiment's section, drawn from its results (`vmoer_lm_results.json`,
-written by `routecal.study.vmoer_lm`): the paper's claims, the accuracy interval and the markdown
+written by `routecal.study.vmoer_decoder`): the paper's claims, the accuracy interval and the markdown
 section (setting, seeds, time, the table and, per claim, what each variational router shows).
 """
 
@@ -42,15 +42,20 @@ def _settings_lines(out: dict[str, Any], names: list[str]) -> list[str]:
             if "beta" in r:
                 pairs = zip(r["beta_grid"], r["beta_calib_nll"], strict=True)
                 nll = ", ".join(f"{b:g}: {v:.4f}" for b, v in pairs)
-                fitted.append(f"beta {r['beta']:g} (calib NLL {nll})")
+                edge = r.get("beta_at_edge")
+                flag = f" **at the grid's {edge} value**" if edge else ""
+                fitted.append(f"beta {r['beta']:g}{flag} (calib NLL {nll})")
             if "members" in r:
-                fitted.append("members' final loss " + ", ".join(
-                    f"{m['final_loss']:.4f}{'' if m['converged'] else ' (not converged)'}"
-                    for m in r["members"]))
+                fitted.append("members' final loss (steps) " + ", ".join(
+                    f"{m['final_loss']:.4f} ({m['steps']}"
+                    f"{'' if m['converged'] else ', not converged'})" for m in r["members"]))
             if "swag_n" in r:
                 fitted.append(f"SWAG moments over {r['swag_n']} iterates")
             lines.append(f"| {name} | {seed} | {curve} | {'; '.join(fitted)} |")
-    return lines
+    warned = [f"- {name}, seed {seed}: {w}" for name in names
+              for seed, r in sorted(out["per_run"][name].items(), key=lambda x: int(x[0]))
+              for w in r.get("warnings", [])]  # fmt: skip
+    return lines + (["", "Warnings:", *warned] if warned else [])
 
 
 def report(out: dict[str, Any]) -> str:
@@ -109,6 +114,23 @@ def band_cell(b: dict[str, Any] | None, *, verdict: bool = False) -> str:
     return c
 
 
+def fitted_cell(runs: dict[Any, dict[str, Any]]) -> str:
+    """What was fitted for one router over its seeds: the chosen betas with the grid edges
+    flagged, and the ensemble members' plateau count and step range ("" if nothing)."""
+    items = sorted(runs.items(), key=lambda x: int(x[0]))
+    parts = []
+    if any("beta" in r for _, r in items):
+        parts.append("beta " + ", ".join(
+            f"{r['beta']:g}" + (f" (grid's {r['beta_at_edge']})" if r.get("beta_at_edge") else "")
+            for _, r in items if "beta" in r))  # fmt: skip
+    members = [m for _, r in items for m in r.get("members", [])]
+    if members:
+        steps = [m["steps"] for m in members]
+        parts.append(f"members plateaued {sum(bool(m['converged']) for m in members)}/"
+                     f"{len(members)}, steps {min(steps)}-{max(steps)}")
+    return "; ".join(parts)
+
+
 def section_table(out: dict[str, Any]) -> Any:
     """The VMoER section of a study's report (`results["vmoer"]`): one row per router with det's
     in-domain accuracy interval, each paper-claim metric as a seed-band cell against det (verdict
@@ -125,9 +147,11 @@ def section_table(out: dict[str, Any]) -> Any:
         lo, hi = accuracy_interval(float(acc), n)
         rows.append([name, *[band_cell(table[name].get(m), verdict=True) for m in cols],
                      f"{acc:.3f} [{lo:.3f}, {hi:.3f}]",
-                     f"{np.mean([r.get('wall_s', np.nan) for r in runs]):.0f}"])
+                     f"{np.mean([r.get('wall_s', np.nan) for r in runs]):.0f}",
+                     fitted_cell(out["per_run"][name])])
     title = (f"VMoER: det vs every router on an MoE decoder, MCQA ({out.get('scoring')} scoring, "
              f"{n} items per domain, seeds {out.get('seeds')}); mean ± std [min, max] over seeds "
              f"(change vs det, seed-band rule); paper claims {PAPER_CLAIMS}")
     return Table("vmoer_summary", title,
-                 ["router", *cols, "accuracy (seed mean, Wilson 95%)", "wall s / seed"], rows)
+                 ["router", *cols, "accuracy (seed mean, Wilson 95%)", "wall s / seed",
+                  "fitted (per seed)"], rows)

@@ -64,6 +64,7 @@ from routecal.stats.random_bits import _TIE_RTOL, _uniform_bits
 
 _W = 32  # units signed by one random word
 _PARTS = 4  # partial sums per word in `flip_chunk`
+_UNROLL = 2  # words per loop iteration in `flip_chunk` (issue 26: 1.15x less CPU than 1; 4 is slower)
 # XLA:CPU emits 256-bit vectors by default; the sign-flip kernel is instruction-bound and runs
 # ~1.4x faster with 512-bit ones where the CPU has them (measured on AMD EPYC, issue 26); other
 # CPUs and backends ignore the option. It changes no result: the kernel is elementwise per lane.
@@ -232,39 +233,70 @@ def studentised(y, y_loco, y_pool, w, units, n_units: int):
     return jnp.where(ok, t / root, 0.0), jnp.where(ok[None, :], u / root[None, :], 0.0)
 
 
-def flip_chunk(seed: jax.Array, w_blocks: jax.Array) -> jax.Array:
-    """Sign-flip statistics of one chunk: [2, Bc] lane keys, [K/32, 32, J] scores -> [Bc, J].
+def flip_chunk(seed: jax.Array, w_blocks: jax.Array, total: jax.Array) -> jax.Array:
+    """Sign-flip statistics of one chunk: [2, Bc] lane keys, [K/32, 32, J] scores and their
+    `block_total` [J] -> [Bc, J].
 
     Unit k of flip b takes bit k % 32 of word k // 32 of lane b (set: eps = -1); all J columns
-    share the signs. Computed as sum_k eps_k w_k = sum_k w_k - 2 sum_{k: bit set} w_k, so each unit
-    costs one bit test and one masked add per lane (no select between +w and -w); the 32 units of a
-    word go to `_PARTS` interleaved partial sums (shorter add chains). Issue 26: 1.5x fewer
-    instructions than the select form; the sums are the same up to float64 rounding.
+    share the signs. Computed as sum_k eps_k w_k = sum_k w_k - 2 sum_{k: bit set} w_k; the 32 units
+    of a word go to `_PARTS` interleaved partial sums (shorter add chains), each updated as
+    `where(bit set, part + w_k, part)` with the bit tested by the sign of the word shifted left:
+    XLA:CPU then emits one masked vector add per unit (shift, compare, masked add) where the earlier
+    `part + where(bit, w_k, 0)` needed a zeroing load and a separate add (issue 26: ~1.25x less CPU
+    time at N = 1M). Two words per loop iteration (`_UNROLL`) halve the per-iteration overhead; the
+    total sum_k w_k is computed once for all chunks (`block_total`). With several columns the
+    accumulators are [J, Bc], lanes minor: with [Bc, J] XLA:CPU emitted scalar code for the J = 4
+    omnibus columns (~5x slower); with one column [Bc, 1] is ~1.2x faster than [1, Bc]. The same
+    additions in the same order: the null is bit-for-bit unchanged.
     """
-    bc = seed.shape[1]
+    bc, n_cols = seed.shape[1], w_blocks.shape[2]
+    lanes_minor = n_cols > 1  # [J, Bc] accumulators; [Bc, 1] for one column (measured faster)
 
-    def tree(terms):
-        parts = [None] * _PARTS
-        for i, term in enumerate(terms):
-            q = i % _PARTS
-            parts[q] = term if parts[q] is None else parts[q] + term
-        while len(parts) > 1:
-            parts = [parts[q] + parts[q + 1] for q in range(0, len(parts), 2)]
-        return parts[0]
-
-    def body(carry, xs):
-        acc, tot = carry
+    def body(acc, xs):
         blk, w = xs
         bits = _uniform_bits(seed, blk.astype(jnp.uint32)[None])[0]  # [Bc]: 32 signs per word
-        set_ = tree([jnp.where(((bits & jnp.uint32(1 << i)) != 0)[:, None], w[i][None, :], 0.0)
-                     for i in range(_W)])
-        return (acc + set_, tot + tree([w[i] for i in range(_W)])), None
+        parts: list = [None] * _PARTS
+        for i in range(_W):
+            q = i % _PARTS
+            set_ = (bits << jnp.uint32(_W - 1 - i)).view(jnp.int32) < 0  # bit i
+            set_, wi = (set_[None, :], w[i][:, None]) if lanes_minor else (set_[:, None], w[i][None])
+            parts[q] = (jnp.where(set_, wi, 0.0) if parts[q] is None
+                        else jnp.where(set_, parts[q] + wi, parts[q]))
+        return acc + _pairwise(parts), None
 
     blocks = jnp.arange(w_blocks.shape[0])
-    init = jnp.zeros((bc, w_blocks.shape[2]), w_blocks.dtype)
-    (flipped, total), _ = lax.scan(body, (init, init[0]), (blocks, w_blocks))
+    init = jnp.zeros((n_cols, bc) if lanes_minor else (bc, n_cols), w_blocks.dtype)
+    flipped, _ = lax.scan(body, init, (blocks, w_blocks), unroll=_UNROLL)
     # sums in a fixed order, no multiply (so no FMA contraction): the same for any lane count
+    if lanes_minor:
+        return (total[:, None] - (flipped + flipped)).T
     return total[None, :] - (flipped + flipped)
+
+
+def block_total(w_blocks: jax.Array) -> jax.Array:
+    """sum_k w_k [J] of [K/32, 32, J] scores, block by block in `flip_chunk`'s order (computed once
+    for all chunks; it was a second accumulator in every chunk's scan)."""
+
+    def body(tot, w):
+        return tot + _pairwise(_interleaved(w)), None
+
+    return lax.scan(body, jnp.zeros(w_blocks.shape[2:], w_blocks.dtype), w_blocks)[0]
+
+
+def _interleaved(w: jax.Array) -> list:
+    """[32, J] -> `_PARTS` partial sums of rows i, i + _PARTS, ... (each in row order)."""
+    parts: list = [None] * _PARTS
+    for i in range(_W):
+        q = i % _PARTS
+        parts[q] = w[i] if parts[q] is None else parts[q] + w[i]
+    return parts
+
+
+def _pairwise(parts: list) -> jax.Array:
+    """Sum of `_PARTS` partial sums by pairs ((p0 + p1) + (p2 + p3))."""
+    while len(parts) > 1:
+        parts = [parts[q] + parts[q + 1] for q in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def blocks(w: jax.Array) -> jax.Array:

@@ -49,14 +49,14 @@ association, pooled over confidence; the omnibus alternative also sees V-shaped 
 whose sign flips with confidence.
 
 Degenerate inputs: constant routing (or routing constant within every stratum) leaves s~ = 0
-(residuals below 1e-12, i.e. rounding, are set to 0): Z = 0 and p = 1, and the single test's
-`warning` says so (`NO_INFORMATION`): e.g. routing that is a function of confidence when confidence
-takes few tied values (each level is its own stratum), where no test can separate the two.
+(residuals below 1e-12, i.e. rounding, are set to 0): Z = 0, p = 1, `warning` = `NO_INFORMATION`
+(e.g. routing a function of few tied confidence levels: no test can separate the two).
 
-Engine: like the paper test's (`diagnostics`), chunks of `Bc` lanes, counter-based random bits
-(`random_bits`; one 32-bit word signs 32 units), lanes vectorised, chunks sharded over a 1-D mesh
-with `jax.shard_map`; flip b's signs depend on (key, b) only, so the result never depends on the
-chunk size or the device count.
+Engine: the scores are computed once, on one device (`_sharded_conditional`); then, like the paper
+test's engine (`diagnostics`), chunks of `Bc` lanes, counter-based random bits (`random_bits`; one
+32-bit word signs 32 units), lanes vectorised, chunks sharded over a 1-D mesh with `jax.shard_map`;
+flip b's signs depend on (key, b) only, so the result never depends on the chunk size or the device
+count.
 """
 
 from __future__ import annotations
@@ -77,8 +77,7 @@ from routecal.stats import conditional_omnibus as omnibus
 from routecal.stats import ranks
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
 
-NO_INFORMATION = ("routing is constant within every confidence stratum (or tied confidence level): "
-                  "the data hold no information on routing beyond confidence (Z = 0, p = 1)")
+NO_INFORMATION = "routing is constant within every confidence stratum or tied level: no information"
 
 
 class ConditionalTestResult(NamedTuple):
@@ -165,36 +164,68 @@ def conditional_test_core(confidence, correct, routing, units, key, *, n_permuta
     bc = _resolve_chunk(chunk_size, n_permutations)
     seeds = chunk_seeds(key, -(-n_permutations // bc), bc)
     wb = ci.blocks(w)
-    null = lax.map(lambda sd: ci.flip_chunk(sd, wb), seeds)
+    total = ci.block_total(wb)
+    null = lax.map(lambda sd: ci.flip_chunk(sd, wb, total), seeds)
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
     return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null, slope
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size", "mesh",
-                              "stratum_size", "alternative"),
+    jax.jit, static_argnames=("n_strata", "n_units", "stratum_size", "alternative"),
     compiler_options=ci.COMPILER_OPTIONS,
 )
-def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutations, n_strata,
-                         n_units, chunk_size, mesh, stratum_size, alternative):
-    z, w, slope = score_matrix(confidence, correct, routing, units, n_strata=n_strata,
-                               n_units=n_units, stratum_size=stratum_size, alternative=alternative)
+def _scores_one_device(confidence, correct, routing, units, *, n_strata, n_units, stratum_size,
+                       alternative):
+    return score_matrix(confidence, correct, routing, units, n_strata=n_strata, n_units=n_units,
+                        stratum_size=stratum_size, alternative=alternative)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("n_permutations", "n_units", "chunk_size", "mesh", "alternative"),
+    compiler_options=ci.COMPILER_OPTIONS,
+)
+def _sharded_flips(z, w, units, key, *, n_permutations, n_units, chunk_size, mesh, alternative):
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), mesh.size)
     seeds = chunk_seeds(key, n_chunks, bc)
     axis = mesh.axis_names[0]
+    wb = ci.blocks(w)
     null = jax.shard_map(
-        lambda sd, wb: lax.map(lambda s: ci.flip_chunk(s, wb), sd),
+        lambda sd, wb, tot: lax.map(lambda s: ci.flip_chunk(s, wb, tot), sd),
         mesh=mesh,
-        in_specs=(P(axis), P()),
+        in_specs=(P(axis), P(), P()),
         out_specs=P(axis),
         check_vma=False,
-    )(seeds, ci.blocks(w))
+    )(seeds, wb, ci.block_total(wb))
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
     null = parallel.replicate(null, mesh)  # readable on every host
-    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null, slope
+    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null
+
+
+def _local_device(mesh: Mesh) -> jax.Device:
+    """The first device of `mesh` that this process can address."""
+    return next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+
+
+def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutations, n_strata,
+                         n_units, chunk_size, mesh, stratum_size, alternative):
+    """The test on a 1-D mesh: (statistic, p, null [B], slope).
+
+    Scores once on one local device per process, only the flips sharded (in one jit over the mesh
+    XLA computed the replicated scores on every device: issue 26, 0.5 of 2.1 CPU s at N = 1M).
+    """
+    dev = _local_device(mesh)
+    inputs = jax.device_put((confidence, correct, routing, units), dev)
+    z, w, slope = _scores_one_device(*inputs, n_strata=n_strata, n_units=n_units,
+                                     stratum_size=stratum_size, alternative=alternative)
+    # host copies: plain replicated inputs of the mesh's jit on every process (as the data are)
+    z, w = np.asarray(z), np.asarray(w)
+    stat, p, null = _sharded_flips(z, w, units, key, n_permutations=n_permutations,
+                                   n_units=n_units, chunk_size=chunk_size, mesh=mesh,
+                                   alternative=alternative)
+    return stat, p, null, slope
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +312,7 @@ def conditional_calibration_test(
     key, n_permutations, chunk_size, mesh = engine_args(key, n_permutations, chunk_size, mesh)
     with jax.enable_x64(True):
         z, p, null, slope = _sharded_conditional(
-            jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), key,
+            c, y, r, units, key,
             n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
             chunk_size=chunk_size, mesh=mesh, stratum_size=stratum_size, alternative=alternative,
         )

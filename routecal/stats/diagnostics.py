@@ -379,8 +379,7 @@ def permutation_grid(
     ]
 
 
-# The recommended test (`stats.conditional`) and the power analysis (`stats.power`) import this
-# module's engine pieces, so they are re-exported lazily: `rc.diagnostics.<name>` works either way.
+# stats.conditional and stats.power import this module's engine: their names re-exported lazily.
 _LAZY = {
     "ConditionalTestResult": "routecal.stats.conditional",
     "conditional_calibration_test": "routecal.stats.conditional",

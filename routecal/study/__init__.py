@@ -1,6 +1,8 @@
-"""Pipelines that run stages over models and predictions (see docs/ARCHITECTURE.md).
+"""One study for every unit (see docs/ARCHITECTURE.md).
 
-`stages` (cache, workdir guard, JSON I/O), `plan` (the study's typed Plan), `grid` (the diagnostic
-tests), `run` (the main job), `diagnose` (bring your own traces), `vmoer` (the VMoER experiment).
-Each stage reads predictions through `routecal.files.predictions`.
+`plan` (the typed plan, validated whole), `run` (the driver: runs, analysis stages, results.json,
+report), the units `example_unit` (digits) and `token_unit` (language models), `stages` (cache,
+workdir guard, JSON I/O), `registry` and `grid` (the diagnostic tests), `diagnose` (bring your own
+traces), `vmoer` / `vmoer_decoder` (the VMoER section). Each stage reads predictions through
+`routecal.files.predictions`.
 """

@@ -29,9 +29,9 @@ from routecal.files.predictions import (
     routing_features,
     routing_predictions,
 )
-from routecal.probes.compare import probe_comparison, summarise_probes
+from routecal.probes.compare import probe_comparison
 from routecal.probes.data import PROFILE
-from routecal.study import grid, tokens
+from routecal.study import example_unit, grid, tokens
 from routecal.study.stages import to_json, versions, write_json
 
 BANDWIDTH_RULES = ("scott", "cv_nll", "oracle_ece")
@@ -136,10 +136,7 @@ def diagnose_predictions(
     if fit is not None and min(len(fit["labels"]), len(test["labels"])) >= 2 * n_bins:
         pc = probe_comparison(fit, test, seed=seed, bandwidth_rules=BANDWIDTH_RULES,
                               sweep_multiples=SWEEP_MULTIPLES, n_bins=n_bins)
-        rows = [{**r, "arch": "model", "seed": 0} for r in pc["rows"]]
-        sweep = {"multiples": list(SWEEP_MULTIPLES), "ece": {k: [v] for k, v in pc["sweep"].items()}}
-        probes_out = {"rows": rows, "summary": summarise_probes(rows),
-                      "reliability": pc["reliability"], "bandwidth_sweep": {"model": sweep}}
+        probes_out = example_unit.probes_section(SWEEP_MULTIPLES, {("model", 0): pc})
     results = {
         "meta": {"title": f"routecal diagnose: {p.name}", "versions": versions(),
                  "source": str(p), "n_examples": int(len(conf)), "notes": notes,

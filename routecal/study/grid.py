@@ -140,27 +140,36 @@ def diagnostic_grid(
         out["tests"] += rows
         if not all("p_value" in r for r in rows):
             continue  # a measurement, not a test (e.g. a detectable gap): no adjustment
-        ps = [r["p_value"] for r in rows]
-        holm = diagnostics.adjust_pvalues(ps, "holm")
-        bh = diagnostics.adjust_pvalues(ps, "bh")
-        for r, h, b in zip(rows, holm, bh, strict=True):
-            r["p_holm"], r["p_bh"] = float(h), float(b)
+        out["rejections"] += adjust(rows, settings.alpha, ("test",), ("test", "arch", "feature"),
+                                    banded=lambda ts: all("null_mean" in t for t in ts))
         shown = {id(r) for r in sorted(rows, key=lambda r: r["p_value"])[: settings.n_null_figures]}
         for r in rows:
             if id(r) not in shown:
                 r.pop("null", None)
-        out["rejections"] += _rejections(rows, settings.alpha)
     out.update(n_bins=settings.n_bins, n_groups=settings.n_groups)
     return out
 
 
-def _rejections(rows: Sequence[Mapping[str, Any]], alpha: float) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-    for t in rows:
-        groups.setdefault((t["test"], t["arch"], t["feature"]), []).append(t)
-    return [rejection_row({"test": test, "arch": arch, "feature": feature}, ts, alpha,
-                          banded=all("null_mean" in t for t in ts))
-            for (test, arch, feature), ts in groups.items()]
+def adjust(rows: Sequence[dict[str, Any]], alpha: float, family: Sequence[str],
+           group: Sequence[str], banded: Callable[[list[dict[str, Any]]], bool]
+           ) -> list[dict[str, Any]]:
+    """Adds p_holm and p_bh to every row, adjusting within each family (the rows that share the
+    values of the `family` keys: a test in the grid, a test x domain for tokens); returns one
+    `rejection_row` per group of rows sharing the `group` keys (across seeds), in first-seen
+    order, with seed bands when `banded(group rows)`."""
+    families: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        families.setdefault(tuple(r[k] for k in family), []).append(r)
+    for fam in families.values():
+        ps = [r["p_value"] for r in fam]
+        for r, h, b in zip(fam, diagnostics.adjust_pvalues(ps, "holm"),
+                           diagnostics.adjust_pvalues(ps, "bh"), strict=True):
+            r["p_holm"], r["p_bh"] = float(h), float(b)
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in group), []).append(r)
+    return [rejection_row(dict(zip(group, key, strict=True)), ts, alpha, banded=banded(ts))
+            for key, ts in groups.items()]
 
 
 def rejection_row(head: Mapping[str, Any], ts: Sequence[Mapping[str, Any]], alpha: float, *,

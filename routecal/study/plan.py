@@ -1,8 +1,9 @@
 """The study's typed plans, built once from a study config and validated whole before anything is
 written (every model and VMoER config is loaded with its overrides; unknown tests, domains or
-features are errors naming the config key): `Plan` for the digits study (`configs/study.py`),
-`LMPlan` for the language-model study (`configs/study_lm.py`); both share `ModelSpec`,
-`seeds_and_models` and the VMoER section's fields."""
+features are errors naming the config key). `from_config` picks the plan by the config's unit:
+`Plan` (unit "example": the digits study, `configs/study.py`) or `TokenPlan` (unit "token":
+language models, `configs/study_lm.py`, `study = "lm"`); both share `ModelSpec`,
+`seeds_and_models` and the VMoER section's fields, and `study.run` drives either."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import dataclasses
 import json
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import ml_collections
 
@@ -89,9 +90,22 @@ def load_vmoer(config: str | None, overrides: Sequence[str], seeds: Sequence[int
     return load_config(config, [f"experiment.seeds={tuple(seeds)}", *overrides])
 
 
+def _shared(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields both plans read alike: title, seeds, models, routing features tested, probe
+    bandwidth rules and sweep, the VMoER section and the config JSON."""
+    seeds, models = seeds_and_models(cfg)
+    return dict(
+        title=str(cfg.title), seeds=seeds, models=tuple(models),
+        features=_strings(cfg.diagnostics.features, "diagnostics.features"),
+        bandwidth_rules=_strings(cfg.probes.bandwidth_rules, "probes.bandwidth_rules"),
+        sweep_multiples=tuple(float(x) for x in cfg.probes.sweep_multiples),
+        **vmoer_section(cfg), config=json.loads(cfg.to_json_best_effort()))
+
+
 class _Runs:
     """What both plans share: the (model, seed) runs, the routed models, the VMoER section."""
 
+    unit: ClassVar[str]  # the study's unit: "example" or "token" (`study.run.UNITS`)
     seeds: tuple[int, ...]
     models: tuple[ModelSpec, ...]
     vmoer_config: str | None
@@ -109,10 +123,19 @@ class _Runs:
         """The VMoER section's experiment config (`vmoer.config` with the study's seeds)."""
         return load_vmoer(self.vmoer_config, self.vmoer_overrides, self.seeds)
 
+    def _check_configs(self) -> None:
+        """Every model config loads with its overrides (a bad key raises), and the VMoER one."""
+        for m in self.models:
+            m.load(self.seeds[0])
+        if self.vmoer_config is not None:
+            self.load_vmoer()
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan(_Runs):
     """Everything the study will do, in order: runs, diagnostics, probes, VMoER, report."""
+
+    unit: ClassVar[str] = "example"
 
     title: str
     seeds: tuple[int, ...]
@@ -126,34 +149,16 @@ class Plan(_Runs):
     vmoer_overrides: tuple[str, ...]
     config: dict[str, Any] = dataclasses.field(compare=False, hash=False)  # the study config JSON
 
-    @property
-    def n_stages(self) -> int:
-        """train + predict per run, diagnostics, probes per routed run, VMoER, results/report."""
-        n_probes = len(self.routed) * len(self.seeds)
-        return 2 * len(self.runs) + 1 + n_probes + int(self.vmoer_config is not None) + 1
-
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict) -> Plan:
         """Builds and validates the plan; raises ValueError naming the bad config key."""
-        seeds, models = seeds_and_models(cfg)
-        d, p = cfg.diagnostics, cfg.probes
+        d = cfg.diagnostics
         plan = cls(
-            title=str(cfg.title),
-            seeds=seeds,
-            models=tuple(models),
-            features=_strings(d.features, "diagnostics.features"),
-            splits=_strings(d.splits, "diagnostics.splits"),
+            **_shared(cfg), splits=_strings(d.splits, "diagnostics.splits"),
             grid=GridSettings(int(d.n_permutations), int(d.n_bins), int(d.n_groups),
                               float(d.alpha), int(d.seed), int(d.n_null_figures)),
-            bandwidth_rules=_strings(p.bandwidth_rules, "probes.bandwidth_rules"),
-            sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
-            **vmoer_section(cfg),
-            config=json.loads(cfg.to_json_best_effort()),
         )
-        for m in plan.models:  # every model config loads with its overrides (a bad key raises)
-            m.load(seeds[0])
-        if plan.vmoer_config is not None:
-            plan.load_vmoer()
+        plan._check_configs()
         return plan
 
 
@@ -166,9 +171,11 @@ def _optional_int(value: Any, name: str) -> int | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class LMPlan(_Runs):
+class TokenPlan(_Runs):
     """Runs, then per domain: diagnostics cells, power, probes, temperature; the VMoER section
-    (an MoE decoder, every router against det, `study.vmoer_lm`); then results and the report."""
+    (an MoE decoder, every router against det, `study.vmoer_decoder`); then results and the report."""
+
+    unit: ClassVar[str] = "token"
 
     title: str
     seeds: tuple[int, ...]
@@ -201,18 +208,17 @@ class LMPlan(_Runs):
         return [(d, m.name, s) for d, _ in self.domains for m in self.routed for s in self.seeds]
 
     @classmethod
-    def from_config(cls, cfg: ml_collections.ConfigDict) -> LMPlan:
-        seeds, models = seeds_and_models(cfg)
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> TokenPlan:
         domains = tuple(tuple(x.split(":")) for x in _strings(cfg.domains, "domains"))
         if not domains or any(len(x) != 2 or not all(x) for x in domains):
             raise ValueError(f"domains: expected 'name:split' strings, got {cfg.domains!r}")
         if len({x[0] for x in domains}) != len(domains):
             raise ValueError(f"domains: repeated domain name in {cfg.domains!r}")
         d, p = cfg.diagnostics, cfg.probes
+        shared = _shared(cfg)
+        seeds = shared["seeds"]
         plan = cls(
-            title=str(cfg.title), seeds=seeds, models=tuple(models),
-            calib_split=str(cfg.calib_split), domains=domains,
-            features=_strings(d.features, "diagnostics.features"),
+            **shared, calib_split=str(cfg.calib_split), domains=domains,
             tests=TestSettings(
                 tests=_strings(d.tests, "diagnostics.tests"),
                 n_permutations=int(d.n_permutations), n_bins=int(d.n_bins),
@@ -226,23 +232,18 @@ class LMPlan(_Runs):
             diag_max_tokens=_optional_int(d.max_tokens, "diagnostics.max_tokens"),
             power_seeds=seeds[: _power_seed_count(d.get("power_seeds", len(seeds)), len(seeds))],
             n_null_figures=int(d.n_null_figures),
-            bandwidth_rules=_strings(p.bandwidth_rules, "probes.bandwidth_rules"),
-            sweep_multiples=tuple(float(x) for x in p.sweep_multiples),
             multiples=tuple(float(x) for x in p.multiples),
             probe_max_calib_tokens=_optional_int(p.max_calib_tokens, "probes.max_calib_tokens"),
             probe_max_test_tokens=_optional_int(p.max_test_tokens, "probes.max_test_tokens"),
             predict_options={k: v for k, v in cfg.predict.to_dict().items()
                              if k != "depth_rows" and v is not None},
             depth_rows=int(cfg.predict.depth_rows),
-            **vmoer_section(cfg),
-            config=json.loads(cfg.to_json_best_effort()),
         )
-        for m in plan.models:  # every model config loads with its overrides (a bad key raises)
-            m.load(seeds[0])
-        if plan.vmoer_config is not None:  # its config loads and names valid routers
-            from routecal.study import vmoer_lm
+        plan._check_configs()
+        if plan.vmoer_config is not None:  # its routers are valid names
+            from routecal.study import vmoer_decoder
 
-            vmoer_lm.check_routers(plan.load_vmoer().experiment)
+            vmoer_decoder.check_routers(plan.load_vmoer().experiment)
         return plan
 
 
@@ -252,3 +253,8 @@ def _power_seed_count(value: object, n_seeds: int) -> int:
         raise ValueError(f"diagnostics.power_seeds: expected an integer in [1, {n_seeds}] "
                          f"(the number of seeds), got {value!r}")
     return value
+
+
+def from_config(cfg: ml_collections.ConfigDict) -> Plan | TokenPlan:
+    """The plan of a study config: `TokenPlan` when `cfg.study == "lm"`, else `Plan`."""
+    return (TokenPlan if cfg.get("study", "") == "lm" else Plan).from_config(cfg)

@@ -1,232 +1,138 @@
-"""The study: plan -> train -> predict -> diagnostics -> probes -> VMoER -> results -> report.
+"""The study, for every unit: plan -> runs -> analysis stages -> results.json -> report.
 
-    routecal study --config configs/study.py --workdir W          # the main job
-    routecal study --config configs/study.py:quick --workdir W    # smoke run
+    routecal study --config configs/study.py --workdir W          # digits (example unit)
+    routecal study --config configs/study_lm.py:quick --workdir W # language model (token unit)
+    routecal study --config configs/study_lm.py --workdir W --worker   # a second job's share
     routecal diagnose --predictions preds.npz                    # bring your own traces
 
 From Python: `routecal.study.run.run(config, workdir)`.
 
-The config becomes a typed `Plan` (`pipeline.plan`) first, validated whole before anything is
-written. Every stage writes `W/stages/<stage>.json` when it finishes and is skipped when that file
-exists, so a killed study resumes where it stopped (training resumes from its orbax checkpoint);
-`W/study_config.json` keys the workdir to its config (`pipeline.stages`). `W/results.json` holds
-every number (nulls, sweeps and reliability data included) with the config and package versions;
-the report draws only from it. Predictions are read through `routecal.files.predictions`.
+The config becomes a typed plan first (`plan.from_config`: `Plan` for examples, `TokenPlan` for
+tokens), validated whole before anything is written. Its unit (`UNITS`) says which stages run:
+per (model, seed) run two stages that train (or import) and predict, then the analysis stages
+(diagnostics, power, probes, temperature scaling, VMoER; `study.example_unit`, `study.token_unit`),
+then `unit.assemble` builds `W/results.json` (every number, with config and versions) from the
+stored stages, the verdicts are added and the report is drawn from it. Every stage writes
+`W/stages/<stage>.json` when it finishes and is skipped when that file exists, so a killed study
+resumes where it stopped (training resumes from its orbax checkpoint); `W/study_config.json`
+keys the workdir to its config (`files.records`). Predictions are read through
+`routecal.files.predictions`.
 """
 
 from __future__ import annotations
 
-import functools
 import pathlib
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 
-from routecal import parallel, report
+from routecal import parallel
 from routecal.files import workdir as workdir_io
-from routecal.files.predictions import (
-    concat_predictions,
-    confidence_correct,
-    load_predictions,
-    routing_features,
-)
-from routecal.probes.compare import probe_comparison, summarise_probes
-from routecal.stats import calibration
-from routecal.study import grid
-from routecal.study.plan import ModelSpec, Plan
+from routecal.study import example_unit, token_stages, token_unit
+from routecal.study import plan as plan_lib
 from routecal.study.stages import (
     Stages,
+    check_workdir_config,
     record_workdir_config,
     to_json,
-    versions,
     write_json,
 )
-from routecal.training import train
 
-Preds = dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]  # (arch, seed) -> split -> arrays
-
-# ----------------------------------------------------------------------------------------------
-# Stages: module-level functions of the plan and their inputs (bound with functools.partial).
-# ----------------------------------------------------------------------------------------------
-
-
-def train_stage(spec: ModelSpec, seed: int, run_dir: pathlib.Path) -> dict[str, Any]:
-    from routecal.training import train
-
-    mcfg = spec.load(seed)
-    metrics = train.train_and_evaluate(mcfg, str(run_dir))
-    # training time summed over every call that trained this run (resumes included)
-    return {"metrics": metrics, "train_seconds": metrics["time_s"],
-            "residual": mcfg.model.residual}
+# A unit is a module with the same functions of the plan (shapes: `example_unit`):
+#   check(plan)                             configs a plan cannot check alone
+#   runs(plan, w, step, producer)           the runs' stages, in order -> their predictions
+#   load_runs(plan, w, stages)              the same predictions, from stored stages (a worker)
+#   run_stage_names(plan)                   the runs' stage names
+#   analysis(plan, w, predictions)          [(stage name, thunk)] after the runs, in order
+#   assemble(plan, stages, w, predictions, wall_seconds)  results.json without verdicts
+#   verdicts(results as JSON), write_report(workdir)
+UNITS = {"example": example_unit, "token": token_unit}
 
 
-def predict_stage(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str, Any]:
-    """Writes the run's predictions; stores their paths relative to the study's `workdir`."""
-    from routecal.training import predict
-
-    paths = predict.predict_workdir(str(run_dir))
-    return {"paths": {k: workdir_io.to_relative(v, workdir) for k, v in paths.items()}}
-
-
-def stored_paths(stage: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, pathlib.Path]:
-    """The predictions files a predict stage recorded, inside `workdir` (ValueError otherwise:
-    absolute paths from an older routecal or from the workdir this one was copied from, or a
-    file that is gone; the stage is then recomputed)."""
-    paths = {k: workdir_io.from_relative(p, workdir) for k, p in stage["paths"].items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ValueError(f"predictions: recorded files are missing: {missing}")
-    return paths
-
-
-def run_summary(
-    spec: ModelSpec, seed: int, run_dir: str, trained: Mapping[str, Any],
-    test: Mapping[str, np.ndarray], n_bins: int,
-) -> dict[str, Any]:
-    """One trained model's row: test accuracy, ECE, NLL and training time (`run_dir` relative to
-    the study's workdir)."""
-    conf, correct = confidence_correct(test)
-    return {
-        "arch": spec.name, "seed": seed, "workdir": run_dir, "residual": trained["residual"],
-        "test_accuracy": float(correct.mean()),
-        "test_ece": calibration.ece(conf, correct, n_bins=n_bins),
-        "test_nll": calibration.nll(test["probs"], test["labels"]),
-        "train_seconds": trained["train_seconds"],
-    }
-
-
-def grid_cells(plan: Plan, preds: Preds) -> list[grid.Cell]:
-    """One cell per routed model x seed x feature, on the plan's pooled splits."""
-    cells = []
-    for spec in plan.routed:
-        for seed in plan.seeds:
-            d = concat_predictions([preds[spec.name, seed][s] for s in plan.splits])
-            conf, correct = confidence_correct(d)
-            rf = routing_features(d)
-            for f in plan.features:
-                if f not in rf:
-                    raise ValueError(
-                        f"diagnostics.features: {f!r} not available for {spec.name} "
-                        f"(available: {sorted(rf)})"
-                    )
-                cells.append(grid.Cell(spec.name, seed, f, conf, correct, rf[f]))
-    return cells
-
-
-def diagnostics_stage(plan: Plan, preds: Preds) -> dict[str, Any]:
-    return grid.diagnostic_grid(grid_cells(plan, preds), plan.grid)
-
-
-def probes_stage(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, Any]:
-    return probe_comparison(
-        preds[arch, seed]["calib"], preds[arch, seed]["test"], seed=seed,
-        bandwidth_rules=plan.bandwidth_rules, sweep_multiples=plan.sweep_multiples,
-        n_bins=plan.grid.n_bins,
-    )
-
-
-def vmoer_stage(plan: Plan, workdir: pathlib.Path) -> dict[str, Any]:
-    from routecal.study import vmoer
-
-    return vmoer.report_rows(vmoer.run_vmoer_experiment(plan.load_vmoer(), str(workdir)))
-
-
-def probes_section(plan: Plan, per_run: Mapping[tuple[str, int], Mapping[str, Any]]
-                   ) -> dict[str, Any]:
-    """Per-(arch, seed) probe stage outputs -> rows, seed-band summary, sweeps, reliability."""
-    rows, sweeps, reliability = [], {}, {}
-    for (arch, seed), out in per_run.items():
-        rows += [{**r, "arch": arch, "seed": seed} for r in out["rows"]]
-        sw = sweeps.setdefault(arch, {"multiples": list(plan.sweep_multiples), "ece": {}})
-        for name, eces in out["sweep"].items():
-            sw["ece"].setdefault(name, []).append(eces)
-        reliability = reliability or out["reliability"]
-    return {"rows": rows, "summary": summarise_probes(rows), "bandwidth_sweep": sweeps,
-            "reliability": reliability}
-
-
-def depth_attention(plan: Plan, preds: Preds) -> dict[str, Any]:
-    """Mean depth-attention weights of each routed model's first seed (the heatmap figure)."""
-    depth = {}
-    for spec in plan.routed:
-        t = preds[spec.name, plan.seeds[0]]["test"]
-        if "alpha_mean" in t and t["alpha_mean"].size:
-            keys = ("alpha_mean", "n_sources", "sublayer_names")
-            depth[spec.name] = {k: t[k] for k in keys if k in t}
-    return depth
-
-
-# ----------------------------------------------------------------------------------------------
-# The study.
-# ----------------------------------------------------------------------------------------------
-
-
-def _step(stages: Stages, bar: Any, name: str, fn: Callable[[], Any], check=None) -> Any:
-    bar.set_postfix_str(name)
-    out = stages.run(name, fn, check)
-    bar.update()
-    return out
-
-
-def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_report: bool = True
-        ) -> dict[str, Any]:
-    """Runs (or resumes) the whole study in `workdir`; returns the results dict.
+def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_report: bool = True,
+        producer: token_stages.Producer | None = None, worker: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) the study in `workdir`; returns the results dict.
 
     Args:
-      cfg: a study config (`configs/study.py`).
+      cfg: a study config (`configs/study.py`, `configs/study_lm.py`, ...).
       workdir: where runs, predictions, stage outputs, results.json and the report go.
       write_report: also write report.md / report.html.
+      producer: token unit only: (model, seed, run_dir) -> {"paths": {split: predictions}, ...};
+        default trains and predicts (`token_stages.train_predict`). Tests pass a synthetic one.
+      worker: a second, separate job for a study running in `workdir` (`routecal study ...
+        --worker`; the pattern for job arrays on a shared filesystem): once every run (train +
+        predict) is stored, it computes the pending analysis stages from the END of the plan
+        while the study works from the start, so two jobs share the stages (each stage is a
+        deterministic function of its key, stored atomically; one both happen to compute is
+        written twice with the same numbers). Lock semantics: the study holds the workdir lock
+        (`routecal.files.workdir.lock`) for its whole run; the worker takes no lock, only checks
+        the recorded study config, and writes neither results.json nor the report; it returns
+        {"stages": names it computed}. It is one process: several processes of ONE job run the
+        study itself with `routecal --distributed study ...` (process 0 holds the lock and
+        writes, every process computes every stage; docs/ARCHITECTURE.md "Processes and
+        workdirs").
 
-    The plan and every model's training config are checked whole before anything is written; the
-    workdir is locked for the run (a second process is refused, naming the holder). Stored paths
+    The plan and every model's config are checked whole before anything is written. Stored paths
     are relative to the workdir, so a copied or moved workdir reads only its own files.
     """
-    plan = Plan.from_config(cfg)  # validated before anything is written
-    mesh_size = parallel.make_mesh().size
-    for spec in plan.models:  # each model's training config, whole (model, data, train)
-        train.check_config(spec.load(plan.seeds[0]), mesh_size)
+    t_start = time.perf_counter()
+    plan = plan_lib.from_config(cfg)  # validated before anything is written
+    unit = UNITS[plan.unit]
+    unit.check(plan)
     w = pathlib.Path(workdir)
-    with workdir_io.lock(w, "study", enabled=jax.process_index() == 0):
-        return _run_locked(plan, w, write_report)
+    if worker:
+        check_workdir_config(w, plan.config, "study_config.json", "study")
+        return _work(plan, unit, w)
+    # one job per workdir; multi-host: process 0 holds the lock for every process of the job
+    with workdir_io.lock(w, "study", enabled=parallel.is_primary()):
+        record_workdir_config(w, plan.config, "study_config.json", "study")
+        results = _run(plan, unit, w, producer, t_start)
+    if write_report and parallel.is_primary():  # multi-host: process 0 writes the report
+        unit.write_report(w)
+    return results
 
 
-def _run_locked(plan: Plan, w: pathlib.Path, write_report: bool) -> dict[str, Any]:
+def _work(plan: Any, unit: ModuleType, w: pathlib.Path) -> dict[str, Any]:
+    """The `worker=True` loop: pending analysis stages in reverse order (see `run`)."""
+    st = Stages(w)
+    missing = [n for n in unit.run_stage_names(plan) if not st.done(n)]
+    if missing:
+        raise ValueError(f"worker: the study in {w} has not finished its runs {missing}; start "
+                         "the worker once every model is trained and predicted")
+    done = []
+    for name, fn in reversed(unit.analysis(plan, w, unit.load_runs(plan, w, st))):
+        if not st.done(name):
+            st.run(name, fn)
+            done.append(name)
+            print(f"routecal study worker: {name}", flush=True)
+    return {"stages": done}
+
+
+def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: float
+         ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    record_workdir_config(w, plan.config, "study_config.json", "study")
-    bar = tqdm(total=plan.n_stages, desc="study", unit="stage")
-    step = functools.partial(_step, Stages(w), bar)
-    runs, preds = [], {}
-    for spec, seed in plan.runs:
-        run_dir = w / "runs" / spec.name / f"seed{seed}"
-        tr = step(f"train:{spec.name}:{seed}", functools.partial(train_stage, spec, seed, run_dir))
-        pr = step(f"predict:{spec.name}:{seed}", functools.partial(predict_stage, run_dir, w),
-                  check=functools.partial(stored_paths, workdir=w))
-        preds[spec.name, seed] = {k: load_predictions(p) for k, p in stored_paths(pr, w).items()}
-        test = preds[spec.name, seed]["test"]
-        runs.append(run_summary(spec, seed, workdir_io.to_relative(run_dir, w), tr, test,
-                                plan.grid.n_bins))
-    diag = step("diagnostics", functools.partial(diagnostics_stage, plan, preds))
-    probe_out = {
-        (spec.name, seed): step(f"probes:{spec.name}:{seed}",
-                                functools.partial(probes_stage, plan, preds, spec.name, seed))
-        for spec in plan.routed for seed in plan.seeds
-    }
-    vmoer = {}
-    if plan.vmoer_config is not None:
-        vmoer = step("vmoer", functools.partial(vmoer_stage, plan, w / "vmoer"))
-    meta = {"title": plan.title, "config": plan.config, "versions": versions(),
-            "seeds": list(plan.seeds), "devices": [str(d) for d in jax.devices()]}
-    results = {"meta": meta, "runs": runs, "diagnostics": diag,
-               "probes": probes_section(plan, probe_out),
-               "depth_attention": depth_attention(plan, preds), "vmoer": vmoer}
-    results["verdicts"] = report.verdicts(to_json(results))
-    results = write_json(w / "results.json", results)
-    if write_report and parallel.is_primary():  # multi-host: process 0 writes the report
-        report.write_report(w)
-    bar.update()
+    st = Stages(w)
+    fresh = not any(st.dir.glob("*.json"))
+    bar = tqdm(total=len(unit.run_stage_names(plan)), desc="study", unit="stage")
+
+    def step(name: str, fn: Callable[[], Any], check: Callable[[Any], None] | None = None
+             ) -> Any:
+        bar.set_postfix_str(name)
+        out = st.run(name, fn, check)
+        bar.update()
+        return out
+
+    preds = unit.runs(plan, w, step, producer)
+    tasks = unit.analysis(plan, w, preds)
+    bar.total += len(tasks)
+    for name, fn in tasks:
+        step(name, fn)
     bar.close()
-    return results
+    results = unit.assemble(plan, st, w, preds,
+                            (time.perf_counter() - t_start) if fresh else None)
+    results["verdicts"] = unit.verdicts(to_json(results))
+    return write_json(w / "results.json", results)

@@ -30,7 +30,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from routecal.stats import diagnostics
 from routecal.study import grid, registry
 
 TESTS = registry.NAMES
@@ -106,24 +105,11 @@ def adjust(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
       (raw, Holm, BH), mean statistic, min p, and, when the test has a null, the seed bands of the
       statistic and of the null mean with the seed-band rule's verdict (`stats.seeds`).
     """
-    families: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        families.setdefault((r["test"], r["domain"]), []).append(r)
-    for fam in families.values():
-        ps = [r["p_value"] for r in fam]
-        for r, h, b in zip(fam, diagnostics.adjust_pvalues(ps, "holm"),
-                           diagnostics.adjust_pvalues(ps, "bh"), strict=True):
-            r["p_holm"], r["p_bh"] = float(h), float(b)
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["test"], r["domain"], r["arch"], r["feature"]), []).append(r)
     # the weighted gap against its null's mean (the conditional tests' Z is signed and
     # standardised: their p-values carry the comparison)
-    return [grid.rejection_row(
-        {"test": test, "domain": domain, "arch": arch, "feature": feature}, ts, alpha,
-        banded=not registry.BY_NAME[test].signed and all(
-            t.get("null_mean") is not None for t in ts))
-        for (test, domain, arch, feature), ts in groups.items()]
+    return grid.adjust(rows, alpha, ("test", "domain"), ("test", "domain", "arch", "feature"),
+                       banded=lambda ts: not registry.BY_NAME[ts[0]["test"]].signed and all(
+                           t.get("null_mean") is not None for t in ts))
 
 
 def power(

@@ -14,9 +14,16 @@ For every seed it trains (in `workdir/seed<s>/<method>`, resuming finished runs)
                   det router plus N(0, s^2), its own seed and batch order, its losses recorded
                   (`routers.baselines.fit_members`, as in the LM study); SWAG collects the
                   router weights' moments over the retrofit (`routers.swag.collect_from`,
-                  constant learning rate after warm-up). Their metrics (and member losses)
-                  are kept in `<method>/metrics.json`, the models are not saved. `swag` from
-                  scratch raises: the trainer has no per-step hook to collect moments.
+                  constant learning rate after warm-up). Members train until their loss
+                  plateaus (`baselines.Plateau`, `experiment.member_*`). The models are saved
+                  like trained runs (`<method>/config.json` + orbax checkpoint: SWAG moments
+                  and members included; `train.load_trained`), their metrics and fit logs
+                  (member losses, steps, plateau flags) in `<method>/metrics.json`.
+  ensemble        from scratch: a router ensemble shares its experts, so its members are
+                  fitted alone on the backbone trained from scratch with one router (det's
+                  training at this seed: det is reused), each from the router's initialiser
+                  N(0, 0.02^2), its own seed (`fit_alone`); not drawn per token in a joint fit.
+                  `swag` from scratch raises: the trainer has no per-step hook.
 and measures on the test split:
   accuracy, ece            top-label ECE, `experiment.n_bins` equal-width bins
   stability                routing stability: mean Jaccard of the selected-expert sets of every
@@ -48,6 +55,7 @@ from flax import nnx
 
 from routecal import flops, parallel
 from routecal.data import Split, load_dataset, shift
+from routecal.files import records
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
 from routecal.models.routers import baselines, common, swag
@@ -110,16 +118,18 @@ def run_config(cfg: ml_collections.ConfigDict, method: str, seed: int, det_workd
     return rc
 
 
-FITTED_ALONE = ("ensemble", "swag")  # retrofits fitted in memory (`fit_alone`)
+FITTED_ALONE = ("ensemble", "swag")  # fitted in memory (`fit_alone`), retrofit or scratch
 PROJ = r"router/proj"
 
 
 def fit_steps(task, model: nnx.Module, tcfg: ml_collections.ConfigDict, *, steps: int,
-              seed: int, on_step: Any = None, constant_lr: bool = False) -> list[float]:
+              seed: int, on_step: Any = None, constant_lr: bool = False,
+              stop: Any = None) -> list[float]:
     """Trains `router/proj` of `model` in place for `steps` steps of the classifier task's own
     train step (AdamW, `tcfg` lr / warm-up / clipping; cosine decay unless `constant_lr`);
-    batches drawn with numpy from `seed`; `on_step(i)` after step i. Returns the task (cross-
-    entropy) losses; FloatingPointError on a non-finite one."""
+    batches drawn with numpy from `seed`; `on_step(i)` after step i; `stop(losses)` (e.g.
+    `baselines.Plateau.stop`) ends it early. Returns the task (cross-entropy) losses;
+    FloatingPointError on a non-finite one."""
     t = ml_collections.ConfigDict(tcfg.to_dict())
     t.steps, t.end_lr_fraction = int(steps), 1.0 if constant_lr else 0.0
     optimizer = nnx.Optimizer(model, optim.make_tx(t), wrt=optim.trainable_filter(PROJ))
@@ -129,6 +139,8 @@ def fit_steps(task, model: nnx.Module, tcfg: ml_collections.ConfigDict, *, steps
         losses.append(float(step_fn(model, optimizer, *task.train_batch(idx, i))["ce"]))
         if on_step is not None:
             on_step(i)
+        if stop is not None and stop(losses):
+            break
     if not np.all(np.isfinite(losses)):
         raise FloatingPointError(f"retrofit: non-finite training loss {losses[-5:]}")
     return losses
@@ -136,10 +148,13 @@ def fit_steps(task, model: nnx.Module, tcfg: ml_collections.ConfigDict, *, steps
 
 def fit_alone(cfg: ml_collections.ConfigDict, method: str, seed: int, det: nnx.Module,
               dataset: Any) -> tuple[nnx.Module, dict[str, Any]]:
-    """ensemble_retrofit / swag_retrofit on the trained deterministic model `det` (module
-    docstring) -> (model, log: `members` (ensemble) or `losses`, `swag_n`, `converged`)."""
-    base = routers.split_method(method)[0]
-    rc = run_config(cfg, method, seed, "det")
+    """ensemble_retrofit / swag_retrofit / ensemble (from scratch) on the trained deterministic
+    model `det` (module docstring) -> (model, log: `members` (ensemble) or `losses`, `swag_n`,
+    `converged`). Members train at a constant rate after warm-up until `baselines.Plateau`
+    (`experiment.member_*`) stops them; from scratch they start from the router's initialiser
+    N(0, 0.02^2) (`baselines.reset_routers`) instead of det's router plus N(0, s^2)."""
+    base, retrofit = routers.split_method(method)
+    rc = run_config(cfg, f"{base}_retrofit", seed, "det")  # the retrofit's optimiser settings
     task = classify.ClassifierTask(rc, dataset)  # the digits task (`train.make_task`)
     model = task.build_model()
     vmoer.retrofit_from(model, det)
@@ -147,12 +162,13 @@ def fit_alone(cfg: ml_collections.ConfigDict, method: str, seed: int, det: nnx.M
     if base == "ensemble":
         n = baselines.router_list(model)[0].n_members
         scale = float(opts.get("ensemble_perturb", common.DEFAULTS["vmoer_ensemble_perturb"]))
-        m_steps = int(cfg.experiment.get("member_steps", steps))
+        rule = baselines.Plateau.from_config(cfg.experiment, steps)
         kernels, members = baselines.fit_members(
-            lambda: nnx.clone(det),
-            lambda member, m: fit_steps(task, member, rc.train, steps=m_steps,
-                                        seed=seed * 1000 + 100 + m),
-            n, scale, seed,
+            lambda: nnx.clone(det) if retrofit else baselines.reset_routers(nnx.clone(det)),
+            lambda member, m, rule: fit_steps(task, member, rc.train, steps=rule.max_steps,
+                                              seed=seed * 1000 + 100 + m, stop=rule.stop,
+                                              constant_lr=True),
+            n, scale if retrofit else baselines.ROUTER_INIT_STD, seed, rule,
         )  # fmt: skip
         baselines.install_members(model, kernels)
         return model, {"members": members}
@@ -260,16 +276,30 @@ def to_markdown(table: dict[str, dict[str, Any]], methods: list[str]) -> str:
 
 def _fitted_alone_metrics(cfg, method: str, seed: int, det_dir: pathlib.Path,
                           wd: pathlib.Path) -> dict[str, Any]:
-    """`fit_alone` + `evaluate_model`, kept in `wd/metrics.json` (read back when present)."""
+    """`fit_alone` + `evaluate_model`, kept in `wd/metrics.json` (read back when present). The
+    fitted model is saved like a trained run (`wd/config.json` + an orbax checkpoint of the
+    model state, SWAG moments and ensemble members included; `train.load_trained(wd)` rebuilds
+    it) with its fit log (`wd/fit_log.json`); a rerun that finds both evaluates it unrefitted."""
     done = wd / "metrics.json"
     if done.exists():
         return workdir_io.read_json(done, "vmoer")
-    from routecal.training import train
+    from routecal.training import checkpoints, train
 
     t0 = time.perf_counter()
     det, _, dataset = train.load_trained(det_dir)
-    model, log = fit_alone(cfg, method, seed, det, dataset)
-    log["train_time_s"] = time.perf_counter() - t0
+    fit_log = wd / "fit_log.json"
+    if fit_log.exists():  # fitted and saved, not yet evaluated
+        model, log = train.load_trained(wd)[0], workdir_io.read_json(fit_log, "vmoer")
+    else:
+        model, log = fit_alone(cfg, method, seed, det, dataset)
+        log["train_time_s"] = time.perf_counter() - t0
+        rc = run_config(cfg, method, seed, os.path.relpath(det_dir, wd))
+        records.record_workdir_config(wd, json.loads(rc.to_json_best_effort()), "config.json",
+                                      "run")  # multi-host: process 0 writes
+        steps = [m["steps"] for m in log["members"]] if "members" in log else [len(log["losses"])]
+        checkpoints.save_model(wd, sum(steps), model)
+        if parallel.is_primary():
+            workdir_io.write_json(fit_log, log)
     res: dict[str, Any] = {**evaluate_model(model, dataset, cfg.experiment), **log}
     if parallel.is_primary():
         workdir_io.write_json(done, res)
@@ -307,7 +337,7 @@ def run_vmoer_experiment(cfg: ml_collections.ConfigDict, workdir: str | pathlib.
         det_dir = workdir / f"seed{seed}" / "det"
         for method in ["det", *[m for m in methods if m != "det"]]:
             wd = workdir / f"seed{seed}" / method
-            if method_spec(method)[1] and routers.split_method(method)[0] in FITTED_ALONE:
+            if routers.split_method(method)[0] in FITTED_ALONE:  # swag: retrofit only
                 res = _fitted_alone_metrics(cfg, method, int(seed), det_dir, wd)
             else:
                 rc = run_config(cfg, method, seed, os.path.relpath(det_dir, wd))  # in-workdir

@@ -51,6 +51,19 @@ def save(mngr, step: int, model, optimizer, position: dict[str, Any]) -> None:
     )
 
 
+def save_model(workdir: str | pathlib.Path, step: int, model) -> None:
+    """Saves the model state alone (no optimizer, no data position) as checkpoint `step` of
+    `workdir/checkpoints`: what a model fitted in memory by a study leaves (with its
+    `config.json`, `train.load_trained` rebuilds it; `restore_into` without an optimizer)."""
+    mngr = manager(pathlib.Path(workdir))
+    try:
+        mngr.save(step, args=ocp.args.Composite(
+            model=ocp.args.StandardSave(nnx.to_pure_dict(model_state(model)))))
+        mngr.wait_until_finished()
+    finally:
+        mngr.close()
+
+
 def restore_into(mngr, step: int, model, optimizer=None) -> dict[str, Any] | None:
     """Restores model (and optimizer and data position if `optimizer` is given) from `step`."""
     mstate = model_state(model)

@@ -180,7 +180,7 @@ def test_fingerprint_of_another_run_refused(tmp_path):
 
 
 def test_bfloat16_column_round_trips_and_nan_is_named(tmp_path):
-    from routecal.study import lm_stages
+    from routecal.study import token_stages
 
     n = 40
     conf = np.linspace(0.1, 0.9, n).astype(ml_dtypes.bfloat16)
@@ -197,4 +197,4 @@ def test_bfloat16_column_round_trips_and_nan_is_named(tmp_path):
     bad[3] = np.nan
     np.save(p / "shard_00001" / "confidence.npy", bad)
     with pytest.raises(ValueError, match=r"calib \(.*s\)\['confidence'\]: contains 1 NaN"):
-        lm_stages.load_tokens(p, "calib")
+        token_stages.load_tokens(p, "calib")

@@ -55,12 +55,13 @@ def test_members_are_fitted_alone_from_perturbed_det_and_installed():
     def make_member():
         return nnx.clone(det)
 
-    def fit_member(member, m):
+    def fit_member(member, m, rule):
         starts.append(np.asarray(member.router.proj.kernel[...], np.float64))
         seen.append(id(member))
         return _sgd(member, 4 + m, target=1.0 + m)  # its own objective's run, own length
 
-    kernels, logs = baselines.fit_members(make_member, fit_member, 3, 0.1, seed=7)
+    rule = baselines.Plateau(4, 6, 1)
+    kernels, logs = baselines.fit_members(make_member, fit_member, 3, 0.1, seed=7, rule=rule)
     assert len(set(seen)) == 3  # a fresh model per member: fitted alone
     for m in range(3):  # start = det + N(0, 0.1^2) from numpy seed (7, m)
         want = w_det + 0.1 * np.random.default_rng([7, m]).standard_normal(w_det.shape)
@@ -82,7 +83,83 @@ def test_members_are_fitted_alone_from_perturbed_det_and_installed():
     with pytest.raises(ValueError, match="ensemble router"):
         baselines.install_members(det, kernels)
     with pytest.raises(ValueError, match="vmoer_ensemble"):
-        baselines.fit_members(make_member, fit_member, 1, 0.1, seed=0)
+        baselines.fit_members(make_member, fit_member, 1, 0.1, seed=0, rule=rule)
+
+
+def _reference_stop(losses, min_steps, max_steps, check_every, tol=0.02):
+    """Where the plateau rule stops a fit whose full-length loss curve is `losses`: the first
+    check n = min_steps, min_steps + check_every, ... at which the mean of the last
+    w = max(floor(n / 10), 1) losses is within `tol` (relative) of the w before; else max_steps."""
+    for n in range(min_steps, max_steps + 1, check_every):
+        w = max(n // 10, 1)
+        prev, last = np.mean(losses[n - 2 * w : n - w]), np.mean(losses[n - w : n])
+        if 2 * w <= n and abs(prev - last) <= tol * abs(prev):
+            return n
+    return max_steps
+
+
+def test_members_stop_only_when_the_plateau_rule_holds():
+    det = _layer("det")
+    target = {0: 1.0, 1: 2.0, 2: 0.5}
+    full = {}  # member m's loss curve over max_steps steps from the same start, no stopping
+    for m in range(3):
+        member = nnx.clone(det)
+        baselines.perturb_routers(member, 0.1, np.random.default_rng([3, m]))
+        full[m] = _sgd(member, 120, target[m])
+
+    def fit_member(member, m, rule):
+        losses = []
+        opt = nnx.Optimizer(member, optax.sgd(0.5), wrt=PROJ)
+        for _ in range(rule.max_steps):
+            losses.append(float(_step(member, opt, jnp.float32(target[m]))))
+            if rule.stop(losses):
+                break
+        return losses
+
+    rule = baselines.Plateau(min_steps=10, max_steps=120, check_every=5)
+    _, logs = baselines.fit_members(lambda: nnx.clone(det), fit_member, 3, 0.1, seed=3, rule=rule)
+    stopped_early = 0
+    for m, log in enumerate(logs):
+        want = _reference_stop(full[m], 10, 120, 5)
+        assert log["steps"] == want and log["max_steps"] == 120
+        np.testing.assert_allclose(log["losses"], full[m][:want], rtol=1e-6)
+        assert log["converged"] == (want < 120 or baselines.converged(full[m]))
+        stopped_early += want < 120
+    assert stopped_early >= 1  # the rule did stop some member before the cap
+    # a tolerance no curve meets: every member runs to the cap, flagged not converged
+    strict = baselines.Plateau(10, 40, 5, tol=0.0)
+    _, logs = baselines.fit_members(lambda: nnx.clone(det), fit_member, 2, 0.1, seed=3,
+                                    rule=strict)
+    assert [lg["steps"] for lg in logs] == [40, 40]
+    assert not any(lg["converged"] for lg in logs)
+
+
+def test_plateau_rule_rejects_bad_settings_naming_the_key():
+    with pytest.raises(ValueError, match="train.member_max_steps"):
+        baselines.Plateau(200, 100, 50)
+    with pytest.raises(ValueError, match="train.member_steps"):
+        baselines.Plateau(0, 100, 50)
+    with pytest.raises(ValueError, match="train.member_check_every"):
+        baselines.Plateau(10, 100, 0)
+    cfg = {"member_steps": 7}
+    assert baselines.Plateau.from_config(cfg, 3) == baselines.Plateau(7, 7, 50)  # fixed length
+    assert baselines.Plateau.from_config({}, 3) == baselines.Plateau(3, 3, 50)
+
+
+def test_scratch_members_start_at_the_routers_initialiser():
+    det = _layer("det")
+    starts = []
+
+    def fit_member(member, m, rule):
+        starts.append(np.asarray(member.router.proj.kernel[...], np.float64))
+        return _sgd(member, 3, target=1.0)
+
+    baselines.fit_members(lambda: baselines.reset_routers(nnx.clone(det)), fit_member, 2,
+                          baselines.ROUTER_INIT_STD, seed=5, rule=baselines.Plateau(3, 3, 1))
+    shape = starts[0].shape
+    for m in range(2):  # N(0, 0.02^2) from numpy seed (5, m): no trace of det's router
+        want = 0.02 * np.random.default_rng([5, m]).standard_normal(shape)
+        np.testing.assert_allclose(starts[m], want, rtol=1e-5, atol=1e-7)
 
 
 def test_converged_flags_a_plateau_only():

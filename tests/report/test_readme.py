@@ -161,7 +161,7 @@ def test_named_blocks_are_rewritten_independently():
 def test_vmoer_lm_block_from_a_results_json():
     from statsmodels.stats.proportion import proportion_confint
 
-    from routecal.study import vmoer_lm_eval as ev  # the experiment's table (study side)
+    from routecal.study import vmoer_decoder_eval as ev  # the experiment's table (study side)
 
     metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
                "flops_infer_pct")

@@ -13,8 +13,9 @@ import pytest
 
 from routecal.config import load_config
 from routecal.models import routers
-from routecal.study import lm_study, vmoer_lm
-from tests.study.test_lm_study import produce
+from routecal.study import run as study
+from routecal.study import vmoer_decoder
+from tests.study.test_token_study import produce
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = (  # the section on a decoder of width 8, two steps per fit: it checks the wiring only
@@ -40,20 +41,20 @@ def cfg():
 
 
 def test_quick_study_names_every_router_retrofitted():
-    from routecal.study.plan import LMPlan
+    from routecal.study.plan import TokenPlan
 
-    plan = LMPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick"))
+    plan = TokenPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick"))
     names = plan.load_vmoer().experiment.routers
     assert set(names) == {"det"} | {f"{r}_retrofit" for r in routers.ROUTERS if r != "det"}
     with pytest.raises(ValueError, match="mfvr"):  # an old router name, caught by the plan
         old = ("experiment.routers=('det', 'logit_retrofit')",)
-        LMPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick",
+        TokenPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick",
                                        [f"vmoer.overrides={old!r}"]))
 
 
 def test_study_writes_one_vmoer_row_per_router_and_resumes(cfg, tmp_path, monkeypatch):
     w = tmp_path / "w"
-    res = lm_study.run(cfg, w, producer=produce)
+    res = study.run(cfg, w, producer=produce)
     names = list(load_config(f"{ROOT}/configs/vmoer_lm.py:quick").experiment.routers)
     for base in ("det", "mfvr", "fcvr", "lowrank", "vtsr", "fixed_temp", "mc_dropout",
                  "ensemble", "swag"):
@@ -77,8 +78,8 @@ def test_study_writes_one_vmoer_row_per_router_and_resumes(cfg, tmp_path, monkey
     report = (w / "report.md").read_text()
     assert "VMoER: det vs every router" in report and "swag_retrofit" in report
     # a rerun reads the stored stage: nothing retrained, the same numbers
-    monkeypatch.setattr(vmoer_lm, "run_seed", lambda *a, **k: pytest.fail("retrained"))
-    again = lm_study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
+    monkeypatch.setattr(vmoer_decoder, "run_seed", lambda *a, **k: pytest.fail("retrained"))
+    again = study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
                          write_report=False)
     assert json.dumps(again["vmoer"]["table"], sort_keys=True) == json.dumps(
         v["table"], sort_keys=True)

@@ -13,6 +13,8 @@ import pytest
 from routecal import report
 from routecal.config import load_config
 from routecal.files import workdir
+from routecal.study import example_unit
+from routecal.study import plan as plan_lib
 from routecal.study import run as study
 from routecal.study.plan import Plan
 
@@ -34,7 +36,7 @@ def quick(tmp_path_factory):
         def killed(*args, **kwargs):
             raise _Killed("simulated kill during the probes stage")
 
-        mp.setattr(study, "probe_comparison", killed)
+        mp.setattr(example_unit, "probe_comparison", killed)
         with pytest.raises(_Killed):
             study.run(cfg, w)
     before = {p.name: p.stat().st_mtime_ns for p in (w / "stages").glob("*.json")}
@@ -157,11 +159,15 @@ def test_invalid_plan_writes_nothing(tmp_path, override, match):
     assert not (tmp_path / "w").exists()
 
 
-def test_plan_counts_the_progress_bar_stages():
-    plan = Plan.from_config(load_config(QUICK))
+def test_plan_lists_the_example_unit_stages(tmp_path):
+    plan = plan_lib.from_config(load_config(QUICK))
+    assert isinstance(plan, Plan) and study.UNITS[plan.unit].runs is example_unit.runs
     routed_runs = sum(m.routed for m in plan.models) * len(plan.seeds)
-    # train + predict per run, diagnostics, probes per routed run, VMoER, results
-    assert plan.n_stages == 2 * len(plan.runs) + 1 + routed_runs + 1 + 1
+    # train + predict per run; diagnostics, probes per routed run, VMoER
+    assert len(example_unit.run_stage_names(plan)) == 2 * len(plan.runs)
+    names = [n for n, _ in example_unit.analysis(plan, tmp_path, {})]
+    assert names[0] == "diagnostics" and names[-1] == "vmoer"
+    assert len(names) == 1 + routed_runs + 1
     assert [m.name for m in plan.models] == list(load_config(QUICK).architectures)
 
 
@@ -209,6 +215,25 @@ def test_copied_or_moved_workdir_reads_only_its_own_files(quick, tmp_path):
     assert study.run(cfg, c, write_report=False)["runs"] == res["runs"]
     res_a = study.run(cfg, a, write_report=False)  # the changed original does see its change
     assert [r["test_accuracy"] for r in res_a["runs"]] != [r["test_accuracy"] for r in res["runs"]]
+
+
+def test_worker_computes_only_the_pending_analysis_stages(quick, tmp_path):
+    """The study worker (one driver for every unit) on the example unit: a stage it recomputes
+    holds the same numbers, and it computes nothing else."""
+    w, cfg, res, _, _ = quick
+    b = tmp_path / "b"
+    shutil.copytree(w, b)
+    probes = b / "stages" / "probes_full_0.json"
+    stored = json.loads(probes.read_text())
+    probes.unlink()
+    assert study.run(cfg, b, worker=True) == {"stages": ["probes:full:0"]}
+    again = json.loads(probes.read_text())
+    assert again.pop("seconds") >= 0 and stored.pop("seconds") >= 0
+    assert again == stored
+    assert study.run(cfg, b, worker=True) == {"stages": []}
+    (b / "stages" / "predict_full_0.json").unlink()
+    with pytest.raises(ValueError, match="has not finished its runs"):
+        study.run(cfg, b, worker=True)
 
 
 def test_unreadable_or_foreign_stage_is_recomputed_with_a_message(quick, tmp_path, capsys):

@@ -1,6 +1,8 @@
 """The digits study's ensemble and SWAG retrofits (`routecal.study.vmoer.fit_alone`): SWAG
 collects moments and differs from det; every ensemble member is fitted alone with its losses."""
 
+import json
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,7 +17,9 @@ from routecal.training import classify, predict
 @pytest.fixture(scope="module")
 def det_run():
     """An (untrained) deterministic digits model: the retrofits' starting point."""
-    cfg = config.load_config("configs/vmoer_digits.py:tiny", ["experiment.retrofit_steps=6"])
+    cfg = config.load_config("configs/vmoer_digits.py:tiny", [
+        "experiment.retrofit_steps=6", "experiment.member_steps=6",
+        "experiment.member_max_steps=6"])  # fmt: skip
     task = classify.ClassifierTask(vmoer_eval.run_config(cfg, "det", 0, None))
     return cfg, task.build_model(), task.dataset
 
@@ -59,6 +63,85 @@ def test_ensemble_retrofit_members_fitted_alone_with_losses(det_run):
         assert np.abs(w[0] - w[1]).max() > 1e-4  # and the members differ
 
 
+def _member_kernels(model) -> list[list[np.ndarray]]:
+    """[layer][member] router kernels [D, E] of every ensemble router of `model`."""
+    out = []
+    for r in baselines.router_list(model):
+        rest, e = np.asarray(r.vrouter.proj.kernel[...]), r.n_experts
+        out.append([np.asarray(r.proj.kernel[...])]
+                   + [rest[:, i * e : (i + 1) * e] for i in range(r.n_members - 1)])
+    return out
+
+
+def test_scratch_ensemble_members_are_independent_and_stop_at_their_plateau(det_run):
+    _, det, ds = det_run
+    cfg = config.load_config("configs/vmoer_digits.py:tiny", [
+        "experiment.retrofit_steps=6", "experiment.member_steps=6",
+        "experiment.member_max_steps=40", "experiment.member_check_every=4"])  # fmt: skip
+    model, log = vmoer_eval.fit_alone(cfg, "ensemble", 0, det, ds)
+    members, rule = log["members"], baselines.Plateau(6, 40, 4)
+    for mm in members:  # each stopped at the first check where the rule held (or the cap)
+        n = mm["steps"]
+        assert 6 <= n <= 40 and (n - 6) % 4 == 0 and len(mm["losses"]) == n
+        assert rule.stop(mm["losses"])
+        assert not any(rule.stop(mm["losses"][:k]) for k in range(6, n, 4))
+        assert mm["converged"] == baselines.converged(mm["losses"])
+    assert len({round(mm["final_loss"], 6) for mm in members}) == len(members)  # own losses
+    w_det = [np.asarray(r.proj.kernel[...]) for r in baselines.router_list(det)]
+    for j, ws in enumerate(_member_kernels(model)):
+        for a in range(len(ws)):
+            # from the router's initialiser (std 0.02), not from det's router: each member is
+            # as far from det as from its own random start
+            assert np.abs(ws[a] - w_det[j]).max() > 1e-3
+            for b in range(a):
+                assert np.abs(ws[a] - ws[b]).max() > 1e-3  # independent members differ
+
+
+def _save_untrained_det(cfg, det, det_dir):
+    from routecal.files import records
+    from routecal.training import checkpoints
+
+    rc = vmoer_eval.run_config(cfg, "det", 0, None)
+    records.record_workdir_config(det_dir, json.loads(rc.to_json_best_effort()), "config.json",
+                                  "run")
+    checkpoints.save_model(det_dir, 0, det)
+
+
+@pytest.mark.parametrize("method", ["swag_retrofit", "ensemble_retrofit"])
+def test_fitted_alone_models_are_checkpointed_and_reload(det_run, tmp_path, method, monkeypatch):
+    from routecal.training import train
+
+    cfg, det, ds = det_run
+    _save_untrained_det(cfg, det, tmp_path / "det")
+    tokens = ds.test.tokens[:32]
+    # the metrics of the model as fitted in memory: its test probabilities (evaluation is
+    # tested elsewhere)
+    monkeypatch.setattr(vmoer_eval, "evaluate_model",
+                        lambda m, d, e: {"probs": _probs(m, tokens).tolist()})
+    wd = tmp_path / method
+    res = vmoer_eval._fitted_alone_metrics(cfg, method, 0, tmp_path / "det", wd)
+    model, rc, _ = train.load_trained(wd)  # orbax checkpoint + config.json, like any run
+    assert rc.model.mlp_type == f"vmoer_{method.removesuffix('_retrofit')}"
+    np.testing.assert_allclose(_probs(model, tokens), res["probs"], rtol=1e-5, atol=1e-7)
+    gap = np.abs(_probs(model, tokens) - _probs(det, tokens)).max()
+    assert gap > 1e-5  # the fitted router, not det's
+    if method == "swag_retrofit":
+        assert all(float(r.vrouter.n[...]) == res["swag_n"] for r in swag.swag_routers(model))
+    else:
+        assert [len(k) for k in _member_kernels(model)] == [len(res["members"])] * len(
+            baselines.router_list(model))
+
+    def boom(*a, **k):
+        raise AssertionError("refitted")
+
+    # metrics gone, checkpoint + fit log kept: the saved model is evaluated, not refitted
+    monkeypatch.setattr(vmoer_eval, "fit_alone", boom)
+    (wd / "metrics.json").unlink()
+    out = vmoer_eval._fitted_alone_metrics(cfg, method, 0, tmp_path / "det", wd)
+    np.testing.assert_allclose(out["probs"], res["probs"], rtol=1e-5, atol=1e-7)
+    assert out.get("members", out.get("losses")) == res.get("members", res.get("losses"))
+
+
 def test_fitted_alone_metrics_are_read_back_not_refitted(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("refitted")
@@ -74,11 +157,15 @@ def test_fitted_alone_metrics_are_read_back_not_refitted(tmp_path, monkeypatch):
 def test_experiment_records_members_and_swag(tmp_path):
     cfg = config.load_config("configs/vmoer_digits.py:tiny", [
         "train.steps=10", "experiment.retrofit_steps=6", "experiment.seeds=(0,)",
-        "experiment.methods=('det','swag_retrofit','ensemble_retrofit')",
+        "experiment.member_steps=6", "experiment.member_max_steps=6",
+        "experiment.methods=('det','swag_retrofit','ensemble_retrofit','ensemble')",
     ])  # fmt: skip
     out = vmoer_eval.run_vmoer_experiment(cfg, tmp_path)
     run = out["per_run"]
     assert run["swag_retrofit"][0]["swag_n"] == 3
     assert [len(m["losses"]) for m in run["ensemble_retrofit"][0]["members"]] == [6] * 4
-    assert (tmp_path / "seed0" / "ensemble_retrofit" / "metrics.json").exists()
-    assert set(out["table"]["ece"]) == {"det", "swag_retrofit", "ensemble_retrofit"}
+    assert [m["steps"] for m in run["ensemble"][0]["members"]] == [6] * 4  # alone, scratch
+    for method in ("swag_retrofit", "ensemble_retrofit", "ensemble"):  # metrics + the model
+        assert (tmp_path / "seed0" / method / "metrics.json").exists()
+        assert (tmp_path / "seed0" / method / "checkpoints").is_dir()
+    assert set(out["table"]["ece"]) == {"det", "swag_retrofit", "ensemble_retrofit", "ensemble"}

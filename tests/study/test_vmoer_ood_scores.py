@@ -1,5 +1,5 @@
 """Issue 24 item 1: every OOD score the config names is in the output for every source (a
-decoder trained here, scored by `vmoer_lm_eval`, and an imported checkpoint, scored by
+decoder trained here, scored by `vmoer_decoder_eval`, and an imported checkpoint, scored by
 `experiments/vmoer_pretrained.py`), the router-logit variance is read from the key the routers
 emit (`router_logit_var`), and an unknown trace key raises."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from routecal import config
-from routecal.study import vmoer_lm, vmoer_lm_eval
+from routecal.study import vmoer_decoder, vmoer_decoder_eval
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 N, T = 8, 16
@@ -44,7 +44,7 @@ def _own_source(model, cfg):
     data = {"scoring": "letter", "letters": np.array([65, 66, 67, 68], np.int32),
             "mcqa": {s: {"ids": _prompts(i), "answers": answers}
                      for i, s in enumerate(("train", "in", "near", "far"))}}  # fmt: skip
-    return vmoer_lm_eval.evaluate(model, data, cfg.experiment, seed=0)
+    return vmoer_decoder_eval.evaluate(model, data, cfg.experiment, seed=0)
 
 
 def _imported_source(model, cfg):
@@ -66,7 +66,7 @@ def test_every_configured_ood_score_is_in_the_output_of_every_source(router):
     cfg = _cfg()
     names = tuple(cfg.experiment.ood_scores)
     assert "router_logit_variance" in names
-    model = vmoer_lm.make_model(cfg, router, seed=0, max_len=T)
+    model = vmoer_decoder.make_model(cfg, router, seed=0, max_len=T)
     own = _own_source(model, cfg)
     imported, pred = _imported_source(model, cfg)
     for res in (own, imported):
@@ -85,6 +85,6 @@ def test_every_configured_ood_score_is_in_the_output_of_every_source(router):
 
 def test_unknown_trace_key_and_ood_score_raise():
     with pytest.raises(ValueError, match="router_var"):
-        vmoer_lm_eval.keep_traces([{"experts": np.zeros((1, 1, 1))}], ("router_var",))
+        vmoer_decoder_eval.keep_traces([{"experts": np.zeros((1, 1, 1))}], ("router_var",))
     with pytest.raises(ValueError, match="ood_scores"):
-        vmoer_lm_eval.ood_scores(("router_var",), np.full((2, 4), 0.25), [], None)
+        vmoer_decoder_eval.ood_scores(("router_var",), np.full((2, 4), 0.25), [], None)

@@ -7,7 +7,7 @@ from flax import nnx
 
 from routecal import config
 from routecal.models import vmoer
-from routecal.study import vmoer_lm, vmoer_stability
+from routecal.study import vmoer_decoder, vmoer_stability
 
 N_LAYERS = 3
 
@@ -16,7 +16,7 @@ def _model(router: str):
     cfg = config.load_config("configs/vmoer_lm.py:quick")
     cfg.model.update(d_model=8, mlp_dim=8, moe_hidden=8, n_layers=N_LAYERS)
     cfg.model.vmoer.head_hidden = 8
-    model = vmoer_lm.make_model(cfg, router, seed=0, max_len=24)
+    model = vmoer_decoder.make_model(cfg, router, seed=0, max_len=24)
     for layer in model.layers:  # sharp routers: the logits dominate the routing noise
         p = layer.mlp.router.proj
         p.kernel[...] = p.kernel[...] * 100

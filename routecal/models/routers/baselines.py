@@ -7,12 +7,15 @@ MC-dropout ("mc_dropout", Gal & Ghahramani 2016): dropout of rate p on the route
   inference. Its posterior is the router weight W_r itself (a retrofit trains `router/proj`).
 Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, member 0 in
   `router/proj` and members 1..M-1 under `vrouter/members`; at inference
-  s = (1/M) sum_m softmax(l_m). A retrofit fits each member alone (`fit_members`: from the
-  deterministic router plus an N(0, s^2) perturbation, its own seed, the same objective, its loss
-  curve and a plateau flag recorded) and writes them into the router (`install_members`); the
-  LM study (`vmoer_lm_fit`), the digits study (`study.vmoer`) and imported checkpoints
-  (`experiments/vmoer_pretrained.py`) share these two functions. From scratch, every token is
-  routed by one member drawn uniformly in training (members 1..M-1 initialised N(0, 0.02^2)).
+  s = (1/M) sum_m softmax(l_m). Every study fits each member alone (`fit_members`: from the
+  deterministic router plus an N(0, s^2) perturbation for a retrofit, from the router's own
+  initialiser N(0, 0.02^2) on a backbone trained from scratch (`reset_routers`); its own seed,
+  the same objective, until its loss plateaus (`Plateau`, capped), its loss curve, steps and
+  plateau flag recorded) and writes them into the router (`install_members`); the LM study
+  (`vmoer_decoder_fit`), the digits study (`study.vmoer`) and imported checkpoints
+  (`experiments/vmoer_pretrained.py`, a fixed step count) share these functions. A plain
+  trainer given an ensemble router (no study) routes every token by one member drawn
+  uniformly in training (members 1..M-1 initialised N(0, 0.02^2)): a joint fit, the fallback.
 SWAG (Maddox et al. 2019): `routers.swag`.
 
 Traces: `router_logit_var` [B, T] = mean over experts of the variance of the logits over the S masks
@@ -21,6 +24,7 @@ Traces: `router_logit_var` [B, T] = mean over experts of the variance of the log
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -145,6 +149,51 @@ def converged(losses: list[float], window: float = 0.1, tol: float = 0.02) -> bo
     return abs(prev - last) <= tol * max(abs(prev), 1e-12)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plateau:
+    """When a member's fit stops: `converged(losses, window, tol)` is checked after
+    `min_steps` steps and every `check_every` steps after that; the fit stops at the first
+    check where it holds, at `max_steps` at the latest. `Plateau(n, n, 1)` is a fixed n steps.
+
+    Raises:
+      ValueError: naming the config key (`train.member_steps`, `train.member_max_steps`,
+        `train.member_check_every`) of a bad value.
+    """
+
+    min_steps: int
+    max_steps: int
+    check_every: int = 50
+    window: float = 0.1
+    tol: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.min_steps < 1:
+            raise ValueError(f"train.member_steps: must be >= 1, got {self.min_steps}")
+        if self.max_steps < self.min_steps:
+            raise ValueError(f"train.member_max_steps: must be >= train.member_steps "
+                             f"({self.min_steps}), got {self.max_steps}")
+        if self.check_every < 1:
+            raise ValueError(f"train.member_check_every: must be >= 1, got {self.check_every}")
+
+    @classmethod
+    def from_config(cls, section: Any, fallback_steps: int) -> Plateau:
+        """The rule of a config section (`train` in the LM study, `experiment` in digits):
+        `member_steps` (default `fallback_steps`), `member_max_steps` (default `member_steps`:
+        a fixed length), `member_check_every` (default 50)."""
+        first = int(section.get("member_steps", fallback_steps))
+        return cls(first, int(section.get("member_max_steps", first)),
+                   int(section.get("member_check_every", 50)))
+
+    def stop(self, losses: list[float]) -> bool:
+        """Whether a fit with these task `losses` (one per step so far) stops now."""
+        n = len(losses)
+        due = n >= self.min_steps and (n - self.min_steps) % self.check_every == 0
+        return n >= self.max_steps or (due and converged(losses, self.window, self.tol))
+
+
+ROUTER_INIT_STD = 0.02  # `moe.TopKRouter`'s kernel initialiser: where from-scratch members start
+
+
 def router_list(model: nnx.Module) -> list[moe.TopKRouter]:
     """Every top-k router of `model` (any registry router), in module order."""
     return [m for _, m in nnx.iter_modules(model) if isinstance(m, moe.TopKRouter)]
@@ -157,23 +206,33 @@ def perturb_routers(model: nnx.Module, scale: float, rng: np.random.Generator) -
         r.proj.kernel[...] = w + jnp.asarray(scale * rng.standard_normal(w.shape), w.dtype)
 
 
+def reset_routers(model: nnx.Module) -> nnx.Module:
+    """Sets every router's `router/proj` kernel to zero, in place (a from-scratch member then
+    starts at N(0, s^2) after `perturb_routers`: the router's own initialiser); returns `model`."""
+    for r in router_list(model):
+        r.proj.kernel[...] = jnp.zeros_like(r.proj.kernel[...])
+    return model
+
+
 def fit_members(
     make_member: Callable[[], nnx.Module],
-    fit_member: Callable[[nnx.Module, int], list[float]],
+    fit_member: Callable[[nnx.Module, int, Plateau], list[float]],
     n_members: int,
     scale: float,
     seed: int,
+    rule: Plateau,
 ) -> tuple[list[list[Array]], list[dict[str, Any]]]:
     """Fits the M members of a deep-ensemble router one by one (Lakshminarayanan et al. 2017).
 
     Member m: `make_member()` (a model routed by the deterministic router, copied from the
-    trained one), its router kernels perturbed by N(0, scale^2) (numpy seed (seed, m)), then
-    `fit_member(member, m)` trains it alone (its own batch order, the caller's objective) and
-    returns its task losses.
+    trained one; from scratch its router kernels are zero, `reset_routers`), its router kernels
+    perturbed by N(0, scale^2) (numpy seed (seed, m)), then `fit_member(member, m, rule)` trains
+    it alone (its own batch order, the caller's objective) for at most `rule.max_steps` steps,
+    stopping when `rule.stop(losses)` holds, and returns its task losses.
 
     Returns:
-      (kernels[m][layer] [D, E], logs[m] = {"seed", "steps", "losses", "final_loss" (mean of the
-      last 10), "converged" (`converged`)}).
+      (kernels[m][layer] [D, E], logs[m] = {"seed", "steps" (used), "max_steps", "losses",
+      "final_loss" (mean of the last 10), "converged" (`converged` on the whole curve)}).
     """
     if n_members < 2:
         raise ValueError(f"vmoer_ensemble: must be >= 2 members, got {n_members}")
@@ -181,11 +240,12 @@ def fit_members(
     for m in range(n_members):
         member = make_member()
         perturb_routers(member, scale, np.random.default_rng([seed, m]))
-        losses = [float(x) for x in fit_member(member, m)]
+        losses = [float(x) for x in fit_member(member, m, rule)]
         kernels.append([r.proj.kernel[...] for r in router_list(member)])
-        logs.append({"seed": [seed, m], "steps": len(losses), "losses": losses,
+        logs.append({"seed": [seed, m], "steps": len(losses), "max_steps": rule.max_steps,
+                     "losses": losses,
                      "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                     "converged": converged(losses)})  # fmt: skip
+                     "converged": converged(losses, rule.window, rule.tol)})  # fmt: skip
     return kernels, logs
 
 

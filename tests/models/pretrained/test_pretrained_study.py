@@ -10,7 +10,7 @@ import numpy as np
 
 from routecal.config import load_config
 from routecal.data.text import packing
-from routecal.study import lm_study
+from routecal.study import run as study
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 
@@ -36,7 +36,7 @@ def test_document_ids_follow_the_packing():
 def test_quick_study_on_an_imported_checkpoint(checkpoint, tmp_path):
     d, _, _ = checkpoint("olmoe", vocab_size=259, max_position_embeddings=128)
     cfg = load_config(str(ROOT / "configs" / "study_pretrained.py") + f":quick,checkpoint={d}")
-    results = lm_study.run(cfg, tmp_path / "W")
+    results = study.run(cfg, tmp_path / "W")
     saved = json.loads((tmp_path / "W" / "results.json").read_text())
     rows = saved["diagnostics"]["tests"]
     features = set(cfg.diagnostics.features)

@@ -9,9 +9,9 @@ Shapes: N tokens, S routed sublayers, B permutations.
     power_cell      one (domain, model, seed): each test's minimum detectable gap and power curve
     probe_run       one (model, seed): probes fitted on calib tokens, scored per domain
     temperature_run one (model, seed): temperature scaling on the same tokens, from the trained
-                    decoder's logits recomputed in memory (`lm_temperature`; token records keep
+                    decoder's logits recomputed in memory (`temperature`; token records keep
                     summaries, not the [N, V] logits)
-Each returns a JSON-able dict; `lm_study.run` stores it as a stage (`W/stages/<name>.json`) so a
+Each returns a JSON-able dict; `study.run` stores it as a stage (`W/stages/<name>.json`) so a
 killed study redoes nothing it finished. Permutation nulls go to `W/stages/nulls/<name>.npz`.
 """
 
@@ -33,7 +33,7 @@ from routecal.probes.mlp import MLPProbe
 from routecal.probes.nadaraya_watson import FEATURE_SETS, NadarayaWatsonProbe
 from routecal.stats import calibration
 from routecal.study import token_tests, tokens
-from routecal.study.plan import LMPlan, ModelSpec
+from routecal.study.plan import ModelSpec, TokenPlan
 
 # (model, seed, run_dir) -> {"paths": {split: predictions path}, ...}: swapped in tests.
 Producer = Callable[[ModelSpec, int, pathlib.Path], Mapping[str, Any]]
@@ -76,15 +76,15 @@ def train_predict(model: ModelSpec, seed: int, run_dir: pathlib.Path, *,
                   predict_options: Mapping[str, Any], depth_rows: int,
                   domains: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Trains `model` for `seed` in `run_dir` (resuming; an `hf`-source model is imported instead,
-    `lm_pretrained`), writes its token predictions
+    `hf_source`), writes its token predictions
     (`predict.predict_workdir(..., lm_options=predict_options)`: thinning, token caps) and, for
     AttnRes models, the mean depth-attention weights per domain (`depth_attention`)."""
-    from routecal.study import lm_pretrained
+    from routecal.study import hf_source
     from routecal.training import predict, train
 
     cfg = model.load(seed)
-    if lm_pretrained.is_pretrained(cfg):  # an imported checkpoint: nothing to train
-        return lm_pretrained.import_predict(cfg, run_dir, predict_options=predict_options)
+    if hf_source.is_pretrained(cfg):  # an imported checkpoint: nothing to train
+        return hf_source.import_predict(cfg, run_dir, predict_options=predict_options)
     t0 = time.perf_counter()
     metrics = train.train_and_evaluate(cfg, str(run_dir))
     t1 = time.perf_counter()
@@ -147,7 +147,7 @@ def run_summary(toks: Mapping[str, Mapping[str, np.ndarray]], n_bins: int) -> di
     return out
 
 
-def cell_tokens(t: Mapping[str, np.ndarray], plan: LMPlan, name: str = "predictions"
+def cell_tokens(t: Mapping[str, np.ndarray], plan: TokenPlan, name: str = "predictions"
                 ) -> dict[str, np.ndarray]:
     """The diagnostics' tokens of one split: whole clusters (`diagnostics.cluster_unit`: documents
     or rows) up to `diag_max_tokens` (seeded), so a cluster is never cut.
@@ -169,7 +169,7 @@ def cell_tokens(t: Mapping[str, np.ndarray], plan: LMPlan, name: str = "predicti
 
 
 def diagnose_cell(
-    t: Mapping[str, np.ndarray], feature: str, *, key: jax.Array, plan: LMPlan,
+    t: Mapping[str, np.ndarray], feature: str, *, key: jax.Array, plan: TokenPlan,
     null_path: pathlib.Path,
 ) -> dict[str, Any]:
     """The configured tests on one cell; nulls written to `null_path` (npz, one array per test)."""
@@ -190,7 +190,7 @@ def diagnose_cell(
             "tests": res}
 
 
-def power_cell(t: Mapping[str, np.ndarray], *, key: jax.Array, plan: LMPlan) -> dict[str, Any]:
+def power_cell(t: Mapping[str, np.ndarray], *, key: jax.Array, plan: TokenPlan) -> dict[str, Any]:
     """Each configured test's minimum detectable gap (and power curve) on one cell's tokens, with
     the diagnostics' clusters (`diagnostics.cluster_unit`)."""
     clusters = tokens.cluster_ids(t, plan.tests.cluster_unit)
@@ -200,9 +200,9 @@ def power_cell(t: Mapping[str, np.ndarray], *, key: jax.Array, plan: LMPlan) -> 
 
 def probe_selection(
     calib: Mapping[str, np.ndarray], domains: Mapping[str, Mapping[str, np.ndarray]], *,
-    seed: int, plan: LMPlan,
+    seed: int, plan: TokenPlan,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The token indices the probes use (`probe_run`, `lm_temperature.temperature_run`): calib
+    """The token indices the probes use (`probe_run`, `temperature.temperature_run`): calib
     thinned to `probe_max_calib_tokens`, each domain to `probe_max_test_tokens`, whole sequences
     seeded by the run's seed (`tokens.thin_sequences`). Returns (calib index, {domain: index})."""
     return (tokens.thin_sequences(calib["seq_id"], plan.probe_max_calib_tokens, seed=seed),
@@ -222,7 +222,7 @@ def _domain_tokens(domains: Mapping[str, Mapping[str, np.ndarray]],
 
 def probe_run(
     calib: Mapping[str, np.ndarray], domains: Mapping[str, Mapping[str, np.ndarray]], *,
-    seed: int, plan: LMPlan,
+    seed: int, plan: TokenPlan,
 ) -> dict[str, Any]:
     """Probes fitted on calib tokens and scored on each domain's test tokens.
 

@@ -1,4 +1,4 @@
-"""Evaluation and the table of the VMoER language-model experiment (`vmoer_lm.py`); its markdown
+"""Evaluation and the table of the VMoER language-model experiment (`vmoer_decoder.py`); its markdown
 section is drawn by `routecal.report.vmoer_lm` (re-exported here).
 
 Per trained model, on the embedded MCQA (option probabilities by `experiment.scoring`: the answer
@@ -51,7 +51,7 @@ from routecal.report.vmoer_lm import (  # noqa: F401  (the section's text lives 
 )
 from routecal.stats import mcqa, seeds, uncertainty
 from routecal.study import vmoer_stability
-from routecal.study.vmoer_lm_data import noise_group, option_outputs
+from routecal.study.vmoer_decoder_data import noise_group, option_outputs
 
 TABLE_METRICS = (
     "stability",
@@ -106,7 +106,7 @@ def _inputs(items: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def predict(model: nnx.Module, items: Any, batch_size: int) -> dict[str, Any]:
-    """Per-item option outputs (`vmoer_lm_data.option_outputs`: last-position logits [N, V], or
+    """Per-item option outputs (`vmoer_decoder_data.option_outputs`: last-position logits [N, V], or
     option log-likelihood sums and lengths [N, K]) and per-MoE-layer traces (lists of
     [N, T, ...]; [N, K * T, ...] for loglik) in fixed-size batches (the last one padded by
     repetition, so one compile serves every batch)."""

@@ -6,14 +6,14 @@ Per seed: an MoE decoder (`routecal.models.decoder`) is pretrained on the embedd
 (next-token loss) and fine-tuned on the embedded continuation MCQA (`routecal.data.mcqa`: choose
 the true next bytes of a context among 4; option scores by `experiment.scoring`: the answer
 letter's logit restricted to A-D, or the length-normalised option log-likelihood, see
-`vmoer_lm_data.py`). `det` is trained once per seed and every `*_retrofit` router is fitted on
+`vmoer_decoder_data.py`). `det` is trained once per seed and every `*_retrofit` router is fitted on
 it (the default: one shared base model per seed): the router copies the fine-tuned `det` model
 (`vmoer.retrofit_from`) and trains only its routing posterior (`routers.RETROFIT_TRAINABLE`,
 optax through `nnx.Optimizer(wrt=...)`) on the MCQA train split; beta is chosen on the calib
 split from `experiment.beta_grid`, ensemble members are fitted one by one and SWAG collects the
-router weights' moments (`vmoer_lm_fit.py`); fixed_temp has nothing to fit and is evaluated as
+router weights' moments (`vmoer_decoder_fit.py`); fixed_temp has nothing to fit and is evaluated as
 copied. Routers without the suffix are trained from scratch (both phases). Evaluation is in
-`vmoer_lm_eval.py`; MCQA sets: in-domain (held-out stdlib modules), near (Lib/test), far (pydoc
+`vmoer_decoder_eval.py`; MCQA sets: in-domain (held-out stdlib modules), near (Lib/test), far (pydoc
 prose), all built deterministically from `data.mcqa_seed`.
 
 Letters: B batch, T tokens, V vocabulary, K options.
@@ -32,13 +32,13 @@ from flax import nnx
 
 from routecal.files import workdir as workdir_io
 from routecal.models import routers
-from routecal.study import vmoer_lm_fit
-from routecal.study.vmoer_lm_data import (
+from routecal.study import vmoer_decoder_fit
+from routecal.study.vmoer_decoder_data import (
     DOMAINS,
     build_data,
     check_scoring,
 )
-from routecal.study.vmoer_lm_fit import (  # noqa: F401 (the model and its fit live there)
+from routecal.study.vmoer_decoder_fit import (  # noqa: F401 (the model and its fit live there)
     fit,
     make_model,
     model_config,
@@ -56,14 +56,24 @@ __all__ = ["DOMAINS", "assemble", "build_data", "check_routers", "check_scoring"
 def train_router(cfg, data, router: str, seed: int, det_model=None) -> tuple[nnx.Module, dict]:
     """One trained model: from scratch (LM + MCQA with `router`) or, for "<name>_retrofit", the
     fine-tuned `det_model` with only the routing posterior of <name> fitted on MCQA
-    (`vmoer_lm_fit.retrofit`)."""
+    (`vmoer_decoder_fit.retrofit`).
+
+    "ensemble" from scratch: a router ensemble shares the experts, so its members cannot be
+    trained as independent whole models; the backbone is trained from scratch with one router
+    (LM + MCQA at this seed: exactly `det_model`'s training, so `det_model` is reused) and every
+    member is then fitted alone from the router's own initialiser N(0, 0.02^2), its own seed,
+    the same MCQA objective (`vmoer_decoder_fit.fit_ensemble(scratch=True)`), not drawn per token
+    in a joint fit."""
     t0 = time.perf_counter()
     t = cfg.train
     base, is_retrofit = routers.split_method(router)
-    if is_retrofit:
+    if is_retrofit or base == "ensemble":
         if det_model is None:
             raise ValueError(f"experiment.routers: {router} needs 'det' trained first")
-        model, log = vmoer_lm_fit.retrofit(cfg, data, base, seed, det_model)
+        if is_retrofit:
+            model, log = vmoer_decoder_fit.retrofit(cfg, data, base, seed, det_model)
+        else:  # independent members from the router's initialiser on the scratch backbone
+            model, log = vmoer_decoder_fit.fit_ensemble(cfg, data, seed, det_model, scratch=True)
     else:
         model = make_model(cfg, base, seed, seq_limit(cfg))
         log: dict[str, Any] = {}
@@ -71,7 +81,7 @@ def train_router(cfg, data, router: str, seed: int, det_model=None) -> tuple[nnx
             model, data, t, phase="lm", steps=int(t.pretrain_steps), lr=float(t.lr),
             trainable="all", seed=seed,
         )  # fmt: skip
-        collect = vmoer_lm_fit.swag_hook(model, int(t.finetune_steps)) if base == "swag" else None
+        collect = vmoer_decoder_fit.swag_hook(model, int(t.finetune_steps)) if base == "swag" else None
         log["mcqa"] = fit(
             model, data, t, phase="mcqa", steps=int(t.finetune_steps), lr=float(t.finetune_lr),
             trainable="all", seed=seed + 1, on_step=collect.hook if collect else None,
@@ -100,7 +110,7 @@ def check_routers(e: ml_collections.ConfigDict) -> list[str]:
 def run_seed(cfg: ml_collections.ConfigDict, data: dict[str, Any], seed: int,
              on_router: Any = None) -> dict[str, dict[str, Any]]:
     """Every router of `experiment.routers` for one seed: `det` first (trained), then each
-    router from scratch or retrofitted on it, each evaluated (`vmoer_lm_eval.evaluate`) with its
+    router from scratch or retrofitted on it, each evaluated (`vmoer_decoder_eval.evaluate`) with its
     train time, wall and CPU seconds (compilation included) and fitted settings.
 
     Args:
@@ -109,7 +119,7 @@ def run_seed(cfg: ml_collections.ConfigDict, data: dict[str, Any], seed: int,
     Returns:
       {router: metrics}.
     """
-    from routecal.study import vmoer_lm_eval as ev
+    from routecal.study import vmoer_decoder_eval as ev
 
     names = check_routers(cfg.experiment)
     det, runs = None, {}
@@ -135,9 +145,9 @@ def assemble(cfg: ml_collections.ConfigDict, per_run: dict[str, dict[int, dict[s
              csv_path: pathlib.Path, write: bool = True) -> dict[str, Any]:
     """The experiment's results from per_run[router][seed] (FLOP overheads added in place):
     {per_run, table (seed bands), markdown, paper_claims, scoring, seeds, runs_wall_s, runs_cpu_s,
-    config}; writes `csv_path` (one row per router, `vmoer_lm_eval.write_csv`) when `write`
+    config}; writes `csv_path` (one row per router, `vmoer_decoder_eval.write_csv`) when `write`
     (multi-host: process 0)."""
-    from routecal.study import vmoer_lm_eval as ev
+    from routecal.study import vmoer_decoder_eval as ev
 
     names = check_routers(cfg.experiment)
     flops = ev.flop_overheads(cfg, names)
@@ -164,7 +174,7 @@ def assemble(cfg: ml_collections.ConfigDict, per_run: dict[str, dict[int, dict[s
 
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates every (router, seed) of `cfg.experiment` under its option scoring
-    (`experiment.scoring`, `vmoer_lm_data.SCORINGS`); writes
+    (`experiment.scoring`, `vmoer_decoder_data.SCORINGS`); writes
     `workdir/vmoer_lm_results.json` and `workdir/tables/vmoer.csv` (one row per router).
 
     Each finished seed is saved as `workdir/seed<s>.json` and loaded instead of retrained, so

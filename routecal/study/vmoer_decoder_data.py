@@ -1,4 +1,4 @@
-"""Data and option scores of the VMoER language-model experiment (`vmoer_lm.py`).
+"""Data and option scores of the VMoER language-model experiment (`vmoer_decoder.py`).
 
     data = build_data(cfg.data, scoring="loglik")   # corpus LM rows + MCQA tensors per split
     outs, out = option_outputs(model, batch)         # jittable: per-option outputs, DecoderOutput

@@ -6,7 +6,7 @@ Token predictions (`routecal.training.token_predict`) keep per-token summaries, 
 temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks", eq. 9) needs,
 and storing 259 logits per token for every split and model is too much disk. So this stage
 reloads the trained decoder (`routecal.training.train.load_trained`) and recomputes the logits of exactly
-the tokens the other probes use (`lm_stages.probe_selection` of the stored predictions):
+the tokens the other probes use (`token_stages.probe_selection` of the stored predictions):
 
   * the rows are the tokens' `seq_id` (row index of the packed split, as `predict_split` writes
     it) and each token's logits are read at its stored `position`; its label is
@@ -40,8 +40,8 @@ from flax import nnx
 from routecal.probes import compare
 from routecal.probes.scaling import TemperatureParams, temperature_apply, temperature_fit
 from routecal.stats import calibration
-from routecal.study import lm_stages, tokens
-from routecal.study.plan import LMPlan
+from routecal.study import token_stages, tokens
+from routecal.study.plan import TokenPlan
 
 BATCH_ROWS = 32  # packed rows per forward pass (fixed: one compile per model)
 CONFIDENCE_TOLERANCE = 1e-3  # |recomputed - stored| confidence at T = 1 before refusing
@@ -146,13 +146,13 @@ def _check_matches(conf: np.ndarray, stored: np.ndarray, name: str) -> float:
 def temperature_tokens(
     model: nnx.Module, ids: Mapping[str, np.ndarray], calib: Mapping[str, np.ndarray],
     domains: Mapping[str, Mapping[str, np.ndarray]], *, calib_split: str,
-    splits: Mapping[str, str], pad: int, seed: int, plan: LMPlan,
+    splits: Mapping[str, str], pad: int, seed: int, plan: TokenPlan,
 ) -> dict[str, Any]:
     """Temperature scaling of `model` on the probes' tokens (the stage without loading).
 
     Args:
       ids: {split: packed rows [R, T + 1]} of the calib split and every domain's split.
-      calib, domains: token arrays of the stored predictions (`lm_stages.load_tokens`).
+      calib, domains: token arrays of the stored predictions (`token_stages.load_tokens`).
       calib_split, splits: the calib split's name and {domain: split name}.
     Returns:
       {temperature, at_bound, n_calib, calib_token_nll {before, after}, max_confidence_gap,
@@ -160,7 +160,7 @@ def temperature_tokens(
        temperature), reliability {domain: curve}, n_test {domain: N}}.
     """
     n_bins = plan.tests.n_bins
-    cal_index, test_index = lm_stages.probe_selection(calib, domains, seed=seed, plan=plan)
+    cal_index, test_index = token_stages.probe_selection(calib, domains, seed=seed, plan=plan)
     cal = tokens.subset(calib, cal_index)
     z, y = calib_logits(model, ids[calib_split], cal, pad=pad, name=calib_split)
     z64 = z.astype(np.float64)
@@ -197,7 +197,7 @@ def temperature_tokens(
 def temperature_run(
     run_dir: str | pathlib.Path, calib: Mapping[str, np.ndarray],
     domains: Mapping[str, Mapping[str, np.ndarray]], *, splits: Mapping[str, str], seed: int,
-    plan: LMPlan,
+    plan: TokenPlan,
 ) -> dict[str, Any]:
     """The `temperature:<model>:<seed>` stage: the trained decoder of `run_dir` reloaded, then
     `temperature_tokens` on the calib split and every domain's split (see module doc)."""

@@ -12,7 +12,8 @@ import pytest
 
 from routecal.config import load_config
 from routecal.stats import diagnostics
-from routecal.study import lm_stages, lm_study, tokens
+from routecal.study import run as study
+from routecal.study import token_stages, tokens
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SPLITS = ("calib", "test", "far")
@@ -73,10 +74,10 @@ def _numbers(obj):
 
 @pytest.mark.slow
 def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
-    ref = lm_study.run(cfg, tmp_path / "ref", producer=produce)
+    ref = study.run(cfg, tmp_path / "ref", producer=produce)
     # Every cell's numbers: an independent call of the engine on the same thinned tokens.
     row = ref["diagnostics"]["tests"][0]
-    t = lm_stages.load_tokens(tmp_path / "ref/runs/full/seed0/test.npz", "t")
+    t = token_stages.load_tokens(tmp_path / "ref/runs/full/seed0/test.npz", "t")
     t = tokens.subset(t, tokens.thin_sequences(t["doc_id"], 300, seed=0))  # whole documents
     cell_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)  # cell 0, feat 0
     direct = diagnostics.within_bin_permutation_test(
@@ -107,10 +108,10 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert html.index("At a glance") < html.index("Verdicts") and "data:image/png" in html
     assert set(ref["depth_attention"]) == {"in", "far"}
     assert {p.name for p in (tmp_path / "ref/figures").iterdir()} >= {
-        "power.png", "nulls_paper.png", "reliability_in.png", "bandwidth_far.png", "depth_far.png"}
+        "power.png", "nulls_within_bin.png", "reliability_in.png", "bandwidth_far.png", "depth_far.png"}
 
     calls = {"n": 0}
-    real = lm_stages.diagnose_cell
+    real = token_stages.diagnose_cell
 
     def dies_after_five(*a, **k):
         calls["n"] += 1
@@ -118,14 +119,14 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed during diagnostics")
         return real(*a, **k)
 
-    monkeypatch.setattr(lm_stages, "diagnose_cell", dies_after_five)
+    monkeypatch.setattr(token_stages, "diagnose_cell", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
-        lm_study.run(cfg, tmp_path / "w", producer=produce)
+        study.run(cfg, tmp_path / "w", producer=produce)
     assert not (tmp_path / "w/results.json").exists()
     calls["n"] = 0
-    monkeypatch.setattr(lm_stages, "diagnose_cell", lambda *a, **k: (
+    monkeypatch.setattr(token_stages, "diagnose_cell", lambda *a, **k: (
         calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
-    again = lm_study.run(cfg, tmp_path / "w", producer=produce)
+    again = study.run(cfg, tmp_path / "w", producer=produce)
     assert calls["n"] == 16 - 5  # only the unfinished cells ran (each runs both tests)
     assert again["meta"]["wall_seconds"] is None  # a resumed run has no fresh wall time
     assert json.dumps(_numbers(again), sort_keys=True) == json.dumps(_numbers(ref),
@@ -133,29 +134,29 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
 
 
 def test_power_seeds_selects_the_first_seeds_cells(cfg):
-    from routecal.study.plan import LMPlan
+    from routecal.study.plan import TokenPlan
 
     cfg.diagnostics.power_seeds = 1
-    plan = LMPlan.from_config(cfg)
+    plan = TokenPlan.from_config(cfg)
     assert plan.power_seeds == (0,)
     assert plan.power_cells() == [c for c in plan.cells() if c[2] == 0]
     assert len(plan.power_cells()) == len(plan.cells()) // 2
     cfg.diagnostics.power_seeds = 2
-    assert LMPlan.from_config(cfg).power_cells() == plan.cells()
+    assert TokenPlan.from_config(cfg).power_cells() == plan.cells()
     for bad in (0, 3, 1.5, True):
         with cfg.ignore_type():
             cfg.diagnostics.power_seeds = bad
         with pytest.raises(ValueError, match="diagnostics.power_seeds"):
-            LMPlan.from_config(cfg)
+            TokenPlan.from_config(cfg)
 
 
 @pytest.mark.slow
 def test_worker_computes_pending_stages_in_reverse_with_the_same_numbers(cfg, tmp_path):
-    ref = lm_study.run(cfg, tmp_path / "ref", producer=produce, write_report=False)
+    ref = study.run(cfg, tmp_path / "ref", producer=produce, write_report=False)
     w = tmp_path / "w"
     with pytest.raises(ValueError, match="has not finished its runs"):
-        lm_study.run(cfg, w, worker=True)  # nothing trained yet (and no config recorded)
-    lm_study.run(cfg, w, producer=produce, write_report=False)
+        study.run(cfg, w, worker=True)  # nothing trained yet (and no config recorded)
+    study.run(cfg, w, producer=produce, write_report=False)
     stages = w / "stages"
     analysis = sorted(p for p in stages.glob("*.json")
                       if p.name.startswith(("diag_", "power_", "probes_")))
@@ -163,10 +164,10 @@ def test_worker_computes_pending_stages_in_reverse_with_the_same_numbers(cfg, tm
     for p in removed:
         p.unlink()
     (w / "results.json").unlink()
-    out = lm_study.run(cfg, w, worker=True)
+    out = study.run(cfg, w, worker=True)
     assert {n.replace(":", "_") for n in out["stages"]} == {p.stem for p in removed}
     assert not (w / "results.json").exists()  # the worker writes no results
-    again = lm_study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
+    again = study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
                          write_report=False)
     assert _numbers(again) == _numbers(ref)
 
@@ -187,37 +188,37 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
     for seed in (0, 1):
         _write(tmp_path / f"src{seed}.npz", seed=seed, routed=True)
     mine, theirs = write(tmp_path / "mine", 0), write(tmp_path / "theirs", 1)
-    recorded = lm_stages.fingerprints({"calib": mine})
+    recorded = token_stages.fingerprints({"calib": mine})
     assert recorded["calib"]["config_hash"] != shards.ShardedColumns(theirs).fingerprint[
         "config_hash"]
-    assert len(lm_stages.load_tokens(mine, "calib", recorded["calib"])["confidence"]) == 16 * 24
+    assert len(token_stages.load_tokens(mine, "calib", recorded["calib"])["confidence"]) == 16 * 24
     with pytest.raises(ValueError, match="written by another run .config_hash") as e:
-        lm_stages.load_tokens(theirs, "calib", recorded["calib"])
+        token_stages.load_tokens(theirs, "calib", recorded["calib"])
     assert str(theirs / "index.json") in str(e.value)
     with pytest.raises(ValueError, match=r"split: 'calib' \(expected 'test'\)"):
-        lm_stages.load_tokens(mine, "test", {**recorded["calib"], "split": "test"})
+        token_stages.load_tokens(mine, "test", {**recorded["calib"], "split": "test"})
 
 
 def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
-    from routecal.study.plan import LMPlan
+    from routecal.study.plan import TokenPlan
 
     assert load_config(f"{ROOT}/configs/study_lm.py").diagnostics.cluster_unit == "document"
-    assert LMPlan.from_config(cfg).tests.cluster_unit == "document"
+    assert TokenPlan.from_config(cfg).tests.cluster_unit == "document"
     cfg.diagnostics.cluster_unit = "file"
     with pytest.raises(ValueError, match=r"diagnostics.cluster_unit.*'file'"):
-        LMPlan.from_config(cfg)
+        TokenPlan.from_config(cfg)
     cfg.diagnostics.cluster_unit = "row"
-    rows_plan = LMPlan.from_config(cfg)
+    rows_plan = TokenPlan.from_config(cfg)
     cfg.diagnostics.cluster_unit = "document"
-    doc_plan = LMPlan.from_config(cfg)
+    doc_plan = TokenPlan.from_config(cfg)
     _write(tmp_path / "old.npz", seed=0, routed=True, doc_id=False)  # predictions before doc_id
-    old = lm_stages.load_tokens(tmp_path / "old.npz", "old")
+    old = token_stages.load_tokens(tmp_path / "old.npz", "old")
     with pytest.raises(ValueError, match=r"old.*no 'doc_id'.*routecal predict.*cluster_unit=row"):
-        lm_stages.cell_tokens(old, doc_plan, "old")
+        token_stages.cell_tokens(old, doc_plan, "old")
     one = {k: v[:24] for k, v in old.items()}  # one row (and one document)
     with pytest.raises(ValueError, match=r"cluster_unit: the one tokens hold 1 row.*at least 2"):
-        lm_stages.cell_tokens(one, rows_plan, "one")
-    cell = lm_stages.diagnose_cell(lm_stages.cell_tokens(old, rows_plan), "H_mean",
+        token_stages.cell_tokens(one, rows_plan, "one")
+    cell = token_stages.diagnose_cell(token_stages.cell_tokens(old, rows_plan), "H_mean",
                                    key=jax.random.key(0), plan=rows_plan,
                                    null_path=tmp_path / "n.npz")
     assert (cell["cluster_unit"], cell["n_clusters"]) == ("row", 12)  # 300 tokens: 12 rows of 24
@@ -225,11 +226,11 @@ def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
 
 
 def test_a_workdir_from_before_cluster_unit_does_not_resume(cfg, tmp_path):
-    from routecal.study.plan import LMPlan
+    from routecal.study.plan import TokenPlan
     from routecal.study.stages import record_workdir_config
 
-    old = LMPlan.from_config(cfg).config
+    old = TokenPlan.from_config(cfg).config
     del old["diagnostics"]["cluster_unit"]
     record_workdir_config(tmp_path, old, "study_config.json", "study")
     with pytest.raises(ValueError, match=r"different config \(differs in \['diagnostics'\]"):
-        lm_study.run(cfg, tmp_path, producer=produce)
+        study.run(cfg, tmp_path, producer=produce)

@@ -1,4 +1,4 @@
-"""Temperature scaling in the LM study (`routecal.study.lm_temperature`): the stage against a
+"""Temperature scaling in the LM study (`routecal.study.temperature`): the stage against a
 brute-force reference (the decoder called on whole splits at once, numpy softmax, the shards'
 own labels), on an untrained tiny decoder; then (slow) the real quick study resumed from a workdir
 lacking the temperature stages."""
@@ -19,8 +19,9 @@ from routecal.files import predictions
 from routecal.models.decoder import Decoder, DecoderConfig
 from routecal.probes.scaling import TemperatureParams, temperature_fit
 from routecal.stats import calibration
-from routecal.study import lm_stages, lm_study, lm_temperature, tokens
-from routecal.study.plan import LMPlan
+from routecal.study import run as study
+from routecal.study import temperature, token_stages, tokens
+from routecal.study.plan import TokenPlan
 from routecal.training import token_predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -54,8 +55,8 @@ def setup(tmp_path_factory):
                                           every=2, min_position=3, max_tokens=200,
                                           shard_tokens=64)
         shards[sp] = predictions.load(out)
-        toks[sp] = lm_stages.load_tokens(out, sp)
-    plan = LMPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick", [
+        toks[sp] = token_stages.load_tokens(out, sp)
+    plan = TokenPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick", [
         "domains=('in:test', 'far:far')", "probes.max_calib_tokens=120",
         "probes.max_test_tokens=90"]))
     return model, ids, toks, shards, plan
@@ -77,7 +78,7 @@ def test_streamed_tokens_are_the_shards_tokens(setup):
         seen = np.zeros(len(seq), int)
         z = np.zeros((len(seq), 259))
         y = np.zeros(len(seq), int)
-        for idx, z_b, y_b in lm_temperature.token_logits(model, ids[sp], seq, pos, pad=PAD,
+        for idx, z_b, y_b in temperature.token_logits(model, ids[sp], seq, pos, pad=PAD,
                                                          batch_rows=4):  # several batches
             seen[idx] += 1
             z[idx], y[idx] = z_b, y_b
@@ -96,7 +97,7 @@ def test_streamed_tokens_are_the_shards_tokens(setup):
 def test_scaled_confidence_at_t1_is_the_stored_confidence(setup):
     model, ids, toks, shards, _ = setup
     for sp in SPLITS:
-        conf, nll = lm_temperature.scaled_confidence(model, ids[sp], toks[sp],
+        conf, nll = temperature.scaled_confidence(model, ids[sp], toks[sp],
                                                      TemperatureParams(1.0), pad=PAD)
         np.testing.assert_allclose(conf, toks[sp]["confidence"], atol=1e-5)
         np.testing.assert_allclose(nll, shards[sp]["nll"], atol=1e-4)
@@ -105,7 +106,7 @@ def test_scaled_confidence_at_t1_is_the_stored_confidence(setup):
 def test_stage_fits_t_as_temperature_fit_on_brute_force_logits(setup):
     model, ids, toks, _, plan = setup
     doms = {"in": toks["test"], "far": toks["far"]}
-    out = lm_temperature.temperature_tokens(
+    out = temperature.temperature_tokens(
         model, ids, toks["calib"], doms, calib_split="calib",
         splits={"in": "test", "far": "far"}, pad=PAD, seed=3, plan=plan)
     # The probes' calib tokens, selected here independently: whole sequences, seeded.
@@ -123,7 +124,7 @@ def test_stage_fits_t_as_temperature_fit_on_brute_force_logits(setup):
     assert out["calib_token_nll"]["after"] == pytest.approx(nll[1], rel=1e-5)
     assert nll[1] <= nll[0]
     # Per domain: the tokens probe_run scores, their scaled confidence and its metrics.
-    probes = lm_stages.probe_run(toks["calib"], doms, seed=3, plan=plan)
+    probes = token_stages.probe_run(toks["calib"], doms, seed=3, plan=plan)
     assert out["n_test"] == probes["n_test"] and out["n_calib"] == probes["n_calib"]
     for row in out["rows"]:
         d = row["domain"]
@@ -151,16 +152,16 @@ def test_mismatched_predictions_are_refused(setup):
     model, ids, toks, _, plan = setup
     t = toks["calib"]
     with pytest.raises(ValueError, match="calib: seq_id/position outside"):
-        next(lm_temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"] + 16,
+        next(temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"] + 16,
                                          pad=PAD, name="calib"))
     with pytest.raises(ValueError, match="seq_id, position"):
-        next(lm_temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"][1:],
+        next(temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"][1:],
                                          pad=PAD))
     pad_at = np.argwhere(ids["calib"][:, 1:] == PAD)[0]
     with pytest.raises(ValueError, match="PAD target"):
-        next(lm_temperature.token_logits(model, ids["calib"], pad_at[:1], pad_at[1:], pad=PAD))
+        next(temperature.token_logits(model, ids["calib"], pad_at[:1], pad_at[1:], pad=PAD))
     with pytest.raises(ValueError, match="no longer matches its predictions"):
-        lm_temperature.temperature_tokens(
+        temperature.temperature_tokens(
             _model(seed=1), ids, t, {"in": toks["test"]}, calib_split="calib",
             splits={"in": "test"}, pad=PAD, seed=0, plan=plan)
 
@@ -187,7 +188,7 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
         "probes.sweep_multiples=(1.0,)", "probes.max_calib_tokens=600",
         "probes.max_test_tokens=500", "vmoer.enabled=False"])
     w = tmp_path / "w"
-    ref = lm_study.run(cfg, w, write_report=False)
+    ref = study.run(cfg, w, write_report=False)
     stage = json.loads((w / "stages/temperature_full_0.json").read_text())
     assert len(list((w / "stages").glob("temperature*"))) == 1
     rows = [r for d in ref["probes"]["domains"].values() for r in d["rows"]
@@ -204,7 +205,7 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
     fp = predictions.load(w / "runs/full/seed0/predictions/tokens/calib").fingerprint
     assert step == 12 and fp == {**token_predict.run_fingerprint(
         load_config_json(w / "runs/full/seed0"), step), "split": "calib"}
-    calib = lm_stages.load_tokens(w / "runs/full/seed0/predictions/tokens/calib", "calib")
+    calib = token_stages.load_tokens(w / "runs/full/seed0/predictions/tokens/calib", "calib")
     idx = tokens.thin_sequences(calib["seq_id"], 600, seed=0)
     z, y = _brute_logits(model, np.asarray(dataset.split("calib").ids), calib["seq_id"][idx],
                          calib["position"][idx])
@@ -224,9 +225,9 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
         monkeypatch.setattr(mod, name, f)
 
     for name in ("train_predict", "run_summary", "diagnose_cell", "power_cell", "probe_run"):
-        counting(lm_stages, name)
-    counting(lm_temperature, "temperature_run")
-    again = lm_study.run(cfg, w, write_report=True)
+        counting(token_stages, name)
+    counting(temperature, "temperature_run")
+    again = study.run(cfg, w, write_report=True)
     assert calls == {"temperature_run": 1}
     assert json.dumps(_numbers(again), sort_keys=True) == json.dumps(_numbers(ref),
                                                                      sort_keys=True)

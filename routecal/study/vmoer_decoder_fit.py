@@ -1,19 +1,24 @@
-"""Retrofits of the VMoER language-model experiment (`vmoer_lm.py`): every router fitted on one
+"""Retrofits of the VMoER language-model experiment (`vmoer_decoder.py`): every router fitted on one
 trained deterministic model per seed.
 
     model, log = retrofit(cfg, data, "mfvr", seed, det_model)
 
 * Routers with a beta (`BETA_ROUTERS`: the KL weight of mfvr / lowrank / fcvr, the regulariser
   weight of vtsr): one retrofit per value of `experiment.beta_grid`, the value with the lowest
-  option NLL on the calib split kept (`vmoer_lm_eval.calib_nll`; the test splits are never
-  seen); the log records beta, the grid and each value's calib NLL. An empty grid keeps
-  `model.vmoer.beta`.
+  option NLL on the calib split kept (`vmoer_decoder_eval.calib_nll`; the test splits are never
+  seen; `choose_beta`); the log records beta, the grid, each value's calib NLL and whether
+  the choice is the grid's lowest or highest value (`beta_at_edge`, with a sentence in
+  `warnings`). An empty grid keeps `model.vmoer.beta`.
 * ensemble (deep ensemble, Lakshminarayanan et al. 2017): member m starts from the deterministic
   router's weights plus N(0, s^2) noise (s = `vmoer_ensemble_perturb`, numpy seed (seed, m)) and
-  is fitted alone (only `router/proj`) with the same objective for `train.member_steps` steps,
-  its own batch order; its loss curve, final loss and a convergence flag (`converged`) are
+  is fitted alone (only `router/proj`) with the same objective at a constant rate after
+  warm-up, its own batch order, until its loss plateaus (`routers.baselines.Plateau`: checked
+  after `train.member_steps` steps and every `train.member_check_every` after, at most
+  `train.member_max_steps`); its loss curve, steps used, final loss and plateau flag are
   logged (`routers.baselines.fit_members`, shared with the digits study and imported
-  checkpoints). The members are then written into one `EnsembleRouter` per layer.
+  checkpoints). The members are then written into one `EnsembleRouter` per layer. From
+  scratch (`fit_ensemble(scratch=True)`) the members start from the router's initialiser
+  N(0, 0.02^2) instead.
 * swag (Maddox et al. 2019): `router/proj` is fitted from the deterministic weights at a constant
   learning rate after warm-up; from step `vmoer_swag_start * retrofit_steps` on, every iterate
   enters the SWAG moments (`routers.swag.SwagCollector`), installed at the end.
@@ -38,7 +43,7 @@ from routecal.models.decoder_config import DecoderConfig
 from routecal.models.routers import baselines, common
 from routecal.models.routers.baselines import converged
 from routecal.models.routers.swag import collect_from as swag_hook  # the shared SWAG callback
-from routecal.study.vmoer_lm_data import (
+from routecal.study.vmoer_decoder_data import (
     noise_group,
     option_outputs,
     option_scores,
@@ -138,11 +143,13 @@ def fit(
     seed: int,
     on_step: Any = None,
     constant_lr: bool = False,
+    stop: Any = None,
 ) -> list[float]:
     """Trains `model` in place for `steps` steps of `phase` ("lm" or "mcqa"); returns the task
     losses (logged every step). Batches are drawn with numpy from `seed`. MCQA steps route an
     item's option sequences with one draw (`vmoer.set_common_noise`). `on_step(i)` runs after
-    step i (e.g. SWAG collection); `constant_lr` keeps the peak rate after warm-up."""
+    step i (e.g. SWAG collection); `constant_lr` keeps the peak rate after warm-up; `stop(losses)`
+    (e.g. `baselines.Plateau.stop`) ends the fit early when it returns True."""
     if steps <= 0:
         return []
     vmoer.set_common_noise(model, noise_group(data) if phase == "mcqa" else 1)
@@ -163,6 +170,8 @@ def fit(
         losses.append(float(task))
         if on_step is not None:
             on_step(len(losses) - 1)
+        if stop is not None and stop(losses):
+            break
     if not np.all(np.isfinite(losses)):
         raise FloatingPointError(f"{phase}: non-finite training loss {losses[-5:]}")
     return losses
@@ -189,14 +198,25 @@ def _fit(cfg, data, model, seed: int, trainable: str, **kw: Any) -> list[float]:
                         trainable=trainable, seed=seed, **kw)  # fmt: skip
 
 
-def fit_ensemble(cfg, data, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
+def fit_ensemble(cfg, data, seed: int, det_model: nnx.Module,
+                 scratch: bool = False) -> tuple[nnx.Module, dict]:
     """The ensemble retrofit (module docstring; `routers.baselines.fit_members`) -> (model, log
-    with `members`)."""
-    steps = int(cfg.train.get("member_steps", cfg.train.retrofit_steps))
+    with `members`). Members train at a constant rate after warm-up, so where the plateau rule
+    stops them does not depend on the cap. `scratch`: the members start from the router's own
+    initialiser N(0, s^2) (`baselines.reset_routers`) instead of det's router plus N(0, s^2)."""
+
+    def make_member() -> nnx.Module:
+        member = _copy(cfg, data, "det", seed, det_model)
+        return baselines.reset_routers(member) if scratch else member
+
+    def fit_member(member: nnx.Module, m: int, rule: baselines.Plateau) -> list[float]:
+        return _fit(cfg, data, member, seed * 1000 + 100 + m, PROJ, steps=rule.max_steps,
+                    stop=rule.stop, constant_lr=True)
+
     kernels, members = baselines.fit_members(
-        lambda: _copy(cfg, data, "det", seed, det_model),
-        lambda member, m: _fit(cfg, data, member, seed * 1000 + 100 + m, PROJ, steps=steps),
-        int(_option(cfg, "ensemble")), float(_option(cfg, "ensemble_perturb")), seed,
+        make_member, fit_member, int(_option(cfg, "ensemble")),
+        baselines.ROUTER_INIT_STD if scratch else float(_option(cfg, "ensemble_perturb")), seed,
+        baselines.Plateau.from_config(cfg.train, int(cfg.train.retrofit_steps)),
     )  # fmt: skip
     model = _copy(cfg, data, "ensemble", seed, det_model)
     baselines.install_members(model, kernels)
@@ -222,7 +242,7 @@ def _plain(cfg, data, base: str, seed: int, det_model) -> tuple[nnx.Module, list
 
 def retrofit(cfg, data, base: str, seed: int, det_model: nnx.Module) -> tuple[nnx.Module, dict]:
     """Router `base` fitted on the trained `det_model` (module docstring) -> (model, log)."""
-    from routecal.study import vmoer_lm_eval
+    from routecal.study import vmoer_decoder_eval
 
     if base == "ensemble":
         return fit_ensemble(cfg, data, seed, det_model)
@@ -234,11 +254,45 @@ def retrofit(cfg, data, base: str, seed: int, det_model: nnx.Module) -> tuple[nn
         return model, {"mcqa": losses}
     if "calib" not in data["mcqa"]:
         raise ValueError("experiment.beta_grid: needs a calib split (data.n_calib_items > 0)")
+
+    def fit_one(beta: float) -> tuple[float, tuple[nnx.Module, list[float]]]:
+        fitted = _plain(with_vmoer(cfg, beta=beta), data, base, seed, det_model)
+        return vmoer_decoder_eval.calib_nll(fitted[0], data, cfg.experiment), fitted
+
+    (model, losses), record = choose_beta(grid, fit_one)
+    return model, {"mcqa": losses, **record}
+
+
+def beta_edge(grid: list[float], beta: float) -> str | None:
+    """"lowest" / "highest" when `beta` is the grid's smallest / largest value (the calib
+    optimum may lie outside the grid), None inside it or for a one-value grid."""
+    if len(set(grid)) < 2:
+        return None
+    return "lowest" if beta == min(grid) else "highest" if beta == max(grid) else None
+
+
+def choose_beta(grid: list[float], fit_one: Any) -> tuple[Any, dict[str, Any]]:
+    """The beta of `grid` with the lowest calibration-split NLL (never the test splits).
+
+    Args:
+      grid: the betas tried (`experiment.beta_grid`, `--beta-grid`).
+      fit_one: beta -> (calib NLL, fitted), one retrofit at that beta.
+    Returns:
+      (fitted of the chosen beta, record {"beta", "beta_grid", "beta_calib_nll" (per grid
+      value), "beta_at_edge" (`beta_edge`), "warnings" (a sentence when at an edge)}).
+    """
+    if not grid:
+        raise ValueError("experiment.beta_grid: empty")
     best, nlls = None, []
     for beta in grid:
-        model, losses = _plain(with_vmoer(cfg, beta=beta), data, base, seed, det_model)
-        nlls.append(vmoer_lm_eval.calib_nll(model, data, cfg.experiment))
+        nll, fitted = fit_one(float(beta))
+        nlls.append(float(nll))
         if best is None or nlls[-1] < best[0]:
-            best = (nlls[-1], beta, model, losses)
-    _, beta, model, losses = best
-    return model, {"mcqa": losses, "beta": beta, "beta_grid": grid, "beta_calib_nll": nlls}
+            best = (nlls[-1], float(beta), fitted)
+    _, beta, fitted = best
+    edge = beta_edge([float(b) for b in grid], beta)
+    warn = [] if edge is None else [
+        f"beta {beta:g} is the grid's {edge} value: the calib optimum may lie "
+        f"{'below' if edge == 'lowest' else 'above'} the grid (extend experiment.beta_grid)"]
+    return fitted, {"beta": beta, "beta_grid": [float(b) for b in grid],
+                    "beta_calib_nll": nlls, "beta_at_edge": edge, "warnings": warn}

@@ -8,7 +8,7 @@ import pytest
 
 from routecal import config
 from routecal.models import routers
-from routecal.study import vmoer_lm, vmoer_lm_eval, vmoer_lm_fit
+from routecal.study import vmoer_decoder, vmoer_decoder_eval, vmoer_decoder_fit
 
 
 def _tiny_cfg():
@@ -35,7 +35,7 @@ def test_config_names_every_router_and_its_retrofit():
     with pytest.raises(ValueError, match="variant"):
         config.load_config("configs/vmoer_lm.py:fast")
     for name in names:
-        vmoer_lm.model_config(cfg, name.removesuffix("_retrofit"), max_len=32)
+        vmoer_decoder.model_config(cfg, name.removesuffix("_retrofit"), max_len=32)
 
 
 def test_summary_bands_relative_change_and_csv(tmp_path):
@@ -44,7 +44,7 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
         "mfvr": {0: {"ece": 0.1, "stability": 0.9}, 1: {"ece": 0.2, "stability": 0.7}},
         "fcvr": {0: {"ece": 0.01, "stability": 0.4}, 1: {"ece": 0.02, "stability": 0.45}},
     }
-    table = vmoer_lm_eval.summarize(per_run)
+    table = vmoer_decoder_eval.summarize(per_run)
     b = table["mfvr"]["ece"]
     assert b["mean"] == pytest.approx(0.15) and b["std"] == pytest.approx(
         np.std([0.1, 0.2], ddof=1)
@@ -58,25 +58,25 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
     assert table["fcvr"]["ece"]["verdict"] == "better"
     assert table["fcvr"]["stability"]["verdict"] == "worse"
     path = tmp_path / "vmoer.csv"
-    vmoer_lm_eval.write_csv(table, ["det", "mfvr"], path)
+    vmoer_decoder_eval.write_csv(table, ["det", "mfvr"], path)
     rows = list(csv.DictReader(open(path)))
     assert [r["router"] for r in rows] == ["det", "mfvr"]
     assert float(rows[1]["stability_mean"]) == pytest.approx(0.8)
     assert rows[1]["paper_ece"] == "-94%" and rows[1]["ece_verdict"] == "within seed band"
-    assert "mfvr" in vmoer_lm_eval.to_markdown(table, ["det", "mfvr"])
+    assert "mfvr" in vmoer_decoder_eval.to_markdown(table, ["det", "mfvr"])
 
 
 @pytest.mark.slow
 def test_quick_experiment_runs_end_to_end(tmp_path):
     cfg = _tiny_cfg()
     cfg.experiment.seeds = (0,)
-    cfg.experiment.routers = ("det", "fcvr", "vtsr", "fcvr_retrofit", "fixed_temp_retrofit",
-                              "ensemble_retrofit", "swag_retrofit")  # fmt: skip
+    cfg.experiment.routers = ("det", "fcvr", "vtsr", "ensemble", "fcvr_retrofit",
+                              "fixed_temp_retrofit", "ensemble_retrofit", "swag_retrofit")
     cfg.train.pretrain_steps = cfg.train.finetune_steps = cfg.train.retrofit_steps = 3
-    cfg.train.member_steps = 3
+    cfg.train.member_steps = cfg.train.member_max_steps = 3
     cfg.data.n_train_items = cfg.data.n_eval_items = 32
     cfg.data.n_calib_items = 16
-    out = vmoer_lm.run(cfg, str(tmp_path))
+    out = vmoer_decoder.run(cfg, str(tmp_path))
     assert (tmp_path / "tables" / "vmoer.csv").exists()
     for name in cfg.experiment.routers:
         r = out["per_run"][name][0]
@@ -87,6 +87,7 @@ def test_quick_experiment_runs_end_to_end(tmp_path):
     assert fc["beta_calib_nll"][fc["beta_grid"].index(fc["beta"])] == min(fc["beta_calib_nll"])
     members = out["per_run"]["ensemble_retrofit"][0]["members"]
     assert len(members) == cfg.model.vmoer.ensemble and all(len(m["losses"]) == 3 for m in members)
+    assert len(out["per_run"]["ensemble"][0]["members"]) == cfg.model.vmoer.ensemble
     assert out["per_run"]["swag_retrofit"][0]["swag_n"] > 0
 
 
@@ -104,10 +105,10 @@ _OPTIONS = [
 
 def _loglik_items():
     from routecal.data.text import ByteTokenizer
-    from routecal.study import vmoer_lm_data
+    from routecal.study import vmoer_decoder_data
 
     tok = ByteTokenizer()
-    ids, mask = vmoer_lm_data.encode_continuations(_CONTEXTS, _OPTIONS, tok, max_len=40)
+    ids, mask = vmoer_decoder_data.encode_continuations(_CONTEXTS, _OPTIONS, tok, max_len=40)
     return tok, {"ids": ids, "mask": mask}
 
 
@@ -137,10 +138,10 @@ def _numpy_loglik_probs(model, tok):
 
 def test_loglik_option_probs_match_a_numpy_reference_from_the_models_logits():
     cfg = _tiny_cfg()
-    model = vmoer_lm.make_model(cfg, "det", seed=0, max_len=40)
+    model = vmoer_decoder.make_model(cfg, "det", seed=0, max_len=40)
     tok, items = _loglik_items()
-    pred = vmoer_lm_eval.predict(model, items, batch_size=2)  # 3 items: a padded last batch
-    probs = vmoer_lm_eval.option_probs(pred, letters=None)
+    pred = vmoer_decoder_eval.predict(model, items, batch_size=2)  # 3 items: a padded last batch
+    probs = vmoer_decoder_eval.option_probs(pred, letters=None)
     np.testing.assert_allclose(probs, _numpy_loglik_probs(model, tok), rtol=1e-4, atol=1e-6)
     assert pred["outs"]["lengths"].tolist() == [
         [len(o.encode()) for o in opts] for opts in _OPTIONS
@@ -151,17 +152,17 @@ def test_loglik_option_probs_match_a_numpy_reference_from_the_models_logits():
 
 
 def test_loglik_option_probs_follow_the_options_when_reordered():
-    from routecal.study import vmoer_lm_data
+    from routecal.study import vmoer_decoder_data
 
     cfg = _tiny_cfg()
-    model = vmoer_lm.make_model(cfg, "det", seed=1, max_len=40)  # a deterministic router
+    model = vmoer_decoder.make_model(cfg, "det", seed=1, max_len=40)  # a deterministic router
     tok, items = _loglik_items()
     perm = [[2, 0, 3, 1], [1, 3, 0, 2], [3, 2, 1, 0]]
     shuffled = [[opts[j] for j in p] for opts, p in zip(_OPTIONS, perm, strict=True)]
-    ids, mask = vmoer_lm_data.encode_continuations(_CONTEXTS, shuffled, tok, max_len=40)
-    p0 = vmoer_lm_eval.option_probs(vmoer_lm_eval.predict(model, items, 4), None)
-    p1 = vmoer_lm_eval.option_probs(
-        vmoer_lm_eval.predict(model, {"ids": ids, "mask": mask}, 4), None
+    ids, mask = vmoer_decoder_data.encode_continuations(_CONTEXTS, shuffled, tok, max_len=40)
+    p0 = vmoer_decoder_eval.option_probs(vmoer_decoder_eval.predict(model, items, 4), None)
+    p1 = vmoer_decoder_eval.option_probs(
+        vmoer_decoder_eval.predict(model, {"ids": ids, "mask": mask}, 4), None
     )
     np.testing.assert_allclose(p1, np.take_along_axis(p0, np.asarray(perm), axis=1), atol=1e-6)
 
@@ -173,10 +174,10 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
     from flax import nnx
 
     from routecal.data import mcqa as mcqa_data
-    from routecal.study import vmoer_lm_data
+    from routecal.study import vmoer_decoder_data
 
     cfg = _tiny_cfg()
-    model = vmoer_lm.make_model(cfg, "det", seed=0, max_len=64)
+    model = vmoer_decoder.make_model(cfg, "det", seed=0, max_len=64)
     tok, batch = _loglik_items()
     if scoring == "letter":
         prompts = [mcqa_data.format_prompt(c, o) for c, o in zip(_CONTEXTS, _OPTIONS, strict=True)]
@@ -185,12 +186,12 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
     letters = mcqa_data.letter_ids(tok, 4)
 
     def option_ce():
-        outs, _ = vmoer_lm_data.option_outputs(model, batch)
-        scores = vmoer_lm_data.option_scores(outs, jnp.asarray(letters))
+        outs, _ = vmoer_decoder_data.option_outputs(model, batch)
+        scores = vmoer_decoder_data.option_scores(outs, jnp.asarray(letters))
         ce = optax.softmax_cross_entropy_with_integer_labels(scores, batch["answers"])
         return float(ce.mean())
 
-    _, mcqa_step = vmoer_lm_fit._steps("all", tok.pad)
+    _, mcqa_step = vmoer_decoder_fit._steps("all", tok.pad)
     optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
     before = option_ce()
     mcqa_step(model, optimizer, batch, letters)
@@ -198,20 +199,20 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
 
 
 def test_unknown_scoring_is_a_value_error_naming_it(tmp_path):
-    from routecal.study import vmoer_lm_data
+    from routecal.study import vmoer_decoder_data
 
     cfg = config.load_config("configs/vmoer_lm.py:quick", ["experiment.scoring=logprob"])
     with pytest.raises(ValueError, match="experiment.scoring.*'logprob'"):
-        vmoer_lm.run(cfg, str(tmp_path))
+        vmoer_decoder.run(cfg, str(tmp_path))
     with pytest.raises(ValueError, match="experiment.scoring"):
-        vmoer_lm_data.build_data(cfg.data, "acc_norm")
-    assert set(vmoer_lm_data.SCORINGS) == {"letter", "loglik"}
+        vmoer_decoder_data.build_data(cfg.data, "acc_norm")
+    assert set(vmoer_decoder_data.SCORINGS) == {"letter", "loglik"}
 
 
 def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
     from statsmodels.stats.proportion import proportion_confint
 
-    lo, hi = vmoer_lm_eval.accuracy_interval(0.375, 512)
+    lo, hi = vmoer_decoder_eval.accuracy_interval(0.375, 512)
     ref = proportion_confint(192, 512, alpha=0.05, method="wilson")
     np.testing.assert_allclose((lo, hi), ref, rtol=1e-9)
     per_run = {
@@ -220,14 +221,72 @@ def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
     }
     out = {
         "per_run": per_run,
-        "table": vmoer_lm_eval.summarize(per_run),
+        "table": vmoer_decoder_eval.summarize(per_run),
         "markdown": "TABLE",
         "config": {"data": {"n_eval_items": 512}},
         "scoring": "loglik",
         "runs_wall_s": 22.0,
         "runs_cpu_s": 38.0,
     }
-    text = vmoer_lm_eval.report(out)
+    text = vmoer_decoder_eval.report(out)
     assert f"seed 0: 0.375 [{ref[0]:.3f}, {ref[1]:.3f}]" in text
     assert "| mfvr | 12 | 20 |" in text and "TABLE" in text
     assert "mfvr -50.0% (one seed: no band)" in text  # ECE 0.1 vs 0.2
+
+
+# ----------------------------------------------------------------------------------------------
+# beta on the calib split: the grid's edges flagged (issue 24)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimum, edge", [(-7.0, "lowest"), (-3.2, None), (0.5, "highest")])
+def test_choose_beta_keeps_the_lowest_calib_nll_and_flags_a_grid_edge(optimum, edge):
+    grid = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    nll = {b: (np.log10(b) - optimum) ** 2 for b in grid}  # a bowl in log10(beta)
+    fitted, rec = vmoer_decoder_fit.choose_beta(grid, lambda b: (nll[b], f"model@{b:g}"))
+    want = min(grid, key=lambda b: abs(np.log10(b) - optimum))  # the grid value nearest
+    assert rec["beta"] == want and fitted == f"model@{want:g}"
+    assert rec["beta_calib_nll"] == [nll[b] for b in grid]
+    assert rec["beta_at_edge"] == edge
+    assert bool(rec["warnings"]) == (edge is not None)
+    if edge:
+        assert f"{edge} value" in rec["warnings"][0]
+        assert ("below" if edge == "lowest" else "above") in rec["warnings"][0]
+    with pytest.raises(ValueError, match="experiment.beta_grid"):
+        vmoer_decoder_fit.choose_beta([], lambda b: (0.0, None))
+    assert vmoer_decoder_fit.beta_edge([1e-2], 1e-2) is None  # one value: nothing was chosen
+
+
+def test_default_beta_grid_reaches_1e6_and_the_report_shows_edges_and_member_steps():
+    from routecal.report import vmoer_lm as report
+
+    cfg = config.load_config("configs/vmoer_lm.py")
+    assert min(cfg.experiment.beta_grid) <= 1e-6
+    run = {"beta": 1e-6, "beta_grid": [1e-6, 1e-5], "beta_calib_nll": [1.0, 1.1],
+           "beta_at_edge": "lowest", "warnings": ["beta 1e-06 is the grid's lowest value"]}
+    ens = {"members": [{"final_loss": 0.9, "steps": 350, "converged": True},
+                       {"final_loss": 1.0, "steps": 1000, "converged": False}]}
+    out = {"config": {"experiment": {"stability_sigma": 0.01}},
+           "per_run": {"mfvr_retrofit": {"0": run}, "ensemble_retrofit": {"0": ens}}}
+    text = "\n".join(report._settings_lines(out, ["mfvr_retrofit", "ensemble_retrofit"]))
+    assert "beta 1e-06 **at the grid's lowest value**" in text
+    assert "- mfvr_retrofit, seed 0: beta 1e-06 is the grid's lowest value" in text
+    assert "0.9000 (350), 1.0000 (1000, not converged)" in text
+    assert report.fitted_cell(out["per_run"]["mfvr_retrofit"]) == "beta 1e-06 (grid's lowest)"
+    assert report.fitted_cell(out["per_run"]["ensemble_retrofit"]) == (
+        "members plateaued 1/2, steps 350-1000")
+
+
+def test_scratch_ensemble_fits_members_alone_on_det(monkeypatch):
+    calls = []
+
+    def fake(cfg, data, seed, det_model, scratch=False):
+        calls.append((seed, det_model, scratch))
+        return "model", {"members": []}
+
+    monkeypatch.setattr(vmoer_decoder_fit, "fit_ensemble", fake)
+    det = object()
+    model, log = vmoer_decoder.train_router(_tiny_cfg(), None, "ensemble", 3, det)
+    assert model == "model" and calls == [(3, det, True)]  # members alone, from the initialiser
+    with pytest.raises(ValueError, match="needs 'det'"):
+        vmoer_decoder.train_router(_tiny_cfg(), None, "ensemble", 3, None)

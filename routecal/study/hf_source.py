@@ -1,7 +1,7 @@
 """The LM study's `hf` source: an imported Hugging Face MoE checkpoint instead of a trained decoder.
 
 A study model whose config says `source = "hf"` (`configs/pretrained_lm.py`) is not trained:
-`lm_stages.train_predict` hands it here, which imports `model.checkpoint` with
+`token_stages.train_predict` hands it here, which imports `model.checkpoint` with
 `routecal.models.pretrained.load_hf` (`model.dtype`, `model.dispatch`), builds the config's text
 dataset (`data`: the embedded stdlib corpus by default; `data.tokenizer` the checkpoint's
 tokenizer.json for a real model) and writes the same token predictions as for routecal's decoders
@@ -54,7 +54,7 @@ def checkpoint_dir(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path) -> str
 def import_predict(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path, *,
                    predict_options: Mapping[str, Any]) -> dict[str, Any]:
     """Imports the checkpoint and writes its token predictions under `run_dir` (the
-    `lm_stages.train_predict` result shape: metrics, seconds, paths, depth_attention)."""
+    `token_stages.train_predict` result shape: metrics, seconds, paths, depth_attention)."""
     from routecal.data.text import load_text_dataset
     from routecal.models.pretrained import load_hf
     from routecal.training import token_predict
