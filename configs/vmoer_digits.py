@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "member_steps": 300,
         "member_max_steps": 1200,
         "member_check_every": 50,
+        "member_plateau_z": 2.0,  # improvement must beat 2% + z batch-noise SEs
         "stability_noise_std": 0.1,  # Gaussian noise on [0, 1] pixels
         "ood_kinds": ("invert", "pixel_noise"),
         "ood_noise_std": 0.5,

@@ -122,10 +122,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train.retrofit_lr = 3e-3
     # each ensemble member is fitted alone at a constant rate (after warm-up) until its loss
     # plateaus (`routers.baselines.Plateau`: checked after member_steps steps and every
-    # member_check_every after), at most member_max_steps; steps used + flag recorded
+    # member_check_every after), at most member_max_steps; steps used + flag recorded; a window
+    # that improves by less than 2% + member_plateau_z batch-noise SEs is a plateau
     cfg.train.member_steps = 200
     cfg.train.member_max_steps = 1000
     cfg.train.member_check_every = 50
+    cfg.train.member_plateau_z = 2.0
     cfg.train.warmup = 50
     cfg.train.weight_decay = 0.05
     cfg.train.grad_clip = 1.0

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from scipy import stats
 
 from routecal.models import moe, routers, vmoer
 from routecal.models.routers import baselines, swag
@@ -86,16 +87,43 @@ def test_members_are_fitted_alone_from_perturbed_det_and_installed():
         baselines.fit_members(make_member, fit_member, 1, 0.1, seed=0, rule=rule)
 
 
-def _reference_stop(losses, min_steps, max_steps, check_every, tol=0.02):
+def _reference_stop(losses, min_steps, max_steps, check_every, tol=0.02, z=2.0):
     """Where the plateau rule stops a fit whose full-length loss curve is `losses`: the first
     check n = min_steps, min_steps + check_every, ... at which the mean of the last
-    w = max(floor(n / 10), 1) losses is within `tol` (relative) of the w before; else max_steps."""
+    w = max(floor(n / 10), 1) losses improves on the w before by at most tol |prev| plus z
+    standard errors (the residual sd of scipy's straight-line fit to the 2w losses); else
+    max_steps."""
     for n in range(min_steps, max_steps + 1, check_every):
         w = max(n // 10, 1)
-        prev, last = np.mean(losses[n - 2 * w : n - w]), np.mean(losses[n - w : n])
-        if 2 * w <= n and abs(prev - last) <= tol * abs(prev):
+        x = np.asarray(losses[n - 2 * w : n], np.float64)
+        prev, last = x[:w].mean(), x[w:].mean()
+        fit = stats.linregress(np.arange(2 * w), x) if 2 * w > 2 else None
+        s = 0.0 if fit is None else np.sqrt(
+            np.sum((x - fit.intercept - fit.slope * np.arange(2 * w)) ** 2) / (2 * w - 2))
+        if 2 * w <= n and prev - last <= tol * abs(prev) + z * s * np.sqrt(2 / w):
             return n
     return max_steps
+
+
+def test_plateau_rule_level_under_batch_noise_and_power_on_a_real_trend():
+    """Flat curves with per-step noise sd 0.14 (the LM members' measured batch noise): the rule
+    calls 'still improving' at about the one-sided 2.3% level of z = 2 (the relative-change
+    rule alone, z = 0, mostly does); a curve falling 0.16 per 20 steps (sd 0.14 per step) is not a plateau."""
+    rng = np.random.default_rng(0)
+    n, reps = 200, 400
+    flat = 1.0 + 0.14 * rng.standard_normal((reps, n))
+    improving = [not baselines.converged(list(c)) for c in flat]
+    hi = stats.binomtest(sum(improving), reps).proportion_ci(0.99).high
+    assert sum(improving) / reps <= 0.05 and hi < 0.07
+    plain = np.mean([not baselines.converged(list(c), z=0.0) for c in flat])
+    assert plain > 0.2  # what the noise-blind rule did: members kept training on noise
+    falling = 2.0 - 0.008 * np.arange(n) + 0.14 * rng.standard_normal((reps, n))
+    power = np.mean([not baselines.converged(list(c)) for c in falling])
+    assert power >= 0.8
+    with pytest.raises(ValueError, match="NaN or inf"):
+        baselines.converged([1.0] * 19 + [float("nan")])
+    with pytest.raises(ValueError, match="train.member_plateau_z"):
+        baselines.Plateau(10, 100, 5, z=-1.0)
 
 
 def test_members_stop_only_when_the_plateau_rule_holds():
@@ -126,12 +154,15 @@ def test_members_stop_only_when_the_plateau_rule_holds():
         assert log["converged"] == (want < 120 or baselines.converged(full[m]))
         stopped_early += want < 120
     assert stopped_early >= 1  # the rule did stop some member before the cap
-    # a tolerance no curve meets: every member runs to the cap, flagged not converged
-    strict = baselines.Plateau(10, 40, 5, tol=0.0)
+    # no tolerance and no noise allowance: a member stops only once its loss stops falling;
+    # a member still falling at the cap is flagged not converged
+    strict = baselines.Plateau(10, 40, 5, tol=0.0, z=0.0)
     _, logs = baselines.fit_members(lambda: nnx.clone(det), fit_member, 2, 0.1, seed=3,
                                     rule=strict)
-    assert [lg["steps"] for lg in logs] == [40, 40]
-    assert not any(lg["converged"] for lg in logs)
+    for m, log in enumerate(logs):
+        assert log["steps"] == _reference_stop(full[m], 10, 40, 5, tol=0.0, z=0.0)
+    capped = [lg for lg in logs if lg["steps"] == 40]
+    assert capped and not any(lg["converged"] for lg in capped)
 
 
 def test_plateau_rule_rejects_bad_settings_naming_the_key():
