@@ -29,22 +29,16 @@ numbers are not evidence), "reduced" (the default's model, 1 seed, det + the mfv
 ensemble and SWAG retrofits: what ran on a shared machine), "large" (d_model 128, 4 layers,
 1500 + 500 steps: NOT measured), "scratch" (adds the from-scratch routers), "noretrofit"
 (from-scratch routers only).
-MEASURED (the default, 3 seeds, 2026-12-06, 2 cores shared with the LM study rerun and other
-developers, load 7-16): 1 h 14 min wall (`/usr/bin/time`: 897 s user + 113 s sys); det in-domain
-accuracy 0.553 [0.509, 0.595], 0.545 [0.502, 0.588], 0.568 [0.525, 0.611] (Wilson 95%, 512
-items; mean 0.555: the >= 0.55 target holds for the mean point estimate, for no lower bound).
-Against det, by the seed-band rule: stability +0.6% to +2.7% for the four VMoER retrofits
-(better; the paper's +38% exceeds the +3.8% left above det's 0.964), ECE -28.6% to +39.6%
-(mfvr worse, the rest within the band), OOD AUROC -1.5% to +0.2% (within the band), FLOPs
-0.53-0.98%. The table and the baselines: benchmarks/RESULTS.md, "VMoER as the paper measures
-it: the default, 3 seeds". NOT measured: the "large" base model, the "scratch" routers, the wall
-time on an idle machine. ("reduced", seed 0, 2026-12-05, load 17-27: det 0.555 [0.511, 0.597].)
-That run predates the plateau rule for members, the beta grid below 1e-4 and independent
-from-scratch ensemble members; a rerun of this config is needed for their numbers. Members
-alone (seed 0, det + ensemble_retrofit, 4 members x 800 steps at the constant rate, load
-7-15, 10 min wall / 192 CPU-s): the plateau rule (first check 200, every 50) stops them at
-250, 350, 200, 250 steps; their loss is flat from the start within the batch noise
-(benchmarks/RESULTS.md, "Ensemble members until their plateau").
+MEASURED (the default, 3 seeds, 2026-12-06 07:47-08:07 UTC, 2 cores shared with four developers'
+edits and tests, load 6.6-9.2): 18 min 49 s wall (`/usr/bin/time`: 1129 s user + 209 s sys, max
+RSS 2.4 GB); det in-domain accuracy 0.646 [0.604, 0.687], 0.686 [0.644, 0.724], 0.658 [0.616,
+0.698] (Wilson 95%, 512 items). Against det, by the seed-band rule: every router more stable
+(+0.4% to +2.6%; the paper's +38% exceeds the +3.8% left above det's 0.964); ECE and OOD AUROC
+within the seed band for every router (ECE -16.5% to +2.4%, OOD AUROC -2.3% to +3.0%); vtsr and
+fixed_temp 11-14% less accurate; FLOPs 0.53-0.98% (logit-space routers), 2.5% SWAG, 4.1%
+MC-dropout. Ensemble members stopped at their first plateau check (200 steps). The table:
+benchmarks/RESULTS.md, "VMoER as the paper measures it: the default rerun on the stronger base
+model". NOT measured: the "large" base model, the "scratch" routers.
 """
 
 import ml_collections
@@ -114,8 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train = ml_collections.ConfigDict()
     cfg.train.batch_size = 32  # LM rows per pretraining step
     cfg.train.mcqa_batch_size = 16  # items per fine-tuning / retrofit step (K sequences each)
-    # 600 + 400 steps: det seed 1 (the weakest of stop 28's three) in-domain 0.686 against 0.545 at
-    # 300 + 200 and 0.600 at 300 + 400 (512 items; det-only runs, /work/scratch/v24c, 1.9 min wall)
+    # 600 + 400 steps: det seed 1 in-domain 0.686, against 0.545 at 300 + 200 and 0.600 at
+    # 300 + 400 (512 items; benchmarks/RESULTS.md, "the default rerun on the stronger base model")
     cfg.train.pretrain_steps = 600
     cfg.train.finetune_steps = 400
     cfg.train.retrofit_steps = 60
