@@ -32,8 +32,10 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    orbit, so the smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5); with B
    random flips the p-value is floored there (`floored_p`). `min_p_value` states it and
    `check_feasible` raises a `ValueError` (or, on request, returns a warning string that the
-   result records). `p_value="randomized"` (`test_p`) replaces that p by the randomised one,
-   without the floor: exact level where the observed statistic ties its null (no information).
+   result records). `p_value="randomized"` (`sign_flip_p`) replaces that p by the randomised one,
+   without the floor: exact level where Z ties its null (no information: p = U). It does not lift
+   6 clusters to 0.05: Z (numerator T = s~ . y~) is not one of its flips (sum_k +-U_k), so it ties
+   none of them and the count is unchanged (benchmarks/RESULTS.md, issue 22, randomised p).
 3. *Tied confidence levels of different sizes* (99% rejections of a true null with confidence in
    5 values of counts 20/20/320/320/320): an equal-mass stratum could hold three tied levels, and a
    line in c through three level means leaves each level's departure in both residuals. Now
