@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from routecal import parallel
 from routecal.stats import cluster_inference as ci
 from routecal.stats import diagnostics as dg
 from routecal.stats import simulation
@@ -139,15 +140,19 @@ def test_randomized_p_matches_numpy_formula():
 
 def test_randomized_p_is_exactly_uniform_on_an_all_ties_null():
     """r = c on tied levels: Z = 0 and every flip gives 0, so p = U: uniform over keys (KS), and
-    the result keeps the no-information warning."""
+    the result keeps the no-information warning; U is a function of the key alone."""
     d = simulation.design(0, "tied", 300)
     c, y, r = (np.broadcast_to(a[0], (400, 300)) for a in (d.confidence, d.correct, d.routing))
     res = dg.conditional_test_batch(c, y, r, key=7, n_permutations=19, p_value="randomized")
     assert not np.any(res.statistic) and not np.any(res.null)
     assert stats.kstest(res.p_value, "uniform").pvalue > 0.01
-    one = dg.conditional_calibration_test(c[0], y[0], r[0], key=1, n_permutations=19,
-                                          p_value="randomized")
+    # U depends on the key only: the single test (8 devices or 1) equals the batch's dataset 0
+    kw = dict(key=jax.random.fold_in(jax.random.key(7), 0), n_permutations=19, p_value="randomized")
+    one = dg.conditional_calibration_test(c[0], y[0], r[0], **kw)
     assert one.warning == dg.NO_INFORMATION and 0 < one.p_value < 1  # the default: p = 1
+    assert one.p_value == res.p_value[0]
+    alone = dg.conditional_calibration_test(c[0], y[0], r[0], mesh=parallel.make_mesh(1), **kw)
+    assert alone.p_value == one.p_value
 
 
 def test_randomized_level_on_a_tied_null_and_with_six_clusters():
