@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,7 @@ P_VALUES = ("conservative", "randomized")
 _U_LANE = 0xFFFFFFFF  # fold_in data of the randomised p's uniform; flip b uses b < B < 2^32 - 1
 
 
-def cluster_units(clusters, n: int, name: str = "clusters") -> tuple[np.ndarray, int]:
+def cluster_units(clusters: Any, n: int, name: str = "clusters") -> tuple[np.ndarray, int]:
     """[N] cluster ids -> ([N] int32 units in [0, K), K); None -> one unit per example."""
     if clusters is None:
         return np.arange(n, dtype=np.int32), n
