@@ -4,11 +4,15 @@
     python benchmarks/validity.py --issue22 --n-datasets 1000 --json routecal/report/validity.json
     python benchmarks/validity.py --issue22 --kci --mdg --million --n-datasets 1000 \
         --json routecal/report/validity.json            # everything in RESULTS.md (issue 22)
+    python benchmarks/validity.py --issue22 --p-value randomized --n-datasets 1000 \
+        --power-datasets 200                            # the randomised p's rows (issue 22)
 
 Prints markdown tables (`routecal.stats.validity`): rejection rates at alpha = 0.05 with
 Clopper-Pearson 99% intervals over the datasets of each design for `within_bin_permutation_test`
 (paper), `conditional_calibration_test` (recommended, monotone) and its `alternative="omnibus"`.
 `--json` writes the rows (and the command) for the report's verdicts (`report/validity_note.py`).
+`--p-value randomized`: the conditional tests with `p_value="randomized"`; with `--issue22` only the
+rows where that choice matters (`validity.RANDOMIZED_SCENARIOS`), on the default table's datasets.
 `--kci`: the omnibus test beside KCI (causal-learn's `CIT(data, "kci")`; skipped with a message
 when causal-learn is absent; `pip install -e .[bench]`) on the two non-monotone designs, power and
 seconds per test. `--mdg`: `minimum_detectable_gap`'s stated power against the real test's
@@ -112,6 +116,8 @@ def main() -> None:
     ap.add_argument("--power-datasets", type=int, default=None, help="datasets per power row")
     ap.add_argument("--issue22", action="store_true", help="the issue-22 rows instead of issue 11")
     ap.add_argument("--json", default=None, help="write the rows here (the report cites them)")
+    ap.add_argument("--p-value", default="conservative", choices=("conservative", "randomized"),
+                    help="the conditional tests' p-value (stats.cluster_inference.sign_flip_p)")
     ap.add_argument("--kci", action="store_true")
     ap.add_argument("--kci-datasets", type=int, default=30)
     ap.add_argument("--kci-omnibus-datasets", type=int, default=200)
@@ -130,9 +136,13 @@ def main() -> None:
     t0 = time.perf_counter()
     if not args.skip_table:
         scenarios = validity.ISSUE22_SCENARIOS if args.issue22 else validity.SCENARIOS
+        row_ids = None
+        if args.issue22 and args.p_value == "randomized":  # the default table's datasets and flips
+            scenarios, row_ids = validity.RANDOMIZED_SCENARIOS, validity.RANDOMIZED_ROW_IDS
         rows = validity.run(args.seed, n_datasets=args.n_datasets,
                             n_permutations=args.n_permutations, scenarios=scenarios,
                             batch=args.batch, power_datasets=args.power_datasets,
+                            p_value=args.p_value, row_ids=row_ids,
                             on_row=lambda r: print(f"done: {r} ({time.perf_counter() - t0:.0f} s)",
                                                    file=sys.stderr, flush=True))
         print(validity.format_table(rows), flush=True)
@@ -142,7 +152,7 @@ def main() -> None:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"command": command, "n_permutations": args.n_permutations,
-                           "rows": validity.to_json(rows)}, f, indent=1)
+                           "p_value": args.p_value, "rows": validity.to_json(rows)}, f, indent=1)
             print(f"wrote {args.json}")
         print(f"table wall {time.perf_counter() - t0:.0f} s", flush=True)
     if args.mdg:

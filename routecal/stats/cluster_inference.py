@@ -32,7 +32,10 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    orbit, so the smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5); with B
    random flips the p-value is floored there (`floored_p`). `min_p_value` states it and
    `check_feasible` raises a `ValueError` (or, on request, returns a warning string that the
-   result records).
+   result records). `p_value="randomized"` (`sign_flip_p`) replaces that p by the randomised one,
+   without the floor: exact level where Z ties its null (no information: p = U). It does not lift
+   6 clusters to 0.05: Z (numerator T = s~ . y~) is not one of its flips (sum_k +-U_k), so it ties
+   none of them and the count is unchanged (benchmarks/RESULTS.md, issue 22, randomised p).
 3. *Tied confidence levels of different sizes* (99% rejections of a true null with confidence in
    5 values of counts 20/20/320/320/320): an equal-mass stratum could hold three tied levels, and a
    line in c through three level means leaves each level's departure in both residuals. Now
@@ -51,13 +54,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from routecal import parallel
+from routecal import _checks, parallel
 from routecal.stats import ranks
 from routecal.stats.binning import split_index
 from routecal.stats.random_bits import _TIE_RTOL, _uniform_bits
@@ -73,6 +77,32 @@ _UNROLL = 2  # words per loop iteration in `flip_chunk` (issue 26: 1.15x less CP
 # {"xla_cpu_prefer_vector_width": 512} once that is understood.
 COMPILER_OPTIONS: dict[str, int] = {}
 MIN_LEVELS = 32  # confidence with at most max(S, 32) distinct values: one stratum per level
+P_VALUES = ("conservative", "randomized")
+_U_LANE = 0xFFFFFFFF  # fold_in data of the randomised p's uniform; flip b uses b < B < 2^32 - 1
+
+
+def cluster_units(clusters: Any, n: int, name: str = "clusters") -> tuple[np.ndarray, int]:
+    """[N] cluster ids -> ([N] int32 units in [0, K), K); None -> one unit per example."""
+    if clusters is None:
+        return np.arange(n, dtype=np.int32), n
+    ids = _checks.as_array(clusters, name, ndim=1, dtype=None)
+    if ids.dtype.kind == "f" and np.all(ids == np.round(ids)):
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind not in "iub":
+        raise ValueError(f"{name}: must be integer cluster (sequence) ids, got dtype {ids.dtype}")
+    if len(ids) != n:
+        raise ValueError(f"mismatched lengths: confidence={n}, {name}={len(ids)}")
+    uniq, inv = np.unique(ids, return_inverse=True)
+    if len(uniq) < 2:
+        raise ValueError(f"{name}: needs at least 2 distinct clusters, got {len(uniq)}")
+    return inv.astype(np.int32), len(uniq)
+
+
+def check_p_value(p_value: str) -> str:
+    """`p_value` if it names one of `P_VALUES`, else a ValueError naming the argument."""
+    if p_value not in P_VALUES:
+        raise ValueError(f"p_value: must be one of {P_VALUES}, got {p_value!r}")
+    return p_value
 
 
 def min_p_value(n_units: int) -> float:
@@ -325,3 +355,36 @@ def floored_p(p: jax.Array, units: jax.Array, n_units: int) -> jax.Array:
     present = jax.ops.segment_sum(jnp.ones_like(units), units, num_segments=n_units) > 0
     k = jnp.sum(present).astype(jnp.float64)
     return jnp.maximum(p, 2.0 ** (1.0 - k))
+
+
+def randomized_p(z: jax.Array, null: jax.Array, u: jax.Array) -> jax.Array:
+    """(#{|null| > |z|} + u (1 + #{|null| = |z|})) / (1 + B) over the last axis; u ~ U(0, 1).
+
+    The randomised test of a discrete null (Lehmann & Romano, "Testing Statistical Hypotheses",
+    3rd ed., Sec. 3.2 and Thm 15.2.1; for B random transformations plus the identity, Hemerik &
+    Goeman 2018, "Exact testing with random permutations", TEST 27, Sec. 3): the observed value's
+    ties, itself included, are broken by u, so when the statistic is exchangeable with its null
+    P(p <= alpha) = alpha exactly, where `two_sided_p` (u = 1) may lie far below alpha. Ties are
+    `two_sided_p`'s (relative 1e-10). It is never above `two_sided_p`. When the statistic and its
+    whole null are 0 (no information) p = u: the test then rejects with probability alpha by a
+    coin flip.
+    """
+    a = jnp.abs(z)[..., None]
+    nul = jnp.abs(null)
+    above = jnp.sum(nul > a + _TIE_RTOL * a + 1e-15, axis=-1)
+    ties = jnp.sum(nul >= a - _TIE_RTOL * a - 1e-15, axis=-1) - above
+    return (above + u * (1.0 + ties)) / (1.0 + null.shape[-1])
+
+
+def tie_uniform(key: jax.Array) -> jax.Array:
+    """The randomised p's U(0, 1) [] from the test's key (`fold_in` data no flip lane uses)."""
+    return jax.random.uniform(jax.random.fold_in(key, _U_LANE), (), jnp.float64)
+
+
+def sign_flip_p(stat, null, units, n_units: int, key, p_value: str) -> jax.Array:
+    """The test's p of `stat` [] against `null` [B]: "conservative", `floored_p` of `two_sided_p`
+    (the default; never below the exact test's p floor 2^(1 - K)), or "randomized", `randomized_p`
+    with U from `key` (no floor: the randomised exact test can go below 2^(1 - K))."""
+    if p_value == "randomized":
+        return randomized_p(stat, null, tie_uniform(key))
+    return floored_p(two_sided_p(stat, null), units, n_units)

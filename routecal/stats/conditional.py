@@ -33,6 +33,8 @@ based improvements for inference with clustered errors", REStat; Canay, Romano &
    p = max((1 + #{|Z*| >= |Z|}) / (1 + B), 2^(1-K)) (Phipson & Smyth 2010; ties within 1e-10
    relative; the floor is the exact randomisation test's smallest p). Hence fewer clusters than
    reach `alpha` raise a ValueError (or, with `few_clusters="warn"`, a warning in the result).
+   Opt-in `p_value="randomized"`: (#{|Z*| > |Z|} + U (1 + #{|Z*| = |Z|})) / (1 + B), U ~ U(0, 1)
+   from the key, no floor (`cluster_inference.randomized_p`; exact where Z ties its null).
 5. `alternative="omnibus"` (`conditional_omnibus`): a basis of 4 transforms of the routing rank
    and their interactions with the confidence rank, T = max_j |Z_j|, the same signs for all columns.
 
@@ -76,6 +78,8 @@ from routecal.stats import cluster_inference as ci
 from routecal.stats import conditional_omnibus as omnibus
 from routecal.stats import ranks
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
+
+_units = ci.cluster_units  # [N] cluster ids -> ([N] units in [0, K), K)
 
 NO_INFORMATION = "routing is constant within every confidence stratum or tied level: no information"
 
@@ -157,7 +161,8 @@ def _combine(z, null, alternative):
 
 def conditional_test_core(confidence, correct, routing, units, key, *, n_permutations: int,
                           n_strata: int, n_units: int, chunk_size: int | None = None,
-                          stratum_size: int = 50, alternative: str = "monotone"):
+                          stratum_size: int = 50, alternative: str = "monotone",
+                          p_value: str = "conservative"):
     """Jittable, vmappable test on one device. Returns (statistic, p, null [B], slope)."""
     z, w, slope = score_matrix(confidence, correct, routing, units, n_strata=n_strata,
                                n_units=n_units, stratum_size=stratum_size, alternative=alternative)
@@ -168,7 +173,7 @@ def conditional_test_core(confidence, correct, routing, units, key, *, n_permuta
     null = lax.map(lambda sd: ci.flip_chunk(sd, wb, total), seeds)
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
-    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null, slope
+    return stat, ci.sign_flip_p(stat, null, units, n_units, key, p_value), null, slope
 
 
 @functools.partial(
@@ -182,10 +187,12 @@ def _scores_one_device(confidence, correct, routing, units, *, n_strata, n_units
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_units", "chunk_size", "mesh", "alternative"),
+    jax.jit, static_argnames=("n_permutations", "n_units", "chunk_size", "mesh", "alternative",
+                              "p_value"),
     compiler_options=ci.COMPILER_OPTIONS,
 )
-def _sharded_flips(z, w, units, key, *, n_permutations, n_units, chunk_size, mesh, alternative):
+def _sharded_flips(z, w, units, key, *, n_permutations, n_units, chunk_size, mesh, alternative,
+                   p_value):
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), mesh.size)
     seeds = chunk_seeds(key, n_chunks, bc)
@@ -201,7 +208,7 @@ def _sharded_flips(z, w, units, key, *, n_permutations, n_units, chunk_size, mes
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
     null = parallel.replicate(null, mesh)  # readable on every host
-    return stat, ci.floored_p(ci.two_sided_p(stat, null), units, n_units), null
+    return stat, ci.sign_flip_p(stat, null, units, n_units, key, p_value), null
 
 
 def _local_device(mesh: Mesh) -> jax.Device:
@@ -210,7 +217,7 @@ def _local_device(mesh: Mesh) -> jax.Device:
 
 
 def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutations, n_strata,
-                         n_units, chunk_size, mesh, stratum_size, alternative):
+                         n_units, chunk_size, mesh, stratum_size, alternative, p_value):
     """The test on a 1-D mesh: (statistic, p, null [B], slope).
 
     Scores once on one local device per process, only the flips sharded (in one jit over the mesh
@@ -224,30 +231,13 @@ def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutat
     z, w = np.asarray(z), np.asarray(w)
     stat, p, null = _sharded_flips(z, w, units, key, n_permutations=n_permutations,
                                    n_units=n_units, chunk_size=chunk_size, mesh=mesh,
-                                   alternative=alternative)
+                                   alternative=alternative, p_value=p_value)
     return stat, p, null, slope
 
 
 # ------------------------------------------------------------------------------------------------
 # Validation and public API
 # ------------------------------------------------------------------------------------------------
-
-
-def _units(clusters: Any, n: int, name: str = "clusters") -> tuple[np.ndarray, int]:
-    """[N] cluster ids -> ([N] int32 units in [0, K), K); None -> one unit per example."""
-    if clusters is None:
-        return np.arange(n, dtype=np.int32), n
-    ids = _checks.as_array(clusters, name, ndim=1, dtype=None)
-    if ids.dtype.kind == "f" and np.all(ids == np.round(ids)):
-        ids = ids.astype(np.int64)
-    if ids.dtype.kind not in "iub":
-        raise ValueError(f"{name}: must be integer cluster (sequence) ids, got dtype {ids.dtype}")
-    if len(ids) != n:
-        raise ValueError(f"mismatched lengths: confidence={n}, {name}={len(ids)}")
-    uniq, inv = np.unique(ids, return_inverse=True)
-    if len(uniq) < 2:
-        raise ValueError(f"{name}: needs at least 2 distinct clusters, got {len(uniq)}")
-    return inv.astype(np.int32), len(uniq)
 
 
 def check_inputs(confidence, correct, routing, stratum_size):
@@ -280,6 +270,7 @@ def conditional_calibration_test(
     alternative: str = "monotone",
     alpha: float = 0.05,
     few_clusters: str = "raise",
+    p_value: str = "conservative",
 ) -> ConditionalTestResult:
     """Tests whether routing carries calibration information beyond confidence (module docstring).
 
@@ -301,12 +292,15 @@ def conditional_calibration_test(
         it (the smallest exact sign-flip p is 2^(1-K)).
       few_clusters: "raise" (ValueError when 2^(1-K) > alpha) or "warn" (run, record the reason in
         `result.warning`).
+      p_value: "conservative" (default, floored at 2^(1-K)) or "randomized" (ties broken by U from
+        `key`, exact where Z ties its null; with no information, p = U: it rejects with probability
+        alpha by a coin flip, and the warning stays).
     Returns:
       ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata, alternative,
       warning).
     """
     c, y, r, n_strata = check_inputs(confidence, correct, routing, stratum_size)
-    alternative = omnibus.check_alternative(alternative)
+    alternative, p_value = omnibus.check_alternative(alternative), ci.check_p_value(p_value)
     units, n_units = _units(clusters, len(c))
     warning = ci.check_feasible(n_units, alpha, few_clusters)
     key, n_permutations, chunk_size, mesh = engine_args(key, n_permutations, chunk_size, mesh)
@@ -315,6 +309,7 @@ def conditional_calibration_test(
             c, y, r, units, key,
             n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
             chunk_size=chunk_size, mesh=mesh, stratum_size=stratum_size, alternative=alternative,
+            p_value=p_value,
         )
         if float(z) == 0.0 and not np.any(np.asarray(null)):
             warning = "; ".join(w for w in (warning, NO_INFORMATION) if w)
@@ -326,14 +321,14 @@ def conditional_calibration_test(
 
 @functools.partial(
     jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size",
-                              "stratum_size", "alternative"),
+                              "stratum_size", "alternative", "p_value"),
     compiler_options=ci.COMPILER_OPTIONS,
 )
 def _batched(c, y, r, units, keys, *, n_permutations, n_strata, n_units, chunk_size,
-             stratum_size, alternative):
+             stratum_size, alternative, p_value):
     core = functools.partial(
         conditional_test_core, n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
-        chunk_size=chunk_size, stratum_size=stratum_size, alternative=alternative,
+        chunk_size=chunk_size, stratum_size=stratum_size, alternative=alternative, p_value=p_value,
     )
     return jax.vmap(core)(c, y, r, units, keys)
 
@@ -351,6 +346,7 @@ def conditional_test_batch(
     alternative: str = "monotone",
     alpha: float = 0.05,
     few_clusters: str = "raise",
+    p_value: str = "conservative",
 ) -> ConditionalTestResult:
     """The conditional test on D datasets at once, as one vmapped computation.
 
@@ -358,7 +354,8 @@ def conditional_test_batch(
 
     Args:
       confidence, correct, routing: [D, N]. clusters: optional [D, N] integer ids.
-      alternative, alpha, few_clusters: as in `conditional_calibration_test` (K: the fewest).
+      alternative, alpha, few_clusters, p_value: as in `conditional_calibration_test` (K: the
+        fewest).
     Returns:
       ConditionalTestResult whose fields are [D] (null [D, B]; n_units the largest K).
     """
@@ -369,7 +366,7 @@ def conditional_test_batch(
         raise ValueError(
             f"mismatched lengths: confidence={c.shape}, correct={y.shape}, routing={r.shape}"
         )
-    alternative = omnibus.check_alternative(alternative)
+    alternative, p_value = omnibus.check_alternative(alternative), ci.check_p_value(p_value)
     n_strata = 0
     for d in range(c.shape[0]):
         n_strata = check_inputs(c[d], y[d], r[d], stratum_size)[3]
@@ -393,6 +390,7 @@ def conditional_test_batch(
             jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), keys,
             n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
             chunk_size=chunk_size, stratum_size=stratum_size, alternative=alternative,
+            p_value=p_value,
         )
         return ConditionalTestResult(
             np.asarray(z), np.asarray(p), np.asarray(null), np.asarray(slope), n_units, n_strata,

@@ -23,6 +23,7 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
    K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
    covariance w^T w (exact for the monotone test's one column: N(0, 1)). `tests/stats/
    test_power.py` and benchmarks/validity.py check the stated power against the full test.
+   With `p_value="randomized"` the simulated p is the randomised one (`ci.randomized_p`).
 
 Power(Delta) is the rejection rate at `alpha`; the detectable gap is where the (running-maximum)
 power curve first reaches `power`, interpolated linearly in log Delta; inf if it never does on the
@@ -43,7 +44,7 @@ from scipy import stats
 
 from routecal import _checks
 from routecal.stats import cluster_inference as ci
-from routecal.stats.conditional import _units, check_inputs, score_matrix
+from routecal.stats.conditional import check_inputs, score_matrix
 from routecal.stats.conditional_omnibus import check_alternative
 
 
@@ -104,8 +105,9 @@ def _reference(key, n_units: int, n_cols: int):
     return jax.random.normal(key, (4 * B_FLIPS, n_cols), jnp.float64)
 
 
-def _rejects(z, w, ref, alpha, alternative):
-    """Does the test reject at `alpha`? z [J], w [K, J], ref from `_reference`."""
+def _rejects(z, w, ref, alpha, alternative, u=None):
+    """Does the test reject at `alpha`? z [J], w [K, J], ref from `_reference`; u: the
+    randomised p's uniform (`p_value="randomized"`), None for the default p."""
     k = w.shape[0]
     if k <= FLIP_K:
         null = ref @ w  # [M, J]
@@ -115,6 +117,11 @@ def _rejects(z, w, ref, alpha, alternative):
         stat, null = jnp.abs(z[0]), jnp.abs(null[:, 0])
     else:
         stat, null = jnp.max(jnp.abs(z)), jnp.max(jnp.abs(null), axis=1)
+    if u is not None:  # `ci.randomized_p`; with all 2^K patterns the identity is among them
+        if k <= ENUMERATE_K:
+            tail = ci.randomized_p(stat, null, u) * (1.0 + null.shape[0])
+            return (tail - u) / null.shape[0] <= alpha
+        return ci.randomized_p(stat, null, u) <= alpha
     hits = jnp.sum(null >= stat * (1 - 1e-10) - 1e-15)
     # exact enumeration counts the identity itself; random references add it, as the test does
     p = hits / null.shape[0] if k <= ENUMERATE_K else (1.0 + hits) / (1.0 + null.shape[0])
@@ -123,10 +130,10 @@ def _rejects(z, w, ref, alpha, alternative):
 
 @functools.partial(
     jax.jit, static_argnames=("n_datasets", "n_strata", "n_units", "clustered", "stratum_size",
-                              "alternative")
+                              "alternative", "p_value")
 )
 def _power_curve(confidence, correct, units, gaps, key, alpha, *, n_datasets, n_strata, n_units,
-                 clustered, stratum_size, alternative):
+                 clustered, stratum_size, alternative, p_value="conservative"):
     n = confidence.shape[0]
     g = _fitted(confidence, correct, n_strata, stratum_size)
     key, kref = jax.random.split(key)
@@ -144,7 +151,8 @@ def _power_curve(confidence, correct, units, gaps, key, alpha, *, n_datasets, n_
             stat, w, _ = score_matrix(confidence, y, zr, units, n_strata=n_strata,
                                       n_units=n_units, stratum_size=stratum_size,
                                       alternative=alternative)
-            return _rejects(stat, w, ref, alpha, alternative)
+            u = ci.tie_uniform(k) if p_value == "randomized" else None
+            return _rejects(stat, w, ref, alpha, alternative, u)
 
         return jnp.mean(jax.lax.map(one, keys, batch_size=batch))
 
@@ -161,7 +169,7 @@ def plant_gap(
       (routing [R, N], correct [R, N]) numpy float64.
     """
     c, y, _, n_strata = check_inputs(confidence, correct, np.zeros(len(confidence)), stratum_size)
-    units, n_units = _units(clusters, len(c))
+    units, n_units = ci.cluster_units(clusters, len(c))
     key = _checks.check_key(key)
     with jax.enable_x64(True):
         g = _fitted(jnp.asarray(c), jnp.asarray(y), n_strata, stratum_size)
@@ -185,6 +193,7 @@ def minimum_detectable_gap(
     gaps: Any = None,
     stratum_size: int = 50,
     alternative: str = "monotone",
+    p_value: str = "conservative",
 ) -> MinimumDetectableGap:
     """The accuracy gap between high- and low-routing examples of equal confidence that
     `conditional_calibration_test` detects with probability `power` at level `alpha` on data with
@@ -195,13 +204,13 @@ def minimum_detectable_gap(
       alpha: test level in (0, 1). power: target power in (0, 1).
       clusters: optional [N] integer cluster ids (planted routing then has a per-cluster level).
       n_datasets: R simulated datasets per gap. gaps: optional [E] increasing grid of gaps in (0, 1].
-      stratum_size, alternative: as in the test.
+      stratum_size, alternative, p_value: as in the test (the simulated p is the one asked for).
     Returns:
       MinimumDetectableGap (the detectable gap, and the power curve with binomial intervals).
     """
     c, y, _, n_strata = check_inputs(confidence, correct, np.zeros(len(confidence)), stratum_size)
-    units, n_units = _units(clusters, len(c))
-    alternative = check_alternative(alternative)
+    units, n_units = ci.cluster_units(clusters, len(c))
+    alternative, p_value = check_alternative(alternative), ci.check_p_value(p_value)
     key = _checks.check_key(key)
     for name, v in (("alpha", alpha), ("power", power)):
         if not 0.0 < float(v) < 1.0:
@@ -226,13 +235,13 @@ def minimum_detectable_gap(
                 jnp.asarray(c), jnp.asarray(y), jnp.asarray(units), jnp.asarray(grid), key,
                 float(alpha), n_datasets=n_datasets, n_strata=n_strata, n_units=n_units,
                 clustered=clusters is not None, stratum_size=stratum_size,
-                alternative=alternative,
+                alternative=alternative, p_value=p_value,
             ),
             np.float64,
         )
     hits = np.round(pw * n_datasets).astype(int)
-    ci = stats.binomtest  # Clopper-Pearson (exact) intervals
-    bounds = np.array([ci(int(k), n_datasets).proportion_ci(0.95) for k in hits])
+    bounds = np.array([stats.binomtest(int(k), n_datasets).proportion_ci(0.95)  # Clopper-Pearson
+                       for k in hits])
     return MinimumDetectableGap(
         crossing_gap(grid, pw, float(power)), grid, pw, bounds[:, 0], bounds[:, 1], n_datasets,
         float(alpha), float(power),

@@ -86,6 +86,18 @@ ISSUE22_SCENARIOS = (
     Scenario("power: c + 0.05 sign(r)", "sign", 2000, 0.05, tests=_ALL),
 )
 
+# `p_value="randomized"` (benchmarks/validity.py --issue22 --p-value randomized): the rows where the
+# default p is conservative (few clusters, tied levels with no information) and beside them rows
+# where it is not (10 and Pareto clusters, the exchangeable null) and the monotone test's power.
+_RANDOMIZED = ("equal clusters 6 x 500", "equal clusters 10 x 300", "Pareto(1.1) clusters, 60",
+               "tied 20/20/320/320/320, r = c", "tied 20/20/320/320/320, r = 1[c >= 0.6]",
+               "exchangeable null, N = 2000", "power: c + 0.05 sign(r)")
+RANDOMIZED_SCENARIOS = tuple(s._replace(tests=_COND) for s in ISSUE22_SCENARIOS
+                             if s.name in _RANDOMIZED)
+# their rows' keys in `ISSUE22_SCENARIOS` (`run(row_ids=...)`): the same datasets and sign flips as
+# the default p's table, so the two differ only in the p-value
+RANDOMIZED_ROW_IDS = tuple(i for i, s in enumerate(ISSUE22_SCENARIOS) if s.name in _RANDOMIZED)
+
 # The CI version: the four nulls of the issue and its planted effect (one design compile each).
 FAST_SCENARIOS = tuple(s for s in SCENARIOS if s.name != "exchangeable null" and s.effect != 0.03)
 
@@ -121,11 +133,15 @@ def run(
     batch: int | None = None,
     power_datasets: int | None = None,
     on_row: Any = None,
+    p_value: str = "conservative",
+    row_ids: tuple[int, ...] | None = None,
 ) -> list[Row]:
-    """Runs every scenario; row i uses `fold_in(key, i)` for the data and the tests.
+    """Runs every scenario; row i uses `fold_in(key, row_ids[i])` (default i) for the data and the
+    tests.
 
     Rows with a planted effect use `power_datasets` datasets (default `n_datasets`); `on_row` is
-    called with each finished row (progress).
+    called with each finished row (progress); `p_value` is the conditional tests' p ("conservative"
+    or "randomized"; the paper test has one p).
 
     `n` overrides every scenario's size (one shape for all rows: fewer compilations); `batch`
     splits the datasets into vmapped batches of that many (memory), same keys per dataset.
@@ -135,7 +151,7 @@ def run(
     nan = (float("nan"), float("nan"))
     for i, sc in enumerate(scenarios):
         sc = sc if n is None else sc._replace(n=n)
-        k = jax.random.fold_in(key, i)
+        k = jax.random.fold_in(key, i if row_ids is None else row_ids[i])
         n_sets = power_datasets if (sc.effect and power_datasets) else n_datasets
         d = simulation.design(
             jax.random.fold_in(k, 0), sc.design, sc.n, n_datasets=n_sets, effect=sc.effect,
@@ -160,6 +176,7 @@ def run(
                         clusters=None if clusters is None else clusters[part],
                         n_permutations=n_permutations, alpha=alpha, few_clusters="warn",
                         alternative="monotone" if t == "conditional" else "omnibus",
+                        p_value=p_value,
                     )
                     warning = warning or res.warning
                 p_values.append(np.asarray(res.p_value))

@@ -95,3 +95,29 @@ def test_mdg_batched_over_datasets_equals_one_batch(monkeypatch, alternative):
     np.testing.assert_array_equal(batched.gaps, whole.gaps)
     np.testing.assert_allclose(batched.power, whole.power, atol=1.5 / 30)  # at most one dataset
     assert np.mean(batched.power == whole.power) >= 0.9
+
+
+@pytest.mark.parametrize("n_units", [4, 20])
+def test_simulated_randomized_p_matches_numpy(n_units):
+    """`p_value="randomized"` in the power simulation: all 2^K patterns (K = 4; the identity among
+    them) give p = (#{>} + U #{=}) / 2^K, random flips (K = 20) (#{>} + U (1 + #{=})) / (1 + M);
+    statistics on the null's own values, so ties occur. Numpy reference, per U."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(n_units)
+    w = rng.normal(size=(n_units, 1))
+    with jax.enable_x64(True):
+        ref = np.asarray(power._reference(jax.random.key(0), n_units, 1))
+        null = np.abs(ref @ w)[:, 0]
+        for z in (null[3], null[5], 0.5 * null.max()):
+            above, ties = np.sum(null > z * (1 + 1e-9)), np.sum(np.abs(null - z) <= 1e-9 * z)
+            for u in (0.05, 0.5, 0.95):
+                if n_units == 4:
+                    want = (above + u * ties) / len(null)
+                else:
+                    want = (above + u * (1 + ties)) / (1 + len(null))
+                for alpha in (0.02, 0.05, 0.2, 0.5):
+                    got = power._rejects(jnp.asarray([z]), jnp.asarray(w), jnp.asarray(ref), alpha,
+                                         "monotone", jnp.asarray(u))
+                    assert bool(got) == (want <= alpha), (z, u, alpha, want)
