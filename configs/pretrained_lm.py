@@ -15,7 +15,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = common.parse_arg(arg, checkpoint="", quick=False)
     cfg = ml_collections.ConfigDict()
     cfg.task = "lm"
-    cfg.source = "hf"
     cfg.seed = 0
     cfg.model = ml_collections.ConfigDict()
     cfg.model.checkpoint = v.checkpoint  # a checkpoint directory, or "random:<model_type>"

@@ -1,7 +1,7 @@
 """The LM study's `hf` source: an imported Hugging Face MoE checkpoint instead of a trained decoder.
 
-A study model whose config says `source = "hf"` (`configs/pretrained_lm.py`) is not trained:
-`token_stages.train_predict` hands it here, which imports `model.checkpoint` with
+A study whose plan says `source = "hf"` (`configs/study_pretrained.py`) trains nothing:
+`token_stages.train_predict` hands each model (`configs/pretrained_lm.py`) here, which imports `model.checkpoint` with
 `routecal.models.pretrained.load_hf` (`model.dtype`, `model.dispatch`), builds the config's text
 dataset (`data`: the embedded stdlib corpus by default; `data.tokenizer` the checkpoint's
 tokenizer.json for a real model) and writes the same token predictions as for routecal's decoders
@@ -20,13 +20,7 @@ from typing import Any
 
 import ml_collections
 
-SOURCE = "hf"
 RANDOM_PREFIX = "random:"
-
-
-def is_pretrained(cfg: ml_collections.ConfigDict) -> bool:
-    """True for a model config of the `hf` source."""
-    return cfg.get("source", "train") == SOURCE
 
 
 def checkpoint_dir(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path) -> str:
@@ -37,7 +31,7 @@ def checkpoint_dir(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path) -> str
     """
     from routecal.models.pretrained import export
 
-    ckpt = str(cfg.model.get("checkpoint") or "")
+    ckpt = str(cfg.model.checkpoint)
     if not ckpt:
         raise ValueError("model.checkpoint: the hf source needs a checkpoint directory (config."
                          "json + safetensors), e.g. configs/study_pretrained.py:checkpoint=/ckpt")
@@ -48,7 +42,7 @@ def checkpoint_dir(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path) -> str
         raise ValueError(f"model.checkpoint: {ckpt!r}: no tiny config for {model_type!r}; "
                          f"have {sorted(export.TINY_CONFIGS)}")
     return export.write_random_checkpoint(run_dir / "checkpoint", export.TINY_CONFIGS[model_type],
-                                          seed=int(cfg.get("seed", 0)))
+                                          seed=int(cfg.seed))
 
 
 def import_predict(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path, *,
@@ -62,8 +56,8 @@ def import_predict(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path, *,
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_dir(cfg, run_dir)
-    model, info = load_hf(ckpt, dtype=str(cfg.model.get("dtype", "float32")),
-                          overrides={"dispatch": str(cfg.model.get("dispatch", "auto"))})
+    model, info = load_hf(ckpt, dtype=str(cfg.model.dtype),
+                          overrides={"dispatch": str(cfg.model.dispatch)})
     dataset = load_text_dataset(cfg.data)
     if dataset.vocab_size > info.config.vocab_size:
         raise ValueError(f"data.tokenizer: {dataset.tokenizer.name} has {dataset.vocab_size} "

@@ -26,6 +26,10 @@ are atypical), `max_tokens` stops after that many records. PAD targets are never
 forward pass runs in fixed-size batches; each batch's records are appended to a `shards.ShardWriter`,
 so no [N, T, S] array is ever held: peak memory is one batch plus one shard.
 
+Token records keep summaries, not the [N, V] logits; `token_logits` recomputes the logits of given
+stored tokens (their `seq_id` / `position`) from the model, streamed in fixed batches of packed
+rows, and `calib_logits` gathers them (temperature scaling, `study.temperature`).
+
 Letters: B batch, T tokens, V vocabulary, S depth sites, M MoE layers, K experts per token.
 """
 
@@ -35,6 +39,7 @@ import hashlib
 import json
 import os
 import pathlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -240,3 +245,69 @@ def run_fingerprint(config: Any, step: int | None) -> dict[str, Any]:
     text = json.dumps(cfg, sort_keys=True, default=str)
     return {"config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
             "step": None if step is None else int(step)}
+
+
+LOGIT_BATCH_ROWS = 32  # packed rows per forward pass of `token_logits` (fixed: one compile)
+
+
+@nnx.jit
+def _logits(model: nnx.Module, inputs_BxT: jax.Array) -> jax.Array:
+    """[B, T, V] float32 next-token logits of one batch of packed rows (inputs only)."""
+    return model(inputs_BxT.astype(jnp.int32)).logits.astype(jnp.float32)
+
+
+def token_logits(
+    model: nnx.Module, ids_RxT1: np.ndarray, seq_id_N: np.ndarray, position_N: np.ndarray, *,
+    pad: int, name: str = "tokens", batch_rows: int = LOGIT_BATCH_ROWS,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The logits of the given tokens, streamed batch by batch (memory: one batch).
+
+    Args:
+      ids_RxT1: the packed split [R, T + 1] the predictions were made on.
+      seq_id_N, position_N: [N] each token's row and position (as stored by `predict_split`).
+      pad: PAD id (a token whose target is PAD was never recorded: a mismatch).
+    Yields:
+      (index [n] into the N tokens, logits [n, V] float32, labels [n]); every token once.
+    Raises:
+      ValueError: a token outside the split (row or position) or with a PAD target, named.
+    """
+    ids = np.asarray(ids_RxT1)
+    seq = np.asarray(seq_id_N, np.int64)
+    pos = np.asarray(position_N, np.int64)
+    n_rows, t = ids.shape[0], ids.shape[1] - 1
+    if ids.ndim != 2 or seq.ndim != 1 or seq.shape != pos.shape:
+        raise ValueError(f"{name}: expected ids [R, T + 1] and seq_id, position [N] alike, got "
+                         f"{ids.shape}, {seq.shape}, {pos.shape}")
+    if seq.size and (seq.min() < 0 or seq.max() >= n_rows or pos.min() < 0 or pos.max() >= t):
+        raise ValueError(f"{name}: seq_id/position outside the split's {n_rows} rows x {t} "
+                         "positions (predictions of another dataset?)")
+    labels = ids[seq, pos + 1].astype(np.int64)
+    if np.any(labels == pad):
+        raise ValueError(f"{name}: {int(np.sum(labels == pad))} tokens have a PAD target in the "
+                         "split (predictions of another dataset?)")
+    order = np.argsort(seq, kind="stable")
+    seq_sorted, rows = seq[order], np.unique(seq)
+    for b0 in range(0, len(rows), batch_rows):
+        rows_b = rows[b0 : b0 + batch_rows]
+        chunk = ids[rows_b, :-1]
+        if len(rows_b) < batch_rows:  # PAD-filled to the fixed batch shape
+            chunk = np.concatenate([chunk, np.full((batch_rows - len(rows_b), t), pad,
+                                                   ids.dtype)])
+        z = np.asarray(jax.device_get(_logits(model, jnp.asarray(chunk))))
+        idx = order[np.searchsorted(seq_sorted, rows_b[0], side="left"):
+                    np.searchsorted(seq_sorted, rows_b[-1], side="right")]
+        yield idx, z[np.searchsorted(rows_b, seq[idx]), pos[idx]], labels[idx]
+
+
+def calib_logits(model: nnx.Module, ids_RxT1: np.ndarray, toks: Mapping[str, np.ndarray], *,
+                 pad: int, name: str = "calib") -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N, V] float32, labels [N]) of every token of `toks` (its seq_id/position)."""
+    z, y = None, np.zeros(len(toks["seq_id"]), np.int64)
+    for idx, z_b, y_b in token_logits(model, ids_RxT1, toks["seq_id"], toks["position"],
+                                      pad=pad, name=name):
+        if z is None:
+            z = np.zeros((len(y), z_b.shape[1]), np.float32)
+        z[idx], y[idx] = z_b, y_b
+    if z is None:
+        raise ValueError(f"{name}: no tokens to compute logits for")
+    return z, y
