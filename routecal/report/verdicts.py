@@ -1,10 +1,7 @@
-"""Verdicts: the report's plain-language decisions, computed from the numbers in a results dict
-(every unit: `verdicts` picks the questions by `meta.unit`; `diagnostics_rows` gives the
-diagnostics verdict as table rows, domain x test, with the full sentence).
-
-Every across-seed comparison uses the one seed-band rule (`routecal.stats.seeds.compare_bands`)
-and names it (`seeds.RULE`) in the sentence that uses it; nothing here is written by hand.
-"""
+"""Verdicts: the report's plain-language decisions from the numbers in a results dict, every unit
+(`verdicts` picks the questions by `meta.unit`; `diagnostics_rows`: the diagnostics verdict as
+rows, domain x test, with the full sentence). Every across-seed comparison uses the one seed-band
+rule (`seeds.compare_bands`) and names it (`seeds.RULE`); nothing here is written by hand."""
 
 from __future__ import annotations
 
@@ -27,7 +24,8 @@ def _test_counts(tests: Sequence[Mapping[str, Any]], alpha: float) -> tuple[int,
     return raw, holm, bh
 
 
-MDG = "minimum_detectable_gap_conditional"  # the grid's row of the conditional test's gap
+_GAP = "minimum_detectable_gap_"  # the example grid's detectable-gap rows: _GAP + test
+MDG = _GAP + "conditional"  # the grid's row of the conditional test's gap
 _TEST_NAMES = {
     "conditional": "conditional (recommended)",
     "omnibus": "conditional omnibus (non-monotone effects)",
@@ -119,9 +117,8 @@ def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
 
 
 def _finite(band: Mapping[str, Any] | None) -> bool:
-    return bool(band) and all(
-        band.get(k) is not None and np.isfinite(band[k]) for k in ("mean", "min", "max")
-    )
+    return bool(band) and all(band.get(k) is not None and np.isfinite(band[k])
+                              for k in ("mean", "min", "max"))
 
 
 def _lookup(summary: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Any]:
@@ -223,9 +220,12 @@ CONTROLS = {
 }
 
 
-_GAP = "minimum_detectable_gap_"  # the example grid's detectable-gap rows: _GAP + test
-
-
+EXAMPLE_CONTROLS = {  # the same tests on examples (independent rows)
+    "within_bin": "control: the within-bin permutation null (examples exchangeable within "
+    "confidence bins)",
+    "conditional": "control: the recommended test's sign-flip null (examples as units)",
+    "omnibus": "control: the omnibus test's null (the same sign flips)",
+}
 def _domain(row: Mapping[str, Any]) -> str:
     return row.get("domain", "all")  # example results: one pool of rows
 
@@ -260,6 +260,7 @@ def diagnostics_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     power = results.get("power") or [
         {"test": r["test"][len(_GAP):], "domain": _domain(r), "mdg": r["minimum_detectable_gap"]}
         for r in diag.get("tests", []) if r.get("test", "").startswith(_GAP)]
+    controls = CONTROLS if results.get("meta", {}).get("unit") == "token" else EXAMPLE_CONTROLS
     out = []
     for domain in dict.fromkeys(_domain(r) for r in rows):
         for test in dict.fromkeys(r.get("test", "within_bin") for r in rows):
@@ -291,7 +292,7 @@ def diagnostics_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"{alpha} (about {alpha * len(ts):.1f} expected under the null), {holm} after "
                 f"Holm, {bh} after BH"
                 + (f" (Holm: {', '.join(where)})" if where else "")
-                + f"; {CONTROLS.get(test, 'control: ' + test)}; "
+                + f"; {controls.get(test, 'control: ' + test)}; "
                 + mdg_text + band + "."
             )
             out.append({"domain": domain, "test": test,

@@ -6,7 +6,7 @@ What varies between studies is a field of the plan, said explicitly by the confi
 
     source    where predictions come from: "classifier" (routecal classifiers trained from their
               configs), "decoder" (routecal decoders trained from their configs) or "hf" (an
-              imported Hugging Face checkpoint, `study.hf_source`); a user's own prediction files
+              imported Hugging Face checkpoint, `token_predict.predict_pretrained`); a user's own prediction files
               go through `routecal diagnose` (`study.diagnose`)
     unit      what one row is: "example" (digits) or "token" (with `seq_id` / `doc_id`)
     domains   (name, predictions split) pairs scored by the sections, e.g. ("in", "test")

@@ -74,15 +74,14 @@ def train_predict(model: ModelSpec, seed: int, run_dir: pathlib.Path, *, source:
                   predict_options: Mapping[str, Any], depth_rows: int,
                   domains: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Trains `model` for `seed` in `run_dir` (resuming; the plan's `hf` source is imported
-    instead, `hf_source`), writes its token predictions
+    instead, `token_predict.predict_pretrained`), writes its token predictions
     (`predict.predict_workdir(..., lm_options=predict_options)`: thinning, token caps) and, for
     AttnRes models, the mean depth-attention weights per domain (`predict.decoder_depth_attention`)."""
-    from routecal.study import hf_source
-    from routecal.training import predict, train
+    from routecal.training import predict, token_predict, train
 
     cfg = model.load(seed)
     if source == "hf":  # an imported checkpoint: nothing to train
-        return hf_source.import_predict(cfg, run_dir, predict_options=predict_options)
+        return token_predict.predict_pretrained(cfg, run_dir, predict_options=predict_options)
     t0 = time.perf_counter()
     metrics = train.train_and_evaluate(cfg, str(run_dir))
     t1 = time.perf_counter()

@@ -29,6 +29,7 @@ so no [N, T, S] array is ever held: peak memory is one batch plus one shard.
 Token records keep summaries, not the [N, V] logits; `token_logits` recomputes the logits of given
 stored tokens (their `seq_id` / `position`) from the model, streamed in fixed batches of packed
 rows, and `calib_logits` gathers them (temperature scaling, `study.temperature`).
+`predict_pretrained`: the same predictions of an imported Hugging Face checkpoint (the `hf` source).
 
 Letters: B batch, T tokens, V vocabulary, S depth sites, M MoE layers, K experts per token.
 """
@@ -39,11 +40,13 @@ import hashlib
 import json
 import os
 import pathlib
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -311,3 +314,59 @@ def calib_logits(model: nnx.Module, ids_RxT1: np.ndarray, toks: Mapping[str, np.
     if z is None:
         raise ValueError(f"{name}: no tokens to compute logits for")
     return z, y
+
+
+# ----- the `hf` source: an imported Hugging Face MoE checkpoint instead of a trained decoder -----
+RANDOM_PREFIX = "random:"
+
+
+def _checkpoint_dir(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path) -> str:
+    """The checkpoint directory of `cfg.model.checkpoint` (writing the tiny random one if asked).
+
+    Raises:
+      ValueError: no checkpoint given, or an unknown random model type.
+    """
+    from routecal.models.pretrained import export
+
+    ckpt = str(cfg.model.checkpoint)
+    if not ckpt:
+        raise ValueError("model.checkpoint: the hf source needs a checkpoint directory (config."
+                         "json + safetensors), e.g. configs/study_pretrained.py:checkpoint=/ckpt")
+    if not ckpt.startswith(RANDOM_PREFIX):
+        return ckpt
+    model_type = ckpt[len(RANDOM_PREFIX):]
+    if model_type not in export.TINY_CONFIGS:
+        raise ValueError(f"model.checkpoint: {ckpt!r}: no tiny config for {model_type!r}; "
+                         f"have {sorted(export.TINY_CONFIGS)}")
+    return export.write_random_checkpoint(run_dir / "checkpoint", export.TINY_CONFIGS[model_type],
+                                          seed=int(cfg.seed))
+
+
+def predict_pretrained(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path, *,
+                       predict_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's `hf` source: imports `model.checkpoint` (`models.pretrained.load_hf` with
+    `model.dtype`, `model.dispatch`; "random:<model_type>" writes a tiny random checkpoint of
+    `export.TINY_CONFIGS` into `run_dir` first, the `:quick` smoke run), builds the config's text
+    dataset (`data`; `data.tokenizer` the checkpoint's tokenizer.json for a real model) and writes
+    the same token predictions as for routecal's decoders (`predict_lm`) under `run_dir`. Returns
+    the result shape of `study.token_stages.train_predict` (metrics, seconds, paths,
+    depth_attention)."""
+    from routecal.data.text import load_text_dataset
+    from routecal.models.pretrained import load_hf
+
+    t0 = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = _checkpoint_dir(cfg, run_dir)
+    model, info = load_hf(ckpt, dtype=str(cfg.model.dtype),
+                          overrides={"dispatch": str(cfg.model.dispatch)})
+    dataset = load_text_dataset(cfg.data)
+    if dataset.vocab_size > info.config.vocab_size:
+        raise ValueError(f"data.tokenizer: {dataset.tokenizer.name} has {dataset.vocab_size} "
+                         f"ids, more than the checkpoint's vocab_size {info.config.vocab_size}")
+    t1 = time.perf_counter()
+    paths = predict_lm(model, dataset, run_dir, **dict(predict_options))
+    t2 = time.perf_counter()
+    metrics = {"family": info.family.model_type, "n_params": info.n_params,
+               "moe_layers": list(info.config.moe_layers), "checkpoint": ckpt}
+    return {"metrics": metrics, "train_seconds": t1 - t0, "predict_seconds": t2 - t1,
+            "paths": {k: str(v) for k, v in paths.items()}, "depth_attention": {}}
