@@ -9,7 +9,7 @@ the study's domains are written if absent (`token_predict.predict_lm` with the s
 records carry `seq_id` and `doc_id`), then every diagnostics cell of the plan
 (domain x routed arch x seed x routing summary) is run with `token_stages.diagnose_cell` under
 `diagnostics.cluster_unit=row` and `=document` (the same cell key for both), Holm/BH-adjusted per
-(test, domain) family (`token_tests.adjust`). Prints per domain and unit: raw / Holm / BH
+(test, domain) family (`token_unit.adjust`). Prints per domain and unit: raw / Holm / BH
 rejections out of the cells, the clusters and their effective number; writes
 W/cluster_units.json. Overrides are the study config's (`routecal.config`), e.g.
 `seeds=(0,)` `architectures=('full','block')` `diagnostics.tests=('conditional',)`.
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
 
     from routecal.config import load_config
-    from routecal.study import token_stages, token_tests
-    from routecal.study.plan import TokenPlan
+    from routecal.study import token_stages, token_unit
+    from routecal.study.plan import Plan
     from routecal.training import token_predict
     from routecal.training.train import load_trained
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     units = ("row", "document")
     plans = {}
     for u in units:
-        plans[u] = TokenPlan.from_config(load_config(a.config, [*a.overrides,
+        plans[u] = Plan.from_config(load_config(a.config, [*a.overrides,
                                                              f"diagnostics.cluster_unit={u}"]))
     plan = plans["document"]
     t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not all((tok_dir / sp / "index.json").is_file() for _, sp in plan.domains):
                 model, _, dataset = load_trained(run)  # the domains' splits only (not calib)
                 token_predict.predict_lm(model, dataset, run, splits=tuple(
-                    sp for _, sp in plan.domains), **plan.predict_options)
+                    sp for _, sp in plan.domains), **plan.tokens.predict_options)
             if a.predict_only:
                 continue
             toks[m.name, s] = {d: token_stages.load_tokens(tok_dir / sp, f"{m.name}/seed{s}/{sp}")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.predict_only:
         return {"seconds": {"predict": t1 - t0}}
     rows: dict[str, list] = {u: [] for u in units}
-    key = jax.random.key(plan.diag_seed)
+    key = jax.random.key(plan.tests.seed)
     for i, (d, arch, s) in enumerate(plan.cells()):
         ck = jax.random.fold_in(key, i)
         for u in units:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     alpha = plan.tests.alpha
     table = []
     for u in units:
-        token_tests.adjust(rows[u], alpha)
+        token_unit.adjust(rows[u], alpha)
         for d, _ in plan.domains:
             for test in plan.tests.tests:
                 mine = [r for r in rows[u] if r["domain"] == d and r["test"] == test]

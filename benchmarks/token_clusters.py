@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--units", default="document,row", help="cluster units, comma-separated")
     a = p.parse_args(argv)
     from routecal.files import predictions
-    from routecal.stats import diagnostics
-    from routecal.study import tokens
+    from routecal.stats import diagnostics, sequences
 
     w = pathlib.Path(a.workdir)
     w.mkdir(parents=True, exist_ok=True)
@@ -95,15 +94,15 @@ def main(argv: list[str] | None = None) -> dict:
     if not (pred_dir / "index.json").is_file():
         predict_all_test(run, pred_dir)
     t2 = time.perf_counter()
-    t = tokens.token_arrays(predictions.load(pred_dir), str(pred_dir))
+    t = predictions.token_arrays(predictions.load(pred_dir), str(pred_dir))
     conf, corr = t["confidence"], t["correct"]
-    units = {u: tokens.cluster_ids(t, u) for u in a.units.split(",")}
-    doc = np.unique(tokens.cluster_ids(t, "document"), return_inverse=True)[1]
+    units = {u: predictions.cluster_ids(t, u) for u in a.units.split(",")}
+    doc = np.unique(predictions.cluster_ids(t, "document"), return_inverse=True)[1]
     n_doc = int(doc.max()) + 1
     gap = np.bincount(doc, corr - conf) / np.bincount(doc)
     info = {"n_tokens": len(conf), "accuracy": float(corr.mean()),
             "sd_doc_mean_gap": float(np.std(gap, ddof=1)),
-            **{u: tokens.cluster_sizes(c) for u, c in units.items()}}
+            **{u: sequences.cluster_sizes(c) for u, c in units.items()}}
     print(json.dumps(info), flush=True)
     rng = np.random.default_rng(a.seed)
     pvals = {u: [] for u in units}

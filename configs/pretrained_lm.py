@@ -1,6 +1,6 @@
 """An imported Hugging Face MoE checkpoint as a model of the LM study (the `hf` source).
 
-Not trained: `routecal.study.hf_source` imports `model.checkpoint` with `load_hf` and writes
+Not trained: `routecal.training.token_predict.predict_pretrained` imports `model.checkpoint` with `load_hf` and writes
 its token predictions on the text dataset of `data` (as `configs/lm_stdlib.py`'s: the embedded
 stdlib corpus; set `data.tokenizer` to the checkpoint's tokenizer.json for a real model, whose
 vocabulary must cover it). Used by `configs/study_pretrained.py`; variants: `checkpoint=DIR`
@@ -15,7 +15,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = common.parse_arg(arg, checkpoint="", quick=False)
     cfg = ml_collections.ConfigDict()
     cfg.task = "lm"
-    cfg.source = "hf"
     cfg.seed = 0
     cfg.model = ml_collections.ConfigDict()
     cfg.model.checkpoint = v.checkpoint  # a checkpoint directory, or "random:<model_type>"

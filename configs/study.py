@@ -33,6 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.title = "routecal study: routing-conditional calibration on digits"
     c.config_dir = _HERE
+    c.source = "classifier"  # classifiers trained here from their configs
+    c.unit = "example"
+    # What runs after the predictions (the VMoER section: `vmoer.*`; drop a name to skip it).
+    c.sections = ("diagnostics", "power", "probes", "vmoer")
     c.seeds = (0, 1, 2)
     c.architectures = ("standard", "full", "block")
     # Each model: a config file (relative to this directory) with an optional variant, a tuple of
@@ -43,14 +47,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "block": {"config": "attnres_digits.py:block", "overrides": (), "routed": True},
     })
     c.model_overrides = ()  # applied to every model, e.g. ("train.steps=300",)
+    c.calib_split = "calib"  # probes are fitted here
+    # domain name : predictions split; the tests pool the calib split and these (nothing is
+    # fitted to them), the probes are scored on the first
+    c.domains = ("in:test",)
 
     c.diagnostics = ml_collections.ConfigDict()
     c.diagnostics.features = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last")
-    c.diagnostics.splits = ("calib", "test")  # examples pooled for the tests (nothing is fitted)
+    c.diagnostics.tests = ("within_bin", "conditional", "omnibus")  # `study.registry` names
     c.diagnostics.n_permutations = 2000
     c.diagnostics.n_bins = 15
     c.diagnostics.n_groups = 3
     c.diagnostics.alpha = 0.05
+    c.diagnostics.power = 0.8  # each test's minimum detectable gap at this power ("power")
+    c.diagnostics.power_kwargs = ml_collections.ConfigDict()  # extra minimum_detectable_gap args
     c.diagnostics.seed = 0
     c.diagnostics.n_null_figures = 8  # permutation nulls kept in results.json for the figure
 
@@ -59,7 +69,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probes.sweep_multiples = (0.25, 0.5, 1.0, 2.0, 4.0)
 
     c.vmoer = ml_collections.ConfigDict()
-    c.vmoer.enabled = True
     c.vmoer.config = "vmoer_digits.py"
     c.vmoer.overrides = ()
 

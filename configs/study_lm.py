@@ -14,7 +14,7 @@ test's minimum detectable gap at 80% power); every probe fitted on calib tokens 
 domain with the NW bandwidth sweep; the report with power curves, reliability diagrams, nulls,
 bandwidth sensitivity and depth-attention heatmaps per domain. The VMoER section (`vmoer.*`):
 an MoE decoder (configs/vmoer_lm.py), det against every router retrofitted on it, scored on
-MCQA; `W/tables/vmoer.csv` holds one row per router (`--config.vmoer.enabled=False` skips it).
+MCQA; `W/tables/vmoer.csv` holds one row per router (`--config.sections` without "vmoer" skips it).
 
 Measured (2-core CPU): the quick variant in 1 min 39 s wall from a fresh workdir on the idle
 machine (136 CPU-s, peak RSS 1.5 GB) before the VMoER section, its decoders at about 4.4 bits per
@@ -53,9 +53,12 @@ FEATURES = ("H_mean", "depth_var_mean", "depth_mean_mean", "H_mid", "H_last",
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = common.parse_arg(arg, quick=False)
     c = ml_collections.ConfigDict()
-    c.study = "lm"
     c.title = "routecal study: token-level routing-conditional calibration on the stdlib corpus"
     c.config_dir = _HERE
+    c.source = "decoder"  # routecal decoders trained here from their configs
+    c.unit = "token"
+    # What runs after the predictions (the VMoER section: `vmoer.*`; drop a name to skip it).
+    c.sections = ("diagnostics", "power", "probes", "temperature", "vmoer")
     c.seeds = (0, 1, 2)
     c.architectures = ("standard", "full", "block")
     # Each model: a config file (relative to this directory) with its variant, extra `key=value`
@@ -127,7 +130,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # MCQA, every router of its `experiment.routers` retrofitted on it, scored on in/near/far
     # MCQA; W/tables/vmoer.csv holds one row per router. One stage per seed (`vmoer:<seed>`).
     c.vmoer = ml_collections.ConfigDict()
-    c.vmoer.enabled = True
     c.vmoer.config = "vmoer_lm.py"
     c.vmoer.overrides = ()
 

@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = common.parse_arg(arg, checkpoint="", quick=False)
     c = study_lm.get_config("quick" if v.quick else None)
     c.title = "routecal study: routing-conditional calibration of an imported MoE checkpoint"
+    c.source = "hf"  # an imported checkpoint: nothing is trained
+    # no temperature scaling: it recomputes logits from a trained run's checkpoint
+    c.sections = ("diagnostics", "power", "probes", "vmoer")
     checkpoint = v.checkpoint or ("random:olmoe" if v.quick else "")
     variant = f"checkpoint={checkpoint}" + (",quick" if v.quick else "")
     c.seeds = (0,)  # an imported model has one set of weights

@@ -21,7 +21,7 @@ def main() -> None:
         "routing-conditional calibration",
         [
             f"model_overrides={paper_setup.data_overrides(args)!r}",
-            "vmoer.enabled=False",
+            "sections=('diagnostics', 'power', 'probes')",
             f"diagnostics.n_permutations={args.permutations}",
         ],
     )

@@ -157,9 +157,9 @@ def _run(args: argparse.Namespace, extra: Sequence[str], explicit: dict) -> None
 
         study.run(cfg, args.workdir, write_report=not args.no_report, worker=args.worker)
     elif args.command == "report":
-        from routecal.report import lm, write_report
+        from routecal.report import write_report
 
-        (lm.write_report if lm.is_lm_results(args.workdir) else write_report)(args.workdir)
+        write_report(args.workdir)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ LM = [
     "--config.diagnostics.paper_power_permutations=19",
     "--config.probes.bandwidth_rules=('scott',)", "--config.probes.sweep_multiples=(1.0,)",
     "--config.probes.max_calib_tokens=1000", "--config.probes.max_test_tokens=1000",
-    "--config.vmoer.enabled=False",
+    "--config.sections=('diagnostics','power','probes','temperature')",
 ]
 
 
@@ -91,7 +91,7 @@ def _same(args: list[str], tmp_path: pathlib.Path) -> dict:
 
 def test_digits_study_two_processes_equal_one(tmp_path):
     """CI-sized: the digits study (one architecture, one feature, 10 steps, no VMoER) on 2 processes."""
-    two = _same([*DIGITS, "--config.vmoer.enabled=False"], tmp_path)
+    two = _same([*DIGITS, "--config.sections=('diagnostics','power','probes')"], tmp_path)
     assert two["diagnostics"]["tests"] and two["runs"][0]["arch"] == "full"
     assert [f.name for f in (tmp_path / "two" / "runs" / "full" / "seed0" / "predictions").iterdir()
             ] and not any((tmp_path / "two").rglob(".*.tmp"))  # no half-written file left

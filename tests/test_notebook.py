@@ -21,7 +21,7 @@ NOTEBOOK = ROOT / "experiments" / "quick_study.ipynb"
 CONFIG_LINE = "load_config('configs/study.py:quick')"
 # Test-size models, one routed architecture, two features, one bandwidth rule, no VMoER stage.
 TINY = (
-    "vmoer.enabled=False",
+    "sections=('diagnostics', 'power', 'probes')",
     "architectures=('full',)",
     "diagnostics.features=('H_mean','depth_var_mean')",
     "probes.bandwidth_rules=('scott',)",

@@ -31,6 +31,7 @@ import numpy as np
 
 from routecal import _checks
 from routecal.files import workdir
+from routecal.stats import sequences
 
 _PER_SUBLAYER = ("H", "H_norm", "depth_mean", "depth_var")
 
@@ -82,8 +83,7 @@ def load_traces(path: str | pathlib.Path) -> dict[str, Any]:
 
     Returns:
       {"confidence" [N] float64, "correct" [N] float64, "routing": the routing arrays (checked;
-      with `seq_id` when present; `routing_features` or `study.tokens.routing_table` of it gives
-      the features), "clusters" [N] int64 or None, "cluster_key": the column used or None,
+      with `seq_id` when present; `routing_features` of it gives the features), "clusters" [N] int64 or None, "cluster_key": the column used or None,
       "predictions": the validated predictions dict when the file has probs and labels, else
       None}.
     Raises:
@@ -145,6 +145,7 @@ def load(path: str | pathlib.Path) -> Mapping[str, np.ndarray]:
     return d
 
 
+POSITION_AWARE = ("H_mean", "depth_var_mean", "depth_mean_mean")  # get a `<f>_vs_seq` twin
 # Per-token MoE router summaries [N, M] (one column per MoE layer) written by `token_predict`.
 ROUTER_SUMMARIES = ("router_entropy_norm", "top1_margin", "router_logit_spread")
 
@@ -158,7 +159,9 @@ def routing_features(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     entropy is constant (a single source) are skipped when picking single layers. From the MoE
     router summaries [N, M] of `ROUTER_SUMMARIES` (`token_predict`): `<k>_mean` over the M MoE
     layers and `<k>_l<m>` for MoE layer m (e.g. `router_entropy_norm_mean`, `top1_margin_l0`).
-    Plus every `routing_<name>` array in the file, as `<name>`.
+    Plus every `routing_<name>` array in the file, as `<name>`. Tokens (with `seq_id`): for
+    each of `POSITION_AWARE` present, `<f>_vs_seq` = f minus its sequence mean (how the token's
+    routing departs from the sequence it sits in).
     """
     out: dict[str, np.ndarray] = {}
     H = preds.get("H_norm", preds.get("H"))
@@ -183,6 +186,10 @@ def routing_features(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     for k, v in preds.items():
         if k.startswith("routing_"):
             out[k[len("routing_"):]] = _checks.as_array(v, k, ndim=1)
+    if "seq_id" in preds:  # tokens: the departure from the sequence's mean
+        for f in POSITION_AWARE:
+            if f in out:
+                out[f"{f}_vs_seq"] = out[f] - sequences.sequence_mean(out[f], preds["seq_id"])
     return out
 
 
@@ -258,3 +265,109 @@ def routing_predictions(
     """
     return {"probs": preds["probs"], "labels": preds["labels"],
             **{f"routing_{k}": np.asarray(v) for k, v in features.items()}}
+
+
+# ----- token predictions: per-token arrays with sequence and document ids -------------------------
+TOKEN_KEYS = ("confidence", "correct", "entropy", "seq_id", "position")
+ID_KEYS = ("seq_id", "doc_id")  # integer ids >= 0, validated alike; doc_id optional
+CLUSTER_UNITS = {"document": "doc_id", "row": "seq_id"}  # diagnostics.cluster_unit -> id column
+
+
+def _check_ids(x: Any, name: str) -> np.ndarray:
+    """[N] int64 ids from integer-valued, non-negative values (a ValueError naming `name`)."""
+    a = np.asarray(x).reshape(-1)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(
+            a.dtype, np.floating)):
+        raise ValueError(f"{name}: expected integer ids, got dtype {a.dtype}")
+    if a.size and (not np.all(np.isfinite(a)) or np.any(a != np.round(a)) or a.min() < 0):
+        raise ValueError(f"{name}: expected integer ids >= 0 (finite, whole numbers)")
+    return a.astype(np.int64)
+
+
+def cluster_ids(tokens: Mapping[str, np.ndarray], unit: str, name: str = "predictions"
+                ) -> np.ndarray:
+    """[N] cluster ids of the tokens for `unit` ("document" -> `doc_id`, "row" -> `seq_id`).
+
+    Raises:
+      ValueError: an unknown unit (naming `diagnostics.cluster_unit`), or "document" on token
+        predictions without `doc_id` (written before routecal tracked documents: re-run
+        `routecal predict --workdir RUN` on the run, or choose `diagnostics.cluster_unit=row`).
+    """
+    if unit not in CLUSTER_UNITS:
+        raise ValueError(f"diagnostics.cluster_unit: unknown {unit!r}; expected one of "
+                         f"{sorted(CLUSTER_UNITS)}")
+    key = CLUSTER_UNITS[unit]
+    if key not in tokens:
+        raise ValueError(
+            f"{name}: token predictions have no {key!r} column, needed for "
+            f"diagnostics.cluster_unit={unit!r} (predictions written before routecal tracked "
+            "documents): re-run `routecal predict --workdir RUN` on that run, or set "
+            "diagnostics.cluster_unit=row")
+    return np.asarray(tokens[key], np.int64)
+
+
+def token_arrays(preds: Mapping[str, Any], name: str = "predictions") -> dict[str, np.ndarray]:
+    """The per-token arrays of a token predictions mapping, read once and validated.
+
+    Returns:
+      {confidence [N] float64, correct [N] float64, entropy [N] float64, seq_id [N] int64,
+       position [N] int64, doc_id [N] int64 (when present)} plus the routing summaries [N, S]
+       present (H, H_norm, depth_mean, depth_var; MoE router summaries [N, M]) and any
+       routing_<name> [N].
+    Raises:
+      ValueError: a missing key (named), ids that are not integers >= 0, or arrays of different
+        lengths.
+    """
+    missing = [k for k in TOKEN_KEYS if k not in preds]
+    if missing:
+        raise ValueError(f"{name}: token predictions lack {missing} (have {sorted(preds)})")
+    out = {
+        "confidence": _checks.check_unit_interval(
+            _checks.as_array(preds["confidence"], f"{name}['confidence']", ndim=1),
+            f"{name}['confidence']"),
+        "correct": _checks.check_binary(preds["correct"], f"{name}['correct']"),
+        "entropy": _checks.as_array(preds["entropy"], f"{name}['entropy']", ndim=1),
+        "position": np.asarray(preds["position"], np.int64).reshape(-1),
+    }
+    for k in ID_KEYS:
+        if k in preds:
+            out[k] = _check_ids(preds[k], f"{name}[{k!r}]")
+    for k in ("H", "H_norm", "depth_mean", "depth_var", *ROUTER_SUMMARIES):
+        if k in preds and np.size(preds[k]):
+            out[k] = _checks.as_array(preds[k], f"{name}[{k!r}]", ndim=2)
+    for k in preds:
+        if k.startswith("routing_"):
+            out[k] = _checks.as_array(preds[k], f"{name}[{k!r}]", ndim=1)
+    _checks.check_same_length(**{f"{name}[{k!r}]": v for k, v in out.items()})
+    return out
+
+
+def per_token(tokens: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The [N, ...] arrays of `tokens` (N = number of tokens, from `seq_id`), without per-file
+    extras such as the depth-attention means."""
+    n = len(tokens["seq_id"])
+    return {k: np.asarray(v) for k, v in tokens.items() if np.ndim(v) >= 1 and len(v) == n}
+
+
+def subset(tokens: Mapping[str, Any], index: np.ndarray) -> dict[str, np.ndarray]:
+    """Every per-token array of `tokens` at `index` (per-file extras dropped)."""
+    return {k: v[index] for k, v in per_token(tokens).items()}
+
+
+def concat_tokens(parts: Sequence[Mapping[str, np.ndarray]], *, offset_ids: bool = True
+                  ) -> dict[str, np.ndarray]:
+    """Concatenates token dicts (keys common to all); sequence and document ids are offset per
+    part so that sequences (documents) from different parts never share an id."""
+    parts = [per_token(p) for p in parts]
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    for key in ID_KEYS if offset_ids else ():
+        if key not in out:
+            continue
+        ids, base = [], 0
+        for p in parts:
+            s = np.asarray(p[key], np.int64)
+            ids.append(s - (s.min() if s.size else 0) + base)
+            base = int(ids[-1].max()) + 1 if s.size else base
+        out[key] = np.concatenate(ids)
+    return out

@@ -5,17 +5,20 @@ Shapes: N test examples, M bins.
 Metrics (one place: `routecal.stats.calibration` and `routecal.stats.binary`): top-label ECE, binary NLL (one clip,
 `binary.PROB_CLIP`), binary Brier and the worst-routing-tertile ECE (`worst_group_ece`).
 `compare_probes` returns one row per probe; `probe_comparison` adds a bandwidth sweep and
-reliability data for the report; `summarise_probes` turns per-seed rows into seed bands
+reliability data for the report; `token_comparison` does both per domain on token arrays (with
+the sequence-level control); `summarise_probes` turns per-seed rows into seed bands
 (`routecal.stats.seeds`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from routecal.files import predictions
 from routecal.probes.data import PROFILE, ProbeData
 from routecal.probes.mlp import VARIANTS, MLPProbe
 from routecal.probes.nadaraya_watson import FEATURE_SETS, NadarayaWatsonProbe
@@ -183,4 +186,67 @@ def summarise_probes(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             s[m] = seed_band([r.get(m) for r in rs])
         s["bandwidth"] = [r.get("bandwidth") for r in rs]
         out.append(s)
+    return out
+
+
+def token_comparison(
+    calib: Mapping[str, np.ndarray], domains: Mapping[str, Mapping[str, np.ndarray]], *,
+    seed: int, bandwidth_rules: Sequence[str], sweep_multiples: Sequence[float],
+    multiples: Sequence[float], n_bins: int,
+) -> dict[str, Any]:
+    """The matched comparison on tokens: probes fitted on `calib` token arrays
+    (`files.predictions.token_arrays`) and scored on each domain's token arrays.
+
+    Rows: `compare_probes` (every probe x bandwidth rule, MLP full / capacity-matched /
+    shuffled across tokens) plus `mlp_shuffled_sequences` (the full MLP with routing profiles
+    shuffled across sequences at fit and at predict time), metrics per domain. Also the bandwidth
+    sweep (test ECE per Scott multiple per domain) and reliability curves, and the seconds spent
+    in the NW probes (`seconds_compare`, `seconds_sweep`).
+    """
+    names = list(domains)
+    test = predictions.concat_tokens([domains[d] for d in names])
+    which = np.concatenate([np.full(len(domains[d]["seq_id"]), i) for i, d in enumerate(names)])
+    pc, pt = ProbeData.from_tokens(calib), ProbeData.from_tokens(test)
+    routing = pt.routing.get(ROUTING_FEATURE)
+    t0 = time.perf_counter()
+    rows = compare_probes(pc, pt, bandwidth_rules=bandwidth_rules, seed=seed, n_bins=n_bins,
+                          multiples=np.asarray(multiples), return_predictions=True)
+    compare_seconds = time.perf_counter() - t0
+    if PROFILE in pc.routing:
+        mlp = MLPProbe("full", profile=PROFILE, seed=seed).fit(
+            ProbeData.from_tokens(calib, shuffle_seed=seed))
+        pred = mlp.predict(ProbeData.from_tokens(test, shuffle_seed=seed + 1))
+        rows.append({"probe": "mlp_shuffled_sequences", "features": ("confidence", PROFILE),
+                     "bandwidth_rule": None, "bandwidth": None, "optimistic": False,
+                     "n_params": mlp.n_params_, "predictions": np.clip(pred, 0.0, 1.0)})
+    out: dict[str, Any] = {"rows": [], "sweep": {}, "reliability": {},
+                           "n_calib": len(pc), "n_test": {d: int(np.sum(which == i))
+                                                          for i, d in enumerate(names)}}
+    for i, d in enumerate(names):
+        mask = which == i
+        sub = pt.subset(mask)
+        rel = out["reliability"].setdefault(d, {})
+        for r in rows:
+            label = probe_label(r)
+            conf = r["predictions"][mask]
+            metrics = probe_metrics(conf, sub, None if routing is None else
+                                            routing[mask], n_bins)
+            keep = {k: v for k, v in r.items() if k not in ("predictions", "ece", "nll", "brier",
+                                                           "worst_tertile_ece")}
+            out["rows"].append({**keep, **metrics, "probe": label, "domain": d})
+            if r["bandwidth_rule"] in (None, "cv_nll"):
+                curve = calibration.reliability_curve(conf, sub.correct, n_bins=n_bins)
+                rel[label] = {k: np.asarray(v).tolist() for k, v in curve._asdict().items()}
+    t1 = time.perf_counter()
+    for name, feats in FEATURE_SETS.items():
+        if any(f not in ("confidence", "entropy") and f not in pt.routing for f in feats):
+            continue
+        preds = [NadarayaWatsonProbe(feats, f"scott_x{m:g}", n_bins=n_bins).fit(pc).predict(pt)
+                 for m in sweep_multiples]
+        for i, d in enumerate(names):
+            mask = which == i
+            out["sweep"].setdefault(d, {})[f"nw_{name}"] = [
+                calibration.ece(p[mask], pt.correct[mask], n_bins=n_bins) for p in preds]
+    out["seconds_compare"] = compare_seconds
+    out["seconds_sweep"] = time.perf_counter() - t1
     return out

@@ -2,7 +2,7 @@
 
 Shapes: N examples, C classes, S routed sublayers (S = 0 for a standard model), D probe features.
 
-`ProbeData.from_predictions` reads predictions through the one schema (`routecal.files.predictions`):
+`ProbeData.from_predictions` (examples) and `ProbeData.from_tokens` (token arrays) read predictions through the one schema (`routecal.files.predictions`):
 confidence and correctness from `confidence_correct`, the scalar routing features from
 `routing_features` (`H_mean`, `depth_var_mean`, `depth_mean_mean`, `H_mid`, `H_last`,
 `routing_<name>`: the same names the diagnostics use) plus the per-sublayer entropy profile `H`
@@ -24,6 +24,7 @@ import numpy as np
 
 from routecal import _checks
 from routecal.files.predictions import confidence_correct, load_predictions, routing_features
+from routecal.stats.sequences import shuffle_across_sequences
 from routecal.stats.uncertainty import predictive_entropy
 
 PROFILE = "H"  # the [N, S] routing profile kept whole (per-sublayer routing entropy)
@@ -107,6 +108,26 @@ class ProbeData:
             routing[PROFILE] = _checks.as_array(profile, f"predictions[{PROFILE!r}]")
         confidence, correct = confidence_correct(preds)
         return cls(confidence, correct, predictive_entropy(probs), routing, probs, labels)
+
+    @classmethod
+    def from_tokens(cls, tokens: Mapping[str, np.ndarray], *, shuffle_seed: int | None = None
+                    ) -> ProbeData:
+        """ProbeData over token arrays (`predictions.token_arrays`; no [N, V] probabilities):
+        confidence, correct, predictive entropy, the scalar routing features (with the
+        position-aware ones) and the profile `H` (normalised entropy [N, S] when present).
+
+        Args:
+          shuffle_seed: if set, the profile is shuffled across sequences
+            (`stats.sequences.shuffle_across_sequences`: the sequence-level control).
+        """
+        routing = routing_features(tokens)
+        prof = tokens.get("H_norm", tokens.get("H"))
+        if prof is not None and np.ndim(prof) == 2 and np.shape(prof)[1] > 0:
+            if shuffle_seed is not None:
+                prof = shuffle_across_sequences(prof, tokens["seq_id"], tokens["position"],
+                                                seed=shuffle_seed)
+            routing[PROFILE] = np.asarray(prof, np.float64)
+        return cls(tokens["confidence"], tokens["correct"], tokens["entropy"], routing)
 
     def feature(self, name: str) -> np.ndarray:
         """The [N] feature `name`: "confidence", "entropy" or a scalar routing summary."""

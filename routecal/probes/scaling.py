@@ -80,6 +80,15 @@ def temperature_apply(params: TemperatureParams, z_NxC: np.ndarray) -> np.ndarra
     return scipy.special.softmax(z_NxC / params.temperature, axis=1)
 
 
+def temperature_nll(params: TemperatureParams, z_NxC: np.ndarray, labels_N: np.ndarray
+                    ) -> np.ndarray:
+    """[N] -log softmax(z / T)_label: the multiclass NLL that `temperature_fit` minimises (Guo et
+    al. 2017, "On Calibration of Modern Neural Networks", eq. 9)."""
+    logp = np.asarray(z_NxC, np.float64) / params.temperature
+    logp = logp - scipy.special.logsumexp(logp, axis=1, keepdims=True)
+    return -logp[np.arange(len(labels_N)), labels_N]
+
+
 def _as_logits(values: Any, kind: str, name: str) -> np.ndarray:
     """[N, C] logits from logits or probabilities ("auto": probabilities iff rows are simplices)."""
     if isinstance(values, ProbeData):

@@ -1,16 +1,12 @@
-"""The LM study's report: results.json -> report.md, report.html (self-contained), tables, figures.
-
-The page opens with the verdicts (each naming its control, power and the seed-band rule), then
-power curves, the tables, and the figures: reliability diagrams per domain, permutation nulls with
-the observed statistic, bandwidth sensitivity per domain, depth-attention heatmaps per domain.
-Figures are drawn only from the results dict (`routecal.report.render` draws the shared kinds).
+"""The sections of token results (the LM study) for the one renderer (`render.write_page`):
+the "At a glance" table, the runs, diagnostics, power, per-domain probe, temperature and VMoER
+tables, and the figures: power curves, permutation nulls with the observed statistic, reliability
+diagrams and bandwidth sensitivity per domain, depth-attention heatmaps per domain. Drawn only
+from the results dict (`report.figures` draws the shared kinds).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,13 +14,11 @@ from typing import Any
 import numpy as np
 
 from routecal.files import workdir as workdir_io
-from routecal.report import render, vmoer_lm
+from routecal.report import vmoer_lm
 from routecal.report.figures import _plt, fig_bandwidth, fig_depth, fig_nulls, fig_reliability
-from routecal.report.lm_verdicts import diagnostics_rows, verdict_items, verdicts
-from routecal.report.render import Table, _fmt_band
+from routecal.report.table import Table, fmt_band
+from routecal.report.verdicts import verdict_items
 from routecal.stats import seeds
-
-__all__ = ["figures", "is_lm_results", "tables", "verdicts", "write_report"]
 
 QUESTIONS = (
     ("Do routing traces carry calibration evidence beyond confidence, token by token?",
@@ -88,12 +82,6 @@ def cluster_text(c: Mapping[str, Any] | None) -> str:
             f"(effective {rng(c['n_eff_clusters'], '.1f')})")
 
 
-def is_lm_results(workdir: str | pathlib.Path) -> bool:
-    """True when W/results.json was written by the LM study (`meta.study == "lm"`)."""
-    path = pathlib.Path(workdir) / "results.json"
-    return path.exists() and json.loads(path.read_text()).get("meta", {}).get("study") == "lm"
-
-
 def tables(results: Mapping[str, Any]) -> list[Table]:
     """At a glance, runs, diagnostics summary, power, and per-domain probe tables."""
     first = glance(results)
@@ -129,8 +117,8 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
             f"({dom.get('n_test')} tokens): mean [min, max] over seeds (oracle = optimistic)",
             ["arch", "probe", "bandwidth rule", "ECE", "NLL", "Brier", "worst-tertile ECE"],
             [[s["arch"], s["probe"], s["bandwidth_rule"] + (" (optimistic)" if s.get(
-                "optimistic") else ""), _fmt_band(s.get("ece")), _fmt_band(s.get("nll")),
-              _fmt_band(s.get("brier")), _fmt_band(s.get("worst_tertile_ece"))]
+                "optimistic") else ""), fmt_band(s.get("ece")), fmt_band(s.get("nll")),
+              fmt_band(s.get("brier")), fmt_band(s.get("worst_tertile_ece"))]
              for s in dom["summary"]]))
     timing = results.get("probes", {}).get("seconds", [])
     if timing:
@@ -214,80 +202,7 @@ def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str
     return out
 
 
-def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """Writes report.md, report.html, tables/*.csv and figures/*.png from W/results.json."""
-    w = pathlib.Path(workdir)
-    path = w / "results.json"
-    if not path.exists():
-        raise ValueError(f"workdir: no results.json in {w}; run `routecal study` first")
-    results = workdir_io.read_json(path, "results")
-    items = verdict_items(results)
-    tabs, figs = tables(results), figures(results, w / "figures")
-    (w / "tables").mkdir(exist_ok=True)
-    for t in tabs:
-        t.write_csv(w / "tables" / f"{t.name}.csv")
-    meta = results.get("meta", {})
-    title = meta.get("title", "routecal LM study")
-    facts = _facts(meta)
-    top = [t for t in tabs if t.name == "glance"]
-    rest = [t for t in tabs if t.name != "glance"]
-    md = [f"# {title}", "", facts, ""]
-    md += [f"## {t.title}\n\n{t.markdown()}\n" for t in top] + ["## Verdicts", ""]
-    rows = diagnostics_rows(results)
-    for q, k in QUESTIONS:
-        bullets = items.get(k, ["-"])
-        md += [f"**{q}**", ""]
-        if k == "diagnostics" and rows:  # one row per (domain, test), the sentence one click away
-            md += [_verdict_table(rows, markdown=True), ""]
-            bullets = bullets[len(rows):]
-        md += [f"- {s}" for s in bullets] + [""]
-    md += [f"## {t.title}\n\n{t.markdown()}\n" for t in rest]
-    md += ["## Figures", ""] + [f"![{c}](figures/{p.name})\n\n*{c}*\n" for c, p in figs]
-    workdir_io.write_text(w / "report.md", "\n".join(md))
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-         f"<style>{render._CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-         f"<p>{html.escape(facts)}</p>"]
-    h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in top] + ["<h2>Verdicts</h2>"]
-    for q, k in QUESTIONS:
-        bullets, table = items.get(k, ["-"]), ""
-        if k == "diagnostics" and rows:
-            table, bullets = _verdict_table(rows, markdown=False), bullets[len(rows):]
-        h.append(f"<div class='verdict'><b>{html.escape(q)}</b>{table}<ul>"
-                 + "".join(f"<li>{html.escape(s)}</li>" for s in bullets) + "</ul></div>")
-    h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in rest]
-    h.append("<h2>Figures</h2>")
-    for cap, p in figs:
-        b64 = base64.b64encode(p.read_bytes()).decode("ascii")
-        h.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
-                 f"<figcaption>{html.escape(cap)}</figcaption></figure>")
-    workdir_io.write_text(w / "report.html", "\n".join(h) + "</body></html>")
-    return {"markdown": w / "report.md", "html": w / "report.html", "figures": w / "figures",
-            "tables": w / "tables"}
-
-
-def _verdict_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool) -> str:
-    """The diagnostics verdicts as a table (domain x test: rejections raw / Holm / BH, median
-    detectable gap, verdict word), each verdict's full sentence in a <details> under its word."""
-    head = ["domain", "test", "rejections (raw / Holm / BH of cells)", "detectable gap (median)",
-            "verdict"]
-    cells = [[r["domain"], r["test"], r["rejections"], r["detectable_gap"],
-              f"<details><summary>{html.escape(r['verdict'])}</summary>"
-              f"{html.escape(r['sentence'])}</details>"] for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
-                                  for row in cells])
-    th = "".join(f"<th>{html.escape(x)}</th>" for x in head)
-    body = "".join("<tr>" + "".join(f"<td>{c if i == 4 else html.escape(c)}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in cells)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _facts(meta: Mapping[str, Any]) -> str:
-    bits = [f"Seeds {meta.get('seeds')}", f"domains {meta.get('domains')}"]
-    if meta.get("wall_seconds") is not None:
-        bits.append(f"wall time {meta['wall_seconds']:.0f} s from a fresh workdir")
-    if meta.get("peak_rss_mb") is not None:
-        bits.append(f"peak RSS {meta['peak_rss_mb']:.0f} MB")
-    prov = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
-    return "; ".join(bits) + f". Made by {prov}; config and every number in results.json."
+def sections(results: Mapping[str, Any], w: pathlib.Path) -> dict[str, Any]:
+    """The page parts of token results (`render.write_page`): verdicts, tables, figures."""
+    return {"questions": QUESTIONS, "items": verdict_items(results), "tables": tables(results),
+            "figures": figures(results, w / "figures"), "default_title": "routecal LM study"}

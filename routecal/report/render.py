@@ -1,8 +1,9 @@
 """results.json -> report.md, report.html (self-contained), tables (CSV) and figures (PNG).
 
-`write_report(workdir)` reads `W/results.json` (written by `routecal.study.run.run` or
-`routecal.study.diagnose.diagnose_predictions`; everything drawn, nulls and sweeps included, is in
-it) and writes
+`routecal.report.write_report(workdir)` reads `W/results.json` (written by `routecal.study.run.run`
+or `routecal.study.diagnose.diagnose_predictions`; everything drawn, nulls and sweeps included, is
+in it), takes the sections its unit's results hold (`example_sections` here, `report.lm.sections`
+for tokens) and `write_page` writes
 
     W/report.md      tables and verdicts, figures linked from W/figures/
     W/report.html    the same, one file, figures embedded as base64 PNG (opens offline in a browser)
@@ -10,82 +11,23 @@ it) and writes
     W/figures/*.png  reliability diagrams, permutation nulls, bandwidth sensitivity, depth heatmaps,
                      VMoER bars
 
-Every verdict is computed from the numbers in results.json by `report.verdicts.verdicts`; nothing
-in the report is written by hand. Figures: `report.figures`.
+Every verdict is computed from the numbers in results.json by `report.verdicts`; nothing in the
+report is written by hand. Figures: `report.figures`.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from routecal.files import workdir as workdir_io
 from routecal.report.figures import figures
-from routecal.report.verdicts import verdicts
+from routecal.report.table import Table, fmt, fmt_band
+from routecal.report.verdicts import diagnostics_rows, verdicts
 from routecal.stats.seeds import RULE
-
-# ----------------------------------------------------------------------------------------------
-# Small helpers.
-# ----------------------------------------------------------------------------------------------
-
-
-def _fmt(x: Any, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int | np.integer):
-        return str(int(x))
-    if isinstance(x, float | np.floating):
-        if not np.isfinite(x):
-            return "-"
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-            return f"{x:.2e}"
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def _fmt_band(b: Mapping[str, float] | None, digits: int = 4) -> str:
-    if not b or b.get("mean") is None or not np.isfinite(b["mean"]):
-        return "-"
-    if b.get("n", 1) <= 1:
-        return _fmt(b["mean"], digits)
-    return f"{_fmt(b['mean'], digits)} [{_fmt(b['min'], digits)}, {_fmt(b['max'], digits)}]"
-
-
-class Table:
-    """A titled table: header + rows of already formatted cells."""
-
-    def __init__(self, name: str, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]):
-        self.name, self.title, self.header = name, title, list(header)
-        self.rows = [[_fmt(c) if not isinstance(c, str) else c for c in r] for r in rows]
-
-    def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        return "\n".join(lines)
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows
-        )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    def write_csv(self, path: pathlib.Path) -> None:
-        buf = io.StringIO(newline="")
-        w = csv.writer(buf)
-        w.writerow(self.header)
-        w.writerows(self.rows)
-        workdir_io.write_text(path, buf.getvalue())  # atomic: temp file + rename
-
 
 # ----------------------------------------------------------------------------------------------
 # Tables.
@@ -154,8 +96,8 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
                 [
                     [s["arch"], s["probe"],
                      s["bandwidth_rule"] + (" (optimistic)" if s.get("optimistic") else ""),
-                     _fmt_band(s.get("ece")), _fmt_band(s.get("nll")), _fmt_band(s.get("brier")),
-                     _fmt_band(s.get("worst_tertile_ece"))]
+                     fmt_band(s.get("ece")), fmt_band(s.get("nll")), fmt_band(s.get("brier")),
+                     fmt_band(s.get("worst_tertile_ece"))]
                     for s in probes["summary"]
                 ],
             )
@@ -165,8 +107,8 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
         metrics = [m for m in ("accuracy", "stability", "ece", "ood_auroc") if m in vm["rows"][0]]
         rows = []
         for r in vm["rows"]:
-            cells = [r["router"]] + [_fmt_band(r.get(m)) for m in metrics]
-            cells.append(_fmt(r.get("flops_overhead_percent")))
+            cells = [r["router"]] + [fmt_band(r.get(m)) for m in metrics]
+            cells.append(fmt(r.get("flops_overhead_percent")))
             cells.append(
                 ", ".join(f"{m} {v:+.1f}%" for m, v in r.get("rel_change", {}).items()) or "-"
             )
@@ -196,62 +138,99 @@ img{max-width:100%} figure{margin:1.5em 0} figcaption{font-size:0.85em;color:#55
 """
 
 
-def write_report(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """Writes report.md, report.html, tables/*.csv and figures/*.png from W/results.json.
+def read_results(workdir: str | pathlib.Path) -> dict[str, Any]:
+    path = pathlib.Path(workdir) / "results.json"
+    if not path.exists():
+        raise ValueError(f"workdir: no results.json in {workdir}; run `routecal study` first")
+    return workdir_io.read_json(path, "results")
 
-    Returns:
-      dict with the paths of "markdown", "html", "figures" (directory) and "tables" (directory).
-    """
-    w = pathlib.Path(workdir)
-    res_path = w / "results.json"
-    if not res_path.exists():
-        raise ValueError(f"workdir: no results.json in {w}; run `routecal study` first")
-    results = workdir_io.read_json(res_path, "results")
-    verdict = verdicts(results)
-    tabs = tables(results)
-    figs = figures(results, w / "figures")
-    tab_dir = w / "tables"
-    tab_dir.mkdir(exist_ok=True)
-    for t in tabs:
-        t.write_csv(tab_dir / f"{t.name}.csv")
 
-    meta = results.get("meta", {})
-    title = meta.get("title", "routecal report")
-    questions = [
-        ("Do routing traces carry calibration evidence beyond confidence?", "diagnostics"),
-        ("Does a routing-aware probe calibrate better than its matched controls?", "probes"),
-        ("Does a variational (Bayesian) router calibrate better?", "vmoer"),
-    ]
-    md = [f"# {title}", ""]
+EXAMPLE_QUESTIONS = (
+    ("Do routing traces carry calibration evidence beyond confidence?", "diagnostics"),
+    ("Does a routing-aware probe calibrate better than its matched controls?", "probes"),
+    ("Does a variational (Bayesian) router calibrate better?", "vmoer"),
+)
+
+
+def example_sections(results: Mapping[str, Any], w: pathlib.Path) -> dict[str, Any]:
+    """The page parts of example results (`write_page`): verdicts, tables, figures."""
+    v = verdicts(results)
+    return {"questions": EXAMPLE_QUESTIONS, "items": {k: [v[k]] for k in v},
+            "tables": tables(results), "figures": figures(results, w / "figures"),
+            "default_title": "routecal report"}
+
+
+def facts(meta: Mapping[str, Any]) -> str:
+    """One line: seeds, domains, wall time and peak memory when recorded, provenance."""
+    bits = [f"Seeds {meta['seeds']}"] if meta.get("seeds") else []
+    bits += [f"domains {meta['domains']}"] if meta.get("domains") else []
+    if meta.get("wall_seconds") is not None:
+        bits.append(f"wall time {meta['wall_seconds']:.0f} s from a fresh workdir")
+    if meta.get("peak_rss_mb") is not None:
+        bits.append(f"peak RSS {meta['peak_rss_mb']:.0f} MB")
     prov = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
-    if prov:
-        md += [f"Made by {prov}; config and every number in `results.json`.", ""]
-    md += ["## Verdicts", ""]
-    for q, k in questions:
-        md += [f"**{q}** {verdict[k]}", ""]
-    for t in tabs:
-        md += [f"## {t.title}", "", t.markdown(), ""]
-    md += ["## Figures", ""]
-    for cap, p in figs:
-        md += [f"![{cap}](figures/{p.name})", "", f"*{cap}*", ""]
-    md_path = w / "report.md"
-    workdir_io.write_text(md_path, "\n".join(md))
+    return "; ".join(bits) + ". " * bool(bits) + f"Made by {prov}; config and every number in results.json."
 
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
-    if prov:
-        h.append(f"<p>Made by {html.escape(prov)}; config and every number in results.json.</p>")
-    h.append("<h2>Verdicts</h2>")
+
+def verdict_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool) -> str:
+    """The diagnostics verdicts as a table (domain x test: rejections raw / Holm / BH, median
+    detectable gap, verdict word), each verdict's full sentence in a <details> under its word."""
+    head = ["domain", "test", "rejections (raw / Holm / BH of cells)", "detectable gap (median)",
+            "verdict"]
+    cells = [[r["domain"], r["test"], r["rejections"], r["detectable_gap"],
+              f"<details><summary>{html.escape(r['verdict'])}</summary>"
+              f"{html.escape(r['sentence'])}</details>"] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                                  for row in cells])
+    th = "".join(f"<th>{html.escape(x)}</th>" for x in head)
+    body = "".join("<tr>" + "".join(f"<td>{c if i == 4 else html.escape(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in cells)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_page(w: pathlib.Path, results: Mapping[str, Any], *, questions: Sequence[tuple[str, str]],
+               items: Mapping[str, Sequence[str]], tables: Sequence[Table],
+               figures: Sequence[tuple[str, pathlib.Path]], default_title: str,
+               ) -> dict[str, pathlib.Path]:
+    """THE renderer, for every unit: report.md, self-contained report.html (figures as base64
+    PNG), tables/*.csv. The page: title, facts, the "glance" table when there is one, the
+    verdicts (per question; the diagnostics' as table rows, `verdicts.diagnostics_rows`, with each
+    full sentence in <details>; token items repeating those sentences are not repeated), the
+    other tables, the figures."""
+    (w / "tables").mkdir(exist_ok=True)
+    for t in tables:
+        t.write_csv(w / "tables" / f"{t.name}.csv")
+    meta = results.get("meta", {})
+    title, line = meta.get("title", default_title), facts(meta)
+    top = [t for t in tables if t.name == "glance"]
+    rest = [t for t in tables if t.name != "glance"]
+    rows = diagnostics_rows(results)
+    skip = len(rows) if meta.get("unit") == "token" else 0  # token items: those sentences first
+    md = [f"# {title}", "", line, ""]
+    md += [f"## {t.title}\n\n{t.markdown()}\n" for t in top] + ["## Verdicts", ""]
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+         f"<p>{html.escape(line)}</p>"]
+    h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in top] + ["<h2>Verdicts</h2>"]
     for q, k in questions:
-        h.append(f"<div class='verdict'><b>{html.escape(q)}</b> {html.escape(verdict[k])}</div>")
-    for t in tabs:
-        h.append(f"<h2>{html.escape(t.title)}</h2>{t.html()}")
-    h.append("<h2>Figures</h2>")
-    for cap, p in figs:
+        bullets, table_md, table_html = items.get(k, ["-"]), "", ""
+        if k == "diagnostics" and rows:  # one row per (domain, test), the sentence one click away
+            table_md, table_html = (verdict_table(rows, markdown=m) for m in (True, False))
+            bullets = bullets[skip:]
+        md += [f"**{q}**", ""] + ([table_md, ""] if table_md else [])
+        md += [f"- {s}" for s in bullets] + [""]
+        h.append(f"<div class='verdict'><b>{html.escape(q)}</b>{table_html}<ul>"
+                 + "".join(f"<li>{html.escape(s)}</li>" for s in bullets) + "</ul></div>")
+    md += [f"## {t.title}\n\n{t.markdown()}\n" for t in rest]
+    md += ["## Figures", ""] + [f"![{c}](figures/{p.name})\n\n*{c}*\n" for c, p in figures]
+    workdir_io.write_text(w / "report.md", "\n".join(md))
+    h += [f"<h2>{html.escape(t.title)}</h2>{t.html()}" for t in rest] + ["<h2>Figures</h2>"]
+    for cap, p in figures:
         b64 = base64.b64encode(p.read_bytes()).decode("ascii")
         h.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
                  f"<figcaption>{html.escape(cap)}</figcaption></figure>")
-    h.append("</body></html>")
-    html_path = w / "report.html"
-    workdir_io.write_text(html_path, "\n".join(h))
-    return {"markdown": md_path, "html": html_path, "figures": w / "figures", "tables": tab_dir}
+    workdir_io.write_text(w / "report.html", "\n".join(h) + "</body></html>")
+    return {"markdown": w / "report.md", "html": w / "report.html", "figures": w / "figures",
+            "tables": w / "tables"}

@@ -1,8 +1,7 @@
-"""One study for every unit (see docs/ARCHITECTURE.md).
+"""One study for every source and unit (see docs/ARCHITECTURE.md).
 
-`plan` (the typed plan, validated whole), `run` (the driver: runs, analysis stages, results.json,
-report), the units `example_unit` (digits) and `token_unit` (language models), `stages` (cache,
-workdir guard, JSON I/O), `registry` and `grid` (the diagnostic tests), `diagnose` (bring your own
-traces), `vmoer` / `vmoer_decoder` (the VMoER section). Each stage reads predictions through
-`routecal.files.predictions`.
+`plan` (the one typed Plan: source x unit x domains x sections, validated whole), `run` (the driver:
+runs, sections, the one call into the VMoER section, results.json, report), the unit adapters
+`example_unit` and `token_unit` (+ `token_stages`, `temperature`), `registry` and `grid` (the
+tests), `stages` (cache, workdir guard, JSON I/O), `diagnose` (bring your own traces).
 """

@@ -31,7 +31,7 @@ from routecal.files.predictions import (
 )
 from routecal.probes.compare import probe_comparison
 from routecal.probes.data import PROFILE
-from routecal.study import example_unit, grid, tokens
+from routecal.study import example_unit, grid, registry
 from routecal.study.stages import to_json, versions, write_json
 
 BANDWIDTH_RULES = ("scott", "cv_nll", "oracle_ece")
@@ -100,8 +100,7 @@ def diagnose_predictions(
         check_compatible(preds, held_out, (str(p), str(test_path)))
     conf, correct = traces["confidence"], traces["correct"]
     routing = traces["routing"]
-    rf = (tokens.routing_table(routing) if "seq_id" in routing and preds is None
-          else routing_features(routing))
+    rf = routing_features(routing)  # tokens (seq_id): with the position-aware features
     if not rf:
         raise ValueError(
             f"predictions: {p.name} has no routing summaries (H, H_norm, depth_var, depth_mean or "
@@ -130,7 +129,8 @@ def diagnose_predictions(
     out.mkdir(parents=True, exist_ok=True)
     cells = [grid.Cell("model", 0, f, conf, correct, rf[f], traces["clusters"])
              for f in sorted(rf) if f not in const]  # cell i's key: by name, not column order
-    settings = grid.GridSettings(n_permutations, n_bins, n_groups, alpha, seed)
+    settings = registry.TestSettings(n_permutations=n_permutations, n_bins=n_bins,
+                                     n_groups=n_groups, alpha=alpha, seed=seed)
     diag = grid.diagnostic_grid(cells, settings)
     probes_out: dict[str, Any] = {}
     if fit is not None and min(len(fit["labels"]), len(test["labels"])) >= 2 * n_bins:

@@ -1,11 +1,12 @@
 """The example unit of the study (digits, `configs/study.py`): its stages and its results.json.
 
 Per (model, seed) run: `train:<arch>:<seed>` (train, orbax resume) and `predict:<arch>:<seed>`
-(prediction files, paths relative to the workdir); then `diagnostics` (the grid, `study.grid`, on
-every routed model x seed x feature, the plan's splits pooled), `probes:<arch>:<seed>` per routed
-run and `vmoer` (the VMoER section on a classifier MoE, `study.vmoer`). `study.run` drives them
-(the same driver as the token unit, `study.token_unit`); `assemble` builds results.json from the
-stored stages: meta, runs, diagnostics, probes, depth_attention, vmoer.
+(prediction files, paths relative to the workdir); then, as the plan's sections say, `diagnostics` (the grid, `study.grid`, on every routed model x
+seed x feature, the calib split and the domains' splits pooled; with each test's detectable gap
+when the plan has "power") and `probes:<arch>:<seed>` per routed run (fitted on the calib split,
+scored on the first domain's split). `study.run` drives them (the same driver as the token unit,
+`study.token_unit`, and the VMoER section); `assemble` builds results.json from the stored stages:
+meta, runs, diagnostics, probes, depth_attention.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from routecal.files.predictions import (
     routing_features,
 )
 from routecal.probes.compare import probe_comparison, summarise_probes
-from routecal.report import verdicts, write_report  # noqa: F401 (the unit's report)
 from routecal.stats import calibration
 from routecal.study import grid
 from routecal.study.plan import ModelSpec, Plan
@@ -120,12 +120,18 @@ def run_summary(
     }
 
 
+def _test_split(plan: Plan) -> str:
+    return plan.domains[0][1]
+
+
 def grid_cells(plan: Plan, preds: Preds) -> list[grid.Cell]:
-    """One cell per routed model x seed x feature, on the plan's pooled splits."""
+    """One cell per routed model x seed x feature, on the calib and the domains' splits pooled
+    (nothing is fitted to them)."""
     cells = []
+    splits = [plan.calib_split, *(sp for _, sp in plan.domains)]
     for spec in plan.routed:
         for seed in plan.seeds:
-            d = concat_predictions([preds[spec.name, seed][s] for s in plan.splits])
+            d = concat_predictions([preds[spec.name, seed][s] for s in splits])
             conf, correct = confidence_correct(d)
             rf = routing_features(d)
             for f in plan.features:
@@ -140,26 +146,24 @@ def grid_cells(plan: Plan, preds: Preds) -> list[grid.Cell]:
 
 def probes_stage(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, Any]:
     return probe_comparison(
-        preds[arch, seed]["calib"], preds[arch, seed]["test"], seed=seed,
+        preds[arch, seed][plan.calib_split], preds[arch, seed][_test_split(plan)], seed=seed,
         bandwidth_rules=plan.bandwidth_rules, sweep_multiples=plan.sweep_multiples,
-        n_bins=plan.grid.n_bins,
+        n_bins=plan.tests.n_bins,
     )
 
 
-def vmoer_stage(plan: Plan, workdir: pathlib.Path) -> dict[str, Any]:
-    from routecal.study import vmoer
-
-    return vmoer.report_rows(vmoer.run_vmoer_experiment(plan.load_vmoer(), str(workdir)))
-
-
 def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list[tuple[str, Callable[[], Any]]]:
-    """Every stage after the runs, in the study's order: (name, thunk)."""
-    tasks = [("diagnostics", lambda: grid.diagnostic_grid(grid_cells(plan, preds), plan.grid))]
-    tasks += [(f"probes:{spec.name}:{seed}",
-               functools.partial(probes_stage, plan, preds, spec.name, seed))
-              for spec in plan.routed for seed in plan.seeds]
-    if plan.vmoer_config is not None:
-        tasks.append(("vmoer", functools.partial(vmoer_stage, plan, w / "vmoer")))
+    """The plan's diagnostics and probes stages after the runs, in order: (name, thunk)."""
+    del w
+    tasks = []
+    if "diagnostics" in plan.sections:
+        specs = grid.specs(plan.tests.tests, power="power" in plan.sections)
+        tasks.append(("diagnostics", lambda: grid.diagnostic_grid(grid_cells(plan, preds),
+                                                                  plan.tests, specs)))
+    if "probes" in plan.sections:
+        tasks += [(f"probes:{spec.name}:{seed}",
+                   functools.partial(probes_stage, plan, preds, spec.name, seed))
+                  for spec in plan.routed for seed in plan.seeds]
     return tasks
 
 
@@ -182,7 +186,7 @@ def depth_attention(plan: Plan, preds: Preds) -> dict[str, Any]:
     """Mean depth-attention weights of each routed model's first seed (the heatmap figure)."""
     depth = {}
     for spec in plan.routed:
-        t = preds[spec.name, plan.seeds[0]]["test"]
+        t = preds[spec.name, plan.seeds[0]][_test_split(plan)]
         if "alpha_mean" in t and t["alpha_mean"].size:
             keys = ("alpha_mean", "n_sources", "sublayer_names")
             depth[spec.name] = {k: t[k] for k in keys if k in t}
@@ -195,13 +199,15 @@ def assemble(plan: Plan, st: Stages, w: pathlib.Path, preds: Preds,
     example unit's results hold the stages' own seconds)."""
     del wall_seconds
     runs = [run_summary(spec, seed, workdir_io.to_relative(_run_dir(w, spec, seed), w),
-                        st.load(f"train:{spec.name}:{seed}"), preds[spec.name, seed]["test"],
-                        plan.grid.n_bins) for spec, seed in plan.runs]
+                        st.load(f"train:{spec.name}:{seed}"),
+                        preds[spec.name, seed][_test_split(plan)], plan.tests.n_bins)
+            for spec, seed in plan.runs]
     probes = {(spec.name, seed): st.load(f"probes:{spec.name}:{seed}")
-              for spec in plan.routed for seed in plan.seeds}
-    meta = {"title": plan.title, "config": plan.config, "versions": versions(),
-            "seeds": list(plan.seeds), "devices": [str(d) for d in jax.devices()]}
-    return {"meta": meta, "runs": runs, "diagnostics": st.load("diagnostics"),
-            "probes": probes_section(plan.sweep_multiples, probes),
-            "depth_attention": depth_attention(plan, preds),
-            "vmoer": st.load("vmoer") if plan.vmoer_config is not None else {}}
+              for spec in plan.routed for seed in plan.seeds} if "probes" in plan.sections else {}
+    meta = {"title": plan.title, "source": plan.source, "unit": plan.unit,
+            "config": plan.config, "versions": versions(), "seeds": list(plan.seeds),
+            "devices": [str(d) for d in jax.devices()]}
+    return {"meta": meta, "runs": runs,
+            "diagnostics": st.load("diagnostics") if "diagnostics" in plan.sections else {},
+            "probes": probes_section(plan.sweep_multiples, probes) if probes else {},
+            "depth_attention": depth_attention(plan, preds)}

@@ -2,15 +2,16 @@
 
 Shapes: N examples in a cell, B permutations.
 
-The grid's specs (`TESTS`) are the registered tests (`study.registry`, one name per test for
+The grid's specs (`specs`) are the registered tests (`study.registry`, one name per test for
 every unit) and their detectable gaps. A spec is a name and a function of one cell's arrays
 (confidence [N], correct [N], routing [N]) and a PRNG key returning the cell's numbers
 (`statistic` and `p_value` for a test, `null` [B] when it has a permutation null; a spec without
-`p_value`, e.g. a minimum detectable gap, is recorded per cell without adjustment). `diagnostic_grid` runs every
-spec on every cell (cell i with `fold_in(key, i)`, as `stats.diagnostics.permutation_grid`), adds
+`p_value`, e.g. a minimum detectable gap, is recorded per cell without adjustment).
+`diagnostic_grid` runs every spec on every cell (cell i with `fold_in(key, i)`, as `stats.diagnostics.permutation_grid`), adds
 Holm and Benjamini-Hochberg adjusted p-values per spec across cells, and returns one dict for
 results.json in which the nulls travel: the figure's nulls are kept inside their test rows.
-Adding a test to the study is one `registry.Test` (or a `TestSpec` in the `tests=` argument).
+Adding a test to the study is one `registry.Test` (or a `TestSpec` in the `tests=` argument);
+the settings are the study's one `registry.TestSettings`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from routecal.stats import diagnostics
-from routecal.stats.seeds import compare_bands, seed_band
+from routecal.stats import multiple_testing
 from routecal.study import registry
 
 
@@ -42,20 +42,6 @@ class Cell:
 
 
 @dataclasses.dataclass(frozen=True)
-class GridSettings:
-    """The grid's knobs (from the study plan or the `diagnose` arguments)."""
-
-    n_permutations: int
-    n_bins: int
-    n_groups: int
-    alpha: float
-    seed: int
-    n_null_figures: int = 8
-    power: float = 0.8  # the detectable gaps' target power
-    power_kwargs: tuple[tuple[str, Any], ...] = ()  # extra minimum_detectable_gap arguments
-
-
-@dataclasses.dataclass(frozen=True)
 class TestSpec:
     """A test of one cell: `run(confidence, correct, routing, key, settings)` -> numbers; a
     `clustered` spec is also passed `clusters=` (the cell's cluster ids [N] or None)."""
@@ -70,7 +56,7 @@ def _row_numbers(test: registry.Test):
     tests' Z, two-sided) as |Z| against |Z*| so the seed-band comparison with the null's mean
     reads "larger = more evidence" as for the weighted gap; the signed Z and slope are kept."""
 
-    def run(conf, correct, routing, key, s: GridSettings, clusters=None) -> dict[str, Any]:
+    def run(conf, correct, routing, key, s: registry.TestSettings, clusters=None) -> dict[str, Any]:
         nums = test.run(conf, correct, routing, key=key, clusters=clusters, s=s)
         if not test.signed:
             return nums
@@ -86,7 +72,7 @@ def _detectable_gap(test: registry.Test):
     """A registered test's minimum detectable gap on each cell's confidence and correctness (the
     power analysis plants its own routing), as a grid measurement (no p-value)."""
 
-    def run(conf, correct, routing, key, s: GridSettings, clusters=None) -> dict[str, Any]:
+    def run(conf, correct, routing, key, s: registry.TestSettings, clusters=None) -> dict[str, Any]:
         del routing
         p = test.power(conf, correct, key=key, clusters=clusters, s=s)
         return {"minimum_detectable_gap": p["mdg"], "power_target": s.power,
@@ -95,19 +81,21 @@ def _detectable_gap(test: registry.Test):
     return run
 
 
-# Every registered test (`study.registry`: within_bin, conditional, omnibus), each followed by
-# its minimum detectable gap at `power` ("minimum_detectable_gap_<test>") when its power needs no
-# other test's gap grid (within_bin's does: the LM study computes it, the grid does not).
-TESTS: tuple[TestSpec, ...] = tuple(
-    spec for t in registry.TESTS for spec in (
-        TestSpec(t.name, _row_numbers(t), clustered=True),
-        *(() if t.power_on_gaps else (
-            TestSpec(f"minimum_detectable_gap_{t.name}", _detectable_gap(t), clustered=True),)),
-    ))
+def specs(tests: Sequence[str] = registry.NAMES, power: bool = True) -> tuple[TestSpec, ...]:
+    """The registered `tests` (`study.registry`), in the registry's order, each followed, when
+    `power`, by its minimum detectable gap ("minimum_detectable_gap_<test>") if its power needs
+    no other test's gap grid (within_bin's does: the token unit's power stage computes it)."""
+    return tuple(
+        spec for t in registry.TESTS if t.name in tests for spec in (
+            TestSpec(t.name, _row_numbers(t), clustered=True),
+            *(() if t.power_on_gaps or not power else (
+                TestSpec(f"minimum_detectable_gap_{t.name}", _detectable_gap(t),
+                         clustered=True),))))
 
 
 def diagnostic_grid(
-    cells: Sequence[Cell], settings: GridSettings, tests: Sequence[TestSpec] = TESTS
+    cells: Sequence[Cell], settings: registry.TestSettings,
+    tests: Sequence[TestSpec] | None = None,
 ) -> dict[str, Any]:
     """Runs every test on every cell; returns {"tests", "rejections", settings...}.
 
@@ -122,7 +110,7 @@ def diagnostic_grid(
     if not cells:
         return out
     key = jax.random.key(settings.seed)
-    for spec in tests:
+    for spec in specs(settings.tests) if tests is None else tests:
         rows = []
         for i, c in enumerate(cells):
             kw = {"clusters": c.clusters} if spec.clustered else {}
@@ -140,7 +128,7 @@ def diagnostic_grid(
         out["tests"] += rows
         if not all("p_value" in r for r in rows):
             continue  # a measurement, not a test (e.g. a detectable gap): no adjustment
-        out["rejections"] += adjust(rows, settings.alpha, ("test",), ("test", "arch", "feature"),
+        out["rejections"] += multiple_testing.adjust_rows(rows, settings.alpha, ("test",), ("test", "arch", "feature"),
                                     banded=lambda ts: all("null_mean" in t for t in ts))
         shown = {id(r) for r in sorted(rows, key=lambda r: r["p_value"])[: settings.n_null_figures]}
         for r in rows:
@@ -148,47 +136,3 @@ def diagnostic_grid(
                 r.pop("null", None)
     out.update(n_bins=settings.n_bins, n_groups=settings.n_groups)
     return out
-
-
-def adjust(rows: Sequence[dict[str, Any]], alpha: float, family: Sequence[str],
-           group: Sequence[str], banded: Callable[[list[dict[str, Any]]], bool]
-           ) -> list[dict[str, Any]]:
-    """Adds p_holm and p_bh to every row, adjusting within each family (the rows that share the
-    values of the `family` keys: a test in the grid, a test x domain for tokens); returns one
-    `rejection_row` per group of rows sharing the `group` keys (across seeds), in first-seen
-    order, with seed bands when `banded(group rows)`."""
-    families: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        families.setdefault(tuple(r[k] for k in family), []).append(r)
-    for fam in families.values():
-        ps = [r["p_value"] for r in fam]
-        for r, h, b in zip(fam, diagnostics.adjust_pvalues(ps, "holm"),
-                           diagnostics.adjust_pvalues(ps, "bh"), strict=True):
-            r["p_holm"], r["p_bh"] = float(h), float(b)
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[k] for k in group), []).append(r)
-    return [rejection_row(dict(zip(group, key, strict=True)), ts, alpha, banded=banded(ts))
-            for key, ts in groups.items()]
-
-
-def rejection_row(head: Mapping[str, Any], ts: Sequence[Mapping[str, Any]], alpha: float, *,
-                  banded: bool) -> dict[str, Any]:
-    """One cell group's summary across seeds (the digits grid's and the token tests'): `head`,
-    the rejection counts at `alpha` (raw, Holm, BH), mean statistic, min p and, when `banded`,
-    the seed bands of the statistic and of its null's mean with the seed-band rule's verdict
-    (`stats.seeds.compare_bands`, higher = larger gap)."""
-    row = {
-        **head, "n_seeds": len(ts),
-        "n_reject_raw": sum(t["p_value"] < alpha for t in ts),
-        "n_reject_holm": sum(t["p_holm"] < alpha for t in ts),
-        "n_reject_bh": sum(t["p_bh"] < alpha for t in ts),
-        "mean_statistic": float(np.mean([t["statistic"] for t in ts])),
-        "min_p": float(min(t["p_value"] for t in ts)),
-    }
-    if banded:
-        row["statistic_band"] = seed_band([t["statistic"] for t in ts])
-        row["null_mean_band"] = seed_band([t["null_mean"] for t in ts])
-        row["vs_null"] = compare_bands(row["statistic_band"], row["null_mean_band"],
-                                       higher_is_better=True)
-    return row

@@ -1,5 +1,5 @@
 """The one test registry: every diagnostic test by one name, for every unit (examples in the
-digits grid and `routecal diagnose`, `study.grid`; tokens in the LM study, `study.token_tests`).
+digits grid and `routecal diagnose`, `study.grid`; tokens in the LM study, `study.token_unit`).
 
 Shapes: N rows (examples or tokens) of one cell, B permutations, G planted gaps.
 
@@ -17,10 +17,9 @@ has a permutation null, the conditional test's slope / n_units / n_strata / warn
 (its minimum detectable gap and power curve, `stats.power`; within_bin's on the conditional
 test's planted datasets and gap grid). Both units call the same entries, in this order (a test's
 position numbers its PRNG key in a token cell); a new test registers here once.
-The settings object passed as `s` has n_permutations, n_bins, n_groups, alpha, power,
-power_kwargs (extra `minimum_detectable_gap` arguments) and, for within_bin's power,
-paper_power_datasets and paper_power_permutations (`token_tests.TestSettings`,
-`grid.GridSettings`).
+The settings `s` are one `TestSettings` (the config's `diagnostics.*`) for every unit.
+`run_cell` runs the configured tests on one cell, `power` gives each test's minimum detectable
+gap and power curve (within_bin's on the conditional test's gap grid).
 """
 
 from __future__ import annotations
@@ -34,6 +33,38 @@ import numpy as np
 
 from routecal.stats import diagnostics
 from routecal.stats import power as power_engine
+
+CLUSTER_UNITS = ("document", "row")  # token clusters: `doc_id` or `seq_id` (`stats.clusters`)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSettings:
+    """The tests' knobs, for every unit (a study config's `diagnostics.*`)."""
+
+    tests: tuple[str, ...] = ("within_bin", "conditional", "omnibus")
+    n_permutations: int = 10_000
+    n_bins: int = 15
+    n_groups: int = 3
+    alpha: float = 0.05
+    seed: int = 0  # the tests' PRNG key
+    n_null_figures: int = 8  # permutation nulls kept per test (the smallest p-values)
+    power: float = 0.8  # the detectable gaps' target power
+    power_kwargs: tuple[tuple[str, Any], ...] = ()  # extra minimum_detectable_gap arguments
+    paper_power_datasets: int = 50  # planted datasets per gap for the within-bin test's power
+    paper_power_permutations: int = 200  # its permutations per planted dataset
+    cluster_unit: str = "document"  # tokens: the conditional tests' clusters (`CLUSTER_UNITS`)
+
+    def __post_init__(self):
+        if self.cluster_unit not in CLUSTER_UNITS:
+            raise ValueError(f"diagnostics.cluster_unit: expected one of {CLUSTER_UNITS}, got "
+                             f"{self.cluster_unit!r}")
+        check_names(self.tests, "diagnostics.tests")
+        if self.n_permutations < 1:
+            raise ValueError(
+                f"diagnostics.n_permutations: expected >= 1, got {self.n_permutations}")
+        if not 0 < self.alpha < 1 or not 0 < self.power < 1:
+            raise ValueError(f"diagnostics.alpha, power: expected in (0, 1), got {self.alpha}, "
+                             f"{self.power}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,3 +199,43 @@ def check_names(names: Sequence[str], key: str) -> tuple[str, ...]:
     if unknown or not names:
         raise ValueError(f"{key}: expected a non-empty subset of {NAMES}, got {tuple(names)}")
     return tuple(n for n in NAMES if n in names)
+
+
+def run_cell(confidence: np.ndarray, correct: np.ndarray, routing: np.ndarray,
+             clusters: np.ndarray | None, *, key: jax.Array, s: TestSettings
+             ) -> dict[str, dict[str, Any]]:
+    """Every configured test on one cell's rows [N] (test t with key `fold_in(key, t)`, t its
+    position in `TESTS`); {test: {statistic, p_value, null [B] and null_mean when it has a
+    permutation null, ...}}."""
+    out = {}
+    for i, test in enumerate(TESTS):
+        if test.name in s.tests:
+            nums = test.run(confidence, correct, routing, key=jax.random.fold_in(key, i),
+                            clusters=clusters, s=s)
+            if "null" in nums:
+                nums["null_mean"] = float(np.mean(nums["null"]))
+            out[test.name] = nums
+    return out
+
+
+def power(confidence: np.ndarray, correct: np.ndarray, clusters: np.ndarray | None, *,
+          key: jax.Array, s: TestSettings) -> dict[str, dict[str, Any]]:
+    """Each configured test's minimum detectable gap at `s.power` on one cell, with its power
+    curve, on one planted design (`stats.power`; test t with key `fold_in(key, t)`). A test whose
+    power needs a gap grid (within_bin) uses the conditional test's, computed for it when
+    conditional is not configured.
+
+    Returns:
+      {test: {"mdg": float or None (no gap on the grid reached the target power), "curve":
+      {"gap": [G], "power": [G]}, ...}}.
+    """
+    def one(t: Test, gaps: Any = None) -> dict[str, Any]:
+        return t.power(confidence, correct, key=jax.random.fold_in(key, NAMES.index(t.name)),
+                       clusters=clusters, s=s, gaps=gaps)
+
+    out = {t.name: one(t) for t in TESTS if t.name in s.tests and not t.power_on_gaps}
+    for t in TESTS:
+        if t.name in s.tests and t.power_on_gaps:
+            ref = out.get("conditional") or one(BY_NAME["conditional"])
+            out[t.name] = one(t, ref["curve"]["gap"])
+    return out

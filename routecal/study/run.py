@@ -7,12 +7,13 @@
 
 From Python: `routecal.study.run.run(config, workdir)`.
 
-The config becomes a typed plan first (`plan.from_config`: `Plan` for examples, `TokenPlan` for
-tokens), validated whole before anything is written. Its unit (`UNITS`) says which stages run:
-per (model, seed) run two stages that train (or import) and predict, then the analysis stages
-(diagnostics, power, probes, temperature scaling, VMoER; `study.example_unit`, `study.token_unit`),
-then `unit.assemble` builds `W/results.json` (every number, with config and versions) from the
-stored stages, the verdicts are added and the report is drawn from it. Every stage writes
+The config becomes the typed `plan.Plan` first (source, unit, domains, sections), validated whole
+before anything is written. Its unit (`UNITS`) adapts the stages: per (model, seed) run two
+stages that train (or import) and predict, then the plan's sections (diagnostics, power, probes,
+temperature scaling: `study.example_unit`, `study.token_unit`; the VMoER section: `vmoer_tasks`,
+the one call into it), then `unit.assemble` builds `W/results.json` (every number, with config and versions) from the
+stored stages, the verdicts are added (`routecal.report.verdicts`) and the report is drawn from
+it (`routecal.report.write_report`). Every stage writes
 `W/stages/<stage>.json` when it finishes and is skipped when that file exists, so a killed study
 resumes where it stopped (training resumes from its orbax checkpoint); `W/study_config.json`
 keys the workdir to its config (`files.records`). Predictions are read through
@@ -21,6 +22,7 @@ keys the workdir to its config (`files.records`). Predictions are read through
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from typing import Any
 
 import ml_collections
 
-from routecal import parallel
+from routecal import parallel, report
 from routecal.files import workdir as workdir_io
 from routecal.study import example_unit, token_stages, token_unit
 from routecal.study import plan as plan_lib
@@ -47,8 +49,8 @@ from routecal.study.stages import (
 #   load_runs(plan, w, stages)              the same predictions, from stored stages (a worker)
 #   run_stage_names(plan)                   the runs' stage names
 #   analysis(plan, w, predictions)          [(stage name, thunk)] after the runs, in order
+#                                           (then the VMoER section's: `vmoer_tasks`)
 #   assemble(plan, stages, w, predictions, wall_seconds)  results.json without verdicts
-#   verdicts(results as JSON), write_report(workdir)
 UNITS = {"example": example_unit, "token": token_unit}
 
 
@@ -79,7 +81,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
     are relative to the workdir, so a copied or moved workdir reads only its own files.
     """
     t_start = time.perf_counter()
-    plan = plan_lib.from_config(cfg)  # validated before anything is written
+    plan = plan_lib.Plan.from_config(cfg)  # validated before anything is written
     unit = UNITS[plan.unit]
     unit.check(plan)
     w = pathlib.Path(workdir)
@@ -91,7 +93,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
         record_workdir_config(w, plan.config, "study_config.json", "study")
         results = _run(plan, unit, w, producer, t_start)
     if write_report and parallel.is_primary():  # multi-host: process 0 writes the report
-        unit.write_report(w)
+        report.write_report(w)
     return results
 
 
@@ -103,7 +105,7 @@ def _work(plan: Any, unit: ModuleType, w: pathlib.Path) -> dict[str, Any]:
         raise ValueError(f"worker: the study in {w} has not finished its runs {missing}; start "
                          "the worker once every model is trained and predicted")
     done = []
-    for name, fn in reversed(unit.analysis(plan, w, unit.load_runs(plan, w, st))):
+    for name, fn in reversed(_analysis(plan, unit, w, unit.load_runs(plan, w, st))):
         if not st.done(name):
             st.run(name, fn)
             done.append(name)
@@ -127,12 +129,58 @@ def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: f
         return out
 
     preds = unit.runs(plan, w, step, producer)
-    tasks = unit.analysis(plan, w, preds)
+    tasks = _analysis(plan, unit, w, preds)
     bar.total += len(tasks)
     for name, fn in tasks:
         step(name, fn)
     bar.close()
     results = unit.assemble(plan, st, w, preds,
                             (time.perf_counter() - t_start) if fresh else None)
-    results["verdicts"] = unit.verdicts(to_json(results))
+    results["vmoer"] = vmoer_results(plan, st, w) if "vmoer" in plan.sections else {}
+    results["verdicts"] = report.verdicts(to_json(results))
     return write_json(w / "results.json", results)
+
+
+def _analysis(plan: plan_lib.Plan, unit: ModuleType, w: pathlib.Path, preds: Any
+              ) -> list[tuple[str, Callable[[], Any]]]:
+    return unit.analysis(plan, w, preds) + (vmoer_tasks(plan, w) if "vmoer" in plan.sections
+                                            else [])
+
+
+# The VMoER section: the study's one call into it (`study.vmoer` on a classifier MoE,
+# `study.vmoer_decoder` on an MoE decoder, scored on MCQA).
+def vmoer_tasks(plan: plan_lib.Plan, w: pathlib.Path) -> list[tuple[str, Callable[[], Any]]]:
+    """The VMoER section's stages: `vmoer` (classifier source: det vs every router of
+    `experiment.methods`, `vmoer.run_vmoer_experiment` in W/vmoer) or one `vmoer:<seed>` per
+    seed (decoders: det trained, then every router of `experiment.routers` from scratch or
+    retrofitted on it, `vmoer_decoder.run_seed`; the MCQA data built once, when first needed)."""
+    vcfg = plan.load_vmoer()
+    if plan.source == "classifier":
+        from routecal.study import vmoer
+
+        return [("vmoer", lambda: vmoer.report_rows(vmoer.run_vmoer_experiment(
+            vcfg, str(w / "vmoer"))))]
+    from routecal.study import vmoer_decoder
+
+    data = functools.cache(lambda: vmoer_decoder.build_data(
+        vcfg.data, vmoer_decoder.check_scoring(str(vcfg.experiment.scoring))))
+    return [(f"vmoer:{int(s)}", lambda s=int(s): {"runs": vmoer_decoder.run_seed(vcfg, data(), s)})
+            for s in vcfg.experiment.seeds]
+
+
+def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
+    """The VMoER section's results from its stages (`vmoer_tasks`); on decoders
+    `vmoer_decoder.assemble`, which writes W/tables/vmoer.csv, one row per router."""
+    if plan.source == "classifier":
+        return st.load("vmoer")
+    from routecal.study import vmoer_decoder
+
+    vcfg = plan.load_vmoer()
+    names = vmoer_decoder.check_routers(vcfg.experiment)
+    seeds = [int(s) for s in vcfg.experiment.seeds]
+    stored = {s: st.load(f"vmoer:{s}") for s in seeds}
+    per_run = {n: {s: stored[s]["runs"][n] for s in seeds} for n in names}
+    out = vmoer_decoder.assemble(vcfg, per_run, w / "tables" / "vmoer.csv",
+                                 write=parallel.is_primary())
+    out["stage_seconds"] = {s: stored[s]["seconds"] for s in seeds}
+    return out

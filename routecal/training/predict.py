@@ -12,7 +12,8 @@ Each npz holds:
   mlp/<i>/<key> per-example MLP traces (MoE models), if any,
   router_entropy, router_entropy_norm, top1_margin, gate_mass, dropped [N, n_moe] MoE routing
     summaries (MoE models only; `traces.moe_summaries`).
-For a standard-residual model S = 0.
+For a standard-residual model S = 0. `decoder_depth_attention`: a trained decoder's mean depth weights
+per text domain (the LM study's heatmaps).
 
 Letters: N examples, T tokens, P token features, C classes, S depth sources.
 """
@@ -20,6 +21,7 @@ Letters: N examples, T tokens, P token features, C classes, S depth sources.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -181,3 +183,32 @@ def predict_process_shard(
     path = out_dir / f"{split}-{i:05d}-of-{n:05d}.npz"
     workdir_io.save_npz(path, predictions_record(model, sub, batch_size=batch_size))
     return path
+
+
+def decoder_depth_attention(run_dir: pathlib.Path, domains: Sequence[tuple[str, str]], rows: int
+                    ) -> dict[str, Any]:
+    """Mean depth-attention weights per domain: the trained decoder on the first `rows` packed
+    rows of each domain's split, alpha averaged over rows and positions (PAD included).
+
+    Returns:
+      {domain: {"alpha_mean": [L + 1, S_max] (NaN past each site's sources), "n_sources":
+      [L + 1], "sublayer_names": [L + 1]}} (sites: the L sublayers, then the readout).
+    """
+    from routecal.training.train import load_trained  # train imports this module
+
+    model, cfg, dataset = load_trained(run_dir)
+    out = {}
+    for domain, split in domains:
+        ids = np.asarray(dataset.split(split).ids[:rows], np.int32)[:, :-1]
+        alphas = model(ids, return_traces=True).traces["alpha"]
+        if not alphas:
+            return {}
+        means = [np.asarray(a, np.float64).mean(axis=(0, 1)) for a in alphas]
+        width = max(len(m) for m in means)
+        table = np.full((len(means), width), np.nan)
+        for i, m in enumerate(means):
+            table[i, : len(m)] = m
+        names = [f"site {i}" for i in range(len(means) - 1)] + ["readout"]
+        out[domain] = {"alpha_mean": table, "n_sources": [len(m) for m in means],
+                       "sublayer_names": names}
+    return out

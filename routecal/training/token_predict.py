@@ -26,6 +26,11 @@ are atypical), `max_tokens` stops after that many records. PAD targets are never
 forward pass runs in fixed-size batches; each batch's records are appended to a `shards.ShardWriter`,
 so no [N, T, S] array is ever held: peak memory is one batch plus one shard.
 
+Token records keep summaries, not the [N, V] logits; `token_logits` recomputes the logits of given
+stored tokens (their `seq_id` / `position`) from the model, streamed in fixed batches of packed
+rows, and `calib_logits` gathers them (temperature scaling, `study.temperature`).
+`predict_pretrained`: the same predictions of an imported Hugging Face checkpoint (the `hf` source).
+
 Letters: B batch, T tokens, V vocabulary, S depth sites, M MoE layers, K experts per token.
 """
 
@@ -35,10 +40,13 @@ import hashlib
 import json
 import os
 import pathlib
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -240,3 +248,125 @@ def run_fingerprint(config: Any, step: int | None) -> dict[str, Any]:
     text = json.dumps(cfg, sort_keys=True, default=str)
     return {"config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
             "step": None if step is None else int(step)}
+
+
+LOGIT_BATCH_ROWS = 32  # packed rows per forward pass of `token_logits` (fixed: one compile)
+
+
+@nnx.jit
+def _logits(model: nnx.Module, inputs_BxT: jax.Array) -> jax.Array:
+    """[B, T, V] float32 next-token logits of one batch of packed rows (inputs only)."""
+    return model(inputs_BxT.astype(jnp.int32)).logits.astype(jnp.float32)
+
+
+def token_logits(
+    model: nnx.Module, ids_RxT1: np.ndarray, seq_id_N: np.ndarray, position_N: np.ndarray, *,
+    pad: int, name: str = "tokens", batch_rows: int = LOGIT_BATCH_ROWS,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The logits of the given tokens, streamed batch by batch (memory: one batch).
+
+    Args:
+      ids_RxT1: the packed split [R, T + 1] the predictions were made on.
+      seq_id_N, position_N: [N] each token's row and position (as stored by `predict_split`).
+      pad: PAD id (a token whose target is PAD was never recorded: a mismatch).
+    Yields:
+      (index [n] into the N tokens, logits [n, V] float32, labels [n]); every token once.
+    Raises:
+      ValueError: a token outside the split (row or position) or with a PAD target, named.
+    """
+    ids = np.asarray(ids_RxT1)
+    seq = np.asarray(seq_id_N, np.int64)
+    pos = np.asarray(position_N, np.int64)
+    n_rows, t = ids.shape[0], ids.shape[1] - 1
+    if ids.ndim != 2 or seq.ndim != 1 or seq.shape != pos.shape:
+        raise ValueError(f"{name}: expected ids [R, T + 1] and seq_id, position [N] alike, got "
+                         f"{ids.shape}, {seq.shape}, {pos.shape}")
+    if seq.size and (seq.min() < 0 or seq.max() >= n_rows or pos.min() < 0 or pos.max() >= t):
+        raise ValueError(f"{name}: seq_id/position outside the split's {n_rows} rows x {t} "
+                         "positions (predictions of another dataset?)")
+    labels = ids[seq, pos + 1].astype(np.int64)
+    if np.any(labels == pad):
+        raise ValueError(f"{name}: {int(np.sum(labels == pad))} tokens have a PAD target in the "
+                         "split (predictions of another dataset?)")
+    order = np.argsort(seq, kind="stable")
+    seq_sorted, rows = seq[order], np.unique(seq)
+    for b0 in range(0, len(rows), batch_rows):
+        rows_b = rows[b0 : b0 + batch_rows]
+        chunk = ids[rows_b, :-1]
+        if len(rows_b) < batch_rows:  # PAD-filled to the fixed batch shape
+            chunk = np.concatenate([chunk, np.full((batch_rows - len(rows_b), t), pad,
+                                                   ids.dtype)])
+        z = np.asarray(jax.device_get(_logits(model, jnp.asarray(chunk))))
+        idx = order[np.searchsorted(seq_sorted, rows_b[0], side="left"):
+                    np.searchsorted(seq_sorted, rows_b[-1], side="right")]
+        yield idx, z[np.searchsorted(rows_b, seq[idx]), pos[idx]], labels[idx]
+
+
+def calib_logits(model: nnx.Module, ids_RxT1: np.ndarray, toks: Mapping[str, np.ndarray], *,
+                 pad: int, name: str = "calib") -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N, V] float32, labels [N]) of every token of `toks` (its seq_id/position)."""
+    z, y = None, np.zeros(len(toks["seq_id"]), np.int64)
+    for idx, z_b, y_b in token_logits(model, ids_RxT1, toks["seq_id"], toks["position"],
+                                      pad=pad, name=name):
+        if z is None:
+            z = np.zeros((len(y), z_b.shape[1]), np.float32)
+        z[idx], y[idx] = z_b, y_b
+    if z is None:
+        raise ValueError(f"{name}: no tokens to compute logits for")
+    return z, y
+
+
+# ----- the `hf` source: an imported Hugging Face MoE checkpoint instead of a trained decoder -----
+RANDOM_PREFIX = "random:"
+
+
+def _checkpoint_dir(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path) -> str:
+    """The checkpoint directory of `cfg.model.checkpoint` (writing the tiny random one if asked).
+
+    Raises:
+      ValueError: no checkpoint given, or an unknown random model type.
+    """
+    from routecal.models.pretrained import export
+
+    ckpt = str(cfg.model.checkpoint)
+    if not ckpt:
+        raise ValueError("model.checkpoint: the hf source needs a checkpoint directory (config."
+                         "json + safetensors), e.g. configs/study_pretrained.py:checkpoint=/ckpt")
+    if not ckpt.startswith(RANDOM_PREFIX):
+        return ckpt
+    model_type = ckpt[len(RANDOM_PREFIX):]
+    if model_type not in export.TINY_CONFIGS:
+        raise ValueError(f"model.checkpoint: {ckpt!r}: no tiny config for {model_type!r}; "
+                         f"have {sorted(export.TINY_CONFIGS)}")
+    return export.write_random_checkpoint(run_dir / "checkpoint", export.TINY_CONFIGS[model_type],
+                                          seed=int(cfg.seed))
+
+
+def predict_pretrained(cfg: ml_collections.ConfigDict, run_dir: pathlib.Path, *,
+                       predict_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's `hf` source: imports `model.checkpoint` (`models.pretrained.load_hf` with
+    `model.dtype`, `model.dispatch`; "random:<model_type>" writes a tiny random checkpoint of
+    `export.TINY_CONFIGS` into `run_dir` first, the `:quick` smoke run), builds the config's text
+    dataset (`data`; `data.tokenizer` the checkpoint's tokenizer.json for a real model) and writes
+    the same token predictions as for routecal's decoders (`predict_lm`) under `run_dir`. Returns
+    the result shape of `study.token_stages.train_predict` (metrics, seconds, paths,
+    depth_attention)."""
+    from routecal.data.text import load_text_dataset
+    from routecal.models.pretrained import load_hf
+
+    t0 = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = _checkpoint_dir(cfg, run_dir)
+    model, info = load_hf(ckpt, dtype=str(cfg.model.dtype),
+                          overrides={"dispatch": str(cfg.model.dispatch)})
+    dataset = load_text_dataset(cfg.data)
+    if dataset.vocab_size > info.config.vocab_size:
+        raise ValueError(f"data.tokenizer: {dataset.tokenizer.name} has {dataset.vocab_size} "
+                         f"ids, more than the checkpoint's vocab_size {info.config.vocab_size}")
+    t1 = time.perf_counter()
+    paths = predict_lm(model, dataset, run_dir, **dict(predict_options))
+    t2 = time.perf_counter()
+    metrics = {"family": info.family.model_type, "n_params": info.n_params,
+               "moe_layers": list(info.config.moe_layers), "checkpoint": ckpt}
+    return {"metrics": metrics, "train_seconds": t1 - t0, "predict_seconds": t2 - t1,
+            "paths": {k: str(v) for k, v in paths.items()}, "depth_attention": {}}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
 
-from routecal.report import lm, lm_verdicts
+from routecal import report
+from routecal.report import lm
 from routecal.stats import seeds
+
+lm_verdicts = importlib.import_module("routecal.report.verdicts")  # the module, not the function
 
 
 def _results(rng):
@@ -63,7 +67,7 @@ def test_diagnostics_verdict_counts_and_names_control_and_power():
 
 
 def test_probe_verdicts_apply_the_seed_band_rule():
-    items = lm_verdicts.probes_items(_results(np.random.default_rng(1)))
+    items = lm_verdicts.token_probes_items(_results(np.random.default_rng(1)))
     text = items[0]
     # AR-CondCal's band [0.030, 0.032] lies below the confidence-only band [0.040, 0.042]: better.
     assert "AR-CondCal ECE 0.0310 vs control NW on confidence 0.0410" in text
@@ -75,13 +79,11 @@ def test_probe_verdicts_apply_the_seed_band_rule():
 
 def test_report_files_and_glance_first(tmp_path):
     res = _results(np.random.default_rng(2))
+    res["meta"]["unit"] = "token"  # the token unit's sections
     res["verdicts"] = lm_verdicts.verdicts(res)
+    assert set(res["verdicts"]) == {"diagnostics", "probes", "domains"}
     (tmp_path / "results.json").write_text(json.dumps(res))
-    assert lm.is_lm_results(tmp_path) is False  # meta.study not set
-    res["meta"]["study"] = "lm"
-    (tmp_path / "results.json").write_text(json.dumps(res))
-    assert lm.is_lm_results(tmp_path)
-    paths = lm.write_report(tmp_path)
+    paths = report.write_report(tmp_path)
     html = paths["html"].read_text()
     assert html.index("At a glance") < html.index("Verdicts") < html.index("Trained decoders")
     assert (tmp_path / "figures" / "power.png").exists()
@@ -98,7 +100,7 @@ def test_report_files_and_glance_first(tmp_path):
 
 def test_diagnostics_verdicts_are_table_rows_with_the_sentence_in_details(tmp_path):
     res = _results(np.random.default_rng(3))
-    res["meta"]["study"] = "lm"
+    res["meta"]["unit"] = "token"
     rows = lm_verdicts.diagnostics_rows(res)
     items = lm_verdicts.diagnostics_items(res)
     assert [r["sentence"] for r in rows] == items[:len(rows)]  # one computation, two views
@@ -112,7 +114,7 @@ def test_diagnostics_verdicts_are_table_rows_with_the_sentence_in_details(tmp_pa
                (r["domain"], r["test"])]
         assert r["detectable_gap"] == f"{np.median(mdg):.3f}"
     (tmp_path / "results.json").write_text(json.dumps(res))
-    paths = lm.write_report(tmp_path)
+    paths = report.write_report(tmp_path)
     for text in (paths["markdown"].read_text(), paths["html"].read_text()):
         assert text.count("<details><summary>") == len(rows)
         assert "rejections (raw / Holm / BH of cells)" in text

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from routecal import report
+from routecal.report import table
 
 
 def test_write_report_tables_and_figures(tmp_path, results):
@@ -15,7 +16,7 @@ def test_write_report_tables_and_figures(tmp_path, results):
     md = out["markdown"].read_text()
     html = out["html"].read_text()
     for t in res["diagnostics"]["tests"]:
-        assert report._fmt(t["p_value"]) in md
+        assert table.fmt(t["p_value"]) in md
     assert md.count("![") == 5  # reliability, nulls, bandwidth, depth, vmoer
     assert html.count("data:image/png;base64,") == 5
     assert "src='figures/" not in html  # self-contained

@@ -71,3 +71,29 @@ def test_no_evidence_verdict_states_the_detectable_gap_and_both_tests(results):
     assert f"0 of {len(cond)} conditional (recommended) tests" in v
     assert f"{np.median(np.linspace(0.1, 0.3, len(base))):.3f} (median over {len(base)} cells" in v
     assert "power 0.8" in v
+
+
+def test_example_diagnostics_verdict_is_a_table_row_per_test(tmp_path, results):
+    """Build 5: the example report's diagnostics verdict is one row per (domain, test) with the
+    rejection counts recomputed here and the full sentence in a <details> under its word."""
+    import json
+
+    res = results(np.random.default_rng(5), n_reject_holm=2)
+    for t in res["diagnostics"]["tests"]:
+        t["test"] = "within_bin"
+    res["diagnostics"]["tests"].append({"test": "minimum_detectable_gap_conditional",
+                                        "arch": "full", "seed": 0, "feature": "H_mean",
+                                        "minimum_detectable_gap": 0.07})
+    from routecal.report.verdicts import diagnostics_rows
+
+    rows = diagnostics_rows(res)
+    tests = [t for t in res["diagnostics"]["tests"] if "p_value" in t]
+    raw = sum(t["p_value"] < 0.05 for t in tests)
+    holm = sum(t["p_holm"] < 0.05 for t in tests)
+    assert [(r["domain"], r["test"]) for r in rows] == [("all", "within_bin")]
+    assert rows[0]["rejections"].startswith(f"{raw} / {holm} / ")
+    assert rows[0]["verdict"] == "evidence" and holm == 2
+    res["verdicts"] = report.verdicts(res)
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    page = report.write_report(tmp_path)["html"].read_text()
+    assert f"<details><summary>evidence</summary>{rows[0]['sentence'][:40]}" in page

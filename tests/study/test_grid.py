@@ -6,7 +6,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from routecal.stats import diagnostics
-from routecal.study import grid
+from routecal.study import grid, registry
 
 
 def _cells(rng, n=300):
@@ -25,9 +25,9 @@ def _cells(rng, n=300):
 
 def test_grid_equals_permutation_grid_and_keeps_nulls():
     cells = _cells(np.random.default_rng(0))
-    s = grid.GridSettings(n_permutations=200, n_bins=10, n_groups=3, alpha=0.05, seed=3,
+    s = registry.TestSettings(n_permutations=200, n_bins=10, n_groups=3, alpha=0.05, seed=3,
                           n_null_figures=2)
-    out = grid.diagnostic_grid(cells, s, tests=grid.TESTS[:1])
+    out = grid.diagnostic_grid(cells, s, tests=grid.specs()[:1])
     ref = diagnostics.permutation_grid(
         {i: (c.confidence, c.correct, c.routing) for i, c in enumerate(cells)},
         key=jax.random.key(3), n_permutations=200, n_bins=10, n_groups=3,
@@ -50,12 +50,12 @@ def test_grid_equals_permutation_grid_and_keeps_nulls():
 
 def test_adding_a_test_is_one_spec():
     cells = _cells(np.random.default_rng(1))[:2]
-    s = grid.GridSettings(50, 10, 3, 0.05, 0)
+    s = registry.TestSettings(n_permutations=50, n_bins=10, n_groups=3, alpha=0.05, seed=0)
 
     def fixed(conf, correct, routing, key, settings):
         return {"statistic": float(np.mean(routing)), "p_value": 0.5}
 
-    out = grid.diagnostic_grid(cells, s, tests=(grid.TESTS[0], grid.TestSpec("fixed", fixed)))
+    out = grid.diagnostic_grid(cells, s, tests=(grid.specs()[0], grid.TestSpec("fixed", fixed)))
     assert [t["test"] for t in out["tests"]] == ["within_bin"] * 2 + ["fixed"] * 2
     assert {r["test"] for r in out["rejections"]} == {"within_bin", "fixed"}
     # adjusted within its own test only: Holm of (0.5, 0.5) is (1, 1), BH is (0.5, 0.5)
@@ -69,8 +69,8 @@ def test_a_measurement_spec_is_recorded_without_adjustment():
     def gap(conf, correct, routing, key, settings):
         return {"minimum_detectable_gap": float(np.std(conf))}
 
-    out = grid.diagnostic_grid(cells, grid.GridSettings(50, 10, 3, 0.05, 0),
-                               tests=(grid.TestSpec("mdg", gap),))
+    s = registry.TestSettings(n_permutations=50, n_bins=10, n_groups=3, alpha=0.05, seed=0)
+    out = grid.diagnostic_grid(cells, s, tests=(grid.TestSpec("mdg", gap),))
     assert [t["minimum_detectable_gap"] for t in out["tests"]] == [
         pytest.approx(np.std(c.confidence)) for c in cells
     ]
@@ -79,7 +79,7 @@ def test_a_measurement_spec_is_recorded_without_adjustment():
 
 def test_default_grid_runs_the_recommended_test_and_the_detectable_gap():
     cells = _cells(np.random.default_rng(3))[:2]  # seed 0: planted, noise (N = 300)
-    s = grid.GridSettings(n_permutations=100, n_bins=10, n_groups=3, alpha=0.05, seed=4)
+    s = registry.TestSettings(n_permutations=100, n_bins=10, n_groups=3, alpha=0.05, seed=4)
     out = grid.diagnostic_grid(cells, s)
     names = [t["test"] for t in out["tests"]]
     assert names == ["within_bin"] * 2 + ["conditional"] * 2 + [

@@ -41,14 +41,14 @@ def cfg():
 
 
 def test_quick_study_names_every_router_retrofitted():
-    from routecal.study.plan import TokenPlan
+    from routecal.study.plan import Plan
 
-    plan = TokenPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick"))
+    plan = Plan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick"))
     names = plan.load_vmoer().experiment.routers
     assert set(names) == {"det"} | {f"{r}_retrofit" for r in routers.ROUTERS if r != "det"}
     with pytest.raises(ValueError, match="mfvr"):  # an old router name, caught by the plan
         old = ("experiment.routers=('det', 'logit_retrofit')",)
-        TokenPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick",
+        Plan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick",
                                        [f"vmoer.overrides={old!r}"]))
 
 

@@ -149,6 +149,9 @@ def test_other_config_in_same_workdir_is_an_error(quick):
         ("model_overrides=('model.nope=1',)", "unknown key 'model.nope'"),
         ("vmoer.overrides=('experiment.nope=1',)", "unknown key 'experiment.nope'"),
         ("seeds=()", "at least one seed"),
+        ("source='files'", "source: expected one of"),
+        ("unit='token'", "unit: the 'classifier' source gives 'example' rows"),
+        ("sections=('diagnostics', 'temperature')", "sections: \\['temperature'\\] not available"),
         ("model_overrides=('model.residual=\"fulll\"',)", "model.residual: unknown 'fulll'"),
         ("model_overrides=('train.batch_size=5000',)", "train.batch_size: 5000 exceeds"),
     ],
@@ -160,12 +163,14 @@ def test_invalid_plan_writes_nothing(tmp_path, override, match):
 
 
 def test_plan_lists_the_example_unit_stages(tmp_path):
-    plan = plan_lib.from_config(load_config(QUICK))
+    plan = plan_lib.Plan.from_config(load_config(QUICK))
     assert isinstance(plan, Plan) and study.UNITS[plan.unit].runs is example_unit.runs
     routed_runs = sum(m.routed for m in plan.models) * len(plan.seeds)
     # train + predict per run; diagnostics, probes per routed run, VMoER
     assert len(example_unit.run_stage_names(plan)) == 2 * len(plan.runs)
-    names = [n for n, _ in example_unit.analysis(plan, tmp_path, {})]
+    assert plan.source == "classifier" and plan.sections == (
+        "diagnostics", "power", "probes", "vmoer")
+    names = [n for n, _ in study._analysis(plan, example_unit, tmp_path, {})]
     assert names[0] == "diagnostics" and names[-1] == "vmoer"
     assert len(names) == 1 + routed_runs + 1
     assert [m.name for m in plan.models] == list(load_config(QUICK).architectures)

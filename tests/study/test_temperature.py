@@ -18,10 +18,10 @@ from routecal.data.text import TextSplit, packing
 from routecal.files import predictions
 from routecal.models.decoder import Decoder, DecoderConfig
 from routecal.probes.scaling import TemperatureParams, temperature_fit
-from routecal.stats import calibration
+from routecal.stats import calibration, sequences
 from routecal.study import run as study
-from routecal.study import temperature, token_stages, tokens
-from routecal.study.plan import TokenPlan
+from routecal.study import temperature, token_stages
+from routecal.study.plan import Plan
 from routecal.training import token_predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
                                           shard_tokens=64)
         shards[sp] = predictions.load(out)
         toks[sp] = token_stages.load_tokens(out, sp)
-    plan = TokenPlan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick", [
+    plan = Plan.from_config(load_config(f"{ROOT}/configs/study_lm.py:quick", [
         "domains=('in:test', 'far:far')", "probes.max_calib_tokens=120",
         "probes.max_test_tokens=90"]))
     return model, ids, toks, shards, plan
@@ -78,7 +78,7 @@ def test_streamed_tokens_are_the_shards_tokens(setup):
         seen = np.zeros(len(seq), int)
         z = np.zeros((len(seq), 259))
         y = np.zeros(len(seq), int)
-        for idx, z_b, y_b in temperature.token_logits(model, ids[sp], seq, pos, pad=PAD,
+        for idx, z_b, y_b in token_predict.token_logits(model, ids[sp], seq, pos, pad=PAD,
                                                          batch_rows=4):  # several batches
             seen[idx] += 1
             z[idx], y[idx] = z_b, y_b
@@ -110,7 +110,7 @@ def test_stage_fits_t_as_temperature_fit_on_brute_force_logits(setup):
         model, ids, toks["calib"], doms, calib_split="calib",
         splits={"in": "test", "far": "far"}, pad=PAD, seed=3, plan=plan)
     # The probes' calib tokens, selected here independently: whole sequences, seeded.
-    cal = tokens.thin_sequences(toks["calib"]["seq_id"], 120, seed=3)
+    cal = sequences.thin_sequences(toks["calib"]["seq_id"], 120, seed=3)
     assert 0 < len(cal) < len(toks["calib"]["seq_id"])  # the cap cuts sequences
     z, y = _brute_logits(model, ids["calib"], toks["calib"]["seq_id"][cal],
                          toks["calib"]["position"][cal])
@@ -129,7 +129,7 @@ def test_stage_fits_t_as_temperature_fit_on_brute_force_logits(setup):
     for row in out["rows"]:
         d = row["domain"]
         t = toks[{"in": "test", "far": "far"}[d]]
-        idx = tokens.thin_sequences(t["seq_id"], 90, seed=3)
+        idx = sequences.thin_sequences(t["seq_id"], 90, seed=3)
         zt, yt = _brute_logits(model, ids[{"in": "test", "far": "far"}[d]], t["seq_id"][idx],
                                t["position"][idx])
         p = scipy.special.softmax(zt / ref.temperature, axis=1)
@@ -152,14 +152,14 @@ def test_mismatched_predictions_are_refused(setup):
     model, ids, toks, _, plan = setup
     t = toks["calib"]
     with pytest.raises(ValueError, match="calib: seq_id/position outside"):
-        next(temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"] + 16,
+        next(token_predict.token_logits(model, ids["calib"], t["seq_id"], t["position"] + 16,
                                          pad=PAD, name="calib"))
     with pytest.raises(ValueError, match="seq_id, position"):
-        next(temperature.token_logits(model, ids["calib"], t["seq_id"], t["position"][1:],
+        next(token_predict.token_logits(model, ids["calib"], t["seq_id"], t["position"][1:],
                                          pad=PAD))
     pad_at = np.argwhere(ids["calib"][:, 1:] == PAD)[0]
     with pytest.raises(ValueError, match="PAD target"):
-        next(temperature.token_logits(model, ids["calib"], pad_at[:1], pad_at[1:], pad=PAD))
+        next(token_predict.token_logits(model, ids["calib"], pad_at[:1], pad_at[1:], pad=PAD))
     with pytest.raises(ValueError, match="no longer matches its predictions"):
         temperature.temperature_tokens(
             _model(seed=1), ids, t, {"in": toks["test"]}, calib_split="calib",
@@ -186,7 +186,8 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
         "diagnostics.power_kwargs.n_datasets=10", "diagnostics.paper_power_datasets=10",
         "diagnostics.paper_power_permutations=19", "probes.bandwidth_rules=('scott',)",
         "probes.sweep_multiples=(1.0,)", "probes.max_calib_tokens=600",
-        "probes.max_test_tokens=500", "vmoer.enabled=False"])
+        "probes.max_test_tokens=500",
+        "sections=('diagnostics', 'power', 'probes', 'temperature')"])
     w = tmp_path / "w"
     ref = study.run(cfg, w, write_report=False)
     stage = json.loads((w / "stages/temperature_full_0.json").read_text())
@@ -206,7 +207,7 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
     assert step == 12 and fp == {**token_predict.run_fingerprint(
         load_config_json(w / "runs/full/seed0"), step), "split": "calib"}
     calib = token_stages.load_tokens(w / "runs/full/seed0/predictions/tokens/calib", "calib")
-    idx = tokens.thin_sequences(calib["seq_id"], 600, seed=0)
+    idx = sequences.thin_sequences(calib["seq_id"], 600, seed=0)
     z, y = _brute_logits(model, np.asarray(dataset.split("calib").ids), calib["seq_id"][idx],
                          calib["position"][idx])
     assert stage["temperature"] == pytest.approx(temperature_fit(z, y).temperature, rel=1e-4)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from routecal.config import load_config
-from routecal.stats import diagnostics
+from routecal.files import predictions
+from routecal.stats import diagnostics, sequences
 from routecal.study import run as study
-from routecal.study import token_stages, tokens
+from routecal.study import token_stages
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SPLITS = ("calib", "test", "far")
@@ -58,7 +59,7 @@ def cfg():
         "probes.bandwidth_rules=('scott', 'cv_nll')", "probes.sweep_multiples=(1.0,)",
         "diagnostics.cluster_unit=document",  # quick's 2 kB splits cluster by rows
         "diagnostics.tests=('within_bin', 'conditional')",  # omnibus: tests/stats, tokens
-        "vmoer.enabled=False",  # the VMoER section: test_lm_vmoer_section.py
+        "sections=('diagnostics', 'power', 'probes', 'temperature')",  # VMoER: test_lm_vmoer_section.py
     ])
 
 
@@ -78,10 +79,10 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     # Every cell's numbers: an independent call of the engine on the same thinned tokens.
     row = ref["diagnostics"]["tests"][0]
     t = token_stages.load_tokens(tmp_path / "ref/runs/full/seed0/test.npz", "t")
-    t = tokens.subset(t, tokens.thin_sequences(t["doc_id"], 300, seed=0))  # whole documents
+    t = predictions.subset(t, sequences.thin_sequences(t["doc_id"], 300, seed=0))  # whole documents
     cell_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)  # cell 0, feat 0
     direct = diagnostics.within_bin_permutation_test(
-        t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"],
+        t["confidence"], t["correct"], predictions.routing_features(t)["H_mean"],
         key=jax.random.fold_in(cell_key, 0), n_permutations=99)
     assert (row["domain"], row["arch"], row["seed"], row["feature"]) == ("in", "full", 0,
                                                                          "H_mean")
@@ -91,7 +92,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
     assert len(ref["diagnostics"]["tests"]) == 2 * 2 * 2 * 2 * 2
     rec = [r for r in ref["diagnostics"]["tests"] if r["test"] == "conditional"][0]
     direct = diagnostics.conditional_calibration_test(
-        t["confidence"], t["correct"], tokens.routing_table(t)["H_mean"], clusters=t["doc_id"],
+        t["confidence"], t["correct"], predictions.routing_features(t)["H_mean"], clusters=t["doc_id"],
         key=jax.random.fold_in(cell_key, 1), n_permutations=99)
     assert rec["p_value"] == pytest.approx(direct.p_value)
     sizes = np.unique(t["doc_id"], return_counts=True)[1]
@@ -134,20 +135,20 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
 
 
 def test_power_seeds_selects_the_first_seeds_cells(cfg):
-    from routecal.study.plan import TokenPlan
+    from routecal.study.plan import Plan
 
     cfg.diagnostics.power_seeds = 1
-    plan = TokenPlan.from_config(cfg)
-    assert plan.power_seeds == (0,)
+    plan = Plan.from_config(cfg)
+    assert plan.tokens.power_seeds == (0,)
     assert plan.power_cells() == [c for c in plan.cells() if c[2] == 0]
     assert len(plan.power_cells()) == len(plan.cells()) // 2
     cfg.diagnostics.power_seeds = 2
-    assert TokenPlan.from_config(cfg).power_cells() == plan.cells()
+    assert Plan.from_config(cfg).power_cells() == plan.cells()
     for bad in (0, 3, 1.5, True):
         with cfg.ignore_type():
             cfg.diagnostics.power_seeds = bad
         with pytest.raises(ValueError, match="diagnostics.power_seeds"):
-            TokenPlan.from_config(cfg)
+            Plan.from_config(cfg)
 
 
 @pytest.mark.slow
@@ -200,17 +201,17 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
 
 
 def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
-    from routecal.study.plan import TokenPlan
+    from routecal.study.plan import Plan
 
     assert load_config(f"{ROOT}/configs/study_lm.py").diagnostics.cluster_unit == "document"
-    assert TokenPlan.from_config(cfg).tests.cluster_unit == "document"
+    assert Plan.from_config(cfg).tests.cluster_unit == "document"
     cfg.diagnostics.cluster_unit = "file"
     with pytest.raises(ValueError, match=r"diagnostics.cluster_unit.*'file'"):
-        TokenPlan.from_config(cfg)
+        Plan.from_config(cfg)
     cfg.diagnostics.cluster_unit = "row"
-    rows_plan = TokenPlan.from_config(cfg)
+    rows_plan = Plan.from_config(cfg)
     cfg.diagnostics.cluster_unit = "document"
-    doc_plan = TokenPlan.from_config(cfg)
+    doc_plan = Plan.from_config(cfg)
     _write(tmp_path / "old.npz", seed=0, routed=True, doc_id=False)  # predictions before doc_id
     old = token_stages.load_tokens(tmp_path / "old.npz", "old")
     with pytest.raises(ValueError, match=r"old.*no 'doc_id'.*routecal predict.*cluster_unit=row"):
@@ -226,10 +227,10 @@ def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
 
 
 def test_a_workdir_from_before_cluster_unit_does_not_resume(cfg, tmp_path):
-    from routecal.study.plan import TokenPlan
+    from routecal.study.plan import Plan
     from routecal.study.stages import record_workdir_config
 
-    old = TokenPlan.from_config(cfg).config
+    old = Plan.from_config(cfg).config
     del old["diagnostics"]["cluster_unit"]
     record_workdir_config(tmp_path, old, "study_config.json", "study")
     with pytest.raises(ValueError, match=r"different config \(differs in \['diagnostics'\]"):

@@ -1,4 +1,4 @@
-"""routecal.study.token_tests: the token grid's tests, adjustment and power plumbing."""
+"""routecal.study.registry: the tests on one cell, adjustment and power plumbing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from statsmodels.stats.multitest import multipletests
 
 from routecal.stats import diagnostics
 from routecal.stats.power import crossing_gap
-from routecal.study import token_tests
+from routecal.study import registry, token_unit
 
 
 def _cell(n=600, seed=0):
@@ -21,9 +21,9 @@ def _cell(n=600, seed=0):
 
 def test_paper_test_is_the_stats_engine_on_the_cells_key():
     conf, y, r, cl = _cell()
-    s = token_tests.TestSettings(tests=("within_bin",), n_permutations=199)
+    s = registry.TestSettings(tests=("within_bin",), n_permutations=199)
     key = jax.random.key(3)
-    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["within_bin"]
+    out = registry.run_cell(conf, y, r, cl, key=key, s=s)["within_bin"]
     ref = diagnostics.within_bin_permutation_test(conf, y, r, key=jax.random.fold_in(key, 0),
                                                   n_permutations=199)
     assert out["statistic"] == pytest.approx(float(ref.statistic))
@@ -34,9 +34,9 @@ def test_paper_test_is_the_stats_engine_on_the_cells_key():
 
 def test_recommended_test_is_the_conditional_engine_with_clusters():
     conf, y, r, cl = _cell()
-    s = token_tests.TestSettings(tests=("conditional",), n_permutations=99)
+    s = registry.TestSettings(tests=("conditional",), n_permutations=99)
     key = jax.random.key(1)
-    out = token_tests.run_cell(conf, y, r, cl, key=key, settings=s)["conditional"]
+    out = registry.run_cell(conf, y, r, cl, key=key, s=s)["conditional"]
     ref = diagnostics.conditional_calibration_test(conf, y, r, key=jax.random.fold_in(key, 1),
                                                    clusters=cl, n_permutations=99)
     assert out["p_value"] == pytest.approx(ref.p_value) and out["n_units"] == len(set(cl))
@@ -48,7 +48,7 @@ def test_recommended_test_is_the_conditional_engine_with_clusters():
                                       ("conditional_omnibus", "omnibus")])
 def test_old_test_names_raise_naming_the_new_ones(old, new):
     with pytest.raises(ValueError, match=f"diagnostics.tests.*{old}.*{new}"):
-        token_tests.TestSettings(tests=(old,))
+        registry.TestSettings(tests=(old,))
 
 
 def test_adjust_matches_statsmodels_per_family():
@@ -57,7 +57,7 @@ def test_adjust_matches_statsmodels_per_family():
              "statistic": float(rng.random()), "p_value": float(rng.random() ** 3)}
             for t in ("within_bin", "conditional") for d in ("in", "far") for a in ("full", "block")
             for s in (0, 1, 2) for f in ("H_mean", "depth_var_mean")]
-    summary = token_tests.adjust(rows, 0.05)
+    summary = token_unit.adjust(rows, 0.05)
     for t in ("within_bin", "conditional"):
         for d in ("in", "far"):
             fam = [r for r in rows if r["test"] == t and r["domain"] == d]
@@ -86,10 +86,10 @@ def test_detectable_gap_interpolates_the_running_maximum():
 def test_power_of_both_tests_on_one_grid():
     pytest.importorskip("routecal.stats.power")
     conf, y, _, cl = _cell(n=400)
-    s = token_tests.TestSettings(n_permutations=99, paper_power_datasets=10,
+    s = registry.TestSettings(tests=("within_bin", "conditional"), n_permutations=99, paper_power_datasets=10,
                                  paper_power_permutations=49,
                                  power_kwargs=(("n_datasets", 20),))
-    out = token_tests.power(conf, y, cl, key=jax.random.key(0), settings=s)
+    out = registry.power(conf, y, cl, key=jax.random.key(0), s=s)
     grid = out["conditional"]["curve"]["gap"]
     wb = out["within_bin"]["curve"]
     assert wb["gap"] == grid and len(wb["power"]) == len(grid)
@@ -106,7 +106,7 @@ def test_power_of_both_tests_on_one_grid():
 ])
 def test_bad_settings_raise(kw, match):
     with pytest.raises(ValueError, match=match):
-        token_tests.TestSettings(**kw)
+        registry.TestSettings(**kw)
 
 
 def test_documents_as_clusters_hold_the_level_where_rows_do_not():
