@@ -149,7 +149,7 @@ def probes_stage(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, An
 def vmoer_stage(plan: Plan, workdir: pathlib.Path) -> dict[str, Any]:
     from routecal.study import vmoer
 
-    return vmoer.report_rows(vmoer.run_vmoer_experiment(plan.load_vmoer(), str(workdir)))
+    return vmoer.report_rows(vmoer.run(plan.load_vmoer(), workdir))
 
 
 def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list[tuple[str, Callable[[], Any]]]:

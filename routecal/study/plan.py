@@ -173,7 +173,7 @@ def _optional_int(value: Any, name: str) -> int | None:
 @dataclasses.dataclass(frozen=True)
 class TokenPlan(_Runs):
     """Runs, then per domain: diagnostics cells, power, probes, temperature; the VMoER section
-    (an MoE decoder, every router against det, `study.vmoer_decoder`); then results and the report."""
+    (an MoE decoder, every router against det, `study.vmoer`); then results and the report."""
 
     unit: ClassVar[str] = "token"
 
@@ -241,9 +241,9 @@ class TokenPlan(_Runs):
         )
         plan._check_configs()
         if plan.vmoer_config is not None:  # its routers are valid names
-            from routecal.study import vmoer_decoder
+            from routecal.study import vmoer
 
-            vmoer_decoder.check_routers(plan.load_vmoer().experiment)
+            vmoer.check_routers(plan.load_vmoer().experiment)
         return plan
 
 

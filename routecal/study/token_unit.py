@@ -5,7 +5,7 @@ seed): `run:` (train or import a decoder and write its token predictions, `token
 `summary:`; then `analysis`: one `diag:` stage per (domain, model, seed, routing summary), `power:`
 per cell of the first `diagnostics.power_seeds` seeds, `probes:` and `temperature:` per run
 (`study.temperature`, from the reloaded decoder), `vmoer:<seed>` per seed when `vmoer.enabled`
-(an MoE decoder's det router against every router, `study.vmoer_decoder`). The recommended test's
+(an MoE decoder's det router against every router, `study.vmoer`). The recommended test's
 clusters are documents by default (`diagnostics.cluster_unit`, "document" or "row"); token
 predictions without `doc_id` stop the diagnostics with an error naming the fix.
 
@@ -25,7 +25,7 @@ predictions without `doc_id` stop the diagnostics with an error naming the fix.
                   bandwidth sweep, reliability curves (first seed), NW seconds; temperature:
                   T per (arch, seed) (its rows, probe "temperature", sit with the others)
     depth_attention  per domain per arch: mean depth weights (first seed) when predictions hold them
-    vmoer         the VMoER section (`study.vmoer_decoder.assemble`: per_run[router][seed], table of
+    vmoer         the VMoER section (`study.vmoer.assemble`: per_run[router][seed], table of
                   seed bands vs det, markdown, paper claims, config; {} when disabled)
     verdicts      `routecal.report.lm.verdicts(results)`
 """
@@ -222,20 +222,19 @@ def assemble(plan: TokenPlan, st: Stages, w: pathlib.Path, toks: Any = None,
 
 
 def _vmoer(plan: TokenPlan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
-    """The VMoER section's results (`vmoer_decoder.assemble` of the `vmoer:<seed>` stages; {} when
+    """The VMoER section's results (`vmoer.assemble` of the `vmoer:<seed>` stages; {} when
     disabled); writes W/tables/vmoer.csv, one row per router."""
     if plan.vmoer_config is None:
         return {}
     from routecal import parallel
-    from routecal.study import vmoer_decoder
+    from routecal.study import vmoer
 
-    vcfg = plan.load_vmoer()
-    names = vmoer_decoder.check_routers(vcfg.experiment)
-    seeds = [int(s) for s in vcfg.experiment.seeds]
+    source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
+    seeds = source.seeds
     stored = {s: st.load(f"vmoer:{s}") for s in seeds}
-    per_run = {n: {s: stored[s]["runs"][n] for s in seeds} for n in names}
-    out = vmoer_decoder.assemble(vcfg, per_run, w / "tables" / "vmoer.csv",
-                            write=parallel.is_primary())
+    per_run = {n: {s: stored[s]["runs"][n] for s in seeds} for n in source.names}
+    out = vmoer.assemble(source, per_run, w / "tables" / "vmoer.csv",
+                         write=parallel.is_primary())
     out["stage_seconds"] = {s: stored[s].get("seconds") for s in seeds}
     return out
 
@@ -318,23 +317,20 @@ def analysis(plan: TokenPlan, w: pathlib.Path, toks: Mapping[tuple[str, int], An
                               run_dir, toks[m.name, s][plan.calib_split],
                               {d: toks[m.name, s][sp] for d, sp in plan.domains},
                               splits=dict(plan.domains), seed=s, plan=plan)))
-    return tasks + _vmoer_tasks(plan)
+    return tasks + _vmoer_tasks(plan, w)
 
 
-def _vmoer_tasks(plan: TokenPlan) -> list[tuple[str, Callable[[], Any]]]:
+def _vmoer_tasks(plan: TokenPlan, w: pathlib.Path) -> list[tuple[str, Callable[[], Any]]]:
     """The VMoER section, one stage per seed (`vmoer:<seed>`: det trained, then every router of
-    `experiment.routers` from scratch or retrofitted on it, `vmoer_decoder.run_seed`); the MCQA
+    `experiment.routers` from scratch or retrofitted on it, `vmoer.run_seed`); the MCQA
     data are built once, when the first of these stages runs."""
     if plan.vmoer_config is None:
         return []
-    from routecal.study import vmoer_decoder
+    from routecal.study import vmoer
 
-    vcfg = plan.load_vmoer()
-    data = functools.cache(lambda: vmoer_decoder.build_data(
-        vcfg.data, vmoer_decoder.check_scoring(str(vcfg.experiment.scoring))))
-    return [(f"vmoer:{int(s)}",
-             lambda s=int(s): {"runs": vmoer_decoder.run_seed(vcfg, data(), s)})
-            for s in vcfg.experiment.seeds]
+    source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
+    return [(f"vmoer:{s}", lambda s=s: {"runs": vmoer.run_seed(source, s)})
+            for s in source.seeds]
 
 
 def check(plan: TokenPlan) -> None:
