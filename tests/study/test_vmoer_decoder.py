@@ -228,29 +228,6 @@ def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
     assert "mfvr -50.0% (one seed: no band)" in text  # ECE 0.1 vs 0.2
 
 
-# ----------------------------------------------------------------------------------------------
-# beta on the calib split: the grid's edges flagged (issue 24)
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("optimum, edge", [(-7.0, "lowest"), (-3.2, None), (0.5, "highest")])
-def test_choose_beta_keeps_the_lowest_calib_nll_and_flags_a_grid_edge(optimum, edge):
-    grid = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    nll = {b: (np.log10(b) - optimum) ** 2 for b in grid}  # a bowl in log10(beta)
-    fitted, rec = router_fit.choose_beta(grid, lambda b: (nll[b], f"model@{b:g}"))
-    want = min(grid, key=lambda b: abs(np.log10(b) - optimum))  # the grid value nearest
-    assert rec["beta"] == want and fitted == f"model@{want:g}"
-    assert rec["beta_calib_nll"] == [nll[b] for b in grid]
-    assert rec["beta_at_edge"] == edge
-    assert bool(rec["warnings"]) == (edge is not None)
-    if edge:
-        assert f"{edge} value" in rec["warnings"][0]
-        assert ("below" if edge == "lowest" else "above") in rec["warnings"][0]
-    with pytest.raises(ValueError, match="experiment.beta_grid"):
-        router_fit.choose_beta([], lambda b: (0.0, None))
-    assert router_fit.beta_edge([1e-2], 1e-2) is None  # one value: nothing was chosen
-
-
 def test_default_beta_grid_reaches_1e6_and_the_report_shows_edges_and_member_steps():
     from routecal.report import vmoer_lm as report
 
