@@ -86,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.vmoer.config = "vmoer_digits.py:quick"
         c.vmoer.overrides = (
             "experiment.seeds=(0,)",
-            'experiment.methods=("det","mfvr","mfvr_retrofit")',
+            'experiment.routers=("det","mfvr","mfvr_retrofit")',
         )
     if v.tiny:  # test-size models (12-step configs trained 150 steps): checks the pipeline only
         c.title = (

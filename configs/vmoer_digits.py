@@ -60,10 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.train.update(trainable="vrouter", steps=300, warmup=20, checkpoint_every=300,
                          eval_every=300)
 
-    # Settings of routecal.study.vmoer.run_vmoer_experiment (ignored by `routecal train`).
+    # The VMoER section's settings (routecal.study.vmoer.run; ignored by `routecal train`).
     cfg.experiment = ml_collections.ConfigDict({
+        "source": "classifier",  # routecal.study.vmoer_sources
         "seeds": (0, 1, 2),
-        "methods": ("det", "mfvr", "vtsr", "mfvr_retrofit", "vtsr_retrofit"),
+        "routers": ("det", "mfvr", "vtsr", "mfvr_retrofit", "vtsr_retrofit"),
         "retrofit_steps": 300,
         "retrofit_lr": 3e-3,
         # ensemble members (from scratch or retrofit) are fitted alone until their loss

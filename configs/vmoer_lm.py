@@ -16,7 +16,7 @@ router trained from scratch. Writes `tables/vmoer.csv` (one row per router) and
 `vmoer_lm_results.json`. Stability follows the paper (`experiment.stability_protocol`), an
 item's options share one routing draw (common random numbers).
 
-Scoring (`experiment.scoring`, `routecal.study.vmoer_decoder_data`): "loglik" (default) scores
+Scoring (`experiment.scoring`, `routecal.training.mcqa`): "loglik" (default) scores
 each option by its length-normalised log-likelihood given the context (lm-eval-harness
 acc_norm); "letter" is the paper's rule (the answer letter's logit after the prompt, restricted
 to A-D). The default is loglik because a small decoder does not learn letter scoring (det,
@@ -129,8 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train.grad_clip = 1.0
 
     cfg.experiment = ml_collections.ConfigDict()
+    cfg.experiment.source = "decoder"  # the VMoER section's source (routecal.study.vmoer_sources)
     cfg.experiment.seeds = (0, 1, 2)
-    # option scoring (routecal.study.vmoer_decoder_data.SCORINGS): "loglik" = length-normalised
+    # option scoring (routecal.data.mcqa.SCORINGS): "loglik" = length-normalised
     # option log-likelihood given the context (lm-eval-harness acc_norm); "letter" = the
     # paper's rule, the answer letter's logit after the prompt restricted to A-D
     cfg.experiment.scoring = "loglik"

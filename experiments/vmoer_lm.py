@@ -4,8 +4,9 @@
     PYTHONPATH=. python experiments/vmoer_lm.py                      # the default (3 seeds)
     PYTHONPATH=. python experiments/vmoer_lm.py --workdir W --report # markdown of W's results
 
-Prints the table (mean ± std [min, max] over seeds, relative change vs det) beside the paper's
-claims and writes --workdir/tables/vmoer.csv and --workdir/vmoer_lm_results.json.
+The VMoER section (`routecal.study.vmoer.run`) on the MoE decoder of configs/vmoer_lm.py: prints
+the table (mean ± std [min, max] over seeds, relative change vs det) beside the paper's claims and
+writes --workdir/tables/vmoer.csv and --workdir/vmoer_lm_results.json.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 from routecal import config
 from routecal.report import vmoer_lm as vmoer_lm_report
-from routecal.study import vmoer_decoder
+from routecal.study import vmoer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(vmoer_lm_report.report(json.loads(path.read_text())), end="")
         return 0
     cfg = config.load_config(args.config, args.overrides)
-    out = vmoer_decoder.run(cfg, args.workdir)
+    out = vmoer.run(cfg, args.workdir)
     print(f"\nVMoER LM table ({len(cfg.experiment.seeds)} seeds; {out['time_s']:.0f} s wall)")
     print(vmoer_lm_report.report(out), end="")
     return 0

@@ -3,9 +3,10 @@
     PYTHONPATH=. python experiments/vmoer_table.py       # 18 min wall (7 min CPU), shared 2 cores
     PYTHONPATH=. python experiments/vmoer_table.py --config configs/vmoer_digits.py:quick
 
-Trains (or resumes) every (method, seed) run under --workdir, prints the table (mean ± std
-[min, max] over seeds, relative change vs the deterministic router) next to the paper's claims,
-and writes --workdir/vmoer_results.json.
+The VMoER section (`routecal.study.vmoer.run`) on the digits classifier: trains (or resumes)
+every (router, seed) run under --workdir, prints the table (mean ± std [min, max] over seeds,
+relative change vs the deterministic router) next to the paper's claims, and writes
+--workdir/vmoer_results.json and --workdir/tables/vmoer.csv.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import sys
 
 from routecal import config
-from routecal.study import vmoer as vmoer_eval
+from routecal.study import vmoer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
     cfg = config.load_config(args.config, args.overrides)
-    out = vmoer_eval.run_vmoer_experiment(cfg, args.workdir)
+    out = vmoer.run(cfg, args.workdir)
     print()
     print(f"VMoER table ({len(cfg.experiment.seeds)} seeds; {out['time_s']:.0f} s)")
     print(out["markdown"])
@@ -37,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("Paper claims vs det:", out["paper_claims"])
     t = out["table"]
-    for m in cfg.experiment.methods:
+    for m in cfg.experiment.routers:
         if m == "det":
             continue
-        rel = {k: t[k][m].get("rel_change_pct") for k in ("stability", "ece", "ood_auroc")}
+        rel = {k: t[m][k].get("rel_change_pct") for k in ("stability", "ece", "ood_auroc")}
         print(
             f"  {m:<15} stability {rel['stability']:+.1f}%  ece {rel['ece']:+.1f}%  "
             f"ood_auroc {rel['ood_auroc']:+.1f}%"

@@ -4,6 +4,7 @@ built from the stdlib text corpus.
     ds = routecal.data.mcqa_formats.load_mcqa_file("/data/obqa/test.jsonl", "openbookqa")
     ds = continuation_mcqa(docs, n_items=512, seed=0, domain="near")
     ids_NxT = encode_prompts([format_prompt(q, o) for q, o in ds.items()], tokenizer, max_len)
+    data = build_data(cfg.data, scoring="loglik")  # the embedded MCQA's tensors (VMoER on a decoder)
 
 The published benchmark files are read by `routecal.data.mcqa_formats` (per-format answer
 conventions) and `routecal.data.mcqa_tfds`; both hand their parsed items, each with its location in
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 
 LETTERS = "ABCDEFGHIJ"
+DOMAINS = ("in", "near", "far")  # the embedded MCQA's test domains
+SCORINGS = ("letter", "loglik")  # option scorings (`build_data`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +142,97 @@ def encode_prompts(texts: Sequence[str], tokenizer: Any, max_len: int) -> np.nda
     for i, e in enumerate(enc):
         ids[i, t - len(e) :] = e
     return ids
+
+
+def check_scoring(scoring: str) -> str:
+    """`scoring` if it is one of SCORINGS, else ValueError naming it."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"experiment.scoring: unknown scoring {scoring!r}; use one of {SCORINGS}")
+    return scoring
+
+
+def encode_continuations(
+    contexts: Sequence[str], options: Sequence[Sequence[str]], tokenizer: Any, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences context + option_k for every item and option.
+
+    Returns:
+      ids [N, K, T] (right-padded with the tokenizer's pad id; T the longest sequence, at most
+      `max_len`: longer contexts keep their last tokens) and mask [N, K, T - 1] (float32, 1 where
+      the next-token target ids[..., 1:] is an option token).
+    """
+    if len(contexts) != len(options):
+        raise ValueError(f"options: {len(options)} option lists for {len(contexts)} contexts")
+    rows = []
+    for ctx, opts in zip(contexts, options, strict=True):
+        c = np.asarray(tokenizer.encode(ctx.encode()), np.int32)
+        item = []
+        for o in opts:
+            e = np.asarray(tokenizer.encode(o.encode()), np.int32)
+            if not 1 <= len(e) < max_len:
+                raise ValueError(f"options: an option of {len(e)} tokens needs 1..{max_len - 1}")
+            item.append((c[-(max_len - len(e)) :], e))
+        rows.append(item)
+    t = max(len(c) + len(e) for item in rows for c, e in item)
+    n, k = len(rows), len(rows[0])
+    ids = np.full((n, k, t), tokenizer.pad, np.int32)
+    mask = np.zeros((n, k, t - 1), np.float32)
+    for i, item in enumerate(rows):
+        for j, (c, e) in enumerate(item):
+            ids[i, j, : len(c) + len(e)] = np.concatenate([c, e])
+            mask[i, j, len(c) - 1 : len(c) + len(e) - 1] = 1.0  # targets ids[len(c):...]
+    return ids, mask
+
+
+def build_data(dcfg: Any, scoring: str = "letter") -> dict[str, Any]:
+    """Corpus LM rows [N, T + 1] and the MCQA tensors of each split (train, calib, in, near, far;
+    calib = the last `n_calib_items` items drawn from the training documents, held out of
+    train, for choices such as beta that must never see a test split):
+    {"lm", "scoring", "mcqa": {split: {"ids", "answers" [N] (+ "mask")}}, "letters" [K],
+    "tokenizer"}: "letter" ids [N, T] are left-padded prompts (`encode_prompts`), "loglik" ids
+    [N, K, T] and mask [N, K, T - 1] the context + option sequences (`encode_continuations`)."""
+    from routecal.data.text import ByteTokenizer, make_split, stdlib
+
+    check_scoring(scoring)
+    tok = ByteTokenizer()
+    docs = {
+        "train": [b for _, b in stdlib.corpus_texts("in", "train", seed=int(dcfg.corpus_seed))],
+        "in": [b for _, b in stdlib.corpus_texts("in", "test", seed=int(dcfg.corpus_seed))],
+        "near": [b for _, b in stdlib.corpus_texts("near")],
+        "far": [b for _, b in stdlib.corpus_texts("far")],
+    }
+    lm = make_split(
+        docs["train"], "in", tok, int(dcfg.lm_seq_len), int(dcfg.lm_max_bytes), "train"
+    ).ids.astype(np.int32)
+    sets = {}
+    n_calib = int(dcfg.get("n_calib_items", 0))
+    for i, split in enumerate(("train", *DOMAINS)):
+        n = int(dcfg.n_train_items if split == "train" else dcfg.n_eval_items)
+        n += n_calib if split == "train" else 0
+        ds = continuation_mcqa(
+            docs[split],
+            n_items=n,
+            seed=int(dcfg.mcqa_seed) * 10 + i,
+            context_len=int(dcfg.context_len),
+            option_len=int(dcfg.option_len),
+            domain=split,
+        )
+        entry: dict[str, np.ndarray] = {"answers": ds.answers.astype(np.int32)}
+        if scoring == "letter":
+            prompts = [format_prompt(q, o) for q, o in ds.items()]
+            entry["ids"] = encode_prompts(prompts, tok, int(dcfg.max_prompt_len))
+        else:
+            entry["ids"], entry["mask"] = encode_continuations(
+                ds.questions, ds.options, tok, int(dcfg.max_prompt_len)
+            )
+        sets[split] = entry
+    if n_calib:
+        train = sets["train"]
+        cut = len(train["answers"]) - n_calib
+        sets["calib"] = take(train, slice(cut, None))
+        sets["train"] = take(train, slice(0, cut))
+    letters = letter_ids(tok, 4)
+    return {"lm": lm, "scoring": scoring, "mcqa": sets, "letters": letters, "tokenizer": tok}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,3 +371,8 @@ def continuation_mcqa(
         options.append(opts)
         answers.append(ans)
     return make_mcqa(questions, options, answers, name=name, domain=domain)
+
+
+def take(entry: dict[str, np.ndarray], idx: Any) -> dict[str, np.ndarray]:
+    """The items `idx` of every array of an MCQA split (leading axis N)."""
+    return {k: v[idx] for k, v in entry.items()}

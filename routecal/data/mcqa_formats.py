@@ -2,6 +2,8 @@
 
     ds = load_mcqa_file("/data/obqa/test.jsonl", "openbookqa")      # nothing is downloaded
     ds = load_mcqa_file("/data/arc/test.jsonl", "arc", n_options=4)  # ARC mixes 3/4/5 options
+    ds = load_split("arc/e.jsonl:arc,tfds:ai2_arc/ARC-Challenge:test", "near", n_options=4)
+    batch = encode_right_padded(ds, tokenizer, max_len)  # an imported checkpoint's prompts
 
 Formats (Li & Wicker, arXiv:2603.09453, Sec. 5, evaluate on OpenBookQA in-domain, ARC-E/C near and
 MedMCQA far; SciQ as in the thesis), JSONL / JSON / parquet as the publishers ship them. The answer
@@ -27,6 +29,7 @@ in a record, non-UTF-8 bytes, a line that is not one JSON object, or a truncated
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from collections.abc import Callable
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal.data import mcqa
 from routecal.data.mcqa import MCQA, from_parsed
 from routecal.files import workdir as workdir_io
 
@@ -212,3 +216,56 @@ def _fields(fmt: str) -> str:
     return {"openbookqa": "question, answerKey", "arc": "question, answerKey",
             "sciq": "question, correct_answer, distractor1..3",
             "medmcqa": "question, opa..opd, cop"}[fmt]
+
+
+def load_split(spec: str, domain: str, n_options: int | None, limit: int = 0) -> MCQA:
+    """'PATH:FORMAT[,PATH:FORMAT|tfds:NAME[:SPLIT]...]' -> one MCQA (every file's items, the first
+    `limit`; 0 = all). tfds:NAME[:SPLIT] reads data prepared in $TFDS_DATA_DIR
+    (`mcqa_tfds.load_mcqa_tfds`, split "test" by default); items with another option count than
+    `n_options` are dropped and counted (`MCQA.n_dropped`)."""
+    from routecal.data import mcqa_tfds
+
+    parts = []
+    for item in (s for s in spec.split(",") if s):
+        if item.startswith("tfds:"):
+            name, _, split = item.removeprefix("tfds:").partition(":")
+            parts.append(mcqa_tfds.load_mcqa_tfds(name, split or "test", n_options=n_options,
+                                                  domain=domain))
+            continue
+        path, _, fmt = item.rpartition(":")
+        if not path:
+            raise ValueError(f"--{domain}: expected PATH:FORMAT, got {item!r}")
+        parts.append(load_mcqa_file(path, fmt, n_options=n_options, domain=domain))
+    q = [x for p in parts for x in p.questions][: limit or None]
+    o = [x for p in parts for x in p.options][: limit or None]
+    a = np.concatenate([p.answers for p in parts])[: limit or None]
+    ds = mcqa.make_mcqa(q, o, a, name=spec, domain=domain)
+    return dataclasses.replace(ds, n_dropped=sum(p.n_dropped for p in parts))
+
+
+def encode_right_padded(ds: MCQA, tokenizer: Any, max_len: int) -> dict[str, np.ndarray]:
+    """The prompts of `ds` (`mcqa.format_prompt` without its trailing space: a pretrained BPE
+    vocabulary carries the space in the letter token) for a `tokenizers.Tokenizer`: ids [N, T]
+    right-padded with 0, position [N] (each prompt's last token: an imported model has no
+    attention mask, so left padding would be attended), token_mask [N, T] (1 on prompt tokens),
+    answers [N]; prompts longer than `max_len` keep their last tokens."""
+    rows = [tokenizer.encode(mcqa.format_prompt(q, o).rstrip()).ids[-max_len:]
+            for q, o in ds.items()]
+    t = max(len(r) for r in rows)
+    ids, mask = np.zeros((len(rows), t), np.int32), np.zeros((len(rows), t), np.float32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1.0
+    pos = np.array([len(r) - 1 for r in rows], np.int32)
+    return {"ids": ids, "position": pos, "token_mask": mask, "answers": np.asarray(ds.answers)}
+
+
+def spaced_letter_ids(tokenizer: Any, k: int) -> np.ndarray:
+    """Token ids [K] of " A", " B", ... for a `tokenizers.Tokenizer`; ValueError unless each is
+    exactly one token."""
+    out = []
+    for letter in mcqa.LETTERS[:k]:
+        ids = tokenizer.encode(" " + letter, add_special_tokens=False).ids
+        if len(ids) != 1:
+            raise ValueError(f"tokenizer: ' {letter}' is {len(ids)} tokens, need exactly 1")
+        out.append(ids[0])
+    return np.asarray(out, np.int32)

@@ -1,5 +1,5 @@
 """The VMoER language-model experiment's section, drawn from its results (`vmoer_lm_results.json`,
-written by `routecal.study.vmoer_decoder`): the paper's claims, the accuracy interval and the markdown
+written by `routecal.study.vmoer`): the paper's claims, the accuracy interval and the markdown
 section (setting, seeds, time, the table and, per claim, what each variational router shows).
 """
 

@@ -204,3 +204,53 @@ def gating_entropy(router_probs: Any, mask_NxT: Any | None = None) -> np.ndarray
 def router_logit_variance(router_var: Any, mask_NxT: Any | None = None) -> np.ndarray:
     """Mean router-logit variance (a router's `router_var` trace [N, T] per layer) -> [N]."""
     return _layer_token_mean(router_var, "router_var", mask_NxT, 2)
+
+
+# The per-item OOD scores of an MoE classifier over options (the VMoER section's names).
+MOE_OOD_SCORES = ("entropy", "max_prob", "mi", "gating_entropy", "router_logit_variance")
+
+
+def moe_ood_scores(
+    names: Sequence[str],
+    probs_NxK: Any,
+    layers: Sequence[dict[str, Any]],
+    mc_SxNxK: Any | None,
+    mask_NxT: Any | None = None,
+) -> dict[str, np.ndarray]:
+    """Every OOD score in `names` (`MOE_OOD_SCORES`) per item -> {name: [N]}; ValueError for an
+    unknown name. entropy / max_prob (1 - max p) of `probs_NxK`; mi over S sampled passes
+    (`mutual_information`; 0 without them: a deterministic model); gating_entropy and
+    router_logit_variance are token means over the MoE layers' `router_probs` /
+    `router_logit_var` traces ([N, T, E] per layer, weighted by `mask_NxT`); the variance is 0
+    where no layer emits it (deterministic logits: det, vtsr, fixed_temp)."""
+    names = tuple(names)
+    unknown = sorted(set(names) - set(MOE_OOD_SCORES))
+    if unknown:
+        raise ValueError(f"experiment.ood_scores: unknown {unknown}; expected {MOE_OOD_SCORES}")
+    n = len(probs_NxK)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name in ("entropy", "max_prob"):
+            out[name] = ood_score(probs_NxK, name)
+        elif name == "mi":
+            out[name] = np.zeros(n) if mc_SxNxK is None else mutual_information(mc_SxNxK)
+        elif name == "gating_entropy":
+            out[name] = gating_entropy([t["router_probs"] for t in layers], mask_NxT)
+        elif not any("router_logit_var" in t for t in layers):
+            out[name] = np.zeros(n)
+        else:
+            out[name] = router_logit_variance([t["router_logit_var"] for t in layers], mask_NxT)
+    return out
+
+
+def ood_aurocs(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """{domain: {score: [N]}} with an "in" domain -> ood_auroc_<domain>_<score> for every OOD
+    domain present ("near", "far"), and ood_auroc_<domain> = its entropy AUROC."""
+    res: dict[str, float] = {}
+    for dom in ("near", "far"):
+        if dom in scores:
+            for k, v in scores[dom].items():
+                res[f"ood_auroc_{dom}_{k}"] = ood_auroc(scores["in"][k], v)
+            if f"ood_auroc_{dom}_entropy" in res:
+                res[f"ood_auroc_{dom}"] = res[f"ood_auroc_{dom}_entropy"]
+    return res

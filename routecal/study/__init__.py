@@ -3,5 +3,6 @@
 `plan` (the one typed Plan: source x unit x domains x sections, validated whole), `run` (the driver:
 runs, sections, the one call into the VMoER section, results.json, report), the unit adapters
 `example_unit` and `token_unit` (+ `token_stages`, `temperature`), `registry` and `grid` (the
-tests), `stages` (cache, workdir guard, JSON I/O), `diagnose` (bring your own traces).
+tests), `stages` (cache, workdir guard, JSON I/O), `diagnose` (bring your own traces), `vmoer` (the
+VMoER section for every MoE source) with its sources `vmoer_sources` / `vmoer_imported`.
 """

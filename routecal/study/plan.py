@@ -221,10 +221,8 @@ class Plan:
             config=json.loads(cfg.to_json_best_effort()))
         for m in plan.models:  # every model config loads with its overrides (a bad key raises)
             m.load(plan.seeds[0])
-        if plan.vmoer_config is not None:
-            vcfg = plan.load_vmoer()
-            if source != "classifier":  # the decoder section's routers are valid names
-                from routecal.study import vmoer_decoder
+        if plan.vmoer_config is not None:  # the section's routers are valid names
+            from routecal.study import vmoer
 
-                vmoer_decoder.check_routers(vcfg.experiment)
+            vmoer.check_routers(plan.load_vmoer().experiment)
         return plan

@@ -147,40 +147,32 @@ def _analysis(plan: plan_lib.Plan, unit: ModuleType, w: pathlib.Path, preds: Any
                                             else [])
 
 
-# The VMoER section: the study's one call into it (`study.vmoer` on a classifier MoE,
-# `study.vmoer_decoder` on an MoE decoder, scored on MCQA).
+# The VMoER section: the study's one call into it (`study.vmoer`, for every MoE source).
 def vmoer_tasks(plan: plan_lib.Plan, w: pathlib.Path) -> list[tuple[str, Callable[[], Any]]]:
     """The VMoER section's stages: `vmoer` (classifier source: det vs every router of
-    `experiment.methods`, `vmoer.run_vmoer_experiment` in W/vmoer) or one `vmoer:<seed>` per
-    seed (decoders: det trained, then every router of `experiment.routers` from scratch or
-    retrofitted on it, `vmoer_decoder.run_seed`; the MCQA data built once, when first needed)."""
+    `experiment.routers`, `vmoer.run` in W/vmoer) or one `vmoer:<seed>` per seed (decoders: det
+    trained, then every router from scratch or retrofitted on it, `vmoer.run_seed`)."""
+    from routecal.study import vmoer
+
     vcfg = plan.load_vmoer()
     if plan.source == "classifier":
-        from routecal.study import vmoer
-
-        return [("vmoer", lambda: vmoer.report_rows(vmoer.run_vmoer_experiment(
-            vcfg, str(w / "vmoer"))))]
-    from routecal.study import vmoer_decoder
-
-    data = functools.cache(lambda: vmoer_decoder.build_data(
-        vcfg.data, vmoer_decoder.check_scoring(str(vcfg.experiment.scoring))))
-    return [(f"vmoer:{int(s)}", lambda s=int(s): {"runs": vmoer_decoder.run_seed(vcfg, data(), s)})
-            for s in vcfg.experiment.seeds]
+        return [("vmoer", lambda: vmoer.report_rows(vmoer.run(vcfg, w / "vmoer")))]
+    source = vmoer.make_source(vcfg, w / "vmoer")
+    return [(f"vmoer:{s}", lambda s=s: {"runs": vmoer.run_seed(source, s)})
+            for s in source.seeds]
 
 
 def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
     """The VMoER section's results from its stages (`vmoer_tasks`); on decoders
-    `vmoer_decoder.assemble`, which writes W/tables/vmoer.csv, one row per router."""
+    `vmoer.assemble`, which writes W/tables/vmoer.csv, one row per router."""
     if plan.source == "classifier":
         return st.load("vmoer")
-    from routecal.study import vmoer_decoder
+    from routecal.study import vmoer
 
-    vcfg = plan.load_vmoer()
-    names = vmoer_decoder.check_routers(vcfg.experiment)
-    seeds = [int(s) for s in vcfg.experiment.seeds]
-    stored = {s: st.load(f"vmoer:{s}") for s in seeds}
-    per_run = {n: {s: stored[s]["runs"][n] for s in seeds} for n in names}
-    out = vmoer_decoder.assemble(vcfg, per_run, w / "tables" / "vmoer.csv",
-                                 write=parallel.is_primary())
-    out["stage_seconds"] = {s: stored[s]["seconds"] for s in seeds}
+    source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
+    stored = {s: st.load(f"vmoer:{s}") for s in source.seeds}
+    per_run = {n: {s: stored[s]["runs"][n] for s in source.seeds} for n in source.names}
+    out = vmoer.assemble(source, per_run, w / "tables" / "vmoer.csv",
+                         write=parallel.is_primary())
+    out["stage_seconds"] = {s: stored[s]["seconds"] for s in source.seeds}
     return out

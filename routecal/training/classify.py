@@ -149,3 +149,29 @@ class ClassifierTask:
 
     def artifacts(self) -> dict[str, Any]:
         return {}
+
+
+def fit_router_steps(task: ClassifierTask, model: nnx.Module, tcfg: ml_collections.ConfigDict,
+                     trainable: str, *, steps: int, seed: int, on_step: Any = None,
+                     constant_lr: bool = False, stop: Any = None) -> list[float]:
+    """Trains the `trainable` selection of `model` (e.g. "router/proj") in place for `steps`
+    steps of the task's own train step (AdamW with `tcfg`'s lr, warm-up and clipping; cosine
+    decay unless `constant_lr`); batches drawn with numpy from `seed`; `on_step(i)` after step
+    i; `stop(losses)` (e.g. `baselines.Plateau.stop`) ends it early. Returns the cross-entropy
+    losses; FloatingPointError on a non-finite one."""
+    from routecal.training import optim
+
+    t = ml_collections.ConfigDict(tcfg.to_dict())
+    t.steps, t.end_lr_fraction = int(steps), 1.0 if constant_lr else 0.0
+    optimizer = nnx.Optimizer(model, optim.make_tx(t), wrt=trainable_filter(trainable))
+    step_fn, rng, losses = task.train_step(trainable), np.random.default_rng(seed), []
+    for i in range(int(steps)):
+        idx = rng.integers(0, task.n_train, int(t.batch_size))
+        losses.append(float(step_fn(model, optimizer, *task.train_batch(idx, i))["ce"]))
+        if on_step is not None:
+            on_step(i)
+        if stop is not None and stop(losses):
+            break
+    if not np.all(np.isfinite(losses)):
+        raise FloatingPointError(f"retrofit: non-finite training loss {losses[-5:]}")
+    return losses

@@ -29,9 +29,11 @@ import numpy as np
 from flax import nnx
 
 from routecal import _checks, parallel
-from routecal.data import Split
+from routecal.data import Split, shift
 from routecal.files import workdir as workdir_io
+from routecal.models import vmoer
 from routecal.models.transformer import Transformer
+from routecal.stats import calibration, uncertainty
 from routecal.training import traces
 
 
@@ -212,3 +214,82 @@ def decoder_depth_attention(run_dir: pathlib.Path, domains: Sequence[tuple[str, 
         out[domain] = {"alpha_mean": table, "n_sources": [len(m) for m in means],
                        "sublayer_names": names}
     return out
+
+# ----------------------------------------------------------------------------------------------
+# The VMoER metrics of a classifier MoE (the VMoER section's classifier source)
+# ----------------------------------------------------------------------------------------------
+
+
+def _moe_experts(model: nnx.Module, tokens: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Selected experts [N, T, K] of every MoE layer; the model is cloned so every call sees the
+    same routing-noise draws (RNG counters are part of the model state)."""
+    out = predict_arrays(nnx.clone(model), tokens, batch_size=batch_size)
+    return [np.asarray(tr["experts"]) for tr in out["mlp"] if "experts" in tr]
+
+
+def _sampled_probs(model: nnx.Module, tokens: np.ndarray, n: int, batch_size: int) -> np.ndarray:
+    """[S, N, C] class probabilities from S stochastic passes (routing sampled in every pass)."""
+    m = nnx.clone(model)
+    if vmoer.set_router_sampling(m, True) == 0:
+        return np.zeros((0,))
+    return np.stack(
+        [predict_arrays(m, tokens, batch_size=batch_size)["probs"] for _ in range(n)]
+    )
+
+
+def vmoer_metrics(model: nnx.Module, dataset: Any, ecfg: Any) -> dict[str, float]:
+    """The VMoER metrics of a classifier MoE on `dataset.test` (`ecfg`: the experiment section
+    of configs/vmoer_digits.py):
+      accuracy, ece, nll   top-label ECE over `ecfg.n_bins` equal-width bins;
+      stability            mean Jaccard of the selected-expert sets of every MoE layer, clean vs
+                           Gaussian-perturbed pixels (std `ecfg.stability_noise_std`), the same
+                           routing draws for both (the model is cloned): input sensitivity;
+      ood_auroc            OOD AUROC of predictive entropy, test split vs each OOD set of
+                           `routecal.data.shift` (`ecfg.ood_kinds`), mean over the kinds; also
+                           ood_auroc_maxprob and, for stochastic routers, ood_auroc_mi (mutual
+                           information over `ecfg.mc_samples` sampled passes)."""
+    bs = 256
+    test: Split = dataset.test
+    probs = predict_arrays(nnx.clone(model), test.tokens, batch_size=bs)["probs"]
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    labels = np.asarray(test.labels)
+    res: dict[str, float] = {
+        "accuracy": float(np.mean(probs.argmax(1) == labels)),
+        "ece": calibration.ece_from_probs(probs, labels, n_bins=int(ecfg.n_bins)),
+        "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)))),
+    }
+    noisy = shift.pixel_noise(test, float(ecfg.stability_noise_std), seed=1234, clip=False)
+    res["stability"] = uncertainty.routing_stability(
+        _moe_experts(model, test.tokens, bs), _moe_experts(model, noisy.tokens, bs)
+    ).overall
+    mc_in = _sampled_probs(model, test.tokens, int(ecfg.mc_samples), bs)
+    au_h, au_p, au_mi = [], [], []
+    for kind in ecfg.ood_kinds:
+        kw = {"std": float(ecfg.ood_noise_std), "seed": 99} if kind == "pixel_noise" else {}
+        _, ood = shift.make_ood(dataset, kind, **kw)
+        p_out = predict_arrays(nnx.clone(model), ood.tokens, batch_size=bs)["probs"]
+        p_out = p_out / p_out.sum(axis=1, keepdims=True)
+        au_h.append(
+            uncertainty.ood_auroc(
+                uncertainty.ood_score(probs, "entropy"), uncertainty.ood_score(p_out, "entropy")
+            )
+        )
+        au_p.append(
+            uncertainty.ood_auroc(
+                uncertainty.ood_score(probs, "max_prob"), uncertainty.ood_score(p_out, "max_prob")
+            )
+        )
+        if mc_in.size:
+            mc_out = _sampled_probs(model, ood.tokens, int(ecfg.mc_samples), bs)
+            norm = lambda p: p / p.sum(axis=-1, keepdims=True)
+            au_mi.append(
+                uncertainty.ood_auroc(
+                    uncertainty.mutual_information(norm(mc_in)),
+                    uncertainty.mutual_information(norm(mc_out)),
+                )
+            )
+    res["ood_auroc"] = float(np.mean(au_h))
+    res["ood_auroc_maxprob"] = float(np.mean(au_p))
+    if au_mi:
+        res["ood_auroc_mi"] = float(np.mean(au_mi))
+    return res

@@ -85,20 +85,14 @@ def test_errors_name_the_problem(monkeypatch, tmp_path):
             mcqa_tfds.load_mcqa_tfds("ai2_arc/ARC-Challenge", data_dir=tmp_path)
 
 
-def test_vmoer_pretrained_reads_tfds_specs(monkeypatch, tmp_path):
-    import importlib.util
-    import pathlib
+def test_load_split_reads_tfds_specs(monkeypatch, tmp_path):
+    from routecal.data import mcqa_formats
 
-    root = pathlib.Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location(
-        "vmoer_pretrained_tfds", root / "experiments" / "vmoer_pretrained.py")
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
     _prepared(monkeypatch)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     rows = _arc_rows()[:2]
     with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **_: rows):
-        ds = exp.load_split("tfds:ai2_arc/ARC-Easy:test,tfds:ai2_arc/ARC-Challenge", "near",
+        ds = mcqa_formats.load_split("tfds:ai2_arc/ARC-Easy:test,tfds:ai2_arc/ARC-Challenge", "near",
                             None, 0)
     assert len(ds) == 4 and ds.domain == "near"
     np.testing.assert_array_equal(ds.answers, [1, 3, 1, 3])

@@ -161,16 +161,16 @@ def test_named_blocks_are_rewritten_independently():
 def test_vmoer_lm_block_from_a_results_json():
     from statsmodels.stats.proportion import proportion_confint
 
-    from routecal.study import vmoer_decoder_eval as ev  # the experiment's table (study side)
+    from routecal.study import vmoer, vmoer_sources  # the section's table (study side)
 
     metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
                "flops_infer_pct")
     per_run = {name: {s: {m: 0.3 + 0.01 * s + 0.1 * k + 0.05 * (name == "mfvr")
                           for k, m in enumerate(metrics)} for s in (0, 1)}
                for name in ("det", "mfvr")}
-    table = ev.summarize(per_run)
+    table = vmoer.summarize(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
     out = {"config": {"data": {"n_eval_items": 100}}, "per_run": per_run, "table": table,
-           "markdown": ev.to_markdown(table, ["det", "mfvr"]), "scoring": "loglik"}
+           "markdown": vmoer.to_markdown(table, ["det", "mfvr"], ["stability"]), "scoring": "loglik"}
     block = readme.vmoer_lm_block(out, command="c", source="s")
     begin, end = readme.markers("found-vmoer-lm")
     assert block.startswith(begin) and block.endswith(end)

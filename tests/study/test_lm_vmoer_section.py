@@ -14,7 +14,7 @@ import pytest
 from routecal.config import load_config
 from routecal.models import routers
 from routecal.study import run as study
-from routecal.study import vmoer_decoder
+from routecal.study import vmoer
 from tests.study.test_token_study import produce
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_study_writes_one_vmoer_row_per_router_and_resumes(cfg, tmp_path, monkey
     report = (w / "report.md").read_text()
     assert "VMoER: det vs every router" in report and "swag_retrofit" in report
     # a rerun reads the stored stage: nothing retrained, the same numbers
-    monkeypatch.setattr(vmoer_decoder, "run_seed", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(vmoer, "run_seed", lambda *a, **k: pytest.fail("retrained"))
     again = study.run(cfg, w, producer=lambda *a: pytest.fail("retrained"),
                          write_report=False)
     assert json.dumps(again["vmoer"]["table"], sort_keys=True) == json.dumps(

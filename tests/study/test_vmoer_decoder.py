@@ -1,5 +1,5 @@
 """Tests for the VMoER LM experiment: the config's router names, the table and its CSV; the
-whole quick run is slow (stability: test_vmoer_stability.py)."""
+whole quick run is slow (stability: tests/models/test_vmoer_stability.py)."""
 
 import csv
 
@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from routecal import config
+from routecal.data import mcqa as mcqa_data
 from routecal.models import routers
-from routecal.study import vmoer_decoder, vmoer_decoder_eval, vmoer_decoder_fit
+from routecal.report import vmoer_lm as vmoer_report
+from routecal.study import vmoer, vmoer_sources
+from routecal.training import mcqa, router_fit
 
 
 def _tiny_cfg():
@@ -35,7 +38,7 @@ def test_config_names_every_router_and_its_retrofit():
     with pytest.raises(ValueError, match="variant"):
         config.load_config("configs/vmoer_lm.py:fast")
     for name in names:
-        vmoer_decoder.model_config(cfg, name.removesuffix("_retrofit"), max_len=32)
+        mcqa.model_config(cfg, name.removesuffix("_retrofit"), max_len=32)
 
 
 def test_summary_bands_relative_change_and_csv(tmp_path):
@@ -44,7 +47,7 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
         "mfvr": {0: {"ece": 0.1, "stability": 0.9}, 1: {"ece": 0.2, "stability": 0.7}},
         "fcvr": {0: {"ece": 0.01, "stability": 0.4}, 1: {"ece": 0.02, "stability": 0.45}},
     }
-    table = vmoer_decoder_eval.summarize(per_run)
+    table = vmoer.summarize(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
     b = table["mfvr"]["ece"]
     assert b["mean"] == pytest.approx(0.15) and b["std"] == pytest.approx(
         np.std([0.1, 0.2], ddof=1)
@@ -58,12 +61,12 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
     assert table["fcvr"]["ece"]["verdict"] == "better"
     assert table["fcvr"]["stability"]["verdict"] == "worse"
     path = tmp_path / "vmoer.csv"
-    vmoer_decoder_eval.write_csv(table, ["det", "mfvr"], path)
+    vmoer.write_csv(table, ["det", "mfvr"], vmoer_sources.MCQA_METRICS, path)
     rows = list(csv.DictReader(open(path)))
     assert [r["router"] for r in rows] == ["det", "mfvr"]
     assert float(rows[1]["stability_mean"]) == pytest.approx(0.8)
     assert rows[1]["paper_ece"] == "-94%" and rows[1]["ece_verdict"] == "within seed band"
-    assert "mfvr" in vmoer_decoder_eval.to_markdown(table, ["det", "mfvr"])
+    assert "mfvr" in vmoer.to_markdown(table, ["det", "mfvr"], ["stability", "ece"])
 
 
 @pytest.mark.slow
@@ -76,7 +79,7 @@ def test_quick_experiment_runs_end_to_end(tmp_path):
     cfg.train.member_steps = cfg.train.member_max_steps = 3
     cfg.data.n_train_items = cfg.data.n_eval_items = 32
     cfg.data.n_calib_items = 16
-    out = vmoer_decoder.run(cfg, str(tmp_path))
+    out = vmoer.run(cfg, tmp_path)
     assert (tmp_path / "tables" / "vmoer.csv").exists()
     for name in cfg.experiment.routers:
         r = out["per_run"][name][0]
@@ -105,10 +108,8 @@ _OPTIONS = [
 
 def _loglik_items():
     from routecal.data.text import ByteTokenizer
-    from routecal.study import vmoer_decoder_data
-
     tok = ByteTokenizer()
-    ids, mask = vmoer_decoder_data.encode_continuations(_CONTEXTS, _OPTIONS, tok, max_len=40)
+    ids, mask = mcqa_data.encode_continuations(_CONTEXTS, _OPTIONS, tok, max_len=40)
     return tok, {"ids": ids, "mask": mask}
 
 
@@ -138,10 +139,10 @@ def _numpy_loglik_probs(model, tok):
 
 def test_loglik_option_probs_match_a_numpy_reference_from_the_models_logits():
     cfg = _tiny_cfg()
-    model = vmoer_decoder.make_model(cfg, "det", seed=0, max_len=40)
+    model = mcqa.make_model(cfg, "det", seed=0, max_len=40)
     tok, items = _loglik_items()
-    pred = vmoer_decoder_eval.predict(model, items, batch_size=2)  # 3 items: a padded last batch
-    probs = vmoer_decoder_eval.option_probs(pred, letters=None)
+    pred = mcqa.predict(model, items, batch_size=2)  # 3 items: a padded last batch
+    probs = mcqa.option_probs(pred, letters=None)
     np.testing.assert_allclose(probs, _numpy_loglik_probs(model, tok), rtol=1e-4, atol=1e-6)
     assert pred["outs"]["lengths"].tolist() == [
         [len(o.encode()) for o in opts] for opts in _OPTIONS
@@ -152,17 +153,15 @@ def test_loglik_option_probs_match_a_numpy_reference_from_the_models_logits():
 
 
 def test_loglik_option_probs_follow_the_options_when_reordered():
-    from routecal.study import vmoer_decoder_data
-
     cfg = _tiny_cfg()
-    model = vmoer_decoder.make_model(cfg, "det", seed=1, max_len=40)  # a deterministic router
+    model = mcqa.make_model(cfg, "det", seed=1, max_len=40)  # a deterministic router
     tok, items = _loglik_items()
     perm = [[2, 0, 3, 1], [1, 3, 0, 2], [3, 2, 1, 0]]
     shuffled = [[opts[j] for j in p] for opts, p in zip(_OPTIONS, perm, strict=True)]
-    ids, mask = vmoer_decoder_data.encode_continuations(_CONTEXTS, shuffled, tok, max_len=40)
-    p0 = vmoer_decoder_eval.option_probs(vmoer_decoder_eval.predict(model, items, 4), None)
-    p1 = vmoer_decoder_eval.option_probs(
-        vmoer_decoder_eval.predict(model, {"ids": ids, "mask": mask}, 4), None
+    ids, mask = mcqa_data.encode_continuations(_CONTEXTS, shuffled, tok, max_len=40)
+    p0 = mcqa.option_probs(mcqa.predict(model, items, 4), None)
+    p1 = mcqa.option_probs(
+        mcqa.predict(model, {"ids": ids, "mask": mask}, 4), None
     )
     np.testing.assert_allclose(p1, np.take_along_axis(p0, np.asarray(perm), axis=1), atol=1e-6)
 
@@ -173,11 +172,8 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
     import optax
     from flax import nnx
 
-    from routecal.data import mcqa as mcqa_data
-    from routecal.study import vmoer_decoder_data
-
     cfg = _tiny_cfg()
-    model = vmoer_decoder.make_model(cfg, "det", seed=0, max_len=64)
+    model = mcqa.make_model(cfg, "det", seed=0, max_len=64)
     tok, batch = _loglik_items()
     if scoring == "letter":
         prompts = [mcqa_data.format_prompt(c, o) for c, o in zip(_CONTEXTS, _OPTIONS, strict=True)]
@@ -186,12 +182,12 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
     letters = mcqa_data.letter_ids(tok, 4)
 
     def option_ce():
-        outs, _ = vmoer_decoder_data.option_outputs(model, batch)
-        scores = vmoer_decoder_data.option_scores(outs, jnp.asarray(letters))
+        outs, _ = mcqa.option_outputs(model, batch)
+        scores = mcqa.option_scores(outs, jnp.asarray(letters))
         ce = optax.softmax_cross_entropy_with_integer_labels(scores, batch["answers"])
         return float(ce.mean())
 
-    _, mcqa_step = vmoer_decoder_fit._steps("all", tok.pad)
+    _, mcqa_step = mcqa._steps("all", tok.pad)
     optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
     before = option_ce()
     mcqa_step(model, optimizer, batch, letters)
@@ -199,20 +195,18 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
 
 
 def test_unknown_scoring_is_a_value_error_naming_it(tmp_path):
-    from routecal.study import vmoer_decoder_data
-
     cfg = config.load_config("configs/vmoer_lm.py:quick", ["experiment.scoring=logprob"])
     with pytest.raises(ValueError, match="experiment.scoring.*'logprob'"):
-        vmoer_decoder.run(cfg, str(tmp_path))
+        vmoer.run(cfg, tmp_path)
     with pytest.raises(ValueError, match="experiment.scoring"):
-        vmoer_decoder_data.build_data(cfg.data, "acc_norm")
-    assert set(vmoer_decoder_data.SCORINGS) == {"letter", "loglik"}
+        mcqa_data.build_data(cfg.data, "acc_norm")
+    assert set(mcqa_data.SCORINGS) == {"letter", "loglik"}
 
 
 def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
     from statsmodels.stats.proportion import proportion_confint
 
-    lo, hi = vmoer_decoder_eval.accuracy_interval(0.375, 512)
+    lo, hi = vmoer_report.accuracy_interval(0.375, 512)
     ref = proportion_confint(192, 512, alpha=0.05, method="wilson")
     np.testing.assert_allclose((lo, hi), ref, rtol=1e-9)
     per_run = {
@@ -221,40 +215,17 @@ def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
     }
     out = {
         "per_run": per_run,
-        "table": vmoer_decoder_eval.summarize(per_run),
+        "table": vmoer.summarize(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER),
         "markdown": "TABLE",
         "config": {"data": {"n_eval_items": 512}},
         "scoring": "loglik",
         "runs_wall_s": 22.0,
         "runs_cpu_s": 38.0,
     }
-    text = vmoer_decoder_eval.report(out)
+    text = vmoer_report.report(out)
     assert f"seed 0: 0.375 [{ref[0]:.3f}, {ref[1]:.3f}]" in text
     assert "| mfvr | 12 | 20 |" in text and "TABLE" in text
     assert "mfvr -50.0% (one seed: no band)" in text  # ECE 0.1 vs 0.2
-
-
-# ----------------------------------------------------------------------------------------------
-# beta on the calib split: the grid's edges flagged (issue 24)
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("optimum, edge", [(-7.0, "lowest"), (-3.2, None), (0.5, "highest")])
-def test_choose_beta_keeps_the_lowest_calib_nll_and_flags_a_grid_edge(optimum, edge):
-    grid = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    nll = {b: (np.log10(b) - optimum) ** 2 for b in grid}  # a bowl in log10(beta)
-    fitted, rec = vmoer_decoder_fit.choose_beta(grid, lambda b: (nll[b], f"model@{b:g}"))
-    want = min(grid, key=lambda b: abs(np.log10(b) - optimum))  # the grid value nearest
-    assert rec["beta"] == want and fitted == f"model@{want:g}"
-    assert rec["beta_calib_nll"] == [nll[b] for b in grid]
-    assert rec["beta_at_edge"] == edge
-    assert bool(rec["warnings"]) == (edge is not None)
-    if edge:
-        assert f"{edge} value" in rec["warnings"][0]
-        assert ("below" if edge == "lowest" else "above") in rec["warnings"][0]
-    with pytest.raises(ValueError, match="experiment.beta_grid"):
-        vmoer_decoder_fit.choose_beta([], lambda b: (0.0, None))
-    assert vmoer_decoder_fit.beta_edge([1e-2], 1e-2) is None  # one value: nothing was chosen
 
 
 def test_default_beta_grid_reaches_1e6_and_the_report_shows_edges_and_member_steps():
@@ -280,13 +251,13 @@ def test_default_beta_grid_reaches_1e6_and_the_report_shows_edges_and_member_ste
 def test_scratch_ensemble_fits_members_alone_on_det(monkeypatch):
     calls = []
 
-    def fake(cfg, data, seed, det_model, scratch=False):
-        calls.append((seed, det_model, scratch))
+    def fake(copy, fit, *, scratch=False, seed, **kw):
+        calls.append((seed, scratch))
         return "model", {"members": []}
 
-    monkeypatch.setattr(vmoer_decoder_fit, "fit_ensemble", fake)
-    det = object()
-    model, log = vmoer_decoder.train_router(_tiny_cfg(), None, "ensemble", 3, det)
-    assert model == "model" and calls == [(3, det, True)]  # members alone, from the initialiser
-    with pytest.raises(ValueError, match="needs 'det'"):
-        vmoer_decoder.train_router(_tiny_cfg(), None, "ensemble", 3, None)
+    monkeypatch.setattr(router_fit, "fit_ensemble", fake)
+    det = mcqa.make_model(_tiny_cfg(), "det", seed=0, max_len=32)
+    source = vmoer_sources.DecoderSource(_tiny_cfg(), data={})
+    model, log = source.fit("ensemble", 3, lambda: det)
+    assert model == "model" and calls == [(3, True)]  # members alone, from the initialiser
+    assert log["final_task_loss"] is None and "members" in log

@@ -1,10 +1,13 @@
-"""Tests for routecal.study.vmoer: table aggregation (fast); retrofit and the experiment (slow)."""
+"""The VMoER section on the digits classifier (`study.vmoer`, source "classifier"): table
+aggregation (fast); retrofit and the section (slow)."""
 
 import numpy as np
 import pytest
 
 from routecal import config
-from routecal.study import vmoer as vmoer_eval
+from routecal.study import vmoer, vmoer_sources
+
+METRICS = vmoer_sources.ClassifierSource.metrics
 
 
 def test_summarize_bands_and_relative_change():
@@ -12,35 +15,36 @@ def test_summarize_bands_and_relative_change():
         "det": {0: {"ece": 0.10, "stability": 0.5}, 1: {"ece": 0.20, "stability": 0.7}},
         "mfvr": {0: {"ece": 0.05, "stability": 0.9}, 1: {"ece": 0.10, "stability": 0.9}},
     }
-    t = vmoer_eval.summarize(per_run)
-    det, lo = t["ece"]["det"], t["ece"]["mfvr"]
+    t = vmoer.summarize(per_run, METRICS)
+    det, lo = t["det"]["ece"], t["mfvr"]["ece"]
     assert det["mean"] == pytest.approx(0.15) and det["min"] == 0.10 and det["max"] == 0.20
     assert det["std"] == pytest.approx(np.std([0.1, 0.2], ddof=1))
     assert lo["rel_change_pct"] == pytest.approx(-50.0)  # 0.075 / 0.15 - 1
-    assert t["stability"]["mfvr"]["rel_change_pct"] == pytest.approx(50.0)  # 0.9 / 0.6 - 1
+    assert t["mfvr"]["stability"]["rel_change_pct"] == pytest.approx(50.0)  # 0.9 / 0.6 - 1
     assert "rel_change_pct" not in det
-    md = vmoer_eval.to_markdown(t, ["det", "mfvr", "vtsr"])
-    assert "| ece |" in md and "(-50.0%)" in md and "n/a" in md
+    t["vtsr"] = {}
+    md = vmoer.to_markdown(t, ["det", "mfvr", "vtsr"], ["ece", "accuracy"])
+    assert "| ece |" in md and "(-50.0%, " in md and "| vtsr | n/a | n/a |" in md
 
 
 def test_run_config_retrofit_and_bad_method():
     cfg = config.load_config("configs/vmoer_digits.py")
-    rc = vmoer_eval.run_config(cfg, "vtsr_retrofit", 3, "/tmp/det")
+    rc = vmoer_sources.run_config(cfg, "vtsr_retrofit", 3, "/tmp/det")
     assert "experiment" not in rc
     assert rc.model.mlp_type == "vmoer_vtsr" and rc.seed == 3
     assert rc.train.trainable == "vrouter" and rc.train.init_from == "/tmp/det"
     assert rc.train.steps == cfg.experiment.retrofit_steps
-    assert vmoer_eval.run_config(cfg, "det", 0, None).model.mlp_type == "moe"
-    with pytest.raises(ValueError, match="methods"):
-        vmoer_eval.run_config(cfg, "bayes", 0, None)
+    assert vmoer_sources.run_config(cfg, "det", 0, None).model.mlp_type == "moe"
+    with pytest.raises(ValueError, match="experiment.routers"):
+        vmoer_sources.run_config(cfg, "bayes", 0, None)
     # issue 21: one vocabulary; the old names raise naming the new ones
     with pytest.raises(ValueError, match="'mfvr'"):
-        vmoer_eval.run_config(cfg, "logit", 0, None)
+        vmoer_sources.run_config(cfg, "logit", 0, None)
     with pytest.raises(ValueError, match="'vtsr'"):
-        vmoer_eval.run_config(cfg, "temp_retrofit", 0, "/tmp/det")
+        vmoer_sources.run_config(cfg, "temp_retrofit", 0, "/tmp/det")
     with pytest.raises(ValueError, match="'vtsr'"):
         config.load_config("configs/vmoer_digits.py:temp")
-    assert vmoer_eval.run_config(cfg, "swag_retrofit", 0, "/tmp/det").train.trainable == (
+    assert vmoer_sources.run_config(cfg, "swag_retrofit", 0, "/tmp/det").train.trainable == (
         "router/proj"
     )
 
@@ -53,8 +57,8 @@ def test_retrofit_trains_only_the_router_posterior(tmp_path):
 
     cfg = config.load_config("configs/vmoer_digits.py:tiny")
     det_dir, rf_dir = tmp_path / "det", tmp_path / "rf"
-    train.train_and_evaluate(vmoer_eval.run_config(cfg, "det", 0, None), det_dir)
-    train.train_and_evaluate(vmoer_eval.run_config(cfg, "mfvr_retrofit", 0, str(det_dir)), rf_dir)
+    train.train_and_evaluate(vmoer_sources.run_config(cfg, "det", 0, None), det_dir)
+    train.train_and_evaluate(vmoer_sources.run_config(cfg, "mfvr_retrofit", 0, str(det_dir)), rf_dir)
     det, _, _ = train.load_trained(det_dir)
     rf, _, _ = train.load_trained(rf_dir)
     d = dict(nnx.to_flat_state(nnx.state(det, nnx.Param)))
@@ -75,15 +79,17 @@ def test_retrofit_trains_only_the_router_posterior(tmp_path):
 def test_quick_experiment_end_to_end(tmp_path):
     cfg = config.load_config(
         "configs/vmoer_digits.py:tiny",
-        ["experiment.seeds=(0,)", "experiment.methods=('det','mfvr','vtsr_retrofit')"],
+        ["experiment.seeds=(0,)", "experiment.routers=('det','mfvr','vtsr_retrofit')"],
     )
-    out = vmoer_eval.run_vmoer_experiment(cfg, tmp_path)
+    out = vmoer.run(cfg, tmp_path)
     t = out["table"]
-    assert set(t["ece"]) == {"det", "mfvr", "vtsr_retrofit"}
+    assert set(t) == {"det", "mfvr", "vtsr_retrofit"}
     for m in ("det", "mfvr"):
-        assert 0 <= t["stability"][m]["mean"] <= 1 and 0 <= t["ood_auroc"][m]["mean"] <= 1
-    assert "ood_auroc_mi" not in {k for k, v in t.items() if "det" in v}
+        assert 0 <= t[m]["stability"]["mean"] <= 1 and 0 <= t[m]["ood_auroc"]["mean"] <= 1
+    assert "ood_auroc_mi" not in t["det"]
     assert (tmp_path / "vmoer_results.json").exists()
+    rows = (tmp_path / "tables" / "vmoer.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["det", "mfvr", "vtsr_retrofit"]
 
 
 @pytest.mark.parametrize(

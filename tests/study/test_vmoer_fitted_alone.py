@@ -1,7 +1,8 @@
-"""The digits study's ensemble and SWAG retrofits (`routecal.study.vmoer.fit_alone`): SWAG
+"""The digits source's ensemble and SWAG retrofits (`study.vmoer_sources.ClassifierSource`): SWAG
 collects moments and differs from det; every ensemble member is fitted alone with its losses."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from flax import nnx
 from routecal import config
 from routecal.files import workdir as workdir_io
 from routecal.models.routers import baselines, swag
-from routecal.study import vmoer as vmoer_eval
+from routecal.study import vmoer, vmoer_sources
 from routecal.training import classify, predict
 
 
@@ -20,8 +21,12 @@ def det_run():
     cfg = config.load_config("configs/vmoer_digits.py:tiny", [
         "experiment.retrofit_steps=6", "experiment.member_steps=6",
         "experiment.member_max_steps=6"])  # fmt: skip
-    task = classify.ClassifierTask(vmoer_eval.run_config(cfg, "det", 0, None))
+    task = classify.ClassifierTask(vmoer_sources.run_config(cfg, "det", 0, None))
     return cfg, task.build_model(), task.dataset
+
+
+def _source(cfg, workdir="/nonexistent"):
+    return vmoer_sources.ClassifierSource(cfg, pathlib.Path(workdir))
 
 
 def _probs(model, tokens):
@@ -30,7 +35,7 @@ def _probs(model, tokens):
 
 def test_swag_retrofit_collects_moments_and_differs_from_det(det_run):
     cfg, det, ds = det_run
-    model, log = vmoer_eval.fit_alone(cfg, "swag_retrofit", 0, det, ds)
+    model, log = _source(cfg).fit_alone("swag_retrofit", 0, det)
     assert len(log["losses"]) == 6 and np.all(np.isfinite(log["losses"]))
     assert log["swag_n"] == 3  # steps 3..5 of 6 (vmoer_swag_start 0.5)
     rs = swag.swag_routers(model)
@@ -39,13 +44,14 @@ def test_swag_retrofit_collects_moments_and_differs_from_det(det_run):
     tokens = ds.test.tokens[:64]
     gap = np.abs(_probs(model, tokens) - _probs(det, tokens)).max()
     assert gap > 1e-4, "SWAG acted as det"
+    scratch = config.load_config("configs/vmoer_digits.py:tiny", ["experiment.routers=('det','swag')"])
     with pytest.raises(ValueError, match="swag_retrofit"):
-        vmoer_eval.method_spec("swag")  # from scratch: no moments, so it refuses
+        _source(scratch)  # from scratch: no moments, so it refuses
 
 
 def test_ensemble_retrofit_members_fitted_alone_with_losses(det_run):
     cfg, det, ds = det_run
-    model, log = vmoer_eval.fit_alone(cfg, "ensemble_retrofit", 0, det, ds)
+    model, log = _source(cfg).fit_alone("ensemble_retrofit", 0, det)
     members = log["members"]
     ens = baselines.router_list(model)
     assert len(members) == ens[0].n_members >= 2
@@ -78,7 +84,7 @@ def test_scratch_ensemble_members_are_independent_and_stop_at_their_plateau(det_
     cfg = config.load_config("configs/vmoer_digits.py:tiny", [
         "experiment.retrofit_steps=6", "experiment.member_steps=6",
         "experiment.member_max_steps=40", "experiment.member_check_every=4"])  # fmt: skip
-    model, log = vmoer_eval.fit_alone(cfg, "ensemble", 0, det, ds)
+    model, log = _source(cfg).fit_alone("ensemble", 0, det)
     members, rule = log["members"], baselines.Plateau(6, 40, 4)
     for mm in members:  # each stopped at the first check where the rule held (or the cap)
         n = mm["steps"]
@@ -101,7 +107,7 @@ def _save_untrained_det(cfg, det, det_dir):
     from routecal.files import records
     from routecal.training import checkpoints
 
-    rc = vmoer_eval.run_config(cfg, "det", 0, None)
+    rc = vmoer_sources.run_config(cfg, "det", 0, None)
     records.record_workdir_config(det_dir, json.loads(rc.to_json_best_effort()), "config.json",
                                   "run")
     checkpoints.save_model(det_dir, 0, det)
@@ -112,45 +118,71 @@ def test_fitted_alone_models_are_checkpointed_and_reload(det_run, tmp_path, meth
     from routecal.training import train
 
     cfg, det, ds = det_run
-    _save_untrained_det(cfg, det, tmp_path / "det")
+    _save_untrained_det(cfg, det, tmp_path / "seed0" / "det")
     tokens = ds.test.tokens[:32]
-    # the metrics of the model as fitted in memory: its test probabilities (evaluation is
-    # tested elsewhere)
-    monkeypatch.setattr(vmoer_eval, "evaluate_model",
-                        lambda m, d, e: {"probs": _probs(m, tokens).tolist()})
-    wd = tmp_path / method
-    res = vmoer_eval._fitted_alone_metrics(cfg, method, 0, tmp_path / "det", wd)
-    model, rc, _ = train.load_trained(wd)  # orbax checkpoint + config.json, like any run
+    source = _source(cfg, tmp_path)
+    model, log = source.fit(method, 0, None)
+    wd = tmp_path / "seed0" / method
+    loaded, rc, _ = train.load_trained(wd)  # orbax checkpoint + config.json, like any run
     assert rc.model.mlp_type == f"vmoer_{method.removesuffix('_retrofit')}"
-    np.testing.assert_allclose(_probs(model, tokens), res["probs"], rtol=1e-5, atol=1e-7)
-    gap = np.abs(_probs(model, tokens) - _probs(det, tokens)).max()
+    np.testing.assert_allclose(_probs(loaded, tokens), _probs(model, tokens), rtol=1e-5, atol=1e-7)
+    gap = np.abs(_probs(loaded, tokens) - _probs(det, tokens)).max()
     assert gap > 1e-5  # the fitted router, not det's
     if method == "swag_retrofit":
-        assert all(float(r.vrouter.n[...]) == res["swag_n"] for r in swag.swag_routers(model))
+        assert all(float(r.vrouter.n[...]) == log["swag_n"] for r in swag.swag_routers(loaded))
     else:
-        assert [len(k) for k in _member_kernels(model)] == [len(res["members"])] * len(
-            baselines.router_list(model))
+        assert [len(k) for k in _member_kernels(loaded)] == [len(log["members"])] * len(
+            baselines.router_list(loaded))
 
     def boom(*a, **k):
         raise AssertionError("refitted")
 
-    # metrics gone, checkpoint + fit log kept: the saved model is evaluated, not refitted
-    monkeypatch.setattr(vmoer_eval, "fit_alone", boom)
-    (wd / "metrics.json").unlink()
-    out = vmoer_eval._fitted_alone_metrics(cfg, method, 0, tmp_path / "det", wd)
-    np.testing.assert_allclose(out["probs"], res["probs"], rtol=1e-5, atol=1e-7)
-    assert out.get("members", out.get("losses")) == res.get("members", res.get("losses"))
+    # checkpoint + fit log kept: a rerun loads the saved model, it does not refit
+    monkeypatch.setattr(source, "fit_alone", boom)
+    again, log2 = source.fit(method, 0, None)
+    np.testing.assert_allclose(_probs(again, tokens), _probs(model, tokens), rtol=1e-5, atol=1e-7)
+    assert log2.get("members", log2.get("losses")) == log.get("members", log.get("losses"))
 
 
-def test_fitted_alone_metrics_are_read_back_not_refitted(tmp_path, monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("refitted")
+class _FakeSource:
+    """Two routers whose "models" are their names; records what it fits."""
 
-    monkeypatch.setattr(vmoer_eval, "fit_alone", boom)
-    want = {"ece": 0.1, "losses": [1.0, 0.5], "swag_n": 1}
-    workdir_io.write_json(tmp_path / "metrics.json", want)
-    assert vmoer_eval._fitted_alone_metrics(None, "swag_retrofit", 0, tmp_path, tmp_path) == want
-    assert not (tmp_path / "checkpoints").exists()
+    names, seeds, metrics = ["det", "mfvr"], [0], ("ece",)
+    lower_is_better, results_file = frozenset({"ece"}), "results.json"
+
+    def __init__(self):
+        self.fitted = []
+
+    def fit(self, name, seed, det):
+        self.fitted.append(name)
+        return name, {"train_time_s": 1.0}
+
+    def evaluate(self, model, seed):
+        return {"ece": {"det": 0.2, "mfvr": 0.1}[model]}
+
+    def overheads(self):
+        return {n: {"flops_infer_pct": 0.0} for n in self.names}
+
+    def extras(self):
+        return {}
+
+
+def test_the_section_skips_routers_found_in_the_seed_file(tmp_path):
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict({"experiment": {"assemble_only": False}})
+    workdir_io.write_json(tmp_path / "seed0.json", {"det": {"ece": 0.4}})
+    source = _FakeSource()
+    out = vmoer.run(cfg, tmp_path, source=source)
+    assert source.fitted == ["mfvr"]  # det read back, not refitted
+    assert out["per_run"]["det"][0]["ece"] == 0.4 and out["per_run"]["mfvr"][0]["ece"] == 0.1
+    assert out["table"]["mfvr"]["ece"]["rel_change_pct"] == pytest.approx(-75.0)
+    assert json.loads((tmp_path / "seed0.json").read_text())["mfvr"]["ece"] == 0.1
+    rerun = _FakeSource()
+    again = vmoer.run(cfg, tmp_path, source=rerun)
+    assert rerun.fitted == [] and again["per_run"] == out["per_run"]
+    rows = (tmp_path / "tables" / "vmoer.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["det", "mfvr"]
 
 
 @pytest.mark.slow
@@ -158,14 +190,14 @@ def test_experiment_records_members_and_swag(tmp_path):
     cfg = config.load_config("configs/vmoer_digits.py:tiny", [
         "train.steps=10", "experiment.retrofit_steps=6", "experiment.seeds=(0,)",
         "experiment.member_steps=6", "experiment.member_max_steps=6",
-        "experiment.methods=('det','swag_retrofit','ensemble_retrofit','ensemble')",
+        "experiment.routers=('det','swag_retrofit','ensemble_retrofit','ensemble')",
     ])  # fmt: skip
-    out = vmoer_eval.run_vmoer_experiment(cfg, tmp_path)
+    out = vmoer.run(cfg, tmp_path)
     run = out["per_run"]
     assert run["swag_retrofit"][0]["swag_n"] == 3
     assert [len(m["losses"]) for m in run["ensemble_retrofit"][0]["members"]] == [6] * 4
     assert [m["steps"] for m in run["ensemble"][0]["members"]] == [6] * 4  # alone, scratch
     for method in ("swag_retrofit", "ensemble_retrofit", "ensemble"):  # metrics + the model
-        assert (tmp_path / "seed0" / method / "metrics.json").exists()
+        assert (tmp_path / "seed0" / method / "fit_log.json").exists()
         assert (tmp_path / "seed0" / method / "checkpoints").is_dir()
-    assert set(out["table"]["ece"]) == {"det", "swag_retrofit", "ensemble_retrofit", "ensemble"}
+    assert set(out["table"]) == {"det", "swag_retrofit", "ensemble_retrofit", "ensemble"}

@@ -11,9 +11,9 @@ Deep ensemble ("ensemble", Lakshminarayanan et al. 2017): M router projections, 
   deterministic router plus an N(0, s^2) perturbation for a retrofit, from the router's own
   initialiser N(0, 0.02^2) on a backbone trained from scratch (`reset_routers`); its own seed,
   the same objective, until its loss plateaus (`Plateau`, capped), its loss curve, steps and
-  plateau flag recorded) and writes them into the router (`install_members`); the LM study
-  (`vmoer_decoder_fit`), the digits study (`study.vmoer`) and imported checkpoints
-  (`experiments/vmoer_pretrained.py`, a fixed step count) share these functions. A plain
+  plateau flag recorded) and writes them into the router (`install_members`); every source of
+  the VMoER section shares them through `training.router_fit.fit_ensemble` (imported
+  checkpoints with a fixed step count). A plain
   trainer given an ensemble router (no study) routes every token by one member drawn
   uniformly in training (members 1..M-1 initialised N(0, 0.02^2)): a joint fit, the fallback.
 SWAG (Maddox et al. 2019): `routers.swag`.

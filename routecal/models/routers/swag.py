@@ -16,8 +16,8 @@ every token of a call, so an item's options share it (common random numbers by c
 `swag_init` / `swag_update` are pure functions on a NamedTuple (the optax state shape);
 `SwagCollector` reads the `router/proj` kernel of every SWAG router after each step and
 `install` writes the moments into the routers' `vrouter` variables; `collect_from(model, steps)`
-gives its step callback (from step `vmoer_swag_start * steps` on), the one the LM study, the
-digits study and `experiments/vmoer_pretrained.py` pass to their fitting loops.
+gives its step callback (from step `vmoer_swag_start * steps` on), the one
+`training.router_fit.fit_swag` passes to every source's fitting loop.
 
 Traces: `router_logit_var` [B, T] = mean over experts of the variance of the S sampled logits.
 """

@@ -1,4 +1,5 @@
-"""Smoke test of experiments/vmoer_pretrained.py on a tiny imported checkpoint and MCQA files."""
+"""Smoke test of experiments/vmoer_pretrained.py (the VMoER section's "imported" source,
+`study.vmoer_imported`) on a tiny imported checkpoint and MCQA files."""
 
 from __future__ import annotations
 
@@ -54,21 +55,23 @@ def test_experiment_runs_end_to_end(checkpoint, tmp_path):
                 ([f"--{s}", p] for s, p in files.items()), [])]
     out = exp.main(argv)
     rows = {r: seeds[0] for r, seeds in out["per_run"].items()}
-    assert set(rows) == {"det", "mfvr"}
+    assert set(rows) == {"det", "mfvr_retrofit"}  # an imported checkpoint is only retrofitted
     for r in rows.values():
         assert 0.0 <= r["ece"] <= 1.0 and 0.0 <= r["stability"] <= 1.0
         assert 0.0 <= r["ood_auroc_far"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
     assert rows["det"]["flops_infer_pct"] == 0.0 and rows["det"]["ood_auroc_near_mi"] == 0.5
-    assert rows["mfvr"]["flops_infer_pct"] > 0.0 and "ood_auroc_near_mi" in rows["mfvr"]
+    assert rows["mfvr_retrofit"]["flops_infer_pct"] > 0.0
+    assert "ood_auroc_near_mi" in rows["mfvr_retrofit"]
     for r in rows.values():  # every OOD score named, for every router (issue 24 item 1)
         for name in ("entropy", "max_prob", "mi", "gating_entropy", "router_logit_variance"):
             assert f"ood_auroc_far_{name}" in r
-    assert (tmp_path / "w" / "mfvr" / "seed0" / "beta0.1" / "posterior").is_dir()
-    m = rows["mfvr"]  # beta chosen on the calib split, recorded
+    assert (tmp_path / "w" / "mfvr_retrofit" / "seed0" / "beta0.1" / "posterior").is_dir()
+    assert (tmp_path / "w" / "tables" / "vmoer.csv").exists()
+    m = rows["mfvr_retrofit"]  # beta chosen on the calib split, recorded
     assert m["beta"] in (0.01, 0.1) and len(m["beta_calib_nll"]) == 2
     assert m["beta_calib_nll"][m["beta_grid"].index(m["beta"])] == min(m["beta_calib_nll"])
     assert "beta" not in rows["det"]
-    assert "| mfvr |" in (tmp_path / "w" / "table.md").read_text()
+    assert "| mfvr_retrofit |" in (tmp_path / "w" / "table.md").read_text()
     res = json.loads((tmp_path / "w" / "results.json").read_text())
     assert res["n_options"] == 4 and res["n_dropped_items"] == dict.fromkeys(
         ["train", "calib", "in", "near", "far"], 0)
@@ -93,15 +96,16 @@ def test_ensemble_members_fitted_alone_and_swag_collects(checkpoint, tmp_path):
     ]  # fmt: skip
     out = _experiment().main(argv)
     rows = {r: seeds[0] for r, seeds in out["per_run"].items()}
-    members = rows["ensemble"]["members"]
+    members = rows["ensemble_retrofit"]["members"]
     assert [mm["seed"] for mm in members] == [[0, 0], [0, 1], [0, 2]]
     for m, mm in enumerate(members):  # each fitted alone, its own cell and recorded losses
         assert len(mm["losses"]) == 4 and np.all(np.isfinite(mm["losses"]))
-        assert (tmp_path / "w" / "ensemble" / "seed0" / f"member{m}" / "posterior").is_dir()
-    assert rows["swag"]["swag_n"] == 2 and len(rows["swag"]["losses"]) == 4  # steps 2, 3 of 4
-    assert rows["swag"]["nll"] != rows["det"]["nll"]
-    # a rerun whose retrofit had finished (metrics.json lost) reads the saved moments back
-    (tmp_path / "w" / "swag" / "seed0" / "metrics.json").unlink()
-    again = _experiment().main(argv)
-    assert again["per_run"]["swag"][0]["swag_n"] == 2
-    assert again["per_run"]["swag"][0]["nll"] == pytest.approx(rows["swag"]["nll"], rel=1e-5)
+        assert (tmp_path / "w" / "ensemble_retrofit" / "seed0" / f"member{m}" / "posterior").is_dir()
+    swag_row = rows["swag_retrofit"]
+    assert swag_row["swag_n"] == 2 and len(swag_row["losses"]) == 4  # steps 2, 3 of 4
+    assert swag_row["nll"] != rows["det"]["nll"]
+    # a rerun whose retrofit had finished (the seed file lost) reads the saved moments back
+    (tmp_path / "w" / "seed0.json").unlink()
+    again = _experiment().main(argv)["per_run"]["swag_retrofit"][0]
+    assert again["swag_n"] == 2
+    assert again["nll"] == pytest.approx(swag_row["nll"], rel=1e-5)

@@ -9,7 +9,7 @@ import pytest
 from routecal import config
 from routecal.models import routers, vmoer
 from routecal.models.routers import swag
-from routecal.study import vmoer_decoder, vmoer_decoder_data
+from routecal.training import mcqa
 
 K, T = 4, 12
 
@@ -18,7 +18,7 @@ def _model(router: str):
     cfg = config.load_config("configs/vmoer_lm.py:quick")
     cfg.model.update(d_model=8, mlp_dim=8, moe_hidden=8)
     cfg.model.vmoer.update(head_hidden=8, init_sigma=3.0, dropout=0.5, swag_rank=2)
-    model = vmoer_decoder.make_model(cfg, router, seed=0, max_len=T)
+    model = mcqa.make_model(cfg, router, seed=0, max_len=T)
     for r in swag.swag_routers(model):  # SWAG is stochastic only once it has moments
         r.vrouter.sq_mean[...] = jnp.ones_like(r.vrouter.sq_mean[...])
         r.vrouter.n[...] = jnp.asarray(1.0)
@@ -35,8 +35,8 @@ def _identical_options_batch():
 
 
 def _option_probs(model) -> np.ndarray:
-    outs, _ = vmoer_decoder_data.option_outputs(model, _identical_options_batch())
-    return np.asarray(jax.nn.softmax(vmoer_decoder_data.option_scores(outs, None), axis=-1))
+    outs, _ = mcqa.option_outputs(model, _identical_options_batch())
+    return np.asarray(jax.nn.softmax(mcqa.option_scores(outs, None), axis=-1))
 
 
 @pytest.mark.parametrize("router", [n for n in routers.ROUTERS if n != "det"])

@@ -1,4 +1,4 @@
-"""Routing stability (`routecal.study.vmoer_stability`): the paper's protocol (noise at one
+"""Routing stability (`routecal.models.vmoer.stability`): the paper's protocol (noise at one
 layer's input hidden state, that layer's Jaccard) and the all-MoE-inputs option."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from flax import nnx
 
 from routecal import config
 from routecal.models import vmoer
-from routecal.study import vmoer_decoder, vmoer_stability
+from routecal.training import mcqa
 
 N_LAYERS = 3
 
@@ -16,7 +16,7 @@ def _model(router: str):
     cfg = config.load_config("configs/vmoer_lm.py:quick")
     cfg.model.update(d_model=8, mlp_dim=8, moe_hidden=8, n_layers=N_LAYERS)
     cfg.model.vmoer.head_hidden = 8
-    model = vmoer_decoder.make_model(cfg, router, seed=0, max_len=24)
+    model = mcqa.make_model(cfg, router, seed=0, max_len=24)
     for layer in model.layers:  # sharp routers: the logits dominate the routing noise
         p = layer.mlp.router.proj
         p.kernel[...] = p.kernel[...] * 100
@@ -34,7 +34,7 @@ def _experts(m):
 @pytest.mark.parametrize("router", ["det", "mfvr"])
 @pytest.mark.parametrize("protocol", ["layer_input", "all_moe_inputs"])
 def test_stability_is_one_at_every_layer_at_zero_noise(router, protocol):
-    out = vmoer_stability.stability(_model(router), _experts, (0.0, 2.0), protocol=protocol)
+    out = vmoer.stability(_model(router), _experts, (0.0, 2.0), protocol=protocol)
     assert out["stability_layers_0"] == [1.0] * N_LAYERS and out["stability_0"] == 1.0
     assert len(out["stability_layers_2"]) == N_LAYERS
     assert out["stability_2"] == pytest.approx(np.mean(out["stability_layers_2"]))
@@ -64,6 +64,6 @@ def test_noise_at_layer_l_leaves_layers_before_l_unchanged(router):
 def test_bad_protocol_and_layer_raise():
     model = _model("det")
     with pytest.raises(ValueError, match="stability_protocol"):
-        vmoer_stability.stability(model, _experts, (0.0,), protocol="every_layer")
+        vmoer.stability(model, _experts, (0.0,), protocol="every_layer")
     with pytest.raises(ValueError, match="layer"):
         vmoer.set_layer_noise(model, 1.0, N_LAYERS)
