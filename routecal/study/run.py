@@ -22,7 +22,6 @@ keys the workdir to its config (`files.records`). Predictions are read through
 
 from __future__ import annotations
 
-import functools
 import pathlib
 import time
 from collections.abc import Callable

@@ -164,7 +164,7 @@ def converged(losses: list[float], window: float = 0.1, tol: float = 0.02, z: fl
         t = np.arange(2 * w, dtype=np.float64)
         resid = x - np.polyval(np.polyfit(t, x, 1), t)
         s = float(np.sqrt(resid @ resid / (2 * w - 2)))
-    return prev - last <= tol * max(abs(prev), 1e-12) + z * s * np.sqrt(2.0 / w)
+    return bool(prev - last <= tol * max(abs(prev), 1e-12) + z * s * float(np.sqrt(2.0 / w)))
 
 
 @dataclasses.dataclass(frozen=True)
