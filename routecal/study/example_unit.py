@@ -30,7 +30,7 @@ from routecal.report import verdicts, write_report  # noqa: F401 (the unit's rep
 from routecal.stats import calibration
 from routecal.study import grid
 from routecal.study.plan import ModelSpec, Plan
-from routecal.study.stages import Stages, versions
+from routecal.study.stages import Stages, spmd, versions
 
 Preds = dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]  # (arch, seed) -> split -> arrays
 Step = Callable[..., Any]  # step(name, fn, check=None) -> the stage's stored output
@@ -159,7 +159,8 @@ def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list[tuple[str, Calla
                functools.partial(probes_stage, plan, preds, spec.name, seed))
               for spec in plan.routed for seed in plan.seeds]
     if plan.vmoer_config is not None:
-        tasks.append(("vmoer", functools.partial(vmoer_stage, plan, w / "vmoer")))
+        # trains over the global mesh: every process together (`stages.spmd`)
+        tasks.append(("vmoer", spmd(functools.partial(vmoer_stage, plan, w / "vmoer"))))
     return tasks
 
 

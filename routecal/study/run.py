@@ -129,8 +129,8 @@ def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: f
     preds = unit.runs(plan, w, step, producer)
     tasks = unit.analysis(plan, w, preds)
     bar.total += len(tasks)
-    for name, fn in tasks:
-        step(name, fn)
+    # multi-host: each stage computed once, by one process (`Stages.run_all`)
+    st.run_all(tasks, on_stage=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     results = unit.assemble(plan, st, w, preds,
                             (time.perf_counter() - t_start) if fresh else None)

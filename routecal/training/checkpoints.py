@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from routecal import parallel
 from routecal.files import workdir as workdir_io
 
 
@@ -33,10 +34,20 @@ def _abstract(tree: Any) -> Any:
 
 
 def manager(workdir: pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """The orbax manager of `workdir/checkpoints` (created if missing)."""
+    """The orbax manager of `workdir/checkpoints` (created if missing).
+
+    Multi-host: every process of the job takes part (orbax's own barriers span them), except
+    inside `parallel.alone()`, where this process reads and writes by itself (its stage's own
+    checkpoints, or a trained run's it restores) and orbax waits for no other process.
+    """
+    mp = {}
+    if parallel.is_alone() and jax.process_count() > 1:
+        me = jax.process_index()
+        mp["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"alone{me}")
     return ocp.CheckpointManager(
         (pathlib.Path(workdir) / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **mp),
     )
 
 

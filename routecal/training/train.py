@@ -143,7 +143,7 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    with workdir_io.lock(workdir, "train", enabled=jax.process_index() == 0):
+    with workdir_io.lock(workdir, "train", enabled=parallel.is_primary()):
         out = _train_locked(cfg, workdir, mesh, max_steps_this_run)
     parallel.barrier("train_and_evaluate")  # multi-host: process 0's files are written
     return out
