@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -183,6 +184,45 @@ def process_slice(n: int) -> slice:
     q, r = divmod(n, k)
     start = i * q + min(i, r)
     return slice(start, start + q + (i < r))
+
+
+_SHARED = [0]  # share() calls so far: the same count on every process (they call in one order)
+_WAIT_MS = 24 * 3600 * 1000  # how long a process waits for another's item
+
+
+def share(fn: Callable[[int], Any], n: int, name: str) -> list[Any]:
+    """`[fn(i) for i in range(n)]` for n independent items, each computed once.
+
+    Multi-host: process `owner(i)` computes item i alone (`alone()`) and puts it, pickled, in
+    jax.distributed's key-value store; every process then reads every item. One process (and
+    inside `alone()`): computed in order. On every process count each item passes through
+    `jax.device_get`, so the results (numpy, not jax arrays) are the same objects' values.
+    Every process must call it, in the same order (keys are numbered by call). If an owner fails,
+    the others wait for its items until jax's coordination service reports the lost process.
+
+    Args:
+      fn: item index -> a picklable result (e.g. one diagnostic cell's numbers).
+      n: number of items; name: a label for the keys (and for errors).
+    """
+    if process_count() == 1:
+        return [jax.device_get(fn(i)) for i in range(n)]
+    import pickle
+
+    from jax._src import distributed  # the client of jax.distributed.initialize (no public API)
+
+    client = distributed.global_state.client
+    call = _SHARED[0]
+    _SHARED[0] += 1
+    key = f"routecal/share/{call}/{name}"
+    me = jax.process_index()
+    for i in range(n):
+        if owner(i) == me:
+            with alone():
+                value = jax.device_get(fn(i))
+            client.key_value_set_bytes(f"{key}/{i}", pickle.dumps(value))
+            print(f"routecal: process {me} computed {name} item {i}", file=sys.stderr, flush=True)
+    return [pickle.loads(client.blocking_key_value_get_bytes(f"{key}/{i}", _WAIT_MS))
+            for i in range(n)]
 
 
 def replicate(x: Any, mesh: Mesh) -> Any:

@@ -154,7 +154,9 @@ def vmoer_stage(plan: Plan, workdir: pathlib.Path) -> dict[str, Any]:
 
 def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list[tuple[str, Callable[[], Any]]]:
     """Every stage after the runs, in the study's order: (name, thunk)."""
-    tasks = [("diagnostics", lambda: grid.diagnostic_grid(grid_cells(plan, preds), plan.grid))]
+    # every process together, each (test, cell) computed by one (`grid.diagnostic_grid`)
+    tasks = [("diagnostics",
+              spmd(lambda: grid.diagnostic_grid(grid_cells(plan, preds), plan.grid)))]
     tasks += [(f"probes:{spec.name}:{seed}",
                functools.partial(probes_stage, plan, preds, spec.name, seed))
               for spec in plan.routed for seed in plan.seeds]

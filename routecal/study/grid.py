@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from routecal import parallel
 from routecal.stats import diagnostics
 from routecal.stats.seeds import compare_bands, seed_band
 from routecal.study import registry
@@ -122,12 +123,20 @@ def diagnostic_grid(
     if not cells:
         return out
     key = jax.random.key(settings.seed)
+
+    def one(k: int) -> dict[str, Any]:  # (test k // cells, cell k % cells)
+        spec, i = tests[k // len(cells)], k % len(cells)
+        c = cells[i]
+        kw = {"clusters": c.clusters} if spec.clustered else {}
+        return dict(spec.run(c.confidence, c.correct, c.routing, jax.random.fold_in(key, i),
+                             settings, **kw))
+
+    # multi-host: each (test, cell) computed once, by one process (`parallel.share`)
+    results = iter(parallel.share(one, len(tests) * len(cells), "diagnostic_grid"))
     for spec in tests:
         rows = []
-        for i, c in enumerate(cells):
-            kw = {"clusters": c.clusters} if spec.clustered else {}
-            res = dict(spec.run(c.confidence, c.correct, c.routing, jax.random.fold_in(key, i),
-                                settings, **kw))
+        for c in cells:
+            res = next(results)
             null = res.pop("null", None)
             row = {"test": spec.name, "arch": c.arch, "seed": c.seed, "feature": c.feature,
                    "n": int(len(c.confidence)), **res}

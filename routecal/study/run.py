@@ -72,8 +72,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
         the recorded study config, and writes neither results.json nor the report; it returns
         {"stages": names it computed}. It is one process: several processes of ONE job run the
         study itself with `routecal --distributed study ...` (process 0 holds the lock and
-        writes, every process computes every stage; docs/ARCHITECTURE.md "Processes and
-        workdirs").
+        writes results; each stage is computed once, by one process, `Stages.run_all`;
+        docs/ARCHITECTURE.md "Processes and workdirs").
 
     The plan and every model's config are checked whole before anything is written. Stored paths
     are relative to the workdir, so a copied or moved workdir reads only its own files.

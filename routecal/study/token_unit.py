@@ -46,7 +46,7 @@ from routecal.probes import compare
 from routecal.report.lm import verdicts, write_report  # noqa: F401 (the unit's report)
 from routecal.study import temperature, token_stages, token_tests
 from routecal.study.plan import TokenPlan
-from routecal.study.stages import Stages, versions
+from routecal.study.stages import Stages, spmd, versions
 
 CLUSTER_KEYS = ("cluster_unit", "n_clusters", "n_eff_clusters")  # per diagnostics cell
 
@@ -332,8 +332,9 @@ def _vmoer_tasks(plan: TokenPlan) -> list[tuple[str, Callable[[], Any]]]:
     vcfg = plan.load_vmoer()
     data = functools.cache(lambda: vmoer_decoder.build_data(
         vcfg.data, vmoer_decoder.check_scoring(str(vcfg.experiment.scoring))))
+    # every process together, each router but det trained by one (`vmoer_decoder.run_seed`)
     return [(f"vmoer:{int(s)}",
-             lambda s=int(s): {"runs": vmoer_decoder.run_seed(vcfg, data(), s)})
+             spmd(lambda s=int(s): {"runs": vmoer_decoder.run_seed(vcfg, data(), s)}))
             for s in vcfg.experiment.seeds]
 
 

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from routecal import parallel
 from routecal.files import workdir as workdir_io
 from routecal.models import routers
 from routecal.study import vmoer_decoder_fit
@@ -122,18 +123,25 @@ def run_seed(cfg: ml_collections.ConfigDict, data: dict[str, Any], seed: int,
     from routecal.study import vmoer_decoder_eval as ev
 
     names = check_routers(cfg.experiment)
-    det, runs = None, {}
-    for name in ["det", *[n for n in names if n != "det"]]:
+
+    def run(name: str, det: Any) -> tuple[Any, dict[str, Any]]:
         w0, p0 = time.perf_counter(), time.process_time()
         model, log = train_router(cfg, data, name, int(seed), det)
-        if name == "det":
-            det = model
         res = ev.evaluate(model, data, cfg.experiment, seed=int(seed))
         res["train_time_s"] = log["time_s"]
         res["wall_s"] = time.perf_counter() - w0
         res["cpu_s"] = time.process_time() - p0
         res["final_task_loss"] = float(np.mean(log["mcqa"][-10:])) if log.get("mcqa") else None
         res.update({k: v for k, v in log.items() if k not in ("lm", "mcqa", "time_s")})
+        return model, res
+
+    # det on every process (each router starts from it); multi-host: each other router trained
+    # once, by one process (`parallel.share`)
+    det, runs = run("det", None)
+    runs = {"det": runs}
+    others = [n for n in names if n != "det"]
+    done = parallel.share(lambda k: run(others[k], det)[1], len(others), f"vmoer_seed{seed}")
+    for name, res in [("det", runs["det"]), *zip(others, done, strict=True)]:
         runs[name] = res
         print(f"[vmoer_lm] seed {seed} {name}: " + ev.one_line(res), flush=True)
         if on_router is not None:
