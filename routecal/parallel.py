@@ -169,7 +169,7 @@ def broadcast_flag(flag: bool) -> bool:
 
 def broadcast_flags(flags: Sequence[bool]) -> list[bool]:
     """`broadcast_flag` for a list of flags at once (one collective): process 0's list."""
-    if process_count() == 1:
+    if process_count() == 1 or not flags:
         return [bool(f) for f in flags]
     from jax.experimental import multihost_utils
 
