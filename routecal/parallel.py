@@ -6,6 +6,12 @@ statistics and `NamedSharding` for data parallelism. Test on CPU with
 `XLA_FLAGS=--xla_force_host_platform_device_count=8`; multi-process runs are tested on one machine
 with local processes joined over 127.0.0.1 (tests/test_multihost.py).
 
+A multi-host study is one SPMD program whose independent pieces are each computed once: training
+runs on every process together (the global mesh); a piece owned by one process (`owner`: round-
+robin) runs inside `alone()`, where this module's helpers treat the process as a job of one (its
+own devices, no barrier); `share` gathers such pieces' results through jax.distributed's
+key-value store, `routecal.study.stages.Stages.run_all` through the stage files.
+
 Multi-host launch (every process runs the same command; see `initialize_distributed`):
 
     # Cloud TPU pod slice (all workers; topology auto-detected from the TPU metadata)

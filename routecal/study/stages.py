@@ -97,8 +97,8 @@ class Stages:
 
         One process: `run` for each, in order. Multi-host: process 0 decides which are stored
         (`parallel.broadcast_flags`); the pending ones marked `spmd` run first, on every process
-        together (`run`); every other pending stage k (in `tasks` order) is owned by process
-        `parallel.owner(k)` (round-robin), which computes it alone (`parallel.alone()`: its own
+        together (`run`); every other pending stage k (in the order of their names) is owned by
+        process `parallel.owner(k)` (round-robin), which computes it alone (`parallel.alone()`: its own
         devices, no collective with the others) and writes its JSON to the shared workdir; then
         every process waits at one barrier and reads every stage. A stage is a function of its
         key alone (never of the device count: `routecal.stats.diagnostics`), so the numbers are
@@ -121,7 +121,9 @@ class Stages:
             self.run(name, fn)
             if on_stage is not None:
                 on_stage(name)
-        for k, (name, fn) in enumerate(shared):
+        # round-robin over the sorted names: stages of one kind (e.g. every power cell, the
+        # costly ones) alternate between processes instead of all landing on one
+        for k, (name, fn) in enumerate(sorted(shared, key=lambda t: t[0])):
             if parallel.owner(k) == parallel.process_index():
                 with parallel.alone():
                     self.run(name, fn)

@@ -88,9 +88,9 @@ class _Stop(Exception):
 @pytest.mark.parametrize("n_proc", [2, 3])
 def test_run_all_gives_each_stage_to_one_process_alone(tmp_path, monkeypatch, n_proc):
     """Multi-host, simulated in one process (process 0 first; each but the last stops at the
-    closing barrier): every pending stage is computed exactly once, by its round-robin owner,
-    alone (its own devices, primary inside its stage); an `spmd` stage by every process; every
-    process reads every stage after one barrier."""
+    closing barrier): every pending stage is computed exactly once, by its owner (round-robin
+    over the sorted names), alone (its own devices, primary inside its stage); an `spmd` stage by
+    every process; every process reads every stage after one barrier."""
     import jax
 
     from routecal import parallel
@@ -106,9 +106,9 @@ def test_run_all_gives_each_stage_to_one_process_alone(tmp_path, monkeypatch, n_
             return {"v": name}
         return fn
 
-    tasks = [(n, thunk(n)) for n in ("s0", "s1", "s2", "s3", "s4")]
+    tasks = [(n, thunk(n)) for n in ("s3", "s1", "s0", "s4", "s2")]  # owners by sorted name
     tasks.append(("together", stages.spmd(thunk("together"))))
-    decided = [False, True, False, False, False, False]  # process 0's view, broadcast
+    decided = [n == "s1" for n, _ in tasks]  # process 0's view, broadcast
     monkeypatch.setattr(parallel, "broadcast_flags",
                         lambda flags: decided if len(flags) == len(decided) else [False])
     monkeypatch.setattr(jax, "process_count", lambda: n_proc)
