@@ -6,6 +6,12 @@ statistics and `NamedSharding` for data parallelism. Test on CPU with
 `XLA_FLAGS=--xla_force_host_platform_device_count=8`; multi-process runs are tested on one machine
 with local processes joined over 127.0.0.1 (tests/test_multihost.py).
 
+A multi-host study is one SPMD program whose independent pieces are each computed once: training
+runs on every process together (the global mesh); a piece owned by one process (`owner`: round-
+robin) runs inside `alone()`, where this module's helpers treat the process as a job of one (its
+own devices, no barrier); `share` gathers such pieces' results through jax.distributed's
+key-value store, `routecal.study.stages.Stages.run_all` through the stage files.
+
 Multi-host launch (every process runs the same command; see `initialize_distributed`):
 
     # Cloud TPU pod slice (all workers; topology auto-detected from the TPU metadata)
@@ -21,8 +27,10 @@ Multi-host launch (every process runs the same command; see `initialize_distribu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -38,13 +46,14 @@ def make_mesh(devices: Sequence[jax.Device] | int | None = None, axis: str = BAT
 
     Args:
       devices: explicit devices, a count (the first `n` of `jax.devices()`), or None for all
-        (after `initialize_distributed`, all devices of every process).
+        (after `initialize_distributed`, all devices of every process; inside `alone()`, this
+        process's own devices).
       axis: the mesh axis name.
     """
     if devices is None:
-        devs = jax.devices()
+        devs = _devices()
     elif isinstance(devices, int):
-        all_devs = jax.devices()
+        all_devs = _devices()
         if not 1 <= devices <= len(all_devs):
             raise ValueError(f"devices: asked for {devices}, have {len(all_devs)}")
         devs = all_devs[:devices]
@@ -91,19 +100,68 @@ def initialize_distributed(**kwargs: Any) -> None:
     jax.distributed.initialize(**kwargs)
 
 
+_ALONE = [False]  # inside `alone()`: this process works by itself (a stage it owns)
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Multi-host: this process computes a piece of work by itself (a stage it owns,
+    `routecal.study.stages.Stages.run_all`), as if it were a one-process job.
+
+    Inside, `make_mesh()` spans this process's own devices (`jax.local_devices()`), `is_primary()`
+    is True (the owner writes the piece's files), `barrier` and `broadcast_flag` do nothing and
+    `process_slice` is everything: no collective waits for the processes that are not computing
+    it. On one process it changes nothing.
+    """
+    before = _ALONE[0]
+    _ALONE[0] = True
+    try:
+        yield
+    finally:
+        _ALONE[0] = before
+
+
+def is_alone() -> bool:
+    """True inside `alone()` or on a one-process job: no other process takes part in the work."""
+    return _ALONE[0] or jax.process_count() == 1
+
+
+def _devices() -> list[jax.Device]:
+    return jax.local_devices() if _ALONE[0] else jax.devices()
+
+
+def process_count() -> int:
+    """Processes taking part in the current work: 1 inside `alone()`, else `jax.process_count()`."""
+    return 1 if _ALONE[0] else jax.process_count()
+
+
+def process_index() -> int:
+    """This process's index among those taking part: 0 inside `alone()`, else
+    `jax.process_index()`."""
+    return 0 if _ALONE[0] else jax.process_index()
+
+
+def owner(i: int) -> int:
+    """The process that owns item `i` of a list of independent pieces of work (round-robin:
+    `i mod process_count()`), so every process agrees without talking."""
+    return i % process_count()
+
+
 def is_primary() -> bool:
-    """True on process 0: the one process that writes results, reports and logs."""
-    return jax.process_index() == 0
+    """True on process 0 (the one process that writes results, reports and logs), and on the
+    owner of a piece of work inside `alone()`."""
+    return process_index() == 0
 
 
 def barrier(name: str) -> None:
-    """Multi-host: waits until every process reaches the barrier `name` (no-op on one process).
+    """Multi-host: waits until every process reaches the barrier `name` (no-op on one process
+    and inside `alone()`).
 
     Every file process 0 writes is followed by a barrier before any process reads it
     (`jax.experimental.multihost_utils.sync_global_devices`, which also checks that every process
     passed the same name). The processes must call it in the same order.
     """
-    if jax.process_count() > 1:
+    if process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
@@ -111,20 +169,66 @@ def barrier(name: str) -> None:
 
 def broadcast_flag(flag: bool) -> bool:
     """Multi-host: process 0's `flag` on every process (so every process takes the same branch,
-    e.g. "this stage is already stored"); `flag` itself on one process."""
-    if jax.process_count() == 1:
-        return bool(flag)
+    e.g. "this stage is already stored"); `flag` itself on one process and inside `alone()`."""
+    return bool(broadcast_flags([flag])[0])
+
+
+def broadcast_flags(flags: Sequence[bool]) -> list[bool]:
+    """`broadcast_flag` for a list of flags at once (one collective): process 0's list."""
+    if process_count() == 1 or not flags:
+        return [bool(f) for f in flags]
     from jax.experimental import multihost_utils
 
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+    out = multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32).reshape(-1))
+    return [bool(f) for f in np.asarray(out)]
 
 
 def process_slice(n: int) -> slice:
-    """This process's contiguous part of `n` items (split as `numpy.array_split`, process order)."""
-    k, i = jax.process_count(), jax.process_index()
+    """This process's contiguous part of `n` items (split as `numpy.array_split`, process order;
+    all of them on one process and inside `alone()`)."""
+    k, i = process_count(), process_index()
     q, r = divmod(n, k)
     start = i * q + min(i, r)
     return slice(start, start + q + (i < r))
+
+
+_SHARED = [0]  # share() calls so far: the same count on every process (they call in one order)
+_WAIT_MS = 24 * 3600 * 1000  # how long a process waits for another's item
+
+
+def share(fn: Callable[[int], Any], n: int, name: str) -> list[Any]:
+    """`[fn(i) for i in range(n)]` for n independent items, each computed once.
+
+    Multi-host: process `owner(i)` computes item i alone (`alone()`) and puts it, pickled, in
+    jax.distributed's key-value store; every process then reads every item. One process (and
+    inside `alone()`): computed in order. On every process count each item passes through
+    `jax.device_get`, so the results (numpy, not jax arrays) are the same objects' values.
+    Every process must call it, in the same order (keys are numbered by call). If an owner fails,
+    the others wait for its items until jax's coordination service reports the lost process.
+
+    Args:
+      fn: item index -> a picklable result (e.g. one diagnostic cell's numbers).
+      n: number of items; name: a label for the keys (and for errors).
+    """
+    if process_count() == 1:
+        return [jax.device_get(fn(i)) for i in range(n)]
+    import pickle
+
+    from jax._src import distributed  # the client of jax.distributed.initialize (no public API)
+
+    client = distributed.global_state.client
+    call = _SHARED[0]
+    _SHARED[0] += 1
+    key = f"routecal/share/{call}/{name}"
+    me = jax.process_index()
+    for i in range(n):
+        if owner(i) == me:
+            with alone():
+                value = jax.device_get(fn(i))
+            client.key_value_set_bytes(f"{key}/{i}", pickle.dumps(value))
+            print(f"routecal: process {me} computed {name} item {i}", file=sys.stderr, flush=True)
+    return [pickle.loads(client.blocking_key_value_get_bytes(f"{key}/{i}", _WAIT_MS))
+            for i in range(n)]
 
 
 def replicate(x: Any, mesh: Mesh) -> Any:

@@ -2,15 +2,19 @@
 
 Each study runs twice from a fresh workdir: once as one process with 2 CPU devices, once as 2
 processes joined over 127.0.0.1 (gloo, one CPU device each), every process running the same
-`routecal` command on the same workdir. The device count is the same, so every array has the same
-per-device shape (XLA:CPU rounds a matmul by its shape: one device instead of two changes the
-predicted probabilities in the last float32 bit, which moves tokens across bins downstream) and an
-all-reduce of 2 values is the same sum in any order. Every process sees the same CPU cores (no
+`routecal` command on the same workdir. Training is data-parallel over both processes; token
+prediction, the analysis stages, the digits grid's cells and the VMoER routers are split between
+them (each computed once, by one process alone: `Stages.run_all`, `parallel.share`), and each test
+checks from the processes' stderr that each process computed its share. The global device count is
+the same, so every training array has the same per-device shape (XLA:CPU rounds a matmul by its
+shape: one device instead of two changes the predicted probabilities in the last float32 bit, which
+moves tokens across bins downstream) and an all-reduce of 2 values is the same sum in any order; a
+stage computed alone does not depend on the device count. Every process sees the same CPU cores (no
 `taskset`): XLA:CPU's thread count also changes float32 rounding (pinned to one core each, the LM
-study's MLP probe differed in the last bit). The two `results.json` are compared leaf by leaf with `benchmarks/compare_results.py`
-(timing, host and version fields skipped). The quick variant (the digits study, one architecture,
-a few training steps, no VMoER) runs in CI; the `multihost` (and `slow`) ones run the digits study
-with VMoER and the LM study.
+study's MLP probe differed in the last bit). The two `results.json` are compared leaf by leaf with
+`benchmarks/compare_results.py` (timing, host and version fields skipped). The quick variant (the
+digits study, one architecture, a few training steps, no VMoER) runs in CI; the `multihost` (and
+`slow`) ones run the digits study with VMoER and the LM study with a small VMoER section.
 """
 
 from __future__ import annotations
@@ -51,8 +55,13 @@ LM = [
     "--config.diagnostics.paper_power_permutations=19",
     "--config.probes.bandwidth_rules=('scott',)", "--config.probes.sweep_multiples=(1.0,)",
     "--config.probes.max_calib_tokens=1000", "--config.probes.max_test_tokens=1000",
-    "--config.sections=('diagnostics','power','probes','temperature')",
 ]
+# the LM study's VMoER section, small: det and two routers retrofitted on it (one per process)
+LM_VMOER = "--config.vmoer.overrides=" + repr((
+    "experiment.beta_grid=(0.01,)", "experiment.sigmas=(0.01,)", "experiment.stability_items=16",
+    "data.n_eval_items=32", "data.n_train_items=64", "data.n_calib_items=16",
+    "train.finetune_steps=5", "train.retrofit_steps=3", "train.member_steps=3",
+    "train.member_max_steps=3", "experiment.routers=('det','mfvr_retrofit','vtsr_retrofit')"))
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -63,29 +72,34 @@ def _env(devices: int) -> dict[str, str]:
     return env
 
 
-def _study(args: list[str], workdir: pathlib.Path, n: int) -> dict:
-    """results.json of `routecal study args` in `workdir`: one process with 2 CPU devices (n = 1),
-    or n processes (`routecal --distributed`) with one CPU device each."""
+def _study(args: list[str], workdir: pathlib.Path, n: int) -> tuple[dict, list[str]]:
+    """results.json of `routecal study args` in `workdir` and the processes' stderr: one process
+    with 2 CPU devices (n = 1), or n processes (`routecal --distributed`) with one CPU device
+    each."""
     cli = [sys.executable, "-m", "routecal.cli"]
     tail = ["study", *args, "--workdir", str(workdir), "--no-report"]
     if n == 1:
         p = subprocess.run([*cli, *tail], env=_env(2), cwd=ROOT, capture_output=True, text=True,
                            timeout=900)
         assert p.returncode == 0, p.stderr[-3000:]
+        stderr = [p.stderr]
     else:
-        _run_processes(n, lambda port, i: [
+        stderr = _run_processes(n, lambda port, i: [
             *cli, "--distributed", "--coordinator-address", f"127.0.0.1:{port}",
             "--num-processes", str(n), "--process-id", str(i), *tail], timeout=900)
-    return json.loads((workdir / "results.json").read_text())
+    return json.loads((workdir / "results.json").read_text()), stderr
 
 
 def _same(args: list[str], tmp_path: pathlib.Path) -> dict:
-    one = _study(args, tmp_path / "one", 1)  # one process, 2 devices
-    two = _study(args, tmp_path / "two", 2)  # 2 processes, one device each
+    one, _ = _study(args, tmp_path / "one", 1)  # one process, 2 devices
+    two, stderr = _study(args, tmp_path / "two", 2)  # 2 processes, one device each
     n, diffs = compare_results.compare(one, two)
     assert n > 50, f"only {n} leaves compared"
     assert not diffs, "\n".join(diffs[:40])
     assert not (tmp_path / "two" / ".routecal.lock").exists()  # process 0 released it
+    for i, err in enumerate(stderr):  # each process computed its own share of the stages
+        assert f"routecal: process {i} computed " in err, err[-2000:]
+    assert not any((tmp_path / "two").rglob(".*.part-*"))  # the token parts were joined
     return two
 
 
@@ -107,5 +121,8 @@ def test_digits_study_with_vmoer_two_processes_equal_one(tmp_path):
 @pytest.mark.multihost
 @pytest.mark.slow
 def test_lm_study_two_processes_equal_one(tmp_path):
-    two = _same(LM, tmp_path)
+    two = _same([*LM, LM_VMOER,
+                 "--config.sections=('diagnostics','power','probes','temperature','vmoer')"],
+                tmp_path)
     assert two["diagnostics"]["tests"]
+    assert sorted(two["vmoer"]["per_run"]) == ["det", "mfvr_retrofit", "vtsr_retrofit"]

@@ -41,6 +41,30 @@ def test_is_primary_and_to_host_on_one_process():
     np.testing.assert_array_equal(parallel.to_host(x), np.arange(16.0))
 
 
+def test_alone_makes_a_process_of_a_job_a_job_of_one(monkeypatch):
+    """Process 1 of 2 (simulated): not primary, half the items, the global mesh; inside
+    `alone()`: primary, every item, its own devices, no barrier; restored after."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(jax, "local_devices", lambda: jax.devices()[:1])
+    assert not parallel.is_primary() and parallel.process_slice(10) == slice(5, 10)
+    assert parallel.make_mesh().size == len(jax.devices()) and parallel.owner(3) == 1
+    with parallel.alone():
+        assert parallel.is_primary() and parallel.is_alone() and parallel.process_count() == 1
+        assert parallel.process_slice(10) == slice(0, 10) and parallel.make_mesh().size == 1
+        assert parallel.owner(3) == 0 and parallel.broadcast_flags([True, False]) == [True, False]
+        parallel.barrier("nobody else")  # returns at once
+        assert parallel.share(lambda i: jax.numpy.arange(i), 3, "t")[2].tolist() == [0, 1]
+    assert not parallel.is_primary() and not parallel.is_alone()
+
+
+def test_share_on_one_process_is_each_item_in_order_on_the_host():
+    out = parallel.share(lambda i: {"x": jax.numpy.full(2, i), "i": i}, 4, "items")
+    assert [o["i"] for o in out] == [0, 1, 2, 3]
+    assert all(isinstance(o["x"], np.ndarray) and o["x"].tolist() == [i, i]
+               for i, o in enumerate(out))
+
+
 def test_initialize_distributed_is_a_no_op_when_joined(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)

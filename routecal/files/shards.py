@@ -20,7 +20,8 @@ that column's .npy files and concatenates them (only that column is read), `iter
 one shard's columns at a time. Opening checks every column file against the index from its .npy
 header (present, dtype, shape [shard rows, *trailing], file size), so a truncated, cut, reshaped or
 foreign column is a one-line ValueError naming the file, never a raw numpy error or a silent
-misalignment. The older "routecal-shards/1" index (no fingerprint) is still read.
+misalignment. The older "routecal-shards/1" index (no fingerprint) is still read. `join_parts` joins
+sets written in parts (one per process of a multi-host job) into one.
 """
 
 from __future__ import annotations
@@ -134,6 +135,41 @@ class ShardWriter:
         }
         workdir_io.write_json(self.path / "index.json", index, indent=1)
         return self.path
+
+
+def join_parts(parts: list[pathlib.Path], path: str | os.PathLike) -> pathlib.Path:
+    """Joins sharded directories written in parts (multi-host: one per process, in process order)
+    into one at `path`, read as if one `ShardWriter` had written the parts' rows in order.
+
+    The parts' shard directories are renamed into `path` (replaced if it holds sharded
+    predictions) and numbered on, `index.json` is written last (the parts' meta and fingerprint,
+    which must agree) and the emptied parts are removed. A part with no rows has no columns.
+
+    Raises:
+      ValueError: naming the part whose columns, meta or fingerprint differ from the first's.
+    """
+    path = pathlib.Path(path)
+    indexes = [read_index(pathlib.Path(p) / "index.json") for p in parts]
+    first = next((ix for ix in indexes if ix["n"]), indexes[0])
+    for p, ix in zip(parts, indexes, strict=True):
+        same = [ix[k] == first[k] for k in ("meta", "fingerprint")]
+        if not all(same) or (ix["n"] and ix["columns"] != first["columns"]):
+            raise ValueError(f"parts: {str(p)!r} differs from {str(parts[0])!r} in columns, meta "
+                             "or fingerprint")
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    shards = []
+    for p, ix in zip(parts, indexes, strict=True):
+        for s in ix["shards"]:
+            name = f"shard_{len(shards):05d}"
+            os.replace(pathlib.Path(p) / s["name"], path / name)
+            shards.append({"name": name, "n": s["n"]})
+    index = {**first, "n": int(sum(s["n"] for s in shards)), "shards": shards}
+    workdir_io.write_json(path / "index.json", index, indent=1)
+    for p in parts:
+        shutil.rmtree(p)
+    return path
 
 
 class ShardedColumns(Mapping):

@@ -30,7 +30,7 @@ from routecal.probes.compare import probe_comparison, summarise_probes
 from routecal.stats import calibration
 from routecal.study import grid
 from routecal.study.plan import ModelSpec, Plan
-from routecal.study.stages import Stages, versions
+from routecal.study.stages import Stages, spmd, versions
 
 Preds = dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]  # (arch, seed) -> split -> arrays
 Step = Callable[..., Any]  # step(name, fn, check=None) -> the stage's stored output
@@ -158,8 +158,9 @@ def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list[tuple[str, Calla
     tasks = []
     if "diagnostics" in plan.sections:
         specs = grid.specs(plan.tests.tests, power="power" in plan.sections)
-        tasks.append(("diagnostics", lambda: grid.diagnostic_grid(grid_cells(plan, preds),
-                                                                  plan.tests, specs)))
+        # every process together, each (test, cell) computed by one (`grid.diagnostic_grid`)
+        tasks.append(("diagnostics", spmd(lambda: grid.diagnostic_grid(
+            grid_cells(plan, preds), plan.tests, specs))))
     if "probes" in plan.sections:
         tasks += [(f"probes:{spec.name}:{seed}",
                    functools.partial(probes_stage, plan, preds, spec.name, seed))

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from routecal import parallel
 from routecal.stats import multiple_testing
 from routecal.study import registry
 
@@ -110,12 +111,21 @@ def diagnostic_grid(
     if not cells:
         return out
     key = jax.random.key(settings.seed)
-    for spec in specs(settings.tests) if tests is None else tests:
+    tests = specs(settings.tests) if tests is None else tests
+
+    def one(k: int) -> dict[str, Any]:  # (test k // cells, cell k % cells)
+        spec, i = tests[k // len(cells)], k % len(cells)
+        c = cells[i]
+        kw = {"clusters": c.clusters} if spec.clustered else {}
+        return dict(spec.run(c.confidence, c.correct, c.routing, jax.random.fold_in(key, i),
+                             settings, **kw))
+
+    # multi-host: each (test, cell) computed once, by one process (`parallel.share`)
+    results = iter(parallel.share(one, len(tests) * len(cells), "diagnostic_grid"))
+    for spec in tests:
         rows = []
-        for i, c in enumerate(cells):
-            kw = {"clusters": c.clusters} if spec.clustered else {}
-            res = dict(spec.run(c.confidence, c.correct, c.routing, jax.random.fold_in(key, i),
-                                settings, **kw))
+        for c in cells:
+            res = next(results)
             null = res.pop("null", None)
             row = {"test": spec.name, "arch": c.arch, "seed": c.seed, "feature": c.feature,
                    "n": int(len(c.confidence)), **res}

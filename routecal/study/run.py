@@ -38,6 +38,7 @@ from routecal.study.stages import (
     Stages,
     check_workdir_config,
     record_workdir_config,
+    spmd,
     to_json,
     write_json,
 )
@@ -73,8 +74,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
         the recorded study config, and writes neither results.json nor the report; it returns
         {"stages": names it computed}. It is one process: several processes of ONE job run the
         study itself with `routecal --distributed study ...` (process 0 holds the lock and
-        writes, every process computes every stage; docs/ARCHITECTURE.md "Processes and
-        workdirs").
+        writes results; each stage is computed once, by one process, `Stages.run_all`;
+        docs/ARCHITECTURE.md "Processes and workdirs").
 
     The plan and every model's config are checked whole before anything is written. Stored paths
     are relative to the workdir, so a copied or moved workdir reads only its own files.
@@ -130,8 +131,8 @@ def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: f
     preds = unit.runs(plan, w, step, producer)
     tasks = _analysis(plan, unit, w, preds)
     bar.total += len(tasks)
-    for name, fn in tasks:
-        step(name, fn)
+    # multi-host: each stage computed once, by one process (`Stages.run_all`)
+    st.run_all(tasks, on_stage=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     results = unit.assemble(plan, st, w, preds,
                             (time.perf_counter() - t_start) if fresh else None)
@@ -155,9 +156,11 @@ def vmoer_tasks(plan: plan_lib.Plan, w: pathlib.Path) -> list[tuple[str, Callabl
 
     vcfg = plan.load_vmoer()
     if plan.source == "classifier":
-        return [("vmoer", lambda: vmoer.report_rows(vmoer.run(vcfg, w / "vmoer")))]
+        # trains over the global mesh: every process together (`stages.spmd`)
+        return [("vmoer", spmd(lambda: vmoer.report_rows(vmoer.run(vcfg, w / "vmoer"))))]
     source = vmoer.make_source(vcfg, w / "vmoer")
-    return [(f"vmoer:{s}", lambda s=s: {"runs": vmoer.run_seed(source, s)})
+    # every process together, each router but det fitted by one (`vmoer.run_seed`)
+    return [(f"vmoer:{s}", spmd(lambda s=s: {"runs": vmoer.run_seed(source, s)}))
             for s in source.seeds]
 
 

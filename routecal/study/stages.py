@@ -1,4 +1,5 @@
-"""The stage cache: `W/stages/<name>.json`, present = done, skipped on resume (`Stages.run`).
+"""The stage cache: `W/stages/<name>.json`, present = done, skipped on resume (`Stages.run`);
+independent stages split over the processes of a multi-host job (`Stages.run_all`).
 
 The JSON helpers and the workdir-config guard live in `routecal.files.records` (shared with
 training and the report); they are re-exported here for the study's modules.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from routecal import parallel
@@ -22,6 +23,16 @@ from routecal.files.records import (  # noqa: F401 (re-exported for the study's 
     versions,
     write_json,
 )
+
+Task = tuple[str, Callable[[], Any]]
+
+
+def spmd(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Marks a stage thunk that every process of a multi-host job computes together
+    (`Stages.run_all` does not give it to one process): its collectives span every process, e.g.
+    model training data-parallel over the global mesh. Returns `fn`, marked."""
+    fn.routecal_spmd = True
+    return fn
 
 
 class Stages:
@@ -78,3 +89,48 @@ class Stages:
             value = {**value, "seconds": time.perf_counter() - t0}
         parallel.release_compiled()  # a long study stays under the kernel's memory-map limit
         return self.save(name, value)
+
+    def run_all(self, tasks: Sequence[Task],
+                on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Independent stages (none reads another's output), each computed once: their stored
+        outputs by name.
+
+        One process: `run` for each, in order. Multi-host: process 0 decides which are stored
+        (`parallel.broadcast_flags`); the pending ones marked `spmd` run first, on every process
+        together (`run`); every other pending stage k (in the order of their names) is owned by
+        process `parallel.owner(k)` (round-robin), which computes it alone (`parallel.alone()`: its own
+        devices, no collective with the others) and writes its JSON to the shared workdir; then
+        every process waits at one barrier and reads every stage. A stage is a function of its
+        key alone (never of the device count: `routecal.stats.diagnostics`), so the numbers are
+        the same for any process count. If an owner fails, the others wait at the barrier until
+        jax's coordination service reports the lost process.
+
+        Args:
+          tasks: (stage name, thunk) pairs; a thunk returns the stage's output (`run`).
+          on_stage: called with each stage's name once this process has it (a progress bar).
+        """
+        names = [n for n, _ in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: stage names repeat in {names}")
+        stored = parallel.broadcast_flags(  # multi-host: process 0 decides
+            [parallel.is_primary() and self._usable(n, None) for n in names])
+        pending = [t for t, done in zip(tasks, stored, strict=True) if not done]
+        together = [t for t in pending if parallel.is_alone() or getattr(t[1], "routecal_spmd", 0)]
+        shared = [t for t in pending if t not in together]
+        for name, fn in together:
+            self.run(name, fn)
+            if on_stage is not None:
+                on_stage(name)
+        # round-robin over the sorted names: stages of one kind (e.g. every power cell, the
+        # costly ones) alternate between processes instead of all landing on one
+        for k, (name, fn) in enumerate(sorted(shared, key=lambda t: t[0])):
+            if parallel.owner(k) == parallel.process_index():
+                with parallel.alone():
+                    self.run(name, fn)
+                print(f"routecal: process {parallel.process_index()} computed stage {name}",
+                      file=sys.stderr, flush=True)
+                if on_stage is not None:
+                    on_stage(name)
+        if shared:
+            parallel.barrier(f"Stages.run_all:{len(shared)}:{shared[0][0]}")
+        return {n: self.load(n) for n in names}

@@ -81,21 +81,37 @@ def run_seed(source: Source, seed: int, done: dict[str, Any] | None = None,
             det["model"] = source.fit("det", seed, det_model)[0]
         return det["model"]
 
-    for name in source.names:
-        if name in runs:
-            continue
+    def one(name: str) -> dict[str, Any]:
         w0, p0 = time.perf_counter(), time.process_time()
         model, log = source.fit(name, seed, det_model)
         if name == "det":
             det["model"] = model
         res = {**source.evaluate(model, seed), **log}
         res["wall_s"], res["cpu_s"] = time.perf_counter() - w0, time.process_time() - p0
+        return res
+
+    def record(name: str, res: dict[str, Any]) -> None:
         runs[name] = res
         keys = ("accuracy", "ece", "stability", "ood_auroc", "ood_auroc_near", "ood_auroc_far")
         print(f"[vmoer] seed {seed} {name}: "
               + " ".join(f"{k}={res[k]:.4f}" for k in keys if k in res), flush=True)
         if on_router is not None:
             on_router(runs)
+
+    todo = [n for n in source.names if n not in runs]
+    if parallel.process_count() == 1:  # one by one, each saved as it finishes (`on_router`)
+        for name in todo:
+            record(name, one(name))
+        return runs
+    # multi-host: det on every process together (each router starts from it), then each other
+    # router fitted once, by one process (`parallel.share`)
+    if "det" in todo:
+        record("det", one("det"))
+    det_model()
+    others = [n for n in todo if n != "det"]
+    for name, res in zip(others, parallel.share(lambda k: one(others[k]), len(others),
+                                                f"vmoer_seed{seed}"), strict=True):
+        record(name, res)
     return runs
 
 

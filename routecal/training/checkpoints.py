@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from routecal import parallel
 from routecal.files import workdir as workdir_io
 
 
@@ -33,14 +34,32 @@ def _abstract(tree: Any) -> Any:
 
 
 def manager(workdir: pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """The orbax manager of `workdir/checkpoints` (created if missing)."""
+    """The orbax manager of `workdir/checkpoints` (created if missing).
+
+    Multi-host: every process of the job takes part (orbax's own barriers span them), except
+    inside `parallel.alone()`, where this process restores by itself (a trained run's model, e.g.
+    the temperature stage) and orbax waits for no other process. Saving inside `alone()` is
+    refused (`save`, `save_model`): orbax's save signals through keys every process shares.
+    """
+    root = (pathlib.Path(workdir) / "checkpoints").absolute()
+    mp = {}
+    if parallel.is_alone() and jax.process_count() > 1:
+        me = jax.process_index()
+        mp["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"alone{me}")
+        root.mkdir(parents=True, exist_ok=True)  # orbax creates it only with every process
     return ocp.CheckpointManager(
-        (pathlib.Path(workdir) / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-    )
+        root, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not mp, **mp))
+
+
+def _check_not_alone() -> None:
+    if parallel.is_alone() and jax.process_count() > 1:
+        raise ValueError("checkpoints: saving inside parallel.alone() is not supported on several "
+                         "processes (mark the stage `stages.spmd`)")
 
 
 def save(mngr, step: int, model, optimizer, position: dict[str, Any]) -> None:
+    _check_not_alone()
     mngr.save(
         step,
         args=ocp.args.Composite(
@@ -55,6 +74,7 @@ def save_model(workdir: str | pathlib.Path, step: int, model) -> None:
     """Saves the model state alone (no optimizer, no data position) as checkpoint `step` of
     `workdir/checkpoints`: what a model fitted in memory by a study leaves (with its
     `config.json`, `train.load_trained` rebuilds it; `restore_into` without an optimizer)."""
+    _check_not_alone()
     mngr = manager(pathlib.Path(workdir))
     try:
         mngr.save(step, args=ocp.args.Composite(

@@ -181,7 +181,7 @@ def predict_process_shard(
     sub = Split(tokens=full.tokens[part], labels=full.labels[part])
     out_dir = pathlib.Path(workdir) / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
-    i, n = jax.process_index(), jax.process_count()
+    i, n = parallel.process_index(), parallel.process_count()
     path = out_dir / f"{split}-{i:05d}-of-{n:05d}.npz"
     workdir_io.save_npz(path, predictions_record(model, sub, batch_size=batch_size))
     return path

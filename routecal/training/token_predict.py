@@ -52,7 +52,7 @@ from flax import nnx
 
 from routecal import parallel
 from routecal.data.text import DOMAIN_CODES, TextSplit
-from routecal.files.shards import ShardWriter
+from routecal.files.shards import ShardWriter, join_parts
 from routecal.training import traces
 
 TOKEN_KEYS = ("confidence", "correct", "entropy", "label", "seq_id", "position", "domain", "nll",
@@ -171,14 +171,24 @@ def predict_split(
         "moe_layers": list(getattr(cfg, "moe_layers", ()) or ()),
         **(meta or {}),
     }
-    # multi-host: every process runs the model, process 0 writes (the caller waits at a barrier)
-    writer = (ShardWriter(out_dir, shard_rows=shard_tokens, meta=info, fingerprint=fingerprint)
-              if parallel.is_primary() else None)
     pos_T = np.arange(t)
     keep_pos = (pos_T % every == 0) & (pos_T >= min_position)
+    # records per row are known before the model runs: before_N[r] = records of rows < r, and
+    # the first n_rows rows hold the first max_tokens records
+    before_N = np.concatenate([[0], np.cumsum((keep_pos[None, :] & (rows[:, 1:] != pad)).sum(1))])
+    n_rows = len(rows) if max_tokens is None else int(
+        min(len(rows), np.searchsorted(before_N, max_tokens, side="left")))
+    # multi-host: process i predicts its contiguous range of whole batches (the batches of one
+    # process, so every row sees the same batch) into its own part; process 0 joins the parts
+    mine = parallel.process_slice(-(-n_rows // batch_size))
+    n_proc = parallel.process_count()
+    path = _part_dir(out_dir, parallel.process_index(), n_proc) if n_proc > 1 else out_dir
+    writer = ShardWriter(path, shard_rows=shard_tokens, meta=info, fingerprint=fingerprint)
     code = np.int8(DOMAIN_CODES[split.domain])
-    written = 0
-    for start in range(0, len(rows), batch_size):
+    written = int(before_N[min(mine.start * batch_size, len(rows))])
+    for start in range(mine.start * batch_size, min(mine.stop * batch_size, n_rows), batch_size):
+        if max_tokens is not None and written >= max_tokens:
+            break
         chunk = rows[start : start + batch_size]
         b = len(chunk)
         if b < batch_size:
@@ -197,12 +207,22 @@ def predict_split(
         rec["domain"] = np.full(len(bi), code, np.int8)
         if split.doc is not None:
             rec["doc_id"] = split.doc[start + bi, ti + 1].astype(np.int64)
-        if writer is not None:
-            writer.append(rec)
+        writer.append(rec)
         written += len(bi)
-        if max_tokens is not None and written >= max_tokens:
-            break
-    return writer.close() if writer is not None else pathlib.Path(out_dir)
+    writer.close()
+    if n_proc == 1:
+        return pathlib.Path(out_dir)
+    parallel.barrier(f"predict_split:{out_dir}")  # every part is written
+    if parallel.is_primary():
+        join_parts([_part_dir(out_dir, i, n_proc) for i in range(n_proc)], out_dir)
+    parallel.barrier(f"predict_split:{out_dir}:joined")
+    return pathlib.Path(out_dir)
+
+
+def _part_dir(out_dir: str | os.PathLike, i: int, n: int) -> pathlib.Path:
+    """Where process i of n writes its part of `out_dir`'s shards (a hidden sibling)."""
+    out = pathlib.Path(out_dir)
+    return out.parent / f".{out.name}.part-{i:05d}-of-{n:05d}"
 
 
 def predict_lm(

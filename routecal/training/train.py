@@ -142,8 +142,11 @@ def train_and_evaluate(
         holds the workdir; FloatingPointError: a non-finite loss.
     """
     workdir = pathlib.Path(workdir)
+    # every process: a relative `train.init_from` ("../det") resolves through this directory,
+    # which the lock creates on process 0 alone (multi-host: process 1 raced it)
+    workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    with workdir_io.lock(workdir, "train", enabled=jax.process_index() == 0):
+    with workdir_io.lock(workdir, "train", enabled=parallel.is_primary()):
         out = _train_locked(cfg, workdir, mesh, max_steps_this_run)
     parallel.barrier("train_and_evaluate")  # multi-host: process 0's files are written
     return out

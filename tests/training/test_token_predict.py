@@ -216,3 +216,37 @@ def test_doc_id_is_the_document_of_each_target_token_from_the_files(tmp_path):
     assert cols["doc_id"].dtype == np.int64 and cols.meta["n_documents"] == len(names)
     pairs = np.unique(np.stack([cols["seq_id"], cols["doc_id"]]), axis=1)
     assert len(np.unique(pairs[1])) == len(names) and len(np.unique(pairs[0])) < pairs.shape[1]
+
+
+@pytest.mark.parametrize("n_proc,max_tokens", [(2, None), (3, 23), (2, 1)])
+def test_split_over_processes_equals_one_process(tmp_path, monkeypatch, n_proc, max_tokens):
+    """Multi-host predict, simulated in one process: process i of n predicts its whole batches into
+    its own part (the last process first, process 0 last: it joins the parts); the joined shards
+    equal one process's records bit for bit, `max_tokens` included (cut inside a later part)."""
+    from routecal import parallel
+
+    model, split = _setup(residual="block", mlp_type="moe")
+    kw = dict(pad=PAD, batch_size=2, shard_tokens=5, max_tokens=max_tokens,
+              fingerprint={"step": 1})
+    one = predictions.load(token_predict.predict_split(model, split, tmp_path / "one", **kw))
+    monkeypatch.setattr(parallel, "barrier", lambda name: None)
+    monkeypatch.setattr(parallel, "process_count", lambda: n_proc)
+    for i in reversed(range(n_proc)):
+        monkeypatch.setattr(parallel, "process_index", lambda i=i: i)
+        token_predict.predict_split(model, split, tmp_path / "many", **kw)
+    many = predictions.load(tmp_path / "many")
+    assert sorted(many) == sorted(one) and many.fingerprint == {"step": 1}
+    assert many.meta == one.meta and many.n_rows == one.n_rows > 0
+    for k in one:
+        np.testing.assert_array_equal(many[k], one[k], err_msg=k)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many", "one"]  # the parts are gone
+
+
+def test_join_parts_refuses_parts_of_different_runs(tmp_path):
+    for i, step in enumerate((1, 2)):
+        w = shards.ShardWriter(tmp_path / f"p{i}", fingerprint={"step": step})
+        w.append({"x": np.arange(3)})
+        w.close()
+    with pytest.raises(ValueError, match="p1.*differs"):
+        shards.join_parts([tmp_path / "p0", tmp_path / "p1"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
