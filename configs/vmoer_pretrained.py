@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model.vmoer = ml_collections.ConfigDict()
     cfg.train = ml_collections.ConfigDict(dict(steps=500, lr=1e-3, batch_size=8,
                                                checkpoint_every=100))  # fmt: skip
+    # ensemble members: fitted alone until their loss plateaus (`routers.baselines.Plateau`:
+    # checked after member_steps and every member_check_every, at most member_max_steps)
+    cfg.train.update(member_steps=500, member_max_steps=2000, member_check_every=50,
+                     member_plateau_z=2.0)
     cfg.experiment = ml_collections.ConfigDict(dict(
         source="imported",
         routers=("det", *(f"{r}_retrofit" for r in ROUTERS)),

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--checkpoint-every", type=int, default=100)
+    ap.add_argument("--member-max-steps", type=int, default=0,
+                    help="ensemble members: at most this many steps, stopping at their loss "
+                         "plateau (checked from --steps on); 0 = 4 x --steps")
     ap.add_argument("--samples", type=int, default=8, help="stochastic passes (MI)")
     ap.add_argument("--sigmas", default="0.001,0.005,0.01,0.02,0.05")
     ap.add_argument("--stability-sigma", type=float, default=0.01)
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     max_questions=a.max_questions, max_len=a.max_len)
     cfg.model.update(dtype=a.dtype, mesh=a.mesh)
     cfg.train.update(steps=a.steps, lr=a.lr, batch_size=a.batch_size,
-                     checkpoint_every=a.checkpoint_every)
+                     checkpoint_every=a.checkpoint_every, member_steps=a.steps,
+                     member_max_steps=a.member_max_steps or 4 * a.steps)
     cfg.experiment.update(
         routers=tuple(n if n == "det" else f"{n}_retrofit" for n in names),
         seeds=tuple(int(s) for s in a.seeds.split(",")), beta_grid=_floats(a.beta_grid),

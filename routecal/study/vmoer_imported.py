@@ -7,8 +7,9 @@ imported with that router, `models.pretrained.load_hf`, only its routing posteri
 MCQA train split by `models.pretrained.retrofit`, `train.steps` steps with its own schedule,
 resumable: posterior checkpoints in `workdir/<router>/seed<s>/`, one folder per ensemble member
 `member<m>/` and beta `beta<b>/`, SWAG's moments in `swag_moments.npz`). The recipes (beta on
-the calib split when `data.calib` is given, members fitted alone, SWAG) are `training.router_fit`'s;
-members run a fixed `train.steps` (no plateau rule). Options are scored by the next-token logits
+the calib split when `data.calib` is given, members fitted alone until their loss plateaus
+(`train.member_steps` .. `train.member_max_steps`, `routers.baselines.Plateau`), SWAG) are
+`training.router_fit`'s. Options are scored by the next-token logits
 of " A", " B", ... after each prompt, right-padded and read at its own last token
 (`data.mcqa_formats.encode_right_padded`); gating entropy, router-logit variance and stability
 weigh the prompt tokens only. FLOP overheads at the checkpoint's MoE layer shape.
@@ -101,7 +102,7 @@ class ImportedSource:
         return model
 
     def _train(self, model: nnx.Module, cell: pathlib.Path, trainable: str, batch_seed: list[int],
-               on_step: Any = None) -> list[float]:
+               on_step: Any = None, steps: int | None = None, stop: Any = None) -> list[float]:
         """Retrofits the `trainable` selection of `model` in place (posterior checkpoints under
         `cell`, batches from numpy seed (*batch_seed, step)) -> its per-step cross-entropy."""
         t, train = self.cfg.train, self.splits["train"]
@@ -113,9 +114,9 @@ class ImportedSource:
                     "choice_ids": np.tile(self.letters, (len(idx), 1)),
                     "label": train["answers"][idx]}  # fmt: skip
 
-        retrofit(model, batches, cell, RetrofitConfig(steps=int(t.steps), lr=float(t.lr),
-                                                      checkpoint_every=int(t.checkpoint_every)),
-                 trainable=trainable, on_step=on_step)  # fmt: skip
+        cfg = RetrofitConfig(steps=int(t.steps if steps is None else steps), lr=float(t.lr),
+                             checkpoint_every=int(t.checkpoint_every))
+        retrofit(model, batches, cell, cfg, trainable=trainable, on_step=on_step, stop=stop)
         rows, _ = workdir_io.read_jsonl(cell / METRICS_FILE, "retrofit metrics")
         return [float(r["ce"]) for r in rows]
 
@@ -125,10 +126,11 @@ class ImportedSource:
         if base == "det":
             model, log = self._import("det", seed, {}), {}
         else:
-            def fit(model, trainable, stream, *, on_step=None, **_) -> list[float]:
+            def fit(model, trainable, stream, *, on_step=None, steps=None, stop=None,
+                    **_) -> list[float]:
                 sub = cell / (f"member{stream}" if isinstance(stream, int) else stream or "")
                 bseed = [seed, 100 + stream] if isinstance(stream, int) else [seed]
-                return self._train(model, sub, trainable, bseed, on_step)
+                return self._train(model, sub, trainable, bseed, on_step, steps, stop)
 
             steps, e = int(self.cfg.train.steps), self.cfg.experiment
             calib = self.splits.get("calib")
@@ -139,7 +141,7 @@ class ImportedSource:
                 n_members=int(self.opts.get("ensemble", common.DEFAULTS["vmoer_ensemble"])),
                 perturb=float(self.opts.get("ensemble_perturb",
                                             common.DEFAULTS["vmoer_ensemble_perturb"])),
-                rule=baselines.Plateau(steps, steps, 1), swag_steps=steps,
+                rule=baselines.Plateau.from_config(self.cfg.train, steps), swag_steps=steps,
                 beta_grid=tuple(e.beta_grid) if calib is not None else (), calib_nll=nll,
                 moments=cell / "swag_moments.npz")  # fmt: skip
         log["param_gib_per_device"] = self.info.param_bytes_per_device / 2**30

@@ -229,6 +229,7 @@ def retrofit(
     loss_fn: LossFn = choice_loss,
     trainable: str = VROUTER_PATH,
     on_step: Callable[[int], None] | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains the routing posterior of `model` in place; resumes from `workdir` if it has one.
 
@@ -242,9 +243,13 @@ def retrofit(
         the MC-dropout router retrains `router/proj`).
       on_step: called with the 0-based step after each update (e.g. SWAG moment collection;
         what it accumulates is not checkpointed).
+      stop: called with the per-step `ce` metric so far (resumed steps included) after each
+        update; True ends the fit there, checkpointed (e.g. `routers.baselines.Plateau.stop`; a
+        resumed fit whose recorded steps already satisfy it trains no further).
 
     Returns:
-      {"step", "start_step", "last": last step's metrics, "n_posterior_params"}.
+      {"step" (the last step trained), "start_step", "last": last step's metrics,
+      "n_posterior_params"}.
 
     Raises:
       ValueError: the model has no routing posterior; FloatingPointError: a non-finite loss.
@@ -268,7 +273,12 @@ def retrofit(
         _truncate(metrics_path, start)
         step_fn = _make_step(loss_fn, trainable)
         last: dict[str, float] = {}
-        for step in range(start, cfg.steps):
+        records = (workdir_io.read_jsonl(metrics_path, "retrofit metrics")[0]
+                   if stop is not None and metrics_path.exists() else [])
+        losses = [float(r["ce"]) for r in records]
+        done = bool(stop is not None and start and stop(losses))
+        step = start - 1
+        for step in range(start, cfg.steps if not done else start):
             m = step_fn(model, optimizer, batches(step))
             if on_step is not None:
                 on_step(step)
@@ -277,7 +287,12 @@ def retrofit(
                 raise FloatingPointError(f"retrofit: non-finite metrics at step {step + 1}: {last}")
             with metrics_path.open("a") as f:
                 f.write(json.dumps({"step": step + 1, **last}) + "\n")
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            if stop is not None:
+                if "ce" not in last:
+                    raise ValueError(f"stop: needs a 'ce' metric from loss_fn, got {sorted(last)}")
+                losses.append(last["ce"])
+                done = stop(losses)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or done:
                 mngr.save(
                     step + 1,
                     args=ocp.args.Composite(
@@ -287,10 +302,13 @@ def retrofit(
                         }
                     ),
                 )
+            if done:
+                break
         mngr.wait_until_finished()
     finally:
         mngr.close()
-    return {"step": cfg.steps, "start_step": start, "last": last, "n_posterior_params": n_post}
+    return {"step": max(step + 1, start), "start_step": start, "last": last,
+            "n_posterior_params": n_post}
 
 
 def _truncate(path: pathlib.Path, after_step: int) -> None:

@@ -146,3 +146,26 @@ def test_metrics_truncate_drops_a_killed_append_and_rewrites_atomically(tmp_path
     retrofit_mod._truncate(path, 2)
     assert [json.loads(ln)["step"] for ln in path.read_text().splitlines()] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_stop_ends_the_fit_checkpointed_and_a_resume_trains_no_further(checkpoint, tmp_path):
+    """`stop` (e.g. the ensemble members' plateau rule) sees the per-step ce, resumed steps
+    included; the fit ends at the first True, with a checkpoint there, and a rerun of the same
+    cell trains nothing more."""
+    d, _, _ = checkpoint("olmoe", num_hidden_layers=1)
+    seen = []
+
+    def after_four(losses):
+        seen.append(list(losses))
+        return len(losses) >= 4
+
+    model, _ = load_hf(d, dtype="float32", overrides=OVERRIDES, seed=3)
+    out = retrofit(model, batches, tmp_path / "w", CFG, stop=after_four)
+    lines = _metrics(tmp_path / "w")
+    assert out["step"] == 4 and [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert seen[-1] == [r["ce"] for r in lines]  # the recorded per-step ce, in order
+    assert restore_posterior(load_hf(d, dtype="float32", overrides=OVERRIDES, seed=9)[0],
+                             tmp_path / "w") == 4
+    again, _ = load_hf(d, dtype="float32", overrides=OVERRIDES, seed=3)
+    out = retrofit(again, batches, tmp_path / "w", CFG, stop=after_four)
+    assert out["start_step"] == 4 and out["step"] == 4 and len(_metrics(tmp_path / "w")) == 4

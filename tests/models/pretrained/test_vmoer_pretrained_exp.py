@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from routecal.models.routers import baselines
+
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 WORDS = ["[UNK]", "Question", ":", ".", "Answer", "A", "B", "C", "D", "red", "blue", "sky", "sea",
          "is", "the", "what", "colour", "of", "green", "grass"]
@@ -92,14 +94,18 @@ def test_ensemble_members_fitted_alone_and_swag_collects(checkpoint, tmp_path):
         "--checkpoint", d, "--workdir", str(tmp_path / "w"), "--routers", "det,ensemble,swag",
         "--seeds", "0", "--steps", "4", "--batch-size", "4", "--samples", "2",
         "--checkpoint-every", "2", "--dtype", "float32", "--sigmas", "0.01",
-        "--vmoer", "ensemble=3", *sum(([f"--{s}", p] for s, p in files.items()), []),
+        "--vmoer", "ensemble=3", "--member-max-steps", "8",
+        *sum(([f"--{s}", p] for s, p in files.items()), []),
     ]  # fmt: skip
     out = _experiment().main(argv)
     rows = {r: seeds[0] for r, seeds in out["per_run"].items()}
     members = rows["ensemble_retrofit"]["members"]
     assert [mm["seed"] for mm in members] == [[0, 0], [0, 1], [0, 2]]
     for m, mm in enumerate(members):  # each fitted alone, its own cell and recorded losses
-        assert len(mm["losses"]) == 4 and np.all(np.isfinite(mm["losses"]))
+        # until its plateau (checked at step 4, the only check before the cap of 8)
+        n = len(mm["losses"])
+        assert n == mm["steps"] and mm["max_steps"] == 8 and np.all(np.isfinite(mm["losses"]))
+        assert n == (4 if baselines.converged(mm["losses"][:4]) else 8)
         assert (tmp_path / "w" / "ensemble_retrofit" / "seed0" / f"member{m}" / "posterior").is_dir()
     swag_row = rows["swag_retrofit"]
     assert swag_row["swag_n"] == 2 and len(swag_row["losses"]) == 4  # steps 2, 3 of 4
