@@ -23,6 +23,7 @@ from flax import nnx
 
 from routecal import _checks
 from routecal.models import moe, vmoer
+from routecal.models.routers.common import DEFAULTS as VMOER_DEFAULTS
 
 
 def matmul_flops(m: int, n: int, k: int) -> int:
@@ -87,10 +88,11 @@ class LayerShape:
     expert_type: str = "swiglu"
     n_layers: int = 1
     n_tokens: int = 640
-    vmoer_samples: int = 8
-    vmoer_rank: int = 2
-    vmoer_ensemble: int = 4
-    vmoer_swag_rank: int = 10
+    # the routers' own defaults (`VMoERConfig`), named here so a table can vary them
+    vmoer_samples: int = VMOER_DEFAULTS["vmoer_samples"]
+    vmoer_rank: int = VMOER_DEFAULTS["vmoer_rank"]
+    vmoer_ensemble: int = VMOER_DEFAULTS["vmoer_ensemble"]
+    vmoer_swag_rank: int = VMOER_DEFAULTS["vmoer_swag_rank"]
 
     def config(self) -> vmoer.VMoERConfig:
         return vmoer.VMoERConfig(

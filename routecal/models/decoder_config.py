@@ -12,27 +12,29 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from routecal.models import attnres, dispatch, yarn
-from routecal.models.transformer import check_mlp_type  # "dense", "moe", "vmoer_<router>"
+from routecal import _checks
+from routecal.models import dispatch, yarn
+from routecal.models.transformer import StackConfig
 
 ROUTER_ORDERS = ("softmax_topk", "topk_softmax")
 ATTENTIONS = ("standard", "mla")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-@dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecoderConfig(StackConfig):
     """Causal decoder configuration (validated in `__post_init__`; frozen and hashable).
 
+    The width, depth, residual and MoE fields are `StackConfig`'s (all fields keyword-only);
+    what the decoder adds or reads differently:
+
     Attributes:
-      vocab_size: V. max_len: the longest sequence the model accepts.
-      d_model, n_layers, n_heads: width D, layers (two sublayers each), query heads H.
+      vocab_size: V. max_len: the longest sequence the model accepts. n_heads: query heads H.
       n_kv_heads: key/value heads G (grouped-query attention; must divide n_heads); None = H.
       head_dim: per-head width; None = d_model // n_heads.
       mlp_dim: SwiGLU hidden width of the dense MLPs.
-      residual: "standard", "full" or "block"; n_blocks: blocks of Block AttnRes, a divisor of
-        n_layers (boundaries at layer starts) or 2 * n_layers (one sublayer per block = Full).
-      dropout: dropout rate on every sublayer output.
+      n_blocks: blocks of Block AttnRes, a divisor of n_layers (boundaries at layer starts) or
+        2 * n_layers (one sublayer per block = Full).
       dtype: compute dtype, "float32" or "bfloat16" (parameters, router and logits stay float32).
       rope_theta: RoPE base. norm_eps: epsilon of every RMSNorm.
       qk_norm: RMSNorm over the full q and k projections (OLMoE). qkv_bias: biases on q, k, v.
@@ -42,19 +44,17 @@ class DecoderConfig:
       attention_multiplier: attention logit scale; None = 1 / sqrt(head_dim) (Granite sets it).
       logits_scaling: logits are divided by it (Granite).
       tie_embeddings: output head = embedding matrix transposed.
-      mlp_type: "dense", "moe" or "vmoer_<router>" (`routers.ROUTERS`); layer i gets the MoE MLP when
-        i % moe_every == moe_every - 1 and i is not in `dense_layers` (Qwen2-MoE's
-        `mlp_only_layers`).
-      n_experts, top_k, moe_hidden (expert SwiGLU width; 0 = mlp_dim), capacity_factor (<= 0:
-        dropless, as in HF MoE LMs; > 0 needs top_k = 1, because with top_k > 1 the capacity
-        priority puts every first choice before any second choice and a token's second choice
-        would depend on later tokens), lb_coef, z_coef: MoE options (`moe.py`).
+      dense_layers: layers that keep the dense MLP whatever mlp_type and moe_every say
+        (Qwen2-MoE's `mlp_only_layers`).
+      moe_hidden: expert SwiGLU width (0 = mlp_dim). capacity_factor: <= 0 dropless, as in HF
+        MoE LMs; > 0 needs top_k = 1, because with top_k > 1 the capacity priority puts every
+        first choice before any second choice and a token's second choice would depend on
+        later tokens.
       norm_topk_prob: renormalise the top-k gates to sum to 1.
       router_order: "softmax_topk" (softmax over experts, then top-k: OLMoE, Qwen2-MoE) or
         "topk_softmax" (softmax over the top-k logits: Granite, Mixtral).
       shared_expert_hidden: width of an always-on shared SwiGLU expert (0 = none; Qwen2-MoE);
         shared_expert_gate: multiply it by a sigmoid scalar gate sigmoid(w . x).
-      vmoer: VMoER options as sorted (key, value) pairs (`vmoer.VMoERConfig` names).
       qk_norm_per_head: the q / k RMSNorms act on each head's K features (Qwen3-MoE).
       attention: "standard" (RoPE, grouped-query) or "mla" (multi-head latent attention,
         DeepSeek-V2, `mla.py`) with kv_lora_rank, q_lora_rank (0: queries straight from x),
@@ -66,17 +66,16 @@ class DecoderConfig:
         "auto" (by backend), "dense" (all experts), "sparse_blocks" (CPU) or "ragged" (GPU/TPU).
     """
 
-    vocab_size: int = 259
-    max_len: int = 256
+    # the `StackConfig` fields whose defaults differ from the classifier's
     d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    head_dim: int | None = None
     mlp_dim: int = 384
     residual: str = "standard"
-    n_blocks: int = 2
-    dropout: float = 0.0
+    capacity_factor: float = 0.0
+
+    vocab_size: int = 259
+    max_len: int = 256
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
     dtype: str = "float32"
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
@@ -88,20 +87,12 @@ class DecoderConfig:
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0
     tie_embeddings: bool = True
-    mlp_type: str = "dense"
-    n_experts: int = 4
-    top_k: int = 1
     moe_hidden: int = 0
-    capacity_factor: float = 0.0
-    moe_every: int = 1
     dense_layers: tuple[int, ...] = ()
-    lb_coef: float = 0.01
-    z_coef: float = 0.001
     norm_topk_prob: bool = False
     router_order: str = "softmax_topk"
     shared_expert_hidden: int = 0
     shared_expert_gate: bool = False
-    vmoer: tuple[tuple[str, Any], ...] = ()
     dispatch: str = "auto"
     qk_norm_per_head: bool = False
     attention: str = "standard"
@@ -116,8 +107,9 @@ class DecoderConfig:
     routed_scaling: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads", "mlp_dim"):
+        for name in ("vocab_size", "max_len"):
             _positive_int(getattr(self, name), name)
+        super().__post_init__()
         for name in ("n_kv_heads", "head_dim"):
             if getattr(self, name) is not None:
                 _positive_int(getattr(self, name), name)
@@ -134,11 +126,6 @@ class DecoderConfig:
             raise ValueError(
                 f"model.head_dim: RoPE needs an even head width, got {self.head_width}"
             )
-        if self.residual not in attnres.RESIDUAL_MODES:
-            raise ValueError(
-                f"model.residual: unknown {self.residual!r}; expected one of "
-                f"{attnres.RESIDUAL_MODES}"
-            )
         if self.residual == "block":
             nb = self.n_blocks
             ok = (
@@ -151,8 +138,6 @@ class DecoderConfig:
                     f"model.n_blocks: must divide n_layers={self.n_layers} (block boundaries at "
                     f"layer starts) or equal 2 * n_layers = {self.n_sublayers}, got {nb!r}"
                 )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout: must lie in [0, 1), got {self.dropout}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype: unknown {self.dtype!r}; expected one of {list(DTYPES)}")
         for name in (
@@ -165,9 +150,6 @@ class DecoderConfig:
             _positive_float(getattr(self, name), name)
         if self.attention_multiplier is not None:
             _positive_float(self.attention_multiplier, "attention_multiplier")
-        check_mlp_type(self.mlp_type)
-        _positive_int(self.n_experts, "n_experts")
-        _positive_int(self.moe_every, "moe_every")
         if not isinstance(self.dense_layers, tuple) or any(
             isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_layers
             for i in self.dense_layers
@@ -175,10 +157,6 @@ class DecoderConfig:
             raise ValueError(
                 f"model.dense_layers: must be a tuple of layer indices in [0, {self.n_layers}), "
                 f"got {self.dense_layers!r}"
-            )
-        if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
-            raise ValueError(
-                f"model.top_k: must lie in [1, n_experts={self.n_experts}], got {self.top_k!r}"
             )
         for name in ("moe_hidden", "shared_expert_hidden"):
             _positive_int(getattr(self, name), name, minimum=0)
@@ -190,10 +168,6 @@ class DecoderConfig:
                 "causal (second choices are slotted after every token's first choice); use "
                 "capacity_factor <= 0 (dropless) or top_k = 1"
             )
-        for name in ("lb_coef", "z_coef"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"model.{name}: must be a finite number >= 0, got {v!r}")
         if self.router_order not in ROUTER_ORDERS:
             raise ValueError(
                 f"model.router_order: unknown {self.router_order!r}; expected one of "
@@ -223,17 +197,8 @@ class DecoderConfig:
             if self.attention != "mla":
                 raise ValueError("model.rope_scaling: YaRN is supported with attention='mla' only")
             yarn.check_params(dict(self.rope_scaling), "model.rope_scaling")
-        if self.vmoer:
-            from routecal.models import vmoer
-
-            vmoer.check_vmoer_options(dict(self.vmoer))
 
     # Derived values ------------------------------------------------------------------------------
-
-    @property
-    def n_sublayers(self) -> int:
-        """L = 2 * n_layers (attention and MLP of each layer)."""
-        return 2 * self.n_layers
 
     @property
     def kv_heads(self) -> int:
@@ -265,10 +230,6 @@ class DecoderConfig:
         return bool(self.norm_topk_prob or self.router_order == "topk_softmax")
 
     @property
-    def vmoer_options(self) -> dict[str, Any]:
-        return dict(self.vmoer)
-
-    @property
     def moe_layers(self) -> tuple[int, ...]:
         """0-based indices of the layers whose MLP is an MoE / VMoER sublayer."""
         return tuple(i for i in range(self.n_layers) if self.uses_moe(i))
@@ -280,11 +241,6 @@ class DecoderConfig:
             and layer % self.moe_every == self.moe_every - 1
             and layer not in self.dense_layers
         )
-
-    @property
-    def sublayer_names(self) -> tuple[str, ...]:
-        """Names of the depth-attention sites: L sublayers then the readout ("" for standard)."""
-        return attnres.sublayer_names(self.residual, self.n_layers)
 
     @classmethod
     def from_config(cls, model_cfg: Any, **fixed: Any) -> DecoderConfig:
@@ -306,8 +262,7 @@ class DecoderConfig:
 
 
 def _positive_int(v: Any, name: str, minimum: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"model.{name}: must be an integer >= {minimum}, got {v!r}")
+    _checks.check_positive_int(v, f"model.{name}", minimum=minimum)
 
 
 def _positive_float(v: Any, name: str) -> None:

@@ -12,13 +12,16 @@ linear.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from routecal import _checks
 from routecal.models import attnres, layers
+from routecal.models.routers.common import check_options as check_vmoer_options
 
 Array = jax.Array
 # "vmoer_<router>" for every router of `routecal.models.routers` (and the aliases logit, temp).
@@ -55,16 +58,16 @@ def check_mlp_type(mlp_type: str) -> str:
     return mlp_type
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Typed model configuration (validated in `__post_init__`; hashable, so NNX can treat it as
-    static).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StackConfig:
+    """What the classifier's `ModelConfig` and the decoder's `DecoderConfig` share: a stack of
+    `n_layers` pre-norm layers (attention then MLP), its residual path and its MoE options, with
+    their checks. Defaults are the classifier's; `DecoderConfig` overrides some.
 
     Attributes:
-      seq_len, token_dim, num_classes: T, P and C of the data.
       d_model, n_layers, n_heads, mlp_dim: width D, layers (2 sublayers each), heads, MLP width F.
-      residual: "standard", "full" or "block".
-      n_blocks: N for Block AttnRes; must divide 2 * n_layers (ignored otherwise).
+      residual: "standard", "full" or "block" (`attnres.RESIDUAL_MODES`).
+      n_blocks: N for Block AttnRes (each config checks which N it accepts).
       dropout: dropout rate on every sublayer output.
       mlp_type: "dense", "moe" or "vmoer_<router>" (`MLP_TYPES`).
       n_experts, top_k, capacity_factor, moe_every, lb_coef, z_coef: MoE options; layer i uses the
@@ -72,9 +75,6 @@ class ModelConfig:
       vmoer: extra VMoER options as sorted (key, value) pairs (`vmoer_options` gives a dict).
     """
 
-    seq_len: int
-    token_dim: int
-    num_classes: int
     d_model: int = 64
     n_layers: int = 4
     n_heads: int = 4
@@ -92,47 +92,26 @@ class ModelConfig:
     vmoer: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "token_dim", "d_model", "n_layers", "n_heads", "mlp_dim"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"model.{name}: must be a positive integer, got {v!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(
-                f"model.num_classes: must be an integer >= 2, got {self.num_classes!r}"
-            )
+        for name in ("d_model", "n_layers", "n_heads", "mlp_dim", "n_experts", "moe_every"):
+            _checks.check_positive_int(getattr(self, name), f"model.{name}")
         if self.residual not in attnres.RESIDUAL_MODES:
             raise ValueError(
                 f"model.residual: unknown {self.residual!r}; expected one of "
                 f"{attnres.RESIDUAL_MODES}"
             )
-        if self.residual == "block" and (
-            not isinstance(self.n_blocks, int)
-            or self.n_blocks < 1
-            or self.n_sublayers % self.n_blocks
-        ):
-            raise ValueError(
-                f"model.n_blocks: must be a positive divisor of the number of sublayers "
-                f"2 * n_layers = {self.n_sublayers}, got {self.n_blocks!r}"
-            )
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"model.n_heads: must divide d_model={self.d_model}, got {self.n_heads}"
-            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout: must lie in [0, 1), got {self.dropout}")
         check_mlp_type(self.mlp_type)
-        if self.n_experts < 1 or not 1 <= self.top_k <= self.n_experts:
+        if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
             raise ValueError(
-                f"model.top_k: must lie in [1, n_experts={self.n_experts}], got {self.top_k}"
+                f"model.top_k: must lie in [1, n_experts={self.n_experts}], got {self.top_k!r}"
             )
-        if self.capacity_factor <= 0:
-            raise ValueError(f"model.capacity_factor: must be > 0, got {self.capacity_factor}")
-        if self.moe_every < 1:
-            raise ValueError(f"model.moe_every: must be >= 1, got {self.moe_every}")
-        if self.lb_coef < 0 or self.z_coef < 0:
-            raise ValueError(
-                f"model.lb_coef / model.z_coef: must be >= 0, got {self.lb_coef}, {self.z_coef}"
-            )
+        for name in ("lb_coef", "z_coef"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"model.{name}: must be a finite number >= 0, got {v!r}")
+        if self.vmoer:
+            check_vmoer_options(dict(self.vmoer))
 
     @property
     def n_sublayers(self) -> int:
@@ -147,6 +126,46 @@ class ModelConfig:
     def sublayer_names(self) -> tuple[str, ...]:
         """Names of the depth-attention sites: L sublayers then the readout ("" for standard)."""
         return attnres.sublayer_names(self.residual, self.n_layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(StackConfig):
+    """Typed model configuration of the classifier (validated in `__post_init__`; hashable, so
+    NNX can treat it as static).
+
+    Attributes:
+      seq_len, token_dim, num_classes: T, P and C of the data.
+      the `StackConfig` fields (keyword-only); n_blocks must divide 2 * n_layers (ignored unless
+      residual is "block"); capacity_factor > 0.
+    """
+
+    seq_len: int
+    token_dim: int
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "token_dim"):
+            _checks.check_positive_int(getattr(self, name), f"model.{name}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(
+                f"model.num_classes: must be an integer >= 2, got {self.num_classes!r}"
+            )
+        super().__post_init__()
+        if self.residual == "block" and (
+            not isinstance(self.n_blocks, int)
+            or self.n_blocks < 1
+            or self.n_sublayers % self.n_blocks
+        ):
+            raise ValueError(
+                f"model.n_blocks: must be a positive divisor of the number of sublayers "
+                f"2 * n_layers = {self.n_sublayers}, got {self.n_blocks!r}"
+            )
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.n_heads: must divide d_model={self.d_model}, got {self.n_heads}"
+            )
+        if self.capacity_factor <= 0:
+            raise ValueError(f"model.capacity_factor: must be > 0, got {self.capacity_factor}")
 
     def uses_moe(self, layer: int) -> bool:
         """Whether layer `layer` (0-based) gets the MoE-type MLP."""
