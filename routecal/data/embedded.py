@@ -173,17 +173,24 @@ def quiet_tfds():
         tqdm_utils.display_progress_bar(bars)
 
 
-def build_digits(data_dir: str | os.PathLike | None = None) -> DigitsBuilder:
-    """Writes the digits TFDS dataset (array_record) into `data_dir` unless already there."""
-    root = resolve_data_dir(data_dir)
+def build_once(
+    builder_cls: type[tfds.core.DatasetBuilder], root: pathlib.Path
+) -> tfds.core.DatasetBuilder:
+    """`builder_cls`'s dataset (array_record) in `root`, written unless already there; the write
+    holds the inter-process lock `root/<name>.lock`, so parallel workers write it once."""
     with quiet_tfds():
-        builder = DigitsBuilder(data_dir=os.fspath(root), file_format="array_record")
+        builder = builder_cls(data_dir=os.fspath(root), file_format="array_record")
         if not builder.is_prepared():
-            with _file_lock(root / f"{DIGITS_NAME}.lock"):
-                builder = DigitsBuilder(data_dir=os.fspath(root), file_format="array_record")
+            with _file_lock(root / f"{builder_cls.name}.lock"):
+                builder = builder_cls(data_dir=os.fspath(root), file_format="array_record")
                 if not builder.is_prepared():
                     builder.download_and_prepare()
     return builder
+
+
+def build_digits(data_dir: str | os.PathLike | None = None) -> DigitsBuilder:
+    """Writes the digits TFDS dataset (array_record) into `data_dir` unless already there."""
+    return build_once(DigitsBuilder, resolve_data_dir(data_dir))
 
 
 @functools.lru_cache(maxsize=4)

@@ -29,7 +29,7 @@ import sysconfig
 import numpy as np
 import tensorflow_datasets as tfds
 
-from routecal.data.embedded import _file_lock, quiet_tfds, resolve_data_dir
+from routecal.data.embedded import build_once, quiet_tfds, resolve_data_dir
 
 DOMAINS = ("in", "near", "far")
 IN_SPLITS = ("train", "calib", "test")
@@ -186,14 +186,8 @@ def _build_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
 @functools.lru_cache(maxsize=2)
 def _read_all(root: str) -> dict[str, tuple[bytes, str]]:
     """path -> (content, sha256) for every document, read through `tfds.data_source`."""
-    path = pathlib.Path(root)
+    builder = build_once(StdlibTextBuilder, pathlib.Path(root))
     with quiet_tfds():
-        builder = StdlibTextBuilder(data_dir=os.fspath(path), file_format="array_record")
-        if not builder.is_prepared():
-            with _file_lock(path / f"{STDLIB_NAME}.lock"):
-                builder = StdlibTextBuilder(data_dir=os.fspath(path), file_format="array_record")
-                if not builder.is_prepared():
-                    builder.download_and_prepare()
         out = {}
         for domain in DOMAINS:
             src = builder.as_data_source(split=domain)
