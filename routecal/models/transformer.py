@@ -20,31 +20,13 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from routecal import _checks
-from routecal.models import attnres, layers
+from routecal.models import attnres, layers, routers
 from routecal.models.routers.common import check_options as check_vmoer_options
 
 Array = jax.Array
-# "vmoer_<router>" for every router of `routecal.models.routers` (and the aliases logit, temp).
-MLP_TYPES = (
-    "dense",
-    "moe",
-    *(
-        f"vmoer_{r}"
-        for r in (
-            "mfvr",
-            "lowrank",
-            "fcvr",
-            "vtsr",
-            "fixed_temp",
-            "mc_dropout",
-            "ensemble",
-            "swag",
-        )
-    ),
-)
-
-
-RENAMED_MLP_TYPES = {"vmoer_logit": "vmoer_mfvr", "vmoer_temp": "vmoer_vtsr"}  # issue 21
+# "vmoer_<router>" for every stochastic router of the registry (`routecal.models.routers`).
+MLP_TYPES = ("dense", "moe", *(f"vmoer_{r}" for r in routers.ROUTERS if r != "det"))
+RENAMED_MLP_TYPES = {f"vmoer_{old}": f"vmoer_{new}" for old, new in routers.RENAMED.items()}
 
 
 def check_mlp_type(mlp_type: str) -> str:
