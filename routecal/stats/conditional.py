@@ -54,7 +54,8 @@ Degenerate inputs: constant routing (or routing constant within every stratum) l
 (residuals below 1e-12, i.e. rounding, are set to 0): Z = 0, p = 1, `warning` = `NO_INFORMATION`
 (e.g. routing a function of few tied confidence levels: no test can separate the two).
 
-Engine: the scores are computed once, on one device (`_sharded_conditional`); then, like the paper
+Engine: the scores are computed once, on one device (`_sharded_conditional`; on the CPU backend
+their sorts run in numpy on two threads, `conditional_orders`); then, like the paper
 test's engine (`diagnostics`), chunks of `Bc` lanes, counter-based random bits (`random_bits`; one
 32-bit word signs 32 units), lanes vectorised, chunks sharded over a 1-D mesh with `jax.shard_map`;
 flip b's signs depend on (key, b) only, so the result never depends on the chunk size or the device
