@@ -107,6 +107,10 @@ def host_tie_levels(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     new = np.empty(n, bool)
     new[:1] = True
     np.not_equal(sx[1:], sx[:-1], out=new[1:])
+    if new.all():  # no ties: first = last = level = the rank (one scatter instead of three)
+        rank = np.empty(n, np.int32)
+        rank[order] = np.arange(n, dtype=np.int32)
+        return rank, rank, rank, n
     level_s = np.cumsum(new, dtype=np.int32) - 1
     starts = np.flatnonzero(new).astype(np.int32)
     ends = np.append(starts[1:], np.int32(n)) - 1

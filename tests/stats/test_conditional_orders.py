@@ -23,8 +23,10 @@ def _data(n, kind, seed=0):
     return c, y, r
 
 
-def test_host_tie_levels_match_scipy():
-    _, _, x = _data(700, "tied")
+@pytest.mark.parametrize("ties", [True, False])
+def test_host_tie_levels_match_scipy(ties):
+    x = _data(700, "tied")[2] if ties else _data(700, "continuous")[0]  # routing / confidence
+    assert (len(np.unique(x)) < len(x)) == ties
     first, last, level, n_levels = ranks.host_tie_levels(x)
     np.testing.assert_array_equal(first, scipy.stats.rankdata(x, method="min") - 1)
     np.testing.assert_array_equal(last, scipy.stats.rankdata(x, method="max") - 1)
