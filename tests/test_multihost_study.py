@@ -13,8 +13,8 @@ stage computed alone does not depend on the device count. Every process sees the
 `taskset`): XLA:CPU's thread count also changes float32 rounding (pinned to one core each, the LM
 study's MLP probe differed in the last bit). The two `results.json` are compared leaf by leaf with
 `benchmarks/compare_results.py` (timing, host and version fields skipped). The quick variant (the
-digits study, one architecture, one feature, the recommended test and its power, a few training
-steps, no VMoER) runs in CI; the `multihost` (and `slow`) ones run the digits study with every test
+digits study, one architecture, one feature, the recommended test and its power, a one-layer model
+trained 4 steps, no VMoER) runs in CI; the `multihost` (and `slow`) ones run the digits study with every test
 and VMoER, and the LM study with a small VMoER section. The three processes of a test share one
 persistent XLA compilation cache (a fresh one per test), so the 2-process run loads the programs
 the reference run compiled instead of compiling them again.
@@ -112,7 +112,9 @@ def _same(args: list[str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPat
 
 def test_digits_study_two_processes_equal_one(tmp_path, monkeypatch):
     """CI-sized: the digits study (one architecture, one feature, 10 steps, no VMoER) on 2 processes."""
-    two = _same([*DIGITS, "--config.sections=('diagnostics','power','probes')",
+    small = (*(s.format(4) for s in STEPS), "train.log_every=4", "model.n_layers=1")
+    two = _same([*DIGITS[:-1], f"--config.model_overrides={small!r}",
+                 "--config.sections=('diagnostics','power','probes')",
                  "--config.diagnostics.tests=('conditional',)"], tmp_path, monkeypatch)
     assert two["diagnostics"]["tests"] and two["runs"][0]["arch"] == "full"
     assert [f.name for f in (tmp_path / "two" / "runs" / "full" / "seed0" / "predictions").iterdir()
