@@ -111,7 +111,8 @@ def _same(args: list[str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_digits_study_two_processes_equal_one(tmp_path, monkeypatch):
-    """CI-sized: the digits study (one architecture, one feature, 10 steps, no VMoER) on 2 processes."""
+    """CI-sized: the digits study (one architecture and feature, the recommended test, 4 steps of a
+    one-layer model, no VMoER) on 2 processes."""
     small = (*(s.format(4) for s in STEPS), "train.log_every=4", "model.n_layers=1")
     two = _same([*DIGITS[:-1], f"--config.model_overrides={small!r}",
                  "--config.sections=('diagnostics','power','probes')",
