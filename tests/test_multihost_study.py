@@ -13,8 +13,11 @@ stage computed alone does not depend on the device count. Every process sees the
 `taskset`): XLA:CPU's thread count also changes float32 rounding (pinned to one core each, the LM
 study's MLP probe differed in the last bit). The two `results.json` are compared leaf by leaf with
 `benchmarks/compare_results.py` (timing, host and version fields skipped). The quick variant (the
-digits study, one architecture, a few training steps, no VMoER) runs in CI; the `multihost` (and
-`slow`) ones run the digits study with VMoER and the LM study with a small VMoER section.
+digits study, one architecture, one feature, the recommended test and its power, a one-layer model
+trained 4 steps, no VMoER) runs in CI; the `multihost` (and `slow`) ones run the digits study with every test
+and VMoER, and the LM study with a small VMoER section. The three processes of a test share one
+persistent XLA compilation cache (a fresh one per test), so the 2-process run loads the programs
+the reference run compiled instead of compiling them again.
 """
 
 from __future__ import annotations
@@ -90,7 +93,11 @@ def _study(args: list[str], workdir: pathlib.Path, n: int) -> tuple[dict, list[s
     return json.loads((workdir / "results.json").read_text()), stderr
 
 
-def _same(args: list[str], tmp_path: pathlib.Path) -> dict:
+def _same(args: list[str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    # one persistent XLA cache for the three processes: the programs the reference run compiled
+    # are loaded, not compiled again, by the 2-process run (the same executable, the same numbers)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "xla_cache"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     one, _ = _study(args, tmp_path / "one", 1)  # one process, 2 devices
     two, stderr = _study(args, tmp_path / "two", 2)  # 2 processes, one device each
     n, diffs = compare_results.compare(one, two)
@@ -103,9 +110,13 @@ def _same(args: list[str], tmp_path: pathlib.Path) -> dict:
     return two
 
 
-def test_digits_study_two_processes_equal_one(tmp_path):
-    """CI-sized: the digits study (one architecture, one feature, 10 steps, no VMoER) on 2 processes."""
-    two = _same([*DIGITS, "--config.sections=('diagnostics','power','probes')"], tmp_path)
+def test_digits_study_two_processes_equal_one(tmp_path, monkeypatch):
+    """CI-sized: the digits study (one architecture and feature, the recommended test, 4 steps of a
+    one-layer model, no VMoER) on 2 processes."""
+    small = (*(s.format(4) for s in STEPS), "train.log_every=4", "model.n_layers=1")
+    two = _same([*DIGITS[:-1], f"--config.model_overrides={small!r}",
+                 "--config.sections=('diagnostics','power','probes')",
+                 "--config.diagnostics.tests=('conditional',)"], tmp_path, monkeypatch)
     assert two["diagnostics"]["tests"] and two["runs"][0]["arch"] == "full"
     assert [f.name for f in (tmp_path / "two" / "runs" / "full" / "seed0" / "predictions").iterdir()
             ] and not any((tmp_path / "two").rglob(".*.tmp"))  # no half-written file left
@@ -113,16 +124,16 @@ def test_digits_study_two_processes_equal_one(tmp_path):
 
 @pytest.mark.multihost
 @pytest.mark.slow
-def test_digits_study_with_vmoer_two_processes_equal_one(tmp_path):
-    two = _same(DIGITS, tmp_path)
+def test_digits_study_with_vmoer_two_processes_equal_one(tmp_path, monkeypatch):
+    two = _same(DIGITS, tmp_path, monkeypatch)
     assert two["vmoer"]
 
 
 @pytest.mark.multihost
 @pytest.mark.slow
-def test_lm_study_two_processes_equal_one(tmp_path):
+def test_lm_study_two_processes_equal_one(tmp_path, monkeypatch):
     two = _same([*LM, LM_VMOER,
                  "--config.sections=('diagnostics','power','probes','temperature','vmoer')"],
-                tmp_path)
+                tmp_path, monkeypatch)
     assert two["diagnostics"]["tests"]
     assert sorted(two["vmoer"]["per_run"]) == ["det", "mfvr_retrofit", "vtsr_retrofit"]

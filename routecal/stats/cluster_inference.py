@@ -142,12 +142,16 @@ def strata(c: jax.Array, n_strata: int, stratum_size: int) -> jax.Array:
 
     Ids below S are equal-mass bins of the (rarely tied) confidences; id S + l is level l.
     """
-    n = c.shape[0]
-    first, last, level, n_levels = ranks.tie_levels(c)
+    return strata_from_levels(*ranks.tie_levels(c), n_strata, stratum_size)
+
+
+def strata_from_levels(first, last, level, n_levels, n_strata: int, stratum_size: int):
+    """`strata` from confidence's `ranks.tie_levels` (jax) or `ranks.host_tie_levels` (numpy)."""
+    xp = np if isinstance(first, np.ndarray) else jnp
     count = last + 1 - first
-    few_levels = n_levels <= max(n_strata, MIN_LEVELS)
-    own = few_levels | (count >= stratum_size)
-    return jnp.where(own, n_strata + level, split_index(first, n, n_strata)).astype(jnp.int32)
+    own = (n_levels <= max(n_strata, MIN_LEVELS)) | (count >= stratum_size)
+    return xp.where(own, n_strata + level, split_index(first, first.shape[0], n_strata)
+                    ).astype(xp.int32)
 
 
 def _groups(strat: jax.Array, units: jax.Array, n_units: int) -> jax.Array:
@@ -177,12 +181,13 @@ def _sums(fit: _Fit, cols: jax.Array, n_seg: int) -> jax.Array:
     return tot
 
 
-def crossfit(strat, units, c, *, n_seg: int, n_units: int | None) -> _Fit:
+def crossfit(strat, units, c, *, n_seg: int, n_units: int | None, groups=None) -> _Fit:
     """The fit sets of the within-stratum regressions on (1, c), each without the example's unit.
 
     Args:
       strat: [N] stratum ids in [0, n_seg). units: [N] ids in [0, K). c: [N].
       n_units: K, or None for the pooled fit (every example's own unit included).
+      groups: optional [N] dense (stratum, unit) ids when K < N, as `_groups` computes them.
     """
     seg = functools.partial(jax.ops.segment_sum, segment_ids=strat, num_segments=n_seg)
     one = jnp.ones_like(c)
@@ -192,7 +197,7 @@ def crossfit(strat, units, c, *, n_seg: int, n_units: int | None) -> _Fit:
     elif n_units == c.shape[0]:  # K = N: every example is its own unit (no segment sums)
         grp = "own"
     else:
-        grp = _groups(strat, units, n_units)
+        grp = _groups(strat, units, n_units) if groups is None else groups
     fit = _Fit(strat, grp, dc, one, one, one, one > 0)
     tot = _sums(fit, jnp.stack([one, dc, dc * dc], 1), n_seg)
     m = tot[:, 0]

@@ -54,7 +54,8 @@ Degenerate inputs: constant routing (or routing constant within every stratum) l
 (residuals below 1e-12, i.e. rounding, are set to 0): Z = 0, p = 1, `warning` = `NO_INFORMATION`
 (e.g. routing a function of few tied confidence levels: no test can separate the two).
 
-Engine: the scores are computed once, on one device (`_sharded_conditional`); then, like the paper
+Engine: the scores are computed once, on one device (`_sharded_conditional`; on the CPU backend
+their sorts run in numpy on two threads, `conditional_orders`); then, like the paper
 test's engine (`diagnostics`), chunks of `Bc` lanes, counter-based random bits (`random_bits`; one
 32-bit word signs 32 units), lanes vectorised, chunks sharded over a 1-D mesh with `jax.shard_map`;
 flip b's signs depend on (key, b) only, so the result never depends on the chunk size or the device
@@ -76,7 +77,7 @@ from jax.sharding import PartitionSpec as P
 from routecal import _checks, parallel
 from routecal.stats import cluster_inference as ci
 from routecal.stats import conditional_omnibus as omnibus
-from routecal.stats import ranks
+from routecal.stats.conditional_orders import Orders, host_orders, orders
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
 
 _units = ci.cluster_units  # [N] cluster ids -> ([N] units in [0, K), K)
@@ -107,28 +108,25 @@ class ConditionalTestResult(NamedTuple):
 # ------------------------------------------------------------------------------------------------
 
 
-def _mid_ranks(r: jax.Array) -> jax.Array:
-    """2 x mid-rank (first + last sorted position) of each value: exact integers in float64."""
-    first, last, _ = ranks.tie_blocks(r)
-    return (first + last).astype(jnp.float64)
-
-
 def score_matrix(confidence, correct, routing, units, *, n_strata: int, n_units: int,
-                 stratum_size: int, alternative: str = "monotone"):
+                 stratum_size: int, alternative: str = "monotone", order: Orders | None = None):
     """Per-column statistics and normalised unit scores of one dataset (no input checks).
 
     Args:
       confidence, correct, routing: [N] float64. units: [N] int32 in [0, K).
+      order: the `Orders` of the inputs when computed already (e.g. `host_orders`).
     Returns:
       (z [J], w [K, J] = U / sqrt(sum_k U^2) (0 when degenerate), slope [] of the first column).
     """
     n = confidence.shape[0]
-    strat = ci.strata(confidence, n_strata, stratum_size)
+    o = orders(confidence, routing) if order is None else order
+    strat = ci.strata_from_levels(o.c_first, o.c_last, o.c_level, o.c_levels, n_strata,
+                                  stratum_size)
     scale = 2.0 * max(n - 1, 1)
-    s = _mid_ranks(routing) / scale  # rank in [0, 1]
-    feats = omnibus.features(s, _mid_ranks(confidence) / scale, alternative)
+    s = (o.r_first + o.r_last).astype(jnp.float64) / scale  # rank in [0, 1]
+    feats = omnibus.features(s, (o.c_first + o.c_last).astype(jnp.float64) / scale, alternative)
     n_seg = n_strata + n
-    fit = ci.crossfit(strat, units, confidence, n_seg=n_seg, n_units=n_units)
+    fit = ci.crossfit(strat, units, confidence, n_seg=n_seg, n_units=n_units, groups=o.groups)
     s_res = ci.residuals(fit, feats, n_seg)
     # rounding of the stratum means (XLA may divide by multiplying with 1/n) leaves ~1e-16 where
     # routing is constant in a stratum; ranks differ by >= 1 / (2 (N - 1)), far above 1e-12
@@ -180,10 +178,10 @@ def conditional_test_core(confidence, correct, routing, units, key, *, n_permuta
     jax.jit, static_argnames=("n_strata", "n_units", "stratum_size", "alternative"),
     compiler_options=ci.COMPILER_OPTIONS,
 )
-def _scores_one_device(confidence, correct, routing, units, *, n_strata, n_units, stratum_size,
-                       alternative):
+def _scores_one_device(confidence, correct, routing, units, order, *, n_strata, n_units,
+                       stratum_size, alternative):
     return score_matrix(confidence, correct, routing, units, n_strata=n_strata, n_units=n_units,
-                        stratum_size=stratum_size, alternative=alternative)
+                        stratum_size=stratum_size, alternative=alternative, order=order)
 
 
 @functools.partial(
@@ -224,7 +222,11 @@ def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutat
     XLA computed the replicated scores on every device: issue 26, 0.5 of 2.1 CPU s at N = 1M).
     """
     dev = _local_device(mesh)
-    inputs = jax.device_put((confidence, correct, routing, units), dev)
+    order = None  # sorted by XLA inside the jit
+    if dev.platform == "cpu":  # numpy sorts on the host: the same integers, faster (`host_orders`)
+        order = host_orders(np.asarray(confidence), np.asarray(routing), np.asarray(units),
+                            n_strata=n_strata, n_units=n_units, stratum_size=stratum_size)
+    inputs = jax.device_put((confidence, correct, routing, units, order), dev)
     z, w, slope = _scores_one_device(*inputs, n_strata=n_strata, n_units=n_units,
                                      stratum_size=stratum_size, alternative=alternative)
     # host copies: plain replicated inputs of the mesh's jit on every process (as the data are)

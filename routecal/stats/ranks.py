@@ -8,12 +8,18 @@ N = 1M on the 2-core machine of issue 26: 0.06 s against 0.35-0.45 s; the sort i
 So floats are mapped to order-preserving int64 keys (the IEEE-754 bit trick: flip the magnitude bits
 of negative numbers; -0.0 is first made +0.0 so the two zeros stay tied), the keys are sorted alone,
 and positions come from `searchsorted` on the sorted keys. Inputs are finite (callers check).
+
+`host_tie_levels` computes the same integers in numpy for inputs already on the host (the CPU
+backend): numpy's vectorised (AVX-512) quicksort argsorts 1M float64 in ~0.08 s against XLA:CPU's
+~0.13 s, releases the GIL so two vectors are ranked on two threads at once, and tie blocks do not
+depend on the order a sort leaves equal values in, so an unstable sort gives the same answer.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -87,6 +93,30 @@ def tie_levels(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array
     new = jnp.concatenate([jnp.ones((1,), bool), sk[1:] != sk[:-1]])
     level_of_pos = jnp.cumsum(new.astype(jnp.int32)) - 1
     return first, last, level_of_pos[first], level_of_pos[-1] + 1
+
+
+def host_tie_levels(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """`tie_levels` in numpy: (first [N], last [N], level [N] int32, D) of [N] finite values.
+
+    -0.0 and +0.0 are tied (numpy compares them equal), as `order_key` makes them.
+    """
+    x = np.asarray(x)
+    n = x.shape[0]
+    order = np.argsort(x)  # any order within ties: the blocks are the same
+    sx = x[order]
+    new = np.empty(n, bool)
+    new[:1] = True
+    np.not_equal(sx[1:], sx[:-1], out=new[1:])
+    if new.all():  # no ties: first = last = level = the rank (one scatter instead of three)
+        rank = np.empty(n, np.int32)
+        rank[order] = np.arange(n, dtype=np.int32)
+        return rank, rank, rank, n
+    level_s = np.cumsum(new, dtype=np.int32) - 1
+    starts = np.flatnonzero(new).astype(np.int32)
+    ends = np.append(starts[1:], np.int32(n)) - 1
+    first, last, level = (np.empty(n, np.int32) for _ in range(3))
+    first[order], last[order], level[order] = starts[level_s], ends[level_s], level_s
+    return first, last, level, len(starts)
 
 
 def stable_order(major: jax.Array, minor: jax.Array, n_major: int) -> jax.Array:
