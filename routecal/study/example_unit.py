@@ -30,7 +30,7 @@ from routecal.probes.compare import probe_comparison, summarise_probes
 from routecal.stats import calibration
 from routecal.study import grid
 from routecal.study.plan import ModelSpec, Plan
-from routecal.study.stages import Stages, spmd, versions
+from routecal.study.stages import Stages, versions
 
 Preds = dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]  # (arch, seed) -> split -> arrays
 Step = Callable[..., Any]  # step(name, fn, check=None) -> the stage's stored output
@@ -124,24 +124,13 @@ def _test_split(plan: Plan) -> str:
     return plan.domains[0][1]
 
 
-def grid_cells(plan: Plan, preds: Preds) -> list[grid.Cell]:
-    """One cell per routed model x seed x feature, on the calib and the domains' splits pooled
-    (nothing is fitted to them)."""
-    cells = []
-    splits = [plan.calib_split, *(sp for _, sp in plan.domains)]
-    for spec in plan.routed:
-        for seed in plan.seeds:
-            d = concat_predictions([preds[spec.name, seed][s] for s in splits])
-            conf, correct = confidence_correct(d)
-            rf = routing_features(d)
-            for f in plan.features:
-                if f not in rf:
-                    raise ValueError(
-                        f"diagnostics.features: {f!r} not available for {spec.name} "
-                        f"(available: {sorted(rf)})"
-                    )
-                cells.append(grid.Cell(spec.name, seed, f, conf, correct, rf[f]))
-    return cells
+def cell_rows(plan: Plan, preds: Preds, cell: tuple[str, str, int]) -> grid.Rows:
+    """One run's diagnostics rows: the calib split and the domains' splits pooled (nothing is
+    fitted to them; `Plan.cells` names the pool "all"), independent rows."""
+    _, arch, seed = cell
+    d = concat_predictions([preds[arch, seed][s] for s in plan.splits])
+    conf, correct = confidence_correct(d)
+    return grid.Rows(conf, correct, routing_features(d))
 
 
 def probes_stage(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, Any]:
@@ -153,19 +142,11 @@ def probes_stage(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, An
 
 
 def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list[tuple[str, Callable[[], Any]]]:
-    """The plan's diagnostics and probes stages after the runs, in order: (name, thunk)."""
+    """The plan's probes stages after the runs and the diagnostics, in order: (name, thunk)."""
     del w
-    tasks = []
-    if "diagnostics" in plan.sections:
-        specs = grid.specs(plan.tests.tests, power="power" in plan.sections)
-        # every process together, each (test, cell) computed by one (`grid.diagnostic_grid`)
-        tasks.append(("diagnostics", spmd(lambda: grid.diagnostic_grid(
-            grid_cells(plan, preds), plan.tests, specs))))
-    if "probes" in plan.sections:
-        tasks += [(f"probes:{spec.name}:{seed}",
-                   functools.partial(probes_stage, plan, preds, spec.name, seed))
-                  for spec in plan.routed for seed in plan.seeds]
-    return tasks
+    return [(f"probes:{spec.name}:{seed}",
+             functools.partial(probes_stage, plan, preds, spec.name, seed))
+            for spec in plan.routed for seed in plan.seeds] if "probes" in plan.sections else []
 
 
 def probes_section(sweep_multiples: Sequence[float],
@@ -209,6 +190,5 @@ def assemble(plan: Plan, st: Stages, w: pathlib.Path, preds: Preds,
             "config": plan.config, "versions": versions(), "seeds": list(plan.seeds),
             "devices": [str(d) for d in jax.devices()]}
     return {"meta": meta, "runs": runs,
-            "diagnostics": st.load("diagnostics") if "diagnostics" in plan.sections else {},
             "probes": probes_section(plan.sweep_multiples, probes) if probes else {},
             "depth_attention": depth_attention(plan, preds)}

@@ -22,6 +22,7 @@ keys the workdir to its config (`files.records`). Predictions are read through
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ import ml_collections
 
 from routecal import parallel, report
 from routecal.files import workdir as workdir_io
-from routecal.study import example_unit, token_stages, token_unit
+from routecal.study import example_unit, grid, token_stages, token_unit
 from routecal.study import plan as plan_lib
 from routecal.study.stages import (
     Stages,
@@ -48,8 +49,9 @@ from routecal.study.stages import (
 #   runs(plan, w, step, producer)           the runs' stages, in order -> their predictions
 #   load_runs(plan, w, stages)              the same predictions, from stored stages (a worker)
 #   run_stage_names(plan)                   the runs' stage names
-#   analysis(plan, w, predictions)          [(stage name, thunk)] after the runs, in order
-#                                           (then the VMoER section's: `vmoer_tasks`)
+#   cell_rows(plan, predictions, cell)      one diagnostics cell's rows (`study.grid`)
+#   analysis(plan, w, predictions)          [(stage name, thunk)] after the diagnostics', in
+#                                           order (then the VMoER section's: `vmoer_tasks`)
 #   assemble(plan, stages, w, predictions, wall_seconds)  results.json without verdicts
 UNITS = {"example": example_unit, "token": token_unit}
 
@@ -136,6 +138,9 @@ def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: f
     bar.close()
     results = unit.assemble(plan, st, w, preds,
                             (time.perf_counter() - t_start) if fresh else None)
+    results["diagnostics"] = (grid.results(plan.cells(), plan.features, st.load, plan.tests, w)
+                              if plan.cells() else {})
+    results["power"] = grid.power_rows(plan.power_cells(), st.load)
     results["vmoer"] = vmoer_results(plan, st, w) if "vmoer" in plan.sections else {}
     results["verdicts"] = report.verdicts(to_json(results))
     return write_json(w / "results.json", results)
@@ -143,8 +148,10 @@ def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: f
 
 def _analysis(plan: plan_lib.Plan, unit: ModuleType, w: pathlib.Path, preds: Any
               ) -> list[tuple[str, Callable[[], Any]]]:
-    return unit.analysis(plan, w, preds) + (vmoer_tasks(plan, w) if "vmoer" in plan.sections
-                                            else [])
+    diagnostics = grid.tasks(plan.cells(), plan.features, plan.power_cells(),
+                             functools.partial(unit.cell_rows, plan, preds), plan.tests, w)
+    return diagnostics + unit.analysis(plan, w, preds) + (
+        vmoer_tasks(plan, w) if "vmoer" in plan.sections else [])
 
 
 # The VMoER section: the study's one call into it (`study.vmoer`, for every MoE source).

@@ -37,19 +37,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from routecal.files import predictions
 from routecal.files import workdir as workdir_io
 from routecal.probes import compare
-from routecal.stats import multiple_testing
-from routecal.study import registry, temperature, token_stages
+from routecal.study import grid, temperature, token_stages
 from routecal.study.plan import Plan
 from routecal.study.stages import Stages, versions
-
-CLUSTER_KEYS = ("cluster_unit", "n_clusters", "n_eff_clusters")  # per diagnostics cell
-
-
-def null_path(workdir: pathlib.Path, stage: str) -> pathlib.Path:
-    """Where a diagnostics stage keeps its permutation nulls."""
-    return workdir / "stages" / "nulls" / (stage.replace(":", "_") + ".npz")
 
 
 def stage_seconds(st: Stages) -> dict[str, float]:
@@ -59,67 +52,6 @@ def stage_seconds(st: Stages) -> dict[str, float]:
         if isinstance(v, dict) and isinstance(v.get("seconds"), int | float):
             out[p.stem] = float(v["seconds"])
     return out
-
-
-def _diagnostics(plan: Plan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
-    rows = []
-    for d, a, s in plan.cells():
-        for f in plan.features:
-            name = f"diag:{d}:{a}:{s}:{f}"
-            cell = st.load(name)
-            for test, r in cell["tests"].items():
-                rows.append({"test": test, "domain": d, "arch": a, "seed": s, "feature": f,
-                             "n": cell["n"], "n_sequences": cell["n_sequences"],
-                             **{k: cell[k] for k in CLUSTER_KEYS}, **r, "_stage": name})
-    summary = adjust(rows, plan.tests.alpha)
-    for test in plan.tests.tests:
-        mine = sorted((r for r in rows if r["test"] == test), key=lambda r: r["p_value"])
-        for r in mine[: plan.tests.n_null_figures]:
-            path = null_path(w, r["_stage"])
-            if path.exists():
-                with np.load(path) as z:
-                    if test in z.files:
-                        r["null"] = z[test].tolist()
-    for r in rows:
-        r.pop("_stage")
-    t = plan.tests
-    return {"tests": rows, "summary": summary, "alpha": t.alpha, "n_permutations":
-            t.n_permutations, "n_bins": t.n_bins, "n_groups": t.n_groups,
-            "labels": {k: registry.BY_NAME[k].label for k in t.tests},
-            "families": "test x domain",
-            "cluster_unit": t.cluster_unit, "clusters": cluster_summary(rows)}
-
-
-def adjust(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
-    """Holm and BH p-values per (test, domain) family (`stats.multiple_testing.adjust_rows`); the rejection summary per
-    (test, domain, arch, feature), with seed bands of the weighted gap against its null's mean
-    (the conditional tests' Z is signed and standardised: their p-values carry the comparison)."""
-    return multiple_testing.adjust_rows(rows, alpha, ("test", "domain"), ("test", "domain", "arch", "feature"),
-                       banded=lambda ts: not registry.BY_NAME[ts[0]["test"]].signed
-                       and all("null_mean" in t for t in ts))
-
-
-def cluster_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per domain: the cluster unit and [min, max] over its cells of the number of clusters and
-    their effective number (cells of one domain share their tokens unless thinned per run)."""
-    out: dict[str, dict[str, Any]] = {}
-    for d in dict.fromkeys(r["domain"] for r in rows):
-        mine = [r for r in rows if r["domain"] == d]
-        if not mine:
-            continue
-        out[d] = {"cluster_unit": mine[0]["cluster_unit"], "n_tokens": [
-            min(r["n"] for r in mine), max(r["n"] for r in mine)]}
-        for k in ("n_clusters", "n_eff_clusters"):
-            out[d][k] = [min(r[k] for r in mine), max(r[k] for r in mine)]
-    return out
-
-
-def _power(plan: Plan, st: Stages) -> list[dict[str, Any]]:
-    rows = []
-    for d, a, s in plan.power_cells():
-        for test, p in st.load(f"power:{d}:{a}:{s}")["power"].items():
-            rows.append({"test": test, "domain": d, "arch": a, "seed": s, **p})
-    return rows
 
 
 def _probes(plan: Plan, st: Stages) -> dict[str, Any]:
@@ -214,8 +146,6 @@ def assemble(plan: Plan, st: Stages, w: pathlib.Path, toks: Any = None,
                  "domains": dict(plan.domains), "calib_split": plan.calib_split,
                  "jax_backend": jax.default_backend()},
         "runs": runs,
-        "diagnostics": _diagnostics(plan, st, w) if "diagnostics" in plan.sections else {},
-        "power": _power(plan, st) if "power" in plan.sections else [],
         "probes": _probes(plan, st) if "probes" in plan.sections else {},
         "depth_attention": _depth(plan, st),
     }
@@ -227,15 +157,24 @@ def assemble(plan: Plan, st: Stages, w: pathlib.Path, toks: Any = None,
     return results
 
 
-def _splits(plan: Plan) -> list[str]:
-    return [plan.calib_split, *[sp for _, sp in plan.domains]]
+def cell_rows(plan: Plan, toks: Mapping[tuple[str, int], Any], cell: tuple[str, str, int]
+              ) -> grid.Rows:
+    """One (domain, arch, seed) cell's diagnostics rows: the domain's tokens thinned to whole
+    clusters (`token_stages.cell_tokens`), clustered by `diagnostics.cluster_unit`."""
+    d, a, s = cell
+    split = dict(plan.domains)[d]
+    t = token_stages.cell_tokens(toks[a, s][split], plan, f"{a}/seed{s}/{split}")
+    unit = plan.tests.cluster_unit
+    return grid.Rows(t["confidence"], t["correct"], predictions.routing_features(t),
+                     predictions.cluster_ids(t, unit), unit,
+                     {"n_sequences": int(len(np.unique(t["seq_id"])))})
 
 
 def _load_run(plan: Plan, w: pathlib.Path, out: Mapping[str, Any], m: str, s: int
               ) -> dict[str, Any]:
     fps = out.get("fingerprints") or {}  # recorded when the run was predicted
     return {sp: token_stages.load_tokens(workdir_io.from_relative(out["paths"][sp], w),
-                            f"{m}/seed{s}/{sp}", fps.get(sp)) for sp in _splits(plan)}
+                            f"{m}/seed{s}/{sp}", fps.get(sp)) for sp in plan.splits}
 
 
 def run_stage_names(plan: Plan) -> list[str]:
@@ -272,25 +211,6 @@ def analysis(plan: Plan, w: pathlib.Path, toks: Mapping[tuple[str, int], Any]
     """Every analysis stage after the runs, in the study's order: (name, thunk). Diagnostics
     cells (one per routing summary) with their power cell, probes, temperature scaling, VMoER."""
     tasks: list[tuple[str, Callable[[], Any]]] = []
-    key = jax.random.key(plan.tests.seed)
-
-    @functools.lru_cache(maxsize=2)
-    def cell(d: str, a: str, s: int) -> dict[str, Any]:
-        split = dict(plan.domains)[d]
-        return token_stages.cell_tokens(toks[a, s][split], plan, f"{a}/seed{s}/{split}")
-
-    for i, (d, a, s) in enumerate(plan.cells() if "diagnostics" in plan.sections else ()):
-        ck = jax.random.fold_in(key, i)
-        for j, f in enumerate(plan.features):
-            name = f"diag:{d}:{a}:{s}:{f}"
-            tasks.append((name, lambda d=d, a=a, s=s, f=f, ck=ck, j=j, name=name:
-                          token_stages.diagnose_cell(
-                              cell(d, a, s), f, key=jax.random.fold_in(ck, j), plan=plan,
-                              null_path=null_path(w, name))))
-        if "power" in plan.sections and (d, a, s) in plan.power_cells():
-            tasks.append((f"power:{d}:{a}:{s}", lambda d=d, a=a, s=s, ck=ck:
-                          token_stages.power_cell(cell(d, a, s), key=jax.random.fold_in(ck, 10_000),
-                                                  plan=plan)))
     for m in plan.routed if "probes" in plan.sections else ():
         for s in plan.seeds:
             tasks.append((f"probes:{m.name}:{s}", lambda m=m, s=s: token_stages.probe_run(

@@ -16,7 +16,8 @@ def _results(wall: float | None = 377.0) -> dict:
             ("full", 0, 0.969, 14.2), ("full", 1, 0.986, 33.0), ("block", 0, 0.975, 20.0),
         ]
     ]
-    meta = {"title": "a study", "versions": {"routecal": "0.1", "jax": "0.4", "numpy": "2"}}
+    meta = {"title": "a study", "versions": {"routecal": "0.1", "jax": "0.4", "numpy": "2"},
+            "config": {"diagnostics": {"power": 0.8}}}
     if wall is not None:
         meta["wall_seconds"] = wall
     # 4 conditional cells (p 0.001, 0.01, 0.2, 0.5; Holm rejects 1, BH 2) and 2 paper cells.
@@ -27,8 +28,8 @@ def _results(wall: float | None = 377.0) -> dict:
                                        (0.2, 0.4, 0.27), (0.5, 0.5, 0.5)])
     ] + [{"test": "within_bin", "arch": "full", "feature": "f0", "p_value": 0.3,
           "p_holm": 0.6, "p_bh": 0.3}] * 2
-    tests += [{"test": "minimum_detectable_gap_conditional", "minimum_detectable_gap": g, "power_target": 0.8}
-              for g in (0.05, 0.07, 0.06)]
+    power = [{"test": "conditional", "domain": "all", "arch": "full", "seed": s, "mdg": g}
+             for s, g in enumerate((0.05, 0.07, 0.06))]
     band = lambda m, lo, hi: {"mean": m, "min": lo, "max": hi, "std": 0.0, "n": 2}  # noqa: E731
     summary = [
         {"arch": "full", "probe": "nw_ar_condcal", "bandwidth_rule": "cv_nll",
@@ -45,6 +46,7 @@ def _results(wall: float | None = 377.0) -> dict:
         "meta": meta,
         "runs": runs,
         "diagnostics": {"alpha": 0.05, "tests": tests},
+        "power": power,
         "probes": {"summary": summary},
         "vmoer": vmoer,
         "verdicts": {"diagnostics": "0 of 30 tests reject, a long sentence." * 50,

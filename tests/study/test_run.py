@@ -57,7 +57,7 @@ def test_resume_does_not_redo_finished_stages(quick):
     w, cfg, _, before, saved = quick
     assert any(n.startswith("train") for n in before), before
     assert not any(n.startswith(("train", "predict")) for n in saved), saved
-    assert "diagnostics" not in saved
+    assert not any(n.startswith("diag:") for n in saved), saved
     assert any(n.startswith("probes") for n in saved)
     after = {p.name: p.stat().st_mtime_ns for p in (w / "stages").glob("*.json")}
     assert all(after[k] == v for k, v in before.items())
@@ -69,26 +69,26 @@ def test_results_hold_every_cell_and_independent_numbers(quick):
     routed = [a for a in cfg.architectures if cfg.models[a].routed]
     n_cells = len(feats) * len(cfg.seeds) * len(routed)
     rows = res["diagnostics"]["tests"]
-    # the paper test, the recommended conditional test and the minimum detectable gap, then the
-    # omnibus variant and its detectable gap (issue 22), per cell
-    assert [t["test"] for t in rows] == (["within_bin"] * n_cells
-                                         + ["conditional"] * n_cells
-                                         + ["minimum_detectable_gap_conditional"] * n_cells
-                                         + ["omnibus"] * n_cells
-                                         + ["minimum_detectable_gap_omnibus"] * n_cells)
-    assert all(0 < t["minimum_detectable_gap"] <= 1 for t in rows if "minimum_detectable_gap" in t)
+    # every registered test per cell (cell by cell); the detectable gaps once per run, apart
+    assert [t["test"] for t in rows] == ["within_bin", "conditional", "omnibus"] * n_cells
+    assert all(t["domain"] == "all" for t in rows)
+    power = res["power"]
+    assert len(power) == 3 * len(cfg.seeds) * len(routed)
+    assert all(p["mdg"] is None or 0 < p["mdg"] <= 1 for p in power)
     b = cfg.diagnostics.n_permutations
     for t in (t for t in rows if "p_value" in t):
         assert 1 / (1 + b) <= t["p_value"] <= 1
         assert t["p_value"] <= t["p_holm"] <= 1
     # the figure's nulls travel inside results: p = (1 + #{T* >= T}) / (1 + B) from the stored null
-    # (|Z| against |Z*| for the two-sided conditional test)
+    # (|Z| against |Z*| for the two-sided conditional tests)
     shown = [t for t in rows if "null" in t]  # paper, conditional and omnibus (issue 22) tests
     assert len(shown) == 3 * min(cfg.diagnostics.n_null_figures, n_cells)
     for t in shown:
-        null = np.asarray(t["null"])
+        null, stat = np.asarray(t["null"]), t["statistic"]
+        if t["test"] != "within_bin":
+            null, stat = np.abs(null), abs(stat)
         assert len(null) == b
-        assert t["p_value"] == pytest.approx((1 + np.sum(null >= t["statistic"] - 1e-6)) / (1 + b),
+        assert t["p_value"] == pytest.approx((1 + np.sum(null >= stat - 1e-6)) / (1 + b),
                                              abs=2 / (1 + b))
     assert not (w / "stages" / "nulls.npz").exists()
     for r in res["runs"]:
@@ -110,12 +110,8 @@ def test_report_tables_match_results(quick):
     assert len(rows) == len(res["diagnostics"]["tests"])
     for row, t in zip(rows, res["diagnostics"]["tests"], strict=True):
         assert (row["test"], row["arch"], row["feature"]) == (t["test"], t["arch"], t["feature"])
-        if "p_value" in t:
-            assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
-            assert float(row["statistic"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
-        else:  # the minimum detectable gap beside the tests
-            assert float(row["detectable gap"]) == pytest.approx(t["minimum_detectable_gap"],
-                                                                 rel=1e-3, abs=1e-4)
+        assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
+        assert float(row["statistic"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
     probes = _csv(w / "tables" / "probes.csv")
     assert len(probes) == len(res["probes"]["summary"]) > 0
     for row, s in zip(probes, res["probes"]["summary"], strict=True):
@@ -166,13 +162,15 @@ def test_plan_lists_the_example_unit_stages(tmp_path):
     plan = plan_lib.Plan.from_config(load_config(QUICK))
     assert isinstance(plan, Plan) and study.UNITS[plan.unit].runs is example_unit.runs
     routed_runs = sum(m.routed for m in plan.models) * len(plan.seeds)
-    # train + predict per run; diagnostics, probes per routed run, VMoER
+    # train + predict per run; per routed run a diagnostics cell per feature and a power cell,
+    # probes; VMoER
     assert len(example_unit.run_stage_names(plan)) == 2 * len(plan.runs)
     assert plan.source == "classifier" and plan.sections == (
         "diagnostics", "power", "probes", "vmoer")
     names = [n for n, _ in study._analysis(plan, example_unit, tmp_path, {})]
-    assert names[0] == "diagnostics" and names[-1] == "vmoer"
-    assert len(names) == 1 + routed_runs + 1
+    m, s = plan.routed[0].name, plan.seeds[0]
+    assert names[0] == f"diag:all:{m}:{s}:{plan.features[0]}" and names[-1] == "vmoer"
+    assert len(names) == routed_runs * (len(plan.features) + 2) + 1
     assert [m.name for m in plan.models] == list(load_config(QUICK).architectures)
 
 
