@@ -130,7 +130,8 @@ def diagnose_predictions(
     features = sorted(f for f in rf if f not in const)  # a feature's key: by name, not column
     rows = grid.Rows(conf, correct, rf, traces["clusters"], traces["cluster_key"])
     settings = registry.TestSettings(n_permutations=n_permutations, n_bins=n_bins,
-                                     n_groups=n_groups, alpha=alpha, seed=seed)
+                                     n_groups=n_groups, alpha=alpha, seed=seed,
+                                     paper_power_datasets=40, paper_power_permutations=100)
     cell = [("all", "model", 0)]
     diag = grid.run(cell, features, cell, lambda c: rows, settings)
     probes_out: dict[str, Any] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,6 @@ from routecal.files import workdir as workdir_io
 from routecal.probes import compare
 from routecal.stats import calibration, sequences
 from routecal.study.plan import ModelSpec, Plan
-
-# (model, seed, run_dir) -> {"paths": {split: predictions path}, ...}: swapped in tests.
-Producer = Callable[[ModelSpec, int, pathlib.Path], Mapping[str, Any]]
 
 
 def load_tokens(path: str | pathlib.Path, name: str,
@@ -55,15 +52,6 @@ def load_tokens(path: str | pathlib.Path, name: str,
     return predictions.token_arrays(workdir_io.load_npz(p, "predictions"), f"{name} ({p})")
 
 
-def fingerprints(paths: Mapping[str, str | pathlib.Path]) -> dict[str, Any]:
-    """{split: fingerprint recorded in its shards' index.json} for the shard directories among
-    `paths` (what a run stage stores, so every later load checks it reads the same run)."""
-    from routecal.files import shards
-
-    return {sp: shards.ShardedColumns(p).fingerprint for sp, p in paths.items()
-            if (pathlib.Path(p) / "index.json").is_file()}
-
-
 def train_predict(model: ModelSpec, seed: int, run_dir: pathlib.Path, *, source: str,
                   predict_options: Mapping[str, Any], depth_rows: int,
                   domains: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -84,17 +72,8 @@ def train_predict(model: ModelSpec, seed: int, run_dir: pathlib.Path, *, source:
     depth = (predict.decoder_depth_attention(run_dir, domains, depth_rows)
              if model.routed and depth_rows else {})
     return {"metrics": metrics, "train_seconds": t1 - t0, "predict_seconds": t2 - t1,
-            "paths": {k: str(v) for k, v in paths.items()}, "fingerprints": fingerprints(paths),
+            "paths": {k: str(v) for k, v in paths.items()},
             "depth_attention": depth}
-
-
-def relative_paths(out: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, Any]:
-    """`out` with its prediction paths stored relative to the study's workdir (a moved or copied
-    workdir still resolves them; `routecal.files.workdir.from_relative` reads them back)."""
-    from routecal.files import workdir as workdir_io
-
-    return {**out, "paths": {k: workdir_io.to_relative(v, workdir)
-                             for k, v in out["paths"].items()}}
 
 
 def run_summary(toks: Mapping[str, Mapping[str, np.ndarray]], n_bins: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from routecal.report import readme
+from routecal.stats import seeds
 
 
 def _results(wall: float | None = 377.0) -> dict:
@@ -163,16 +164,17 @@ def test_named_blocks_are_rewritten_independently():
 def test_vmoer_lm_block_from_a_results_json():
     from statsmodels.stats.proportion import proportion_confint
 
-    from routecal.study import vmoer, vmoer_sources  # the section's table (study side)
+    from routecal.report import vmoer_lm
+    from routecal.study import vmoer_sources  # the section's table (study side)
 
     metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
                "flops_infer_pct")
     per_run = {name: {s: {m: 0.3 + 0.01 * s + 0.1 * k + 0.05 * (name == "mfvr")
                           for k, m in enumerate(metrics)} for s in (0, 1)}
                for name in ("det", "mfvr")}
-    table = vmoer.summarize(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
+    table = seeds.band_table(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
     out = {"config": {"data": {"n_eval_items": 100}}, "per_run": per_run, "table": table,
-           "markdown": vmoer.to_markdown(table, ["det", "mfvr"], ["stability"]), "scoring": "loglik"}
+           "markdown": vmoer_lm.markdown(table, ["det", "mfvr"], ["stability"]), "scoring": "loglik"}
     block = readme.vmoer_lm_block(out, command="c", source="s")
     begin, end = readme.markers("found-vmoer-lm")
     assert block.startswith(begin) and block.endswith(end)

@@ -189,7 +189,7 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
     for seed in (0, 1):
         _write(tmp_path / f"src{seed}.npz", seed=seed, routed=True)
     mine, theirs = write(tmp_path / "mine", 0), write(tmp_path / "theirs", 1)
-    recorded = token_stages.fingerprints({"calib": mine})
+    recorded = study._stored({"paths": {"calib": mine}}, tmp_path)["fingerprints"]
     assert recorded["calib"]["config_hash"] != shards.ShardedColumns(theirs).fingerprint[
         "config_hash"]
     assert len(token_stages.load_tokens(mine, "calib", recorded["calib"])["confidence"]) == 16 * 24
