@@ -19,8 +19,8 @@ from routecal.files import predictions
 from routecal.models.decoder import Decoder, DecoderConfig
 from routecal.probes.scaling import TemperatureParams, temperature_fit
 from routecal.stats import calibration, sequences
-from routecal.study import run as study
 from routecal.study import grid, temperature, token_stages
+from routecal.study import run as study
 from routecal.study.plan import Plan
 from routecal.training import token_predict
 
