@@ -15,6 +15,10 @@ difference with its path; exits 1 when there is any difference, 0 otherwise. `--
 equal to OLD becomes NEW (names inside longer strings, e.g. sentences, are left as they are and
 show as differences); `--rename-value OLD=NEW` does so for string leaves only (a name that is
 also a field's key, e.g. the test "minimum_detectable_gap" beside its field of that name).
+`--key LIST=FIELD,FIELD` (repeatable) compares the rows of the list at dotted path LIST (e.g.
+`diagnostics.tests=test,arch,seed,feature`) by those fields' values rather than by position, on
+both sides, so reordered rows compare as the same rows (a row's path then reads
+`LIST{value|value}.field`).
 """
 
 from __future__ import annotations
@@ -95,6 +99,24 @@ def rename(value: Any, names: dict[str, str], values: dict[str, str] | None = No
     return value
 
 
+def keyed(value: Any, path: str, fields: list[str]) -> Any:
+    """`value` with the list at dotted `path` (absent: unchanged) turned into a dict of its rows
+    keyed by the `fields` values joined with "|" (a missing field reads as None); a repeated key
+    is a ValueError."""
+    head, _, rest = path.partition(".")
+    if not isinstance(value, dict) or head not in value:
+        return value
+    if rest:
+        return {**value, head: keyed(value[head], rest, fields)}
+    rows: dict[str, Any] = {}
+    for row in value[head]:
+        k = "{" + "|".join(str(row.get(f)) for f in fields) + "}"
+        if k in rows:
+            raise ValueError(f"--key {path}: rows repeat the key {k}")
+        rows[k] = row
+    return {**value, head: rows}
+
+
 def _load(path: str) -> Any:
     p = pathlib.Path(path)
     try:
@@ -115,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="in A, a dict key or string leaf equal to OLD reads as NEW")
     ap.add_argument("--rename-value", action="append", default=[], metavar="OLD=NEW",
                     help="in A, a string leaf (not a key) equal to OLD reads as NEW")
+    ap.add_argument("--key", action="append", default=[], metavar="LIST=FIELD,...",
+                    help="compare the rows of list LIST (dotted path) by these fields' values")
     args = ap.parse_args(argv)
     if args.rtol < 0 or args.atol < 0:
         ap.error("--rtol / --atol: must be >= 0")
@@ -125,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not old or not new:
                 ap.error(f"--{flag.replace('_', '-')}: expected OLD=NEW, got {item!r}")
             table[old] = new
+    a, b = rename(_load(args.a), maps["rename"], maps["rename_value"]), _load(args.b)
+    for item in args.key:
+        path, sep, fields = item.partition("=")
+        if not sep or not path or not fields:
+            ap.error(f"--key: expected LIST=FIELD,..., got {item!r}")
+        a, b = (keyed(x, path, fields.split(",")) for x in (a, b))
     n, diffs = compare(
-        rename(_load(args.a), maps["rename"], maps["rename_value"]), _load(args.b),
+        a, b,
         rtol=args.rtol, atol=args.atol,
         ignored=IGNORED | set(args.ignore),
     )  # fmt: skip

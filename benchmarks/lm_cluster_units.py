@@ -7,9 +7,9 @@ or `routecal train` with the study's `model_overrides`). For each run, the token
 the study's domains are written if absent (`token_predict.predict_lm` with the study's
 `predict.*`, in W/runs/<arch>/seed<s>/predictions/tokens/<split> as the study writes them;
 records carry `seq_id` and `doc_id`), then every diagnostics cell of the plan
-(domain x routed arch x seed x routing summary) is run with `token_stages.diagnose_cell` under
+(domain x routed arch x seed x routing summary) is run with `study.grid.test_cell` under
 `diagnostics.cluster_unit=row` and `=document` (the same cell key for both), Holm/BH-adjusted per
-(test, domain) family (`token_unit.adjust`). Prints per domain and unit: raw / Holm / BH
+(test, domain) family (`study.grid.adjust`). Prints per domain and unit: raw / Holm / BH
 rejections out of the cells, the clusters and their effective number; writes
 W/cluster_units.json. Overrides are the study config's (`routecal.config`), e.g.
 `seeds=(0,)` `architectures=('full','block')` `diagnostics.tests=('conditional',)`.
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
 
     from routecal.config import load_config
-    from routecal.study import token_stages, token_unit
+    from routecal.study import grid, token_stages, token_unit
     from routecal.study.plan import Plan
     from routecal.training import token_predict
     from routecal.training.train import load_trained
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
                     sp for _, sp in plan.domains), **plan.tokens.predict_options)
             if a.predict_only:
                 continue
-            toks[m.name, s] = {d: token_stages.load_tokens(tok_dir / sp, f"{m.name}/seed{s}/{sp}")
-                               for d, sp in plan.domains}
+            toks[m.name, s] = {sp: token_stages.load_tokens(tok_dir / sp, f"{m.name}/seed{s}/{sp}")
+                               for _, sp in plan.domains}
     t1 = time.perf_counter()
     if a.predict_only:
         return {"seconds": {"predict": t1 - t0}}
@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
     for i, (d, arch, s) in enumerate(plan.cells()):
         ck = jax.random.fold_in(key, i)
         for u in units:
-            cell = token_stages.cell_tokens(toks[arch, s][d], plans[u], f"{arch}/{s}/{d}")
+            cell = token_unit.cell_rows(plans[u], toks, (d, arch, s))
             for j, f in enumerate(plan.features):
-                out = token_stages.diagnose_cell(cell, f, key=jax.random.fold_in(ck, j),
-                                              plan=plans[u], null_path=w / "nulls" / f"{u}.npz")
+                out = grid.test_cell(cell, f, key=jax.random.fold_in(ck, j), s=plans[u].tests,
+                                     nulls=w / "nulls" / f"{u}.npz")
                 for test, r in out["tests"].items():
                     rows[u].append({"test": test, "domain": d, "arch": arch, "seed": s,
                                     "feature": f, "n": out["n"], "cluster_unit": u,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     alpha = plan.tests.alpha
     table = []
     for u in units:
-        token_unit.adjust(rows[u], alpha)
+        grid.adjust(rows[u], alpha)
         for d, _ in plan.domains:
             for test in plan.tests.tests:
                 mine = [r for r in rows[u] if r["domain"] == d and r["test"] == test]

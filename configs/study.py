@@ -61,6 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diagnostics.alpha = 0.05
     c.diagnostics.power = 0.8  # each test's minimum detectable gap at this power ("power")
     c.diagnostics.power_kwargs = ml_collections.ConfigDict()  # extra minimum_detectable_gap args
+    # the within-bin test's power: planted datasets per gap, permutations per dataset
+    c.diagnostics.paper_power_datasets = 40
+    c.diagnostics.paper_power_permutations = 100
     c.diagnostics.seed = 0
     c.diagnostics.n_null_figures = 8  # permutation nulls kept in results.json for the figure
 

@@ -72,3 +72,12 @@ def test_rename_value_leaves_keys_alone():
     b = {"test": "minimum_detectable_gap_conditional", "minimum_detectable_gap": 0.1}
     assert cr.rename(a, {}, {"minimum_detectable_gap": "minimum_detectable_gap_conditional"}) == b
     assert cr.rename(a, {"minimum_detectable_gap": "x"}) == {"test": "x", "x": 0.1}
+
+
+def test_key_compares_reordered_rows_by_their_fields():
+    a = {"d": {"rows": [{"t": "x", "s": 0, "p": 0.1}, {"t": "y", "s": 0, "p": 0.2}]}}
+    b = {"d": {"rows": [{"t": "y", "s": 0, "p": 0.2}, {"t": "x", "s": 0, "p": 0.3}]}}
+    ka, kb = (cr.keyed(x, "d.rows", ["t", "s"]) for x in (a, b))
+    n, diffs = cr.compare(ka, kb)
+    assert n == 6 and diffs == ["d.rows.{x|0}.p: 0.1 -> 0.3"]
+    assert cr.keyed(a, "d.none", ["t"]) == a

@@ -120,11 +120,10 @@ def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
         r, h, b = _test_counts(ts, alpha)
         rows.append([f"{_SHORT_TESTS.get(name, name)} test: rejections at alpha {alpha}",
                      f"{r} of {len(ts)} (Holm {h}, BH {b}; {alpha * len(ts):.1f} by chance)"])
-    mdg = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t]
-    gaps = [t["minimum_detectable_gap"] for t in mdg]
+    gaps = [p["mdg"] for p in results.get("power", []) if p["test"] == "conditional"]
     found = [g for g in gaps if g is not None]
     if found:
-        target = mdg[0].get("power_target", 0.8)
+        target = results["meta"]["config"]["diagnostics"]["power"]
         rows.append([f"detectable gap at power {target} (median, range)",
                      f"{np.median(found):.3f} ({min(found):.3f}-{max(found):.3f}) over {len(gaps)} cells"])  # fmt: skip
     look = _lookup(results.get("probes", {}).get("summary", []))

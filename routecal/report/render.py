@@ -52,7 +52,7 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
             )
         )
     diag = results.get("diagnostics", {})
-    if diag.get("rejections"):
+    if diag.get("summary"):
         out.append(
             Table(
                 "diagnostics_summary",
@@ -64,7 +64,7 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
                     [r.get("test", "-"), r["arch"], r["feature"], r["n_seeds"], r["n_reject_raw"],
                      r["n_reject_holm"], r["n_reject_bh"], r.get("mean_statistic"), r.get("min_p"),
                      r.get("vs_null", "-")]
-                    for r in diag["rejections"]
+                    for r in diag["summary"]
                 ],
             )
         )
@@ -73,14 +73,11 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
             Table(
                 "diagnostics_tests",
                 "Every test: statistic (weighted subgroup gap for the within-bin permutation test, "
-                "|Z| for the conditional test) and p-values (raw, Holm, BH); the minimum "
-                "detectable gap (80% power, recommended test) on each cell's data",
-                ["test", "arch", "seed", "feature", "statistic", "p", "p (Holm)", "p (BH)",
-                 "detectable gap"],
+                "Z for the conditional tests) and p-values (raw, Holm, BH)",
+                ["test", "arch", "seed", "feature", "statistic", "p", "p (Holm)", "p (BH)"],
                 [
                     [t.get("test", "-"), t["arch"], t["seed"], t["feature"], t.get("statistic"),
-                     t.get("p_value"), t.get("p_holm"), t.get("p_bh"),
-                     t.get("minimum_detectable_gap")]
+                     t.get("p_value"), t.get("p_holm"), t.get("p_bh")]
                     for t in diag["tests"]
                 ],
             )

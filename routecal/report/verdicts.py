@@ -24,8 +24,6 @@ def _test_counts(tests: Sequence[Mapping[str, Any]], alpha: float) -> tuple[int,
     return raw, holm, bh
 
 
-_GAP = "minimum_detectable_gap_"  # the example grid's detectable-gap rows: _GAP + test
-MDG = _GAP + "conditional"  # the grid's row of the conditional test's gap
 _TEST_NAMES = {
     "conditional": "conditional (recommended)",
     "omnibus": "conditional omnibus (non-monotone effects)",
@@ -41,34 +39,30 @@ def _by_test(tests: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, 
     return dict(sorted(by.items(), key=lambda kv: kv[0] != "conditional"))
 
 
-def _detectable_text(diag: Mapping[str, Any]) -> str:
+def _detectable_text(power: Sequence[Mapping[str, Any]], target: float) -> str:
     """The minimum detectable gap beside a "no evidence" verdict (median and range over cells)."""
-    rows = [t for t in diag.get("tests", []) if "minimum_detectable_gap" in t
-            and t.get("test", MDG) == MDG]
-    omni = [t["minimum_detectable_gap"] for t in diag.get("tests", [])
-            if t.get("test") == "minimum_detectable_gap_omnibus"
-            and t.get("minimum_detectable_gap") is not None]
+    gaps = [p["mdg"] for p in power if p["test"] == "conditional"]
+    omni = [p["mdg"] for p in power if p["test"] == "omnibus" and p["mdg"] is not None]
     omni_text = (f" The omnibus variant's detectable gap (same planted design) is "
                  f"{np.median(omni):.3f} (median over {len(omni)} cells)." if omni else "")
-    if not rows:
+    if not gaps:
         return omni_text
-    gaps = [t["minimum_detectable_gap"] for t in rows]
     finite = [g for g in gaps if g is not None]
-    target = rows[0].get("power_target", 0.8)
     if not finite:
         return (f" No evidence is not evidence of absence: no simulated gap was detected with "
                 f"power {target} on these data." + omni_text)
     return (
         f" No evidence is not evidence of absence: the recommended test detects an accuracy gap "
         f"between high- and low-routing examples of equal confidence of {np.median(finite):.3f} "
-        f"(median over {len(rows)} cells; range {min(finite):.3f}-{max(finite):.3f}"
+        f"(median over {len(gaps)} cells; range {min(finite):.3f}-{max(finite):.3f}"
         + (f"; {len(gaps) - len(finite)} beyond the simulated grid" if len(finite) < len(gaps)
            else "")
         + f") with power {target}; smaller gaps cannot be ruled out."
     ) + omni_text
 
 
-def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
+def diagnostics_verdict(diag: Mapping[str, Any], power: Sequence[Mapping[str, Any]] = (),
+                        target: float = 0.8) -> str:
     """Rejection counts (raw, Holm, BH) of each test against the alpha * n expected under the
     null (the head follows the recommended conditional test when it ran), the minimum detectable
     gap beside a "no evidence" verdict, and the cells whose statistic's seed band lies above the
@@ -100,10 +94,10 @@ def diagnostics_verdict(diag: Mapping[str, Any]) -> str:
         where = " Holm-significant cells: " + ", ".join(f"{a}/{f}" for a, f in cells) + "."
     text = f"{head}: " + "; ".join(parts) + "." + where
     if holm == 0:
-        text += _detectable_text(diag)
+        text += _detectable_text(power, target)
     if "within_bin" in by:
         text += " " + paper_test_caveat()
-    banded = [r for r in diag.get("rejections", [])
+    banded = [r for r in diag.get("summary", [])
               if "vs_null" in r and r.get("test", "within_bin") == lead]
     if banded and all(r["vs_null"] != "one seed: no band" for r in banded):
         above = [f"{r['arch']}/{r['feature']}" for r in banded if r["vs_null"] == "better"]
@@ -249,17 +243,14 @@ def diagnostics_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One verdict row per (domain, test), for every unit: {domain, test, rejections ("raw / Holm
     / BH of n"), detectable gap (median over cells), verdict (word), sentence (the full verdict:
     rejections against the alpha * n expected under the null, the test's control, its minimum
-    detectable gap, the seed-band comparison of the statistic with its null)}. Example results
-    (no domains: "all") hold the detectable gaps as the grid's `minimum_detectable_gap_<test>`
-    rows, token results in `power`."""
+    detectable gap (`results["power"]`), the seed-band comparison of the statistic with its
+    null)}. Example results pool their rows in one domain, "all"."""
     diag = results.get("diagnostics", {})
     rows = [r for r in diag.get("tests", []) if "p_value" in r]
     alpha = float(diag.get("alpha", 0.05))
     level = float(results.get("meta", {}).get("config", {}).get("diagnostics", {})
                   .get("power", 0.8))
-    power = results.get("power") or [
-        {"test": r["test"][len(_GAP):], "domain": _domain(r), "mdg": r["minimum_detectable_gap"]}
-        for r in diag.get("tests", []) if r.get("test", "").startswith(_GAP)]
+    power = results.get("power", [])
     controls = CONTROLS if results.get("meta", {}).get("unit") == "token" else EXAMPLE_CONTROLS
     out = []
     for domain in dict.fromkeys(_domain(r) for r in rows):
@@ -273,7 +264,7 @@ def diagnostics_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             head = ("evidence that routing carries calibration information beyond confidence"
                     if holm else "weak evidence (BH only)" if bh else "no evidence")
             where = sorted({f"{r['arch']}/{r['feature']}" for r in ts if r["p_holm"] < alpha})
-            summ = [s for s in diag.get("summary") or diag.get("rejections", [])
+            summ = [s for s in diag.get("summary", [])
                     if _domain(s) == domain and s.get("test") == test and "vs_null" in s]
             band = ""
             if summ and all(s["vs_null"] != "one seed: no band" for s in summ):
@@ -394,7 +385,10 @@ def verdicts(results: Mapping[str, Any]) -> dict[str, str]:
     if results.get("meta", {}).get("unit") == "token":
         return {k: " ".join(v) for k, v in verdict_items(results).items()}
     return {
-        "diagnostics": diagnostics_verdict(results.get("diagnostics", {})),
+        "diagnostics": diagnostics_verdict(
+            results.get("diagnostics", {}), results.get("power", []),
+            float(results.get("meta", {}).get("config", {}).get("diagnostics", {})
+                  .get("power", 0.8))),
         "probes": probes_verdict(results.get("probes", {})),
         "vmoer": vmoer_verdict(results.get("vmoer", {})),
     }

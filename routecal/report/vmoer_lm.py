@@ -102,6 +102,18 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown(table: dict[str, dict[str, Any]], names: list[str], cols: list[str]) -> str:
+    """The paper's table: per router, mean ± std [min, max] (change vs det, verdict) of `cols`,
+    the seed-band rule and the paper's claims."""
+    from routecal.report.table import Table
+    from routecal.stats.seeds import RULE
+
+    rows = [[n, *[band_cell(table[n].get(m), verdict=True) for m in cols]] for n in names]
+    claims = ", ".join(f"{CLAIM_OF.get(k, k)} {v}" for k, v in PAPER_CLAIMS.items())
+    return (Table("vmoer", "", ["router", *cols], rows).markdown() + f"\n\n{RULE}.\n\n"
+            f"Paper's claims (relative to the deterministic router): {claims}.")
+
+
 def band_cell(b: dict[str, Any] | None, *, verdict: bool = False) -> str:
     """One table cell of a seed band: "mean ± std [min, max]" plus "(+x.x%)" against det (and
     the band verdict when `verdict`); "n/a" when the metric is absent."""

@@ -71,3 +71,26 @@ def compare_bands(
         return "within seed band"
     improved = (method["mean"] > baseline["mean"]) == higher_is_better
     return "better" if improved else "worse"
+
+
+def band_table(per_run: Mapping[str, Mapping[Any, Mapping[str, Any]]], metrics: Iterable[str],
+               lower_is_better: Iterable[str] = (), baseline: str = "det"
+               ) -> dict[str, dict[str, Any]]:
+    """per_run[method][seed][metric] -> table[method][metric] = `seed_band` over the seeds
+    (metrics absent or None skipped), plus, against `baseline`'s band, `rel_change_pct` =
+    100 (mean / baseline mean - 1) and the `compare_bands` verdict (`lower_is_better` metrics
+    compared the other way); no comparison where the baseline mean is 0 or not finite."""
+    lower = frozenset(lower_is_better)
+    table: dict[str, dict[str, Any]] = {}
+    for name, runs in per_run.items():
+        vals = {m: [r[m] for r in runs.values() if r.get(m) is not None] for m in metrics}
+        table[name] = {m: seed_band(v) for m, v in vals.items() if v}
+    base = table.get(baseline, {})
+    for name, row in table.items():
+        for metric, band in row.items():
+            b = base.get(metric, {}).get("mean")
+            if name != baseline and b not in (None, 0.0) and np.isfinite(b):
+                band["rel_change_pct"] = 100.0 * (band["mean"] / b - 1.0)
+                band["verdict"] = compare_bands(band, base[metric],
+                                                higher_is_better=metric not in lower)
+    return table

@@ -127,11 +127,13 @@ def diagnose_predictions(
     if const and fit is not None:  # the probes see only the varying features (and the profile)
         fit, test = (_without(d, const) for d in (fit, test))
     out.mkdir(parents=True, exist_ok=True)
-    cells = [grid.Cell("model", 0, f, conf, correct, rf[f], traces["clusters"])
-             for f in sorted(rf) if f not in const]  # cell i's key: by name, not column order
+    features = sorted(f for f in rf if f not in const)  # a feature's key: by name, not column
+    rows = grid.Rows(conf, correct, rf, traces["clusters"], traces["cluster_key"])
     settings = registry.TestSettings(n_permutations=n_permutations, n_bins=n_bins,
-                                     n_groups=n_groups, alpha=alpha, seed=seed)
-    diag = grid.diagnostic_grid(cells, settings)
+                                     n_groups=n_groups, alpha=alpha, seed=seed,
+                                     paper_power_datasets=40, paper_power_permutations=100)
+    cell = [("all", "model", 0)]
+    diag = grid.run(cell, features, cell, lambda c: rows, settings)
     probes_out: dict[str, Any] = {}
     if fit is not None and min(len(fit["labels"]), len(test["labels"])) >= 2 * n_bins:
         pc = probe_comparison(fit, test, seed=seed, bandwidth_rules=BANDWIDTH_RULES,
@@ -141,7 +143,7 @@ def diagnose_predictions(
         "meta": {"title": f"routecal diagnose: {p.name}", "versions": versions(),
                  "source": str(p), "n_examples": int(len(conf)), "notes": notes,
                  "clusters": traces["cluster_key"]},
-        "diagnostics": diag,
+        **diag,
         "probes": probes_out,
     }
     results["verdicts"] = report.verdicts(to_json(results))

@@ -1,22 +1,18 @@
-"""The example unit of the study (digits, `configs/study.py`): its stages and its results.json.
+"""The example unit of the study (digits, `configs/study.py`): what differs from the token unit.
 
-Per (model, seed) run: `train:<arch>:<seed>` (train, orbax resume) and `predict:<arch>:<seed>`
-(prediction files, paths relative to the workdir); then, as the plan's sections say, `diagnostics` (the grid, `study.grid`, on every routed model x
-seed x feature, the calib split and the domains' splits pooled; with each test's detectable gap
-when the plan has "power") and `probes:<arch>:<seed>` per routed run (fitted on the calib split,
-scored on the first domain's split). `study.run` drives them (the same driver as the token unit,
-`study.token_unit`, and the VMoER section); `assemble` builds results.json from the stored stages:
-meta, runs, diagnostics, probes, depth_attention.
+`study.run` drives every unit: per (model, seed) the `run:<arch>:<seed>` stage (`train_predict`:
+train with orbax resume, write the prediction files), the diagnostics (`study.grid`; a cell here
+pools the calib split and the domains' splits of one run, `cell_rows`), `probes:<arch>:<seed>`
+per routed run (`probe_run`: fitted on the calib split, scored on the first domain's split) and
+the VMoER section; `assemble` gives results.json's runs, probes and depth_attention.
 """
 
 from __future__ import annotations
 
-import functools
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from routecal.files import workdir as workdir_io
@@ -30,10 +26,9 @@ from routecal.probes.compare import probe_comparison, summarise_probes
 from routecal.stats import calibration
 from routecal.study import grid
 from routecal.study.plan import ModelSpec, Plan
-from routecal.study.stages import Stages, spmd, versions
+from routecal.study.stages import Stages
 
 Preds = dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]  # (arch, seed) -> split -> arrays
-Step = Callable[..., Any]  # step(name, fn, check=None) -> the stage's stored output
 
 
 def check(plan: Plan) -> None:
@@ -46,62 +41,23 @@ def check(plan: Plan) -> None:
         train.check_config(spec.load(plan.seeds[0]), mesh_size)
 
 
-def train_stage(spec: ModelSpec, seed: int, run_dir: pathlib.Path) -> dict[str, Any]:
-    from routecal.training import train
+def train_predict(plan: Plan, spec: ModelSpec, seed: int, run_dir: pathlib.Path
+                  ) -> dict[str, Any]:
+    """Trains `spec` for `seed` in `run_dir` (resuming) and writes its prediction files."""
+    from routecal.training import predict, train
 
     mcfg = spec.load(seed)
     metrics = train.train_and_evaluate(mcfg, str(run_dir))
     # training time summed over every call that trained this run (resumes included)
     return {"metrics": metrics, "train_seconds": metrics["time_s"],
-            "residual": mcfg.model.residual}
+            "residual": mcfg.model.residual,
+            "paths": {k: str(v) for k, v in predict.predict_workdir(str(run_dir)).items()}}
 
 
-def predict_stage(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict[str, Any]:
-    """Writes the run's predictions; stores their paths relative to the study's `workdir`."""
-    from routecal.training import predict
-
-    paths = predict.predict_workdir(str(run_dir))
-    return {"paths": {k: workdir_io.to_relative(v, workdir) for k, v in paths.items()}}
-
-
-def stored_paths(stage: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, pathlib.Path]:
-    """The predictions files a predict stage recorded, inside `workdir` (ValueError otherwise:
-    absolute paths from an older routecal or from the workdir this one was copied from, or a
-    file that is gone; the stage is then recomputed)."""
-    paths = {k: workdir_io.from_relative(p, workdir) for k, p in stage["paths"].items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ValueError(f"predictions: recorded files are missing: {missing}")
-    return paths
-
-
-def _run_dir(w: pathlib.Path, spec: ModelSpec, seed: int) -> pathlib.Path:
-    return w / "runs" / spec.name / f"seed{seed}"
-
-
-def runs(plan: Plan, w: pathlib.Path, step: Step, producer: Any = None) -> Preds:
-    """The train and predict stages of every run, in order; returns their predictions."""
-    if producer is not None:
-        raise ValueError("producer: the example unit trains its models (token unit only)")
-    preds: Preds = {}
-    for spec, seed in plan.runs:
-        run_dir = _run_dir(w, spec, seed)
-        step(f"train:{spec.name}:{seed}", functools.partial(train_stage, spec, seed, run_dir))
-        pr = step(f"predict:{spec.name}:{seed}", functools.partial(predict_stage, run_dir, w),
-                  check=functools.partial(stored_paths, workdir=w))
-        preds[spec.name, seed] = {k: load_predictions(p) for k, p in stored_paths(pr, w).items()}
-    return preds
-
-
-def load_runs(plan: Plan, w: pathlib.Path, st: Stages) -> Preds:
-    """The predictions of every stored run (a study worker's start)."""
-    return {(spec.name, seed): {k: load_predictions(p) for k, p in stored_paths(
-        st.load(f"predict:{spec.name}:{seed}"), w).items()} for spec, seed in plan.runs}
-
-
-def run_stage_names(plan: Plan) -> list[str]:
-    """The stages every run must have finished before the analysis (a study worker waits)."""
-    return [f"{k}:{m.name}:{s}" for m, s in plan.runs for k in ("train", "predict")]
+def load(path: pathlib.Path, name: str, fingerprint: Any = None) -> dict[str, np.ndarray]:
+    """One split's predictions file (`files.predictions.load_predictions`)."""
+    del name, fingerprint  # the file names itself in its errors; npz files have no fingerprint
+    return load_predictions(path)
 
 
 def run_summary(
@@ -124,27 +80,16 @@ def _test_split(plan: Plan) -> str:
     return plan.domains[0][1]
 
 
-def grid_cells(plan: Plan, preds: Preds) -> list[grid.Cell]:
-    """One cell per routed model x seed x feature, on the calib and the domains' splits pooled
-    (nothing is fitted to them)."""
-    cells = []
-    splits = [plan.calib_split, *(sp for _, sp in plan.domains)]
-    for spec in plan.routed:
-        for seed in plan.seeds:
-            d = concat_predictions([preds[spec.name, seed][s] for s in splits])
-            conf, correct = confidence_correct(d)
-            rf = routing_features(d)
-            for f in plan.features:
-                if f not in rf:
-                    raise ValueError(
-                        f"diagnostics.features: {f!r} not available for {spec.name} "
-                        f"(available: {sorted(rf)})"
-                    )
-                cells.append(grid.Cell(spec.name, seed, f, conf, correct, rf[f]))
-    return cells
+def cell_rows(plan: Plan, preds: Preds, cell: tuple[str, str, int]) -> grid.Rows:
+    """One run's diagnostics rows: the calib split and the domains' splits pooled (nothing is
+    fitted to them; `Plan.cells` names the pool "all"), independent rows."""
+    _, arch, seed = cell
+    d = concat_predictions([preds[arch, seed][s] for s in plan.splits])
+    conf, correct = confidence_correct(d)
+    return grid.Rows(conf, correct, routing_features(d))
 
 
-def probes_stage(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, Any]:
+def probe_run(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, Any]:
     return probe_comparison(
         preds[arch, seed][plan.calib_split], preds[arch, seed][_test_split(plan)], seed=seed,
         bandwidth_rules=plan.bandwidth_rules, sweep_multiples=plan.sweep_multiples,
@@ -152,20 +97,9 @@ def probes_stage(plan: Plan, preds: Preds, arch: str, seed: int) -> dict[str, An
     )
 
 
-def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list[tuple[str, Callable[[], Any]]]:
-    """The plan's diagnostics and probes stages after the runs, in order: (name, thunk)."""
-    del w
-    tasks = []
-    if "diagnostics" in plan.sections:
-        specs = grid.specs(plan.tests.tests, power="power" in plan.sections)
-        # every process together, each (test, cell) computed by one (`grid.diagnostic_grid`)
-        tasks.append(("diagnostics", spmd(lambda: grid.diagnostic_grid(
-            grid_cells(plan, preds), plan.tests, specs))))
-    if "probes" in plan.sections:
-        tasks += [(f"probes:{spec.name}:{seed}",
-                   functools.partial(probes_stage, plan, preds, spec.name, seed))
-                  for spec in plan.routed for seed in plan.seeds]
-    return tasks
+def analysis(plan: Plan, w: pathlib.Path, preds: Preds) -> list:
+    """The unit's own stages: none (temperature scaling is one of the probes here)."""
+    return []
 
 
 def probes_section(sweep_multiples: Sequence[float],
@@ -194,21 +128,15 @@ def depth_attention(plan: Plan, preds: Preds) -> dict[str, Any]:
     return depth
 
 
-def assemble(plan: Plan, st: Stages, w: pathlib.Path, preds: Preds,
-             wall_seconds: float | None = None) -> dict[str, Any]:
-    """The results dict (without verdicts) from the finished stages (`wall_seconds` unused: the
-    example unit's results hold the stages' own seconds)."""
-    del wall_seconds
-    runs = [run_summary(spec, seed, workdir_io.to_relative(_run_dir(w, spec, seed), w),
-                        st.load(f"train:{spec.name}:{seed}"),
+def assemble(plan: Plan, st: Stages, w: pathlib.Path, preds: Preds) -> dict[str, Any]:
+    """results.json's runs, probes and depth_attention from the finished stages."""
+    runs = [run_summary(spec, seed, workdir_io.to_relative(w / "runs" / spec.name / f"seed{seed}",
+                                                           w),
+                        st.load(f"run:{spec.name}:{seed}"),
                         preds[spec.name, seed][_test_split(plan)], plan.tests.n_bins)
             for spec, seed in plan.runs]
     probes = {(spec.name, seed): st.load(f"probes:{spec.name}:{seed}")
               for spec in plan.routed for seed in plan.seeds} if "probes" in plan.sections else {}
-    meta = {"title": plan.title, "source": plan.source, "unit": plan.unit,
-            "config": plan.config, "versions": versions(), "seeds": list(plan.seeds),
-            "devices": [str(d) for d in jax.devices()]}
-    return {"meta": meta, "runs": runs,
-            "diagnostics": st.load("diagnostics") if "diagnostics" in plan.sections else {},
+    return {"runs": runs,
             "probes": probes_section(plan.sweep_multiples, probes) if probes else {},
             "depth_attention": depth_attention(plan, preds)}

@@ -131,15 +131,14 @@ class TokenOptions:
 
 def _test_settings(cfg: ml_collections.ConfigDict, unit: str) -> TestSettings:
     d = cfg.diagnostics
-    token = {} if unit == "example" else dict(
-        paper_power_datasets=int(d.paper_power_datasets),
-        paper_power_permutations=int(d.paper_power_permutations),
-        cluster_unit=str(d.cluster_unit))
+    clusters = {} if unit == "example" else {"cluster_unit": str(d.cluster_unit)}
     return TestSettings(
         tests=_strings(d.tests, "diagnostics.tests"), n_permutations=int(d.n_permutations),
         n_bins=int(d.n_bins), n_groups=int(d.n_groups), alpha=float(d.alpha), seed=int(d.seed),
         n_null_figures=int(d.n_null_figures), power=float(d.power),
-        power_kwargs=tuple(sorted(d.power_kwargs.to_dict().items())), **token)
+        power_kwargs=tuple(sorted(d.power_kwargs.to_dict().items())),
+        paper_power_datasets=int(d.paper_power_datasets),
+        paper_power_permutations=int(d.paper_power_permutations), **clusters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,13 +171,23 @@ class Plan:
     def routed(self) -> list[ModelSpec]:
         return [m for m in self.models if m.routed]
 
+    @property
+    def splits(self) -> list[str]:
+        """The calib split, then every domain's split."""
+        return [self.calib_split, *(sp for _, sp in self.domains)]
+
     def cells(self) -> list[tuple[str, str, int]]:
-        """(domain, arch, seed) in the fixed order that also numbers the cells' PRNG keys."""
-        return [(d, m.name, s) for d, _ in self.domains for m in self.routed for s in self.seeds]
+        """The diagnostics' (domain, arch, seed) cells in the fixed order that numbers their PRNG
+        keys (`study.grid`); the example unit pools its splits in one domain, "all"."""
+        if "diagnostics" not in self.sections:
+            return []
+        domains = ["all"] if self.unit == "example" else [d for d, _ in self.domains]
+        return [(d, m.name, s) for d in domains for m in self.routed for s in self.seeds]
 
     def power_cells(self) -> list[tuple[str, str, int]]:
-        """The token cells that get a power stage (those of `tokens.power_seeds`)."""
-        return [c for c in self.cells() if c[2] in self.tokens.power_seeds]
+        """The cells that get a power stage (the token unit: those of `tokens.power_seeds`)."""
+        seeds = self.tokens.power_seeds if self.tokens else self.seeds
+        return [c for c in self.cells() if c[2] in seeds] if "power" in self.sections else []
 
     def load_vmoer(self) -> ml_collections.ConfigDict:
         """The VMoER section's experiment config: `vmoer.config` with the study's seeds, then

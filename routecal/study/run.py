@@ -8,31 +8,34 @@
 From Python: `routecal.study.run.run(config, workdir)`.
 
 The config becomes the typed `plan.Plan` first (source, unit, domains, sections), validated whole
-before anything is written. Its unit (`UNITS`) adapts the stages: per (model, seed) run two
-stages that train (or import) and predict, then the plan's sections (diagnostics, power, probes,
-temperature scaling: `study.example_unit`, `study.token_unit`; the VMoER section: `vmoer_tasks`,
-the one call into it), then `unit.assemble` builds `W/results.json` (every number, with config and versions) from the
-stored stages, the verdicts are added (`routecal.report.verdicts`) and the report is drawn from
-it (`routecal.report.write_report`). Every stage writes
-`W/stages/<stage>.json` when it finishes and is skipped when that file exists, so a killed study
-resumes where it stopped (training resumes from its orbax checkpoint); `W/study_config.json`
-keys the workdir to its config (`files.records`). Predictions are read through
-`routecal.files.predictions`.
+before anything is written. Every unit runs the same stages; its module (`UNITS`) says only what
+differs: per (model, seed) one `run:` stage that trains (or imports) and predicts, then the plan's
+sections: the diagnostics and power cells (`study.grid`, with the unit's `cell_rows`), `probes:`
+per routed run (the unit's `probe_run`), the unit's own stages (temperature scaling of decoders)
+and the VMoER section (`vmoer_tasks`, the one call into it). Then `W/results.json` (meta, the
+unit's runs / probes / depth attention, diagnostics, power, vmoer, verdicts:
+`routecal.report.verdicts`) and the report drawn from it (`routecal.report.write_report`). Every
+stage writes `W/stages/<stage>.json` when it finishes and is skipped when that file exists, so a
+killed study resumes where it stopped (training resumes from its orbax checkpoint);
+`W/study_config.json` keys the workdir to its config (`files.records`).
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+import jax
 import ml_collections
 
 from routecal import parallel, report
 from routecal.files import workdir as workdir_io
-from routecal.study import example_unit, token_stages, token_unit
+from routecal.study import example_unit, grid, token_unit
 from routecal.study import plan as plan_lib
 from routecal.study.stages import (
     Stages,
@@ -40,30 +43,32 @@ from routecal.study.stages import (
     record_workdir_config,
     spmd,
     to_json,
+    versions,
     write_json,
 )
 
-# A unit is a module with the same functions of the plan (shapes: `example_unit`):
+# A unit is a module with the same functions (shapes: `example_unit`, `token_unit`):
 #   check(plan)                             configs a plan cannot check alone
-#   runs(plan, w, step, producer)           the runs' stages, in order -> their predictions
-#   load_runs(plan, w, stages)              the same predictions, from stored stages (a worker)
-#   run_stage_names(plan)                   the runs' stage names
-#   analysis(plan, w, predictions)          [(stage name, thunk)] after the runs, in order
-#                                           (then the VMoER section's: `vmoer_tasks`)
-#   assemble(plan, stages, w, predictions, wall_seconds)  results.json without verdicts
+#   train_predict(plan, spec, seed, run_dir)  the run stage: train (or import), predict -> paths
+#   load(path, name, fingerprint)           one split's predictions
+#   cell_rows(plan, predictions, cell)      one diagnostics cell's rows (`study.grid`)
+#   probe_run(plan, predictions, arch, seed)  one routed run's probes stage
+#   analysis(plan, w, predictions)          [(stage name, thunk)] after the probes (temperature)
+#   assemble(plan, st, w, predictions)      results.json's runs, probes and depth_attention
 UNITS = {"example": example_unit, "token": token_unit}
+Producer = Callable[[plan_lib.ModelSpec, int, pathlib.Path], Mapping[str, Any]]
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_report: bool = True,
-        producer: token_stages.Producer | None = None, worker: bool = False) -> dict[str, Any]:
+        producer: Producer | None = None, worker: bool = False) -> dict[str, Any]:
     """Runs (or resumes) the study in `workdir`; returns the results dict.
 
     Args:
       cfg: a study config (`configs/study.py`, `configs/study_lm.py`, ...).
       workdir: where runs, predictions, stage outputs, results.json and the report go.
       write_report: also write report.md / report.html.
-      producer: token unit only: (model, seed, run_dir) -> {"paths": {split: predictions}, ...};
-        default trains and predicts (`token_stages.train_predict`). Tests pass a synthetic one.
+      producer: (model, seed, run_dir) -> {"paths": {split: predictions}, ...}; default trains
+        and predicts (the unit's `train_predict`). Tests pass a synthetic one.
       worker: a second, separate job for a study running in `workdir` (`routecal study ...
         --worker`; the pattern for job arrays on a shared filesystem): once every run (train +
         predict) is stored, it computes the pending analysis stages from the END of the plan
@@ -100,12 +105,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, write_repor
 def _work(plan: Any, unit: ModuleType, w: pathlib.Path) -> dict[str, Any]:
     """The `worker=True` loop: pending analysis stages in reverse order (see `run`)."""
     st = Stages(w)
-    missing = [n for n in unit.run_stage_names(plan) if not st.done(n)]
+    missing = [n for n in run_stage_names(plan) if not st.done(n)]
     if missing:
         raise ValueError(f"worker: the study in {w} has not finished its runs {missing}; start "
                          "the worker once every model is trained and predicted")
     done = []
-    for name, fn in reversed(_analysis(plan, unit, w, unit.load_runs(plan, w, st))):
+    for name, fn in reversed(_analysis(plan, unit, w, {(m.name, s): _load(plan, unit, w, st.load(f"run:{m.name}:{s}"), m.name, s)
+                        for m, s in plan.runs})):
         if not st.done(name):
             st.run(name, fn)
             done.append(name)
@@ -119,7 +125,7 @@ def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: f
 
     st = Stages(w)
     fresh = not any(st.dir.glob("*.json"))
-    bar = tqdm(total=len(unit.run_stage_names(plan)), desc="study", unit="stage")
+    bar = tqdm(total=len(run_stage_names(plan)), desc="study", unit="stage")
 
     def step(name: str, fn: Callable[[], Any], check: Callable[[Any], None] | None = None
              ) -> Any:
@@ -128,47 +134,105 @@ def _run(plan: Any, unit: ModuleType, w: pathlib.Path, producer: Any, t_start: f
         bar.update()
         return out
 
-    preds = unit.runs(plan, w, step, producer)
+    produce = producer or functools.partial(unit.train_predict, plan)
+    preds = {}
+    for m, s in plan.runs:  # train (or import) and predict, one stage per run
+        out = step(f"run:{m.name}:{s}", lambda m=m, s=s: _stored(produce(
+            m, s, w / "runs" / m.name / f"seed{s}"), w), functools.partial(_paths, workdir=w))
+        preds[m.name, s] = _load(plan, unit, w, out, m.name, s)
     tasks = _analysis(plan, unit, w, preds)
     bar.total += len(tasks)
     # multi-host: each stage computed once, by one process (`Stages.run_all`)
     st.run_all(tasks, on_stage=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
-    results = unit.assemble(plan, st, w, preds,
-                            (time.perf_counter() - t_start) if fresh else None)
+    meta = {"title": plan.title, "source": plan.source, "unit": plan.unit,
+            "config": plan.config, "versions": versions(), "seeds": list(plan.seeds),
+            "domains": dict(plan.domains), "calib_split": plan.calib_split,
+            "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "stage_seconds": stage_seconds(st),
+            "wall_seconds": (time.perf_counter() - t_start) if fresh else None,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    results = {"meta": meta, **unit.assemble(plan, st, w, preds)}
+    results["diagnostics"] = (grid.results(plan.cells(), plan.features, st.load, plan.tests, w)
+                              if plan.cells() else {})
+    results["power"] = grid.power_rows(plan.power_cells(), st.load)
     results["vmoer"] = vmoer_results(plan, st, w) if "vmoer" in plan.sections else {}
     results["verdicts"] = report.verdicts(to_json(results))
     return write_json(w / "results.json", results)
 
 
+def run_stage_names(plan: plan_lib.Plan) -> list[str]:
+    """The stages every run must have finished before the analysis (a study worker waits)."""
+    return [f"run:{m.name}:{s}" for m, s in plan.runs]
+
+
+def _stored(out: Mapping[str, Any], w: pathlib.Path) -> dict[str, Any]:
+    """A run stage's output: prediction paths relative to the workdir (a moved or copied
+    workdir still resolves them) and the fingerprints of its shard directories (every later
+    load checks that it reads the same run, `shards.check_fingerprint`)."""
+    from routecal.files import shards
+
+    paths = {k: pathlib.Path(v) for k, v in out["paths"].items()}
+    return {**out, "paths": {k: workdir_io.to_relative(v, w) for k, v in paths.items()},
+            "fingerprints": {k: shards.ShardedColumns(p).fingerprint for k, p in paths.items()
+                             if (p / "index.json").is_file()}}
+
+
+def _paths(stage: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """The predictions a run stage recorded, inside `workdir` (ValueError otherwise: absolute
+    paths from an older routecal or from the workdir this one was copied from, or a file that is
+    gone; the stage is then recomputed)."""
+    paths = {k: workdir_io.from_relative(p, workdir) for k, p in stage["paths"].items()}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise ValueError(f"predictions: recorded files are missing: {missing}")
+    return paths
+
+
+def _load(plan: plan_lib.Plan, unit: ModuleType, w: pathlib.Path, out: Mapping[str, Any],
+          arch: str, seed: int) -> dict[str, Any]:
+    paths, fps = _paths(out, w), out.get("fingerprints") or {}
+    return {sp: unit.load(paths[sp], f"{arch}/seed{seed}/{sp}", fps.get(sp))
+            for sp in plan.splits}
+
+
+def stage_seconds(st: Stages) -> dict[str, float]:
+    out = {}
+    for p in sorted(st.dir.glob("*.json")):
+        v = st.load(p.stem)
+        if isinstance(v, dict) and isinstance(v.get("seconds"), int | float):
+            out[p.stem] = float(v["seconds"])
+    return out
+
+
 def _analysis(plan: plan_lib.Plan, unit: ModuleType, w: pathlib.Path, preds: Any
               ) -> list[tuple[str, Callable[[], Any]]]:
-    return unit.analysis(plan, w, preds) + (vmoer_tasks(plan, w) if "vmoer" in plan.sections
-                                            else [])
+    """Every analysis stage after the runs, in order: diagnostics and power cells, probes per
+    routed run, the unit's own (temperature), the VMoER section."""
+    diagnostics = grid.tasks(plan.cells(), plan.features, plan.power_cells(),
+                             functools.partial(unit.cell_rows, plan, preds), plan.tests, w)
+    probes = [(f"probes:{m.name}:{s}", functools.partial(unit.probe_run, plan, preds, m.name, s))
+              for m in plan.routed for s in plan.seeds] if "probes" in plan.sections else []
+    return diagnostics + probes + unit.analysis(plan, w, preds) + (
+        vmoer_tasks(plan, w) if "vmoer" in plan.sections else [])
 
 
 # The VMoER section: the study's one call into it (`study.vmoer`, for every MoE source).
 def vmoer_tasks(plan: plan_lib.Plan, w: pathlib.Path) -> list[tuple[str, Callable[[], Any]]]:
-    """The VMoER section's stages: `vmoer` (classifier source: det vs every router of
-    `experiment.routers`, `vmoer.run` in W/vmoer) or one `vmoer:<seed>` per seed (decoders: det
-    trained, then every router from scratch or retrofitted on it, `vmoer.run_seed`)."""
+    """The VMoER section's stages: one `vmoer:<seed>` per seed (det trained or imported, then
+    every router of `experiment.routers` from scratch or fitted on it, `vmoer.run_seed`; every
+    process together, each router but det fitted by one)."""
     from routecal.study import vmoer
 
-    vcfg = plan.load_vmoer()
-    if plan.source == "classifier":
-        # trains over the global mesh: every process together (`stages.spmd`)
-        return [("vmoer", spmd(lambda: vmoer.report_rows(vmoer.run(vcfg, w / "vmoer"))))]
-    source = vmoer.make_source(vcfg, w / "vmoer")
-    # every process together, each router but det fitted by one (`vmoer.run_seed`)
+    source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
     return [(f"vmoer:{s}", spmd(lambda s=s: {"runs": vmoer.run_seed(source, s)}))
             for s in source.seeds]
 
 
 def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
-    """The VMoER section's results from its stages (`vmoer_tasks`); on decoders
-    `vmoer.assemble`, which writes W/tables/vmoer.csv, one row per router."""
-    if plan.source == "classifier":
-        return st.load("vmoer")
+    """The VMoER section's results from its stages (`vmoer_tasks`): `vmoer.assemble`, which
+    writes W/tables/vmoer.csv, one row per router; the classifier's as the digits report's rows
+    (`vmoer.report_rows`)."""
     from routecal.study import vmoer
 
     source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
@@ -177,4 +241,4 @@ def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str,
     out = vmoer.assemble(source, per_run, w / "tables" / "vmoer.csv",
                          write=parallel.is_primary())
     out["stage_seconds"] = {s: stored[s]["seconds"] for s in source.seeds}
-    return out
+    return vmoer.report_rows(out) if plan.source == "classifier" else out

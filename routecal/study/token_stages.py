@@ -3,38 +3,29 @@
 Shapes: N tokens, S routed sublayers, B permutations.
 
     train_predict   one (model, seed): train (orbax resume) and write token predictions per split
-    diagnose_cell   one (domain, model, seed, routing summary): the paper and recommended tests
-                    (clusters: documents or rows, `diagnostics.cluster_unit`; with their number
-                    and effective number)
-    power_cell      one (domain, model, seed): each test's minimum detectable gap and power curve
+    cell_tokens     one (domain, model, seed)'s diagnostics tokens: whole clusters, thinned
     probe_run       one (model, seed): probes fitted on calib tokens, scored per domain
     temperature_run one (model, seed): temperature scaling on the same tokens, from the trained
                     decoder's logits recomputed in memory (`temperature`; token records keep
                     summaries, not the [N, V] logits)
 Each returns a JSON-able dict; `study.run` stores it as a stage (`W/stages/<name>.json`) so a
-killed study redoes nothing it finished. Permutation nulls go to `W/stages/nulls/<name>.npz`.
+killed study redoes nothing it finished. The diagnostics stages are `study.grid`'s.
 """
 
 from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-from routecal import parallel
 from routecal.files import predictions
 from routecal.files import workdir as workdir_io
 from routecal.probes import compare
 from routecal.stats import calibration, sequences
-from routecal.study import registry
 from routecal.study.plan import ModelSpec, Plan
-
-# (model, seed, run_dir) -> {"paths": {split: predictions path}, ...}: swapped in tests.
-Producer = Callable[[ModelSpec, int, pathlib.Path], Mapping[str, Any]]
 
 
 def load_tokens(path: str | pathlib.Path, name: str,
@@ -61,15 +52,6 @@ def load_tokens(path: str | pathlib.Path, name: str,
     return predictions.token_arrays(workdir_io.load_npz(p, "predictions"), f"{name} ({p})")
 
 
-def fingerprints(paths: Mapping[str, str | pathlib.Path]) -> dict[str, Any]:
-    """{split: fingerprint recorded in its shards' index.json} for the shard directories among
-    `paths` (what a run stage stores, so every later load checks it reads the same run)."""
-    from routecal.files import shards
-
-    return {sp: shards.ShardedColumns(p).fingerprint for sp, p in paths.items()
-            if (pathlib.Path(p) / "index.json").is_file()}
-
-
 def train_predict(model: ModelSpec, seed: int, run_dir: pathlib.Path, *, source: str,
                   predict_options: Mapping[str, Any], depth_rows: int,
                   domains: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -90,17 +72,8 @@ def train_predict(model: ModelSpec, seed: int, run_dir: pathlib.Path, *, source:
     depth = (predict.decoder_depth_attention(run_dir, domains, depth_rows)
              if model.routed and depth_rows else {})
     return {"metrics": metrics, "train_seconds": t1 - t0, "predict_seconds": t2 - t1,
-            "paths": {k: str(v) for k, v in paths.items()}, "fingerprints": fingerprints(paths),
+            "paths": {k: str(v) for k, v in paths.items()},
             "depth_attention": depth}
-
-
-def relative_paths(out: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, Any]:
-    """`out` with its prediction paths stored relative to the study's workdir (a moved or copied
-    workdir still resolves them; `routecal.files.workdir.from_relative` reads them back)."""
-    from routecal.files import workdir as workdir_io
-
-    return {**out, "paths": {k: workdir_io.to_relative(v, workdir)
-                             for k, v in out["paths"].items()}}
 
 
 def run_summary(toks: Mapping[str, Mapping[str, np.ndarray]], n_bins: int) -> dict[str, Any]:
@@ -135,36 +108,6 @@ def cell_tokens(t: Mapping[str, np.ndarray], plan: Plan, name: str = "prediction
             "recommended test needs at least 2 clusters (evaluate more documents: raise "
             "data.max_bytes in model_overrides, or set diagnostics.cluster_unit=row)")
     return predictions.subset(t, idx)
-
-
-def diagnose_cell(
-    t: Mapping[str, np.ndarray], feature: str, *, key: jax.Array, plan: Plan,
-    null_path: pathlib.Path,
-) -> dict[str, Any]:
-    """The configured tests on one cell; nulls written to `null_path` (npz, one array per test)."""
-    feats = predictions.routing_features(t)
-    if feature not in feats:
-        raise ValueError(f"diagnostics.features: {feature!r} not available (have {sorted(feats)})")
-    clusters = predictions.cluster_ids(t, plan.tests.cluster_unit)
-    res = registry.run_cell(t["confidence"], t["correct"], feats[feature], clusters, key=key,
-                            s=plan.tests)
-    nulls = {test: r.pop("null") for test, r in res.items() if "null" in r}
-    # atomic, with a unique temp name (a study worker may write the same cell); multi-host:
-    # process 0 writes (read only after the stage's own write_json barrier)
-    if nulls and parallel.is_primary():
-        with workdir_io.atomic_path(null_path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **nulls)
-    return {"n": int(len(t["confidence"])), "n_sequences": int(len(np.unique(t["seq_id"]))),
-            "cluster_unit": plan.tests.cluster_unit, **sequences.cluster_sizes(clusters),
-            "tests": res}
-
-
-def power_cell(t: Mapping[str, np.ndarray], *, key: jax.Array, plan: Plan) -> dict[str, Any]:
-    """Each configured test's minimum detectable gap (and power curve) on one cell's tokens, with
-    the diagnostics' clusters (`diagnostics.cluster_unit`)."""
-    clusters = predictions.cluster_ids(t, plan.tests.cluster_unit)
-    return {"power": registry.power(t["confidence"], t["correct"], clusters, key=key,
-                                    s=plan.tests)}
 
 
 def probe_selection(

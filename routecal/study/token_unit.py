@@ -1,25 +1,15 @@
-"""The token unit of the study (language models, `configs/study_lm.py`): stage order and results.
+"""The token unit of the study (language models, `configs/study_lm.py`): what differs from the
+example unit.
 
-`study.run` drives it (the same driver as the example unit, `study.example_unit`). Per (model,
-seed): `run:` (train a decoder, or import the `hf` source, and write its token predictions,
-`token_stages`) and `summary:`; then, as the plan's sections say: one `diag:` stage per (domain,
-model, seed, routing summary), `power:` per cell of the first `diagnostics.power_seeds` seeds,
-`probes:` and `temperature:` per run (`study.temperature`, from the reloaded decoder). The
-recommended test's clusters are documents by default (`diagnostics.cluster_unit`, "document" or
-"row"); token predictions without `doc_id` stop the diagnostics with an error naming the fix.
+`study.run` drives every unit: per (model, seed) the `run:` stage (`train_predict`: train a
+decoder, or import the `hf` source, and write its token predictions), the diagnostics
+(`study.grid`; a cell here is one domain's tokens thinned to whole clusters, `cell_rows`:
+documents by default, `diagnostics.cluster_unit`; predictions without `doc_id` stop with an error
+naming the fix; power cells for the first `diagnostics.power_seeds` seeds), `probes:` per routed
+run (`probe_run`: fitted on calib tokens, scored per domain) and `temperature:` per routed run
+(`analysis`, `study.temperature`, from the reloaded decoder). `assemble` gives results.json's
 
-`assemble` gathers every stage's numbers, adjusted and summarised, into results.json:
-
-    meta          title, source, unit, config, versions, seeds, domains, wall_seconds (fresh
-                  runs), stage_seconds, peak_rss_mb, devices
     runs          per (arch, seed): tokens, accuracy, ECE per split; train/predict seconds
-    diagnostics   tests: one row per (test, domain, arch, seed, feature) with p, Holm and BH
-                  p-values (per (test, domain) family), the cluster unit, number of clusters and
-                  effective number (sum n)^2 / sum n^2 and, for the `n_null_figures` smallest
-                  p-values of each test, the permutation null [B]; summary: rejection counts and
-                  seed bands per (test, domain, arch, feature); clusters: per domain the unit
-                  and the range over cells of the cluster count and effective count; settings
-    power         one row per (test, domain, arch, seed): minimum detectable gap, power curve
     probes        per domain: rows, summary (seed bands, `probes.compare.summarise_probes`),
                   bandwidth sweep, reliability curves (first seed), NW seconds; temperature:
                   T per (arch, seed) (its rows, probe "temperature", sit with the others)
@@ -28,98 +18,17 @@ recommended test's clusters are documents by default (`diagnostics.cluster_unit`
 
 from __future__ import annotations
 
-import functools
 import pathlib
-import resource
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
-from routecal.files import workdir as workdir_io
+from routecal.files import predictions
 from routecal.probes import compare
-from routecal.stats import multiple_testing
-from routecal.study import registry, temperature, token_stages
-from routecal.study.plan import Plan
-from routecal.study.stages import Stages, versions
-
-CLUSTER_KEYS = ("cluster_unit", "n_clusters", "n_eff_clusters")  # per diagnostics cell
-
-
-def null_path(workdir: pathlib.Path, stage: str) -> pathlib.Path:
-    """Where a diagnostics stage keeps its permutation nulls."""
-    return workdir / "stages" / "nulls" / (stage.replace(":", "_") + ".npz")
-
-
-def stage_seconds(st: Stages) -> dict[str, float]:
-    out = {}
-    for p in sorted(st.dir.glob("*.json")):
-        v = st.load(p.stem)
-        if isinstance(v, dict) and isinstance(v.get("seconds"), int | float):
-            out[p.stem] = float(v["seconds"])
-    return out
-
-
-def _diagnostics(plan: Plan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
-    rows = []
-    for d, a, s in plan.cells():
-        for f in plan.features:
-            name = f"diag:{d}:{a}:{s}:{f}"
-            cell = st.load(name)
-            for test, r in cell["tests"].items():
-                rows.append({"test": test, "domain": d, "arch": a, "seed": s, "feature": f,
-                             "n": cell["n"], "n_sequences": cell["n_sequences"],
-                             **{k: cell[k] for k in CLUSTER_KEYS}, **r, "_stage": name})
-    summary = adjust(rows, plan.tests.alpha)
-    for test in plan.tests.tests:
-        mine = sorted((r for r in rows if r["test"] == test), key=lambda r: r["p_value"])
-        for r in mine[: plan.tests.n_null_figures]:
-            path = null_path(w, r["_stage"])
-            if path.exists():
-                with np.load(path) as z:
-                    if test in z.files:
-                        r["null"] = z[test].tolist()
-    for r in rows:
-        r.pop("_stage")
-    t = plan.tests
-    return {"tests": rows, "summary": summary, "alpha": t.alpha, "n_permutations":
-            t.n_permutations, "n_bins": t.n_bins, "n_groups": t.n_groups,
-            "labels": {k: registry.BY_NAME[k].label for k in t.tests},
-            "families": "test x domain",
-            "cluster_unit": t.cluster_unit, "clusters": cluster_summary(rows)}
-
-
-def adjust(rows: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
-    """Holm and BH p-values per (test, domain) family (`stats.multiple_testing.adjust_rows`); the rejection summary per
-    (test, domain, arch, feature), with seed bands of the weighted gap against its null's mean
-    (the conditional tests' Z is signed and standardised: their p-values carry the comparison)."""
-    return multiple_testing.adjust_rows(rows, alpha, ("test", "domain"), ("test", "domain", "arch", "feature"),
-                       banded=lambda ts: not registry.BY_NAME[ts[0]["test"]].signed
-                       and all("null_mean" in t for t in ts))
-
-
-def cluster_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per domain: the cluster unit and [min, max] over its cells of the number of clusters and
-    their effective number (cells of one domain share their tokens unless thinned per run)."""
-    out: dict[str, dict[str, Any]] = {}
-    for d in dict.fromkeys(r["domain"] for r in rows):
-        mine = [r for r in rows if r["domain"] == d]
-        if not mine:
-            continue
-        out[d] = {"cluster_unit": mine[0]["cluster_unit"], "n_tokens": [
-            min(r["n"] for r in mine), max(r["n"] for r in mine)]}
-        for k in ("n_clusters", "n_eff_clusters"):
-            out[d][k] = [min(r[k] for r in mine), max(r[k] for r in mine)]
-    return out
-
-
-def _power(plan: Plan, st: Stages) -> list[dict[str, Any]]:
-    rows = []
-    for d, a, s in plan.power_cells():
-        for test, p in st.load(f"power:{d}:{a}:{s}")["power"].items():
-            rows.append({"test": test, "domain": d, "arch": a, "seed": s, **p})
-    return rows
+from routecal.study import grid, temperature, token_stages
+from routecal.study.plan import ModelSpec, Plan
+from routecal.study.stages import Stages
 
 
 def _probes(plan: Plan, st: Stages) -> dict[str, Any]:
@@ -189,113 +98,60 @@ def _depth(plan: Plan, st: Stages) -> dict[str, Any]:
     return out
 
 
-def assemble(plan: Plan, st: Stages, w: pathlib.Path, toks: Any = None,
-             wall_seconds: float | None = None) -> dict[str, Any]:
-    """The results dict (without verdicts) from the finished stages; `wall_seconds`: the study's
-    wall time from a fresh workdir (None when resumed). `toks` unused (all is in the stages)."""
-    del toks
+def assemble(plan: Plan, st: Stages, w: pathlib.Path, toks: Any) -> dict[str, Any]:
+    """results.json's runs, probes and depth_attention from the finished stages."""
     runs = []
     for m, s in plan.runs:
         r = st.load(f"run:{m.name}:{s}")
-        summ = st.load(f"summary:{m.name}:{s}")
+        summ = token_stages.run_summary(toks[m.name, s], plan.tests.n_bins)
         metrics = r.get("metrics") or {}
         runs.append({
-            "arch": m.name, "seed": s, "routed": m.routed,
-            "splits": {k: v for k, v in summ.items() if k != "seconds"},
+            "arch": m.name, "seed": s, "routed": m.routed, "splits": summ,
             "test_accuracy": summ[plan.domains[0][1]]["accuracy"],  # the first (in) domain
             "test_bits_per_byte": next((v for k, v in metrics.items() if "bits_per" in k
                                         and isinstance(v, int | float)), None),
             "train_seconds": r.get("train_seconds"), "predict_seconds": r.get("predict_seconds"),
         })
-    results = {
-        "meta": {"title": plan.title, "source": plan.source, "unit": plan.unit,
-                 "config": plan.config,
-                 "versions": versions(), "seeds": list(plan.seeds),
-                 "domains": dict(plan.domains), "calib_split": plan.calib_split,
-                 "jax_backend": jax.default_backend()},
-        "runs": runs,
-        "diagnostics": _diagnostics(plan, st, w) if "diagnostics" in plan.sections else {},
-        "power": _power(plan, st) if "power" in plan.sections else [],
-        "probes": _probes(plan, st) if "probes" in plan.sections else {},
-        "depth_attention": _depth(plan, st),
-    }
-    results["meta"].update(
-        stage_seconds=stage_seconds(st), wall_seconds=wall_seconds,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        devices=[str(dv) for dv in jax.devices()],
-    )
-    return results
+    return {"runs": runs, "probes": _probes(plan, st) if "probes" in plan.sections else {},
+            "depth_attention": _depth(plan, st)}
 
 
-def _splits(plan: Plan) -> list[str]:
-    return [plan.calib_split, *[sp for _, sp in plan.domains]]
+def cell_rows(plan: Plan, toks: Mapping[tuple[str, int], Any], cell: tuple[str, str, int]
+              ) -> grid.Rows:
+    """One (domain, arch, seed) cell's diagnostics rows: the domain's tokens thinned to whole
+    clusters (`token_stages.cell_tokens`), clustered by `diagnostics.cluster_unit`."""
+    d, a, s = cell
+    split = dict(plan.domains)[d]
+    t = token_stages.cell_tokens(toks[a, s][split], plan, f"{a}/seed{s}/{split}")
+    unit = plan.tests.cluster_unit
+    return grid.Rows(t["confidence"], t["correct"], predictions.routing_features(t),
+                     predictions.cluster_ids(t, unit), unit,
+                     {"n_sequences": int(len(np.unique(t["seq_id"])))})
 
 
-def _load_run(plan: Plan, w: pathlib.Path, out: Mapping[str, Any], m: str, s: int
+def train_predict(plan: Plan, model: ModelSpec, seed: int, run_dir: pathlib.Path
+                  ) -> dict[str, Any]:
+    """The run stage (`token_stages.train_predict` with the plan's source and options)."""
+    return token_stages.train_predict(
+        model, seed, run_dir, source=plan.source, predict_options=plan.tokens.predict_options,
+        depth_rows=plan.tokens.depth_rows, domains=plan.domains)
+
+
+load = token_stages.load_tokens
+
+
+def probe_run(plan: Plan, toks: Mapping[tuple[str, int], Any], arch: str, seed: int
               ) -> dict[str, Any]:
-    fps = out.get("fingerprints") or {}  # recorded when the run was predicted
-    return {sp: token_stages.load_tokens(workdir_io.from_relative(out["paths"][sp], w),
-                            f"{m}/seed{s}/{sp}", fps.get(sp)) for sp in _splits(plan)}
-
-
-def run_stage_names(plan: Plan) -> list[str]:
-    """The stages every run must have finished before the analysis (a study worker waits)."""
-    return [f"{k}:{m.name}:{s}" for m, s in plan.runs for k in ("run", "summary")]
-
-
-def runs(plan: Plan, w: pathlib.Path, step: Callable[..., Any],
-         producer: token_stages.Producer | None = None) -> dict[tuple[str, int], Any]:
-    """Per (model, seed): `run:` (train or import, predict: `producer`, default `train_predict`)
-    and `summary:` (`run_summary`); returns {(model, seed): {split: token arrays}}."""
-    produce = producer or functools.partial(
-        token_stages.train_predict, source=plan.source,
-        predict_options=plan.tokens.predict_options, depth_rows=plan.tokens.depth_rows,
-        domains=plan.domains)
-    toks = {}
-    for m, s in plan.runs:
-        out = step(f"run:{m.name}:{s}", lambda m=m, s=s: token_stages.relative_paths(
-            produce(m, s, w / "runs" / m.name / f"seed{s}"), w))
-        toks[m.name, s] = _load_run(plan, w, out, m.name, s)
-        step(f"summary:{m.name}:{s}", lambda m=m, s=s: token_stages.run_summary(
-            toks[m.name, s], plan.tests.n_bins))
-    return toks
-
-
-def load_runs(plan: Plan, w: pathlib.Path, st: Stages) -> dict[tuple[str, int], Any]:
-    """The token arrays of every stored run (a study worker's start)."""
-    return {(m.name, s): _load_run(plan, w, st.load(f"run:{m.name}:{s}"), m.name, s)
-            for m, s in plan.runs}
+    """The probes stage of one routed run: fitted on its calib tokens, scored per domain."""
+    t = toks[arch, seed]
+    return token_stages.probe_run(t[plan.calib_split], {d: t[sp] for d, sp in plan.domains},
+                                  seed=seed, plan=plan)
 
 
 def analysis(plan: Plan, w: pathlib.Path, toks: Mapping[tuple[str, int], Any]
              ) -> list[tuple[str, Callable[[], Any]]]:
-    """Every analysis stage after the runs, in the study's order: (name, thunk). Diagnostics
-    cells (one per routing summary) with their power cell, probes, temperature scaling, VMoER."""
+    """The unit's own stages after the probes: temperature scaling per routed run (name, thunk)."""
     tasks: list[tuple[str, Callable[[], Any]]] = []
-    key = jax.random.key(plan.tests.seed)
-
-    @functools.lru_cache(maxsize=2)
-    def cell(d: str, a: str, s: int) -> dict[str, Any]:
-        split = dict(plan.domains)[d]
-        return token_stages.cell_tokens(toks[a, s][split], plan, f"{a}/seed{s}/{split}")
-
-    for i, (d, a, s) in enumerate(plan.cells() if "diagnostics" in plan.sections else ()):
-        ck = jax.random.fold_in(key, i)
-        for j, f in enumerate(plan.features):
-            name = f"diag:{d}:{a}:{s}:{f}"
-            tasks.append((name, lambda d=d, a=a, s=s, f=f, ck=ck, j=j, name=name:
-                          token_stages.diagnose_cell(
-                              cell(d, a, s), f, key=jax.random.fold_in(ck, j), plan=plan,
-                              null_path=null_path(w, name))))
-        if "power" in plan.sections and (d, a, s) in plan.power_cells():
-            tasks.append((f"power:{d}:{a}:{s}", lambda d=d, a=a, s=s, ck=ck:
-                          token_stages.power_cell(cell(d, a, s), key=jax.random.fold_in(ck, 10_000),
-                                                  plan=plan)))
-    for m in plan.routed if "probes" in plan.sections else ():
-        for s in plan.seeds:
-            tasks.append((f"probes:{m.name}:{s}", lambda m=m, s=s: token_stages.probe_run(
-                toks[m.name, s][plan.calib_split],
-                {d: toks[m.name, s][sp] for d, sp in plan.domains}, seed=s, plan=plan)))
     # after every older stage: an existing workdir resumes into these
     for m in plan.routed if "temperature" in plan.sections else ():
         for s in plan.seeds:

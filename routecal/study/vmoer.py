@@ -23,8 +23,6 @@ not overlap), FLOP overheads per router; written as `tables/vmoer.csv` (one row 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import pathlib
 import time
@@ -32,12 +30,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from routecal import parallel
 from routecal.files import workdir as workdir_io
-from routecal.report.vmoer_lm import CLAIM_OF, PAPER_CLAIMS, band_cell
+from routecal.report import vmoer_lm
+from routecal.report.table import Table
+from routecal.report.vmoer_lm import CLAIM_OF, PAPER_CLAIMS
 from routecal.stats import seeds as seed_stats
 from routecal.study import vmoer_sources
 from routecal.study.vmoer_sources import check_routers  # noqa: F401 (the plan checks names)
@@ -115,60 +114,18 @@ def run_seed(source: Source, seed: int, done: dict[str, Any] | None = None,
     return runs
 
 
-def summarize(per_run: dict[str, dict[int, dict[str, Any]]], metrics: tuple[str, ...],
-              lower_is_better: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
-    """per_run[router][seed][metric] -> table[router][metric] = seed band, + rel_change_pct and
-    verdict against det's band."""
-    table: dict[str, dict[str, Any]] = {}
-    for name, runs in per_run.items():
-        row = {}
-        for metric in metrics:
-            vals = [r[metric] for r in runs.values() if r.get(metric) is not None]
-            if vals:
-                row[metric] = seed_stats.seed_band(vals)
-        table[name] = row
-    base = table.get("det", {})
-    for name, row in table.items():
-        for metric, band in row.items():
-            b = base.get(metric, {}).get("mean")
-            if name != "det" and b not in (None, 0.0) and np.isfinite(b):
-                band["rel_change_pct"] = 100.0 * (band["mean"] / b - 1.0)
-                band["verdict"] = seed_stats.compare_bands(
-                    band, base[metric], higher_is_better=metric not in lower_is_better
-                )
-    return table
-
-
 def write_csv(table: dict[str, dict[str, Any]], names: list[str], metrics: tuple[str, ...],
               path: pathlib.Path) -> None:
     """One row per router: <metric>_mean, _std, _min, _max, _rel_pct, _verdict, n_seeds and the
-    paper's claims; written whole, atomically."""
+    paper's claims; written whole, atomically (`report.table.Table.write_csv`)."""
     keys = ("mean", "std", "min", "max", "rel_change_pct", "verdict")
-    header = ["router", "n_seeds"]
-    for m in metrics:
-        header += [f"{m}_{k}" for k in ("mean", "std", "min", "max", "rel_pct", "verdict")]
-    f = io.StringIO(newline="")
-    w = csv.writer(f)
-    w.writerow(header + [f"paper_{k}" for k in PAPER_CLAIMS])
-    for name in names:
-        row = table[name]
-        cells: list[Any] = [name, max((b["n"] for b in row.values()), default=0)]
-        for m in metrics:
-            cells += [row.get(m, {}).get(k, "") for k in keys]
-        w.writerow(cells + list(PAPER_CLAIMS.values()))
+    header = ["router", "n_seeds", *[f"{m}_{k}" for m in metrics for k in (
+        "mean", "std", "min", "max", "rel_pct", "verdict")], *[f"paper_{k}" for k in PAPER_CLAIMS]]
+    rows = [[name, max((b["n"] for b in table[name].values()), default=0),
+             *[table[name].get(m, {}).get(k, "") for m in metrics for k in keys],
+             *PAPER_CLAIMS.values()] for name in names]
     path.parent.mkdir(parents=True, exist_ok=True)
-    workdir_io.write_text(path, f.getvalue())
-
-
-def to_markdown(table: dict[str, dict[str, Any]], names: list[str], cols: list[str]) -> str:
-    """The paper's table: per router, mean ± std [min, max] (change vs det, verdict) of `cols`."""
-    lines = ["| router | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    for name in names:
-        cells = [band_cell(table[name].get(m), verdict=True) for m in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    claims = ", ".join(f"{CLAIM_OF.get(k, k)} {v}" for k, v in PAPER_CLAIMS.items())
-    return ("\n".join([*lines, "", seed_stats.RULE + "."])
-            + f"\n\nPaper's claims (relative to the deterministic router): {claims}.")
+    Table("vmoer", "", header, [[str(c) for c in r] for r in rows]).write_csv(path)
 
 
 def assemble(source: Source, per_run: dict[str, dict[int, dict[str, Any]]],
@@ -180,13 +137,13 @@ def assemble(source: Source, per_run: dict[str, dict[int, dict[str, Any]]],
     for name in names:
         for r in per_run[name].values():
             r.update(over[name])
-    table = summarize(per_run, source.metrics, source.lower_is_better)
+    table = seed_stats.band_table(per_run, source.metrics, source.lower_is_better)
     if write:
         write_csv(table, names, source.metrics, csv_path)
     cols = [m for m in (*CLAIM_OF, "ood_auroc", "flops_overhead_pct", "accuracy")
             if m in source.metrics]
     return {
-        "per_run": per_run, "table": table, "markdown": to_markdown(table, names, cols),
+        "per_run": per_run, "table": table, "markdown": vmoer_lm.markdown(table, names, cols),
         "paper_claims": PAPER_CLAIMS,
         # summed over every (router, seed) run, whichever process trained it
         "runs_wall_s": sum(r.get("wall_s", 0.0) for v in per_run.values() for r in v.values()),

@@ -34,7 +34,7 @@ def results_dict(rng, n_reject_holm=0):
         "runs": [{"arch": "full", "seed": 0, "test_accuracy": 0.97, "test_ece": 0.02,
                   "test_nll": 0.1, "train_seconds": 3.0}],
         "diagnostics": {"alpha": 0.05, "n_permutations": 100, "tests": tests,
-                        "rejections": [{"arch": "full", "feature": "H_mean", "n_seeds": 3,
+                        "summary": [{"arch": "full", "feature": "H_mean", "n_seeds": 3,
                                         "n_reject_raw": 0, "n_reject_holm": 0,
                                         "n_reject_bh": 0, "mean_statistic": 0.01,
                                         "min_p": 0.2}]},

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from routecal.report import readme
+from routecal.stats import seeds
 
 
 def _results(wall: float | None = 377.0) -> dict:
@@ -16,7 +17,8 @@ def _results(wall: float | None = 377.0) -> dict:
             ("full", 0, 0.969, 14.2), ("full", 1, 0.986, 33.0), ("block", 0, 0.975, 20.0),
         ]
     ]
-    meta = {"title": "a study", "versions": {"routecal": "0.1", "jax": "0.4", "numpy": "2"}}
+    meta = {"title": "a study", "versions": {"routecal": "0.1", "jax": "0.4", "numpy": "2"},
+            "config": {"diagnostics": {"power": 0.8}}}
     if wall is not None:
         meta["wall_seconds"] = wall
     # 4 conditional cells (p 0.001, 0.01, 0.2, 0.5; Holm rejects 1, BH 2) and 2 paper cells.
@@ -27,8 +29,8 @@ def _results(wall: float | None = 377.0) -> dict:
                                        (0.2, 0.4, 0.27), (0.5, 0.5, 0.5)])
     ] + [{"test": "within_bin", "arch": "full", "feature": "f0", "p_value": 0.3,
           "p_holm": 0.6, "p_bh": 0.3}] * 2
-    tests += [{"test": "minimum_detectable_gap_conditional", "minimum_detectable_gap": g, "power_target": 0.8}
-              for g in (0.05, 0.07, 0.06)]
+    power = [{"test": "conditional", "domain": "all", "arch": "full", "seed": s, "mdg": g}
+             for s, g in enumerate((0.05, 0.07, 0.06))]
     band = lambda m, lo, hi: {"mean": m, "min": lo, "max": hi, "std": 0.0, "n": 2}  # noqa: E731
     summary = [
         {"arch": "full", "probe": "nw_ar_condcal", "bandwidth_rule": "cv_nll",
@@ -45,6 +47,7 @@ def _results(wall: float | None = 377.0) -> dict:
         "meta": meta,
         "runs": runs,
         "diagnostics": {"alpha": 0.05, "tests": tests},
+        "power": power,
         "probes": {"summary": summary},
         "vmoer": vmoer,
         "verdicts": {"diagnostics": "0 of 30 tests reject, a long sentence." * 50,
@@ -161,16 +164,17 @@ def test_named_blocks_are_rewritten_independently():
 def test_vmoer_lm_block_from_a_results_json():
     from statsmodels.stats.proportion import proportion_confint
 
-    from routecal.study import vmoer, vmoer_sources  # the section's table (study side)
+    from routecal.report import vmoer_lm
+    from routecal.study import vmoer_sources  # the section's table (study side)
 
     metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
                "flops_infer_pct")
     per_run = {name: {s: {m: 0.3 + 0.01 * s + 0.1 * k + 0.05 * (name == "mfvr")
                           for k, m in enumerate(metrics)} for s in (0, 1)}
                for name in ("det", "mfvr")}
-    table = vmoer.summarize(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
+    table = seeds.band_table(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
     out = {"config": {"data": {"n_eval_items": 100}}, "per_run": per_run, "table": table,
-           "markdown": vmoer.to_markdown(table, ["det", "mfvr"], ["stability"]), "scoring": "loglik"}
+           "markdown": vmoer_lm.markdown(table, ["det", "mfvr"], ["stability"]), "scoring": "loglik"}
     block = readme.vmoer_lm_block(out, command="c", source="s")
     begin, end = readme.markers("found-vmoer-lm")
     assert block.startswith(begin) and block.endswith(end)

@@ -44,7 +44,7 @@ def test_probes_verdict_applies_the_rule(results):
 
 def test_diagnostics_verdict_across_seeds_names_the_rule(results):
     res = results(np.random.default_rng(0))
-    rej = res["diagnostics"]["rejections"][0]
+    rej = res["diagnostics"]["summary"][0]
     rej["statistic_band"] = seeds.seed_band([0.05, 0.06, 0.07])
     rej["null_mean_band"] = seeds.seed_band([0.01, 0.02, 0.02])
     rej["vs_null"] = seeds.compare_bands(rej["statistic_band"], rej["null_mean_band"],
@@ -61,11 +61,10 @@ def test_no_evidence_verdict_states_the_detectable_gap_and_both_tests(results):
     diag = res["diagnostics"]
     base = [dict(t, test="within_bin") for t in diag["tests"]]
     cond = [dict(t, test="conditional", p_value=0.5, p_holm=1.0, p_bh=1.0) for t in base]
-    gaps = [{"test": "minimum_detectable_gap_conditional", "arch": t["arch"], "seed": t["seed"],
-             "feature": t["feature"], "minimum_detectable_gap": g, "power_target": 0.8}
-            for t, g in zip(base, np.linspace(0.1, 0.3, len(base)), strict=True)]
-    diag["tests"] = base + cond + gaps
-    v = report.diagnostics_verdict(diag)
+    gaps = [{"test": "conditional", "domain": "all", "arch": t["arch"], "seed": t["seed"],
+             "mdg": g} for t, g in zip(base, np.linspace(0.1, 0.3, len(base)), strict=True)]
+    diag["tests"] = base + cond
+    v = report.diagnostics_verdict(diag, gaps, 0.8)
     assert "no calibration evidence" in v
     assert v.index("conditional (recommended)") < v.index("within-bin permutation (paper)")
     assert f"0 of {len(cond)} conditional (recommended) tests" in v
@@ -81,9 +80,8 @@ def test_example_diagnostics_verdict_is_a_table_row_per_test(tmp_path, results):
     res = results(np.random.default_rng(5), n_reject_holm=2)
     for t in res["diagnostics"]["tests"]:
         t["test"] = "within_bin"
-    res["diagnostics"]["tests"].append({"test": "minimum_detectable_gap_conditional",
-                                        "arch": "full", "seed": 0, "feature": "H_mean",
-                                        "minimum_detectable_gap": 0.07})
+    res["power"] = [{"test": "conditional", "domain": "all", "arch": "full", "seed": 0,
+                     "mdg": 0.07}]
     from routecal.report.verdicts import diagnostics_rows
 
     rows = diagnostics_rows(res)

@@ -1,4 +1,5 @@
-"""The diagnostic grid against the stats engine's own grid and statsmodels' adjustments."""
+"""The diagnostics of every unit (`study.grid`) against the stats engines, statsmodels'
+adjustments and the documented key derivation (cell -> feature -> test)."""
 
 import jax
 import numpy as np
@@ -8,33 +9,36 @@ from statsmodels.stats.multitest import multipletests
 from routecal.stats import diagnostics
 from routecal.study import grid, registry
 
+CELLS = [("all", "m", seed) for seed in range(3)]
 
-def _cells(rng, n=300):
-    cells = []
-    for seed in range(3):
+
+def _rows(rng, n=300):
+    """Per seed: a planted routing feature (accuracy moves with its sign) and pure noise."""
+    out = {}
+    for c in CELLS:
         conf = rng.uniform(0.3, 1.0, n)
-        correct = (rng.uniform(size=n) < conf).astype(float)
-        for f, effect in (("planted", 0.3), ("noise", 0.0)):
-            routing = rng.normal(size=n)
-            if effect:
-                correct = (rng.uniform(size=n) < np.clip(conf + effect * np.sign(routing), 0, 1))
-                correct = correct.astype(float)
-            cells.append(grid.Cell("m", seed, f, conf, correct, routing))
-    return cells
+        planted, noise = rng.normal(size=n), rng.normal(size=n)
+        correct = (rng.uniform(size=n) < np.clip(conf + 0.3 * np.sign(planted), 0, 1))
+        out[c] = grid.Rows(conf, correct.astype(float), {"planted": planted, "noise": noise})
+    return out
 
 
-def test_grid_equals_permutation_grid_and_keeps_nulls():
-    cells = _cells(np.random.default_rng(0))
-    s = registry.TestSettings(n_permutations=200, n_bins=10, n_groups=3, alpha=0.05, seed=3,
-                          n_null_figures=2)
-    out = grid.diagnostic_grid(cells, s, tests=grid.specs()[:1])
-    ref = diagnostics.permutation_grid(
-        {i: (c.confidence, c.correct, c.routing) for i, c in enumerate(cells)},
-        key=jax.random.key(3), n_permutations=200, n_bins=10, n_groups=3,
-    )
+def test_cells_are_the_engines_on_the_documented_keys_and_keep_nulls():
+    rows = _rows(np.random.default_rng(0))
+    s = registry.TestSettings(tests=("within_bin",), n_permutations=200, n_bins=10, n_groups=3,
+                              seed=3, n_null_figures=2)
+    features = ("planted", "noise")
+    out = grid.run(CELLS, features, [], rows.__getitem__, s)["diagnostics"]
+    key = jax.random.key(3)
+    for t in out["tests"]:
+        i, j = CELLS.index((t["domain"], t["arch"], t["seed"])), features.index(t["feature"])
+        r = rows[t["domain"], t["arch"], t["seed"]]
+        ref = diagnostics.within_bin_permutation_test(
+            r.confidence, r.correct, r.features[t["feature"]], n_permutations=200, n_bins=10,
+            n_groups=3, key=jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, i), j),
+                                               0))
+        assert (t["statistic"], t["p_value"]) == (float(ref.statistic), float(ref.p_value))
     ps = [t["p_value"] for t in out["tests"]]
-    for t, r in zip(out["tests"], ref, strict=True):
-        assert (t["statistic"], t["p_value"]) == (float(r.statistic), float(r.p_value))
     np.testing.assert_allclose([t["p_holm"] for t in out["tests"]],
                                multipletests(ps, method="holm")[1])
     np.testing.assert_allclose([t["p_bh"] for t in out["tests"]],
@@ -43,59 +47,46 @@ def test_grid_equals_permutation_grid_and_keeps_nulls():
     assert len(shown) == 2 and all(len(t["null"]) == 200 for t in shown)
     assert max(t["p_value"] for t in shown) <= min(t["p_value"] for t in out["tests"]
                                                    if "null" not in t)
-    by = {r["feature"]: r for r in out["rejections"]}
+    by = {r["feature"]: r for r in out["summary"]}
     assert by["planted"]["n_reject_raw"] == 3 and by["planted"]["vs_null"] == "better"
-    assert by["noise"]["statistic_band"]["n"] == 3
+    assert by["noise"]["statistic_band"]["n"] == 3 and out["clusters"] == {}
 
 
-def test_adding_a_test_is_one_spec():
-    cells = _cells(np.random.default_rng(1))[:2]
-    s = registry.TestSettings(n_permutations=50, n_bins=10, n_groups=3, alpha=0.05, seed=0)
-
-    def fixed(conf, correct, routing, key, settings):
-        return {"statistic": float(np.mean(routing)), "p_value": 0.5}
-
-    out = grid.diagnostic_grid(cells, s, tests=(grid.specs()[0], grid.TestSpec("fixed", fixed)))
-    assert [t["test"] for t in out["tests"]] == ["within_bin"] * 2 + ["fixed"] * 2
-    assert {r["test"] for r in out["rejections"]} == {"within_bin", "fixed"}
-    # adjusted within its own test only: Holm of (0.5, 0.5) is (1, 1), BH is (0.5, 0.5)
-    fixed_rows = [t for t in out["tests"] if t["test"] == "fixed"]
-    assert [(t["p_holm"], t["p_bh"]) for t in fixed_rows] == [(1.0, 0.5), (1.0, 0.5)]
-
-
-def test_a_measurement_spec_is_recorded_without_adjustment():
-    cells = _cells(np.random.default_rng(2))[:2]
-
-    def gap(conf, correct, routing, key, settings):
-        return {"minimum_detectable_gap": float(np.std(conf))}
-
-    s = registry.TestSettings(n_permutations=50, n_bins=10, n_groups=3, alpha=0.05, seed=0)
-    out = grid.diagnostic_grid(cells, s, tests=(grid.TestSpec("mdg", gap),))
-    assert [t["minimum_detectable_gap"] for t in out["tests"]] == [
-        pytest.approx(np.std(c.confidence)) for c in cells
-    ]
-    assert out["rejections"] == [] and "p_holm" not in out["tests"][0]
+def test_signed_tests_keep_z_and_power_runs_once_per_cell(tmp_path):
+    rows = _rows(np.random.default_rng(3), n=400)
+    s = registry.TestSettings(tests=("within_bin", "conditional"), n_permutations=99, n_bins=10,
+                              seed=4, paper_power_datasets=5,
+                              paper_power_permutations=19, power_kwargs=(("n_datasets", 10),))
+    cells = CELLS[:1]
+    tasks = grid.tasks(cells, ("planted",), cells, rows.__getitem__, s, tmp_path)
+    assert [n for n, _ in tasks] == ["diag:all:m:0:planted", "power:all:m:0"]
+    stored = {n: fn() for n, fn in tasks}
+    assert "null" not in stored["diag:all:m:0:planted"]["tests"]["within_bin"]
+    out = grid.results(cells, ("planted",), stored.__getitem__, s, tmp_path)
+    cond = next(t for t in out["tests"] if t["test"] == "conditional")
+    r = rows[cells[0]]
+    ref = diagnostics.conditional_calibration_test(
+        r.confidence, r.correct, r.features["planted"], n_permutations=99,
+        stratum_size=registry.stratum_size(400), key=jax.random.fold_in(jax.random.fold_in(
+            jax.random.fold_in(jax.random.key(4), 0), 0), 1))
+    assert cond["statistic"] == ref.statistic and cond["p_value"] == ref.p_value < 0.05
+    assert len(cond["null"]) == 99  # read back from the stage's npz (the figure's nulls)
+    summ = {x["test"]: x for x in out["summary"]}
+    assert "vs_null" in summ["within_bin"] and "vs_null" not in summ["conditional"]
+    power = grid.power_rows(cells, stored.__getitem__)
+    assert sorted(p["test"] for p in power) == ["conditional", "within_bin"]
+    assert all(p["domain"] == "all" and len(p["curve"]["gap"]) == len(p["curve"]["power"])
+               for p in power)
 
 
-def test_default_grid_runs_the_recommended_test_and_the_detectable_gap():
-    cells = _cells(np.random.default_rng(3))[:2]  # seed 0: planted, noise (N = 300)
-    s = registry.TestSettings(n_permutations=100, n_bins=10, n_groups=3, alpha=0.05, seed=4)
-    out = grid.diagnostic_grid(cells, s)
-    names = [t["test"] for t in out["tests"]]
-    assert names == ["within_bin"] * 2 + ["conditional"] * 2 + [
-        "minimum_detectable_gap_conditional"] * 2 + ["omnibus"] * 2 + [
-        "minimum_detectable_gap_omnibus"] * 2
-    cond = [t for t in out["tests"] if t["test"] == "conditional"]
-    for i, (c, t) in enumerate(zip(cells, cond, strict=True)):
-        ref = diagnostics.conditional_calibration_test(
-            c.confidence, c.correct, c.routing, key=jax.random.fold_in(jax.random.key(4), i),
-            n_permutations=100, stratum_size=50,
-        )
-        assert t["z"] == ref.statistic and t["p_value"] == ref.p_value
-        assert t["statistic"] == abs(ref.statistic)
-    assert cond[0]["p_value"] < 0.05  # the planted cell
-    gaps = [t for t in out["tests"] if t["test"] == "minimum_detectable_gap_conditional"]
-    assert all(0 < t["minimum_detectable_gap"] < 1 and "p_holm" not in t for t in gaps)
-    assert len(gaps[0]["power_curve"]["gap"]) == len(gaps[0]["power_curve"]["power"])
-    assert {r["test"] for r in out["rejections"]} == {"within_bin", "conditional",
-                                                      "omnibus"}
+def test_clustered_rows_record_their_clusters():
+    rng = np.random.default_rng(5)
+    conf = rng.uniform(0.3, 1.0, 240)
+    rows = grid.Rows(conf, (rng.random(240) < conf).astype(float), {"f": rng.normal(size=240)},
+                     np.repeat(np.arange(12), 20), "document", {"n_sequences": 12})
+    s = registry.TestSettings(tests=("conditional",), n_permutations=49)
+    cell = grid.test_cell(rows, "f", key=jax.random.key(0), s=s)
+    assert (cell["cluster_unit"], cell["n_clusters"], cell["n_sequences"]) == ("document", 12, 12)
+    assert cell["n_eff_clusters"] == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="diagnostics.features: 'g' not available"):
+        grid.test_cell(rows, "g", key=jax.random.key(0), s=s)

@@ -9,7 +9,7 @@ from statsmodels.stats.multitest import multipletests
 
 from routecal.stats import diagnostics
 from routecal.stats.power import crossing_gap
-from routecal.study import registry, token_unit
+from routecal.study import grid, registry
 
 
 def _cell(n=600, seed=0):
@@ -57,7 +57,7 @@ def test_adjust_matches_statsmodels_per_family():
              "statistic": float(rng.random()), "p_value": float(rng.random() ** 3)}
             for t in ("within_bin", "conditional") for d in ("in", "far") for a in ("full", "block")
             for s in (0, 1, 2) for f in ("H_mean", "depth_var_mean")]
-    summary = token_unit.adjust(rows, 0.05)
+    summary = grid.adjust(rows, 0.05)
     for t in ("within_bin", "conditional"):
         for d in ("in", "far"):
             fam = [r for r in rows if r["test"] == t and r["domain"] == d]

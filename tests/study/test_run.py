@@ -55,9 +55,9 @@ def quick(tmp_path_factory):
 
 def test_resume_does_not_redo_finished_stages(quick):
     w, cfg, _, before, saved = quick
-    assert any(n.startswith("train") for n in before), before
-    assert not any(n.startswith(("train", "predict")) for n in saved), saved
-    assert "diagnostics" not in saved
+    assert any(n.startswith("run") for n in before), before
+    assert not any(n.startswith("run:") for n in saved), saved
+    assert not any(n.startswith("diag:") for n in saved), saved
     assert any(n.startswith("probes") for n in saved)
     after = {p.name: p.stat().st_mtime_ns for p in (w / "stages").glob("*.json")}
     assert all(after[k] == v for k, v in before.items())
@@ -69,26 +69,26 @@ def test_results_hold_every_cell_and_independent_numbers(quick):
     routed = [a for a in cfg.architectures if cfg.models[a].routed]
     n_cells = len(feats) * len(cfg.seeds) * len(routed)
     rows = res["diagnostics"]["tests"]
-    # the paper test, the recommended conditional test and the minimum detectable gap, then the
-    # omnibus variant and its detectable gap (issue 22), per cell
-    assert [t["test"] for t in rows] == (["within_bin"] * n_cells
-                                         + ["conditional"] * n_cells
-                                         + ["minimum_detectable_gap_conditional"] * n_cells
-                                         + ["omnibus"] * n_cells
-                                         + ["minimum_detectable_gap_omnibus"] * n_cells)
-    assert all(0 < t["minimum_detectable_gap"] <= 1 for t in rows if "minimum_detectable_gap" in t)
+    # every registered test per cell (cell by cell); the detectable gaps once per run, apart
+    assert [t["test"] for t in rows] == ["within_bin", "conditional", "omnibus"] * n_cells
+    assert all(t["domain"] == "all" for t in rows)
+    power = res["power"]
+    assert len(power) == 3 * len(cfg.seeds) * len(routed)
+    assert all(p["mdg"] is None or 0 < p["mdg"] <= 1 for p in power)
     b = cfg.diagnostics.n_permutations
     for t in (t for t in rows if "p_value" in t):
         assert 1 / (1 + b) <= t["p_value"] <= 1
         assert t["p_value"] <= t["p_holm"] <= 1
     # the figure's nulls travel inside results: p = (1 + #{T* >= T}) / (1 + B) from the stored null
-    # (|Z| against |Z*| for the two-sided conditional test)
+    # (|Z| against |Z*| for the two-sided conditional tests)
     shown = [t for t in rows if "null" in t]  # paper, conditional and omnibus (issue 22) tests
     assert len(shown) == 3 * min(cfg.diagnostics.n_null_figures, n_cells)
     for t in shown:
-        null = np.asarray(t["null"])
+        null, stat = np.asarray(t["null"]), t["statistic"]
+        if t["test"] != "within_bin":
+            null, stat = np.abs(null), abs(stat)
         assert len(null) == b
-        assert t["p_value"] == pytest.approx((1 + np.sum(null >= t["statistic"] - 1e-6)) / (1 + b),
+        assert t["p_value"] == pytest.approx((1 + np.sum(null >= stat - 1e-6)) / (1 + b),
                                              abs=2 / (1 + b))
     assert not (w / "stages" / "nulls.npz").exists()
     for r in res["runs"]:
@@ -110,12 +110,8 @@ def test_report_tables_match_results(quick):
     assert len(rows) == len(res["diagnostics"]["tests"])
     for row, t in zip(rows, res["diagnostics"]["tests"], strict=True):
         assert (row["test"], row["arch"], row["feature"]) == (t["test"], t["arch"], t["feature"])
-        if "p_value" in t:
-            assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
-            assert float(row["statistic"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
-        else:  # the minimum detectable gap beside the tests
-            assert float(row["detectable gap"]) == pytest.approx(t["minimum_detectable_gap"],
-                                                                 rel=1e-3, abs=1e-4)
+        assert float(row["p"]) == pytest.approx(t["p_value"], rel=1e-3, abs=1e-4)
+        assert float(row["statistic"]) == pytest.approx(t["statistic"], rel=1e-3, abs=1e-4)
     probes = _csv(w / "tables" / "probes.csv")
     assert len(probes) == len(res["probes"]["summary"]) > 0
     for row, s in zip(probes, res["probes"]["summary"], strict=True):
@@ -164,15 +160,19 @@ def test_invalid_plan_writes_nothing(tmp_path, override, match):
 
 def test_plan_lists_the_example_unit_stages(tmp_path):
     plan = plan_lib.Plan.from_config(load_config(QUICK))
-    assert isinstance(plan, Plan) and study.UNITS[plan.unit].runs is example_unit.runs
+    assert isinstance(plan, Plan) and study.UNITS[plan.unit].train_predict is example_unit.train_predict
     routed_runs = sum(m.routed for m in plan.models) * len(plan.seeds)
-    # train + predict per run; diagnostics, probes per routed run, VMoER
-    assert len(example_unit.run_stage_names(plan)) == 2 * len(plan.runs)
+    # one run stage (train + predict) per run; per routed run a diagnostics cell per feature and a power cell,
+    # probes; VMoER
+    assert len(study.run_stage_names(plan)) == len(plan.runs)
     assert plan.source == "classifier" and plan.sections == (
         "diagnostics", "power", "probes", "vmoer")
     names = [n for n, _ in study._analysis(plan, example_unit, tmp_path, {})]
-    assert names[0] == "diagnostics" and names[-1] == "vmoer"
-    assert len(names) == 1 + routed_runs + 1
+    m, s = plan.routed[0].name, plan.seeds[0]
+    assert names[0] == f"diag:all:{m}:{s}:{plan.features[0]}"
+    vmoer_seeds = plan.load_vmoer().experiment.seeds
+    assert names[-len(vmoer_seeds):] == [f"vmoer:{v}" for v in vmoer_seeds]
+    assert len(names) == routed_runs * (len(plan.features) + 2) + len(vmoer_seeds)
     assert [m.name for m in plan.models] == list(load_config(QUICK).architectures)
 
 
@@ -197,8 +197,8 @@ def test_reliability_data_per_probe_agrees_with_its_ece(quick):
 # ----------------------------------------------------------------------------------------------
 
 
-def _predict_stages(w):
-    return {p.name: json.loads(p.read_text()) for p in (w / "stages").glob("predict_*.json")}
+def _run_stages(w):
+    return {p.name: json.loads(p.read_text()) for p in (w / "stages").glob("run_*.json")}
 
 
 def test_copied_or_moved_workdir_reads_only_its_own_files(quick, tmp_path):
@@ -206,7 +206,7 @@ def test_copied_or_moved_workdir_reads_only_its_own_files(quick, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(w, a)
     shutil.copytree(a, b)
-    stored = [p for s in _predict_stages(b).values() for p in s["paths"].values()]
+    stored = [p for s in _run_stages(b).values() for p in s["paths"].values()]
     assert stored and all(not pathlib.Path(p).is_absolute() for p in stored), stored
     for f in a.glob("runs/*/seed*/predictions/test.npz"):  # change every test file of the original
         with np.load(f) as z:
@@ -236,7 +236,7 @@ def test_worker_computes_only_the_pending_analysis_stages(quick, tmp_path):
     assert again.pop("seconds") >= 0 and stored.pop("seconds") >= 0
     assert again == stored
     assert study.run(cfg, b, worker=True) == {"stages": []}
-    (b / "stages" / "predict_full_0.json").unlink()
+    (b / "stages" / "run_full_0.json").unlink()
     with pytest.raises(ValueError, match="has not finished its runs"):
         study.run(cfg, b, worker=True)
 
@@ -245,9 +245,9 @@ def test_unreadable_or_foreign_stage_is_recomputed_with_a_message(quick, tmp_pat
     w, cfg, res, _, _ = quick
     b = tmp_path / "b"
     shutil.copytree(w, b)
-    train_stage = sorted((b / "stages").glob("train_*.json"))[0]
+    (name, stage), (torn, _) = sorted(_run_stages(b).items())[:2]
+    train_stage = b / "stages" / torn
     train_stage.write_text(train_stage.read_text()[:40])  # a torn write
-    name, stage = sorted(_predict_stages(b).items())[0]
     stage["paths"] = {k: str(w / p) for k, p in stage["paths"].items()}  # an older routecal
     (b / "stages" / name).write_text(json.dumps(stage))
     capsys.readouterr()
@@ -255,7 +255,7 @@ def test_unreadable_or_foreign_stage_is_recomputed_with_a_message(quick, tmp_pat
     err = capsys.readouterr().err
     assert f"{train_stage.name}' is not valid JSON" in err
     assert "is not inside the workdir" in err and err.count("recomputing it") == 2
-    assert all(not pathlib.Path(p).is_absolute() for p in _predict_stages(b)[name]["paths"].values())
+    assert all(not pathlib.Path(p).is_absolute() for p in _run_stages(b)[name]["paths"].values())
     assert res_b["runs"] == res["runs"]  # recomputed from the same runs: the same numbers
 
 

@@ -19,8 +19,8 @@ from routecal.files import predictions
 from routecal.models.decoder import Decoder, DecoderConfig
 from routecal.probes.scaling import TemperatureParams, temperature_fit
 from routecal.stats import calibration, sequences
+from routecal.study import grid, temperature, token_stages
 from routecal.study import run as study
-from routecal.study import temperature, token_stages
 from routecal.study.plan import Plan
 from routecal.training import token_predict
 
@@ -225,8 +225,10 @@ def test_quick_study_resumes_into_the_temperature_stage_only(tmp_path, monkeypat
             return real(*a, **k)
         monkeypatch.setattr(mod, name, f)
 
-    for name in ("train_predict", "run_summary", "diagnose_cell", "power_cell", "probe_run"):
+    for name in ("train_predict", "probe_run"):
         counting(token_stages, name)
+    for name in ("test_cell", "power_cell"):
+        counting(grid, name)
     counting(temperature, "temperature_run")
     again = study.run(cfg, w, write_report=True)
     assert calls == {"temperature_run": 1}

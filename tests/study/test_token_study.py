@@ -13,8 +13,8 @@ import pytest
 from routecal.config import load_config
 from routecal.files import predictions
 from routecal.stats import diagnostics, sequences
+from routecal.study import grid, token_stages, token_unit
 from routecal.study import run as study
-from routecal.study import token_stages
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SPLITS = ("calib", "test", "far")
@@ -112,7 +112,7 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
         "power.png", "nulls_within_bin.png", "reliability_in.png", "bandwidth_far.png", "depth_far.png"}
 
     calls = {"n": 0}
-    real = token_stages.diagnose_cell
+    real = grid.test_cell
 
     def dies_after_five(*a, **k):
         calls["n"] += 1
@@ -120,12 +120,12 @@ def test_study_kill_during_diagnostics_then_rerun(cfg, tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed during diagnostics")
         return real(*a, **k)
 
-    monkeypatch.setattr(token_stages, "diagnose_cell", dies_after_five)
+    monkeypatch.setattr(grid, "test_cell", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
         study.run(cfg, tmp_path / "w", producer=produce)
     assert not (tmp_path / "w/results.json").exists()
     calls["n"] = 0
-    monkeypatch.setattr(token_stages, "diagnose_cell", lambda *a, **k: (
+    monkeypatch.setattr(grid, "test_cell", lambda *a, **k: (
         calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
     again = study.run(cfg, tmp_path / "w", producer=produce)
     assert calls["n"] == 16 - 5  # only the unfinished cells ran (each runs both tests)
@@ -189,7 +189,7 @@ def test_load_tokens_refuses_calib_shards_of_another_run(cfg, tmp_path):
     for seed in (0, 1):
         _write(tmp_path / f"src{seed}.npz", seed=seed, routed=True)
     mine, theirs = write(tmp_path / "mine", 0), write(tmp_path / "theirs", 1)
-    recorded = token_stages.fingerprints({"calib": mine})
+    recorded = study._stored({"paths": {"calib": mine}}, tmp_path)["fingerprints"]
     assert recorded["calib"]["config_hash"] != shards.ShardedColumns(theirs).fingerprint[
         "config_hash"]
     assert len(token_stages.load_tokens(mine, "calib", recorded["calib"])["confidence"]) == 16 * 24
@@ -219,9 +219,9 @@ def test_cluster_unit_is_validated_and_documents_need_doc_id(cfg, tmp_path):
     one = {k: v[:24] for k, v in old.items()}  # one row (and one document)
     with pytest.raises(ValueError, match=r"cluster_unit: the one tokens hold 1 row.*at least 2"):
         token_stages.cell_tokens(one, rows_plan, "one")
-    cell = token_stages.diagnose_cell(token_stages.cell_tokens(old, rows_plan), "H_mean",
-                                   key=jax.random.key(0), plan=rows_plan,
-                                   null_path=tmp_path / "n.npz")
+    rows = token_unit.cell_rows(rows_plan, {("full", 0): {"test": old}}, ("in", "full", 0))
+    cell = grid.test_cell(rows, "H_mean", key=jax.random.key(0), s=rows_plan.tests,
+                          nulls=tmp_path / "n.npz")
     assert (cell["cluster_unit"], cell["n_clusters"]) == ("row", 12)  # 300 tokens: 12 rows of 24
     assert cell["n_eff_clusters"] == pytest.approx(12.0)
 

@@ -10,6 +10,7 @@ from routecal import config
 from routecal.data import mcqa as mcqa_data
 from routecal.models import routers
 from routecal.report import vmoer_lm as vmoer_report
+from routecal.stats import seeds
 from routecal.study import vmoer, vmoer_sources
 from routecal.training import mcqa, router_fit
 
@@ -47,7 +48,7 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
         "mfvr": {0: {"ece": 0.1, "stability": 0.9}, 1: {"ece": 0.2, "stability": 0.7}},
         "fcvr": {0: {"ece": 0.01, "stability": 0.4}, 1: {"ece": 0.02, "stability": 0.45}},
     }
-    table = vmoer.summarize(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
+    table = seeds.band_table(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER)
     b = table["mfvr"]["ece"]
     assert b["mean"] == pytest.approx(0.15) and b["std"] == pytest.approx(
         np.std([0.1, 0.2], ddof=1)
@@ -66,7 +67,7 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
     assert [r["router"] for r in rows] == ["det", "mfvr"]
     assert float(rows[1]["stability_mean"]) == pytest.approx(0.8)
     assert rows[1]["paper_ece"] == "-94%" and rows[1]["ece_verdict"] == "within seed band"
-    assert "mfvr" in vmoer.to_markdown(table, ["det", "mfvr"], ["stability", "ece"])
+    assert "mfvr" in vmoer_report.markdown(table, ["det", "mfvr"], ["stability", "ece"])
 
 
 @pytest.mark.slow
@@ -215,7 +216,7 @@ def test_accuracy_interval_is_statsmodels_wilson_and_the_report_prints_it():
     }
     out = {
         "per_run": per_run,
-        "table": vmoer.summarize(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER),
+        "table": seeds.band_table(per_run, vmoer_sources.MCQA_METRICS, vmoer_sources.MCQA_LOWER),
         "markdown": "TABLE",
         "config": {"data": {"n_eval_items": 512}},
         "scoring": "loglik",

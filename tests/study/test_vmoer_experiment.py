@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from routecal import config
+from routecal.report import vmoer_lm
+from routecal.stats import seeds
 from routecal.study import vmoer, vmoer_sources
 
 METRICS = vmoer_sources.ClassifierSource.metrics
@@ -15,7 +17,7 @@ def test_summarize_bands_and_relative_change():
         "det": {0: {"ece": 0.10, "stability": 0.5}, 1: {"ece": 0.20, "stability": 0.7}},
         "mfvr": {0: {"ece": 0.05, "stability": 0.9}, 1: {"ece": 0.10, "stability": 0.9}},
     }
-    t = vmoer.summarize(per_run, METRICS)
+    t = seeds.band_table(per_run, METRICS)
     det, lo = t["det"]["ece"], t["mfvr"]["ece"]
     assert det["mean"] == pytest.approx(0.15) and det["min"] == 0.10 and det["max"] == 0.20
     assert det["std"] == pytest.approx(np.std([0.1, 0.2], ddof=1))
@@ -23,7 +25,7 @@ def test_summarize_bands_and_relative_change():
     assert t["mfvr"]["stability"]["rel_change_pct"] == pytest.approx(50.0)  # 0.9 / 0.6 - 1
     assert "rel_change_pct" not in det
     t["vtsr"] = {}
-    md = vmoer.to_markdown(t, ["det", "mfvr", "vtsr"], ["ece", "accuracy"])
+    md = vmoer_lm.markdown(t, ["det", "mfvr", "vtsr"], ["ece", "accuracy"])
     assert "| ece |" in md and "(-50.0%, " in md and "| vtsr | n/a | n/a |" in md
 
 
