@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from routecal.stats import simulation
-from routecal.stats.conditional import conditional_test_batch
+from routecal.stats.conditional_batch import conditional_test_batch
 from routecal.stats.diagnostics import permutation_test_batch
 
 TESTS = ("paper", "conditional", "omnibus")
@@ -84,6 +84,14 @@ ISSUE22_SCENARIOS = (
     Scenario("power: V-shape c + 0.1 (1 - 2|r|)", "vshape", 2000, 0.1, tests=_ALL),
     Scenario("power: c + 0.08 sign(r) sign(c - 0.6)", "signflip", 2000, 0.08, tests=_ALL),
     Scenario("power: c + 0.05 sign(r)", "sign", 2000, 0.05, tests=_ALL),
+    # few clusters (`restudentised`; appended, so the rows above keep their keys): K = 4 and 5
+    # cannot reach alpha (smallest p 2^(1-K) = 0.125, 0.0625), K = 8 can
+    Scenario("equal clusters 4 x 750", "clustered", 3000, kwargs={"cluster_size": 750},
+             clusters=True, tests=_COND),
+    Scenario("equal clusters 5 x 600", "clustered", 3000, kwargs={"cluster_size": 600},
+             clusters=True, tests=_COND),
+    Scenario("equal clusters 8 x 375", "clustered", 3000, kwargs={"cluster_size": 375},
+             clusters=True, tests=_COND),
 )
 
 # `p_value="randomized"` (benchmarks/validity.py --issue22 --p-value randomized): the rows where the
