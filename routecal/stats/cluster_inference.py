@@ -24,9 +24,9 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    asymptotically valid for a *fixed* number of clusters of growing size, the few-clusters
    regime). Measured (benchmarks/RESULTS.md, issue 22): 5.0% at 10 equal clusters, 5.1% at 60,
    6.3% [4.5%, 8.5%] with 60 Pareto(1.1)-sized clusters (CR2 is only approximately unbiased when a
-   few clusters dominate), but 1.9% at 6: Z is not one of these flips. With K <= 12 clusters the
-   test therefore recomputes Z on every flip's wild sample (`restudentised`, Canay, Santos &
-   Shaikh 2021; Webb's six-point weights measured 1.1% at 6 clusters, 7.7% re-studentised).
+   few clusters dominate), but 1.9% at 6: Z is not one of these flips. Not fixed: recomputing Z
+   on every flip's wild sample (opt-in `restudentised`) over-rejects (8.2% at 6), and Webb's
+   six-point weights measured 1.1% at 6 clusters, 7.7% re-studentised (benchmarks/RESULTS.md).
 2. *K <= 5 clusters cannot reject*: the observed sign pattern and its negation are always in the
    orbit, so the smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5); with B
    random flips the p-value is floored there (`floored_p`). `min_p_value` states it and
@@ -34,7 +34,7 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    result records). `p_value="randomized"` (`sign_flip_p`) replaces that p by the randomised one,
    without the floor: exact level where Z ties its null (no information: p = U). Against the
    fixed scores Z is not one of its flips (sum_k +-U_k) and ties none; the re-studentised null
-   (K <= 12, both signs of every flip, so the same 2^(1 - K) floor) has Z as its identity flip.
+   (both signs of every flip, so the same 2^(1 - K) floor) has Z as its identity flip.
 3. *Tied confidence levels of different sizes* (99% rejections of a true null with confidence in
    5 values of counts 20/20/320/320/320): an equal-mass stratum could hold three tied levels, and a
    line in c through three level means leaves each level's departure in both residuals. Now

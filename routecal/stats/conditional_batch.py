@@ -56,7 +56,7 @@ def conditional_test_batch(
     alpha: float = 0.05,
     few_clusters: str = "raise",
     p_value: str = "conservative",
-    reference: str = "auto",
+    reference: str = "fixed",
 ) -> ConditionalTestResult:
     """The conditional test on D datasets at once, as one vmapped computation.
 
@@ -65,7 +65,7 @@ def conditional_test_batch(
     Args:
       confidence, correct, routing: [D, N]. clusters: optional [D, N] integer ids.
       alternative, alpha, few_clusters, p_value, reference: as in `conditional_calibration_test`
-        (K: the fewest for `few_clusters`, the largest for `reference="auto"`).
+        (K: the fewest for `few_clusters`, the largest for `reference`).
     Returns:
       ConditionalTestResult whose fields are [D] (null [D, B]; n_units the largest K).
     """

@@ -21,10 +21,10 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
    at K = 5 clusters where the test cannot reject at all): with K <= 12 units all 2^K sign
    patterns (the exact randomisation p-value, so K <= 5 gives power 0 at alpha = 0.05), with
    K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
-   covariance w^T w (exact for the monotone test's one column: N(0, 1)). With K <= 12 clusters
-   (`reference="auto"`, as in the test) every pattern's statistic is recomputed on its wild
-   sample (`restudentised.statistic`), the test's few-cluster null. `tests/stats/test_power.py`
-   and benchmarks/validity.py check the stated power against the full test.
+   covariance w^T w (exact for the monotone test's one column: N(0, 1)); with
+   `reference="restudentised"` (as in the test) every pattern's statistic is recomputed on its
+   wild sample (`restudentised.statistic`). `tests/stats/test_power.py` and benchmarks/validity.py
+   check the stated power against the full test.
    With `p_value="randomized"` the simulated p is the randomised one (`ci.randomized_p`).
 
 Power(Delta) is the rejection rate at `alpha`; the detectable gap is where the (running-maximum)
@@ -200,7 +200,7 @@ def minimum_detectable_gap(
     stratum_size: int = 50,
     alternative: str = "monotone",
     p_value: str = "conservative",
-    reference: str = "auto",
+    reference: str = "fixed",
 ) -> MinimumDetectableGap:
     """The accuracy gap between high- and low-routing examples of equal confidence that
     `conditional_calibration_test` detects with probability `power` at level `alpha` on data with

@@ -1,4 +1,4 @@
-"""Few clusters: the sign-flip null with the statistic re-studentised in every flip.
+"""Few clusters: the sign-flip null with the statistic re-studentised in every flip (opt-in).
 
 Shapes: `N` examples, `K` units (clusters), `J` score columns, `Bc` flips per chunk (lanes),
 `M` sign patterns.
@@ -29,20 +29,21 @@ once to the K + 1 columns (yhat, r 1[cluster 1], ..., r 1[cluster K]) (O(N K)) a
 assembles Z*_b from [K + 1] and [K, K + 1] sums (O(K^2) per flip). With eps = 1 the sample is y
 itself, so Z is the identity element of its own null (the orbit of the exact randomisation
 test). Canay, Santos & Shaikh 2021 ("The wild bootstrap with a 'small' number of 'large'
-clusters", REStat 103(2), Thm 2) prove that this test, with Rademacher weights and the
-statistic re-studentised in each draw, keeps its level asymptotically with a fixed number of
-large clusters, and is conservative by at most 2^(1 - K); they do not cover other weights.
-Measured (scratch runs, 1000 datasets each, B = 199): monotone 5.5% at 6 x 500, 5.6% at 8 and 10
-clusters, 5.0% at 12, 4.8% at 20; omnibus 3.8% at 6, 5.8% at 8. With Webb's weights in the same
-re-studentised null: 7.7% at 6, 6.8% at 8, 6.4% at 10 (over alpha), hence Rademacher signs.
+clusters", REStat 103(2)) prove that this test, with Rademacher weights and the statistic
+re-studentised in each draw, keeps its level asymptotically with a fixed number of large
+clusters under homogeneity conditions on the cluster-level regressors.
 The smallest p stays 2^(1 - K) (eps and -eps give the same |Z*|; `cluster_inference.min_p_value`).
 
-`reference="auto"` (`resolve`) uses this null for K <= `SMALL_K` = 12 clusters, below which
-MacKinnon, Nielsen & Webb (2023, Sec. 4.2) find cluster-robust inference unreliable, and the
-fixed-score null (`cluster_inference.flip_chunk`, unchanged bit for bit) above it, where it holds
-its level (5.0% at 10 clusters, 5.1% at 60) at O(K) per flip instead of O(K^2), without the
-O(N K) parts. Flip b's signs are `cluster_inference.flip_chunk`'s (bit k of word 0 of lane b),
-so they depend on (key, b) only.
+Measured: it does NOT fix 6 clusters, so it is not the default (`reference="fixed"` is). Its level
+is above alpha with few clusters: monotone 8.2% [6.1%, 10.7%] at 6 x 500, 7.3% at 8 x 375, 6.5% at
+10 x 300 (benchmarks/RESULTS.md, issue 22, few clusters; 1000 datasets, B = 199), 5.5% to 6.7% at
+6 x 500 on other seeds. Enumerating all 64 patterns at 6 x 500, Z is the largest of its orbit in
+6% of 300 true nulls where exchangeability gives 1/32 (the flips of the residuals are not
+exchangeable with the data: the residuals sum to zero within strata, and Canay, Santos & Shaikh's
+guarantee needs homogeneous cluster-level regressors, where here routing is a per-cluster level;
+which of the two drives it was not isolated). Webb's weights in the same null: 7.7% at 6 (9.0%
+on another seed), 6.8% at 8, 6.4% at 10. Flip b's signs are `cluster_inference.flip_chunk`'s (bit k of word 0
+of lane b), so they depend on (key, b) only. Cost: O(N K) once, O(K^2) per flip; K <= 32.
 """
 
 from __future__ import annotations
@@ -57,9 +58,8 @@ from jax import lax
 from routecal.stats import cluster_inference as ci
 from routecal.stats.random_bits import _uniform_bits
 
-SMALL_K = 12  # reference="auto": re-studentised up to this many clusters
 MAX_K = 32  # one random word signs every unit
-REFERENCES = ("auto", "restudentised", "fixed")
+REFERENCES = ("fixed", "restudentised")
 
 
 def check_reference(reference: str) -> str:
@@ -70,11 +70,8 @@ def check_reference(reference: str) -> str:
 
 
 def resolve(reference: str, n_units: int) -> str:
-    """The null used with K units: "restudentised" or "fixed" ("auto": re-studentised iff
-    K <= `SMALL_K`)."""
+    """The null used with K units: "fixed" or "restudentised" (a ValueError when K > `MAX_K`)."""
     reference = check_reference(reference)
-    if reference == "auto":
-        return "restudentised" if n_units <= SMALL_K else "fixed"
     if reference == "restudentised" and n_units > MAX_K:
         raise ValueError(
             f"reference: 'restudentised' needs at most {MAX_K} clusters, got {n_units}"

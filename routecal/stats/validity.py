@@ -105,6 +105,12 @@ RANDOMIZED_SCENARIOS = tuple(s._replace(tests=_COND) for s in ISSUE22_SCENARIOS
 # their rows' keys in `ISSUE22_SCENARIOS` (`run(row_ids=...)`): the same datasets and sign flips as
 # the default p's table, so the two differ only in the p-value
 RANDOMIZED_ROW_IDS = tuple(i for i, s in enumerate(ISSUE22_SCENARIOS) if s.name in _RANDOMIZED)
+# `reference="restudentised"` (--reference restudentised): the rows with at most 12 clusters, on
+# the default table's datasets and sign flips
+FEW_CLUSTER_ROW_IDS = tuple(i for i, s in enumerate(ISSUE22_SCENARIOS)
+                            if s.name.startswith(("equal clusters ", "K = 5"))
+                            and s.kwargs.get("cluster_size", 0) >= 250)
+FEW_CLUSTER_SCENARIOS = tuple(ISSUE22_SCENARIOS[i] for i in FEW_CLUSTER_ROW_IDS)
 
 # The CI version: the four nulls of the issue and its planted effect (one design compile each).
 FAST_SCENARIOS = tuple(s for s in SCENARIOS if s.name != "exchangeable null" and s.effect != 0.03)
@@ -143,13 +149,15 @@ def run(
     on_row: Any = None,
     p_value: str = "conservative",
     row_ids: tuple[int, ...] | None = None,
+    reference: str = "fixed",
 ) -> list[Row]:
     """Runs every scenario; row i uses `fold_in(key, row_ids[i])` (default i) for the data and the
     tests.
 
     Rows with a planted effect use `power_datasets` datasets (default `n_datasets`); `on_row` is
     called with each finished row (progress); `p_value` is the conditional tests' p ("conservative"
-    or "randomized"; the paper test has one p).
+    or "randomized"; the paper test has one p); `reference` the conditional tests' null ("fixed" or
+    "restudentised", `restudentised`).
 
     `n` overrides every scenario's size (one shape for all rows: fewer compilations); `batch`
     splits the datasets into vmapped batches of that many (memory), same keys per dataset.
@@ -184,7 +192,7 @@ def run(
                         clusters=None if clusters is None else clusters[part],
                         n_permutations=n_permutations, alpha=alpha, few_clusters="warn",
                         alternative="monotone" if t == "conditional" else "omnibus",
-                        p_value=p_value,
+                        p_value=p_value, reference=reference,
                     )
                     warning = warning or res.warning
                 p_values.append(np.asarray(res.p_value))
