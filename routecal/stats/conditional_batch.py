@@ -1,8 +1,8 @@
 """The recommended conditional test on D datasets at once, as one vmapped computation.
 
 Shapes: `D` datasets, `N` examples, `K` units, `B` sign flips. Used by `stats.validity` (level and
-power tables) and the study's simulated nulls; dataset d equals `conditional_calibration_test`
-with key `fold_in(key, d)` (same K).
+power tables; re-exported by `stats.diagnostics`); dataset d equals `conditional_calibration_test`
+with key `fold_in(key, d)` (same K). Moved out of `conditional` (issue 22, the 400-line limit).
 """
 
 from __future__ import annotations

@@ -103,8 +103,8 @@ def parts(fit, pooled, w, correct, y_pool, units, n_units: int, n_seg: int) -> P
     )  # [N, K + 1]: yhat, then r in each cluster
     seg = functools.partial(jax.ops.segment_sum, segment_ids=units, num_segments=n_units)
 
-    def sums(res):  # [N, K + 1] -> [K, K + 1, J]
-        return seg(res[:, :, None] * w[:, None, :])
+    def sums(res):  # [N, K + 1] -> [K, K + 1, J], one column at a time ([N, K + 1] temporaries)
+        return jnp.stack([seg(res * w[:, j : j + 1]) for j in range(w.shape[1])], axis=-1)
 
     t = jnp.einsum("nc,nj->cj", cols, w)
     return Parts(t, sums(ci.residuals(fit, cols, n_seg)), sums(ci.residuals(pooled, cols, n_seg)))
