@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the rows here (the report cites them)")
     ap.add_argument("--p-value", default="conservative", choices=("conservative", "randomized"),
                     help="the conditional tests' p-value (stats.cluster_inference.sign_flip_p)")
-    ap.add_argument("--reference", default="fixed", choices=("fixed", "restudentised"),
+    ap.add_argument("--reference", default="auto", choices=("auto", "fixed", "restudentised"),
                     help="the conditional tests' null (stats.restudentised)")
     ap.add_argument("--kci", action="store_true")
     ap.add_argument("--kci-datasets", type=int, default=30)

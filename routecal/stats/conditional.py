@@ -29,9 +29,9 @@ based improvements for inference with clustered errors", REStat; Canay, Romano &
 3. T = sum_i y~_i s~_i = sum_i w_i y_i, linear in the labels with weights w = (I - L)^T s~ (L the
    cross-fitted smoother); unit scores U_k: CR2-style leverage-corrected cluster sums of w_i times
    the label residuals (`cluster_inference.studentised`). Z = T / sqrt(sum_k U_k^2).
-4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1 (opt-in
-   `reference="restudentised"`: Z*_b recomputed on the restricted wild sample yhat + eps_bk r,
-   `restudentised`; it over-rejects with few clusters, 8.2% at 6 where this null gives 1.9%). Two-
+4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1 (the
+   omnibus test with K <= 12 clusters: Z*_b recomputed on the restricted wild sample
+   yhat + eps_bk r, `restudentised`; the monotone test over-rejects with it, 8.2% at 6). Two-
    sided p = max((1 + #{|Z*| >= |Z|}) / (1 + B), 2^(1-K)) (Phipson & Smyth 2010; ties within 1e-10
    relative; the floor is the exact randomisation test's smallest p). Hence fewer clusters than
    reach `alpha` raise a ValueError (or, with `few_clusters="warn"`, a warning in the result).
@@ -289,7 +289,7 @@ def conditional_calibration_test(
     alpha: float = 0.05,
     few_clusters: str = "raise",
     p_value: str = "conservative",
-    reference: str = "fixed",
+    reference: str = "auto",
 ) -> ConditionalTestResult:
     """Tests whether routing carries calibration information beyond confidence (module docstring).
 
@@ -314,8 +314,9 @@ def conditional_calibration_test(
       p_value: "conservative" (default, floored at 2^(1-K)) or "randomized" (ties broken by U from
         `key`, exact where Z ties its null; with no information, p = U: it rejects with probability
         alpha by a coin flip, and the warning stays).
-      reference: the null, "fixed" (the unit scores computed once) or "restudentised" (K <= 32;
-        recomputed on every flip's wild sample; measured above alpha with few clusters).
+      reference: the null, "auto" ("restudentised" for the omnibus alternative with K <= 12
+        clusters, else "fixed"), "fixed" (the unit scores computed once) or "restudentised"
+        (K <= 32; recomputed on every flip's wild sample; the monotone test over-rejects with it).
     Returns:
       ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata, alternative,
       warning, reference).
@@ -324,7 +325,7 @@ def conditional_calibration_test(
     alternative, p_value = omnibus.check_alternative(alternative), ci.check_p_value(p_value)
     units, n_units = _units(clusters, len(c))
     warning = ci.check_feasible(n_units, alpha, few_clusters)
-    reference = rs.resolve(reference, n_units)
+    reference = rs.resolve(reference, n_units, alternative)
     key, n_permutations, chunk_size, mesh = engine_args(key, n_permutations, chunk_size, mesh)
     with jax.enable_x64(True):
         z, p, null, slope = _sharded_conditional(

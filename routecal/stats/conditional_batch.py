@@ -56,7 +56,7 @@ def conditional_test_batch(
     alpha: float = 0.05,
     few_clusters: str = "raise",
     p_value: str = "conservative",
-    reference: str = "fixed",
+    reference: str = "auto",
 ) -> ConditionalTestResult:
     """The conditional test on D datasets at once, as one vmapped computation.
 
@@ -91,7 +91,7 @@ def conditional_test_batch(
         units, n_units = np.stack([u for u, _ in per]), max(k for _, k in per)
         fewest = min(k for _, k in per)
     warning = ci.check_feasible(fewest, alpha, few_clusters)
-    reference = rs.resolve(reference, n_units)
+    reference = rs.resolve(reference, n_units, alternative)
     key = _checks.check_key(key)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
     chunk_size = _resolve_chunk(chunk_size, n_permutations)

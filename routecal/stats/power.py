@@ -21,9 +21,9 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
    at K = 5 clusters where the test cannot reject at all): with K <= 12 units all 2^K sign
    patterns (the exact randomisation p-value, so K <= 5 gives power 0 at alpha = 0.05), with
    K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
-   covariance w^T w (exact for the monotone test's one column: N(0, 1)); with
-   `reference="restudentised"` (as in the test) every pattern's statistic is recomputed on its
-   wild sample (`restudentised.statistic`). `tests/stats/test_power.py` and benchmarks/validity.py
+   covariance w^T w (exact for the monotone test's one column: N(0, 1)); with the re-studentised
+   null (as in the test: the omnibus alternative with K <= 12 clusters by default) every pattern's
+   statistic is recomputed on its wild sample (`restudentised.statistic`). `tests/stats/test_power.py` and benchmarks/validity.py
    check the stated power against the full test.
    With `p_value="randomized"` the simulated p is the randomised one (`ci.randomized_p`).
 
@@ -200,7 +200,7 @@ def minimum_detectable_gap(
     stratum_size: int = 50,
     alternative: str = "monotone",
     p_value: str = "conservative",
-    reference: str = "fixed",
+    reference: str = "auto",
 ) -> MinimumDetectableGap:
     """The accuracy gap between high- and low-routing examples of equal confidence that
     `conditional_calibration_test` detects with probability `power` at level `alpha` on data with
@@ -219,7 +219,7 @@ def minimum_detectable_gap(
     c, y, _, n_strata = check_inputs(confidence, correct, np.zeros(len(confidence)), stratum_size)
     units, n_units = ci.cluster_units(clusters, len(c))
     alternative, p_value = check_alternative(alternative), ci.check_p_value(p_value)
-    reference = rs.resolve(reference, n_units)
+    reference = rs.resolve(reference, n_units, alternative)
     key = _checks.check_key(key)
     for name, v in (("alpha", alpha), ("power", power)):
         if not 0.0 < float(v) < 1.0:

@@ -149,15 +149,15 @@ def run(
     on_row: Any = None,
     p_value: str = "conservative",
     row_ids: tuple[int, ...] | None = None,
-    reference: str = "fixed",
+    reference: str = "auto",
 ) -> list[Row]:
     """Runs every scenario; row i uses `fold_in(key, row_ids[i])` (default i) for the data and the
     tests.
 
     Rows with a planted effect use `power_datasets` datasets (default `n_datasets`); `on_row` is
     called with each finished row (progress); `p_value` is the conditional tests' p ("conservative"
-    or "randomized"; the paper test has one p); `reference` the conditional tests' null ("fixed" or
-    "restudentised", `restudentised`).
+    or "randomized"; the paper test has one p); `reference` the conditional tests' null ("auto",
+    "fixed" or "restudentised", `restudentised`).
 
     `n` overrides every scenario's size (one shape for all rows: fewer compilations); `batch`
     splits the datasets into vmapped batches of that many (memory), same keys per dataset.

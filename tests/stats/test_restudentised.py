@@ -91,9 +91,13 @@ def test_null_depends_on_the_key_only():
     np.testing.assert_allclose(batch.null[0], single.null, rtol=1e-12)
 
 
-def test_default_is_the_fixed_null_and_bad_choices_raise():
-    """reference="fixed" is the default (the unit scores computed once; unchanged bit for bit);
-    "restudentised" is opt-in: same statistic, another null; bad names and K > MAX_K raise."""
+def test_auto_switch_and_bad_choices_raise():
+    """reference="auto": the omnibus test re-studentised with K <= SMALL_K clusters, the fixed
+    scores otherwise (the monotone test always; K = 13 gives the fixed null bit for bit);
+    "restudentised" on request: same statistic, another null; bad names and K > MAX_K raise."""
+    assert rs.resolve("auto", rs.SMALL_K, "omnibus") == "restudentised"
+    assert rs.resolve("auto", rs.SMALL_K + 1, "omnibus") == "fixed"
+    assert rs.resolve("auto", 6, "monotone") == "fixed"
     d = simulation.design(2, "clustered", 1300, cluster_size=100)  # K = 13
     args = (d.confidence[0], d.correct[0], d.routing[0])
     kw = dict(key=1, clusters=d.clusters[0], n_permutations=99)
@@ -108,19 +112,21 @@ def test_default_is_the_fixed_null_and_bad_choices_raise():
     with pytest.raises(ValueError, match="reference"):
         dg.conditional_calibration_test(*args, **kw, reference="webb")
     with pytest.raises(ValueError, match="reference"):
-        rs.resolve("restudentised", rs.MAX_K + 1)
+        rs.resolve("restudentised", rs.MAX_K + 1, "monotone")
 
 
 def test_statistic_is_its_own_identity_flip_at_six_clusters():
     """Re-studentised null at K = 6: exactly the flips whose 6 signs are all equal (identity or
     its negation) tie |Z| (relative 1e-10), so p counts them; p is never below 2^(1 - K). Level
     over 200 true nulls: not above Binomial(200, 0.05)'s 99% bound for either null (the full
-    rows, 1000 datasets, are in benchmarks/RESULTS.md: fixed 1.9%, re-studentised 8.2%)."""
+    rows, 1000 datasets, are in benchmarks/RESULTS.md: fixed 1.9%, re-studentised 8.2%); the
+    omnibus default (re-studentised) inside Binomial(200, 0.05)'s 99% interval."""
     d = simulation.design(3, "clustered", 600, n_datasets=200, cluster_size=100)
     kw = dict(key=2, clusters=d.clusters, n_permutations=199)
     res = dg.conditional_test_batch(d.confidence, d.correct, d.routing, reference="restudentised",
                                     **kw)
     fixed = dg.conditional_test_batch(d.confidence, d.correct, d.routing, **kw)
+    assert fixed.reference == "fixed"  # the monotone default
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(2), i))(jnp.arange(200))
     for i in range(0, 200, 40):
         flips = np.asarray(rs.signs(chunk_seeds(keys[i], 1, 199)[0], 6))  # [B, K]
@@ -128,5 +134,10 @@ def test_statistic_is_its_own_identity_flip_at_six_clusters():
         z, null = abs(res.statistic[i]), np.abs(res.null[i])
         np.testing.assert_array_equal(np.abs(null - z) <= 1e-10 * z, same)
     assert res.p_value.min() >= 2.0**-5 and fixed.p_value.min() >= 2.0**-5
-    _, hi = stats.binom.interval(0.99, 200, 0.05)
+    lo, hi = stats.binom.interval(0.99, 200, 0.05)
     assert np.sum(res.p_value <= 0.05) <= hi and np.sum(fixed.p_value <= 0.05) <= hi
+    # the omnibus default at K = 6 is re-studentised and holds its level (fixed scores: 0.3%)
+    omni = dg.conditional_test_batch(d.confidence, d.correct, d.routing, alternative="omnibus",
+                                     **kw)
+    assert omni.reference == "restudentised"
+    assert lo <= np.sum(omni.p_value <= 0.05) <= hi, (np.sum(omni.p_value <= 0.05), lo, hi)
