@@ -6,6 +6,8 @@
         --json routecal/report/validity.json            # everything in RESULTS.md (issue 22)
     python benchmarks/validity.py --issue22 --p-value randomized --n-datasets 1000 \
         --power-datasets 200                            # the randomised p's rows (issue 22)
+    python benchmarks/validity.py --issue22 --reference restudentised --n-datasets 1000 \
+        --power-datasets 200                            # the re-studentised null, <= 12 clusters
 
 Prints markdown tables (`routecal.stats.validity`): rejection rates at alpha = 0.05 with
 Clopper-Pearson 99% intervals over the datasets of each design for `within_bin_permutation_test`
@@ -13,6 +15,8 @@ Clopper-Pearson 99% intervals over the datasets of each design for `within_bin_p
 `--json` writes the rows (and the command) for the report's verdicts (`report/validity_note.py`).
 `--p-value randomized`: the conditional tests with `p_value="randomized"`; with `--issue22` only the
 rows where that choice matters (`validity.RANDOMIZED_SCENARIOS`), on the default table's datasets.
+`--reference restudentised`: the conditional tests' re-studentised null (`stats.restudentised`); with
+`--issue22` only the rows with at most 12 clusters, on the default table's datasets.
 `--kci`: the omnibus test beside KCI (causal-learn's `CIT(data, "kci")`; skipped with a message
 when causal-learn is absent; `pip install -e .[bench]`) on the two non-monotone designs, power and
 seconds per test. `--mdg`: `minimum_detectable_gap`'s stated power against the real test's
@@ -118,6 +122,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the rows here (the report cites them)")
     ap.add_argument("--p-value", default="conservative", choices=("conservative", "randomized"),
                     help="the conditional tests' p-value (stats.cluster_inference.sign_flip_p)")
+    ap.add_argument("--reference", default="auto", choices=("auto", "fixed", "restudentised"),
+                    help="the conditional tests' null (stats.restudentised)")
     ap.add_argument("--kci", action="store_true")
     ap.add_argument("--kci-datasets", type=int, default=30)
     ap.add_argument("--kci-omnibus-datasets", type=int, default=200)
@@ -139,10 +145,12 @@ def main() -> None:
         row_ids = None
         if args.issue22 and args.p_value == "randomized":  # the default table's datasets and flips
             scenarios, row_ids = validity.RANDOMIZED_SCENARIOS, validity.RANDOMIZED_ROW_IDS
+        if args.issue22 and args.reference == "restudentised":
+            scenarios, row_ids = validity.FEW_CLUSTER_SCENARIOS, validity.FEW_CLUSTER_ROW_IDS
         rows = validity.run(args.seed, n_datasets=args.n_datasets,
                             n_permutations=args.n_permutations, scenarios=scenarios,
                             batch=args.batch, power_datasets=args.power_datasets,
-                            p_value=args.p_value, row_ids=row_ids,
+                            p_value=args.p_value, row_ids=row_ids, reference=args.reference,
                             on_row=lambda r: print(f"done: {r} ({time.perf_counter() - t0:.0f} s)",
                                                    file=sys.stderr, flush=True))
         print(validity.format_table(rows), flush=True)
@@ -152,7 +160,8 @@ def main() -> None:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"command": command, "n_permutations": args.n_permutations,
-                           "p_value": args.p_value, "rows": validity.to_json(rows)}, f, indent=1)
+                           "p_value": args.p_value, "reference": args.reference,
+                           "rows": validity.to_json(rows)}, f, indent=1)
             print(f"wrote {args.json}")
         print(f"table wall {time.perf_counter() - t0:.0f} s", flush=True)
     if args.mdg:

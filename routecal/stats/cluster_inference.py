@@ -22,20 +22,19 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    Reference: a Rademacher sign-flip randomisation null of the studentised statistic (Canay,
    Romano & Shaikh 2017, Econometrica 85(3), Thm 3.1: exact for independent symmetric scores, and
    asymptotically valid for a *fixed* number of clusters of growing size, the few-clusters
-   regime). We keep exact sign flips rather than Webb's 6-point weights: Webb weights break ties
-   of the bootstrap distribution but are a wild bootstrap with no finite-K exactness, and they
-   would hide the 2^(1-K) limit below instead of stating it.
-   Measured (benchmarks/RESULTS.md, issue 22): 5.0% at 10 equal clusters, 5.1% at 60, 1.9% at 6
-   (the exact limit there is 3.1%), 6.3% [4.5%, 8.5%] with 60 Pareto(1.1)-sized clusters (CR2 is
-   only approximately unbiased when a few clusters dominate).
+   regime). Measured (benchmarks/RESULTS.md, issue 22): 5.0% at 10 equal clusters, 5.1% at 60,
+   6.3% [4.5%, 8.5%] with 60 Pareto(1.1)-sized clusters (CR2 is only approximately unbiased when a
+   few clusters dominate), but 1.9% at 6: Z is not one of these flips. Not fixed: recomputing Z
+   on every flip's wild sample (`restudentised`; the omnibus default for K <= 12, 4.7% at 6)
+   over-rejects for the monotone test (8.2%); Webb's weights: 1.1%, 7.7% re-studentised.
 2. *K <= 5 clusters cannot reject*: the observed sign pattern and its negation are always in the
    orbit, so the smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5); with B
    random flips the p-value is floored there (`floored_p`). `min_p_value` states it and
    `check_feasible` raises a `ValueError` (or, on request, returns a warning string that the
    result records). `p_value="randomized"` (`sign_flip_p`) replaces that p by the randomised one,
-   without the floor: exact level where Z ties its null (no information: p = U). It does not lift
-   6 clusters to 0.05: Z (numerator T = s~ . y~) is not one of its flips (sum_k +-U_k), so it ties
-   none of them and the count is unchanged (benchmarks/RESULTS.md, issue 22, randomised p).
+   without the floor: exact level where Z ties its null (no information: p = U). Against the
+   fixed scores Z is not one of its flips (sum_k +-U_k) and ties none; the re-studentised null
+   (both signs of every flip, so the same 2^(1 - K) floor) has Z as its identity flip.
 3. *Tied confidence levels of different sizes* (99% rejections of a true null with confidence in
    5 values of counts 20/20/320/320/320): an equal-mass stratum could hold three tied levels, and a
    line in c through three level means leaves each level's departure in both residuals. Now

@@ -29,8 +29,10 @@ based improvements for inference with clustered errors", REStat; Canay, Romano &
 3. T = sum_i y~_i s~_i = sum_i w_i y_i, linear in the labels with weights w = (I - L)^T s~ (L the
    cross-fitted smoother); unit scores U_k: CR2-style leverage-corrected cluster sums of w_i times
    the label residuals (`cluster_inference.studentised`). Z = T / sqrt(sum_k U_k^2).
-4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1; two-sided
-   p = max((1 + #{|Z*| >= |Z|}) / (1 + B), 2^(1-K)) (Phipson & Smyth 2010; ties within 1e-10
+4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1 (the
+   omnibus test with K <= 12 clusters: Z*_b recomputed on the restricted wild sample
+   yhat + eps_bk r, `restudentised`; the monotone test over-rejects with it, 8.2% at 6). Two-
+   sided p = max((1 + #{|Z*| >= |Z|}) / (1 + B), 2^(1-K)) (Phipson & Smyth 2010; ties within 1e-10
    relative; the floor is the exact randomisation test's smallest p). Hence fewer clusters than
    reach `alpha` raise a ValueError (or, with `few_clusters="warn"`, a warning in the result).
    Opt-in `p_value="randomized"`: (#{|Z*| > |Z|} + U (1 + #{|Z*| = |Z|})) / (1 + B), U ~ U(0, 1)
@@ -77,6 +79,7 @@ from jax.sharding import PartitionSpec as P
 from routecal import _checks, parallel
 from routecal.stats import cluster_inference as ci
 from routecal.stats import conditional_omnibus as omnibus
+from routecal.stats import restudentised as rs
 from routecal.stats.conditional_orders import Orders, host_orders, orders
 from routecal.stats.random_bits import _resolve_chunk, chunk_seeds, engine_args
 
@@ -91,7 +94,8 @@ class ConditionalTestResult(NamedTuple):
     lowest- to the highest-routing example at equal confidence, linear in rank);
     n_units: K; n_strata: S; alternative: "monotone" (statistic = signed Z) or "omnibus"
     (statistic = max_j |Z_j|, null = [B] max_j |Z*_j|); warning: "" or why the test cannot reach
-    alpha (only with `few_clusters="warn"`)."""
+    alpha (only with `few_clusters="warn"`); reference: the null used, "restudentised" (few
+    clusters, `restudentised`) or "fixed" (the unit scores computed once)."""
 
     statistic: float
     p_value: float
@@ -101,6 +105,7 @@ class ConditionalTestResult(NamedTuple):
     n_strata: int
     alternative: str = "monotone"
     warning: str = ""
+    reference: str = "fixed"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,11 +114,13 @@ class ConditionalTestResult(NamedTuple):
 
 
 def score_matrix(confidence, correct, routing, units, *, n_strata: int, n_units: int,
-                 stratum_size: int, alternative: str = "monotone", order: Orders | None = None):
+                 stratum_size: int, alternative: str = "monotone", reference: str = "fixed",
+                 order: Orders | None = None):
     """Per-column statistics and normalised unit scores of one dataset (no input checks).
 
     Args:
       confidence, correct, routing: [N] float64. units: [N] int32 in [0, K).
+      reference: "fixed", or "restudentised" (then w is the re-studentised null's `rs.Parts`).
       order: the `Orders` of the inputs when computed already (e.g. `host_orders`).
     Returns:
       (z [J], w [K, J] = U / sqrt(sum_k U^2) (0 when degenerate), slope [] of the first column).
@@ -139,6 +146,8 @@ def score_matrix(confidence, correct, routing, units, *, n_strata: int, n_units:
     s0 = s_res[:, 0] if alternative == "monotone" else 0.5 * s_res[:, 0]  # u = 2 s - 1
     ss = jnp.sum(s0 * s0)
     slope = jnp.where(ss > 0, jnp.sum(y_res * s0) / jnp.where(ss > 0, ss, 1.0), 0.0)
+    if reference == "restudentised":
+        w = rs.parts(fit, pooled, infl, correct, y_pool, units, n_units, n_seg)
     return z, w, slope
 
 
@@ -148,6 +157,14 @@ def scores(confidence, correct, routing, units, *, n_strata: int, n_units: int,
     z, w, slope = score_matrix(confidence, correct, routing, units, n_strata=n_strata,
                                n_units=n_units, stratum_size=stratum_size)
     return z[0], w[:, 0], slope
+
+
+def _flips(w, reference):
+    """(flip function of (lane keys, *operands) -> [Bc, J], operands) of the reference's null."""
+    if reference == "restudentised":
+        return rs.flip_chunk, (rs.barrier(w),)
+    wb = ci.blocks(w)
+    return ci.flip_chunk, (wb, ci.block_total(wb))
 
 
 def _combine(z, null, alternative):
@@ -160,49 +177,50 @@ def _combine(z, null, alternative):
 def conditional_test_core(confidence, correct, routing, units, key, *, n_permutations: int,
                           n_strata: int, n_units: int, chunk_size: int | None = None,
                           stratum_size: int = 50, alternative: str = "monotone",
-                          p_value: str = "conservative"):
+                          p_value: str = "conservative", reference: str = "fixed"):
     """Jittable, vmappable test on one device. Returns (statistic, p, null [B], slope)."""
     z, w, slope = score_matrix(confidence, correct, routing, units, n_strata=n_strata,
-                               n_units=n_units, stratum_size=stratum_size, alternative=alternative)
+                               n_units=n_units, stratum_size=stratum_size, alternative=alternative,
+                               reference=reference)
     bc = _resolve_chunk(chunk_size, n_permutations)
     seeds = chunk_seeds(key, -(-n_permutations // bc), bc)
-    wb = ci.blocks(w)
-    total = ci.block_total(wb)
-    null = lax.map(lambda sd: ci.flip_chunk(sd, wb, total), seeds)
+    flip, ops = _flips(w, reference)
+    null = lax.map(lambda sd: flip(sd, *ops), seeds)
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
     return stat, ci.sign_flip_p(stat, null, units, n_units, key, p_value), null, slope
 
 
 @functools.partial(
-    jax.jit, static_argnames=("n_strata", "n_units", "stratum_size", "alternative"),
+    jax.jit, static_argnames=("n_strata", "n_units", "stratum_size", "alternative", "reference"),
     compiler_options=ci.COMPILER_OPTIONS,
 )
 def _scores_one_device(confidence, correct, routing, units, order, *, n_strata, n_units,
-                       stratum_size, alternative):
+                       stratum_size, alternative, reference="fixed"):
     return score_matrix(confidence, correct, routing, units, n_strata=n_strata, n_units=n_units,
-                        stratum_size=stratum_size, alternative=alternative, order=order)
+                        stratum_size=stratum_size, alternative=alternative, reference=reference,
+                        order=order)
 
 
 @functools.partial(
     jax.jit, static_argnames=("n_permutations", "n_units", "chunk_size", "mesh", "alternative",
-                              "p_value"),
+                              "p_value", "reference"),
     compiler_options=ci.COMPILER_OPTIONS,
 )
 def _sharded_flips(z, w, units, key, *, n_permutations, n_units, chunk_size, mesh, alternative,
-                   p_value):
+                   p_value, reference):
     bc = _resolve_chunk(chunk_size, n_permutations)
     n_chunks = parallel.pad_to_multiple(-(-n_permutations // bc), mesh.size)
     seeds = chunk_seeds(key, n_chunks, bc)
     axis = mesh.axis_names[0]
-    wb = ci.blocks(w)
+    flip, ops = _flips(w, reference)
     null = jax.shard_map(
-        lambda sd, wb, tot: lax.map(lambda s: ci.flip_chunk(s, wb, tot), sd),
+        lambda sd, *ops: lax.map(lambda s: flip(s, *ops), sd),
         mesh=mesh,
-        in_specs=(P(axis), P(), P()),
+        in_specs=(P(axis),) + (P(),) * len(ops),
         out_specs=P(axis),
         check_vma=False,
-    )(seeds, wb, ci.block_total(wb))
+    )(seeds, *ops)
     null = null.reshape(-1, null.shape[-1])[:n_permutations]
     stat, null = _combine(z, null, alternative)
     null = parallel.replicate(null, mesh)  # readable on every host
@@ -215,7 +233,8 @@ def _local_device(mesh: Mesh) -> jax.Device:
 
 
 def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutations, n_strata,
-                         n_units, chunk_size, mesh, stratum_size, alternative, p_value):
+                         n_units, chunk_size, mesh, stratum_size, alternative, p_value,
+                         reference="fixed"):
     """The test on a 1-D mesh: (statistic, p, null [B], slope).
 
     Scores once on one local device per process, only the flips sharded (in one jit over the mesh
@@ -228,12 +247,13 @@ def _sharded_conditional(confidence, correct, routing, units, key, *, n_permutat
                             n_strata=n_strata, n_units=n_units, stratum_size=stratum_size)
     inputs = jax.device_put((confidence, correct, routing, units, order), dev)
     z, w, slope = _scores_one_device(*inputs, n_strata=n_strata, n_units=n_units,
-                                     stratum_size=stratum_size, alternative=alternative)
+                                     stratum_size=stratum_size, alternative=alternative,
+                                     reference=reference)
     # host copies: plain replicated inputs of the mesh's jit on every process (as the data are)
-    z, w = np.asarray(z), np.asarray(w)
+    z, w = np.asarray(z), jax.tree.map(np.asarray, w)
     stat, p, null = _sharded_flips(z, w, units, key, n_permutations=n_permutations,
                                    n_units=n_units, chunk_size=chunk_size, mesh=mesh,
-                                   alternative=alternative, p_value=p_value)
+                                   alternative=alternative, p_value=p_value, reference=reference)
     return stat, p, null, slope
 
 
@@ -273,6 +293,7 @@ def conditional_calibration_test(
     alpha: float = 0.05,
     few_clusters: str = "raise",
     p_value: str = "conservative",
+    reference: str = "auto",
 ) -> ConditionalTestResult:
     """Tests whether routing carries calibration information beyond confidence (module docstring).
 
@@ -297,104 +318,29 @@ def conditional_calibration_test(
       p_value: "conservative" (default, floored at 2^(1-K)) or "randomized" (ties broken by U from
         `key`, exact where Z ties its null; with no information, p = U: it rejects with probability
         alpha by a coin flip, and the warning stays).
+      reference: the null, "auto" ("restudentised" for the omnibus alternative with K <= 12
+        clusters, else "fixed"), "fixed" (the unit scores computed once) or "restudentised"
+        (K <= 32; recomputed on every flip's wild sample; the monotone test over-rejects with it).
     Returns:
       ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata, alternative,
-      warning).
+      warning, reference).
     """
     c, y, r, n_strata = check_inputs(confidence, correct, routing, stratum_size)
     alternative, p_value = omnibus.check_alternative(alternative), ci.check_p_value(p_value)
     units, n_units = _units(clusters, len(c))
     warning = ci.check_feasible(n_units, alpha, few_clusters)
+    reference = rs.resolve(reference, n_units, alternative)
     key, n_permutations, chunk_size, mesh = engine_args(key, n_permutations, chunk_size, mesh)
     with jax.enable_x64(True):
         z, p, null, slope = _sharded_conditional(
             c, y, r, units, key,
             n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
             chunk_size=chunk_size, mesh=mesh, stratum_size=stratum_size, alternative=alternative,
-            p_value=p_value,
+            p_value=p_value, reference=reference,
         )
         if float(z) == 0.0 and not np.any(np.asarray(null)):
             warning = "; ".join(w for w in (warning, NO_INFORMATION) if w)
         return ConditionalTestResult(
             float(z), float(p), np.asarray(null), float(slope), n_units, n_strata, alternative,
-            warning,
-        )
-
-
-@functools.partial(
-    jax.jit, static_argnames=("n_permutations", "n_strata", "n_units", "chunk_size",
-                              "stratum_size", "alternative", "p_value"),
-    compiler_options=ci.COMPILER_OPTIONS,
-)
-def _batched(c, y, r, units, keys, *, n_permutations, n_strata, n_units, chunk_size,
-             stratum_size, alternative, p_value):
-    core = functools.partial(
-        conditional_test_core, n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
-        chunk_size=chunk_size, stratum_size=stratum_size, alternative=alternative, p_value=p_value,
-    )
-    return jax.vmap(core)(c, y, r, units, keys)
-
-
-def conditional_test_batch(
-    confidence: Any,
-    correct: Any,
-    routing: Any,
-    *,
-    key: Any,
-    clusters: Any = None,
-    n_permutations: int = 1000,
-    stratum_size: int = 50,
-    chunk_size: int | None = None,
-    alternative: str = "monotone",
-    alpha: float = 0.05,
-    few_clusters: str = "raise",
-    p_value: str = "conservative",
-) -> ConditionalTestResult:
-    """The conditional test on D datasets at once, as one vmapped computation.
-
-    Dataset d uses key `fold_in(key, d)` (so it equals the single call with that key).
-
-    Args:
-      confidence, correct, routing: [D, N]. clusters: optional [D, N] integer ids.
-      alternative, alpha, few_clusters, p_value: as in `conditional_calibration_test` (K: the
-        fewest).
-    Returns:
-      ConditionalTestResult whose fields are [D] (null [D, B]; n_units the largest K).
-    """
-    c = _checks.as_array(confidence, "confidence", ndim=2)
-    y = _checks.as_array(correct, "correct", ndim=2)
-    r = _checks.as_array(routing, "routing", ndim=2)
-    if not (c.shape == y.shape == r.shape):
-        raise ValueError(
-            f"mismatched lengths: confidence={c.shape}, correct={y.shape}, routing={r.shape}"
-        )
-    alternative, p_value = omnibus.check_alternative(alternative), ci.check_p_value(p_value)
-    n_strata = 0
-    for d in range(c.shape[0]):
-        n_strata = check_inputs(c[d], y[d], r[d], stratum_size)[3]
-    if clusters is None:
-        units, n_units = np.broadcast_to(np.arange(c.shape[1], dtype=np.int32), c.shape), c.shape[1]
-        fewest = n_units
-    else:
-        cl = _checks.as_array(clusters, "clusters", ndim=2, dtype=None)
-        if cl.shape != c.shape:
-            raise ValueError(f"clusters: shape {cl.shape} does not match confidence {c.shape}")
-        per = [_units(cl[d], c.shape[1]) for d in range(c.shape[0])]
-        units, n_units = np.stack([u for u, _ in per]), max(k for _, k in per)
-        fewest = min(k for _, k in per)
-    warning = ci.check_feasible(fewest, alpha, few_clusters)
-    key = _checks.check_key(key)
-    n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
-    chunk_size = _resolve_chunk(chunk_size, n_permutations)
-    keys = jax.vmap(lambda d: jax.random.fold_in(key, d))(jnp.arange(c.shape[0]))
-    with jax.enable_x64(True):
-        z, p, null, slope = _batched(
-            jnp.asarray(c), jnp.asarray(y), jnp.asarray(r), jnp.asarray(units), keys,
-            n_permutations=n_permutations, n_strata=n_strata, n_units=n_units,
-            chunk_size=chunk_size, stratum_size=stratum_size, alternative=alternative,
-            p_value=p_value,
-        )
-        return ConditionalTestResult(
-            np.asarray(z), np.asarray(p), np.asarray(null), np.asarray(slope), n_units, n_strata,
-            alternative, warning,
+            warning, reference,
         )

@@ -383,7 +383,7 @@ def permutation_grid(
 _LAZY = {
     "ConditionalTestResult": "routecal.stats.conditional",
     "conditional_calibration_test": "routecal.stats.conditional",
-    "conditional_test_batch": "routecal.stats.conditional",
+    "conditional_test_batch": "routecal.stats.conditional_batch",
     "NO_INFORMATION": "routecal.stats.conditional",
     "MinimumDetectableGap": "routecal.stats.power",
     "minimum_detectable_gap": "routecal.stats.power",

@@ -21,8 +21,10 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
    at K = 5 clusters where the test cannot reject at all): with K <= 12 units all 2^K sign
    patterns (the exact randomisation p-value, so K <= 5 gives power 0 at alpha = 0.05), with
    K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
-   covariance w^T w (exact for the monotone test's one column: N(0, 1)). `tests/stats/
-   test_power.py` and benchmarks/validity.py check the stated power against the full test.
+   covariance w^T w (exact for the monotone test's one column: N(0, 1)); with the re-studentised
+   null (as in the test: the omnibus alternative with K <= 12 clusters by default) every pattern's
+   statistic is recomputed on its wild sample (`restudentised.statistic`). `tests/stats/test_power.py` and benchmarks/validity.py
+   check the stated power against the full test.
    With `p_value="randomized"` the simulated p is the randomised one (`ci.randomized_p`).
 
 Power(Delta) is the rejection rate at `alpha`; the detectable gap is where the (running-maximum)
@@ -44,6 +46,7 @@ from scipy import stats
 
 from routecal import _checks
 from routecal.stats import cluster_inference as ci
+from routecal.stats import restudentised as rs
 from routecal.stats.conditional import check_inputs, score_matrix
 from routecal.stats.conditional_omnibus import check_alternative
 
@@ -106,10 +109,13 @@ def _reference(key, n_units: int, n_cols: int):
 
 
 def _rejects(z, w, ref, alpha, alternative, u=None):
-    """Does the test reject at `alpha`? z [J], w [K, J], ref from `_reference`; u: the
-    randomised p's uniform (`p_value="randomized"`), None for the default p."""
-    k = w.shape[0]
-    if k <= FLIP_K:
+    """Does the test reject at `alpha`? z [J], w [K, J] (or the re-studentised null's
+    `rs.Parts`), ref from `_reference`; u: the randomised p's uniform (`p_value="randomized"`),
+    None for the default p."""
+    if isinstance(w, rs.Parts):
+        k = w.a.shape[0]
+        null = rs.statistic(ref < 0, w)  # [M, J]
+    elif (k := w.shape[0]) <= FLIP_K:
         null = ref @ w  # [M, J]
     else:  # Gaussian limit: Cov(Z*) = w^T w
         null = ref @ jnp.linalg.cholesky(w.T @ w + 1e-12 * jnp.eye(w.shape[1])).T
@@ -130,10 +136,10 @@ def _rejects(z, w, ref, alpha, alternative, u=None):
 
 @functools.partial(
     jax.jit, static_argnames=("n_datasets", "n_strata", "n_units", "clustered", "stratum_size",
-                              "alternative", "p_value")
+                              "alternative", "p_value", "reference")
 )
 def _power_curve(confidence, correct, units, gaps, key, alpha, *, n_datasets, n_strata, n_units,
-                 clustered, stratum_size, alternative, p_value="conservative"):
+                 clustered, stratum_size, alternative, p_value="conservative", reference="fixed"):
     n = confidence.shape[0]
     g = _fitted(confidence, correct, n_strata, stratum_size)
     key, kref = jax.random.split(key)
@@ -150,7 +156,7 @@ def _power_curve(confidence, correct, units, gaps, key, alpha, *, n_datasets, n_
             y = _plant(correct, g, zr, ur, gap)
             stat, w, _ = score_matrix(confidence, y, zr, units, n_strata=n_strata,
                                       n_units=n_units, stratum_size=stratum_size,
-                                      alternative=alternative)
+                                      alternative=alternative, reference=reference)
             u = ci.tie_uniform(k) if p_value == "randomized" else None
             return _rejects(stat, w, ref, alpha, alternative, u)
 
@@ -194,6 +200,7 @@ def minimum_detectable_gap(
     stratum_size: int = 50,
     alternative: str = "monotone",
     p_value: str = "conservative",
+    reference: str = "auto",
 ) -> MinimumDetectableGap:
     """The accuracy gap between high- and low-routing examples of equal confidence that
     `conditional_calibration_test` detects with probability `power` at level `alpha` on data with
@@ -204,13 +211,15 @@ def minimum_detectable_gap(
       alpha: test level in (0, 1). power: target power in (0, 1).
       clusters: optional [N] integer cluster ids (planted routing then has a per-cluster level).
       n_datasets: R simulated datasets per gap. gaps: optional [E] increasing grid of gaps in (0, 1].
-      stratum_size, alternative, p_value: as in the test (the simulated p is the one asked for).
+      stratum_size, alternative, p_value, reference: as in the test (the simulated test is the one
+        asked for).
     Returns:
       MinimumDetectableGap (the detectable gap, and the power curve with binomial intervals).
     """
     c, y, _, n_strata = check_inputs(confidence, correct, np.zeros(len(confidence)), stratum_size)
     units, n_units = ci.cluster_units(clusters, len(c))
     alternative, p_value = check_alternative(alternative), ci.check_p_value(p_value)
+    reference = rs.resolve(reference, n_units, alternative)
     key = _checks.check_key(key)
     for name, v in (("alpha", alpha), ("power", power)):
         if not 0.0 < float(v) < 1.0:
@@ -235,7 +244,7 @@ def minimum_detectable_gap(
                 jnp.asarray(c), jnp.asarray(y), jnp.asarray(units), jnp.asarray(grid), key,
                 float(alpha), n_datasets=n_datasets, n_strata=n_strata, n_units=n_units,
                 clustered=clusters is not None, stratum_size=stratum_size,
-                alternative=alternative, p_value=p_value,
+                alternative=alternative, p_value=p_value, reference=reference,
             ),
             np.float64,
         )

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from routecal.stats import simulation
-from routecal.stats.conditional import conditional_test_batch
+from routecal.stats.conditional_batch import conditional_test_batch
 from routecal.stats.diagnostics import permutation_test_batch
 
 TESTS = ("paper", "conditional", "omnibus")
@@ -84,6 +84,14 @@ ISSUE22_SCENARIOS = (
     Scenario("power: V-shape c + 0.1 (1 - 2|r|)", "vshape", 2000, 0.1, tests=_ALL),
     Scenario("power: c + 0.08 sign(r) sign(c - 0.6)", "signflip", 2000, 0.08, tests=_ALL),
     Scenario("power: c + 0.05 sign(r)", "sign", 2000, 0.05, tests=_ALL),
+    # few clusters (`restudentised`; appended, so the rows above keep their keys): K = 4 and 5
+    # cannot reach alpha (smallest p 2^(1-K) = 0.125, 0.0625), K = 8 can
+    Scenario("equal clusters 4 x 750", "clustered", 3000, kwargs={"cluster_size": 750},
+             clusters=True, tests=_COND),
+    Scenario("equal clusters 5 x 600", "clustered", 3000, kwargs={"cluster_size": 600},
+             clusters=True, tests=_COND),
+    Scenario("equal clusters 8 x 375", "clustered", 3000, kwargs={"cluster_size": 375},
+             clusters=True, tests=_COND),
 )
 
 # `p_value="randomized"` (benchmarks/validity.py --issue22 --p-value randomized): the rows where the
@@ -97,6 +105,12 @@ RANDOMIZED_SCENARIOS = tuple(s._replace(tests=_COND) for s in ISSUE22_SCENARIOS
 # their rows' keys in `ISSUE22_SCENARIOS` (`run(row_ids=...)`): the same datasets and sign flips as
 # the default p's table, so the two differ only in the p-value
 RANDOMIZED_ROW_IDS = tuple(i for i, s in enumerate(ISSUE22_SCENARIOS) if s.name in _RANDOMIZED)
+# `reference="restudentised"` (--reference restudentised): the rows with at most 12 clusters, on
+# the default table's datasets and sign flips
+FEW_CLUSTER_ROW_IDS = tuple(i for i, s in enumerate(ISSUE22_SCENARIOS)
+                            if s.name.startswith(("equal clusters ", "K = 5"))
+                            and s.kwargs.get("cluster_size", 0) >= 250)
+FEW_CLUSTER_SCENARIOS = tuple(ISSUE22_SCENARIOS[i] for i in FEW_CLUSTER_ROW_IDS)
 
 # The CI version: the four nulls of the issue and its planted effect (one design compile each).
 FAST_SCENARIOS = tuple(s for s in SCENARIOS if s.name != "exchangeable null" and s.effect != 0.03)
@@ -135,13 +149,15 @@ def run(
     on_row: Any = None,
     p_value: str = "conservative",
     row_ids: tuple[int, ...] | None = None,
+    reference: str = "auto",
 ) -> list[Row]:
     """Runs every scenario; row i uses `fold_in(key, row_ids[i])` (default i) for the data and the
     tests.
 
     Rows with a planted effect use `power_datasets` datasets (default `n_datasets`); `on_row` is
     called with each finished row (progress); `p_value` is the conditional tests' p ("conservative"
-    or "randomized"; the paper test has one p).
+    or "randomized"; the paper test has one p); `reference` the conditional tests' null ("auto",
+    "fixed" or "restudentised", `restudentised`).
 
     `n` overrides every scenario's size (one shape for all rows: fewer compilations); `batch`
     splits the datasets into vmapped batches of that many (memory), same keys per dataset.
@@ -176,7 +192,7 @@ def run(
                         clusters=None if clusters is None else clusters[part],
                         n_permutations=n_permutations, alpha=alpha, few_clusters="warn",
                         alternative="monotone" if t == "conditional" else "omnibus",
-                        p_value=p_value,
+                        p_value=p_value, reference=reference,
                     )
                     warning = warning or res.warning
                 p_values.append(np.asarray(res.p_value))
