@@ -116,10 +116,18 @@ def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     diag = results.get("diagnostics", {})
     alpha = float(diag.get("alpha", 0.05))
-    for name, ts in _by_test([t for t in diag.get("tests", []) if "p_value" in t]).items():
-        r, h, b = _test_counts(ts, alpha)
-        rows.append([f"{_SHORT_TESTS.get(name, name)} test: rejections at alpha {alpha}",
-                     f"{r} of {len(ts)} (Holm {h}, BH {b}; {alpha * len(ts):.1f} by chance)"])
+    by_test = _by_test([t for t in diag.get("tests", []) if "p_value" in t])
+    sizes = {len(ts) for ts in by_test.values()}
+    if len(sizes) == 1:  # one row for every test: raw (Holm, BH) rejections of the same cells
+        n = sizes.pop()
+        counts = [(name, *_test_counts(ts, alpha)) for name, ts in by_test.items()]
+        rows.append([f"rejections at {alpha} of {n} cells (Holm, BH; {alpha * n:.1f} by chance)",
+                     "; ".join(f"{_SHORT_TESTS.get(m, m)} {r} ({h}, {b})" for m, r, h, b in counts)])
+    else:  # tests on different numbers of cells: a row each
+        for name, ts in by_test.items():
+            r, h, b = _test_counts(ts, alpha)
+            rows.append([f"{_SHORT_TESTS.get(name, name)} test: rejections at alpha {alpha}",
+                         f"{r} of {len(ts)} (Holm {h}, BH {b}; {alpha * len(ts):.1f} by chance)"])
     gaps = [p["mdg"] for p in results.get("power", []) if p["test"] == "conditional"]
     found = [g for g in gaps if g is not None]
     if found:
@@ -140,7 +148,8 @@ def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
                   for o in (cap, shuf)]  # fmt: skip
             rows.append([f"{arch}: MLP full vs matched / shuffled ECE",
                          f"{full['ece']['mean']:.4f} vs {cap['ece']['mean']:.4f} / "
-                         f"{shuf['ece']['mean']:.4f}: {vs[0]} / {vs[1]}"])
+                         f"{shuf['ece']['mean']:.4f}: "
+                         + (f"both {vs[0]}" if vs[0] == vs[1] else f"{vs[0]} / {vs[1]}")])
     return rows
 
 
@@ -228,7 +237,11 @@ def found_block(
     lines = [begin, "", _provenance(command, source, results, machine, note), ""]
     if results.get("runs"):
         lines += [*models_table(results["runs"]), ""]
-    glance = lm.glance(results) if results.get("meta", {}).get("domains") else None
+    # the per-domain glance where tests ran per domain (token units); the digits study pools
+    # its splits into one domain ("all") and reads better as questions and answers
+    tested = {r.get("domain") for r in results.get("diagnostics", {}).get("tests", [])}
+    by_domain = set(results.get("meta", {}).get("domains", {})) & tested
+    glance = lm.glance(results) if by_domain else None
     if glance is not None:
         lines += [glance.markdown(), ""]
     else:

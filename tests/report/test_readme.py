@@ -206,3 +206,20 @@ def test_the_repository_readme_is_short_and_its_blocks_compact():
     ci = (root / ".ci" / "run").read_text()
     assert tests in ci and 'pip install -q -e ".[test]"' in ci
     assert "\n## Pretrained MoE checkpoints\n" in text
+
+
+def test_digits_layout_pools_its_domain_into_one_rejections_row():
+    """Digits results pool the splits into domain "all" (meta.domains {"in": ...} names the split):
+    questions and answers, not the per-domain glance; equal cell counts share one row."""
+    res = _results()
+    res["meta"]["domains"] = {"in": "test"}
+    cells = [(0.001, 0.003, 0.003), (0.02, 0.04, 0.03), (0.3, 0.3, 0.3)]
+    res["diagnostics"]["tests"] = [
+        {"test": t, "domain": "all", "arch": "full", "feature": f"f{i}", "p_value": p,
+         "p_holm": h, "p_bh": b}
+        for t in ("conditional", "within_bin") for i, (p, h, b) in enumerate(cells)]
+    block = readme.found_block(res, command="routecal study", source="W/results.json")
+    # p < 0.05 in 2 of 3 cells; Holm p 0.003, 0.04 < 0.05: 2; BH 2; chance 0.05 * 3 (0.150000...02) -> 0.2.
+    row = "| rejections at 0.05 of 3 cells (Holm, BH; 0.2 by chance) | recommended 2 (2, 2); paper 2 (2, 2) |"
+    assert row in block, block
+    assert "| in |" not in block and "clusters: unit" not in block
