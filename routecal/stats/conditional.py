@@ -205,7 +205,7 @@ def _scores_one_device(confidence, correct, routing, units, order, *, n_strata, 
 @functools.partial(
     jax.jit, static_argnames=("n_permutations", "n_units", "chunk_size", "mesh", "alternative",
                               "p_value", "reference"),
-    compiler_options=ci.COMPILER_OPTIONS,
+    compiler_options=ci.FLIP_COMPILER_OPTIONS,
 )
 def _sharded_flips(z, w, units, key, *, n_permutations, n_units, chunk_size, mesh, alternative,
                    p_value, reference):
