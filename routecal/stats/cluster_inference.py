@@ -111,19 +111,21 @@ def min_p_value(n_units: int) -> float:
     return 2.0 ** (1 - n_units)
 
 
-def check_feasible(n_units: int, alpha: float, few_clusters: str) -> str:
+def check_feasible(n_units: int, alpha: float, few_clusters: str, reference: str = "fixed") -> str:
     """'' when K units can reach `alpha`; else raise ValueError or return a warning string.
 
     Args:
       n_units: K. alpha: the level the caller will read the p-value at.
       few_clusters: "raise" (a ValueError naming `clusters`) or "warn" (return the message).
+      reference: the resolved null; "within" (a t reference, `within_clusters`) reaches any
+        alpha with K >= 2, the sign-flip nulls need 2^(1-K) <= alpha.
     """
     if few_clusters not in ("raise", "warn"):
         raise ValueError(f"few_clusters: must be 'raise' or 'warn', got {few_clusters!r}")
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha: must lie in (0, 1), got {alpha!r}")
     p_min = min_p_value(n_units)
-    if p_min <= alpha:
+    if p_min <= alpha or reference == "within":
         return ""
     msg = (f"clusters: {n_units} clusters give a smallest sign-flip p-value of 2^(1-K) = "
            f"{p_min:.3g} > alpha = {alpha}; the test cannot reject at this level (need K >= "
@@ -146,13 +148,16 @@ def strata(c: jax.Array, n_strata: int, stratum_size: int) -> jax.Array:
     return strata_from_levels(*ranks.tie_levels(c), n_strata, stratum_size)
 
 
-def strata_from_levels(first, last, level, n_levels, n_strata: int, stratum_size: int):
-    """`strata` from confidence's `ranks.tie_levels` (jax) or `ranks.host_tie_levels` (numpy)."""
+def strata_from_levels(first, last, level, n_levels, n_strata, stratum_size: int, n=None):
+    """`strata` from confidence's `ranks.tie_levels` (jax) or `ranks.host_tie_levels` (numpy).
+
+    n_levels, n_strata and n (default N) may be [N] arrays: the rule applied inside each example's
+    group of n examples (`within_clusters`: each cluster alone)."""
     xp = np if isinstance(first, np.ndarray) else jnp
     count = last + 1 - first
-    own = (n_levels <= max(n_strata, MIN_LEVELS)) | (count >= stratum_size)
-    return xp.where(own, n_strata + level, split_index(first, first.shape[0], n_strata)
-                    ).astype(xp.int32)
+    own = (n_levels <= xp.maximum(n_strata, MIN_LEVELS)) | (count >= stratum_size)
+    n = first.shape[0] if n is None else n
+    return xp.where(own, n_strata + level, split_index(first, n, n_strata)).astype(xp.int32)
 
 
 def _groups(strat: jax.Array, units: jax.Array, n_units: int) -> jax.Array:
