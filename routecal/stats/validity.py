@@ -253,7 +253,8 @@ def format_table(rows: list[Row], alpha: float = 0.05) -> str:
 
 class PowerCheck(NamedTuple):
     """`minimum_detectable_gap`'s stated power at one planted gap against the rejection rate of the
-    real test (sign flips, B permutations) on independently planted datasets (99% intervals)."""
+    real test (its default reference, B sign flips) on independently planted datasets (99%
+    intervals); alternative: the test's."""
 
     n_clusters: int
     gap: float
@@ -262,11 +263,12 @@ class PowerCheck(NamedTuple):
     measured: float
     measured_ci: tuple[float, float]
     n_datasets: int
+    alternative: str = "monotone"
 
 
 def power_check(
     key: Any, n_clusters: int, *, n: int = 3000, n_datasets: int = 200, n_permutations: int = 199,
-    alpha: float = 0.05,
+    alpha: float = 0.05, alternative: str = "monotone",
 ) -> PowerCheck:
     """Brute force for `minimum_detectable_gap` on the "clustered" design with K equal clusters.
 
@@ -279,7 +281,7 @@ def power_check(
     d = simulation.design(jax.random.fold_in(key, 0), "clustered", n, cluster_size=n // n_clusters)
     c, y, cl = d.confidence[0], d.correct[0], d.clusters[0]
     m = minimum_detectable_gap(c, y, key=jax.random.fold_in(key, 1), clusters=cl, alpha=alpha,
-                               n_datasets=n_datasets)
+                               n_datasets=n_datasets, alternative=alternative)
     i = int(np.argmin(np.abs(m.power - 0.5))) if m.power.max() > 0 else len(m.gaps) // 2
     gap = float(m.gaps[i])
     r, ys = plant_gap(c, y, gap, key=jax.random.fold_in(key, 2), n_datasets=n_datasets,
@@ -287,9 +289,9 @@ def power_check(
     res = conditional_test_batch(
         np.broadcast_to(c, ys.shape), ys, r, key=jax.random.fold_in(key, 3),
         clusters=np.broadcast_to(cl, ys.shape), n_permutations=n_permutations, alpha=alpha,
-        few_clusters="warn",
+        few_clusters="warn", alternative=alternative,
     )
     hits = int(np.sum(res.p_value <= alpha))
     stated_hits = int(round(m.power[i] * n_datasets))
     return PowerCheck(int(len(np.unique(cl))), gap, float(m.power[i]), _ci(stated_hits, n_datasets),
-                      hits / n_datasets, _ci(hits, n_datasets), n_datasets)
+                      hits / n_datasets, _ci(hits, n_datasets), n_datasets, alternative)
