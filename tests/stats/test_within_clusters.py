@@ -141,14 +141,15 @@ def test_power_to_a_within_cluster_effect_at_five_clusters():
 
 
 def test_batch_equals_single():
-    d = simulation.design(2, "clustered", 600, n_datasets=3, cluster_size=150)  # K = 4
-    kw = dict(n_permutations=50, stratum_size=30)
-    batch = dg.conditional_test_batch(d.confidence, d.correct, d.routing, key=jax.random.key(9),
-                                      clusters=d.clusters, **kw)
+    """Dataset i of the batch is the single test with key fold_in(key, i) (the shapes of
+    `test_scores_match_numpy_and_p_is_the_one_sample_t_test`: its compiled single test)."""
+    data = [_data(seed) for seed in (2, 3, 4)]
+    c, y, r, units = (np.stack(a) for a in zip(*data, strict=True))
+    kw = dict(n_permutations=99, stratum_size=40)
+    batch = dg.conditional_test_batch(c, y, r, key=jax.random.key(9), clusters=units, **kw)
     for i in range(3):
         one = dg.conditional_calibration_test(
-            d.confidence[i], d.correct[i], d.routing[i], clusters=d.clusters[i],
-            key=jax.random.fold_in(jax.random.key(9), i), **kw)
+            c[i], y[i], r[i], clusters=units[i], key=jax.random.fold_in(jax.random.key(9), i), **kw)
         assert one.reference == batch.reference == "within"
         assert one.p_value == pytest.approx(batch.p_value[i], rel=1e-10)
         assert one.statistic == pytest.approx(batch.statistic[i], rel=1e-10)
