@@ -99,6 +99,11 @@ ISSUE22_SCENARIOS = (
     # the within-cluster t reference (`within_clusters`): an effect inside clusters at K = 5
     Scenario("K = 5 clusters, planted within clusters c + 0.05 sign(r - a_k)", "clustered_within",
              3000, 0.05, kwargs={"cluster_size": 600}, clusters=True, tests=("conditional",)),
+    # few and unbalanced: Pareto(1.1) sizes with 6 and 10 clusters (unequal score variances)
+    Scenario("Pareto(1.1) clusters, 6", "pareto", 3000, kwargs={"cluster_size": 500},
+             clusters=True, tests=_COND),
+    Scenario("Pareto(1.1) clusters, 10", "pareto", 3000, kwargs={"cluster_size": 300},
+             clusters=True, tests=_COND),
 )
 
 # `p_value="randomized"` (benchmarks/validity.py --issue22 --p-value randomized): the rows where the
