@@ -19,7 +19,7 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
 3. The conditional test's statistic is computed (all E x R datasets in one vmapped computation)
    and compared with the test's own sign-flip null (issue 22: the normal limit claimed power 0.8
    at K = 5 clusters where the test cannot reject at all): with K <= 12 units all 2^K sign
-   patterns (the exact randomisation p-value, so K <= 5 gives power 0 at alpha = 0.05), with
+   patterns (the exact randomisation p-value: a sign-flip null has power 0 at K <= 5), with
    K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
    covariance w^T w (exact for the monotone test's one column: N(0, 1)); with the re-studentised
    null (as in the test: the omnibus alternative with K <= 12 clusters by default) every pattern's
