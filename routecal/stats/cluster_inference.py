@@ -26,12 +26,13 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    6.3% [4.5%, 8.5%] with 60 Pareto(1.1)-sized clusters (CR2 is only approximately unbiased when a
    few clusters dominate), but 1.9% at 6: Z is not one of these flips. Not fixed: recomputing Z
    on every flip's wild sample (`restudentised`; the omnibus default for K <= 12, 4.7% at 6)
-   over-rejects for the monotone test (8.2%); Webb's weights: 1.1%, 7.7% re-studentised.
+   over-rejects for the monotone test (8.2%); Webb's weights: 1.1%, 7.7% re-studentised. The
+   monotone default for K <= 12 is `within_clusters` (fits inside clusters, t with K - 1 df).
 2. *K <= 5 clusters cannot reject*: the observed sign pattern and its negation are always in the
    orbit, so the smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5); with B
    random flips the p-value is floored there (`floored_p`). `min_p_value` states it and
    `check_feasible` raises a `ValueError` (or, on request, returns a warning string that the
-   result records). `p_value="randomized"` (`sign_flip_p`) replaces that p by the randomised one,
+   result records; not with `within_clusters`' t reference, which reaches alpha at any K >= 2). `p_value="randomized"` (`sign_flip_p`) replaces that p by the randomised one,
    without the floor: exact level where Z ties its null (no information: p = U). Against the
    fixed scores Z is not one of its flips (sum_k +-U_k) and ties none; the re-studentised null
    (both signs of every flip, so the same 2^(1 - K) floor) has Z as its identity flip.
@@ -111,19 +112,21 @@ def min_p_value(n_units: int) -> float:
     return 2.0 ** (1 - n_units)
 
 
-def check_feasible(n_units: int, alpha: float, few_clusters: str) -> str:
+def check_feasible(n_units: int, alpha: float, few_clusters: str, reference: str = "fixed") -> str:
     """'' when K units can reach `alpha`; else raise ValueError or return a warning string.
 
     Args:
       n_units: K. alpha: the level the caller will read the p-value at.
       few_clusters: "raise" (a ValueError naming `clusters`) or "warn" (return the message).
+      reference: the resolved null; "within" (a t reference, `within_clusters`) reaches any
+        alpha with K >= 2, the sign-flip nulls need 2^(1-K) <= alpha.
     """
     if few_clusters not in ("raise", "warn"):
         raise ValueError(f"few_clusters: must be 'raise' or 'warn', got {few_clusters!r}")
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha: must lie in (0, 1), got {alpha!r}")
     p_min = min_p_value(n_units)
-    if p_min <= alpha:
+    if p_min <= alpha or reference == "within":
         return ""
     msg = (f"clusters: {n_units} clusters give a smallest sign-flip p-value of 2^(1-K) = "
            f"{p_min:.3g} > alpha = {alpha}; the test cannot reject at this level (need K >= "
@@ -146,13 +149,14 @@ def strata(c: jax.Array, n_strata: int, stratum_size: int) -> jax.Array:
     return strata_from_levels(*ranks.tie_levels(c), n_strata, stratum_size)
 
 
-def strata_from_levels(first, last, level, n_levels, n_strata: int, stratum_size: int):
-    """`strata` from confidence's `ranks.tie_levels` (jax) or `ranks.host_tie_levels` (numpy)."""
+def strata_from_levels(first, last, level, n_levels, n_strata, stratum_size: int, n=None):
+    """`strata` from confidence's `ranks.tie_levels` (jax) or `ranks.host_tie_levels` (numpy);
+    n_levels, n_strata, n (default N) may be [N]: the rule per group (`within_clusters`)."""
     xp = np if isinstance(first, np.ndarray) else jnp
     count = last + 1 - first
-    own = (n_levels <= max(n_strata, MIN_LEVELS)) | (count >= stratum_size)
-    return xp.where(own, n_strata + level, split_index(first, first.shape[0], n_strata)
-                    ).astype(xp.int32)
+    own = (n_levels <= xp.maximum(n_strata, MIN_LEVELS)) | (count >= stratum_size)
+    n = first.shape[0] if n is None else n
+    return xp.where(own, n_strata + level, split_index(first, n, n_strata)).astype(xp.int32)
 
 
 def _groups(strat: jax.Array, units: jax.Array, n_units: int) -> jax.Array:

@@ -65,7 +65,8 @@ def conditional_test_batch(
     Args:
       confidence, correct, routing: [D, N]. clusters: optional [D, N] integer ids.
       alternative, alpha, few_clusters, p_value, reference: as in `conditional_calibration_test`
-        (K: the fewest for `few_clusters`, the largest for `reference`).
+        (K: the fewest for `few_clusters`, the largest for `reference`; with "within" each
+        dataset's t reference has its own K - 1 df).
     Returns:
       ConditionalTestResult whose fields are [D] (null [D, B]; n_units the largest K).
     """
@@ -90,8 +91,8 @@ def conditional_test_batch(
         per = [_units(cl[d], c.shape[1]) for d in range(c.shape[0])]
         units, n_units = np.stack([u for u, _ in per]), max(k for _, k in per)
         fewest = min(k for _, k in per)
-    warning = ci.check_feasible(fewest, alpha, few_clusters)
-    reference = rs.resolve(reference, n_units, alternative)
+    reference = rs.resolve(reference, n_units, alternative, c.shape[1])
+    warning = ci.check_feasible(fewest, alpha, few_clusters, reference)
     key = _checks.check_key(key)
     n_permutations = _checks.check_positive_int(n_permutations, "n_permutations")
     chunk_size = _resolve_chunk(chunk_size, n_permutations)

@@ -19,12 +19,14 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
 3. The conditional test's statistic is computed (all E x R datasets in one vmapped computation)
    and compared with the test's own sign-flip null (issue 22: the normal limit claimed power 0.8
    at K = 5 clusters where the test cannot reject at all): with K <= 12 units all 2^K sign
-   patterns (the exact randomisation p-value, so K <= 5 gives power 0 at alpha = 0.05), with
+   patterns (the exact randomisation p-value: a sign-flip null has power 0 at K <= 5), with
    K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
    covariance w^T w (exact for the monotone test's one column: N(0, 1)); with the re-studentised
    null (as in the test: the omnibus alternative with K <= 12 clusters by default) every pattern's
-   statistic is recomputed on its wild sample (`restudentised.statistic`). `tests/stats/test_power.py` and benchmarks/validity.py
-   check the stated power against the full test.
+   statistic is recomputed on its wild sample (`restudentised.statistic`); with the within-cluster
+   t reference (as in the test: the monotone alternative with 2 to 12 clusters by default,
+   `within_clusters`) the simulated p is its t_{K-1} p. `tests/stats/test_power.py` and
+   benchmarks/validity.py check the stated power against the full test.
    With `p_value="randomized"` the simulated p is the randomised one (`ci.randomized_p`).
 
 Power(Delta) is the rejection rate at `alpha`; the detectable gap is where the (running-maximum)
@@ -47,6 +49,7 @@ from scipy import stats
 from routecal import _checks
 from routecal.stats import cluster_inference as ci
 from routecal.stats import restudentised as rs
+from routecal.stats import within_clusters as wc
 from routecal.stats.conditional import check_inputs, score_matrix
 from routecal.stats.conditional_omnibus import check_alternative
 
@@ -157,6 +160,8 @@ def _power_curve(confidence, correct, units, gaps, key, alpha, *, n_datasets, n_
             stat, w, _ = score_matrix(confidence, y, zr, units, n_strata=n_strata,
                                       n_units=n_units, stratum_size=stratum_size,
                                       alternative=alternative, reference=reference)
+            if reference == "within":  # the t reference: no sign-flip set
+                return wc.p_value(w, units, n_units) <= alpha
             u = ci.tie_uniform(k) if p_value == "randomized" else None
             return _rejects(stat, w, ref, alpha, alternative, u)
 
@@ -219,7 +224,7 @@ def minimum_detectable_gap(
     c, y, _, n_strata = check_inputs(confidence, correct, np.zeros(len(confidence)), stratum_size)
     units, n_units = ci.cluster_units(clusters, len(c))
     alternative, p_value = check_alternative(alternative), ci.check_p_value(p_value)
-    reference = rs.resolve(reference, n_units, alternative)
+    reference = rs.resolve(reference, n_units, alternative, len(c))
     key = _checks.check_key(key)
     for name, v in (("alpha", alpha), ("power", power)):
         if not 0.0 < float(v) < 1.0:

@@ -40,8 +40,9 @@ omnibus test holds its level with it on three seeds, 4.7% / 3.8% / 5.2% at 6 x 5
 (`resolve`) uses it for the omnibus alternative with K <= `SMALL_K` = 12 clusters (MacKinnon,
 Nielsen & Webb 2023, Sec. 4.2: below about 12 clusters cluster-robust inference is unreliable).
 The monotone test does NOT hold its level with it: 8.2% [6.1%, 10.7%] at 6 x 500 (5.5%, 6.7% on
-two more seeds), 7.3% at 8 x 375, 6.5% at 10 x 300, so "auto" keeps its fixed-score null (1.9% at
-6: too few sign patterns, the open row). Enumerating all 64 patterns at 6 x 500, Z is the largest of its orbit in
+two more seeds), 7.3% at 8 x 375, 6.5% at 10 x 300; with K <= 12 clusters "auto" gives it the
+within-cluster t reference instead (`within_clusters`; its fixed-score null gave 1.9% at 6: too
+few sign patterns). Enumerating all 64 patterns at 6 x 500, Z is the largest of its orbit in
 6% of 300 true nulls where exchangeability gives 1/32 (the flips of the residuals are not
 exchangeable with the data: the residuals sum to zero within strata, and Canay, Santos & Shaikh's
 guarantee needs homogeneous cluster-level regressors, where here routing is a per-cluster level;
@@ -62,9 +63,9 @@ from jax import lax
 from routecal.stats import cluster_inference as ci
 from routecal.stats.random_bits import _uniform_bits
 
-SMALL_K = 12  # reference="auto": the omnibus test re-studentised up to this many clusters
+SMALL_K = 12  # reference="auto": K <= SMALL_K clusters get "within" / "restudentised"
 MAX_K = 32  # one random word signs every unit
-REFERENCES = ("auto", "fixed", "restudentised")
+REFERENCES = ("auto", "fixed", "restudentised", "within")
 
 
 def check_reference(reference: str) -> str:
@@ -74,16 +75,30 @@ def check_reference(reference: str) -> str:
     return reference
 
 
-def resolve(reference: str, n_units: int, alternative: str) -> str:
-    """The null used with K units: "fixed" or "restudentised" (a ValueError when K > `MAX_K`);
-    "auto": re-studentised for the omnibus alternative with K <= `SMALL_K`, else fixed."""
+def resolve(reference: str, n_units: int, alternative: str, n: int | None = None) -> str:
+    """The null used with K units of N examples (N = None: clusters given, K < N).
+
+    "auto": with K <= `SMALL_K` units, "restudentised" for the omnibus alternative and "within"
+    for the monotone one (`within_clusters`; clusters only, K < N); else "fixed". Explicit choices are
+    checked: "restudentised" needs K <= `MAX_K`; "within" the monotone alternative and clusters
+    (K < N: with one example per unit nothing varies within a unit).
+    """
     reference = check_reference(reference)
+    clustered = n is None or n_units < n
     if reference == "auto":
-        return "restudentised" if alternative == "omnibus" and n_units <= SMALL_K else "fixed"
+        if n_units > SMALL_K:
+            return "fixed"
+        if alternative == "omnibus":
+            return "restudentised"
+        return "within" if clustered else "fixed"
     if reference == "restudentised" and n_units > MAX_K:
         raise ValueError(
             f"reference: 'restudentised' needs at most {MAX_K} clusters, got {n_units}"
         )
+    if reference == "within" and (alternative != "monotone" or not clustered):
+        raise ValueError("reference: 'within' needs the monotone alternative and clusters of "
+                         f"several examples (alternative={alternative!r}, {n_units} units of "
+                         f"{n} examples)")
     return reference
 
 

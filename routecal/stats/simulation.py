@@ -15,7 +15,9 @@ with an optional planted effect (`effect = 0`: the null):
 * ``"clustered"``: K sequences of S tokens; c ~ U per token, routing = a_k + N(0, 0.1^2) with a
   per-sequence level a_k ~ N(0, 1), P(correct) = clip(c + o_k) with a per-sequence offset
   o_k ~ N(0, 0.2^2) independent of a_k. Returns the sequence ids as `clusters`.
-  Effect: + effect * sign(routing).
+  Effect: + effect * sign(routing) (mostly *between* sequences: routing is dominated by a_k).
+  ``"clustered_within"``: the same data, the effect planted *within* sequences: + effect *
+  sign(routing - a_k) (the sign of the routing's own token noise).
 * ``"sign"``: c ~ U, routing ~ N(0, 1), P(correct) = clip(c + effect * sign(routing)) (the issue's
   planted effect; at effect = 0 the exchangeable null).
 
@@ -158,7 +160,8 @@ def planted_effect(
 
 
 DESIGNS = ("confounded", "binary", "constant", "clustered", "sign", "pareto", "tied", "tied_step",
-           "vshape", "signflip", "track_square", "track_sine", "track_exp", "piled")
+           "vshape", "signflip", "track_square", "track_sine", "track_exp", "piled",
+           "clustered_within")
 # the tied designs: 5 confidence levels holding 2%, 2%, 32%, 32%, 32% of the examples (issue 22:
 # counts 20/20/320/320/320 at N = 1000) with a miscalibration that is not linear in the level
 TIED_LEVELS = (0.3, 0.45, 0.6, 0.75, 0.9)
@@ -168,7 +171,7 @@ TIED_ACCURACY = (0.55, 0.2, 0.7, 0.5, 0.95)
 
 class DesignData(NamedTuple):
     """confidence, correct (0/1), routing: [D, N] float64; clusters: [D, N] int32 sequence ids
-    (each example its own cluster except in the "clustered" design)."""
+    (each example its own cluster except in the clustered and Pareto designs)."""
 
     confidence: Any
     correct: Any
@@ -205,13 +208,13 @@ def design_jax(
             b = (z > 0).astype(jnp.float32)
             routing = b if design == "binary" else jnp.zeros_like(c)
             p = c + (effect * (2.0 * b - 1.0) if design == "binary" else 0.0)
-        elif design == "clustered":
+        elif design in ("clustered", "clustered_within"):
             ids = ids // cluster_size
             n_clusters = -(-n // cluster_size)
             level = jax.random.normal(ka, (n_clusters,))[ids]
             offset = 0.2 * jax.random.normal(ko, (n_clusters,))[ids]
             routing = level + 0.1 * z
-            p = c + offset + effect * jnp.sign(routing)
+            p = c + offset + effect * jnp.sign(routing if design == "clustered" else z)
         elif design == "pareto":  # K = n / cluster_size clusters with Pareto(1.1) sizes
             n_clusters = max(n // cluster_size, 2)
             size = jax.random.uniform(ka, (n_clusters,), minval=1e-6) ** (-1.0 / 1.1)
@@ -271,7 +274,8 @@ def design(
 
     Args:
       key: jax PRNG key (or an integer seed). name: one of `DESIGNS`. n: N.
-      effect: planted effect (0 = the null). cluster_size: S tokens per sequence ("clustered").
+      effect: planted effect (0 = the null). cluster_size: S tokens per sequence ("clustered",
+        "clustered_within", "pareto").
     Returns:
       DesignData of [D, N] numpy arrays (float64 confidence/correct/routing, int32 clusters).
     """

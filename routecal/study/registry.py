@@ -13,7 +13,8 @@ Shapes: N rows (examples or tokens) of one cell, B permutations, G planted gaps.
                V-shaped and confidence-dependent effects).
 
 A test is one `Test` in `TESTS`: `run` (one cell's numbers: statistic, p_value, null [B] when it
-has a permutation null, the conditional test's slope / n_units / n_strata / warning) and `power`
+has a permutation null, the conditional test's slope / n_units / n_strata / warning / reference:
+the null it used, "within" for the monotone test with 2 to 12 clusters) and `power`
 (its minimum detectable gap and power curve, `stats.power`; within_bin's on the conditional
 test's planted datasets and gap grid). Both units call the same entries, in this order (a test's
 position numbers its PRNG key in a token cell); a new test registers here once.
@@ -98,8 +99,9 @@ def numbers(res: Any) -> dict[str, Any]:
     for k in ("slope", "n_units", "n_strata"):
         if get(k) is not None:
             out[k] = float(get(k))
-    if get("warning"):
-        out["warning"] = str(get("warning"))
+    for k in ("warning", "reference"):
+        if get(k):
+            out[k] = str(get(k))
     null = get("null", None)
     if null is not None:
         out["null"] = np.asarray(null, np.float32)

@@ -55,17 +55,21 @@ def test_influence_weights_reproduce_the_statistic():
 
 
 def test_few_clusters_raise_or_warn():
+    """K = 5: the sign-flip nulls cannot reach 0.05 (ValueError, or a warning on request); the
+    monotone default ("auto": the within-cluster t reference) can (tests/stats/test_within_clusters.py)."""
     assert ci.min_p_value(5) == 2.0**-4 and ci.min_p_value(6) == 2.0**-5
     d = simulation.design(0, "clustered", 1500, cluster_size=300, effect=0.3)  # K = 5
     args = (d.confidence[0], d.correct[0], d.routing[0])
+    kw = dict(key=0, clusters=d.clusters[0], reference="fixed")
     with pytest.raises(ValueError, match="clusters: 5 clusters"):
-        dg.conditional_calibration_test(*args, key=0, clusters=d.clusters[0], n_permutations=99)
-    res = dg.conditional_calibration_test(*args, key=0, clusters=d.clusters[0],
-                                          n_permutations=999, few_clusters="warn")
+        dg.conditional_calibration_test(*args, **kw, n_permutations=99)
+    res = dg.conditional_calibration_test(*args, **kw, n_permutations=999, few_clusters="warn")
     assert "cannot reject" in res.warning and res.p_value > 0.05  # even with a huge effect
-    ok = dg.conditional_calibration_test(*args, key=0, clusters=d.clusters[0], n_permutations=99,
+    ok = dg.conditional_calibration_test(*args, **kw, n_permutations=99,
                                          alpha=0.1)  # 2^-4 <= 0.1: feasible
     assert ok.warning == ""
+    auto = dg.conditional_calibration_test(*args, key=0, clusters=d.clusters[0], n_permutations=99)
+    assert auto.reference == "within" and auto.warning == ""
     with pytest.raises(ValueError, match="few_clusters"):
         dg.conditional_calibration_test(*args, key=0, few_clusters="ignore")
 
@@ -165,7 +169,8 @@ def test_randomized_level_on_a_tied_null_and_with_six_clusters():
                                     p_value="randomized")
     assert lo <= np.sum(res.p_value <= 0.05) <= HI
     d = simulation.design(4, "clustered", 600, n_datasets=N_SETS, cluster_size=100)  # K = 6
-    kw = dict(key=5, n_permutations=99, clusters=d.clusters, few_clusters="warn")
+    kw = dict(key=5, n_permutations=99, clusters=d.clusters, few_clusters="warn",
+              reference="fixed")  # "auto" at K = 6: the t reference, no randomised p
     rand = dg.conditional_test_batch(d.confidence, d.correct, d.routing, p_value="randomized", **kw)
     cons = dg.conditional_test_batch(d.confidence, d.correct, d.routing, **kw)
     np.testing.assert_array_equal(rand.null, cons.null)

@@ -93,11 +93,11 @@ def test_null_depends_on_the_key_only():
 
 def test_auto_switch_and_bad_choices_raise():
     """reference="auto": the omnibus test re-studentised with K <= SMALL_K clusters, the fixed
-    scores otherwise (the monotone test always; K = 13 gives the fixed null bit for bit);
+    scores otherwise (the monotone test with K > SMALL_K; K = 13 gives the fixed null bit for bit);
     "restudentised" on request: same statistic, another null; bad names and K > MAX_K raise."""
     assert rs.resolve("auto", rs.SMALL_K, "omnibus") == "restudentised"
     assert rs.resolve("auto", rs.SMALL_K + 1, "omnibus") == "fixed"
-    assert rs.resolve("auto", 6, "monotone") == "fixed"
+    assert rs.resolve("auto", 6, "monotone") == "within"  # tests/stats/test_within_clusters.py
     d = simulation.design(2, "clustered", 1300, cluster_size=100)  # K = 13
     args = (d.confidence[0], d.correct[0], d.routing[0])
     kw = dict(key=1, clusters=d.clusters[0], n_permutations=99)
@@ -125,8 +125,7 @@ def test_statistic_is_its_own_identity_flip_at_six_clusters():
     kw = dict(key=2, clusters=d.clusters, n_permutations=199)
     res = dg.conditional_test_batch(d.confidence, d.correct, d.routing, reference="restudentised",
                                     **kw)
-    fixed = dg.conditional_test_batch(d.confidence, d.correct, d.routing, **kw)
-    assert fixed.reference == "fixed"  # the monotone default
+    fixed = dg.conditional_test_batch(d.confidence, d.correct, d.routing, reference="fixed", **kw)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(2), i))(jnp.arange(200))
     for i in range(0, 200, 40):
         flips = np.asarray(rs.signs(chunk_seeds(keys[i], 1, 199)[0], 6))  # [B, K]
