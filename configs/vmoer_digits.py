@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # The VMoER section's settings (routecal.study.vmoer.run; ignored by `routecal train`).
     cfg.experiment = ml_collections.ConfigDict({
-        "source": "classifier",  # routecal.study.vmoer_sources
+        "source": "classifier",  # routecal.training.vmoer_sources
         "seeds": (0, 1, 2),
         "routers": ("det", "mfvr", "vtsr", "mfvr_retrofit", "vtsr_retrofit"),
         "retrofit_steps": 300,

@@ -129,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train.grad_clip = 1.0
 
     cfg.experiment = ml_collections.ConfigDict()
-    cfg.experiment.source = "decoder"  # the VMoER section's source (routecal.study.vmoer_sources)
+    cfg.experiment.source = "decoder"  # the VMoER section's source (routecal.training.vmoer_sources)
     cfg.experiment.seeds = (0, 1, 2)
     # option scoring (routecal.data.mcqa.SCORINGS): "loglik" = length-normalised
     # option log-likelihood given the context (lm-eval-harness acc_norm); "letter" = the

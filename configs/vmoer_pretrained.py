@@ -6,7 +6,7 @@
     PYTHONPATH=. python experiments/vmoer_lm.py --config configs/vmoer_pretrained.py --workdir W \
         checkpoint=/ckpt/granite-3.1-3b-a800m data.train=obqa/train.jsonl:openbookqa ...
 
-The VMoER section (`routecal.study.vmoer`, source "imported", `study.vmoer_imported`): the
+The VMoER section (`routecal.study.vmoer`, source "imported", `training.vmoer_imported`): the
 imported deterministic router vs every router retrofitted on the checkpoint (only the routing
 posterior trained on the MCQA train split), Li & Wicker's table (arXiv:2603.09453, Sec. 5):
 stability at sigma = 0.01, ECE, MCE, NLL, Brier, OOD AUROC near / far (entropy, max-prob, MI,

@@ -3,7 +3,7 @@
     out = run(cfg, workdir)     # cfg: configs/vmoer_digits.py, vmoer_lm.py or vmoer_pretrained.py
 
 Variational MoE routing (Li & Wicker, arXiv:2603.09453, Sec. 5). `cfg.experiment.source` names
-the source of the MoE (`study.vmoer_sources`: "classifier" = the digits classifier trained here,
+the source of the MoE (`training.vmoer_sources`: "classifier" = the digits classifier trained here,
 "decoder" = the MoE decoder trained here and scored on MCQA, "imported" = a Hugging Face
 checkpoint scored on the published MCQA files); `cfg.experiment.routers` the routers in the one
 vocabulary (`routecal.models.routers`: det, mfvr, lowrank, fcvr, vtsr, fixed_temp, mc_dropout,
@@ -38,12 +38,12 @@ from routecal.report import vmoer_lm
 from routecal.report.table import Table
 from routecal.report.vmoer_lm import CLAIM_OF, PAPER_CLAIMS
 from routecal.stats import seeds as seed_stats
-from routecal.study import vmoer_sources
-from routecal.study.vmoer_sources import check_routers  # noqa: F401 (the plan checks names)
+from routecal.training import vmoer_sources
+from routecal.training.vmoer_sources import check_routers  # noqa: F401 (the plan checks names)
 
 
 class Source(Protocol):
-    """What the section needs of an MoE source (`study.vmoer_sources`)."""
+    """What the section needs of an MoE source (`training.vmoer_sources`)."""
 
     names: list[str]  # experiment.routers, det first
     seeds: list[int]
@@ -153,15 +153,15 @@ def assemble(source: Source, per_run: dict[str, dict[int, dict[str, Any]]],
 
 
 def make_source(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> Source:
-    """The source `cfg.experiment.source` names: "classifier", "decoder" (`study.vmoer_sources`)
-    or "imported" (`study.vmoer_imported`)."""
+    """The source `cfg.experiment.source` names: "classifier", "decoder" (`training.vmoer_sources`)
+    or "imported" (`training.vmoer_imported`)."""
     kind = str(cfg.experiment.source)
     if kind == "classifier":
         return vmoer_sources.ClassifierSource(cfg, workdir)
     if kind == "decoder":
         return vmoer_sources.DecoderSource(cfg)
     if kind == "imported":
-        from routecal.study.vmoer_imported import ImportedSource  # loads the checkpoint's stack
+        from routecal.training.vmoer_imported import ImportedSource  # loads the checkpoint's stack
 
         return ImportedSource(cfg, workdir)
     raise ValueError(f"experiment.source: unknown {kind!r}; use classifier, decoder or imported")

@@ -165,7 +165,7 @@ def test_vmoer_lm_block_from_a_results_json():
     from statsmodels.stats.proportion import proportion_confint
 
     from routecal.report import vmoer_lm
-    from routecal.study import vmoer_sources  # the section's table (study side)
+    from routecal.training import vmoer_sources  # the section's metrics (its MCQA sources)
 
     metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
                "flops_infer_pct")

@@ -11,8 +11,8 @@ from routecal.data import mcqa as mcqa_data
 from routecal.models import routers
 from routecal.report import vmoer_lm as vmoer_report
 from routecal.stats import seeds
-from routecal.study import vmoer, vmoer_sources
-from routecal.training import mcqa, router_fit
+from routecal.study import vmoer
+from routecal.training import mcqa, router_fit, vmoer_sources
 
 
 def _tiny_cfg():

@@ -7,7 +7,8 @@ import pytest
 from routecal import config
 from routecal.report import vmoer_lm
 from routecal.stats import seeds
-from routecal.study import vmoer, vmoer_sources
+from routecal.study import vmoer
+from routecal.training import vmoer_sources
 
 METRICS = vmoer_sources.ClassifierSource.metrics
 

@@ -1,4 +1,4 @@
-"""The digits source's ensemble and SWAG retrofits (`study.vmoer_sources.ClassifierSource`): SWAG
+"""The digits source's ensemble and SWAG retrofits (`training.vmoer_sources.ClassifierSource`): SWAG
 collects moments and differs from det; every ensemble member is fitted alone with its losses."""
 
 import json
@@ -11,8 +11,8 @@ from flax import nnx
 from routecal import config
 from routecal.files import workdir as workdir_io
 from routecal.models.routers import baselines, swag
-from routecal.study import vmoer, vmoer_sources
-from routecal.training import classify, predict
+from routecal.study import vmoer
+from routecal.training import classify, predict, vmoer_sources
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Smoke test of experiments/vmoer_pretrained.py (the VMoER section's "imported" source,
-`study.vmoer_imported`) on a tiny imported checkpoint and MCQA files."""
+`training.vmoer_imported`) on a tiny imported checkpoint and MCQA files."""
 
 from __future__ import annotations
 

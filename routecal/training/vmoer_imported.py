@@ -34,14 +34,13 @@ from routecal.models import routers
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
 from routecal.models.pretrained.retrofit import METRICS_FILE, RetrofitConfig, retrofit
-from routecal.models.routers import baselines, common
-from routecal.study.vmoer_sources import (
+from routecal.training import mcqa, router_fit
+from routecal.training.vmoer_sources import (
     MCQA_LOWER,
     MCQA_METRICS,
     check_routers,
     router_overheads,
 )
-from routecal.training import mcqa, router_fit
 
 DOMAINS = {"calib": "calib", "in": "test", "near": "near", "far": "far"}  # split -> data key
 
@@ -137,13 +136,10 @@ class ImportedSource:
             nll = None if calib is None else lambda m: mcqa.calib_nll(
                 m, calib, self.letters, int(e.eval_batch_size))  # fmt: skip
             model, log = router_fit.retrofit(
-                base, seed, lambda r, o: self._import(r, seed, o), fit,
-                n_members=int(self.opts.get("ensemble", common.DEFAULTS["vmoer_ensemble"])),
-                perturb=float(self.opts.get("ensemble_perturb",
-                                            common.DEFAULTS["vmoer_ensemble_perturb"])),
-                rule=baselines.Plateau.from_config(self.cfg.train, steps), swag_steps=steps,
+                base, seed, lambda r, o: self._import(r, seed, o), fit, swag_steps=steps,
                 beta_grid=tuple(e.beta_grid) if calib is not None else (), calib_nll=nll,
-                moments=cell / "swag_moments.npz")  # fmt: skip
+                moments=cell / "swag_moments.npz",
+                **router_fit.ensemble_options(self.opts, self.cfg.train, steps))  # fmt: skip
         log["param_gib_per_device"] = self.info.param_bytes_per_device / 2**30
         log["train_time_s"] = time.perf_counter() - t0
         return model, log

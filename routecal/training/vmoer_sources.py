@@ -41,7 +41,7 @@ from routecal.data import mcqa as mcqa_data
 from routecal.files import records
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
-from routecal.models.routers import baselines, common, swag
+from routecal.models.routers import swag
 from routecal.models.transformer import ModelConfig
 from routecal.training import classify, mcqa, predict, router_fit
 
@@ -79,10 +79,6 @@ def router_overheads(shape: flops.LayerShape, names: list[str]) -> dict[str, dic
     over = flops.router_overheads(shape, tuple(sorted({_base(n) for n in names})))
     return {n: {f"flops_{m}_pct": over[_base(n)][f"{m}_pct"] for m in ("train", "infer")}
             for n in names}  # fmt: skip
-
-
-def _option(cfg: ml_collections.ConfigDict, name: str) -> Any:
-    return cfg.model.vmoer.get(name, common.DEFAULTS[f"vmoer_{name}"])
 
 
 def run_config(cfg: ml_collections.ConfigDict, name: str, seed: int,
@@ -181,17 +177,14 @@ class ClassifierSource:
             return model
 
         def fit(model, trainable, stream, *, steps=None, **kw) -> list[float]:
-            s = seed * 1000 + 100 + stream if isinstance(stream, int) else seed + 2
-            return classify.fit_router_steps(task, model, rc.train, trainable, seed=s,
+            return classify.fit_router_steps(task, model, rc.train, trainable,
+                                             seed=router_fit.stream_seed(seed, stream),
                                              steps=int(steps or rc.train.steps), **kw)
 
         steps = int(rc.train.steps)
-        if base == "swag":
-            return router_fit.fit_swag(copy, fit, steps)
-        return router_fit.fit_ensemble(
-            copy, fit, n_members=int(_option(self.cfg, "ensemble")),
-            perturb=float(_option(self.cfg, "ensemble_perturb")), seed=seed,
-            rule=baselines.Plateau.from_config(self.cfg.experiment, steps), scratch=not retrofit)
+        return router_fit.retrofit(
+            base, seed, copy, fit, swag_steps=steps, scratch=not retrofit,
+            **router_fit.ensemble_options(self.cfg.model.vmoer, self.cfg.experiment, steps))
 
     def evaluate(self, model: nnx.Module, seed: int) -> dict[str, Any]:
         return predict.vmoer_metrics(model, self.dataset, self.cfg.experiment)
@@ -249,23 +242,17 @@ class DecoderSource:
                 return model
 
             def fit(model, trainable, stream, **kw) -> list[float]:
-                s = seed * 1000 + 100 + stream if isinstance(stream, int) else seed + 2
-                return self._fit(model, trainable, s, **kw)
+                return self._fit(model, trainable, router_fit.stream_seed(seed, stream), **kw)
 
             steps = int(t.retrofit_steps)
-            kw = dict(n_members=int(_option(cfg, "ensemble")),
-                      perturb=float(_option(cfg, "ensemble_perturb")), seed=seed,
-                      rule=baselines.Plateau.from_config(t, steps))  # fmt: skip
-            if not retrofit:
-                model, log = router_fit.fit_ensemble(copy, fit, scratch=True, **kw)
-            else:
-                calib = self.data["mcqa"].get("calib")
-                nll = None if calib is None else lambda m: mcqa.calib_nll(
-                    m, calib, self.data["letters"], int(cfg.experiment.eval_batch_size),
-                    mcqa.noise_group(self.data))  # fmt: skip
-                model, log = router_fit.retrofit(base, **kw, copy=copy, fit=fit, swag_steps=steps,
-                                                 beta_grid=tuple(cfg.experiment.beta_grid),
-                                                 calib_nll=nll)  # fmt: skip
+            calib = self.data["mcqa"].get("calib") if retrofit else None  # beta routers only
+            nll = None if calib is None else lambda m: mcqa.calib_nll(
+                m, calib, self.data["letters"], int(cfg.experiment.eval_batch_size),
+                mcqa.noise_group(self.data))  # fmt: skip
+            model, log = router_fit.retrofit(
+                base, seed, copy, fit, swag_steps=steps, beta_grid=tuple(cfg.experiment.beta_grid),
+                calib_nll=nll, scratch=not retrofit,
+                **router_fit.ensemble_options(cfg.model.vmoer, t, steps))  # fmt: skip
             losses = log.pop("losses", None) or [x for m in log.get("members", [])
                                                  for x in m["losses"]]  # fmt: skip
         else:
