@@ -156,9 +156,10 @@ def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
 def _vmoer_rows(vmoer: Mapping[str, Any]) -> list[list[str]]:
     """Each router against the deterministic one: relative change of the mean (seed-band verdict)
     for stability, ECE, OOD AUROC, and the FLOP overhead."""
+    from routecal.report import vmoer_lm
     from routecal.report.verdicts import _VMOER_DIRECTION, _finite
 
-    rows = vmoer.get("rows", [])
+    rows = vmoer_lm.rows(vmoer)
     base = next((r for r in rows if r["router"] == "deterministic"), None)
     out = []
     for r in rows:

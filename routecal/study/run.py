@@ -231,8 +231,8 @@ def vmoer_tasks(plan: plan_lib.Plan, w: pathlib.Path) -> list[tuple[str, Callabl
 
 def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
     """The VMoER section's results from its stages (`vmoer_tasks`): `vmoer.assemble`, which
-    writes W/tables/vmoer.csv, one row per router; the classifier's as the digits report's rows
-    (`vmoer.report_rows`)."""
+    writes W/tables/vmoer.csv, one row per router; the same shape for every source (the report
+    draws it: `report.vmoer_lm`)."""
     from routecal.study import vmoer
 
     source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
@@ -241,4 +241,4 @@ def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str,
     out = vmoer.assemble(source, per_run, w / "tables" / "vmoer.csv",
                          write=parallel.is_primary())
     out["stage_seconds"] = {s: stored[s]["seconds"] for s in source.seeds}
-    return vmoer.report_rows(out) if plan.source == "classifier" else out
+    return out

@@ -197,26 +197,3 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                               json.dumps(out, indent=2, default=float) + "\n")
     return out
 
-
-_REPORT_NAMES = {"det": "deterministic"}
-_REPORT_METRICS = ("accuracy", "stability", "ece", "ood_auroc")
-
-
-def report_rows(out: dict[str, Any]) -> dict[str, Any]:
-    """The digits study's VMoER section from `run`'s output: one row per router (its bands of
-    `_REPORT_METRICS`, relative changes against det, FLOP overhead)."""
-    rows = []
-    for m, bands in out["table"].items():
-        row: dict[str, Any] = {"router": _REPORT_NAMES.get(m, m), "rel_change": {}}
-        for metric in _REPORT_METRICS:
-            band = bands.get(metric)
-            if band is None:
-                continue
-            row[metric] = {k: band[k] for k in ("mean", "std", "min", "max", "n")}
-            if m != "det" and band.get("rel_change_pct") is not None:
-                row["rel_change"][metric] = band["rel_change_pct"]
-        if "flops_overhead_pct" in bands:
-            row["flops_overhead_percent"] = bands["flops_overhead_pct"]["mean"]
-        rows.append(row)
-    keep = {"flops": {}, "paper_claims": {}, "per_run": {}, "markdown": ""}
-    return {"rows": rows, **{k: out.get(k, v) for k, v in keep.items()}}
