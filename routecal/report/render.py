@@ -112,8 +112,8 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
             )
             rows.append(cells)
         out.append(
-            Table(
-                "vmoer",
+            Table(  # the study's own W/tables/vmoer.csv (one row per router) stays
+                "vmoer_summary",
                 "VMoER vs deterministic routing: mean [min, max] over seeds",
                 ["router", *metrics, "FLOP overhead (%)", "relative change vs deterministic"],
                 rows,

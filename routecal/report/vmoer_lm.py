@@ -49,6 +49,13 @@ def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[flo
     return float(ci.low), float(ci.high)
 
 
+def n_items(out: dict[str, Any]) -> int:
+    """The in-domain items scored per seed (the accuracy interval's n): the section's
+    `n_eval_items` (an older LM experiment's results: its data config's)."""
+    return int(out["n_eval_items"] if "n_eval_items" in out
+               else out["config"]["data"]["n_eval_items"])  # fmt: skip
+
+
 def _settings_lines(out: dict[str, Any], names: list[str]) -> list[str]:
     """Per router and seed: the stability curve over layers at the headline sigma, the beta
     chosen on the calib split, ensemble members' final losses, SWAG iterates."""
@@ -86,8 +93,8 @@ def report(out: dict[str, Any]) -> str:
     """The markdown section of a finished run (`vmoer_lm_results.json`): setting, seeds, time,
     det's accuracy with its binomial interval, per-router time, the table and, per paper claim,
     what each VMoER router shows."""
-    cfg, names, table = out["config"], list(out["table"]), out["table"]
-    n = int(cfg["data"]["n_eval_items"])
+    names, table = list(out["table"]), out["table"]
+    n = n_items(out)
     seeds_ = sorted({s for runs in out["per_run"].values() for s in map(int, runs)})
     lines = [
         f"Scoring: {out.get('scoring', 'letter')}; seeds {seeds_}; {n} items per domain; "
@@ -174,7 +181,7 @@ def section_table(out: dict[str, Any]) -> Any:
     from routecal.report.table import Table
 
     names, table = list(out["table"]), out["table"]
-    n = int(out["config"]["data"]["n_eval_items"])
+    n = n_items(out)
     cols = [*CLAIM_OF, "accuracy"]
     rows = []
     for name in names:

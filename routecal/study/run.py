@@ -220,12 +220,12 @@ def _analysis(plan: plan_lib.Plan, unit: ModuleType, w: pathlib.Path, preds: Any
 # The VMoER section: the study's one call into it (`study.vmoer`, for every MoE source).
 def vmoer_tasks(plan: plan_lib.Plan, w: pathlib.Path) -> list[tuple[str, Callable[[], Any]]]:
     """The VMoER section's stages: one `vmoer:<seed>` per seed (det trained or imported, then
-    every router of `experiment.routers` from scratch or fitted on it, `vmoer.run_seed`; every
+    every router of `experiment.routers` from scratch or fitted on it, `vmoer.seed_stage`; every
     process together, each router but det fitted by one)."""
     from routecal.study import vmoer
 
     source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
-    return [(f"vmoer:{s}", spmd(lambda s=s: {"runs": vmoer.run_seed(source, s)}))
+    return [(f"vmoer:{s}", spmd(lambda s=s: vmoer.seed_stage(source, s, w / "vmoer")))
             for s in source.seeds]
 
 

@@ -59,7 +59,7 @@ def make_mesh(spec: str) -> jax.sharding.Mesh | None:
 class ImportedSource:
     """A checkpoint imported with each router (module docstring)."""
 
-    metrics, lower_is_better, results_file = MCQA_METRICS, MCQA_LOWER, "results.json"
+    metrics, lower_is_better = MCQA_METRICS, MCQA_LOWER
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.cfg, self.wd, e, d = cfg, workdir, cfg.experiment, cfg.data
@@ -152,4 +152,6 @@ class ImportedSource:
 
     def extras(self) -> dict[str, Any]:
         return {"n_options": self.n_options, "n_dropped_items": self.dropped,
+                "scoring": "letter", "seeds": self.seeds,  # the letters' logits (docstring)
+                "n_eval_items": len(self.splits["in"]["answers"]),  # in-domain
                 "config": json.loads(self.cfg.to_json_best_effort())}

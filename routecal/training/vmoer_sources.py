@@ -113,7 +113,6 @@ class ClassifierSource:
     metrics = ("stability", "ece", "ood_auroc", "ood_auroc_maxprob", "ood_auroc_mi", "accuracy",
                "nll", "flops_overhead_pct")  # fmt: skip
     lower_is_better = frozenset({"ece", "nll", "flops_overhead_pct"})
-    results_file = "vmoer_results.json"
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.cfg, self.wd, e = cfg, workdir, cfg.experiment
@@ -204,7 +203,7 @@ class ClassifierSource:
 class DecoderSource:
     """The MoE decoder trained here, scored on the embedded MCQA (module docstring)."""
 
-    metrics, lower_is_better, results_file = MCQA_METRICS, MCQA_LOWER, "vmoer_lm_results.json"
+    metrics, lower_is_better = MCQA_METRICS, MCQA_LOWER
 
     def __init__(self, cfg: ml_collections.ConfigDict, data: dict[str, Any] | None = None):
         self.cfg, e = cfg, cfg.experiment
@@ -279,4 +278,5 @@ class DecoderSource:
 
     def extras(self) -> dict[str, Any]:
         return {"scoring": self.scoring, "seeds": self.seeds,
+                "n_eval_items": int(self.cfg.data.n_eval_items),  # per domain
                 "config": json.loads(self.cfg.to_json_best_effort())}
