@@ -60,9 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg.train.update(trainable="vrouter", steps=300, warmup=20, checkpoint_every=300,
                          eval_every=300)
 
-    # The VMoER section's settings (routecal.study.vmoer.run; ignored by `routecal train`).
+    # The VMoER section's settings (routecal.study.vmoer; ignored by `routecal train`).
     cfg.experiment = ml_collections.ConfigDict({
-        "source": "classifier",  # routecal.study.vmoer_sources
+        "source": "classifier",  # routecal.training.vmoer_sources
         "seeds": (0, 1, 2),
         "routers": ("det", "mfvr", "vtsr", "mfvr_retrofit", "vtsr_retrofit"),
         "retrofit_steps": 300,

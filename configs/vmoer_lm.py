@@ -13,7 +13,7 @@ fixed_temp, mc_dropout; the ensemble's members each fitted alone from a perturbe
 until their loss plateaus (capped);
 SWAG from the moments of the router weights' trajectory); the "scratch" variant adds every
 router trained from scratch. Writes `tables/vmoer.csv` (one row per router) and
-`vmoer_lm_results.json`. Stability follows the paper (`experiment.stability_protocol`), an
+`results.json` (its "vmoer"). Stability follows the paper (`experiment.stability_protocol`), an
 item's options share one routing draw (common random numbers).
 
 Scoring (`experiment.scoring`, `routecal.training.mcqa`): "loglik" (default) scores
@@ -129,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.train.grad_clip = 1.0
 
     cfg.experiment = ml_collections.ConfigDict()
-    cfg.experiment.source = "decoder"  # the VMoER section's source (routecal.study.vmoer_sources)
+    cfg.experiment.source = "decoder"  # the VMoER section's source (routecal.training.vmoer_sources)
     cfg.experiment.seeds = (0, 1, 2)
     # option scoring (routecal.data.mcqa.SCORINGS): "loglik" = length-normalised
     # option log-likelihood given the context (lm-eval-harness acc_norm); "letter" = the
@@ -155,7 +155,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cfg.experiment.stability_items = 128  # first in-domain items scored for stability (0: all)
     cfg.experiment.n_bins = 15
     cfg.experiment.eval_batch_size = 64
-    cfg.experiment.assemble_only = False  # True: table the saved seed<s>.json files, no training
 
     if "large" in parts:  # a larger decoder trained longer (not measured)
         cfg.model.update(d_model=128, n_layers=4, mlp_dim=256, moe_hidden=128)

@@ -6,7 +6,7 @@
     PYTHONPATH=. python experiments/vmoer_lm.py --config configs/vmoer_pretrained.py --workdir W \
         checkpoint=/ckpt/granite-3.1-3b-a800m data.train=obqa/train.jsonl:openbookqa ...
 
-The VMoER section (`routecal.study.vmoer`, source "imported", `study.vmoer_imported`): the
+The VMoER section (`routecal.study.vmoer`, source "imported", `training.vmoer_imported`): the
 imported deterministic router vs every router retrofitted on the checkpoint (only the routing
 posterior trained on the MCQA train split), Li & Wicker's table (arXiv:2603.09453, Sec. 5):
 stability at sigma = 0.01, ECE, MCE, NLL, Brier, OOD AUROC near / far (entropy, max-prob, MI,
@@ -14,8 +14,8 @@ gating entropy, router-logit variance), the router's FLOP overhead at the checkp
 shape, accuracy; seed bands and the change against det. Nothing downloads: bring the checkpoint
 directory (config.json, *.safetensors, tokenizer.json) and the files (PATH:FORMAT, FORMAT one of
 `routecal.data.mcqa_formats.FORMATS`, or tfds:NAME[:SPLIT] prepared in $TFDS_DATA_DIR). Writes
-W/tables/vmoer.csv, W/results.json, W/seed<s>.json and the resumable retrofit cells
-W/<router>/seed<s>/. What has run: only the tiny CI smoke test
+W/tables/vmoer.csv, W/results.json (its "vmoer"), the report, W/vmoer/seed<s>.json and the
+resumable retrofit cells W/vmoer/<router>/seed<s>/. What has run: only the tiny CI smoke test
 (`tests/models/pretrained/test_vmoer_pretrained_exp.py`); no paper-scale number exists yet.
 """
 
@@ -56,6 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
         mc_samples=8,  # sampled passes for mutual information
         n_bins=15,
         eval_batch_size=8,
-        assemble_only=False,
     ))  # fmt: skip
     return cfg

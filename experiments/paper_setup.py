@@ -1,7 +1,8 @@
-"""The set-up both paper-scale scripts share: arguments, TFDS data overrides, running the study.
+"""The set-up the experiment scripts share: arguments, TFDS data overrides, running the study.
 
-Used by `routing_calibration_paper.py` and `vmoer_paper.py` (run as `python experiments/<x>.py`,
-so this module is importable beside them).
+Used by `routing_calibration_paper.py` and `vmoer_paper.py`, and (`vmoer_section`: the VMoER
+section alone through the study) by `vmoer_table.py`, `vmoer_lm.py` and `vmoer_pretrained.py`
+(run as `python experiments/<x>.py`, so this module is importable beside them).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 from routecal.config import load_config
 from routecal.study import run as study
@@ -52,3 +54,23 @@ def run_study(args: argparse.Namespace, title: str, overrides: Sequence[str]) ->
     )
     study.run(cfg, args.workdir)
     print(f"report: {pathlib.Path(args.workdir) / 'report.html'}")
+
+
+def vmoer_section(study_config: str, vmoer_config: str, overrides: Sequence[str],
+                  workdir: str | pathlib.Path) -> dict[str, Any]:
+    """The VMoER section alone, run by the study: `configs/<study_config>` with no architectures
+    and the section `vmoer_config` (file[:variant], + `overrides`) at that config's own seeds, as
+
+        routecal study --config configs/<study_config> --workdir W \\
+            --config.sections="('vmoer',)" --config.architectures="()" \\
+            --config.vmoer.config=<vmoer_config> --config.vmoer.overrides="(...)" \\
+            --config.seeds="<experiment.seeds>"
+
+    Returns `results["vmoer"]` (also in W/results.json; W/tables/vmoer.csv, W/report.html)."""
+    path, _, variant = str(vmoer_config).partition(":")
+    spec = str(pathlib.Path(path).resolve()) + (f":{variant}" if variant else "")
+    section_seeds = tuple(int(s) for s in load_config(spec, overrides).experiment.seeds)
+    cfg = load_config(str(ROOT / "configs" / study_config), [
+        "sections=('vmoer',)", "architectures=()", f"seeds={section_seeds}",
+        f"vmoer.config={spec}", f"vmoer.overrides={tuple(overrides)!r}"])  # fmt: skip
+    return study.run(cfg, workdir)["vmoer"]

@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     if not path.exists():
         raise SystemExit(f"readme_numbers: workdir: no results.json in {w} (run the study first)")
     results = json.loads(path.read_text())
+    if args.block == "found-vmoer-lm":  # the VMoER LM experiment: the study of that section alone
+        command = args.command or f"python experiments/vmoer_lm.py --workdir {w}"
+        block = readme.vmoer_lm_block(results.get("vmoer", {}), command=command,
+                                      source=f"{w.name}/results.json", machine=args.machine,
+                                      name=args.block, note=args.note)
+        return _write(pathlib.Path(args.readme), block, args.block, args.check, path)
     meta = results.setdefault("meta", {})
     if meta.get("wall_seconds") is None and not meta.get("stage_seconds"):
         meta["stage_seconds"] = stage_seconds(w)

@@ -11,12 +11,13 @@
         [--calib PATH:FORMAT --beta-grid 1e-4,1e-3,1e-2]
 
 Each flag sets one field of configs/vmoer_pretrained.py (its docstring says what runs; the VMoER
-section, `routecal.study.vmoer`, source "imported", runs it). --routers takes registry names;
+section, `routecal.study.vmoer`, source "imported", runs it, run by the study alone:
+`paper_setup.vmoer_section`, configs/study_pretrained.py with no architectures). --routers takes registry names;
 an imported checkpoint is only retrofitted, so "mfvr" means "mfvr_retrofit". --vmoer sets
 VMoER options (`routecal.models.routers.common.VMoERConfig` names without "vmoer_"). Files are
 PATH:FORMAT (`routecal.data.mcqa_formats.FORMATS`) or tfds:NAME[:SPLIT]. Writes
-<workdir>/tables/vmoer.csv, results.json, table.md and the retrofit cells <router>/seed<k>/; a
-stopped run resumes.
+<workdir>/tables/vmoer.csv, results.json (its "vmoer"), table.md, the report and the retrofit
+cells vmoer/<router>/seed<k>/; a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import argparse
 import pathlib
 from typing import Any
 
-from routecal import config
+import paper_setup
+
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
 from routecal.models.routers import common
 from routecal.stats.uncertainty import MOE_OOD_SCORES
-from routecal.study import vmoer as section
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "vmoer_pretrained.py"
 
@@ -88,24 +89,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="betas tried per router on --calib (ignored without --calib)")
     a = ap.parse_args(argv)
     names = [routers.canonical(r.removesuffix("_retrofit")) for r in a.routers.split(",") if r]
-    cfg = config.load_config(str(CONFIG))
-    with cfg.unlocked():
-        cfg.model.vmoer.update(parse_vmoer(a.vmoer))
-    cfg.checkpoint = a.checkpoint
-    cfg.data.update(train=a.train, test=a.test, near=a.near, far=a.far, calib=a.calib,
-                    max_questions=a.max_questions, max_len=a.max_len)
-    cfg.model.update(dtype=a.dtype, mesh=a.mesh)
-    cfg.train.update(steps=a.steps, lr=a.lr, batch_size=a.batch_size,
-                     checkpoint_every=a.checkpoint_every, member_steps=a.steps,
-                     member_max_steps=a.member_max_steps or 4 * a.steps)
-    cfg.experiment.update(
-        routers=tuple(n if n == "det" else f"{n}_retrofit" for n in names),
-        seeds=tuple(int(s) for s in a.seeds.split(",")), beta_grid=_floats(a.beta_grid),
-        sigmas=tuple(sorted(set(_floats(a.sigmas)) | {a.stability_sigma})),
-        stability_sigma=a.stability_sigma, stability_protocol=a.stability_protocol,
-        ood_scores=tuple(x for x in a.ood_scores.split(",") if x), mc_samples=a.samples,
-        eval_batch_size=a.batch_size)  # fmt: skip
-    out = section.run(cfg, a.workdir)
+    fields = {
+        "checkpoint": a.checkpoint, "model.vmoer": parse_vmoer(a.vmoer),
+        **{f"data.{k}": getattr(a, k) for k in ("train", "test", "near", "far", "calib",
+                                                 "max_questions", "max_len")},
+        "model.dtype": a.dtype, "model.mesh": a.mesh,
+        "train.steps": a.steps, "train.lr": a.lr, "train.batch_size": a.batch_size,
+        "train.checkpoint_every": a.checkpoint_every, "train.member_steps": a.steps,
+        "train.member_max_steps": a.member_max_steps or 4 * a.steps,
+        "experiment.routers": tuple(n if n == "det" else f"{n}_retrofit" for n in names),
+        "experiment.seeds": tuple(int(s) for s in a.seeds.split(",")),
+        "experiment.beta_grid": _floats(a.beta_grid),
+        "experiment.sigmas": tuple(sorted(set(_floats(a.sigmas)) | {a.stability_sigma})),
+        "experiment.stability_sigma": a.stability_sigma,
+        "experiment.stability_protocol": a.stability_protocol,
+        "experiment.ood_scores": tuple(x for x in a.ood_scores.split(",") if x),
+        "experiment.mc_samples": a.samples, "experiment.eval_batch_size": a.batch_size,
+    }  # fmt: skip
+    overrides = [f"{k}={v!r}" for k, v in fields.items()]  # Python literals, strings quoted
+    out = paper_setup.vmoer_section("study_pretrained.py", str(CONFIG), overrides, a.workdir)
     workdir_io.write_text(pathlib.Path(a.workdir) / "table.md", out["markdown"] + "\n")
     print(out["markdown"])
     return out

@@ -3,31 +3,30 @@
     PYTHONPATH=. python experiments/vmoer_table.py       # 18 min wall (7 min CPU), shared 2 cores
     PYTHONPATH=. python experiments/vmoer_table.py --config configs/vmoer_digits.py:quick
 
-The VMoER section (`routecal.study.vmoer.run`) on the digits classifier: trains (or resumes)
-every (router, seed) run under --workdir, prints the table (mean ± std [min, max] over seeds,
+The VMoER section (`routecal.study.vmoer`) on the digits classifier, run by the study alone
+(`paper_setup.vmoer_section`: configs/study.py with no architectures): trains (or resumes) every
+(router, seed) run under --workdir/vmoer, prints the table (mean ± std [min, max] over seeds,
 relative change vs the deterministic router) next to the paper's claims, and writes
---workdir/vmoer_results.json and --workdir/tables/vmoer.csv.
+--workdir/results.json (its "vmoer"), --workdir/tables/vmoer.csv and the report.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from routecal import config
-from routecal.study import vmoer
+import paper_setup
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/vmoer_digits.py")
     ap.add_argument("--workdir", default="/tmp/routecal_vmoer")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
-    cfg = config.load_config(args.config, args.overrides)
-    out = vmoer.run(cfg, args.workdir)
+    out = paper_setup.vmoer_section("study.py", args.config, args.overrides, args.workdir)
     print()
-    print(f"VMoER table ({len(cfg.experiment.seeds)} seeds; {out['time_s']:.0f} s)")
+    print(f"VMoER table ({len(out['per_run']['det'])} seeds; train + evaluation "
+          f"{out['runs_wall_s']:.0f} s)")
     print(out["markdown"])
     print()
     fl = out["flops"]
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("Paper claims vs det:", out["paper_claims"])
     t = out["table"]
-    for m in cfg.experiment.routers:
+    for m in t:
         if m == "det":
             continue
         rel = {k: t[m][k].get("rel_change_pct") for k in ("stability", "ece", "ood_auroc")}
@@ -46,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  {m:<15} stability {rel['stability']:+.1f}%  ece {rel['ece']:+.1f}%  "
             f"ood_auroc {rel['ood_auroc']:+.1f}%"
         )
-    return 0
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from routecal.files import workdir as workdir_io
+from routecal.report import vmoer_lm
 
 # ----------------------------------------------------------------------------------------------
 
@@ -154,10 +155,10 @@ def fig_depth(depth: Mapping[str, Any], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def fig_vmoer(vm: Mapping[str, Any], path: pathlib.Path) -> None:
-    """VMoER table as bars (mean) with min-max seed bands, one panel per metric."""
+def fig_vmoer(rows: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
+    """VMoER table as bars (mean) with min-max seed bands, one panel per metric; `rows` one per
+    router (`report.vmoer_lm.rows`)."""
     plt = _plt()
-    rows = vm.get("rows", [])
     metrics = [m for m in ("accuracy", "stability", "ece", "ood_auroc") if rows and m in rows[0]]
     if not metrics:
         return
@@ -182,7 +183,6 @@ def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str
     fig_dir.mkdir(parents=True, exist_ok=True)
     out: list[tuple[str, pathlib.Path]] = []
     tests = results.get("diagnostics", {}).get("tests", [])
-    vm = results.get("vmoer", {})
     specs = [
         ("reliability", results.get("probes", {}).get("reliability", {}), fig_reliability,
          "Reliability diagrams per probe (first architecture and seed, test split; marker size = "
@@ -201,7 +201,7 @@ def figures(results: Mapping[str, Any], fig_dir: pathlib.Path) -> list[tuple[str
         ("depth_attention", results.get("depth_attention", {}), fig_depth,
          "Depth-attention weights per sublayer, averaged over tokens and test examples (first "
          "seed)"),
-        ("vmoer", vm if vm.get("rows") else {}, fig_vmoer,
+        ("vmoer", vmoer_lm.rows(results.get("vmoer", {})), fig_vmoer,
          "VMoER vs deterministic routing: mean with min-max seed band"),
     ]
     for name, data, draw, caption in specs:

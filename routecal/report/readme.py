@@ -156,9 +156,10 @@ def _digits_rows(results: Mapping[str, Any]) -> list[list[str]]:
 def _vmoer_rows(vmoer: Mapping[str, Any]) -> list[list[str]]:
     """Each router against the deterministic one: relative change of the mean (seed-band verdict)
     for stability, ECE, OOD AUROC, and the FLOP overhead."""
+    from routecal.report import vmoer_lm
     from routecal.report.verdicts import _VMOER_DIRECTION, _finite
 
-    rows = vmoer.get("rows", [])
+    rows = vmoer_lm.rows(vmoer)
     base = next((r for r in rows if r["router"] == "deterministic"), None)
     out = []
     for r in rows:
@@ -278,7 +279,8 @@ def replace_block(text: str, block: str, name: str = "found") -> str:
 
 def vmoer_lm_block(out: Mapping[str, Any], *, command: str, source: str, machine: str = "",
                    name: str = "found-vmoer-lm", note: str = "") -> str:
-    """The README block of the VMoER language-model experiment (`W/vmoer_lm_results.json`):
+    """The README block of the VMoER language-model experiment (`results["vmoer"]` of its study,
+    or an older run's `W/vmoer_lm_results.json`):
     det's accuracy with its Wilson interval per seed, then per variational router (VMoER's four,
     from scratch and retrofitted; the baselines are in the full table) the relative
     change against det (seed-band verdict) of each claimed metric and the FLOP overhead; the full
@@ -286,10 +288,11 @@ def vmoer_lm_block(out: Mapping[str, Any], *, command: str, source: str, machine
     from routecal.report import vmoer_lm
 
     if "table" not in out or "per_run" not in out:
-        raise ValueError("results: not a vmoer_lm_results.json (no 'table' / 'per_run')")
+        raise ValueError("results: no VMoER section (results.json's 'vmoer' or a "
+                         "vmoer_lm_results.json: no 'table' / 'per_run')")
     begin, end = markers(name)
-    cfg, table = out["config"], out["table"]
-    n = int(cfg["data"]["n_eval_items"])
+    table = out["table"]
+    n = vmoer_lm.n_items(out)
     where = f"; on {machine}" if machine else ""
     caveat = f"; **{note}**" if note else ""
     lines = [begin, "", f"From `{command}` (`{source}`; scoring {out.get('scoring', 'letter')}; "

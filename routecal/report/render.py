@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from routecal.files import workdir as workdir_io
+from routecal.report import vmoer_lm
 from routecal.report.figures import figures
 from routecal.report.table import Table, fmt, fmt_band
 from routecal.report.verdicts import diagnostics_rows, verdicts
@@ -99,11 +100,11 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
                 ],
             )
         )
-    vm = results.get("vmoer", {})
-    if vm.get("rows"):
-        metrics = [m for m in ("accuracy", "stability", "ece", "ood_auroc") if m in vm["rows"][0]]
+    vm_rows = vmoer_lm.rows(results.get("vmoer", {}))
+    if vm_rows:
+        metrics = [m for m in vmoer_lm.ROW_METRICS if m in vm_rows[0]]
         rows = []
-        for r in vm["rows"]:
+        for r in vm_rows:
             cells = [r["router"]] + [fmt_band(r.get(m)) for m in metrics]
             cells.append(fmt(r.get("flops_overhead_percent")))
             cells.append(
@@ -111,8 +112,8 @@ def tables(results: Mapping[str, Any]) -> list[Table]:
             )
             rows.append(cells)
         out.append(
-            Table(
-                "vmoer",
+            Table(  # the study's own W/tables/vmoer.csv (one row per router) stays
+                "vmoer_summary",
                 "VMoER vs deterministic routing: mean [min, max] over seeds",
                 ["router", *metrics, "FLOP overhead (%)", "relative change vs deterministic"],
                 rows,

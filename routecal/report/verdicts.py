@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from routecal.report import vmoer_lm
 from routecal.report.validity_note import paper_test_caveat
 from routecal.stats import seeds
 
@@ -175,7 +176,7 @@ _VMOER_DIRECTION = (("stability", True), ("ece", False), ("ood_auroc", True))
 def vmoer_verdict(vmoer: Mapping[str, Any]) -> str:
     """Each variational router against the deterministic one: relative change of the mean and the
     seed-band rule's verdict per metric (stability and OOD AUROC higher-better, ECE lower)."""
-    rows = vmoer.get("rows", [])
+    rows = vmoer_lm.rows(vmoer)
     if not rows:
         return "The VMoER experiment was not run."
     base = next((r for r in rows if r["router"] == "deterministic"), None)

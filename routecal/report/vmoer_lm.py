@@ -1,10 +1,13 @@
-"""The VMoER language-model experiment's section, drawn from its results (`vmoer_lm_results.json`,
-written by `routecal.study.vmoer`): the paper's claims, the accuracy interval and the markdown
-section (setting, seeds, time, the table and, per claim, what each variational router shows).
+"""The VMoER section drawn from its results (`routecal.study.vmoer`, any source: `results["vmoer"]`
+of a study, `vmoer_lm_results.json` of the LM experiment): the paper's claims, the seed-band
+table's markdown, its per-router rows (`rows`: the example report's table, bars and verdict), the
+accuracy interval and the LM experiment's markdown section (setting, seeds, time, the table and,
+per claim, what each variational router shows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,27 @@ PAPER_CLAIMS = {"stability": "+38%", "ece": "-94%", "ood_auroc": "+12%", "flops"
 CLAIM_OF = {"stability": "stability", "ece": "ece", "ood_auroc_near": "ood_auroc",
             "ood_auroc_far": "ood_auroc", "flops_infer_pct": "flops"}  # fmt: skip
 VMOER_ROUTERS = ("mfvr", "lowrank", "fcvr", "vtsr")  # the variational routers (and *_retrofit)
+ROW_METRICS = ("accuracy", "stability", "ece", "ood_auroc")  # the example report's columns
+
+
+def rows(vm: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The section's seed-band table (`vm["table"]`, router -> metric -> band) as one row per
+    router ("det" named "deterministic"): its bands of `ROW_METRICS`, their relative changes
+    against det and its FLOP overhead (the mean of `flops_overhead_pct`); [] without a table."""
+    out = []
+    for m, bands in vm.get("table", {}).items():
+        row: dict[str, Any] = {"router": "deterministic" if m == "det" else m, "rel_change": {}}
+        for metric in ROW_METRICS:
+            band = bands.get(metric)
+            if band is None:
+                continue
+            row[metric] = {k: band[k] for k in ("mean", "std", "min", "max", "n")}
+            if m != "det" and band.get("rel_change_pct") is not None:
+                row["rel_change"][metric] = band["rel_change_pct"]
+        if "flops_overhead_pct" in bands:
+            row["flops_overhead_percent"] = bands["flops_overhead_pct"]["mean"]
+        out.append(row)
+    return out
 
 
 def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -23,6 +47,13 @@ def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[flo
     k = int(round(accuracy * n))
     ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def n_items(out: dict[str, Any]) -> int:
+    """The in-domain items scored per seed (the accuracy interval's n): the section's
+    `n_eval_items` (an older LM experiment's results: its data config's)."""
+    return int(out["n_eval_items"] if "n_eval_items" in out
+               else out["config"]["data"]["n_eval_items"])  # fmt: skip
 
 
 def _settings_lines(out: dict[str, Any], names: list[str]) -> list[str]:
@@ -62,8 +93,8 @@ def report(out: dict[str, Any]) -> str:
     """The markdown section of a finished run (`vmoer_lm_results.json`): setting, seeds, time,
     det's accuracy with its binomial interval, per-router time, the table and, per paper claim,
     what each VMoER router shows."""
-    cfg, names, table = out["config"], list(out["table"]), out["table"]
-    n = int(cfg["data"]["n_eval_items"])
+    names, table = list(out["table"]), out["table"]
+    n = n_items(out)
     seeds_ = sorted({s for runs in out["per_run"].values() for s in map(int, runs)})
     lines = [
         f"Scoring: {out.get('scoring', 'letter')}; seeds {seeds_}; {n} items per domain; "
@@ -147,10 +178,10 @@ def section_table(out: dict[str, Any]) -> Any:
     """The VMoER section of a study's report (`results["vmoer"]`): one row per router with det's
     in-domain accuracy interval, each paper-claim metric as a seed-band cell against det (verdict
     by the seed-band rule) and the router's wall seconds per seed."""
-    from routecal.report.render import Table
+    from routecal.report.table import Table
 
     names, table = list(out["table"]), out["table"]
-    n = int(out["config"]["data"]["n_eval_items"])
+    n = n_items(out)
     cols = [*CLAIM_OF, "accuracy"]
     rows = []
     for name in names:

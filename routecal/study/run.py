@@ -220,19 +220,19 @@ def _analysis(plan: plan_lib.Plan, unit: ModuleType, w: pathlib.Path, preds: Any
 # The VMoER section: the study's one call into it (`study.vmoer`, for every MoE source).
 def vmoer_tasks(plan: plan_lib.Plan, w: pathlib.Path) -> list[tuple[str, Callable[[], Any]]]:
     """The VMoER section's stages: one `vmoer:<seed>` per seed (det trained or imported, then
-    every router of `experiment.routers` from scratch or fitted on it, `vmoer.run_seed`; every
+    every router of `experiment.routers` from scratch or fitted on it, `vmoer.seed_stage`; every
     process together, each router but det fitted by one)."""
     from routecal.study import vmoer
 
     source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
-    return [(f"vmoer:{s}", spmd(lambda s=s: {"runs": vmoer.run_seed(source, s)}))
+    return [(f"vmoer:{s}", spmd(lambda s=s: vmoer.seed_stage(source, s, w / "vmoer")))
             for s in source.seeds]
 
 
 def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str, Any]:
     """The VMoER section's results from its stages (`vmoer_tasks`): `vmoer.assemble`, which
-    writes W/tables/vmoer.csv, one row per router; the classifier's as the digits report's rows
-    (`vmoer.report_rows`)."""
+    writes W/tables/vmoer.csv, one row per router; the same shape for every source (the report
+    draws it: `report.vmoer_lm`)."""
     from routecal.study import vmoer
 
     source = vmoer.make_source(plan.load_vmoer(), w / "vmoer")
@@ -241,4 +241,4 @@ def vmoer_results(plan: plan_lib.Plan, st: Stages, w: pathlib.Path) -> dict[str,
     out = vmoer.assemble(source, per_run, w / "tables" / "vmoer.csv",
                          write=parallel.is_primary())
     out["stage_seconds"] = {s: stored[s]["seconds"] for s in source.seeds}
-    return vmoer.report_rows(out) if plan.source == "classifier" else out
+    return out

@@ -1,24 +1,26 @@
 """The VMoER section: for any MoE source, the deterministic router against every router, over seeds.
 
-    out = run(cfg, workdir)     # cfg: configs/vmoer_digits.py, vmoer_lm.py or vmoer_pretrained.py
+    routecal study --config configs/study_lm.py:quick --workdir W         # beside the LM study
+    routecal study --config configs/study.py --workdir W --config.sections="('vmoer',)" \
+        --config.architectures="()"                                       # the section alone
 
 Variational MoE routing (Li & Wicker, arXiv:2603.09453, Sec. 5). `cfg.experiment.source` names
-the source of the MoE (`study.vmoer_sources`: "classifier" = the digits classifier trained here,
+the source of the MoE (`training.vmoer_sources`: "classifier" = the digits classifier trained here,
 "decoder" = the MoE decoder trained here and scored on MCQA, "imported" = a Hugging Face
 checkpoint scored on the published MCQA files); `cfg.experiment.routers` the routers in the one
 vocabulary (`routecal.models.routers`: det, mfvr, lowrank, fcvr, vtsr, fixed_temp, mc_dropout,
 ensemble, swag; "<name>_retrofit" fitted on the trained det model, the bare name from scratch, a
-source trained elsewhere has only retrofits). Per seed the section obtains det (trained or
-imported) and then every router (`Source.fit`), evaluates each (`Source.evaluate`: accuracy, ECE,
-NLL, routing stability, OOD AUROCs, ...) into one row with its fit log (beta chosen on the calib
-split, ensemble members, SWAG iterates, train time), saving `workdir/seed<s>.json` after every
-router: a rerun skips the routers found there, so seeds can run in parallel processes
-(`experiment.seeds=(s,)` each) and a last call tables them (`experiment.assemble_only=True`
-tables partial seeds without training). The table: per router and metric the seed band (mean,
-std, min, max, n; `stats.seeds.seed_band`), the relative change of the mean against det and the
-seed-band verdict (`stats.seeds.compare_bands`: better / worse only when the [min, max] bands do
-not overlap), FLOP overheads per router; written as `tables/vmoer.csv` (one row per router) and
-`<source results file>`; its markdown is drawn by `routecal.report.vmoer_lm`.
+source trained elsewhere has only retrofits). The study runs the section (`study.run.vmoer_tasks`:
+one stage `vmoer:<seed>` per seed, `seed_stage`; then `assemble`): per seed it obtains det
+(trained or imported) and then every router (`Source.fit`), evaluates each (`Source.evaluate`:
+accuracy, ECE, NLL, routing stability, OOD AUROCs, ...) into one row with its fit log (beta chosen
+on the calib split, ensemble members, SWAG iterates, train time), saving `<section
+workdir>/seed<s>.json` after every router: a rerun skips the routers found there (seeds in
+parallel: the study's `--worker` or `--distributed`). The table: per router and metric the seed
+band (mean, std, min, max, n; `stats.seeds.seed_band`), the relative change of the mean against
+det and the seed-band verdict (`stats.seeds.compare_bands`: better / worse only when the [min,
+max] bands do not overlap), FLOP overheads per router; written as `tables/vmoer.csv` (one row per
+router) and `results["vmoer"]`; its markdown is drawn by `routecal.report.vmoer_lm`.
 """
 
 from __future__ import annotations
@@ -38,18 +40,17 @@ from routecal.report import vmoer_lm
 from routecal.report.table import Table
 from routecal.report.vmoer_lm import CLAIM_OF, PAPER_CLAIMS
 from routecal.stats import seeds as seed_stats
-from routecal.study import vmoer_sources
-from routecal.study.vmoer_sources import check_routers  # noqa: F401 (the plan checks names)
+from routecal.training import vmoer_sources
+from routecal.training.vmoer_sources import check_routers  # noqa: F401 (the plan checks names)
 
 
 class Source(Protocol):
-    """What the section needs of an MoE source (`study.vmoer_sources`)."""
+    """What the section needs of an MoE source (`training.vmoer_sources`)."""
 
     names: list[str]  # experiment.routers, det first
     seeds: list[int]
     metrics: tuple[str, ...]  # the table's metrics, in column order
     lower_is_better: frozenset[str]
-    results_file: str  # the results JSON under the workdir
 
     def fit(self, name: str, seed: int, det: Callable[[], nnx.Module]
             ) -> tuple[nnx.Module, dict[str, Any]]:
@@ -114,6 +115,20 @@ def run_seed(source: Source, seed: int, done: dict[str, Any] | None = None,
     return runs
 
 
+def seed_stage(source: Source, seed: int, workdir: pathlib.Path) -> dict[str, Any]:
+    """The study's `vmoer:<seed>` stage: {"runs": `run_seed`} with the routers found in
+    `workdir/seed<s>.json` kept, that file saved after every router (atomically; multi-host:
+    process 0 writes), so a stopped stage resumes router by router."""
+    seed_file = workdir / f"seed{seed}.json"
+    done = workdir_io.read_json(seed_file, "vmoer") if seed_file.exists() else {}
+
+    def save(runs: dict[str, Any]) -> None:
+        if parallel.is_primary():
+            workdir_io.write_text(seed_file, json.dumps(runs, default=float) + "\n")
+
+    return {"runs": run_seed(source, seed, done, on_router=save)}
+
+
 def write_csv(table: dict[str, dict[str, Any]], names: list[str], metrics: tuple[str, ...],
               path: pathlib.Path) -> None:
     """One row per router: <metric>_mean, _std, _min, _max, _rel_pct, _verdict, n_seeds and the
@@ -153,70 +168,16 @@ def assemble(source: Source, per_run: dict[str, dict[int, dict[str, Any]]],
 
 
 def make_source(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> Source:
-    """The source `cfg.experiment.source` names: "classifier", "decoder" (`study.vmoer_sources`)
-    or "imported" (`study.vmoer_imported`)."""
+    """The source `cfg.experiment.source` names: "classifier", "decoder" (`training.vmoer_sources`)
+    or "imported" (`training.vmoer_imported`)."""
     kind = str(cfg.experiment.source)
     if kind == "classifier":
         return vmoer_sources.ClassifierSource(cfg, workdir)
     if kind == "decoder":
         return vmoer_sources.DecoderSource(cfg)
     if kind == "imported":
-        from routecal.study.vmoer_imported import ImportedSource  # loads the checkpoint's stack
+        from routecal.training.vmoer_imported import ImportedSource  # loads the checkpoint's stack
 
         return ImportedSource(cfg, workdir)
     raise ValueError(f"experiment.source: unknown {kind!r}; use classifier, decoder or imported")
 
-
-def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-        source: Source | None = None) -> dict[str, Any]:
-    """Every (router, seed) of `cfg.experiment` on its source (module docstring); writes
-    `workdir/seed<s>.json`, `workdir/tables/vmoer.csv` and `workdir/<source.results_file>`."""
-    wd = pathlib.Path(workdir)
-    source = source or make_source(cfg, wd)
-    t0, c0 = time.perf_counter(), time.process_time()
-    assemble_only = bool(cfg.experiment.get("assemble_only", False))
-    per_run: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in source.names}
-    for seed in source.seeds:
-        seed_file = wd / f"seed{seed}.json"
-        done = workdir_io.read_json(seed_file, "vmoer") if seed_file.exists() else {}
-        if not assemble_only and not set(source.names) <= set(done):
-
-            def save(runs: dict[str, Any], seed_file: pathlib.Path = seed_file) -> None:
-                if parallel.is_primary():  # atomic; multi-host: process 0 writes
-                    workdir_io.write_text(seed_file, json.dumps(runs, default=float) + "\n")
-
-            done = run_seed(source, seed, done, on_router=save)
-        for name in source.names:
-            if name in done:
-                per_run[name][seed] = done[name]
-    out = assemble(source, per_run, wd / "tables" / "vmoer.csv", write=parallel.is_primary())
-    out["time_s"] = time.perf_counter() - t0  # this call (an assembling call trains nothing)
-    out["cpu_time_s"] = time.process_time() - c0
-    if parallel.is_primary():
-        workdir_io.write_text(wd / source.results_file,
-                              json.dumps(out, indent=2, default=float) + "\n")
-    return out
-
-
-_REPORT_NAMES = {"det": "deterministic"}
-_REPORT_METRICS = ("accuracy", "stability", "ece", "ood_auroc")
-
-
-def report_rows(out: dict[str, Any]) -> dict[str, Any]:
-    """The digits study's VMoER section from `run`'s output: one row per router (its bands of
-    `_REPORT_METRICS`, relative changes against det, FLOP overhead)."""
-    rows = []
-    for m, bands in out["table"].items():
-        row: dict[str, Any] = {"router": _REPORT_NAMES.get(m, m), "rel_change": {}}
-        for metric in _REPORT_METRICS:
-            band = bands.get(metric)
-            if band is None:
-                continue
-            row[metric] = {k: band[k] for k in ("mean", "std", "min", "max", "n")}
-            if m != "det" and band.get("rel_change_pct") is not None:
-                row["rel_change"][metric] = band["rel_change_pct"]
-        if "flops_overhead_pct" in bands:
-            row["flops_overhead_percent"] = bands["flops_overhead_pct"]["mean"]
-        rows.append(row)
-    keep = {"flops": {}, "paper_claims": {}, "per_run": {}, "markdown": ""}
-    return {"rows": rows, **{k: out.get(k, v) for k, v in keep.items()}}

@@ -24,12 +24,14 @@ The recipes (Li & Wicker, arXiv:2603.09453, Sec. 5, and the baselines' papers):
   warm-up; from `vmoer_swag_start * steps` on every iterate enters the moments
   (`swag.collect_from`), installed at the end; `moments` (a file) keeps them for a resumed fit.
 * the rest (fixed_temp, mc_dropout): `routers.RETROFIT_TRAINABLE[name]` fitted (none: as copied).
+A source reads the ensemble's settings from its config with `ensemble_options`; one trained here
+numbers its fits' batch orders with `stream_seed`.
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,12 +39,30 @@ from flax import nnx
 
 from routecal.files import workdir as workdir_io
 from routecal.models import routers
-from routecal.models.routers import baselines, swag
+from routecal.models.routers import baselines, common, swag
 
 BETA_ROUTERS = ("mfvr", "lowrank", "fcvr", "vtsr")
 PROJ = r"router/proj"
 Copy = Callable[[str, dict[str, Any]], nnx.Module]
 Fit = Callable[..., list[float]]
+
+
+def ensemble_options(vmoer: Mapping[str, Any], plateau: Any, steps: int) -> dict[str, Any]:
+    """The ensemble's keywords of `retrofit` from a source's config: `n_members` and `perturb`
+    from its VMoER options (`model.vmoer`; defaults `routers.common.DEFAULTS`), the members'
+    plateau `rule` from `plateau` (`baselines.Plateau.from_config`, `steps` the fit's steps)."""
+
+    def option(name: str) -> Any:
+        return vmoer.get(name, common.DEFAULTS[f"vmoer_{name}"])
+
+    return {"n_members": int(option("ensemble")), "perturb": float(option("ensemble_perturb")),
+            "rule": baselines.Plateau.from_config(plateau, steps)}
+
+
+def stream_seed(seed: int, stream: int | str | None) -> int:
+    """The batch-order seed of one fit at `seed` of a source trained here: ensemble member m
+    -> seed * 1000 + 100 + m; the router's own fit (or one beta's) -> seed + 2."""
+    return seed * 1000 + 100 + stream if isinstance(stream, int) else seed + 2
 
 
 def fit_ensemble(copy: Copy, fit: Fit, *, n_members: int, perturb: float, seed: int,
@@ -89,11 +109,14 @@ def fit_swag(copy: Copy, fit: Fit, steps: int,
 def retrofit(base: str, seed: int, copy: Copy, fit: Fit, *, n_members: int, perturb: float,
              rule: baselines.Plateau, swag_steps: int, beta_grid: Sequence[float] = (),
              calib_nll: Callable[[nnx.Module], float] | None = None,
-             moments: pathlib.Path | None = None) -> tuple[nnx.Module, dict[str, Any]]:
+             moments: pathlib.Path | None = None,
+             scratch: bool = False) -> tuple[nnx.Module, dict[str, Any]]:
     """Router `base` (a registry name) fitted on the source's det model (module docstring) ->
-    (model, log: "losses" and, by recipe, "members" / "swag_n", "converged" / the beta record)."""
+    (model, log: "losses" and, by recipe, "members" / "swag_n", "converged" / the beta record).
+    `scratch` (ensemble only): members from the router's initialiser, not det's router."""
     if base == "ensemble":
-        return fit_ensemble(copy, fit, n_members=n_members, perturb=perturb, seed=seed, rule=rule)
+        return fit_ensemble(copy, fit, n_members=n_members, perturb=perturb, seed=seed, rule=rule,
+                            scratch=scratch)
     if base == "swag":
         return fit_swag(copy, fit, swag_steps, moments)
 

@@ -46,12 +46,12 @@ def results_dict(rng, n_reject_holm=0):
                                                 "ece": {"nw_confidence": [[0.03, 0.02, 0.025]] * 2}}}},
         "depth_attention": {"full": {"alpha_mean": [[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]],
                                      "n_sources": [1, 2, 3], "sublayer_names": ["a0", "m0", "r"]}},
-        "vmoer": {"rows": [
-            {"router": "deterministic", **{m: report.seed_band([0.5, 0.6]) for m in
-                                            ("accuracy", "stability", "ece", "ood_auroc")}},
-            {"router": "vmoer_mfvr", **{m: report.seed_band([0.7, 0.8]) for m in
-                                          ("accuracy", "stability", "ece", "ood_auroc")},
-             "flops_overhead_percent": 0.5}]},
+        "vmoer": {"table": {  # the section's seed-band table (`study.vmoer.assemble`)
+            "det": {m: report.seed_band([0.5, 0.6]) for m in
+                    ("accuracy", "stability", "ece", "ood_auroc")},
+            "mfvr": {**{m: report.seed_band([0.7, 0.8]) for m in
+                        ("accuracy", "stability", "ece", "ood_auroc")},
+                     "flops_overhead_pct": report.seed_band([0.5, 0.5])}}},
     }
 
 

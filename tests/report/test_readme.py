@@ -38,11 +38,11 @@ def _results(wall: float | None = 377.0) -> dict:
         {"arch": "full", "probe": "nw_confidence", "bandwidth_rule": "cv_nll",
          "ece": band(0.0300, 0.025, 0.035)},
     ]
-    vmoer = {"rows": [{"router": "deterministic", "stability": band(0.5, 0.49, 0.51),
-                       "ece": band(0.1, 0.09, 0.11), "ood_auroc": band(0.8, 0.79, 0.81)},
-                      {"router": "logit", "stability": band(0.6, 0.59, 0.61),
-                       "ece": band(0.095, 0.09, 0.1), "ood_auroc": band(0.7, 0.69, 0.71),
-                       "flops_overhead_percent": 42.0}]}
+    vmoer = {"table": {"det": {"stability": band(0.5, 0.49, 0.51), "ece": band(0.1, 0.09, 0.11),
+                               "ood_auroc": band(0.8, 0.79, 0.81)},
+                       "mfvr": {"stability": band(0.6, 0.59, 0.61), "ece": band(0.095, 0.09, 0.1),
+                                "ood_auroc": band(0.7, 0.69, 0.71),
+                                "flops_overhead_pct": band(42.0, 42.0, 42.0)}}}
     return {
         "meta": meta,
         "runs": runs,
@@ -77,7 +77,7 @@ def test_block_is_compact_tables_of_the_numbers():
     # bands [0.013, 0.016] and [0.025, 0.035] do not overlap, AR-CondCal lower ECE: better.
     assert "| full: AR-CondCal vs NW-confidence ECE | 0.0144 vs 0.0300: better |" in block
     # stability 0.6 vs 0.5: +20.0%, bands apart (better); ECE 0.095 vs 0.1: -5.0%, bands overlap.
-    assert "| logit | +20.0% (better) | -5.0% (within band) | -12.5% (worse) | 42.00% |" in block
+    assert "| mfvr | +20.0% (better) | -5.0% (within band) | -12.5% (worse) | 42.00% |" in block
     assert all(len(x) <= readme.MAX_LINE_CHARS for x in block.splitlines())
 
 
@@ -165,7 +165,7 @@ def test_vmoer_lm_block_from_a_results_json():
     from statsmodels.stats.proportion import proportion_confint
 
     from routecal.report import vmoer_lm
-    from routecal.study import vmoer_sources  # the section's table (study side)
+    from routecal.training import vmoer_sources  # the section's metrics (its MCQA sources)
 
     metrics = ("accuracy", "stability", "ece", "ood_auroc_near", "ood_auroc_far",
                "flops_infer_pct")

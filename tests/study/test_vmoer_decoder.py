@@ -2,6 +2,7 @@
 whole quick run is slow (stability: tests/models/test_vmoer_stability.py)."""
 
 import csv
+import pathlib
 
 import numpy as np
 import pytest
@@ -11,17 +12,15 @@ from routecal.data import mcqa as mcqa_data
 from routecal.models import routers
 from routecal.report import vmoer_lm as vmoer_report
 from routecal.stats import seeds
-from routecal.study import vmoer, vmoer_sources
-from routecal.training import mcqa, router_fit
+from routecal.study import vmoer
+from routecal.training import mcqa, router_fit, vmoer_sources
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY = ("model.d_model=8", "model.mlp_dim=8", "model.moe_hidden=8", "model.vmoer.head_hidden=8")
 
 
 def _tiny_cfg():
-    cfg = config.load_config("configs/vmoer_lm.py:quick")
-    cfg.model.d_model = 8
-    cfg.model.mlp_dim = 8
-    cfg.model.moe_hidden = 8
-    cfg.model.vmoer.head_hidden = 8
-    return cfg
+    return config.load_config("configs/vmoer_lm.py:quick", TINY)
 
 
 def test_config_names_every_router_and_its_retrofit():
@@ -71,18 +70,23 @@ def test_summary_bands_relative_change_and_csv(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_experiment_runs_end_to_end(tmp_path):
+def test_quick_experiment_runs_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # the script imports paper_setup
+    import vmoer_lm  # the section alone, run by the study
+
+    routers = ("det", "fcvr", "vtsr", "ensemble", "fcvr_retrofit", "fixed_temp_retrofit",
+               "ensemble_retrofit", "swag_retrofit")
+    out = vmoer_lm.main(["--config", "configs/vmoer_lm.py:quick", "--workdir", str(tmp_path),
+                         *TINY, "experiment.seeds=(0,)", f"experiment.routers={routers}",
+                         *[f"train.{k}=3" for k in ("pretrain_steps", "finetune_steps",
+                                                    "retrofit_steps", "member_steps",
+                                                    "member_max_steps")],
+                         "data.n_train_items=32", "data.n_eval_items=32",
+                         "data.n_calib_items=16"])  # fmt: skip
     cfg = _tiny_cfg()
-    cfg.experiment.seeds = (0,)
-    cfg.experiment.routers = ("det", "fcvr", "vtsr", "ensemble", "fcvr_retrofit",
-                              "fixed_temp_retrofit", "ensemble_retrofit", "swag_retrofit")
-    cfg.train.pretrain_steps = cfg.train.finetune_steps = cfg.train.retrofit_steps = 3
-    cfg.train.member_steps = cfg.train.member_max_steps = 3
-    cfg.data.n_train_items = cfg.data.n_eval_items = 32
-    cfg.data.n_calib_items = 16
-    out = vmoer.run(cfg, tmp_path)
     assert (tmp_path / "tables" / "vmoer.csv").exists()
-    for name in cfg.experiment.routers:
+    out["per_run"] = {n: {int(s): r for s, r in v.items()} for n, v in out["per_run"].items()}
+    for name in routers:
         r = out["per_run"][name][0]
         assert 0 <= r["ece"] <= 1 and 0 <= r["stability"] <= 1 and 0 <= r["ood_auroc_far"] <= 1
     assert "ood_auroc_far_router_logit_variance" in out["per_run"]["fcvr"][0]
@@ -198,7 +202,7 @@ def test_one_finetune_step_lowers_the_option_cross_entropy_on_a_fixed_batch(scor
 def test_unknown_scoring_is_a_value_error_naming_it(tmp_path):
     cfg = config.load_config("configs/vmoer_lm.py:quick", ["experiment.scoring=logprob"])
     with pytest.raises(ValueError, match="experiment.scoring.*'logprob'"):
-        vmoer.run(cfg, tmp_path)
+        vmoer.make_source(cfg, tmp_path)
     with pytest.raises(ValueError, match="experiment.scoring"):
         mcqa_data.build_data(cfg.data, "acc_norm")
     assert set(mcqa_data.SCORINGS) == {"letter", "loglik"}

@@ -1,15 +1,19 @@
 """The VMoER section on the digits classifier (`study.vmoer`, source "classifier"): table
 aggregation (fast); retrofit and the section (slow)."""
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
 from routecal import config
 from routecal.report import vmoer_lm
 from routecal.stats import seeds
-from routecal.study import vmoer, vmoer_sources
+from routecal.training import vmoer_sources
 
 METRICS = vmoer_sources.ClassifierSource.metrics
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_summarize_bands_and_relative_change():
@@ -78,18 +82,19 @@ def test_retrofit_trains_only_the_router_posterior(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_experiment_end_to_end(tmp_path):
-    cfg = config.load_config(
-        "configs/vmoer_digits.py:tiny",
-        ["experiment.seeds=(0,)", "experiment.routers=('det','mfvr','vtsr_retrofit')"],
-    )
-    out = vmoer.run(cfg, tmp_path)
+def test_quick_experiment_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # the script imports paper_setup
+    import vmoer_table  # the section alone, run by the study
+
+    out = vmoer_table.main(["--config", "configs/vmoer_digits.py:tiny", "--workdir", str(tmp_path),
+                            "experiment.seeds=(0,)",
+                            "experiment.routers=('det','mfvr','vtsr_retrofit')"])
     t = out["table"]
     assert set(t) == {"det", "mfvr", "vtsr_retrofit"}
     for m in ("det", "mfvr"):
         assert 0 <= t[m]["stability"]["mean"] <= 1 and 0 <= t[m]["ood_auroc"]["mean"] <= 1
     assert "ood_auroc_mi" not in t["det"]
-    assert (tmp_path / "vmoer_results.json").exists()
+    assert json.loads((tmp_path / "results.json").read_text())["vmoer"]["table"] == t
     rows = (tmp_path / "tables" / "vmoer.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["det", "mfvr", "vtsr_retrofit"]
 

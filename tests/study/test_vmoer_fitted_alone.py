@@ -1,4 +1,4 @@
-"""The digits source's ensemble and SWAG retrofits (`study.vmoer_sources.ClassifierSource`): SWAG
+"""The digits source's ensemble and SWAG retrofits (`training.vmoer_sources.ClassifierSource`): SWAG
 collects moments and differs from det; every ensemble member is fitted alone with its losses."""
 
 import json
@@ -11,8 +11,10 @@ from flax import nnx
 from routecal import config
 from routecal.files import workdir as workdir_io
 from routecal.models.routers import baselines, swag
-from routecal.study import vmoer, vmoer_sources
-from routecal.training import classify, predict
+from routecal.study import vmoer
+from routecal.training import classify, predict, vmoer_sources
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +150,7 @@ class _FakeSource:
     """Two routers whose "models" are their names; records what it fits."""
 
     names, seeds, metrics = ["det", "mfvr"], [0], ("ece",)
-    lower_is_better, results_file = frozenset({"ece"}), "results.json"
+    lower_is_better = frozenset({"ece"})
 
     def __init__(self):
         self.fitted = []
@@ -168,36 +170,38 @@ class _FakeSource:
 
 
 def test_the_section_skips_routers_found_in_the_seed_file(tmp_path):
-    import ml_collections
-
-    cfg = ml_collections.ConfigDict({"experiment": {"assemble_only": False}})
     workdir_io.write_json(tmp_path / "seed0.json", {"det": {"ece": 0.4}})
     source = _FakeSource()
-    out = vmoer.run(cfg, tmp_path, source=source)
+    stage = vmoer.seed_stage(source, 0, tmp_path)  # the study's `vmoer:0` stage
     assert source.fitted == ["mfvr"]  # det read back, not refitted
+    out = vmoer.assemble(source, {n: {0: stage["runs"][n]} for n in source.names},
+                         tmp_path / "tables" / "vmoer.csv")
     assert out["per_run"]["det"][0]["ece"] == 0.4 and out["per_run"]["mfvr"][0]["ece"] == 0.1
     assert out["table"]["mfvr"]["ece"]["rel_change_pct"] == pytest.approx(-75.0)
     assert json.loads((tmp_path / "seed0.json").read_text())["mfvr"]["ece"] == 0.1
     rerun = _FakeSource()
-    again = vmoer.run(cfg, tmp_path, source=rerun)
-    assert rerun.fitted == [] and again["per_run"] == out["per_run"]
+    again = vmoer.seed_stage(rerun, 0, tmp_path)
+    assert rerun.fitted == [] and again["runs"] == json.loads((tmp_path / "seed0.json").read_text())
     rows = (tmp_path / "tables" / "vmoer.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["det", "mfvr"]
 
 
 @pytest.mark.slow
-def test_experiment_records_members_and_swag(tmp_path):
-    cfg = config.load_config("configs/vmoer_digits.py:tiny", [
-        "train.steps=10", "experiment.retrofit_steps=6", "experiment.seeds=(0,)",
-        "experiment.member_steps=6", "experiment.member_max_steps=6",
-        "experiment.routers=('det','swag_retrofit','ensemble_retrofit','ensemble')",
-    ])  # fmt: skip
-    out = vmoer.run(cfg, tmp_path)
-    run = out["per_run"]
+def test_experiment_records_members_and_swag(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # the script imports paper_setup
+    import vmoer_table  # the section alone, run by the study
+
+    out = vmoer_table.main(["--config", "configs/vmoer_digits.py:tiny", "--workdir",
+                            str(tmp_path), "train.steps=10", "experiment.retrofit_steps=6",
+                            "experiment.seeds=(0,)", "experiment.member_steps=6",
+                            "experiment.member_max_steps=6",
+                            "experiment.routers=('det','swag_retrofit','ensemble_retrofit',"
+                            "'ensemble')"])  # fmt: skip
+    run = {n: {int(s): r for s, r in v.items()} for n, v in out["per_run"].items()}
     assert run["swag_retrofit"][0]["swag_n"] == 3
     assert [len(m["losses"]) for m in run["ensemble_retrofit"][0]["members"]] == [6] * 4
     assert [m["steps"] for m in run["ensemble"][0]["members"]] == [6] * 4  # alone, scratch
     for method in ("swag_retrofit", "ensemble_retrofit", "ensemble"):  # metrics + the model
-        assert (tmp_path / "seed0" / method / "fit_log.json").exists()
-        assert (tmp_path / "seed0" / method / "checkpoints").is_dir()
+        assert (tmp_path / "vmoer" / "seed0" / method / "fit_log.json").exists()
+        assert (tmp_path / "vmoer" / "seed0" / method / "checkpoints").is_dir()
     assert set(out["table"]) == {"det", "swag_retrofit", "ensemble_retrofit", "ensemble"}

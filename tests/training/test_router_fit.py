@@ -67,3 +67,20 @@ def test_beta_retrofit_keeps_the_lowest_calib_nll_one_fit_stream_per_beta():
     with pytest.raises(ValueError, match="calib split"):
         router_fit.retrofit("vtsr", 0, src.copy, src.fit, n_members=2, perturb=0.0,
                             rule=baselines.Plateau(1, 1, 1), swag_steps=1, beta_grid=(0.1,))
+
+
+def test_ensemble_options_read_the_vmoer_options_their_defaults_and_the_plateau_section():
+    import ml_collections
+
+    from routecal.models.routers import common
+
+    plateau = ml_collections.ConfigDict({"member_steps": 7, "member_max_steps": 21})
+    opts = router_fit.ensemble_options({"ensemble": 3}, plateau, steps=5)
+    assert opts["n_members"] == 3  # given
+    assert opts["perturb"] == common.DEFAULTS["vmoer_ensemble_perturb"]  # the default
+    assert (opts["rule"].min_steps, opts["rule"].max_steps) == (7, 21)
+    bare = router_fit.ensemble_options({}, ml_collections.ConfigDict(), steps=5)
+    assert bare["n_members"] == common.DEFAULTS["vmoer_ensemble"]
+    assert (bare["rule"].min_steps, bare["rule"].max_steps) == (5, 5)  # a fixed length
+    # batch-order seeds: member m at seed s -> s * 1000 + 100 + m; the router's own fit -> s + 2
+    assert [router_fit.stream_seed(2, x) for x in (0, 3, None, "beta0.1")] == [2100, 2103, 4, 4]

@@ -34,14 +34,13 @@ from routecal.models import routers
 from routecal.models.pretrained import decoder_config, load_hf, load_tokenizer
 from routecal.models.pretrained.checkpoint import read_config
 from routecal.models.pretrained.retrofit import METRICS_FILE, RetrofitConfig, retrofit
-from routecal.models.routers import baselines, common
-from routecal.study.vmoer_sources import (
+from routecal.training import mcqa, router_fit
+from routecal.training.vmoer_sources import (
     MCQA_LOWER,
     MCQA_METRICS,
     check_routers,
     router_overheads,
 )
-from routecal.training import mcqa, router_fit
 
 DOMAINS = {"calib": "calib", "in": "test", "near": "near", "far": "far"}  # split -> data key
 
@@ -60,7 +59,7 @@ def make_mesh(spec: str) -> jax.sharding.Mesh | None:
 class ImportedSource:
     """A checkpoint imported with each router (module docstring)."""
 
-    metrics, lower_is_better, results_file = MCQA_METRICS, MCQA_LOWER, "results.json"
+    metrics, lower_is_better = MCQA_METRICS, MCQA_LOWER
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.cfg, self.wd, e, d = cfg, workdir, cfg.experiment, cfg.data
@@ -137,13 +136,10 @@ class ImportedSource:
             nll = None if calib is None else lambda m: mcqa.calib_nll(
                 m, calib, self.letters, int(e.eval_batch_size))  # fmt: skip
             model, log = router_fit.retrofit(
-                base, seed, lambda r, o: self._import(r, seed, o), fit,
-                n_members=int(self.opts.get("ensemble", common.DEFAULTS["vmoer_ensemble"])),
-                perturb=float(self.opts.get("ensemble_perturb",
-                                            common.DEFAULTS["vmoer_ensemble_perturb"])),
-                rule=baselines.Plateau.from_config(self.cfg.train, steps), swag_steps=steps,
+                base, seed, lambda r, o: self._import(r, seed, o), fit, swag_steps=steps,
                 beta_grid=tuple(e.beta_grid) if calib is not None else (), calib_nll=nll,
-                moments=cell / "swag_moments.npz")  # fmt: skip
+                moments=cell / "swag_moments.npz",
+                **router_fit.ensemble_options(self.opts, self.cfg.train, steps))  # fmt: skip
         log["param_gib_per_device"] = self.info.param_bytes_per_device / 2**30
         log["train_time_s"] = time.perf_counter() - t0
         return model, log
@@ -156,4 +152,6 @@ class ImportedSource:
 
     def extras(self) -> dict[str, Any]:
         return {"n_options": self.n_options, "n_dropped_items": self.dropped,
+                "scoring": "letter", "seeds": self.seeds,  # the letters' logits (docstring)
+                "n_eval_items": len(self.splits["in"]["answers"]),  # in-domain
                 "config": json.loads(self.cfg.to_json_best_effort())}

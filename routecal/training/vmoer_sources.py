@@ -41,7 +41,7 @@ from routecal.data import mcqa as mcqa_data
 from routecal.files import records
 from routecal.files import workdir as workdir_io
 from routecal.models import routers, vmoer
-from routecal.models.routers import baselines, common, swag
+from routecal.models.routers import swag
 from routecal.models.transformer import ModelConfig
 from routecal.training import classify, mcqa, predict, router_fit
 
@@ -81,10 +81,6 @@ def router_overheads(shape: flops.LayerShape, names: list[str]) -> dict[str, dic
             for n in names}  # fmt: skip
 
 
-def _option(cfg: ml_collections.ConfigDict, name: str) -> Any:
-    return cfg.model.vmoer.get(name, common.DEFAULTS[f"vmoer_{name}"])
-
-
 def run_config(cfg: ml_collections.ConfigDict, name: str, seed: int,
                det_dir: str | None) -> ml_collections.ConfigDict:
     """The classifier's training config of one (router, seed) run, without the `experiment`
@@ -117,7 +113,6 @@ class ClassifierSource:
     metrics = ("stability", "ece", "ood_auroc", "ood_auroc_maxprob", "ood_auroc_mi", "accuracy",
                "nll", "flops_overhead_pct")  # fmt: skip
     lower_is_better = frozenset({"ece", "nll", "flops_overhead_pct"})
-    results_file = "vmoer_results.json"
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.cfg, self.wd, e = cfg, workdir, cfg.experiment
@@ -181,17 +176,14 @@ class ClassifierSource:
             return model
 
         def fit(model, trainable, stream, *, steps=None, **kw) -> list[float]:
-            s = seed * 1000 + 100 + stream if isinstance(stream, int) else seed + 2
-            return classify.fit_router_steps(task, model, rc.train, trainable, seed=s,
+            return classify.fit_router_steps(task, model, rc.train, trainable,
+                                             seed=router_fit.stream_seed(seed, stream),
                                              steps=int(steps or rc.train.steps), **kw)
 
         steps = int(rc.train.steps)
-        if base == "swag":
-            return router_fit.fit_swag(copy, fit, steps)
-        return router_fit.fit_ensemble(
-            copy, fit, n_members=int(_option(self.cfg, "ensemble")),
-            perturb=float(_option(self.cfg, "ensemble_perturb")), seed=seed,
-            rule=baselines.Plateau.from_config(self.cfg.experiment, steps), scratch=not retrofit)
+        return router_fit.retrofit(
+            base, seed, copy, fit, swag_steps=steps, scratch=not retrofit,
+            **router_fit.ensemble_options(self.cfg.model.vmoer, self.cfg.experiment, steps))
 
     def evaluate(self, model: nnx.Module, seed: int) -> dict[str, Any]:
         return predict.vmoer_metrics(model, self.dataset, self.cfg.experiment)
@@ -211,7 +203,7 @@ class ClassifierSource:
 class DecoderSource:
     """The MoE decoder trained here, scored on the embedded MCQA (module docstring)."""
 
-    metrics, lower_is_better, results_file = MCQA_METRICS, MCQA_LOWER, "vmoer_lm_results.json"
+    metrics, lower_is_better = MCQA_METRICS, MCQA_LOWER
 
     def __init__(self, cfg: ml_collections.ConfigDict, data: dict[str, Any] | None = None):
         self.cfg, e = cfg, cfg.experiment
@@ -249,23 +241,17 @@ class DecoderSource:
                 return model
 
             def fit(model, trainable, stream, **kw) -> list[float]:
-                s = seed * 1000 + 100 + stream if isinstance(stream, int) else seed + 2
-                return self._fit(model, trainable, s, **kw)
+                return self._fit(model, trainable, router_fit.stream_seed(seed, stream), **kw)
 
             steps = int(t.retrofit_steps)
-            kw = dict(n_members=int(_option(cfg, "ensemble")),
-                      perturb=float(_option(cfg, "ensemble_perturb")), seed=seed,
-                      rule=baselines.Plateau.from_config(t, steps))  # fmt: skip
-            if not retrofit:
-                model, log = router_fit.fit_ensemble(copy, fit, scratch=True, **kw)
-            else:
-                calib = self.data["mcqa"].get("calib")
-                nll = None if calib is None else lambda m: mcqa.calib_nll(
-                    m, calib, self.data["letters"], int(cfg.experiment.eval_batch_size),
-                    mcqa.noise_group(self.data))  # fmt: skip
-                model, log = router_fit.retrofit(base, **kw, copy=copy, fit=fit, swag_steps=steps,
-                                                 beta_grid=tuple(cfg.experiment.beta_grid),
-                                                 calib_nll=nll)  # fmt: skip
+            calib = self.data["mcqa"].get("calib") if retrofit else None  # beta routers only
+            nll = None if calib is None else lambda m: mcqa.calib_nll(
+                m, calib, self.data["letters"], int(cfg.experiment.eval_batch_size),
+                mcqa.noise_group(self.data))  # fmt: skip
+            model, log = router_fit.retrofit(
+                base, seed, copy, fit, swag_steps=steps, beta_grid=tuple(cfg.experiment.beta_grid),
+                calib_nll=nll, scratch=not retrofit,
+                **router_fit.ensemble_options(cfg.model.vmoer, t, steps))  # fmt: skip
             losses = log.pop("losses", None) or [x for m in log.get("members", [])
                                                  for x in m["losses"]]  # fmt: skip
         else:
@@ -292,4 +278,5 @@ class DecoderSource:
 
     def extras(self) -> dict[str, Any]:
         return {"scoring": self.scoring, "seeds": self.seeds,
+                "n_eval_items": int(self.cfg.data.n_eval_items),  # per domain
                 "config": json.loads(self.cfg.to_json_best_effort())}
