@@ -51,6 +51,8 @@ class Source(Protocol):
     seeds: list[int]
     metrics: tuple[str, ...]  # the table's metrics, in column order
     lower_is_better: frozenset[str]
+    share_fits: bool  # multi-host: each router fitted by one process (False: its fit saves
+    # collective orbax checkpoints, so every process fits each router together)
 
     def fit(self, name: str, seed: int, det: Callable[[], nnx.Module]
             ) -> tuple[nnx.Module, dict[str, Any]]:
@@ -99,7 +101,8 @@ def run_seed(source: Source, seed: int, done: dict[str, Any] | None = None,
             on_router(runs)
 
     todo = [n for n in source.names if n not in runs]
-    if parallel.process_count() == 1:  # one by one, each saved as it finishes (`on_router`)
+    if parallel.process_count() == 1 or not source.share_fits:
+        # one by one, each saved as it finishes (`on_router`); multi-host: by every process
         for name in todo:
             record(name, one(name))
         return runs

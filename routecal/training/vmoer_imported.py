@@ -60,6 +60,7 @@ class ImportedSource:
     """A checkpoint imported with each router (module docstring)."""
 
     metrics, lower_is_better = MCQA_METRICS, MCQA_LOWER
+    share_fits = False  # posterior checkpoints by orbax (`retrofit`): collective saves
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.cfg, self.wd, e, d = cfg, workdir, cfg.experiment, cfg.data

@@ -113,6 +113,7 @@ class ClassifierSource:
     metrics = ("stability", "ece", "ood_auroc", "ood_auroc_maxprob", "ood_auroc_mi", "accuracy",
                "nll", "flops_overhead_pct")  # fmt: skip
     lower_is_better = frozenset({"ece", "nll", "flops_overhead_pct"})
+    share_fits = False  # routers are trainer runs with orbax checkpoints (collective saves)
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.cfg, self.wd, e = cfg, workdir, cfg.experiment
@@ -204,6 +205,7 @@ class DecoderSource:
     """The MoE decoder trained here, scored on the embedded MCQA (module docstring)."""
 
     metrics, lower_is_better = MCQA_METRICS, MCQA_LOWER
+    share_fits = True  # routers fitted in memory: one process each (`parallel.share`)
 
     def __init__(self, cfg: ml_collections.ConfigDict, data: dict[str, Any] | None = None):
         self.cfg, e = cfg, cfg.experiment
