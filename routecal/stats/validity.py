@@ -104,6 +104,10 @@ ISSUE22_SCENARIOS = (
              clusters=True, tests=_COND),
     Scenario("Pareto(1.1) clusters, 10", "pareto", 3000, kwargs={"cluster_size": 300},
              clusters=True, tests=_COND),
+    # a V-shape inside clusters at K = 5 (the omnibus test's within reference; monotone ~alpha)
+    Scenario("K = 5 clusters, planted within clusters V-shape c + 0.1 (1 - 2|2 Phi(z) - 1|)",
+             "clustered_vshape", 3000, 0.1, kwargs={"cluster_size": 600}, clusters=True,
+             tests=_COND),
 )
 
 # `p_value="randomized"` (benchmarks/validity.py --issue22 --p-value randomized): the rows where the
