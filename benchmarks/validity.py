@@ -17,12 +17,12 @@ Clopper-Pearson 99% intervals over the datasets of each design for `within_bin_p
 rows where that choice matters (`validity.RANDOMIZED_SCENARIOS`), on the default table's datasets.
 `--reference restudentised`: the conditional tests' re-studentised null (`stats.restudentised`); with
 `--issue22` only the rows with at most 12 clusters, on the default table's datasets.
-The monotone test with 2 to 12 clusters uses the within-cluster t reference (`stats.within_clusters`,
-"auto"), the omnibus test the re-studentised null.
+Both tests with 2 to 12 clusters use the within-cluster t reference (`stats.within_clusters`,
+"auto"; the omnibus test Bonferroni over its 4 columns).
 `--kci`: the omnibus test beside KCI (causal-learn's `CIT(data, "kci")`; skipped with a message
 when causal-learn is absent; `pip install -e .[bench]`) on the two non-monotone designs, power and
 seconds per test. `--mdg`: `minimum_detectable_gap`'s stated power against the real test's
-rejection rate at K = 5, 10 and 60 clusters (monotone) and K = 6 (omnibus, re-studentised). `--million`: one omnibus test at N = 1,000,000.
+rejection rate at K = 5, 10 and 60 clusters (monotone) and K = 6 (omnibus, within). `--million`: one omnibus test at N = 1,000,000.
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ Issue 22 found three ways the first version of the test lost its level; each is 
    regime). Measured (benchmarks/RESULTS.md, issue 22): 5.0% at 10 equal clusters, 5.1% at 60,
    6.3% [4.5%, 8.5%] with 60 Pareto(1.1)-sized clusters (CR2 is only approximately unbiased when a
    few clusters dominate), but 1.9% at 6: Z is not one of these flips. Not fixed: recomputing Z
-   on every flip's wild sample (`restudentised`; the omnibus default for K <= 12, 4.7% at 6)
+   on every flip's wild sample (`restudentised`; the omnibus test 4.7% at 6, 7.0% at 10 Pareto)
    over-rejects for the monotone test (8.2%); Webb's weights: 1.1%, 7.7% re-studentised. The
-   monotone default for K <= 12 is `within_clusters` (fits inside clusters, t with K - 1 df).
+   default for K <= 12 is `within_clusters` (fits inside clusters, t with K - 1 df).
 2. *K <= 5 clusters cannot reject*: the observed sign pattern and its negation are always in the
    orbit, so the smallest two-sided p of the exact test is 2^(1 - K) (> 0.05 for K <= 5); with B
    random flips the p-value is floored there (`floored_p`). `min_p_value` states it and

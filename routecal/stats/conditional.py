@@ -29,16 +29,16 @@ based improvements for inference with clustered errors", REStat; Canay, Romano &
 3. T = sum_i y~_i s~_i = sum_i w_i y_i, linear in the labels with weights w = (I - L)^T s~ (L the
    cross-fitted smoother); unit scores U_k: CR2-style leverage-corrected cluster sums of w_i times
    the label residuals (`cluster_inference.studentised`). Z = T / sqrt(sum_k U_k^2).
-4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1 (the
-   omnibus test with K <= 12 clusters: Z*_b recomputed on the restricted wild sample
-   yhat + eps_bk r, `restudentised`; the monotone test over-rejects with it, 8.2% at 6). Two-
+4. Null: Z*_b = sum_k eps_bk U_k / sqrt(sum_k U_k^2) with independent signs eps = +-1 (on
+   request, Z*_b recomputed on the restricted wild sample yhat + eps_bk r, `restudentised`: the
+   monotone test over-rejects with it, 8.2% at 6, the omnibus one 7.0% at 10 Pareto). Two-
    sided p = max((1 + #{|Z*| >= |Z|}) / (1 + B), 2^(1-K)) (Phipson & Smyth 2010; ties within 1e-10
    relative; the floor is the exact randomisation test's smallest p). Hence fewer clusters than
    reach `alpha` raise a ValueError (or, with `few_clusters="warn"`, a warning in the result).
-   The monotone test with 2 <= K <= 12 clusters (`reference="auto"`) uses `within_clusters`
+   With 2 <= K <= 12 clusters (`reference="auto"`) both alternatives use `within_clusters`
    instead: fits inside each cluster, independent cluster scores, a t_{K-1} reference (1.9% at 6
-   clusters with the fixed scores above; Ibragimov & Mueller 2010); it tests association within
-   clusters.
+   clusters with the fixed scores above; Ibragimov & Mueller 2010; the omnibus test: Bonferroni
+   over its columns); it tests association within clusters.
    Opt-in `p_value="randomized"`: (#{|Z*| > |Z|} + U (1 + #{|Z*| = |Z|})) / (1 + B), U ~ U(0, 1)
    from the key, no floor (`cluster_inference.randomized_p`; exact where Z ties its null).
 5. `alternative="omnibus"` (`conditional_omnibus`): a basis of 4 transforms of the routing rank
@@ -100,9 +100,10 @@ class ConditionalTestResult(NamedTuple):
     n_units: K; n_strata: S; alternative: "monotone" (statistic = signed Z) or "omnibus"
     (statistic = max_j |Z_j|, null = [B] max_j |Z*_j|); warning: "" or why the test cannot reach
     alpha (only with `few_clusters="warn"`); reference: the null used, "restudentised" (few
-    clusters, `restudentised`), "fixed" (the unit scores computed once) or "within" (few clusters,
-    monotone: `within_clusters`; statistic = the normal score of the t p, null = the same score of
-    B sign flips of the within-cluster scores, p_value from t_{K-1}, slope from its residuals)."""
+    clusters, `restudentised`), "fixed" (the unit scores computed once) or "within" (few clusters:
+    `within_clusters`; statistic = the normal score of the t p (omnibus: max_j of the columns'),
+    null = the same score of B sign flips of the within-cluster scores, p_value from t_{K-1}
+    (omnibus: Bonferroni over the columns), slope from its residuals)."""
 
     statistic: float
     p_value: float
@@ -128,14 +129,14 @@ def score_matrix(confidence, correct, routing, units, *, n_strata: int, n_units:
     Args:
       confidence, correct, routing: [N] float64. units: [N] int32 in [0, K).
       reference: "fixed", "restudentised" (then w is the re-studentised null's `rs.Parts`) or
-        "within" (the monotone test's within-cluster scores, `within_clusters`; `order` unused).
+        "within" (the within-cluster scores, `within_clusters`; `order` unused).
       order: the `Orders` of the inputs when computed already (e.g. `host_orders`).
     Returns:
       (z [J], w [K, J] = U / sqrt(sum_k U^2) (0 when degenerate), slope [] of the first column).
     """
     if reference == "within":
         return wc.score_matrix(confidence, correct, routing, units, n_units=n_units,
-                               stratum_size=stratum_size)
+                               stratum_size=stratum_size, alternative=alternative)
     n = confidence.shape[0]
     o = orders(confidence, routing) if order is None else order
     strat = ci.strata_from_levels(o.c_first, o.c_last, o.c_level, o.c_levels, n_strata,
@@ -340,12 +341,12 @@ def conditional_calibration_test(
       p_value: "conservative" (default, floored at 2^(1-K)) or "randomized" (ties broken by U from
         `key`, exact where Z ties its null; with no information, p = U: it rejects with probability
         alpha by a coin flip, and the warning stays). Sign-flip nulls only ("within": the t p).
-      reference: the null, "auto" (with 2 to 12 clusters: "within" for the monotone alternative,
-        "restudentised" for the omnibus one; else "fixed"), "fixed" (the unit scores computed
-        once), "restudentised" (K <= 32; recomputed on every flip's wild sample; the monotone test
-        over-rejects with it) or "within" (monotone, clusters only: nuisance fits inside each
-        cluster, the t-test of the K independent cluster scores with K - 1 df; it tests the
-        association *within* clusters, `within_clusters`).
+      reference: the null, "auto" (with 2 to 12 clusters: "within"; 12 or fewer units without
+        clusters: "restudentised" for the omnibus test; else "fixed"), "fixed" (the unit scores
+        computed once), "restudentised" (K <= 32; recomputed on every flip's wild sample; the
+        monotone test over-rejects with it) or "within" (clusters only: nuisance fits inside each
+        cluster, the t-test of the K independent cluster scores with K - 1 df, Bonferroni over the
+        omnibus columns; it tests the association *within* clusters, `within_clusters`).
     Returns:
       ConditionalTestResult(statistic, p_value, null [B], slope, n_units, n_strata, alternative,
       warning, reference).

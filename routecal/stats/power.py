@@ -22,10 +22,10 @@ design power", Methods Ecol. Evol.). For each planted gap Delta and replicate:
    patterns (the exact randomisation p-value: a sign-flip null has power 0 at K <= 5), with
    K <= 256 a fixed set of 499 random flips, beyond that the multiplier null's Gaussian limit with
    covariance w^T w (exact for the monotone test's one column: N(0, 1)); with the re-studentised
-   null (as in the test: the omnibus alternative with K <= 12 clusters by default) every pattern's
+   null (as in the test: on request) every pattern's
    statistic is recomputed on its wild sample (`restudentised.statistic`); with the within-cluster
-   t reference (as in the test: the monotone alternative with 2 to 12 clusters by default,
-   `within_clusters`) the simulated p is its t_{K-1} p. `tests/stats/test_power.py` and
+   t reference (as in the test: 2 to 12 clusters by default, `within_clusters`) the simulated p is
+   its t_{K-1} p (the omnibus test: Bonferroni over its columns). `tests/stats/test_power.py` and
    benchmarks/validity.py check the stated power against the full test.
    With `p_value="randomized"` the simulated p is the randomised one (`ci.randomized_p`).
 

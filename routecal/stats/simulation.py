@@ -17,7 +17,8 @@ with an optional planted effect (`effect = 0`: the null):
   o_k ~ N(0, 0.2^2) independent of a_k. Returns the sequence ids as `clusters`.
   Effect: + effect * sign(routing) (mostly *between* sequences: routing is dominated by a_k).
   ``"clustered_within"``: the same data, the effect planted *within* sequences: + effect *
-  sign(routing - a_k) (the sign of the routing's own token noise).
+  sign(routing - a_k) (the sign of the routing's own token noise); ``"clustered_vshape"``: a
+  V-shape within sequences, + effect (1 - 2 |2 Phi(z) - 1|) with z = (routing - a_k) / 0.1.
 * ``"sign"``: c ~ U, routing ~ N(0, 1), P(correct) = clip(c + effect * sign(routing)) (the issue's
   planted effect; at effect = 0 the exchangeable null).
 
@@ -161,7 +162,7 @@ def planted_effect(
 
 DESIGNS = ("confounded", "binary", "constant", "clustered", "sign", "pareto", "tied", "tied_step",
            "vshape", "signflip", "track_square", "track_sine", "track_exp", "piled",
-           "clustered_within")
+           "clustered_within", "clustered_vshape")
 # the tied designs: 5 confidence levels holding 2%, 2%, 32%, 32%, 32% of the examples (issue 22:
 # counts 20/20/320/320/320 at N = 1000) with a miscalibration that is not linear in the level
 TIED_LEVELS = (0.3, 0.45, 0.6, 0.75, 0.9)
@@ -208,13 +209,15 @@ def design_jax(
             b = (z > 0).astype(jnp.float32)
             routing = b if design == "binary" else jnp.zeros_like(c)
             p = c + (effect * (2.0 * b - 1.0) if design == "binary" else 0.0)
-        elif design in ("clustered", "clustered_within"):
+        elif design.startswith("clustered"):
             ids = ids // cluster_size
             n_clusters = -(-n // cluster_size)
             level = jax.random.normal(ka, (n_clusters,))[ids]
             offset = 0.2 * jax.random.normal(ko, (n_clusters,))[ids]
             routing = level + 0.1 * z
-            p = c + offset + effect * jnp.sign(routing if design == "clustered" else z)
+            shape = {"clustered": jnp.sign(routing), "clustered_within": jnp.sign(z),
+                     "clustered_vshape": 1.0 - 2.0 * jnp.abs(2.0 * ndtr(z) - 1.0)}[design]
+            p = c + offset + effect * shape
         elif design == "pareto":  # K = n / cluster_size clusters with Pareto(1.1) sizes
             n_clusters = max(n // cluster_size, 2)
             size = jax.random.uniform(ka, (n_clusters,), minval=1e-6) ** (-1.0 / 1.1)
@@ -275,7 +278,7 @@ def design(
     Args:
       key: jax PRNG key (or an integer seed). name: one of `DESIGNS`. n: N.
       effect: planted effect (0 = the null). cluster_size: S tokens per sequence ("clustered",
-        "clustered_within", "pareto").
+        "clustered_within", "clustered_vshape", "pareto").
     Returns:
       DesignData of [D, N] numpy arrays (float64 confidence/correct/routing, int32 clusters).
     """

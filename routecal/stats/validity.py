@@ -53,12 +53,12 @@ SCENARIOS = (
 )
 
 
-# Issue 22: few and unbalanced clusters (N = 3000; the monotone test with K <= 12 uses the
-# within-cluster t reference, the omnibus test the re-studentised null, which cannot reach alpha at
-# K <= 5: run with few_clusters="warn"), K = 5 clusters with planted gaps between and within,
-# tied confidence levels of very different sizes, non-monotone effects (N = 2000), the monotone
-# test's power at c + 0.05 sign(r), and nulls on which routing tracks confidence non-linearly (the
-# paper test's inflation).
+# Issue 22: few and unbalanced clusters (N = 3000; with K <= 12 clusters both tests use the
+# within-cluster t reference, the omnibus test Bonferroni over its columns; the sign-flip nulls
+# cannot reach alpha at K <= 5: run with few_clusters="warn"), K = 5 clusters with planted gaps
+# between and within, tied confidence levels of very different sizes, non-monotone effects
+# (N = 2000), the monotone test's power at c + 0.05 sign(r), and nulls on which routing tracks
+# confidence non-linearly (the paper test's inflation).
 _COND = ("conditional", "omnibus")
 _ALL = ("paper", "conditional", "omnibus")
 ISSUE22_SCENARIOS = (
@@ -73,7 +73,7 @@ ISSUE22_SCENARIOS = (
     # routing = a_k + 0.1 z: sign(r) is mostly a per-cluster sign, an effect *between* clusters,
     # which the within-cluster reference ("auto" at K <= 12) does not test (power ~alpha)
     Scenario("K = 5 clusters, planted c + 0.08 sign(r) (between clusters)", "clustered", 3000,
-             0.08, kwargs={"cluster_size": 600}, clusters=True, tests=("conditional",)),
+             0.08, kwargs={"cluster_size": 600}, clusters=True, tests=_COND),
     Scenario("tied 20/20/320/320/320, r = c", "tied", 1000, tests=_ALL),
     Scenario("tied 20/20/320/320/320, r = 1[c >= 0.6]", "tied_step", 1000, tests=_ALL),
     Scenario("exchangeable null, N = 2000", "sign", 2000, tests=_COND),
@@ -98,12 +98,16 @@ ISSUE22_SCENARIOS = (
              clusters=True, tests=_COND),
     # the within-cluster t reference (`within_clusters`): an effect inside clusters at K = 5
     Scenario("K = 5 clusters, planted within clusters c + 0.05 sign(r - a_k)", "clustered_within",
-             3000, 0.05, kwargs={"cluster_size": 600}, clusters=True, tests=("conditional",)),
+             3000, 0.05, kwargs={"cluster_size": 600}, clusters=True, tests=_COND),
     # few and unbalanced: Pareto(1.1) sizes with 6 and 10 clusters (unequal score variances)
     Scenario("Pareto(1.1) clusters, 6", "pareto", 3000, kwargs={"cluster_size": 500},
              clusters=True, tests=_COND),
     Scenario("Pareto(1.1) clusters, 10", "pareto", 3000, kwargs={"cluster_size": 300},
              clusters=True, tests=_COND),
+    # a V-shape inside clusters at K = 5 (the omnibus test's within reference; monotone ~alpha)
+    Scenario("K = 5 clusters, planted within clusters V-shape c + 0.1 (1 - 2|2 Phi(z) - 1|)",
+             "clustered_vshape", 3000, 0.1, kwargs={"cluster_size": 600}, clusters=True,
+             tests=_COND),
 )
 
 # `p_value="randomized"` (benchmarks/validity.py --issue22 --p-value randomized): the rows where the

@@ -71,14 +71,15 @@ def test_mdg_with_clusters_is_larger_on_clustered_data():
 def test_mdg_simulates_the_test_with_few_clusters():
     """Issue 22: with the sign-flip null K = 5 clusters cannot reach alpha = 0.05 (smallest p
     2^-4), so the stated power is 0 and no gap is detectable; the default at K = 5 (the
-    within-cluster t reference) and K = 16 (the fixed scores' random flips): the stated power
-    matches the real test's rate."""
+    within-cluster t reference; the omnibus test's Bonferroni p too) and K = 16 (the fixed scores'
+    random flips): the stated power matches the real test's rate."""
     d = simulation.design(0, "clustered", 1500, cluster_size=300)  # K = 5
     m = dg.minimum_detectable_gap(d.confidence[0], d.correct[0], key=1, clusters=d.clusters[0],
                                   n_datasets=20, gaps=[0.1, 0.4, 0.9], reference="fixed")
     assert np.all(m.power == 0) and m.gap == float("inf")
-    for k in (5, 16):
-        check = validity.power_check(7, k, n=1500, n_datasets=60, n_permutations=99)
+    for k, alternative in ((5, "monotone"), (5, "omnibus"), (16, "monotone")):
+        check = validity.power_check(7, k, n=1500, n_datasets=60, n_permutations=99,
+                                     alternative=alternative)
         assert abs(check.stated - check.measured) <= 0.2, check  # 60 datasets: sd ~0.065 each
 
 

@@ -92,10 +92,12 @@ def test_null_depends_on_the_key_only():
 
 
 def test_auto_switch_and_bad_choices_raise():
-    """reference="auto": the omnibus test re-studentised with K <= SMALL_K clusters, the fixed
-    scores otherwise (the monotone test with K > SMALL_K; K = 13 gives the fixed null bit for bit);
-    "restudentised" on request: same statistic, another null; bad names and K > MAX_K raise."""
-    assert rs.resolve("auto", rs.SMALL_K, "omnibus") == "restudentised"
+    """reference="auto": the fixed scores with K > SMALL_K (K = 13 gives the fixed null bit for
+    bit); with K <= SMALL_K clusters the within-cluster t reference (both alternatives), the
+    omnibus test re-studentised only without clusters; "restudentised" on request: same
+    statistic, another null; bad names and K > MAX_K raise."""
+    assert rs.resolve("auto", rs.SMALL_K, "omnibus") == "within"  # test_within_clusters.py
+    assert rs.resolve("auto", rs.SMALL_K, "omnibus", rs.SMALL_K) == "restudentised"
     assert rs.resolve("auto", rs.SMALL_K + 1, "omnibus") == "fixed"
     assert rs.resolve("auto", 6, "monotone") == "within"  # tests/stats/test_within_clusters.py
     d = simulation.design(2, "clustered", 1300, cluster_size=100)  # K = 13
@@ -120,7 +122,8 @@ def test_statistic_is_its_own_identity_flip_at_six_clusters():
     its negation) tie |Z| (relative 1e-10), so p counts them; p is never below 2^(1 - K). Level
     over 200 true nulls: not above Binomial(200, 0.05)'s 99% bound for either null (the full
     rows, 1000 datasets, are in benchmarks/RESULTS.md: fixed 1.9%, re-studentised 8.2%); the
-    omnibus default (re-studentised) inside Binomial(200, 0.05)'s 99% interval."""
+    omnibus test re-studentised (on request; "auto" picks "within") inside Binomial(200, 0.05)'s
+    99% interval."""
     d = simulation.design(3, "clustered", 600, n_datasets=200, cluster_size=100)
     kw = dict(key=2, clusters=d.clusters, n_permutations=199)
     res = dg.conditional_test_batch(d.confidence, d.correct, d.routing, reference="restudentised",
@@ -135,8 +138,8 @@ def test_statistic_is_its_own_identity_flip_at_six_clusters():
     assert res.p_value.min() >= 2.0**-5 and fixed.p_value.min() >= 2.0**-5
     lo, hi = stats.binom.interval(0.99, 200, 0.05)
     assert np.sum(res.p_value <= 0.05) <= hi and np.sum(fixed.p_value <= 0.05) <= hi
-    # the omnibus default at K = 6 is re-studentised and holds its level (fixed scores: 0.3%)
+    # the omnibus test re-studentised at K = 6 holds its level here (fixed scores: 0.3%)
     omni = dg.conditional_test_batch(d.confidence, d.correct, d.routing, alternative="omnibus",
-                                     **kw)
+                                     reference="restudentised", **kw)
     assert omni.reference == "restudentised"
     assert lo <= np.sum(omni.p_value <= 0.05) <= hi, (np.sum(omni.p_value <= 0.05), lo, hi)

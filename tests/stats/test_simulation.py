@@ -99,3 +99,20 @@ def test_designs_have_the_documented_structure():
         simulation.design(0, "iid", 10)
     with pytest.raises(ValueError, match="effect"):
         simulation.design(0, "constant", 10, effect=0.1)
+
+
+def test_clustered_vshape_plants_a_v_inside_clusters():
+    """"clustered_vshape": the "clustered" draw (same key: same confidence, routing, clusters)
+    with + effect (1 - 2 |2 Phi(z) - 1|): tokens in the middle half of their cluster's routing
+    ranks are right more often than the outer half (by ~effect, less where the clip binds)."""
+    kw = dict(n_datasets=1, cluster_size=600)
+    vs = simulation.design(3, "clustered_vshape", 6000, effect=0.3, **kw)
+    null = simulation.design(3, "clustered", 6000, **kw)
+    for f in ("confidence", "routing", "clusters"):
+        np.testing.assert_array_equal(getattr(vs, f), getattr(null, f))
+    u = np.concatenate([2 * (stats.rankdata(r) - 1) / 599 - 1
+                        for r in vs.routing[0].reshape(10, 600)])  # rows are cluster-major
+    mid = np.abs(u) < 0.5
+    for d, lo, hi in ((vs, 0.15, 0.35), (null, -0.05, 0.05)):
+        gap = d.correct[0][mid].mean() - d.correct[0][~mid].mean()
+        assert lo < gap < hi, gap
